@@ -1,0 +1,386 @@
+//! The validated model: every value parsed, every name resolved to an index, every regex
+//! compiled. Code above this crate never sees a string it still has to check.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Option<Admin>,
+    pub segments: Vec<Segment>,
+    pub services: Vec<Service>,
+    pub upstream: UpstreamSettings,
+    pub traffic_control: TrafficControl,
+}
+
+impl Config {
+    /// The service called `name`, if any.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub bind: SocketAddr,
+    pub tls: Option<Tls>,
+    /// Peers whose `x-graylane-lane` header is believed. Everyone else's is stripped.
+    pub trusted_hops: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub bind: SocketAddr,
+    /// Environment variable holding the admin API token.
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub name: String,
+    pub members: Vec<String>,
+    pub source: SegmentSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentSource {
+    Static,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_endpoint: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub matcher: ServiceMatch,
+    pub versions: Vec<Version>,
+    /// Index into `versions` of the version that gets traffic nothing else claims.
+    pub default_version: usize,
+    pub load_balancing: LoadBalancing,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub release: Option<Release>,
+}
+
+impl Service {
+    /// Index of the version called `name`.
+    pub fn version_index(&self, name: &str) -> Option<usize> {
+        self.versions.iter().position(|v| v.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceMatch {
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    /// Empty means every method.
+    pub methods: Vec<http::Method>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancing {
+    RoundRobin,
+    LeastRequest,
+}
+
+/// A traffic share in thousandths of a percent: `Weight(5_000)` is 5%, `Weight(100_000)` is all.
+/// It is also the bucket threshold: a key whose bucket is below it goes to the candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Weight(u32);
+
+impl Weight {
+    pub const ZERO: Weight = Weight(0);
+    pub const FULL: Weight = Weight(100_000);
+
+    /// A weight from a percentage; `None` outside 0–100 or finer than 0.001%.
+    pub fn from_percent(percent: f64) -> Option<Weight> {
+        if !(0.0..=100.0).contains(&percent) {
+            return None;
+        }
+        let scaled = percent * 1000.0;
+        let rounded = scaled.round();
+        if (scaled - rounded).abs() > 1e-6 {
+            return None;
+        }
+        Some(Weight(rounded as u32))
+    }
+
+    /// A weight from thousandths of a percent, clamped to 100%.
+    pub fn from_milli_percent(milli: u32) -> Weight {
+        Weight(milli.min(100_000))
+    }
+
+    pub fn milli_percent(self) -> u32 {
+        self.0
+    }
+
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+}
+
+impl std::fmt::Display for Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.percent())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub strategy: Strategy,
+    pub baseline: usize,
+    pub candidate: usize,
+    /// Any matching rule sends the request to the candidate whatever the weight.
+    pub force: Vec<Rule>,
+    pub bucket_by: KeySpec,
+    /// Mixed into the bucketing hash; defaults to the candidate's name so each new candidate
+    /// draws a fresh set of users.
+    pub salt: String,
+    pub sticky: Option<Sticky>,
+    pub steps: Vec<Step>,
+    pub analysis: Option<Analysis>,
+}
+
+impl Release {
+    /// The weight in effect when a release starts: its first step's.
+    pub fn initial_weight(&self) -> Weight {
+        self.steps.first().map_or(Weight::ZERO, |s| s.weight)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Canary,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sticky {
+    pub cookie: String,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub weight: Weight,
+    pub pause: Pause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// No pause: the next step follows at once.
+    None,
+    /// Wait for a person to promote.
+    Manual,
+    For(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub interval: Duration,
+    pub min_requests: u64,
+    pub checks: Vec<Check>,
+    pub failure_limit: u32,
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    ErrorRate {
+        max: Option<f64>,
+        max_increase: Option<f64>,
+    },
+    Latency {
+        /// The percentile, e.g. 99.0 for `latency_p99`.
+        percentile: f64,
+        max_ms: Option<f64>,
+        max_ratio: Option<f64>,
+    },
+    Throughput {
+        min_rps: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    Rollback,
+    Pause,
+}
+
+/// Where a request's key comes from, written `header:NAME`, `cookie:NAME`, `query:NAME` or `ip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySpec {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+}
+
+impl std::fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySpec::Header(h) => write!(f, "header:{h}"),
+            KeySpec::Cookie(c) => write!(f, "cookie:{c}"),
+            KeySpec::Query(q) => write!(f, "query:{q}"),
+            KeySpec::ClientIp => f.write_str("ip"),
+        }
+    }
+}
+
+/// A validated routing rule.
+#[derive(Debug, Clone)]
+pub enum Rule {
+    Header {
+        name: HeaderName,
+        matcher: ValueMatch,
+    },
+    Cookie {
+        name: String,
+        matcher: ValueMatch,
+    },
+    Query {
+        name: String,
+        matcher: ValueMatch,
+    },
+    Path(PathMatch),
+    Method(Vec<http::Method>),
+    ClientIp(Vec<IpNet>),
+    Semver {
+        header: HeaderName,
+        range: semver::VersionReq,
+        /// The range as the user wrote it, for explanations.
+        written: String,
+    },
+    Device(Vec<DeviceClass>),
+    Country {
+        header: HeaderName,
+        /// Upper-case ISO 3166-1 alpha-2 codes.
+        codes: Vec<String>,
+    },
+    /// Active from `from` (inclusive) until `until` (exclusive), as Unix milliseconds.
+    Time {
+        from: Option<i64>,
+        until: Option<i64>,
+    },
+    Segment {
+        /// Index into [`Config::segments`].
+        segment: usize,
+        key: KeySpec,
+    },
+    All(Vec<Rule>),
+    Any(Vec<Rule>),
+    Not(Box<Rule>),
+}
+
+/// How a header, cookie or query value is tested.
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    Equals(String),
+    In(Vec<String>),
+    Prefix(String),
+    Glob(String),
+    Regex(regex::Regex),
+    Exists,
+    Absent,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Equals(String),
+    Prefix(String),
+    Glob(String),
+    Regex(regex::Regex),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceClass {
+    Mobile,
+    Desktop,
+    Bot,
+}
+
+impl DeviceClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceClass::Mobile => "mobile",
+            DeviceClass::Desktop => "desktop",
+            DeviceClass::Bot => "bot",
+        }
+    }
+}
+
+/// Traffic-control settings, validated; enforced by the traffic-control layer.
+#[derive(Debug, Clone, Default)]
+pub struct TrafficControl {
+    pub rate_limits: Vec<RateLimit>,
+    pub circuit_breakers: Vec<CircuitBreaker>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub service: usize,
+    /// `None`: one limit for the whole service.
+    pub key: Option<KeySpec>,
+    /// Requests allowed per `per`.
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    pub service: usize,
+    pub version: usize,
+    pub failure_rate_threshold: f64,
+    pub slow_call_duration: Option<Duration>,
+    pub slow_call_rate_threshold: f64,
+    pub minimum_calls: u32,
+    pub window: BreakerWindow,
+    pub open_for: Duration,
+    pub half_open_calls: u32,
+    /// Version index the traffic falls back to while the breaker is open.
+    pub fallback: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerWindow {
+    Count(u32),
+    Time(Duration),
+}

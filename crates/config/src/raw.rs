@@ -1,0 +1,284 @@
+//! The raw model: exactly what the YAML file says, deserialized with serde and nothing more.
+//!
+//! Every struct rejects unknown keys so a typo is an error rather than a silently ignored
+//! setting. Values that need parsing (durations, addresses, weights' precision, regexes) stay
+//! strings or plain numbers here; [`crate::validate`] turns them into the [`crate::model`] and
+//! reports every problem with its location.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub segments: BTreeMap<String, RawSegment>,
+    #[serde(default)]
+    pub services: Vec<RawService>,
+    pub traffic_control: Option<RawTrafficControl>,
+    pub upstream: Option<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub bind: String,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub trusted_hops: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: String,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSegment {
+    pub values: Option<Vec<String>>,
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_idle_per_endpoint: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: RawServiceMatch,
+    #[serde(default)]
+    pub versions: BTreeMap<String, RawVersion>,
+    pub default_version: Option<String>,
+    pub load_balancing: Option<String>,
+    pub timeouts: Option<RawTimeouts>,
+    pub release: Option<RawRelease>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServiceMatch {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<String>,
+    pub request: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelease {
+    pub strategy: String,
+    pub baseline: String,
+    pub candidate: String,
+    #[serde(default)]
+    pub force: Vec<RawRule>,
+    pub bucket_by: Option<String>,
+    pub salt: Option<String>,
+    pub sticky: Option<RawSticky>,
+    #[serde(default)]
+    pub steps: Vec<RawStep>,
+    pub analysis: Option<RawAnalysis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub cookie: String,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub weight: f64,
+    pub pause: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    pub interval: String,
+    pub min_requests: Option<u64>,
+    #[serde(default)]
+    pub checks: Vec<RawCheck>,
+    pub failure_limit: Option<u32>,
+    pub on_failure: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub metric: String,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+    pub max_increase: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub max_ratio: Option<f64>,
+    pub min_rps: Option<f64>,
+}
+
+/// One routing rule. Exactly one of the fields must be set; the struct form (rather than a
+/// serde enum) lets a misspelt rule kind get a "did you mean" like any other key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub header: Option<RawValueRule>,
+    pub cookie: Option<RawValueRule>,
+    pub query: Option<RawValueRule>,
+    pub path: Option<RawPathRule>,
+    pub method: Option<OneOrMany>,
+    pub client_ip: Option<OneOrMany>,
+    pub semver: Option<RawSemverRule>,
+    pub device: Option<OneOrMany>,
+    pub country: Option<RawCountryRule>,
+    pub time: Option<RawTimeRule>,
+    pub segment: Option<RawSegmentRule>,
+    pub all: Option<Vec<RawRule>>,
+    pub any: Option<Vec<RawRule>>,
+    pub not: Option<Box<RawRule>>,
+}
+
+/// A string or a list of strings (`method: GET` or `method: [GET, HEAD]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValueRule {
+    pub name: String,
+    pub equals: Option<String>,
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub glob: Option<String>,
+    pub regex: Option<String>,
+    pub exists: Option<bool>,
+    pub absent: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathRule {
+    pub equals: Option<String>,
+    pub prefix: Option<String>,
+    pub glob: Option<String>,
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSemverRule {
+    pub header: String,
+    pub range: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCountryRule {
+    pub header: Option<String>,
+    pub equals: Option<String>,
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeRule {
+    pub from: Option<String>,
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSegmentRule {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrafficControl {
+    #[serde(default)]
+    pub rate_limits: Vec<RawRateLimit>,
+    #[serde(default)]
+    pub circuit_breakers: Vec<RawCircuitBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub service: String,
+    pub key: Option<String>,
+    pub rate: String,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    pub service: String,
+    pub version: String,
+    pub failure_rate_threshold: Option<f64>,
+    pub slow_call_duration: Option<String>,
+    pub slow_call_rate_threshold: Option<f64>,
+    pub minimum_calls: Option<u32>,
+    pub window: Option<RawWindow>,
+    pub open_for: Option<String>,
+    pub half_open_calls: Option<u32>,
+    pub fallback: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub kind: String,
+    pub size: u32,
+}

@@ -1,0 +1,1346 @@
+//! Raw model → validated model. Every check runs even after an earlier one failed, so the user
+//! sees every problem in one go; each problem names the key path it belongs to.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+use crate::error::did_you_mean;
+use crate::model::*;
+use crate::raw::*;
+
+/// Deepest nesting of `all` / `any` / `not` accepted, so a hostile file cannot exhaust the stack.
+const MAX_RULE_DEPTH: usize = 32;
+/// Regexes beyond this compiled size are refused rather than slowing every request.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+pub(crate) struct Validator<'a> {
+    base_dir: &'a Path,
+    /// (key path, message)
+    pub(crate) problems: Vec<(String, String)>,
+}
+
+impl<'a> Validator<'a> {
+    pub(crate) fn new(base_dir: &'a Path) -> Self {
+        Validator {
+            base_dir,
+            problems: Vec::new(),
+        }
+    }
+
+    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push((path.into(), message.into()));
+    }
+
+    /// Validates the whole document; `None` if anything was wrong (see `problems`).
+    pub(crate) fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let listeners = self.listeners(&raw.listeners);
+        let admin = raw.admin.as_ref().and_then(|a| self.admin(a));
+        self.check_overlaps(&listeners, admin.as_ref());
+        let segments = self.segments(raw.segments);
+        let upstream = self.upstream(raw.upstream.as_ref());
+        let declared: Vec<String> = raw.services.iter().map(|s| s.name.clone()).collect();
+        let services = self.services(raw.services, &segments, &upstream);
+        let traffic_control = match raw.traffic_control {
+            Some(tc) => self.traffic_control(tc, &services, &declared),
+            None => TrafficControl::default(),
+        };
+        if !self.problems.is_empty() {
+            return None;
+        }
+        Some(Config {
+            listeners: listeners.into_iter().map(|(_, l)| l).collect(),
+            admin,
+            segments,
+            services,
+            upstream,
+            traffic_control,
+        })
+    }
+
+    fn listeners(&mut self, raw: &[RawListener]) -> Vec<(String, Listener)> {
+        if raw.is_empty() {
+            self.fail(
+                "listeners",
+                "at least one listener is required, e.g. `listeners: [{ bind: 127.0.0.1:8080 }]`",
+            );
+        }
+        let mut out = Vec::new();
+        for (i, l) in raw.iter().enumerate() {
+            let path = format!("listeners[{i}]");
+            let bind = self.socket_addr(&format!("{path}.bind"), &l.bind);
+            let tls = l.tls.as_ref().map(|t| Tls {
+                cert: self.base_dir.join(&t.cert),
+                key: self.base_dir.join(&t.key),
+            });
+            let trusted_hops = l
+                .trusted_hops
+                .iter()
+                .enumerate()
+                .filter_map(|(j, c)| self.cidr(&format!("{path}.trusted_hops[{j}]"), c))
+                .collect();
+            if let Some(bind) = bind {
+                out.push((
+                    path,
+                    Listener {
+                        bind,
+                        tls,
+                        trusted_hops,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
+        let bind = self.socket_addr("admin.bind", &raw.bind)?;
+        if let Some(var) = &raw.token_env
+            && (var.is_empty() || var.contains('='))
+        {
+            self.fail(
+                "admin.token_env",
+                format!("`{var}` is not a valid environment variable name"),
+            );
+        }
+        Some(Admin {
+            bind,
+            token_env: raw.token_env.clone(),
+        })
+    }
+
+    /// Two sockets overlap when they share a port and either address covers the other.
+    fn check_overlaps(&mut self, listeners: &[(String, Listener)], admin: Option<&Admin>) {
+        let mut binds: Vec<(String, SocketAddr)> = listeners
+            .iter()
+            .map(|(p, l)| (format!("{p}.bind"), l.bind))
+            .collect();
+        if let Some(a) = admin {
+            binds.push(("admin.bind".to_string(), a.bind));
+        }
+        for i in 0..binds.len() {
+            for j in 0..i {
+                let (a, b) = (binds[j].1, binds[i].1);
+                let same_family = a.is_ipv4() == b.is_ipv4();
+                let covers = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+                if a.port() == b.port() && same_family && covers {
+                    let msg = format!("{b} overlaps {a} bound by `{}`", binds[j].0);
+                    self.fail(binds[i].0.clone(), msg);
+                }
+            }
+        }
+    }
+
+    fn segments(&mut self, raw: std::collections::BTreeMap<String, RawSegment>) -> Vec<Segment> {
+        let mut out = Vec::new();
+        for (name, seg) in raw {
+            let path = format!("segments.{name}");
+            match (seg.values, seg.file) {
+                (Some(values), None) => out.push(Segment {
+                    name,
+                    members: values,
+                    source: SegmentSource::Static,
+                }),
+                (None, Some(file)) => {
+                    let full = self.base_dir.join(&file);
+                    match std::fs::read_to_string(&full) {
+                        Ok(text) => out.push(Segment {
+                            name,
+                            members: parse_member_file(&text),
+                            source: SegmentSource::File(full),
+                        }),
+                        Err(e) => self.fail(
+                            format!("{path}.file"),
+                            format!("cannot read {}: {e}", full.display()),
+                        ),
+                    }
+                }
+                _ => self.fail(
+                    path,
+                    "a segment needs exactly one of `values` (a list) or `file` (one member per line)",
+                ),
+            }
+        }
+        out
+    }
+
+    fn upstream(&mut self, raw: Option<&RawUpstream>) -> UpstreamSettings {
+        let mut s = UpstreamSettings::default();
+        let Some(raw) = raw else { return s };
+        if let Some(d) = &raw.connect_timeout {
+            s.connect_timeout = self
+                .duration("upstream.connect_timeout", d)
+                .unwrap_or(s.connect_timeout);
+        }
+        if let Some(d) = &raw.request_timeout {
+            s.request_timeout = self
+                .duration("upstream.request_timeout", d)
+                .unwrap_or(s.request_timeout);
+        }
+        if let Some(d) = &raw.idle_timeout {
+            s.idle_timeout = self
+                .duration("upstream.idle_timeout", d)
+                .unwrap_or(s.idle_timeout);
+        }
+        if let Some(n) = raw.max_idle_per_endpoint {
+            s.max_idle_per_endpoint = n;
+        }
+        s
+    }
+
+    fn services(
+        &mut self,
+        raw: Vec<RawService>,
+        segments: &[Segment],
+        upstream: &UpstreamSettings,
+    ) -> Vec<Service> {
+        let mut out: Vec<Service> = Vec::new();
+        let mut seen: std::collections::HashMap<String, usize> = Default::default();
+        for (i, svc) in raw.into_iter().enumerate() {
+            let path = format!("services[{i}]");
+            if let Some(first) = seen.get(&svc.name) {
+                self.fail(
+                    format!("{path}.name"),
+                    format!(
+                        "duplicate service name `{}` (also services[{first}])",
+                        svc.name
+                    ),
+                );
+                continue;
+            }
+            seen.insert(svc.name.clone(), i);
+            if let Some(s) = self.service(&path, svc, segments, upstream) {
+                if let Some(other) = out.iter().find(|o| same_match(&o.matcher, &s.matcher)) {
+                    let msg = format!(
+                        "its match is the same as service `{}`'s, so one of them could never be chosen",
+                        other.name
+                    );
+                    self.fail(format!("{path}.match"), msg);
+                }
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    fn service(
+        &mut self,
+        path: &str,
+        raw: RawService,
+        segments: &[Segment],
+        upstream: &UpstreamSettings,
+    ) -> Option<Service> {
+        let errors_before = self.problems.len();
+        if !is_token(&raw.name) {
+            self.fail(
+                format!("{path}.name"),
+                format!(
+                    "`{}` is not a valid name: use letters, digits, `-`, `_` and `.`",
+                    raw.name
+                ),
+            );
+        }
+        let matcher = self.service_match(&format!("{path}.match"), &raw.matcher);
+        let versions = self.versions(path, raw.versions);
+        let names: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+        let release = raw
+            .release
+            .and_then(|r| self.release(&format!("{path}.release"), r, &names, segments));
+        let default_version = match (&release, &raw.default_version) {
+            (Some(r), None) => Some(r.baseline),
+            (_, Some(name)) => self.version_ref(&format!("{path}.default_version"), name, &names),
+            (None, None) => {
+                if let Some(i) = names.iter().position(|n| *n == "stable") {
+                    Some(i)
+                } else if names.len() == 1 {
+                    Some(0)
+                } else {
+                    if !names.is_empty() {
+                        self.fail(
+                            format!("{path}.default_version"),
+                            "with several versions and no `stable` one, say which one gets the traffic with `default_version`",
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        let load_balancing = match raw.load_balancing.as_deref() {
+            None | Some("round_robin") => LoadBalancing::RoundRobin,
+            Some("least_request") => LoadBalancing::LeastRequest,
+            Some(other) => {
+                self.fail(
+                    format!("{path}.load_balancing"),
+                    format!(
+                        "unknown load balancing `{other}`: use `round_robin` or `least_request`"
+                    ),
+                );
+                LoadBalancing::RoundRobin
+            }
+        };
+        let mut connect_timeout = upstream.connect_timeout;
+        let mut request_timeout = upstream.request_timeout;
+        if let Some(t) = &raw.timeouts {
+            if let Some(d) = &t.connect {
+                connect_timeout = self
+                    .duration(&format!("{path}.timeouts.connect"), d)
+                    .unwrap_or(connect_timeout);
+            }
+            if let Some(d) = &t.request {
+                request_timeout = self
+                    .duration(&format!("{path}.timeouts.request"), d)
+                    .unwrap_or(request_timeout);
+            }
+        }
+        if self.problems.len() > errors_before {
+            return None;
+        }
+        Some(Service {
+            name: raw.name,
+            matcher: matcher?,
+            versions,
+            default_version: default_version?,
+            load_balancing,
+            connect_timeout,
+            request_timeout,
+            release,
+        })
+    }
+
+    fn service_match(&mut self, path: &str, raw: &RawServiceMatch) -> Option<ServiceMatch> {
+        let path_prefix = raw.path_prefix.clone().unwrap_or_else(|| "/".to_string());
+        if !path_prefix.starts_with('/') {
+            self.fail(
+                format!("{path}.path_prefix"),
+                format!("`{path_prefix}` must start with `/`"),
+            );
+        }
+        let host = raw.host.as_ref().map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+                _ => h,
+            }
+        });
+        let methods = raw
+            .methods
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, m)| self.method(&format!("{path}.methods[{i}]"), m))
+            .collect();
+        Some(ServiceMatch {
+            host,
+            path_prefix,
+            methods,
+        })
+    }
+
+    fn versions(
+        &mut self,
+        path: &str,
+        raw: std::collections::BTreeMap<String, RawVersion>,
+    ) -> Vec<Version> {
+        if raw.is_empty() {
+            self.fail(
+                format!("{path}.versions"),
+                "a service needs at least one version, e.g. `stable: { endpoints: [\"127.0.0.1:9001\"] }`",
+            );
+        }
+        let mut out = Vec::new();
+        for (name, v) in raw {
+            let vpath = format!("{path}.versions.{name}");
+            if !is_token(&name) {
+                self.fail(
+                    vpath.clone(),
+                    format!("`{name}` is not a valid version name: use letters, digits, `-`, `_` and `.`"),
+                );
+            }
+            if v.endpoints.is_empty() {
+                self.fail(
+                    format!("{vpath}.endpoints"),
+                    "a version needs at least one endpoint (`host:port`)",
+                );
+            }
+            let endpoints = v
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| self.endpoint(&format!("{vpath}.endpoints[{i}]"), e))
+                .collect();
+            if let Some(tag) = &v.tag
+                && http::HeaderValue::from_str(tag).is_err()
+            {
+                self.fail(
+                    format!("{vpath}.tag"),
+                    format!("`{tag}` cannot be sent in a header"),
+                );
+            }
+            out.push(Version {
+                name,
+                endpoints,
+                tag: v.tag,
+            });
+        }
+        out
+    }
+
+    fn release(
+        &mut self,
+        path: &str,
+        raw: RawRelease,
+        versions: &[&str],
+        segments: &[Segment],
+    ) -> Option<Release> {
+        let errors_before = self.problems.len();
+        let strategy = match raw.strategy.as_str() {
+            "canary" => Some(Strategy::Canary),
+            other => {
+                self.fail(
+                    format!("{path}.strategy"),
+                    format!("unknown strategy `{other}`; this version supports `canary`"),
+                );
+                None
+            }
+        };
+        let baseline = self.version_ref(&format!("{path}.baseline"), &raw.baseline, versions);
+        let candidate = self.version_ref(&format!("{path}.candidate"), &raw.candidate, versions);
+        if baseline.is_some() && baseline == candidate {
+            self.fail(
+                format!("{path}.candidate"),
+                "the candidate must differ from the baseline",
+            );
+        }
+        let force = raw
+            .force
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.rule(&format!("{path}.force[{i}]"), r, segments, 0))
+            .collect();
+        let bucket_by = match &raw.bucket_by {
+            Some(k) => self.key_spec(&format!("{path}.bucket_by"), k),
+            None => Some(KeySpec::ClientIp),
+        };
+        let sticky = raw.sticky.as_ref().and_then(|s| {
+            if !is_token(&s.cookie) {
+                self.fail(
+                    format!("{path}.sticky.cookie"),
+                    format!("`{}` is not a valid cookie name", s.cookie),
+                );
+            }
+            let max_age = match &s.max_age {
+                Some(d) => Some(self.duration(&format!("{path}.sticky.max_age"), d)?),
+                None => None,
+            };
+            Some(Sticky {
+                cookie: s.cookie.clone(),
+                max_age,
+            })
+        });
+        if raw.steps.is_empty() {
+            self.fail(
+                format!("{path}.steps"),
+                "a canary release needs at least one step, e.g. `steps: [{ weight: 5 }, { weight: 100 }]`",
+            );
+        }
+        let steps = raw
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.step(&format!("{path}.steps[{i}]"), s))
+            .collect();
+        let analysis = raw
+            .analysis
+            .as_ref()
+            .and_then(|a| self.analysis(&format!("{path}.analysis"), a));
+        if self.problems.len() > errors_before {
+            return None;
+        }
+        let candidate = candidate?;
+        Some(Release {
+            strategy: strategy?,
+            baseline: baseline?,
+            candidate,
+            force,
+            bucket_by: bucket_by?,
+            salt: raw.salt.unwrap_or_else(|| versions[candidate].to_string()),
+            sticky,
+            steps,
+            analysis,
+        })
+    }
+
+    fn step(&mut self, path: &str, raw: &RawStep) -> Option<Step> {
+        let weight = Weight::from_percent(raw.weight);
+        if weight.is_none() {
+            self.fail(
+                format!("{path}.weight"),
+                format!(
+                    "weight {} must be a percentage from 0 to 100 in steps of at most 0.001",
+                    raw.weight
+                ),
+            );
+        }
+        let pause = match raw.pause.as_deref() {
+            None => Pause::None,
+            Some("manual") => Pause::Manual,
+            Some(d) => Pause::For(self.duration(&format!("{path}.pause"), d)?),
+        };
+        Some(Step {
+            weight: weight?,
+            pause,
+        })
+    }
+
+    fn analysis(&mut self, path: &str, raw: &RawAnalysis) -> Option<Analysis> {
+        let interval = self.duration(&format!("{path}.interval"), &raw.interval);
+        let on_failure = match raw.on_failure.as_deref() {
+            None | Some("rollback") => Some(OnFailure::Rollback),
+            Some("pause") => Some(OnFailure::Pause),
+            Some(other) => {
+                self.fail(
+                    format!("{path}.on_failure"),
+                    format!("unknown action `{other}`: use `rollback` or `pause`"),
+                );
+                None
+            }
+        };
+        if raw.failure_limit == Some(0) {
+            self.fail(format!("{path}.failure_limit"), "must be at least 1");
+        }
+        let checks: Vec<Option<Check>> = raw
+            .checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.check(&format!("{path}.checks[{i}]"), c))
+            .collect();
+        Some(Analysis {
+            interval: interval?,
+            min_requests: raw.min_requests.unwrap_or(100),
+            checks: checks.into_iter().collect::<Option<Vec<_>>>()?,
+            failure_limit: raw.failure_limit.unwrap_or(1).max(1),
+            on_failure: on_failure?,
+        })
+    }
+
+    fn check(&mut self, path: &str, c: &RawCheck) -> Option<Check> {
+        let given: Vec<(&str, Option<f64>)> = vec![
+            ("max", c.max),
+            ("min", c.min),
+            ("max_increase", c.max_increase),
+            ("max_ms", c.max_ms),
+            ("max_ratio", c.max_ratio),
+            ("min_rps", c.min_rps),
+        ];
+        let (check, allowed): (Option<Check>, &[&str]) = if c.metric == "error_rate" {
+            (
+                Some(Check::ErrorRate {
+                    max: c.max,
+                    max_increase: c.max_increase,
+                }),
+                &["max", "max_increase"],
+            )
+        } else if let Some(p) = c.metric.strip_prefix("latency_p") {
+            let percentile = parse_percentile(p);
+            if percentile.is_none() {
+                self.fail(
+                    format!("{path}.metric"),
+                    format!(
+                        "`{}`: the percentile must be between 0 and 100, e.g. `latency_p99`",
+                        c.metric
+                    ),
+                );
+            }
+            (
+                percentile.map(|percentile| Check::Latency {
+                    percentile,
+                    max_ms: c.max_ms,
+                    max_ratio: c.max_ratio,
+                }),
+                &["max_ms", "max_ratio"],
+            )
+        } else if c.metric == "throughput" {
+            (
+                c.min_rps.map(|min_rps| Check::Throughput { min_rps }),
+                &["min_rps"],
+            )
+        } else {
+            let hint = did_you_mean(&c.metric, ["error_rate", "latency_p99", "throughput"])
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            self.fail(
+                format!("{path}.metric"),
+                format!(
+                    "unknown metric `{}`: use `error_rate`, `latency_pNN` or `throughput`{hint}",
+                    c.metric
+                ),
+            );
+            return None;
+        };
+        let mut ok = true;
+        for (key, value) in &given {
+            match value {
+                Some(v) if !allowed.contains(key) => {
+                    ok = false;
+                    self.fail(
+                        format!("{path}.{key}"),
+                        format!(
+                            "`{key}` does not apply to `{}`; it takes {}",
+                            c.metric,
+                            allowed.join(", ")
+                        ),
+                    );
+                    let _ = v;
+                }
+                Some(v) if !v.is_finite() || *v < 0.0 => {
+                    ok = false;
+                    self.fail(
+                        format!("{path}.{key}"),
+                        format!("{v} must be a non-negative number"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        if !given
+            .iter()
+            .any(|(k, v)| v.is_some() && allowed.contains(k))
+        {
+            ok = false;
+            self.fail(
+                path.to_string(),
+                format!("`{}` needs a threshold: {}", c.metric, allowed.join(" or ")),
+            );
+        }
+        if ok { check } else { None }
+    }
+
+    fn rule(
+        &mut self,
+        path: &str,
+        raw: &RawRule,
+        segments: &[Segment],
+        depth: usize,
+    ) -> Option<Rule> {
+        if depth > MAX_RULE_DEPTH {
+            self.fail(
+                path,
+                format!("rules nest deeper than {MAX_RULE_DEPTH} levels"),
+            );
+            return None;
+        }
+        let kinds: Vec<&str> = [
+            ("header", raw.header.is_some()),
+            ("cookie", raw.cookie.is_some()),
+            ("query", raw.query.is_some()),
+            ("path", raw.path.is_some()),
+            ("method", raw.method.is_some()),
+            ("client_ip", raw.client_ip.is_some()),
+            ("semver", raw.semver.is_some()),
+            ("device", raw.device.is_some()),
+            ("country", raw.country.is_some()),
+            ("time", raw.time.is_some()),
+            ("segment", raw.segment.is_some()),
+            ("all", raw.all.is_some()),
+            ("any", raw.any.is_some()),
+            ("not", raw.not.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        if kinds.len() != 1 {
+            let msg = if kinds.is_empty() {
+                "a rule needs one kind: header, cookie, query, path, method, client_ip, semver, device, country, time, segment, all, any or not".to_string()
+            } else {
+                format!(
+                    "a rule has exactly one kind, this one has {}; combine them with `all: [...]`",
+                    kinds.join(", ")
+                )
+            };
+            self.fail(path, msg);
+            return None;
+        }
+        let kind = kinds[0];
+        let sub = format!("{path}.{kind}");
+        if let Some(h) = &raw.header {
+            let name = self.header_name(&format!("{sub}.name"), &h.name);
+            let matcher = self.value_match(&sub, h);
+            return Some(Rule::Header {
+                name: name?,
+                matcher: matcher?,
+            });
+        }
+        if let Some(c) = &raw.cookie {
+            let matcher = self.value_match(&sub, c)?;
+            return Some(Rule::Cookie {
+                name: c.name.clone(),
+                matcher,
+            });
+        }
+        if let Some(q) = &raw.query {
+            let matcher = self.value_match(&sub, q)?;
+            return Some(Rule::Query {
+                name: q.name.clone(),
+                matcher,
+            });
+        }
+        if let Some(p) = &raw.path {
+            return self.path_match(&sub, p).map(Rule::Path);
+        }
+        if let Some(m) = &raw.method {
+            let methods: Vec<_> = m.clone_vec();
+            let parsed: Vec<_> = methods
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| self.method(&format!("{sub}[{i}]"), m))
+                .collect();
+            return (parsed.len() == methods.len() && !parsed.is_empty())
+                .then_some(Rule::Method(parsed));
+        }
+        if let Some(c) = &raw.client_ip {
+            let cidrs = c.clone_vec();
+            let parsed: Vec<_> = cidrs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| self.cidr(&format!("{sub}[{i}]"), c))
+                .collect();
+            return (parsed.len() == cidrs.len() && !parsed.is_empty())
+                .then_some(Rule::ClientIp(parsed));
+        }
+        if let Some(s) = &raw.semver {
+            let header = self.header_name(&format!("{sub}.header"), &s.header);
+            let range = match parse_semver_range(&s.range) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.fail(format!("{sub}.range"), e);
+                    None
+                }
+            };
+            return Some(Rule::Semver {
+                header: header?,
+                range: range?,
+                written: s.range.clone(),
+            });
+        }
+        if let Some(d) = &raw.device {
+            let names = d.clone_vec();
+            let mut classes = Vec::new();
+            for (i, n) in names.iter().enumerate() {
+                match n.to_ascii_lowercase().as_str() {
+                    "mobile" => classes.push(DeviceClass::Mobile),
+                    "desktop" => classes.push(DeviceClass::Desktop),
+                    "bot" => classes.push(DeviceClass::Bot),
+                    _ => self.fail(
+                        format!("{sub}[{i}]"),
+                        format!("unknown device class `{n}`: use mobile, desktop or bot"),
+                    ),
+                }
+            }
+            return (classes.len() == names.len() && !classes.is_empty())
+                .then_some(Rule::Device(classes));
+        }
+        if let Some(c) = &raw.country {
+            let header = self.header_name(
+                &format!("{sub}.header"),
+                c.header.as_deref().unwrap_or("CF-IPCountry"),
+            );
+            let codes: Vec<String> = match (&c.equals, &c.one_of) {
+                (Some(one), None) => vec![one.clone()],
+                (None, Some(many)) if !many.is_empty() => many.clone(),
+                _ => {
+                    self.fail(
+                        sub,
+                        "a country rule needs exactly one of `equals` or `in` (ISO 3166 codes)",
+                    );
+                    return None;
+                }
+            };
+            let mut ok = true;
+            for code in &codes {
+                if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    ok = false;
+                    self.fail(
+                        sub.clone(),
+                        format!("`{code}` is not a two-letter ISO 3166 country code"),
+                    );
+                }
+            }
+            let codes = codes.iter().map(|c| c.to_ascii_uppercase()).collect();
+            return (ok).then_some(Rule::Country {
+                header: header?,
+                codes,
+            });
+        }
+        if let Some(t) = &raw.time {
+            let from = t
+                .from
+                .as_ref()
+                .map(|s| self.timestamp(&format!("{sub}.from"), s));
+            let until = t
+                .until
+                .as_ref()
+                .map(|s| self.timestamp(&format!("{sub}.until"), s));
+            if from.is_none() && until.is_none() {
+                self.fail(
+                    sub,
+                    "a time rule needs `from`, `until` or both (RFC 3339 times)",
+                );
+                return None;
+            }
+            let from = from.map(|f| f.ok_or(())).transpose().ok()?;
+            let until = until.map(|u| u.ok_or(())).transpose().ok()?;
+            if let (Some(f), Some(u)) = (from, until)
+                && f >= u
+            {
+                self.fail(format!("{sub}.until"), "`until` must be later than `from`");
+                return None;
+            }
+            return Some(Rule::Time { from, until });
+        }
+        if let Some(s) = &raw.segment {
+            let key = self.key_spec(&format!("{sub}.key"), &s.key);
+            let segment = segments.iter().position(|seg| seg.name == s.name);
+            if segment.is_none() {
+                let hint = did_you_mean(&s.name, segments.iter().map(|s| s.name.as_str()))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                self.fail(
+                    format!("{sub}.name"),
+                    format!("unknown segment `{}`{hint}", s.name),
+                );
+            }
+            return Some(Rule::Segment {
+                segment: segment?,
+                key: key?,
+            });
+        }
+        if let Some(list) = raw.all.as_ref().or(raw.any.as_ref()) {
+            if list.is_empty() {
+                self.fail(sub, format!("`{kind}` needs at least one rule"));
+                return None;
+            }
+            let rules: Vec<_> = list
+                .iter()
+                .enumerate()
+                .map(|(i, r)| self.rule(&format!("{sub}[{i}]"), r, segments, depth + 1))
+                .collect();
+            let rules = rules.into_iter().collect::<Option<Vec<_>>>()?;
+            return Some(if kind == "all" {
+                Rule::All(rules)
+            } else {
+                Rule::Any(rules)
+            });
+        }
+        let inner = raw.not.as_ref()?;
+        self.rule(&sub, inner, segments, depth + 1)
+            .map(|r| Rule::Not(Box::new(r)))
+    }
+
+    fn value_match(&mut self, path: &str, raw: &RawValueRule) -> Option<ValueMatch> {
+        let mut set = Vec::new();
+        if raw.equals.is_some() {
+            set.push("equals");
+        }
+        if raw.one_of.is_some() {
+            set.push("in");
+        }
+        if raw.prefix.is_some() {
+            set.push("prefix");
+        }
+        if raw.glob.is_some() {
+            set.push("glob");
+        }
+        if raw.regex.is_some() {
+            set.push("regex");
+        }
+        if raw.exists.is_some() {
+            set.push("exists");
+        }
+        if raw.absent.is_some() {
+            set.push("absent");
+        }
+        if set.len() != 1 {
+            self.fail(
+                path,
+                format!(
+                    "needs exactly one of equals, in, prefix, glob, regex, exists, absent (found {})",
+                    if set.is_empty() { "none".to_string() } else { set.join(", ") }
+                ),
+            );
+            return None;
+        }
+        if raw.exists == Some(false) || raw.absent == Some(false) {
+            self.fail(
+                format!("{path}.{}", set[0]),
+                "write `exists: true` or `absent: true`; `false` would be the other one",
+            );
+            return None;
+        }
+        Some(match () {
+            _ if raw.equals.is_some() => ValueMatch::Equals(raw.equals.clone()?),
+            _ if raw.one_of.is_some() => ValueMatch::In(raw.one_of.clone()?),
+            _ if raw.prefix.is_some() => ValueMatch::Prefix(raw.prefix.clone()?),
+            _ if raw.glob.is_some() => ValueMatch::Glob(raw.glob.clone()?),
+            _ if raw.regex.is_some() => {
+                ValueMatch::Regex(self.regex(&format!("{path}.regex"), raw.regex.as_deref()?)?)
+            }
+            _ if raw.exists.is_some() => ValueMatch::Exists,
+            _ => ValueMatch::Absent,
+        })
+    }
+
+    fn path_match(&mut self, path: &str, raw: &RawPathRule) -> Option<PathMatch> {
+        let set = [&raw.equals, &raw.prefix, &raw.glob, &raw.regex]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set != 1 {
+            self.fail(
+                path,
+                "a path rule needs exactly one of equals, prefix, glob, regex",
+            );
+            return None;
+        }
+        if let Some(r) = &raw.regex {
+            return self
+                .regex(&format!("{path}.regex"), r)
+                .map(PathMatch::Regex);
+        }
+        let (key, value) = match (&raw.equals, &raw.prefix, &raw.glob) {
+            (Some(v), _, _) => ("equals", v),
+            (_, Some(v), _) => ("prefix", v),
+            (_, _, Some(v)) => ("glob", v),
+            _ => return None,
+        };
+        if !value.starts_with('/') && !value.starts_with('*') {
+            self.fail(
+                format!("{path}.{key}"),
+                format!("`{value}` must start with `/`"),
+            );
+            return None;
+        }
+        Some(match key {
+            "equals" => PathMatch::Equals(value.clone()),
+            "prefix" => PathMatch::Prefix(value.clone()),
+            _ => PathMatch::Glob(value.clone()),
+        })
+    }
+
+    fn traffic_control(
+        &mut self,
+        raw: RawTrafficControl,
+        services: &[Service],
+        declared: &[String],
+    ) -> TrafficControl {
+        let mut tc = TrafficControl::default();
+        for (i, rl) in raw.rate_limits.iter().enumerate() {
+            let path = format!("traffic_control.rate_limits[{i}]");
+            let service =
+                self.service_ref(&format!("{path}.service"), &rl.service, services, declared);
+            let key = match &rl.key {
+                Some(k) => self.key_spec(&format!("{path}.key"), k).map(Some),
+                None => Some(None),
+            };
+            let rate = self.rate(&format!("{path}.rate"), &rl.rate);
+            if rl.burst == Some(0) {
+                self.fail(format!("{path}.burst"), "must be at least 1");
+            }
+            if let (Some(service), Some(key), Some((requests, per))) = (service, key, rate) {
+                tc.rate_limits.push(RateLimit {
+                    service,
+                    key,
+                    requests,
+                    per,
+                    burst: rl.burst.unwrap_or(requests).max(1),
+                });
+            }
+        }
+        for (i, cb) in raw.circuit_breakers.iter().enumerate() {
+            let path = format!("traffic_control.circuit_breakers[{i}]");
+            if let Some(b) = self.circuit_breaker(&path, cb, services, declared) {
+                tc.circuit_breakers.push(b);
+            }
+        }
+        tc
+    }
+
+    fn circuit_breaker(
+        &mut self,
+        path: &str,
+        cb: &RawCircuitBreaker,
+        services: &[Service],
+        declared: &[String],
+    ) -> Option<CircuitBreaker> {
+        let service =
+            self.service_ref(&format!("{path}.service"), &cb.service, services, declared)?;
+        let names: Vec<&str> = services[service]
+            .versions
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        let version = self.version_ref(&format!("{path}.version"), &cb.version, &names);
+        let fallback = match &cb.fallback {
+            Some(f) => {
+                let idx = self.version_ref(&format!("{path}.fallback"), f, &names);
+                if idx.is_some() && idx == version {
+                    self.fail(
+                        format!("{path}.fallback"),
+                        "a version cannot fall back to itself",
+                    );
+                }
+                Some(idx)
+            }
+            None => None,
+        };
+        let rate = |v: &mut Self, key: &str, value: Option<f64>, default: f64| -> Option<f64> {
+            let x = value.unwrap_or(default);
+            if !(x > 0.0 && x <= 1.0) {
+                v.fail(
+                    format!("{path}.{key}"),
+                    format!("{x} must be a fraction in (0, 1], e.g. 0.5 for 50%"),
+                );
+                return None;
+            }
+            Some(x)
+        };
+        let failure_rate_threshold = rate(
+            self,
+            "failure_rate_threshold",
+            cb.failure_rate_threshold,
+            0.5,
+        );
+        let slow_call_rate_threshold = rate(
+            self,
+            "slow_call_rate_threshold",
+            cb.slow_call_rate_threshold,
+            1.0,
+        );
+        let slow_call_duration = match &cb.slow_call_duration {
+            Some(d) => Some(self.duration(&format!("{path}.slow_call_duration"), d)),
+            None => None,
+        };
+        let window = match &cb.window {
+            None => Some(BreakerWindow::Count(100)),
+            Some(w) if w.size == 0 => {
+                self.fail(format!("{path}.window.size"), "must be at least 1");
+                None
+            }
+            Some(w) => {
+                match w.kind.as_str() {
+                    "count" => Some(BreakerWindow::Count(w.size)),
+                    "time" => Some(BreakerWindow::Time(Duration::from_secs(w.size.into()))),
+                    other => {
+                        self.fail(format!("{path}.window.kind"), format!("unknown window kind `{other}`: use `count` or `time` (size in seconds)"));
+                        None
+                    }
+                }
+            }
+        };
+        let open_for = match &cb.open_for {
+            Some(d) => self.duration(&format!("{path}.open_for"), d),
+            None => Some(Duration::from_secs(60)),
+        };
+        let minimum_calls = cb.minimum_calls.unwrap_or(match window {
+            Some(BreakerWindow::Count(n)) => n,
+            _ => 100,
+        });
+        Some(CircuitBreaker {
+            service,
+            version: version?,
+            failure_rate_threshold: failure_rate_threshold?,
+            slow_call_duration: slow_call_duration.map(|d| d.ok_or(())).transpose().ok()?,
+            slow_call_rate_threshold: slow_call_rate_threshold?,
+            minimum_calls,
+            window: window?,
+            open_for: open_for?,
+            half_open_calls: cb.half_open_calls.unwrap_or(10).max(1),
+            fallback: fallback.map(|f| f.ok_or(())).transpose().ok()?,
+        })
+    }
+
+    // ----- leaf values -----
+
+    fn socket_addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.fail(
+                    path,
+                    format!("`{s}` is not an address like 127.0.0.1:8080 or [::1]:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn endpoint(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        if s.starts_with("https://") {
+            self.fail(
+                path,
+                format!("`{s}`: TLS to upstreams is not supported; use `host:port`"),
+            );
+            return None;
+        }
+        let hostport = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+        if let Ok(a) = hostport.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        match hostport.to_socket_addrs().map(|mut it| it.next()) {
+            Ok(Some(a)) => Some(a),
+            _ => {
+                self.fail(
+                    path,
+                    format!("`{s}` is not a reachable `host:port` (e.g. 127.0.0.1:9001)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn cidr(&mut self, path: &str, s: &str) -> Option<IpNet> {
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Some(net.trunc());
+        }
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Some(IpNet::from(ip));
+        }
+        self.fail(
+            path,
+            format!("`{s}` is not a CIDR like 10.0.0.0/8 or an IP address"),
+        );
+        None
+    }
+
+    fn method(&mut self, path: &str, s: &str) -> Option<http::Method> {
+        let upper = s.to_ascii_uppercase();
+        match http::Method::from_bytes(upper.as_bytes()) {
+            Ok(m) if !upper.is_empty() => Some(m),
+            _ => {
+                self.fail(path, format!("`{s}` is not an HTTP method"));
+                None
+            }
+        }
+    }
+
+    fn header_name(&mut self, path: &str, s: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(s.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.fail(path, format!("`{s}` is not a valid header name"));
+                None
+            }
+        }
+    }
+
+    fn regex(&mut self, path: &str, s: &str) -> Option<regex::Regex> {
+        match regex::RegexBuilder::new(s)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let why = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                self.fail(path, format!("invalid regex `{s}`: {why}"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, s: &str) -> Option<Duration> {
+        match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.fail(
+                    path,
+                    format!("`{s}` is not a duration like 30s, 5m or 1h30m ({e})"),
+                );
+                None
+            }
+        }
+    }
+
+    fn timestamp(&mut self, path: &str, s: &str) -> Option<i64> {
+        match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+            Ok(t) => Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
+            Err(e) => {
+                self.fail(
+                    path,
+                    format!("`{s}` is not an RFC 3339 time like 2026-12-01T08:00:00Z ({e})"),
+                );
+                None
+            }
+        }
+    }
+
+    fn rate(&mut self, path: &str, s: &str) -> Option<(u32, Duration)> {
+        let parsed = s.split_once('/').and_then(|(n, unit)| {
+            let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+            let per = match unit.trim() {
+                "s" | "sec" | "second" => Duration::from_secs(1),
+                "m" | "min" | "minute" => Duration::from_secs(60),
+                "h" | "hour" => Duration::from_secs(3600),
+                _ => return None,
+            };
+            Some((n, per))
+        });
+        if parsed.is_none() {
+            self.fail(
+                path,
+                format!("`{s}` is not a rate like 100/s, 6000/min or 10000/h"),
+            );
+        }
+        parsed
+    }
+
+    fn key_spec(&mut self, path: &str, s: &str) -> Option<KeySpec> {
+        let parsed = match s.split_once(':') {
+            None if s == "ip" => Some(KeySpec::ClientIp),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(KeySpec::Header),
+            Some(("cookie", name)) if is_token(name) => Some(KeySpec::Cookie(name.to_string())),
+            Some(("query", name)) if !name.is_empty() => Some(KeySpec::Query(name.to_string())),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.fail(
+                path,
+                format!(
+                    "`{s}` is not a key: use `header:NAME`, `cookie:NAME`, `query:NAME` or `ip`"
+                ),
+            );
+        }
+        parsed
+    }
+
+    fn version_ref(&mut self, path: &str, name: &str, versions: &[&str]) -> Option<usize> {
+        let found = versions.iter().position(|v| *v == name);
+        if found.is_none() {
+            let hint = did_you_mean(name, versions.iter().copied())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            self.fail(
+                path,
+                format!(
+                    "unknown version `{name}` (the service has: {}){hint}",
+                    versions.join(", ")
+                ),
+            );
+        }
+        found
+    }
+
+    /// A service by name; a service that was declared but is itself invalid resolves to `None`
+    /// without a second error, since its own problems are already reported.
+    fn service_ref(
+        &mut self,
+        path: &str,
+        name: &str,
+        services: &[Service],
+        declared: &[String],
+    ) -> Option<usize> {
+        let found = services.iter().position(|s| s.name == name);
+        if found.is_none() && !declared.iter().any(|d| d == name) {
+            let hint = did_you_mean(name, declared.iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            self.fail(path, format!("unknown service `{name}`{hint}"));
+        }
+        found
+    }
+}
+
+impl OneOrMany {
+    fn clone_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+fn same_match(a: &ServiceMatch, b: &ServiceMatch) -> bool {
+    a.host == b.host && a.path_prefix == b.path_prefix && a.methods == b.methods
+}
+
+/// Names that travel in headers and cookies: letters, digits, `-`, `_`, `.`.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn parse_member_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn parse_percentile(s: &str) -> Option<f64> {
+    let p: f64 = s.parse().ok()?;
+    (p > 0.0 && p < 100.0).then_some(p)
+}
+
+/// Accepts both Cargo's comma form (`>=2.1.0, <3.0.0`) and the npm/space form (`>=2.1.0 <3.0.0`).
+pub(crate) fn parse_semver_range(s: &str) -> Result<semver::VersionReq, String> {
+    if s.contains("||") {
+        return Err(format!(
+            "`{s}`: `||` is not supported; use an `any` rule of semver rules"
+        ));
+    }
+    let normalized = if s.contains(',') {
+        s.to_string()
+    } else {
+        let mut parts: Vec<String> = Vec::new();
+        let mut pending_op = String::new();
+        for tok in s.split_whitespace() {
+            if tok.bytes().all(|b| b"<>=~^".contains(&b)) {
+                pending_op.push_str(tok);
+            } else {
+                parts.push(format!("{pending_op}{tok}"));
+                pending_op.clear();
+            }
+        }
+        if !pending_op.is_empty() {
+            return Err(format!("`{s}` ends with an operator and no version"));
+        }
+        parts.join(", ")
+    };
+    semver::VersionReq::parse(&normalized)
+        .map_err(|e| format!("`{s}` is not a semver range like `>=2.1.0 <3.0.0`: {e}"))
+}
+
+pub(crate) fn resolve_base_dir(file: &Path) -> PathBuf {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_space_and_comma_forms_agree() {
+        let v = semver::Version::parse("2.5.1").unwrap();
+        for s in [">=2.1.0 <3.0.0", ">=2.1.0, <3.0.0", ">= 2.1.0 < 3.0.0"] {
+            let r = parse_semver_range(s).unwrap();
+            assert!(r.matches(&v), "{s}");
+            assert!(!r.matches(&semver::Version::parse("3.0.0").unwrap()), "{s}");
+        }
+        assert!(parse_semver_range(">=1 || <0.5").is_err());
+        assert!(parse_semver_range(">=banana").is_err());
+    }
+}
