@@ -1,1 +1,29 @@
+//! graylane's data plane: an HTTP/1.1 and HTTP/2 reverse proxy that routes each request to a
+//! service version chosen by the rule engine (`graylane-rules`).
+//!
+//! The request path, from the socket in:
+//!
+//! ```text
+//! server (thread per core, SO_REUSEPORT listener, TLS)      server.rs
+//!   └─ handler: decide → pick endpoint → forward → stamp     handler.rs
+//!        ├─ snapshot: routing table + per-version values      snapshot.rs
+//!        ├─ pool: per-thread keep-alive upstream connections  pool.rs
+//!        ├─ body: streamed upstream body or a local one       body.rs
+//!        └─ metrics: per-thread lock-free counters            metrics.rs
+//! ```
+//!
+//! [`Gateway`] ties them together and is what the binary drives: start, apply a new
+//! configuration atomically, reload from a file, shut down with a drain.
 
+mod body;
+mod gateway;
+mod handler;
+pub mod metrics;
+mod pool;
+mod server;
+pub mod snapshot;
+
+pub use gateway::{Gateway, GatewayOptions, StartError};
+pub use handler::{X_GRAYLANE_LANE, X_GRAYLANE_VERSION};
+pub use metrics::Metrics;
+pub use snapshot::Snapshot;

@@ -1,0 +1,185 @@
+//! The gateway as a whole: worker threads serving a routing snapshot that can be replaced
+//! atomically at any time. This is the one type the binary (and tests) drive.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use graylane_config::{Config, ConfigErrors};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::server::{BoundListener, WorkerSetup, bind_reuseport, run_worker, tls_acceptor};
+use crate::snapshot::Snapshot;
+
+/// How the gateway runs, beyond what the configuration file says.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Worker threads; each has its own runtime, listener sockets and upstream pool.
+    pub workers: usize,
+    /// How long SIGTERM waits for in-flight requests before closing connections.
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+pub struct Gateway {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    generation: AtomicU64,
+    local_addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Gateway {
+    /// Binds every listener and starts the workers serving `config`.
+    pub fn start(config: Config, options: GatewayOptions) -> Result<Gateway, StartError> {
+        let workers = options.workers.max(1);
+        let metrics = Metrics::new(workers);
+        let mut per_worker: Vec<Vec<BoundListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::new();
+        for listener in &config.listeners {
+            let addr = listener.bind;
+            let tls = match &listener.tls {
+                Some(t) => {
+                    Some(tls_acceptor(t).map_err(|source| StartError::Tls { addr, source })?)
+                }
+                None => None,
+            };
+            let sockets = bind_reuseport(addr, workers)
+                .map_err(|source| StartError::Bind { addr, source })?;
+            if let Some(first) = sockets.first() {
+                local_addrs.push(
+                    first
+                        .local_addr()
+                        .map_err(|source| StartError::Bind { addr, source })?,
+                );
+            }
+            for (w, socket) in sockets.into_iter().enumerate() {
+                per_worker[w].push(BoundListener {
+                    socket,
+                    config: listener.clone(),
+                    tls: tls.clone(),
+                });
+            }
+        }
+        let upstream = config.upstream.clone();
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &metrics, 1)));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut handles = Vec::new();
+        for (id, listeners) in per_worker.into_iter().enumerate() {
+            let setup = WorkerSetup {
+                id,
+                listeners,
+                snapshot: Arc::clone(&snapshot),
+                metrics: Arc::clone(&metrics),
+                shutdown: shutdown_rx.clone(),
+                drain_timeout: options.drain_timeout,
+                max_idle_per_endpoint: upstream.max_idle_per_endpoint,
+                idle_timeout: upstream.idle_timeout,
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("graylane-worker-{id}"))
+                .spawn(move || run_worker(setup))
+                .map_err(StartError::Thread)?;
+            handles.push(handle);
+        }
+        Ok(Gateway {
+            snapshot,
+            metrics,
+            generation: AtomicU64::new(1),
+            local_addrs,
+            shutdown,
+            workers: handles,
+        })
+    }
+
+    /// The addresses actually bound, in configuration order (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The snapshot requests are being routed with right now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Replaces the routing snapshot atomically: every request after this sees `config`, every
+    /// request before it finishes on the old one. Listener changes need a restart.
+    pub fn apply(&self, config: Config) {
+        let current = self.snapshot.load();
+        let old: Vec<SocketAddr> = current.config.listeners.iter().map(|l| l.bind).collect();
+        let new: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
+        if old != new {
+            tracing::warn!(
+                ?old,
+                ?new,
+                "listener changes take effect after a restart; routing is updated now"
+            );
+        }
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let snapshot = Snapshot::build(config, &self.metrics, generation);
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Reads, validates and applies the file at `path`; on any error the current snapshot keeps
+    /// serving and the errors are returned (and counted in `graylane_config_reloads_total`).
+    pub fn reload_from(&self, path: &Path) -> Result<(), ConfigErrors> {
+        match graylane_config::load_file(path) {
+            Ok(config) => {
+                self.apply(config);
+                self.metrics.record_reload(true);
+                Ok(())
+            }
+            Err(errors) => {
+                self.metrics.record_reload(false);
+                Err(errors)
+            }
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), and joins
+    /// the workers.
+    pub fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for handle in self.workers {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("worker stopped with an error: {e}"),
+                Err(_) => tracing::error!("a worker thread panicked"),
+            }
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The request path: pick a service and version, forward to one of its endpoints, stamp the
+//! response. Everything per version (header values, metric handles) was prepared in the
+//! [`Snapshot`]; this code reads borrowed request bytes and allocates only on error paths.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use graylane_config::LoadBalancing;
+use graylane_rules::{Decision, Reason, RequestView};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::metrics::{UpstreamErrorKind, reason_index};
+use crate::pool::UpstreamPool;
+use crate::snapshot::{ServiceRoute, Snapshot, VersionRoute};
+
+pub static X_GRAYLANE_VERSION: HeaderName = HeaderName::from_static("x-graylane-version");
+pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lane");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 graylane");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// What the request path knows about the client connection.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// The peer is a trusted hop: its `x-graylane-lane` is honoured.
+    pub trusted: bool,
+}
+
+/// Per-thread state of the request path.
+pub struct Worker {
+    pub id: usize,
+    pub pool: Rc<UpstreamPool>,
+}
+
+pub async fn handle(
+    snapshot: Rc<std::sync::Arc<Snapshot>>,
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let decision = {
+        let lane = if conn.trusted {
+            req.headers()
+                .get(&X_GRAYLANE_LANE)
+                .and_then(|v| v.to_str().ok())
+        } else {
+            None
+        };
+        let view = RequestView {
+            method: req.method(),
+            host: request_host(&req),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            client_ip: conn.peer.ip(),
+            now_unix_ms: now_unix_ms(),
+            trusted_lane: lane,
+        };
+        snapshot.table.decide(&view)
+    };
+    let Some(decision) = decision else {
+        return not_found(req.uri().path());
+    };
+    let service = &snapshot.services[decision.service];
+    let version = &service.versions[decision.version];
+    version
+        .stats
+        .record_decision(worker.id, reason_index(decision.reason.label()));
+
+    let sticky_cookie = sticky_cookie_to_set(service, version, &decision, req.headers());
+    prepare_upstream_request(&mut req, &conn, version);
+
+    let endpoint = pick_endpoint(service, version);
+    let addr = version.endpoints[endpoint].addr;
+    version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
+    let result = tokio::time::timeout(
+        service.request_timeout,
+        worker.pool.send(addr, service.connect_timeout, req),
+    )
+    .await;
+    version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
+
+    let response = match result {
+        Ok(Ok((resp, lease))) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
+            if let Some(cookie) = sticky_cookie {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
+            let lease = if body.is_end_stream() {
+                lease.release();
+                None
+            } else {
+                Some(lease)
+            };
+            Response::from_parts(parts, ProxyBody::Upstream { body, lease })
+        }
+        Ok(Err(e)) => {
+            version.stats.record_upstream_error(worker.id, e.kind);
+            let status = match e.kind {
+                UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::Timeout => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            tracing::warn!(service = %service.name, version = %version.name, upstream = %addr, kind = e.kind.label(), "{}", e.detail);
+            upstream_failure(status, e.kind, service, version)
+        }
+        Err(_) => {
+            version
+                .stats
+                .record_upstream_error(worker.id, UpstreamErrorKind::Timeout);
+            tracing::warn!(service = %service.name, version = %version.name, upstream = %addr, timeout = ?service.request_timeout, "upstream did not answer in time");
+            upstream_failure(
+                StatusCode::GATEWAY_TIMEOUT,
+                UpstreamErrorKind::Timeout,
+                service,
+                version,
+            )
+        }
+    };
+    version
+        .stats
+        .record_response(worker.id, response.status().as_u16(), started.elapsed());
+    response
+}
+
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = match req.uri().host() {
+        Some(h) => h,
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    // Strip a port, but not the colons of a bracketed IPv6 literal.
+    Some(match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    })
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A `Set-Cookie` when the release is sticky and the user's cookie does not already name the
+/// version they got by weight. Forced and lane traffic is not pinned: it is test traffic.
+fn sticky_cookie_to_set(
+    service: &ServiceRoute,
+    version: &VersionRoute,
+    decision: &Decision,
+    headers: &HeaderMap,
+) -> Option<HeaderValue> {
+    let name = service.sticky_cookie.as_deref()?;
+    if !matches!(decision.reason, Reason::Bucket { .. }) {
+        return None;
+    }
+    let current = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v);
+    if current == Some(version.name.as_str()) {
+        return None;
+    }
+    version.set_cookie.clone()
+}
+
+fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, version: &VersionRoute) {
+    // HTTP/2 clients send an absolute URI and no Host header; HTTP/1.1 upstreams want the
+    // origin form and a Host.
+    if req.uri().scheme().is_some() {
+        if let Some(authority) = req.uri().authority()
+            && !req.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        let origin = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+        *req.uri_mut() = origin;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if !conn.trusted {
+        headers.remove(&X_GRAYLANE_LANE);
+    }
+    headers.insert(X_GRAYLANE_LANE.clone(), version.lane_header.clone());
+    append_forwarded_for(headers, conn.peer);
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    headers.append(header::VIA, VIA_VALUE);
+    if !headers.contains_key(&TRACEPARENT) {
+        headers.insert(TRACEPARENT.clone(), new_traceparent());
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let mut buf = [0u8; 64];
+    let ip = format_ip(&mut buf, peer);
+    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prev) => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + ip.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip);
+            HeaderValue::from_bytes(&joined)
+        }
+        None => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(v) = value {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+fn format_ip(buf: &mut [u8; 64], peer: SocketAddr) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{}", peer.ip());
+    let len = cursor.position() as usize;
+    &buf[..len]
+}
+
+/// A W3C `traceparent` with fresh random trace and span ids, sampled.
+fn new_traceparent() -> HeaderValue {
+    let (a, b, c) = (fastrand_u64(), fastrand_u64(), fastrand_u64());
+    let text = format!("00-{a:016x}{b:016x}-{c:016x}-01");
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A per-thread xorshift generator seeded from the clock and thread; ids need to be unique,
+/// not secret.
+fn fastrand_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            let here = &t as *const u64 as u64;
+            (t ^ here.rotate_left(32)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+/// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
+/// including any the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.remove(header::CONNECTION)
+        && let Ok(list) = conn.to_str()
+    {
+        for name in list.split(',') {
+            let name = name.trim();
+            if !name.is_empty()
+                && !name.eq_ignore_ascii_case("close")
+                && !name.eq_ignore_ascii_case("keep-alive")
+            {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+fn pick_endpoint(service: &ServiceRoute, version: &VersionRoute) -> usize {
+    let n = version.endpoints.len();
+    if n <= 1 {
+        return 0;
+    }
+    match service.load_balancing {
+        LoadBalancing::RoundRobin => version.next.fetch_add(1, Relaxed) % n,
+        LoadBalancing::LeastRequest => {
+            // Power of two choices: as good as scanning every endpoint, at constant cost.
+            let a = (fastrand_u64() % n as u64) as usize;
+            let b = (fastrand_u64() % n as u64) as usize;
+            let load = |i: usize| version.endpoints[i].in_flight.load(Relaxed);
+            if load(a) <= load(b) { a } else { b }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    resp
+}
+
+fn not_found(path: &str) -> Response<ProxyBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({ "error": "no service matches this request", "path": path }),
+    )
+}
+
+fn upstream_failure(
+    status: StatusCode,
+    kind: UpstreamErrorKind,
+    service: &ServiceRoute,
+    version: &VersionRoute,
+) -> Response<ProxyBody> {
+    let what = match kind {
+        UpstreamErrorKind::ConnectRefused => "the upstream refused the connection",
+        UpstreamErrorKind::ConnectTimeout => "connecting to the upstream timed out",
+        UpstreamErrorKind::ConnectError => "could not connect to the upstream",
+        UpstreamErrorKind::Timeout => "the upstream did not answer in time",
+        UpstreamErrorKind::Protocol => "the upstream connection failed",
+    };
+    let mut resp = json_response(
+        status,
+        serde_json::json!({
+            "error": what,
+            "kind": kind.label(),
+            "service": service.name,
+            "version": version.name,
+        }),
+    );
+    resp.headers_mut()
+        .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
+    resp
+}

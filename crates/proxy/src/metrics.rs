@@ -1,0 +1,383 @@
+//! Request metrics, recorded without locks on the request path.
+//!
+//! Every (service, version) pair gets one [`RouteStats`], resolved once when a routing snapshot
+//! is built, so a request never looks up a label set. Inside it each worker thread owns a
+//! cache-line-aligned [`Slot`] of plain atomics that only that thread writes; a scrape sums the
+//! slots. Counters live in [`Metrics`] (not in the snapshot), so they survive reloads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds (seconds) of `graylane_request_duration_seconds` buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Status codes counted in their own lock-free cell; any other code takes a rare slow path.
+const COMMON_CODES: [u16; 24] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413, 429,
+    500, 501, 502, 503, 504,
+];
+
+/// Why a request did not get an upstream response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    ConnectRefused,
+    ConnectTimeout,
+    ConnectError,
+    Timeout,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 5] = [
+        UpstreamErrorKind::ConnectRefused,
+        UpstreamErrorKind::ConnectTimeout,
+        UpstreamErrorKind::ConnectError,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Protocol,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::ConnectRefused => "connect_refused",
+            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
+            UpstreamErrorKind::ConnectError => "connect_error",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// The `reason` label values of `graylane_routing_decisions_total`, in [`reason_index`] order.
+const REASONS: [&str; 6] = [
+    "no_release",
+    "lane",
+    "forced",
+    "sticky",
+    "bucket",
+    "fallback_key",
+];
+const FALLBACK_KEY: usize = 5;
+
+/// Position of a routing reason label in the per-slot decision counters.
+pub fn reason_index(label: &str) -> usize {
+    REASONS.iter().position(|r| *r == label).unwrap_or(0)
+}
+
+/// One worker's counters for one route. Aligned so two workers never share a cache line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot {
+    codes: [AtomicU64; COMMON_CODES.len()],
+    other_codes: Mutex<BTreeMap<u16, u64>>,
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_nanos: AtomicU64,
+    upstream_errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
+    decisions: [AtomicU64; REASONS.len()],
+}
+
+/// Counters of one (service, version), one slot per worker thread.
+pub struct RouteStats {
+    service: String,
+    version: String,
+    slots: Box<[Slot]>,
+}
+
+impl RouteStats {
+    fn slot(&self, worker: usize) -> &Slot {
+        &self.slots[worker % self.slots.len()]
+    }
+
+    pub fn record_decision(&self, worker: usize, reason: usize) {
+        self.slot(worker).decisions[reason % REASONS.len()].fetch_add(1, Relaxed);
+    }
+
+    pub fn record_response(&self, worker: usize, status: u16, elapsed: Duration) {
+        let slot = self.slot(worker);
+        match COMMON_CODES.iter().position(|c| *c == status) {
+            Some(i) => {
+                slot.codes[i].fetch_add(1, Relaxed);
+            }
+            None => {
+                let mut other = slot.other_codes.lock().unwrap_or_else(|e| e.into_inner());
+                *other.entry(status).or_default() += 1;
+            }
+        }
+        let secs = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        slot.latency[bucket].fetch_add(1, Relaxed);
+        slot.latency_sum_nanos
+            .fetch_add(elapsed.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
+    pub fn record_upstream_error(&self, worker: usize, kind: UpstreamErrorKind) {
+        let i = UpstreamErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        self.slot(worker).upstream_errors[i].fetch_add(1, Relaxed);
+    }
+
+    fn sum(&self, f: impl Fn(&Slot) -> u64) -> u64 {
+        self.slots.iter().map(f).sum()
+    }
+
+    fn codes(&self) -> BTreeMap<u16, u64> {
+        let mut out = BTreeMap::new();
+        for slot in self.slots.iter() {
+            for (i, c) in COMMON_CODES.iter().enumerate() {
+                let n = slot.codes[i].load(Relaxed);
+                if n > 0 {
+                    *out.entry(*c).or_default() += n;
+                }
+            }
+            let other = slot.other_codes.lock().unwrap_or_else(|e| e.into_inner());
+            for (c, n) in other.iter() {
+                *out.entry(*c).or_default() += n;
+            }
+        }
+        out
+    }
+}
+
+/// Totals of one route, as read by a scrape or by the analysis.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteTotals {
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub upstream_errors: u64,
+}
+
+type ReloadFamily = Family<[(&'static str, &'static str); 1], Counter>;
+
+/// Every metric graylane exports. Cheap to share (`Arc`).
+pub struct Metrics {
+    workers: usize,
+    routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
+    reloads: ReloadFamily,
+    open_connections: Gauge,
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Metrics for `workers` request threads (plus one slot for work done off them).
+    pub fn new(workers: usize) -> Arc<Metrics> {
+        let reloads = ReloadFamily::default();
+        let open_connections = Gauge::default();
+        let mut registry = Registry::default();
+        registry.register(
+            "graylane_config_reloads",
+            "Configuration reloads by result (ok or error)",
+            reloads.clone(),
+        );
+        registry.register(
+            "graylane_open_connections",
+            "Client connections currently open",
+            open_connections.clone(),
+        );
+        Arc::new(Metrics {
+            workers: workers + 1,
+            routes: Mutex::default(),
+            reloads,
+            open_connections,
+            registry,
+        })
+    }
+
+    /// The stats of (`service`, `version`), created on first use and kept across reloads.
+    pub fn route(&self, service: &str, version: &str) -> Arc<RouteStats> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .entry((service.to_string(), version.to_string()))
+            .or_insert_with(|| {
+                Arc::new(RouteStats {
+                    service: service.to_string(),
+                    version: version.to_string(),
+                    slots: (0..self.workers).map(|_| Slot::default()).collect(),
+                })
+            })
+            .clone()
+    }
+
+    pub fn record_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn reloads(&self, ok: bool) -> u64 {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&[("result", result)]).get()
+    }
+
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    /// Totals of one route so far; zeros for a route that never served.
+    pub fn route_totals(&self, service: &str, version: &str) -> RouteTotals {
+        let route = self.route(service, version);
+        let codes = route.codes();
+        RouteTotals {
+            requests: codes.values().sum(),
+            errors_5xx: codes.range(500..600).map(|(_, n)| n).sum(),
+            upstream_errors: route.sum(|s| s.upstream_errors.iter().map(|e| e.load(Relaxed)).sum()),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let routes = RouteCollector(self.routes_snapshot());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(routes));
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
+        out.push_str("# EOF\n");
+        out
+    }
+
+    fn routes_snapshot(&self) -> Vec<Arc<RouteStats>> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.values().cloned().collect()
+    }
+}
+
+/// Encodes the per-route stats at scrape time.
+#[derive(Default)]
+struct RouteCollector(Vec<Arc<RouteStats>>);
+
+impl std::fmt::Debug for RouteCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteCollector")
+    }
+}
+
+impl Collector for RouteCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut requests = encoder.encode_descriptor(
+            "graylane_requests",
+            "Proxied requests by service, version and response status",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &self.0 {
+            for (code, n) in r.codes() {
+                let code = code.to_string();
+                let labels = [
+                    ("service", r.service.as_str()),
+                    ("version", r.version.as_str()),
+                    ("code", code.as_str()),
+                ];
+                requests
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        let mut duration = encoder.encode_descriptor(
+            "graylane_request_duration_seconds",
+            "Time from request to upstream response headers",
+            None,
+            MetricType::Histogram,
+        )?;
+        for r in &self.0 {
+            let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+            let mut count = 0;
+            for (i, upper) in LATENCY_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .enumerate()
+            {
+                let n = r.sum(|s| s.latency[i].load(Relaxed));
+                count += n;
+                buckets.push((upper, n));
+            }
+            let sum = r.sum(|s| s.latency_sum_nanos.load(Relaxed)) as f64 / 1e9;
+            let labels = [
+                ("service", r.service.as_str()),
+                ("version", r.version.as_str()),
+            ];
+            duration
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        let mut errors = encoder.encode_descriptor(
+            "graylane_upstream_errors",
+            "Requests that got no upstream response, by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &self.0 {
+            for (i, kind) in UpstreamErrorKind::ALL.iter().enumerate() {
+                let n = r.sum(|s| s.upstream_errors[i].load(Relaxed));
+                if n > 0 {
+                    let labels = [
+                        ("service", r.service.as_str()),
+                        ("version", r.version.as_str()),
+                        ("kind", kind.label()),
+                    ];
+                    errors
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
+        let mut decisions = encoder.encode_descriptor(
+            "graylane_routing_decisions",
+            "Routing decisions by service, chosen version and reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &self.0 {
+            for (i, reason) in REASONS.iter().enumerate() {
+                let n = r.sum(|s| s.decisions[i].load(Relaxed));
+                if n > 0 {
+                    let labels = [
+                        ("service", r.service.as_str()),
+                        ("version", r.version.as_str()),
+                        ("reason", *reason),
+                    ];
+                    decisions
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
+        let mut fallbacks = encoder.encode_descriptor(
+            "graylane_bucket_key_fallbacks",
+            "Requests without their release's bucketing key, bucketed on the client IP instead",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut per_service: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in &self.0 {
+            *per_service.entry(r.service.as_str()).or_default() +=
+                r.sum(|s| s.decisions[FALLBACK_KEY].load(Relaxed));
+        }
+        for (service, n) in per_service {
+            fallbacks
+                .encode_family(&[("service", service)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! The routing snapshot: everything a request needs, built once per configuration.
+//!
+//! A [`Snapshot`] pairs the rule engine's [`RoutingTable`] with what the data plane adds per
+//! version: its endpoints, the header values it stamps on requests and responses, and its
+//! metric handles. Swapping one `Arc<Snapshot>` is how a reload (or a weight change) takes
+//! effect atomically.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use graylane_config::{Config, LoadBalancing};
+use graylane_rules::RoutingTable;
+use http::HeaderValue;
+
+use crate::metrics::{Metrics, RouteStats};
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub table: RoutingTable,
+    pub services: Vec<ServiceRoute>,
+    /// Increases with every applied configuration.
+    pub generation: u64,
+}
+
+pub struct ServiceRoute {
+    pub name: String,
+    pub versions: Vec<VersionRoute>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub load_balancing: LoadBalancing,
+    /// The sticky cookie's name, if the release has one.
+    pub sticky_cookie: Option<String>,
+}
+
+pub struct VersionRoute {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    /// `X-Graylane-Version` on responses: the version's name.
+    pub version_header: HeaderValue,
+    /// `x-graylane-lane` towards the upstream.
+    pub lane_header: HeaderValue,
+    /// `Set-Cookie` that pins a user to this version, when the release is sticky.
+    pub set_cookie: Option<HeaderValue>,
+    pub stats: Arc<RouteStats>,
+    /// Round-robin cursor; shared by the workers, touched only when there are several endpoints.
+    pub next: AtomicUsize,
+}
+
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Requests in flight, for least-request balancing.
+    pub in_flight: AtomicUsize,
+}
+
+impl Snapshot {
+    pub fn build(config: Config, metrics: &Metrics, generation: u64) -> Snapshot {
+        let table = RoutingTable::compile(&config);
+        let services = config
+            .services
+            .iter()
+            .map(|svc| {
+                let sticky = svc.release.as_ref().and_then(|r| r.sticky.as_ref());
+                let versions = svc
+                    .versions
+                    .iter()
+                    .map(|v| VersionRoute {
+                        name: v.name.clone(),
+                        endpoints: v
+                            .endpoints
+                            .iter()
+                            .map(|addr| Endpoint {
+                                addr: *addr,
+                                in_flight: AtomicUsize::new(0),
+                            })
+                            .collect(),
+                        version_header: token_header(&v.name),
+                        lane_header: token_header(&v.name),
+                        set_cookie: sticky.map(|s| {
+                            let mut cookie = format!(
+                                "{}={}; Path={}; HttpOnly; SameSite=Lax",
+                                s.cookie, v.name, svc.matcher.path_prefix
+                            );
+                            if let Some(age) = s.max_age {
+                                cookie.push_str(&format!("; Max-Age={}", age.as_secs()));
+                            }
+                            HeaderValue::from_str(&cookie).unwrap_or_else(|_| {
+                                HeaderValue::from_static("graylane_lane=invalid")
+                            })
+                        }),
+                        stats: metrics.route(&svc.name, &v.name),
+                        next: AtomicUsize::new(0),
+                    })
+                    .collect();
+                ServiceRoute {
+                    name: svc.name.clone(),
+                    versions,
+                    connect_timeout: svc.connect_timeout,
+                    request_timeout: svc.request_timeout,
+                    load_balancing: svc.load_balancing,
+                    sticky_cookie: sticky.map(|s| s.cookie.clone()),
+                }
+            })
+            .collect();
+        Snapshot {
+            config: Arc::new(config),
+            table,
+            services,
+            generation,
+        }
+    }
+}
+
+/// Version names are validated as header-safe tokens, so this never falls back in practice.
+fn token_header(name: &str) -> HeaderValue {
+    HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}

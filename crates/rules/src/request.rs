@@ -1,0 +1,300 @@
+//! The borrowed view of a request that rules look at, and the allocation-free parsing of the
+//! parts that arrive packed: cookies, query parameters, keys.
+//!
+//! Everything here works on the raw bytes the proxy already holds; nothing is copied to the heap.
+//! Malformed input (non-UTF-8 bytes, cookies without `=`, stray `%`) is tolerated and simply
+//! fails to match.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use graylane_config::KeySpec;
+use http::HeaderName;
+
+/// What the rule engine sees of a request. The proxy builds one per request from data it already
+/// has; every field is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a http::Method,
+    /// Host header / URI authority with the port already stripped; compared case-insensitively.
+    pub host: Option<&'a str>,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The raw query string, without the `?`.
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+    pub client_ip: IpAddr,
+    pub now_unix_ms: i64,
+    /// Value of `x-graylane-lane` from a TRUSTED hop (the proxy passes None otherwise).
+    pub trusted_lane: Option<&'a str>,
+}
+
+impl<'a> RequestView<'a> {
+    /// Every value of header `name`, in order; a header sent several times yields each one.
+    pub(crate) fn header_values(
+        &self,
+        name: &HeaderName,
+    ) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        self.headers
+            .get_all(name)
+            .into_iter()
+            .map(http::HeaderValue::as_bytes)
+    }
+
+    /// Every value of cookie `name` across all `cookie` headers (HTTP/2 may split them).
+    pub(crate) fn cookie_values<'n>(
+        &self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+        let name = name.as_bytes();
+        self.header_values(&http::header::COOKIE)
+            .flat_map(|header| header.split(|&b| b == b';'))
+            .filter_map(move |pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                let (n, v) = (&pair[..eq], &pair[eq + 1..]);
+                (n.trim_ascii() == name).then(|| unquote(v.trim_ascii()))
+            })
+    }
+
+    /// Every raw (still percent-encoded) value of query parameter `name`; `?flag` yields `""`.
+    pub(crate) fn query_values<'n>(
+        &self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        self.query.unwrap_or("").split('&').filter_map(move |pair| {
+            let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (n == name).then_some(v)
+        })
+    }
+
+    /// The client IP as rules and keys see it: an IPv4-mapped IPv6 address (what a dual-stack
+    /// listener reports for IPv4 peers) is its IPv4 address.
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.client_ip.to_canonical()
+    }
+
+    /// Calls `f` with the key `spec` names, or returns `None` when the request lacks it. An empty
+    /// value counts as missing: hashing it would put every such request in one bucket.
+    pub(crate) fn with_key<R>(&self, spec: &KeySpec, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        match spec {
+            KeySpec::Header(name) => self.header_values(name).find(|v| !v.is_empty()).map(f),
+            KeySpec::Cookie(name) => self.cookie_values(name).find(|v| !v.is_empty()).map(f),
+            KeySpec::Query(name) => {
+                let raw = self.query_values(name).find(|v| !v.is_empty())?;
+                Some(with_decoded(raw, f))
+            }
+            KeySpec::ClientIp => Some(with_ip_text(self.ip(), f)),
+        }
+    }
+}
+
+/// RFC 6265 allows a cookie value in double quotes; the quotes are not part of the value.
+fn unquote(v: &[u8]) -> &[u8] {
+    match v {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => v,
+    }
+}
+
+/// Longest query value decoded on the stack; longer ones (rare) are decoded on the heap.
+const DECODE_STACK: usize = 256;
+
+/// Calls `f` with the form-decoded bytes of `raw` (`%XX` → byte, `+` → space). Values without
+/// `%` or `+` are passed as they are. A `%` not followed by two hex digits stays literal, as
+/// browsers and most servers treat it.
+pub(crate) fn with_decoded<R>(raw: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    let bytes = raw.as_bytes();
+    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
+        return f(bytes);
+    }
+    if bytes.len() <= DECODE_STACK {
+        let mut buf = [0u8; DECODE_STACK];
+        let n = decode_into(bytes, &mut buf);
+        f(&buf[..n])
+    } else {
+        let mut buf = vec![0u8; bytes.len()];
+        let n = decode_into(bytes, &mut buf);
+        f(&buf[..n])
+    }
+}
+
+/// Decodes `src` into `dst` (at least `src.len()` long: decoding never grows) and returns the
+/// decoded length.
+fn decode_into(src: &[u8], dst: &mut [u8]) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < src.len() {
+        let b = match src[i] {
+            b'+' => b' ',
+            b'%' => match (src.get(i + 1).and_then(hex), src.get(i + 2).and_then(hex)) {
+                (Some(hi), Some(lo)) => {
+                    i += 2;
+                    hi << 4 | lo
+                }
+                _ => b'%',
+            },
+            b => b,
+        };
+        dst[n] = b;
+        n += 1;
+        i += 1;
+    }
+    n
+}
+
+fn hex(b: &u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A fixed buffer that `fmt::Write` can fill, for formatting short values without the heap.
+struct StackText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Calls `f` with the textual form of `ip` (`203.0.113.7`, `2001:db8::1`), formatted on the
+/// stack. The longest form, an IPv6 address with an embedded IPv4 one, is 45 bytes, so the
+/// 64-byte buffer always suffices.
+pub(crate) fn with_ip_text<R>(ip: IpAddr, f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut text = StackText {
+        buf: [0; 64],
+        len: 0,
+    };
+    // Cannot fail (see above); were it to, the key would be a truncated address, not a panic.
+    let _ = write!(text, "{ip}");
+    f(&text.buf[..text.len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue, Method};
+
+    fn view<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> RequestView<'a> {
+        RequestView {
+            method: &Method::GET,
+            host: None,
+            path: "/",
+            query,
+            headers,
+            client_ip: "10.0.0.1".parse().unwrap(),
+            now_unix_ms: 0,
+            trusted_lane: None,
+        }
+    }
+
+    fn decoded(raw: &str) -> Vec<u8> {
+        with_decoded(raw, <[u8]>::to_vec)
+    }
+
+    #[test]
+    fn cookies_across_several_headers() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1; b=2"));
+        h.append("cookie", HeaderValue::from_static("c=3;b=\"4\""));
+        let v = view(&h, None);
+        let b: Vec<_> = v.cookie_values("b").collect();
+        assert_eq!(b, vec![&b"2"[..], &b"4"[..]]);
+        assert_eq!(v.cookie_values("c").collect::<Vec<_>>(), vec![&b"3"[..]]);
+        assert_eq!(v.cookie_values("d").count(), 0);
+    }
+
+    #[test]
+    fn garbage_cookies_are_skipped() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            HeaderValue::from_bytes(b";;=;novalue; ;x=\xff\xfe;==;y==z;\"").unwrap(),
+        );
+        let v = view(&h, None);
+        assert_eq!(v.cookie_values("novalue").count(), 0);
+        assert_eq!(
+            v.cookie_values("x").collect::<Vec<_>>(),
+            vec![&b"\xff\xfe"[..]]
+        );
+        assert_eq!(v.cookie_values("y").collect::<Vec<_>>(), vec![&b"=z"[..]]);
+        assert_eq!(
+            v.cookie_values("").collect::<Vec<_>>(),
+            vec![&b""[..], &b"="[..]]
+        );
+    }
+
+    #[test]
+    fn query_values_are_raw_and_repeatable() {
+        let h = HeaderMap::new();
+        let v = view(&h, Some("a=1&flag&a=x%20y&b="));
+        assert_eq!(v.query_values("a").collect::<Vec<_>>(), vec!["1", "x%20y"]);
+        assert_eq!(v.query_values("flag").collect::<Vec<_>>(), vec![""]);
+        assert_eq!(v.query_values("b").collect::<Vec<_>>(), vec![""]);
+        assert_eq!(v.query_values("c").count(), 0);
+        assert_eq!(view(&h, None).query_values("a").count(), 0);
+    }
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(decoded("plain"), b"plain");
+        assert_eq!(decoded("a+b%20c"), b"a b c");
+        assert_eq!(decoded("%E2%9C%93"), "✓".as_bytes());
+        assert_eq!(decoded("100%"), b"100%");
+        assert_eq!(decoded("%zz%4"), b"%zz%4");
+        let long = "%41".repeat(200);
+        assert_eq!(decoded(&long), "A".repeat(200).as_bytes());
+    }
+
+    #[test]
+    fn keys() {
+        let mut h = HeaderMap::new();
+        h.append("x-user-id", HeaderValue::from_static(""));
+        h.append("x-user-id", HeaderValue::from_static("u-1"));
+        h.append("cookie", HeaderValue::from_static("uid=; uid=c-2"));
+        let v = view(&h, Some("u=&u=a%2Bb"));
+        let key = |spec: KeySpec| v.with_key(&spec, <[u8]>::to_vec);
+        assert_eq!(
+            key(KeySpec::Header(HeaderName::from_static("x-user-id"))),
+            Some(b"u-1".to_vec())
+        );
+        assert_eq!(
+            key(KeySpec::Header(HeaderName::from_static("x-other"))),
+            None
+        );
+        assert_eq!(key(KeySpec::Cookie("uid".into())), Some(b"c-2".to_vec()));
+        assert_eq!(key(KeySpec::Query("u".into())), Some(b"a+b".to_vec()));
+        assert_eq!(key(KeySpec::Query("missing".into())), None);
+        assert_eq!(key(KeySpec::ClientIp), Some(b"10.0.0.1".to_vec()));
+    }
+
+    #[test]
+    fn ip_text() {
+        let text = |s: &str| with_ip_text(s.parse().unwrap(), |b| String::from_utf8(b.to_vec()));
+        assert_eq!(text("203.0.113.7").unwrap(), "203.0.113.7");
+        assert_eq!(text("2001:db8::1").unwrap(), "2001:db8::1");
+        let longest = "ffff:ffff:ffff:ffff:ffff:fffe:255.255.255.255";
+        assert_eq!(
+            text(longest).unwrap(),
+            longest.parse::<IpAddr>().unwrap().to_string()
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x", HeaderValue::from_static("1"));
+        let mut v = view(&h, None);
+        v.client_ip = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(
+            v.with_key(&KeySpec::ClientIp, <[u8]>::to_vec),
+            Some(b"192.0.2.1".to_vec())
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! The routing table: every service's match, versions and release compiled from a validated
+//! configuration, the index that finds a request's service, and the decision itself.
+//!
+//! A table is immutable while requests use it (the proxy shares it behind an `ArcSwap` and
+//! swaps in a new one on reload); only the rollout controller changes a weight, on its own copy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use graylane_config::{Config, KeySpec, Release, Service, Weight};
+use http::Method;
+
+use crate::bucket::{BUCKETS, Bucketer};
+use crate::decision::{Decision, KeyUsed, Reason};
+use crate::describe::describe;
+use crate::matcher::{Matcher, Members};
+use crate::request::{RequestView, with_ip_text};
+
+/// The compiled form of a [`Config`]'s services, ready to route requests.
+#[derive(Debug, Clone)]
+pub struct RoutingTable {
+    services: Box<[CompiledService]>,
+    index: ServiceIndex,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledService {
+    name: Box<str>,
+    /// Lower case, as the config stores it.
+    host: Option<Box<str>>,
+    methods: Box<[Method]>,
+    versions: Box<[Box<str>]>,
+    default_version: usize,
+    release: Option<CompiledRelease>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRelease {
+    baseline: usize,
+    candidate: usize,
+    force: Box<[Matcher]>,
+    /// `force[i]` in words, for explanations.
+    force_text: Box<[Box<str>]>,
+    bucket_by: KeySpec,
+    bucketer: Bucketer,
+    sticky_cookie: Option<Box<str>>,
+    weight: Weight,
+}
+
+/// Finds the service for a request without scanning them all: services grouped by their exact
+/// path prefix, probed from the longest prefix length in use down to the shortest.
+#[derive(Debug, Clone)]
+struct ServiceIndex {
+    /// Prefix → services with that prefix, host-specific ones first, then in config order.
+    by_prefix: HashMap<Box<str>, Box<[usize]>>,
+    /// Every distinct prefix length, longest first.
+    lengths: Box<[usize]>,
+}
+
+impl RoutingTable {
+    /// Compiles a validated configuration. Each release starts at its first step's weight.
+    pub fn compile(config: &Config) -> RoutingTable {
+        let segments: Vec<Members> = config
+            .segments
+            .iter()
+            .map(|s| Arc::new(s.members.iter().map(|m| m.as_str().into()).collect()))
+            .collect();
+        let services: Box<[CompiledService]> = config
+            .services
+            .iter()
+            .map(|s| CompiledService::compile(s, config, &segments))
+            .collect();
+        let index = ServiceIndex::build(&config.services);
+        RoutingTable { services, index }
+    }
+
+    /// The service and version for `req`; `None` when no service matches (the proxy answers
+    /// 404). Allocates nothing.
+    ///
+    /// For a service with a release the checks run in this order, first hit wins: a trusted
+    /// lane naming one of its versions, the force rules, the sticky cookie, then weight
+    /// bucketing on `bucket_by` (on the client IP when that key is missing or empty).
+    pub fn decide(&self, req: &RequestView<'_>) -> Option<Decision> {
+        let service = self.index.find(&self.services, req)?;
+        let (version, reason) = self.services[service].choose(req);
+        Some(Decision {
+            service,
+            version,
+            reason,
+        })
+    }
+
+    /// The candidate's current weight; zero for a service without a release.
+    pub fn weight(&self, service: usize) -> Weight {
+        self.release(service).map_or(Weight::ZERO, |r| r.weight)
+    }
+
+    /// Sets the candidate's weight (the rollout controller's lever); does nothing for a service
+    /// without a release.
+    pub fn set_weight(&mut self, service: usize, weight: Weight) {
+        if let Some(r) = self
+            .services
+            .get_mut(service)
+            .and_then(|s| s.release.as_mut())
+        {
+            r.weight = weight;
+        }
+    }
+
+    /// Why `req` got `decision`, in one line for people (`graylane eval`). Force rules are
+    /// numbered from 1, so "force rule #1" is `release.force[0]`.
+    pub fn explain(&self, req: &RequestView<'_>, decision: &Decision) -> String {
+        let Some(svc) = self.services.get(decision.service) else {
+            return format!("service #{} is not in this routing table", decision.service);
+        };
+        let version = svc.version_name(decision.version);
+        let release = svc.release.as_ref();
+        match decision.reason {
+            Reason::NoRelease => format!(
+                "service {} has no release → its default version {version}",
+                svc.name
+            ),
+            Reason::Lane => format!(
+                "trusted lane {:?} (x-graylane-lane) names a version of {} → {version}",
+                req.trusted_lane.unwrap_or(version),
+                svc.name
+            ),
+            Reason::Forced { rule } => {
+                let text = release
+                    .and_then(|r| r.force_text.get(rule))
+                    .map_or("(unknown rule)", |t| t);
+                format!("force rule #{} matched: {text} → {version}", rule + 1)
+            }
+            Reason::Sticky => {
+                let cookie = release
+                    .and_then(|r| r.sticky_cookie.as_deref())
+                    .unwrap_or("(sticky cookie)");
+                format!(
+                    "sticky cookie {cookie}={version} names a version that is eligible → {version}"
+                )
+            }
+            Reason::Bucket {
+                bucket,
+                weight,
+                key,
+            } => {
+                let threshold = weight.milli_percent();
+                let cmp = if bucket < threshold { "<" } else { "≥" };
+                let spec = release.map_or_else(
+                    || "the bucket_by key".to_string(),
+                    |r| r.bucket_by.to_string(),
+                );
+                match key {
+                    KeyUsed::Configured => format!(
+                        "bucket {bucket} of {BUCKETS} on {spec} is {cmp} {threshold} (weight {weight}) → {version}"
+                    ),
+                    KeyUsed::FallbackIp => format!(
+                        "no {spec} in the request; bucketed on the client IP {} instead: \
+                         bucket {bucket} {cmp} {threshold} (weight {weight}) → {version}",
+                        req.ip()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The name of service `service`; `"?"` for an index this table does not have (such as one
+    /// from a decision made by an older table).
+    pub fn service_name(&self, service: usize) -> &str {
+        self.services.get(service).map_or("?", |s| &s.name)
+    }
+
+    /// The name of version `version` of service `service`; `"?"` when there is no such version.
+    pub fn version_name(&self, service: usize, version: usize) -> &str {
+        self.services
+            .get(service)
+            .map_or("?", |s| s.version_name(version))
+    }
+
+    fn release(&self, service: usize) -> Option<&CompiledRelease> {
+        self.services.get(service)?.release.as_ref()
+    }
+}
+
+impl CompiledService {
+    fn compile(s: &Service, config: &Config, segments: &[Members]) -> CompiledService {
+        CompiledService {
+            name: s.name.as_str().into(),
+            host: s.matcher.host.as_deref().map(Into::into),
+            methods: s.matcher.methods.as_slice().into(),
+            versions: s.versions.iter().map(|v| v.name.as_str().into()).collect(),
+            default_version: s.default_version,
+            release: s
+                .release
+                .as_ref()
+                .map(|r| CompiledRelease::compile(r, s, config, segments)),
+        }
+    }
+
+    fn accepts(&self, req: &RequestView<'_>) -> bool {
+        let host_ok = self.host.as_deref().is_none_or(|want| {
+            req.host.is_some_and(|h| {
+                // `example.com.` is the same host as `example.com`.
+                let h = h.strip_suffix('.').unwrap_or(h);
+                h.eq_ignore_ascii_case(want)
+            })
+        });
+        host_ok && (self.methods.is_empty() || self.methods.contains(req.method))
+    }
+
+    fn version_index(&self, name: &[u8]) -> Option<usize> {
+        self.versions.iter().position(|v| v.as_bytes() == name)
+    }
+
+    fn version_name(&self, version: usize) -> &str {
+        self.versions.get(version).map_or("?", |v| v)
+    }
+
+    fn choose(&self, req: &RequestView<'_>) -> (usize, Reason) {
+        if let Some(v) = req
+            .trusted_lane
+            .and_then(|lane| self.version_index(lane.as_bytes()))
+        {
+            return (v, Reason::Lane);
+        }
+        let Some(rel) = &self.release else {
+            return (self.default_version, Reason::NoRelease);
+        };
+        if let Some(rule) = rel.force.iter().position(|m| m.matches(req)) {
+            return (rel.candidate, Reason::Forced { rule });
+        }
+        if let Some(v) = self.sticky_version(rel, req) {
+            return (v, Reason::Sticky);
+        }
+        let (bucket, key) = match req.with_key(&rel.bucket_by, |k| rel.bucketer.bucket(k)) {
+            Some(b) => (b, KeyUsed::Configured),
+            None => (
+                with_ip_text(req.ip(), |k| rel.bucketer.bucket(k)),
+                KeyUsed::FallbackIp,
+            ),
+        };
+        let version = if bucket < rel.weight.milli_percent() {
+            rel.candidate
+        } else {
+            rel.baseline
+        };
+        let weight = rel.weight;
+        (
+            version,
+            Reason::Bucket {
+                bucket,
+                weight,
+                key,
+            },
+        )
+    }
+
+    /// The version the sticky cookie names, if it may still be honoured: the baseline always,
+    /// the candidate only while it gets traffic (weight 0 means it was paused or rolled back).
+    /// Only the first cookie of that name counts; browsers send the most specific one first.
+    fn sticky_version(&self, rel: &CompiledRelease, req: &RequestView<'_>) -> Option<usize> {
+        let name = rel.sticky_cookie.as_deref()?;
+        let value = req.cookie_values(name).next()?;
+        let v = self.version_index(value)?;
+        let eligible = v == rel.baseline || (v == rel.candidate && rel.weight > Weight::ZERO);
+        eligible.then_some(v)
+    }
+}
+
+impl CompiledRelease {
+    fn compile(r: &Release, s: &Service, config: &Config, segments: &[Members]) -> CompiledRelease {
+        CompiledRelease {
+            baseline: r.baseline,
+            candidate: r.candidate,
+            force: r
+                .force
+                .iter()
+                .map(|f| Matcher::compile(f, segments))
+                .collect(),
+            force_text: r
+                .force
+                .iter()
+                .map(|f| describe(f, &config.segments).into_boxed_str())
+                .collect(),
+            bucket_by: r.bucket_by.clone(),
+            bucketer: Bucketer::new(&s.name, &r.salt),
+            sticky_cookie: r.sticky.as_ref().map(|st| st.cookie.as_str().into()),
+            weight: r.initial_weight(),
+        }
+    }
+}
+
+impl ServiceIndex {
+    fn build(services: &[Service]) -> ServiceIndex {
+        let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            groups
+                .entry(s.matcher.path_prefix.as_str())
+                .or_default()
+                .push(i);
+        }
+        let mut lengths: Vec<usize> = groups.keys().map(|p| p.len()).collect();
+        lengths.sort_unstable_by(|a, b| b.cmp(a));
+        lengths.dedup();
+        let by_prefix = groups
+            .into_iter()
+            .map(|(prefix, mut ids)| {
+                // Stable sort: host-specific services first, config order within each group.
+                ids.sort_by_key(|&i| services[i].matcher.host.is_none());
+                (prefix.into(), ids.into_boxed_slice())
+            })
+            .collect();
+        ServiceIndex {
+            by_prefix,
+            lengths: lengths.into_boxed_slice(),
+        }
+    }
+
+    /// Longest matching prefix first; at equal prefix, host-specific before any-host, then
+    /// config order. A longer prefix whose services all reject the host or method falls
+    /// through to shorter ones.
+    fn find(&self, services: &[CompiledService], req: &RequestView<'_>) -> Option<usize> {
+        let path = req.path;
+        self.lengths
+            .iter()
+            .filter_map(|&len| path.get(..len))
+            .filter_map(|probe| self.by_prefix.get(probe))
+            .find_map(|ids| ids.iter().copied().find(|&i| services[i].accepts(req)))
+    }
+}
