@@ -79,10 +79,10 @@ pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<Config, Confi
 }
 
 fn serde_error(file: &str, e: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> ConfigError {
-    let key = match e.path().to_string() {
-        p if p == "." => String::new(),
-        p => p,
-    };
+    // A syntax error has no key yet; serde_path_to_error then ends the path with `?`.
+    let key = e.path().to_string();
+    let key = key.trim_end_matches('?').trim_end_matches('.');
+    let key = if key == "." { "" } else { key }.to_string();
     let inner = e.inner();
     let full = inner.to_string();
     // serde_yaml_ng's message carries its own path prefix and location suffix; we show both
@@ -93,15 +93,35 @@ fn serde_error(file: &str, e: &serde_path_to_error::Error<serde_yaml_ng::Error>)
     {
         message = rest;
     }
-    if let Some(cut) = message.rfind(" at line ") {
-        message = &message[..cut];
-    }
+    let message = without_locations(message);
     let loc = inner.location();
     ConfigError {
         file: file.to_string(),
         line: loc.as_ref().map(|l| l.line()),
         column: loc.as_ref().map(|l| l.column()),
         key,
-        message: error::with_suggestion(message),
+        message: error::with_suggestion(&message),
     }
+}
+
+/// Removes every " at line N column M" from a serde_yaml_ng message.
+fn without_locations(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(" at line ") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + " at line ".len()..];
+        let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let line_len = digits(after);
+        let tail = &after[line_len..];
+        match tail.strip_prefix(" column ") {
+            Some(col) if line_len > 0 => rest = &col[digits(col)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

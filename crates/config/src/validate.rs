@@ -126,7 +126,8 @@ impl<'a> Validator<'a> {
                 let (a, b) = (binds[j].1, binds[i].1);
                 let same_family = a.is_ipv4() == b.is_ipv4();
                 let covers = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
-                if a.port() == b.port() && same_family && covers {
+                // Port 0 asks the kernel for a fresh port each time, so it never collides.
+                if a.port() == b.port() && a.port() != 0 && same_family && covers {
                     let msg = format!("{b} overlaps {a} bound by `{}`", binds[j].0);
                     self.fail(binds[i].0.clone(), msg);
                 }
@@ -1018,10 +1019,10 @@ impl<'a> Validator<'a> {
             cb.slow_call_rate_threshold,
             1.0,
         );
-        let slow_call_duration = match &cb.slow_call_duration {
-            Some(d) => Some(self.duration(&format!("{path}.slow_call_duration"), d)),
-            None => None,
-        };
+        let slow_call_duration = cb
+            .slow_call_duration
+            .as_ref()
+            .map(|d| self.duration(&format!("{path}.slow_call_duration"), d));
         let window = match &cb.window {
             None => Some(BreakerWindow::Count(100)),
             Some(w) if w.size == 0 => {

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use crate::body::ProxyBody;
 use crate::metrics::{UpstreamErrorKind, reason_index};
 use crate::pool::UpstreamPool;
-use crate::snapshot::{ServiceRoute, Snapshot, VersionRoute};
+use crate::snapshot::{LocalSnapshot, ServiceRoute, VersionRoute};
 
 pub static X_GRAYLANE_VERSION: HeaderName = HeaderName::from_static("x-graylane-version");
 pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lane");
@@ -44,7 +44,7 @@ pub struct Worker {
 }
 
 pub async fn handle(
-    snapshot: Rc<std::sync::Arc<Snapshot>>,
+    snapshot: LocalSnapshot,
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
     mut req: Request<Incoming>,

@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::handler::{ConnInfo, Worker, handle};
 use crate::metrics::Metrics;
 use crate::pool::UpstreamPool;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{LocalSnapshot, Snapshot};
 
 /// How long a client may take to send a request's headers (slowloris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,13 +100,13 @@ pub(crate) struct WorkerSetup {
 
 /// The current snapshot as seen by one thread: an uncontended check of the shared pointer,
 /// and an `Rc` (not an atomic `Arc` count) handed to each request.
-struct LocalSnapshot {
+struct SnapshotCache {
     cache: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
-    current: RefCell<Rc<Arc<Snapshot>>>,
+    current: RefCell<LocalSnapshot>,
 }
 
-impl LocalSnapshot {
-    fn get(&self) -> Rc<Arc<Snapshot>> {
+impl SnapshotCache {
+    fn get(&self) -> LocalSnapshot {
         let mut cache = self.cache.borrow_mut();
         let latest = cache.load();
         let mut current = self.current.borrow_mut();
@@ -144,7 +144,7 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
         pool: UpstreamPool::new(setup.max_idle_per_endpoint, setup.idle_timeout),
     });
     let current = Rc::new(Arc::clone(&setup.snapshot.load()));
-    let snapshot = Rc::new(LocalSnapshot {
+    let snapshot = Rc::new(SnapshotCache {
         cache: RefCell::new(Cache::new(Arc::clone(&setup.snapshot))),
         current: RefCell::new(current),
     });
@@ -197,7 +197,7 @@ struct AcceptCtx {
     listener: Rc<Listener>,
     tls: Option<TlsAcceptor>,
     worker: Rc<Worker>,
-    snapshot: Rc<LocalSnapshot>,
+    snapshot: Rc<SnapshotCache>,
     builder: Rc<auto::Builder<LocalExec>>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,

@@ -16,6 +16,10 @@ use http::HeaderValue;
 
 use crate::metrics::{Metrics, RouteStats};
 
+/// A snapshot as a worker thread hands it to its requests. Cloning the `Rc` is a plain
+/// increment; cloning the `Arc` would be an atomic write to a cache line every core shares.
+pub type LocalSnapshot = std::rc::Rc<Arc<Snapshot>>;
+
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub table: RoutingTable,

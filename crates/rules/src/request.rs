@@ -42,19 +42,12 @@ impl<'a> RequestView<'a> {
     }
 
     /// Every value of cookie `name` across all `cookie` headers (HTTP/2 may split them).
-    pub(crate) fn cookie_values<'n>(
-        &self,
-        name: &'n str,
-    ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
-        let name = name.as_bytes();
-        self.header_values(&http::header::COOKIE)
-            .flat_map(|header| header.split(|&b| b == b';'))
-            .filter_map(move |pair| {
-                let pair = pair.trim_ascii();
-                let eq = pair.iter().position(|&b| b == b'=')?;
-                let (n, v) = (&pair[..eq], &pair[eq + 1..]);
-                (n.trim_ascii() == name).then(|| unquote(v.trim_ascii()))
-            })
+    pub(crate) fn cookie_values<'n>(&self, name: &'n str) -> CookieValues<'a, 'n> {
+        CookieValues {
+            headers: self.headers.get_all(http::header::COOKIE).into_iter(),
+            rest: &[],
+            name: name.as_bytes(),
+        }
     }
 
     /// Every raw (still percent-encoded) value of query parameter `name`; `?flag` yields `""`.
@@ -85,6 +78,40 @@ impl<'a> RequestView<'a> {
                 Some(with_decoded(raw, f))
             }
             KeySpec::ClientIp => Some(with_ip_text(self.ip(), f)),
+        }
+    }
+}
+
+/// The values of one cookie name, found by walking the `cookie` headers' `name=value` pairs.
+/// Pairs are split with `memchr`, since real cookie headers run to kilobytes of analytics
+/// cookies and this runs on every request of a release with a sticky cookie.
+pub(crate) struct CookieValues<'a, 'n> {
+    headers: http::header::ValueIter<'a, http::HeaderValue>,
+    /// The unread part of the current header.
+    rest: &'a [u8],
+    name: &'n [u8],
+}
+
+impl<'a> Iterator for CookieValues<'a, '_> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            if self.rest.is_empty() {
+                self.rest = self.headers.next()?.as_bytes();
+                continue;
+            }
+            let (pair, rest) = match memchr::memchr(b';', self.rest) {
+                Some(end) => (&self.rest[..end], &self.rest[end + 1..]),
+                None => (self.rest, &[][..]),
+            };
+            self.rest = rest;
+            // A pair without `=` has no name (RFC 6265bis) and so never matches one.
+            if let Some(eq) = memchr::memchr(b'=', pair)
+                && pair[..eq].trim_ascii() == self.name
+            {
+                return Some(unquote(pair[eq + 1..].trim_ascii()));
+            }
         }
     }
 }

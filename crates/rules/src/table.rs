@@ -52,7 +52,7 @@ struct CompiledRelease {
 #[derive(Debug, Clone)]
 struct ServiceIndex {
     /// Prefix → services with that prefix, host-specific ones first, then in config order.
-    by_prefix: HashMap<Box<str>, Box<[usize]>>,
+    by_prefix: HashMap<Box<str>, Box<[usize]>, foldhash::fast::RandomState>,
     /// Every distinct prefix length, longest first.
     lengths: Box<[usize]>,
 }

@@ -93,17 +93,26 @@ pub fn run_gateway(
         metrics: Arc::clone(gateway.metrics()),
         ready: AtomicBool::new(true),
     });
-    runtime.block_on(async {
+    let (mut term, mut int) = runtime.block_on(async {
+        anyhow::Ok((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
+    let watcher = runtime.block_on(async {
         if let Some(addr) = admin_addr {
             let listener = admin::bind(addr).await?;
             tracing::info!(%addr, "admin listening");
             tokio::spawn(admin::serve(listener, Arc::clone(&state)));
         }
-        if let ConfigSource::File { path, interval } = &source {
-            tokio::spawn(watch_file(Arc::clone(&gateway), path.clone(), *interval));
-        }
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        let watcher = match &source {
+            ConfigSource::File { path, interval } => Some(tokio::spawn(watch_file(
+                Arc::clone(&gateway),
+                path.clone(),
+                *interval,
+            ))),
+            ConfigSource::Fixed => None,
+        };
         let mut hup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
@@ -117,15 +126,35 @@ pub fn run_gateway(
                 }
             }
         }
-        anyhow::Ok(())
+        anyhow::Ok(watcher)
     })?;
     tracing::info!("shutting down: draining in-flight requests");
     state.ready.store(false, Ordering::Relaxed);
-    drop(runtime);
-    match Arc::try_unwrap(gateway) {
-        Ok(gateway) => gateway.shutdown(),
-        Err(_) => tracing::warn!("gateway still referenced at shutdown; exiting without drain"),
+    // Drain with the runtime still running, so the admin listener keeps answering (/readyz is
+    // 503 from now on) until the gateway has stopped.
+    let drained = runtime.block_on(async move {
+        // The watcher holds a reference to the gateway; stop it so the gateway can be drained.
+        if let Some(watcher) = watcher {
+            watcher.abort();
+            let _ = watcher.await;
+        }
+        let Ok(gateway) = Arc::try_unwrap(gateway) else {
+            tracing::warn!("gateway still referenced at shutdown; exiting without drain");
+            return true;
+        };
+        let drain = tokio::task::spawn_blocking(move || gateway.shutdown());
+        // A second SIGTERM or Ctrl-C means "stop now", as people expect of a server.
+        tokio::select! {
+            _ = drain => true,
+            _ = term.recv() => false,
+            _ = int.recv() => false,
+        }
+    });
+    if !drained {
+        tracing::warn!("second signal: exiting without waiting for in-flight requests");
+        std::process::exit(1);
     }
+    drop(runtime);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

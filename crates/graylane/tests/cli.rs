@@ -1,0 +1,351 @@
+//! `graylane validate` and `graylane eval`, run as a user runs them.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn validate_accepts_the_briefs_example_with_a_one_line_summary() {
+    let file = fixture("brief.yaml");
+    let out = run(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {:?}", out.stdout);
+    let line = lines[0];
+    assert!(
+        line.starts_with(&format!("{}: ok", file.display())),
+        "{line}"
+    );
+    for part in [
+        "1 listener",
+        "1 service",
+        "1 segment",
+        "payment: stable → canary at 0%",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line:?}");
+    }
+    assert!(out.stderr.is_empty(), "{:?}", out.stderr);
+}
+
+/// A bad file, the line and key path its error must name, part of the message, and a piece
+/// of text on that line of the file (so the expectation itself is checked against the file).
+struct Bad {
+    file: &'static str,
+    line: usize,
+    key: &'static str,
+    says: &'static str,
+    on_line: Option<&'static str>,
+}
+
+const BAD: &[Bad] = &[
+    Bad {
+        file: "yaml_syntax.yaml",
+        line: 7,
+        key: "services[0].versions.stable",
+        says: "did not find expected ',' or '}'",
+        on_line: None,
+    },
+    Bad {
+        file: "unknown_key.yaml",
+        line: 13,
+        key: "services[0].release.bukcet_by",
+        says: "unknown field `bukcet_by`, expected one of",
+        on_line: Some("bukcet_by:"),
+    },
+    Bad {
+        file: "weight_150.yaml",
+        line: 16,
+        key: "services[0].release.steps[1].weight",
+        says: "weight 150 must be a percentage from 0 to 100",
+        on_line: Some("weight: 150"),
+    },
+    Bad {
+        file: "unknown_segment.yaml",
+        line: 18,
+        key: "services[0].release.force[1].segment.name",
+        says: "unknown segment `staf`; did you mean `staff`?",
+        on_line: Some("name: staf,"),
+    },
+    Bad {
+        file: "bad_regex.yaml",
+        line: 16,
+        key: "services[0].release.force[0].cookie.regex",
+        says: "invalid regex `^(yes|on`",
+        on_line: Some("regex:"),
+    },
+    Bad {
+        file: "bad_cidr.yaml",
+        line: 5,
+        key: "listeners[0].trusted_hops[1]",
+        says: "`10.1.2.300/24` is not a CIDR",
+        on_line: Some("10.1.2.300/24"),
+    },
+    Bad {
+        file: "bad_semver.yaml",
+        line: 14,
+        key: "services[0].release.force[0].semver.range",
+        says: "`>=2.banana <3.0.0` is not a semver range",
+        on_line: Some("range:"),
+    },
+    Bad {
+        file: "duplicate_service.yaml",
+        line: 12,
+        key: "services[2].name",
+        says: "duplicate service name `payment` (also services[0])",
+        on_line: Some("name: payment"),
+    },
+    Bad {
+        file: "overlapping_listeners.yaml",
+        line: 3,
+        key: "listeners[1].bind",
+        says: "0.0.0.0:8080 overlaps 127.0.0.1:8080",
+        on_line: Some("0.0.0.0:8080"),
+    },
+    Bad {
+        file: "unknown_candidate.yaml",
+        line: 12,
+        key: "services[0].release.candidate",
+        says: "unknown version `canry`",
+        on_line: Some("candidate: canry"),
+    },
+];
+
+#[test]
+fn validate_rejects_bad_files_naming_the_line_and_key() {
+    for bad in BAD {
+        let path = fixture(&format!("bad/{}", bad.file));
+        let shown = path.display().to_string();
+        if let Some(text) = bad.on_line {
+            let content = std::fs::read_to_string(&path).unwrap();
+            let line = content.lines().nth(bad.line - 1).unwrap_or("");
+            assert!(
+                line.contains(text),
+                "fixture {}: line {} is {line:?}",
+                bad.file,
+                bad.line
+            );
+        }
+        let out = run(&["validate", &shown]);
+        assert_eq!(out.code(), Some(1), "{}: {out:?}", bad.file);
+        assert!(out.stdout.is_empty(), "{}: {:?}", bad.file, out.stdout);
+        let error = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("error: {shown}:{}:", bad.line)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no error on line {}:\n{}",
+                    bad.file, bad.line, out.stderr
+                )
+            });
+        assert!(
+            error.contains(&format!(": {}", bad.key)),
+            "{}: key path {} missing: {error}",
+            bad.file,
+            bad.key
+        );
+        assert!(
+            error.contains(bad.says),
+            "{}: {:?} missing: {error}",
+            bad.file,
+            bad.says
+        );
+        assert_eq!(
+            out.stderr.lines().last(),
+            Some(format!("{shown}: 1 error").as_str()),
+            "{}",
+            bad.file
+        );
+    }
+}
+
+#[test]
+fn validate_reports_every_error_of_a_file_at_once() {
+    let path = fixture("bad/several_errors.yaml");
+    let shown = path.display().to_string();
+    let out = run(&["validate", &shown]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    let expected = [
+        (3, "listeners[0].trusted_hops[0]", "10.0.0.0/33"),
+        (
+            18,
+            "services[0].release.force[0].segment.name",
+            "did you mean `staff`?",
+        ),
+        (21, "services[0].release.steps[1].weight", "weight 101"),
+    ];
+    assert_eq!(errors.len(), expected.len(), "{}", out.stderr);
+    for (line, key, says) in expected {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("error: {shown}:{line}:"))
+                    && e.contains(&format!(": {key}: "))
+                    && e.contains(says)),
+            "no error at line {line} for {key}:\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.ends_with(&format!("{shown}: 3 errors\n")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn validate_a_missing_file_fails_clearly() {
+    let out = run(&["validate", "/nonexistent/graylane.yaml"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("/nonexistent/graylane.yaml")
+            && out.stderr.contains("cannot read the file"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn eval(extra: &[&str]) -> Output {
+    let config = fixture("brief.yaml");
+    let mut args = vec!["eval", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn eval_json(extra: &[&str]) -> serde_json::Value {
+    let mut args = extra.to_vec();
+    args.push("--json");
+    let out = eval(&args);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("--json output is not JSON ({e}): {:?}", out.stdout))
+}
+
+#[test]
+fn eval_names_service_version_and_reason() {
+    let out = eval(&["GET", "/api/payment/orders", "-H", "X-User-Id: u-1001"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines.contains(&"service: payment"), "{}", out.stdout);
+    assert!(lines.contains(&"version: canary"), "{}", out.stdout);
+    let why = lines
+        .iter()
+        .find(|l| l.starts_with("why:"))
+        .unwrap_or_else(|| panic!("no reason in {}", out.stdout));
+    assert!(
+        why.contains("force rule #2") && why.contains("staff"),
+        "the staff segment rule is named: {why}"
+    );
+
+    let out = eval(&[
+        "GET",
+        "/api/payment/orders",
+        "-H",
+        "X-Release-Phase: canary",
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("version: canary"), "{}", out.stdout);
+    assert!(out.stdout.contains("force rule #1"), "{}", out.stdout);
+
+    let out = eval(&["GET", "/api/payment/orders", "-H", "X-User-Id: u-42"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("version: stable"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("bucket") && out.stdout.contains("header:x-user-id"),
+        "a weight-0 bucket decision is explained: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn eval_json_has_service_version_and_reason() {
+    let v = eval_json(&["GET", "/api/payment/orders", "-H", "X-User-Id: u-1001"]);
+    assert_eq!(v["service"], "payment", "{v}");
+    assert_eq!(v["version"], "canary", "{v}");
+    assert_eq!(v["reason"], "forced", "{v}");
+    assert_eq!(
+        v["rule"], 1,
+        "release.force[1] is the staff segment rule: {v}"
+    );
+    assert!(v["explanation"].as_str().unwrap().contains("staff"), "{v}");
+
+    let v = eval_json(&["GET", "/api/payment/orders", "-H", "X-User-Id: u-42"]);
+    assert_eq!(v["version"], "stable", "{v}");
+    assert_eq!(v["reason"], "bucket", "{v}");
+    assert_eq!(v["key"], "configured", "{v}");
+    assert_eq!(v["weight_percent"], 0.0, "{v}");
+    assert!(v["bucket"].as_u64().is_some_and(|b| b < 100_000), "{v}");
+
+    let v = eval_json(&["GET", "/api/payment/orders"]);
+    assert_eq!(v["version"], "stable", "{v}");
+    assert_eq!(
+        v["reason"], "fallback_key",
+        "no user id: bucketed on the IP: {v}"
+    );
+
+    // The lane header counts only from a trusted hop.
+    let lane = [
+        "GET",
+        "/api/payment/orders",
+        "-H",
+        "x-graylane-lane: canary",
+    ];
+    let v = eval_json(&lane);
+    assert_eq!(v["version"], "stable", "{v}");
+    let mut trusted = lane.to_vec();
+    trusted.push("--trusted");
+    let v = eval_json(&trusted);
+    assert_eq!(
+        (&v["version"], &v["reason"]),
+        (&"canary".into(), &"lane".into()),
+        "{v}"
+    );
+}
+
+#[test]
+fn eval_without_a_matching_service_exits_1() {
+    let out = eval(&["GET", "/nothing/here"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stdout.contains("no service matches GET /nothing/here"),
+        "{}",
+        out.stdout
+    );
+
+    let out = eval(&["GET", "/nothing/here", "--json"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["service"], serde_json::Value::Null);
+    assert_eq!(v["reason"], "no_route");
+}
+
+#[test]
+fn eval_refuses_an_invalid_config_or_request() {
+    let bad = fixture("bad/weight_150.yaml");
+    let out = run(&[
+        "eval",
+        "--config",
+        bad.to_str().unwrap(),
+        "GET",
+        "/api/payment/orders",
+    ]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("{}:16:", bad.display())),
+        "{}",
+        out.stderr
+    );
+
+    let out = eval(&["GET", "/api/payment/orders", "-H", "no colon here"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("Name: value"), "{}", out.stderr);
+
+    let out = eval(&["GET", "api/payment"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("must start with `/`"), "{}", out.stderr);
+}

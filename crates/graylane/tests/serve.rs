@@ -1,0 +1,407 @@
+//! `graylane serve` and `graylane demo` as processes: traffic, the admin listener, reload on
+//! file change and on SIGHUP, a rejected reload, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+
+const CONFIG: &str = r#"
+listeners:
+  - bind: 127.0.0.1:{port}
+admin:
+  bind: 127.0.0.1:{admin}
+services:
+  - name: payment
+    match: { path_prefix: /api/payment }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      force:
+        - header: { name: X-Release-Phase, equals: canary }
+      bucket_by: "header:X-User-Id"
+      steps:
+        - weight: {weight}
+"#;
+
+/// A gateway process on free ports in front of two test upstreams.
+struct Served {
+    process: Graylane,
+    file: std::path::PathBuf,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    stable: Upstream,
+    canary: Upstream,
+}
+
+impl Served {
+    fn yaml(&self, weight: &str) -> String {
+        config(self.proxy, self.admin, &self.stable, &self.canary, weight)
+    }
+
+    async fn metrics(&self) -> String {
+        let r = get(self.admin, "/metrics", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        r.text()
+    }
+
+    /// The versions users u-0..u-9 get right now.
+    async fn versions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for i in 0..10 {
+            let user = format!("u-{i}");
+            let r = get(self.proxy, "/api/payment/orders", &[("X-User-Id", &user)]).await;
+            assert_eq!(r.status, StatusCode::OK, "{user}: {r:?}");
+            let v = r.version().unwrap_or("").to_string();
+            assert_eq!(
+                r.json()["version"],
+                v.as_str(),
+                "served by the version it names"
+            );
+            out.push(v);
+        }
+        out
+    }
+
+    async fn all_on(&self, version: &str) -> bool {
+        self.versions().await.iter().all(|v| v == version)
+    }
+
+    async fn terminate(mut self) {
+        self.process.assert_running();
+        self.process.signal("TERM");
+        let status = self.process.wait_exit(Duration::from_secs(20));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit after SIGTERM\n{}",
+            self.process.logs()
+        );
+        if let Some(dir) = self.file.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+async fn serve(test: &str, watch_interval: &str) -> Served {
+    let dir = temp_dir(test);
+    let file = dir.join("graylane.yaml");
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
+    let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
+    write_atomic(&file, &config(proxy, admin, &stable, &canary, "0"));
+    let mut process = Graylane::spawn_in(
+        &dir,
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--drain-timeout",
+            "5s",
+            "--watch-interval",
+            watch_interval,
+        ],
+    );
+    wait_ready(&mut process, admin, proxy).await;
+    Served {
+        process,
+        file,
+        proxy,
+        admin,
+        stable,
+        canary,
+    }
+}
+
+fn config(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    stable: &Upstream,
+    canary: &Upstream,
+    weight: &str,
+) -> String {
+    fill(
+        CONFIG,
+        &[
+            ("port", proxy.port().to_string()),
+            ("admin", admin.port().to_string()),
+            ("stable", stable.addr.to_string()),
+            ("canary", canary.addr.to_string()),
+            ("weight", weight.to_string()),
+        ],
+    )
+}
+
+/// Waits until `/readyz` answers 200 and the proxy listener accepts, failing at once (with the
+/// logs) if the process dies.
+async fn wait_ready(process: &mut Graylane, admin: SocketAddr, proxy: SocketAddr) {
+    let deadline = Instant::now() + POLL_DEADLINE;
+    loop {
+        process.assert_running();
+        let ready =
+            matches!(try_get(admin, "/readyz", &[]).await, Ok(r) if r.status == StatusCode::OK);
+        if ready && tokio::net::TcpStream::connect(proxy).await.is_ok() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "graylane not ready within {POLL_DEADLINE:?}\n{}",
+                process.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn reloads(metrics: &str, result: &str) -> f64 {
+    metric_value(
+        metrics,
+        &format!(r#"graylane_config_reloads_total{{result="{result}"}}"#),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_proxies_reloads_on_file_change_and_exits_on_sigterm() {
+    let served = serve("watch", "200ms").await;
+
+    assert!(
+        served.all_on("stable").await,
+        "weight 0 sends everyone to stable"
+    );
+    let r = get(
+        served.proxy,
+        "/api/payment/orders",
+        &[("X-Release-Phase", "canary")],
+    )
+    .await;
+    assert_eq!(r.version(), Some("canary"));
+    let r = get(served.proxy, "/elsewhere", &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The admin listener.
+    let r = get(served.admin, "/healthz", &[]).await;
+    assert_eq!((r.status, r.text().trim()), (StatusCode::OK, "ok"));
+    let r = get(served.admin, "/readyz", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = get(served.admin, "/metrics", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let content_type = r.headers.get("content-type").unwrap().to_str().unwrap();
+    assert!(content_type.contains("openmetrics-text"), "{content_type}");
+    let text = r.text();
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"graylane_requests_total{service="payment",version="stable",code="200"}"#
+        ),
+        Some(10.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"graylane_requests_total{service="payment",version="canary",code="200"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let r = get(served.admin, "/nope", &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Editing the file moves the traffic.
+    write_atomic(&served.file, &served.yaml("100"));
+    eventually("the weight-100 file to be picked up", || async {
+        served.all_on("canary").await.then_some(())
+    })
+    .await;
+    assert_eq!(reloads(&served.metrics().await, "ok"), 1.0);
+
+    // A broken file is rejected and the last good configuration keeps serving.
+    write_atomic(&served.file, &served.yaml("150"));
+    eventually("the invalid file to be rejected", || async {
+        (reloads(&served.metrics().await, "error") >= 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        served.all_on("canary").await,
+        "still the weight-100 routing"
+    );
+    let logs = served.process.stderr();
+    let line = served
+        .yaml("150")
+        .lines()
+        .position(|l| l.contains("weight: 150"))
+        .unwrap()
+        + 1;
+    let located = format!("{}:{line}:", served.file.display());
+    assert!(
+        logs.contains("reload rejected") && logs.contains(&located),
+        "the log says why, with {located}:\n{logs}"
+    );
+
+    // Fixing it is picked up again.
+    write_atomic(&served.file, &served.yaml("0"));
+    eventually("the fixed file to be picked up", || async {
+        served.all_on("stable").await.then_some(())
+    })
+    .await;
+    let metrics = served.metrics().await;
+    assert_eq!(reloads(&metrics, "ok"), 2.0, "{metrics}");
+    assert_eq!(reloads(&metrics, "error"), 1.0, "{metrics}");
+
+    assert!(served.stable.received() > 0 && served.canary.received() > 0);
+    served.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file() {
+    // The watcher checks once at start-up and then only after an hour: reloads here come from
+    // SIGHUP alone.
+    let served = serve("sighup", "1h").await;
+    assert!(served.all_on("stable").await);
+
+    write_atomic(&served.file, &served.yaml("100"));
+    assert!(
+        served.all_on("stable").await,
+        "nothing reloads before the signal"
+    );
+    served.process.signal("HUP");
+    eventually("SIGHUP to apply the weight-100 file", || async {
+        served.all_on("canary").await.then_some(())
+    })
+    .await;
+
+    // SIGHUP with a broken file keeps the routing and counts the error.
+    write_atomic(&served.file, "listeners: [ {");
+    served.process.signal("HUP");
+    eventually("SIGHUP with a broken file to be rejected", || async {
+        (reloads(&served.metrics().await, "error") >= 1.0).then_some(())
+    })
+    .await;
+    assert!(served.all_on("canary").await);
+    served.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_while_readyz_reports_draining() {
+    let mut served = serve("drain", "1h").await;
+    let (proxy, admin) = (served.proxy, served.admin);
+    let in_flight =
+        tokio::spawn(
+            async move { try_get(proxy, "/api/payment/held", &[(HOLD_HEADER, "1")]).await },
+        );
+    eventually("the held request to reach the upstream", || async {
+        (served.stable.received() >= 1).then_some(())
+    })
+    .await;
+
+    served.process.signal("TERM");
+    // While the request is held, the process is draining: not ready, not accepting.
+    eventually("/readyz to answer 503 while draining", || async {
+        match try_get(admin, "/readyz", &[]).await {
+            Ok(r) if r.status == StatusCode::SERVICE_UNAVAILABLE => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    eventually("the proxy listener to stop accepting", || async {
+        tokio::net::TcpStream::connect(proxy)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    served.process.assert_running();
+
+    served.stable.release();
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.version(), Some("stable"));
+    let status = served.process.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", served.process.logs());
+    if let Some(dir) = served.file.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_an_invalid_file_exits_1_without_listening() {
+    let dir = temp_dir("invalid-serve");
+    let bad = fixture("bad/unknown_key.yaml");
+    let mut p = Graylane::spawn_in(&dir, &["serve", "--config", bad.to_str().unwrap()]);
+    let status = p.wait_exit(COMMAND_DEADLINE);
+    assert_eq!(status.code(), Some(1), "{}", p.logs());
+    assert!(
+        p.stderr().contains("did you mean `bucket_by`?"),
+        "{}",
+        p.logs()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_answers_a_forced_canary_request() {
+    let dir = temp_dir("demo");
+    let (port, admin_port) = (free_port(), free_port());
+    let mut demo = Graylane::spawn_in(
+        &dir,
+        &[
+            "demo",
+            "--port",
+            &port.to_string(),
+            "--admin-port",
+            &admin_port.to_string(),
+        ],
+    );
+    let proxy = SocketAddr::from(([127, 0, 0, 1], port));
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    wait_ready(&mut demo, admin, proxy).await;
+
+    // curl -i 127.0.0.1:PORT/api/payment/orders -H 'X-Release-Phase: canary'
+    let r = get(
+        proxy,
+        "/api/payment/orders",
+        &[("X-Release-Phase", "canary")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.version(), Some("canary"));
+    let body = r.json();
+    assert_eq!(body["version"], "canary", "{body}");
+    assert_eq!(body["lane"], "canary", "{body}");
+
+    let r = get(proxy, "/api/payment/orders", &[("X-User-Id", "u-1001")]).await;
+    assert_eq!(r.version(), Some("canary"), "a staff user");
+
+    let stdout = demo.stdout();
+    assert!(
+        stdout.contains(&format!("127.0.0.1:{port}")) && stdout.contains("curl"),
+        "the demo says where it listens and what to try:\n{stdout}"
+    );
+    let metrics = get(admin, "/metrics", &[]).await.text();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"graylane_requests_total{service="payment",version="canary",code="200"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+
+    demo.signal("TERM");
+    let status = demo.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", demo.logs());
+    let _ = std::fs::remove_dir_all(dir);
+}
