@@ -425,6 +425,14 @@ impl<'a> Validator<'a> {
             Some(k) => self.key_spec(&format!("{path}.bucket_by"), k),
             None => Some(KeySpec::ClientIp),
         };
+        if let Some(salt) = &raw.salt
+            && salt.chars().any(char::is_control)
+        {
+            self.fail(
+                format!("{path}.salt"),
+                "the salt may not contain control characters",
+            );
+        }
         let sticky = raw.sticky.as_ref().and_then(|s| {
             if !is_token(&s.cookie) {
                 self.fail(
@@ -675,6 +683,13 @@ impl<'a> Validator<'a> {
             });
         }
         if let Some(c) = &raw.cookie {
+            if !is_token(&c.name) {
+                self.fail(
+                    format!("{sub}.name"),
+                    format!("`{}` is not a valid cookie name", c.name),
+                );
+                return None;
+            }
             let matcher = self.value_match(&sub, c)?;
             return Some(Rule::Cookie {
                 name: c.name.clone(),
@@ -682,6 +697,13 @@ impl<'a> Validator<'a> {
             });
         }
         if let Some(q) = &raw.query {
+            if q.name.is_empty() || q.name.contains(['&', '=', '#']) {
+                self.fail(
+                    format!("{sub}.name"),
+                    format!("`{}` is not a valid query parameter name", q.name),
+                );
+                return None;
+            }
             let matcher = self.value_match(&sub, q)?;
             return Some(Rule::Query {
                 name: q.name.clone(),

@@ -255,14 +255,16 @@ impl CompiledService {
         )
     }
 
-    /// The version the sticky cookie names, if it may still be honoured: the baseline always,
-    /// the candidate only while it gets traffic (weight 0 means it was paused or rolled back).
+    /// The version the sticky cookie names, if it may still be honoured: the baseline until the
+    /// candidate has all the traffic, the candidate while it gets any (weight 0 means it was
+    /// paused or rolled back). A promoted release thus moves every user, cookie or not.
     /// Only the first cookie of that name counts; browsers send the most specific one first.
     fn sticky_version(&self, rel: &CompiledRelease, req: &RequestView<'_>) -> Option<usize> {
         let name = rel.sticky_cookie.as_deref()?;
         let value = req.cookie_values(name).next()?;
         let v = self.version_index(value)?;
-        let eligible = v == rel.baseline || (v == rel.candidate && rel.weight > Weight::ZERO);
+        let eligible = (v == rel.baseline && rel.weight < Weight::FULL)
+            || (v == rel.candidate && rel.weight > Weight::ZERO);
         eligible.then_some(v)
     }
 }

@@ -244,6 +244,18 @@ fn sticky_candidate_is_ignored_at_weight_zero() {
 }
 
 #[test]
+fn sticky_baseline_is_ignored_at_full_weight() {
+    let mut t = payment();
+    t.set_weight(0, Weight::FULL);
+    let r = req()
+        .header("x-user-id", &user_with_bucket_at_least(50_000))
+        .header("cookie", "graylane_lane=stable");
+    let d = decide(&t, &r);
+    assert!(matches!(d.reason, Reason::Bucket { .. }), "{:?}", d.reason);
+    assert_eq!(version(&t, d), "canary");
+}
+
+#[test]
 fn sticky_cookie_naming_anything_else_is_ignored() {
     let t = payment();
     for cookie in [
