@@ -32,6 +32,17 @@ pub struct Listener {
     pub tls: Option<Tls>,
     /// Peers whose `x-graylane-lane` header is believed. Everyone else's is stripped.
     pub trusted_hops: Vec<IpNet>,
+    /// How long a client may take to send a request's headers (slowloris protection). An
+    /// HTTP/1.1 keep-alive connection idle this long between requests is closed too.
+    pub header_read_timeout: Duration,
+    /// Open client connections the listener serves at once, across all workers; one more is
+    /// accepted and closed at once.
+    pub max_connections: usize,
+}
+
+impl Listener {
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 }
 
 #[derive(Debug, Clone)]

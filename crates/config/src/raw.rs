@@ -30,6 +30,8 @@ pub struct RawListener {
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub trusted_hops: Vec<String>,
+    pub header_read_timeout: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

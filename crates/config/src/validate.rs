@@ -82,6 +82,25 @@ impl<'a> Validator<'a> {
                 .enumerate()
                 .filter_map(|(j, c)| self.cidr(&format!("{path}.trusted_hops[{j}]"), c))
                 .collect();
+            let mut header_read_timeout = Listener::DEFAULT_HEADER_READ_TIMEOUT;
+            if let Some(d) = &l.header_read_timeout {
+                let key = format!("{path}.header_read_timeout");
+                match self.duration(&key, d) {
+                    // Zero would close every connection before its first request.
+                    Some(Duration::ZERO) => self.fail(key, "must be more than 0"),
+                    Some(d) => header_read_timeout = d,
+                    None => {}
+                }
+            }
+            let max_connections = l
+                .max_connections
+                .unwrap_or(Listener::DEFAULT_MAX_CONNECTIONS);
+            if max_connections == 0 {
+                self.fail(
+                    format!("{path}.max_connections"),
+                    "must be at least 1: 0 would refuse every client",
+                );
+            }
             if let Some(bind) = bind {
                 out.push((
                     path,
@@ -89,6 +108,8 @@ impl<'a> Validator<'a> {
                         bind,
                         tls,
                         trusted_hops,
+                        header_read_timeout,
+                        max_connections,
                     },
                 ));
             }
@@ -200,6 +221,9 @@ impl<'a> Validator<'a> {
     ) -> Vec<Service> {
         let mut out: Vec<Service> = Vec::new();
         let mut seen: std::collections::HashMap<String, usize> = Default::default();
+        // Match → the service that has it. A map, not a scan of `out`: a scan per service is
+        // quadratic, seconds for a file with ten thousand services.
+        let mut matches: std::collections::HashMap<MatchKey, usize> = Default::default();
         for (i, svc) in raw.into_iter().enumerate() {
             let path = format!("services[{i}]");
             if let Some(first) = seen.get(&svc.name) {
@@ -214,12 +238,17 @@ impl<'a> Validator<'a> {
             }
             seen.insert(svc.name.clone(), i);
             if let Some(s) = self.service(&path, svc, segments, upstream) {
-                if let Some(other) = out.iter().find(|o| same_match(&o.matcher, &s.matcher)) {
-                    let msg = format!(
-                        "its match is the same as service `{}`'s, so one of them could never be chosen",
-                        other.name
-                    );
-                    self.fail(format!("{path}.match"), msg);
+                match matches.entry(match_key(&s.matcher)) {
+                    std::collections::hash_map::Entry::Occupied(other) => {
+                        let msg = format!(
+                            "its match is the same as service `{}`'s, so one of them could never be chosen",
+                            out[*other.get()].name
+                        );
+                        self.fail(format!("{path}.match"), msg);
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(out.len());
+                    }
                 }
                 out.push(s);
             }
@@ -1291,8 +1320,11 @@ impl OneOrMany {
     }
 }
 
-fn same_match(a: &ServiceMatch, b: &ServiceMatch) -> bool {
-    a.host == b.host && a.path_prefix == b.path_prefix && a.methods == b.methods
+/// What makes two services' matches the same: host, path prefix and methods.
+type MatchKey = (Option<String>, String, Vec<http::Method>);
+
+fn match_key(m: &ServiceMatch) -> MatchKey {
+    (m.host.clone(), m.path_prefix.clone(), m.methods.clone())
 }
 
 /// Names that travel in headers and cookies: letters, digits, `-`, `_`, `.`.
@@ -1365,5 +1397,48 @@ mod tests {
         }
         assert!(parse_semver_range(">=1 || <0.5").is_err());
         assert!(parse_semver_range(">=banana").is_err());
+    }
+
+    const SERVICE: &str = "services:\n  - name: web\n    versions: { stable: { endpoints: [127.0.0.1:9001] } }\n";
+
+    #[test]
+    fn listener_limits_default_and_parse() {
+        let yaml = format!(
+            "listeners:\n  - bind: 127.0.0.1:8080\n  - bind: 127.0.0.1:8081\n    header_read_timeout: 300ms\n    max_connections: 4\n{SERVICE}"
+        );
+        let cfg = crate::load_str(&yaml, "t.yaml", Path::new(".")).unwrap();
+        let (default, set) = (&cfg.listeners[0], &cfg.listeners[1]);
+        assert_eq!(default.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(default.max_connections, 10_000);
+        assert_eq!(set.header_read_timeout, Duration::from_millis(300));
+        assert_eq!(set.max_connections, 4);
+    }
+
+    #[test]
+    fn listener_limits_report_every_error_with_its_location() {
+        let yaml = format!(
+            "listeners:\n  - bind: 127.0.0.1:8080\n    header_read_timeout: soon\n    max_connections: 0\n  - bind: 127.0.0.1:8081\n    header_read_timeout: 0s\n{SERVICE}"
+        );
+        let err = crate::load_str(&yaml, "t.yaml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.yaml:3:5: listeners[0].header_read_timeout: `soon` is not a duration"),
+            "{err}"
+        );
+        assert!(
+            err.contains("t.yaml:4:5: listeners[0].max_connections: must be at least 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("t.yaml:6:5: listeners[1].header_read_timeout: must be more than 0"),
+            "{err}"
+        );
+
+        let negative = format!("listeners:\n  - bind: 127.0.0.1:8080\n    max_connections: -1\n{SERVICE}");
+        let err = crate::load_str(&negative, "t.yaml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listeners[0].max_connections"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
-//! The response body the proxy sends: either the upstream's, streamed frame by frame, or a
-//! small body graylane wrote itself (errors, 404). An enum rather than a boxed body, so a
-//! proxied response costs no allocation for its body type.
+//! The response body the proxy sends: either the upstream's, streamed frame by frame straight
+//! off its connection, or a small body graylane wrote itself (errors, 404). An enum rather than
+//! a boxed body, so a proxied response costs no allocation for its body type.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,16 +8,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
-use crate::pool::Lease;
+use crate::upstream::UpstreamBody;
 
 pub enum ProxyBody {
-    Upstream {
-        body: Incoming,
-        /// Returned to the pool when the body ends.
-        lease: Option<Lease>,
-    },
+    Upstream(UpstreamBody),
     Local(Full<Bytes>),
 }
 
@@ -29,25 +24,14 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, lease } => {
-                let polled = Pin::new(&mut *body).poll_frame(cx);
-                let finished = match &polled {
-                    Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    _ => false,
-                };
-                if finished && let Some(lease) = lease.take() {
-                    lease.release();
-                }
-                polled
-            }
+            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Local(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
@@ -56,15 +40,108 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Upstream(body) => body.is_end_stream(),
             ProxyBody::Local(full) => full.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Upstream(body) => body.size_hint(),
             ProxyBody::Local(full) => full.size_hint(),
+        }
+    }
+}
+
+/// A client's request body on its way upstream, after [`RequestBody::read_ahead`]: whole when
+/// it ended within the read-ahead, else the part read so far followed by the rest, streamed.
+pub enum RequestBody {
+    Whole(Option<Bytes>),
+    Streaming {
+        read: std::collections::VecDeque<Bytes>,
+        rest: hyper::body::Incoming,
+    },
+}
+
+impl RequestBody {
+    /// Reads up to about `limit` bytes of `body` before anything is forwarded, so a body that
+    /// fits is checked whole (a malformed one fails here, before reaching an upstream) and can
+    /// be sent with a `Content-Length`.
+    pub async fn read_ahead(
+        mut body: hyper::body::Incoming,
+        limit: usize,
+    ) -> Result<RequestBody, hyper::Error> {
+        use http_body_util::BodyExt;
+        if body.is_end_stream() {
+            return Ok(RequestBody::Whole(None));
+        }
+        let mut read = std::collections::VecDeque::new();
+        let mut total = 0;
+        while total <= limit {
+            let Some(frame) = body.frame().await else {
+                return Ok(RequestBody::Whole(Some(concat(read))));
+            };
+            if let Ok(data) = frame?.into_data()
+                && !data.is_empty()
+            {
+                total += data.len();
+                read.push_back(data);
+            }
+        }
+        Ok(RequestBody::Streaming { read, rest: body })
+    }
+}
+
+fn concat(mut chunks: std::collections::VecDeque<Bytes>) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop_front().unwrap_or_default();
+    }
+    let mut all = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for c in chunks {
+        all.extend_from_slice(&c);
+    }
+    all.freeze()
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Streaming { read, rest } => match read.pop_front() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Whole(data) => data.is_none(),
+            RequestBody::Streaming { read, rest } => read.is_empty() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Whole(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Streaming { read, rest } => {
+                let buffered: u64 = read.iter().map(|d| d.len() as u64).sum();
+                let hint = rest.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(hint.lower() + buffered);
+                if let Some(upper) = hint.upper() {
+                    out.set_upper(upper + buffered);
+                }
+                out
+            }
         }
     }
 }

@@ -13,7 +13,9 @@ use graylane_config::{Config, ConfigErrors};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::server::{BoundListener, WorkerSetup, bind_reuseport, run_worker, tls_acceptor};
+use crate::server::{
+    BoundListener, ConnectionLimit, WorkerSetup, bind_reuseport, run_worker, tls_acceptor,
+};
 use crate::snapshot::Snapshot;
 
 /// How the gateway runs, beyond what the configuration file says.
@@ -83,11 +85,13 @@ impl Gateway {
                         .map_err(|source| StartError::Bind { addr, source })?,
                 );
             }
+            let connections = ConnectionLimit::new(listener.max_connections);
             for (w, socket) in sockets.into_iter().enumerate() {
                 per_worker[w].push(BoundListener {
                     socket,
                     config: listener.clone(),
                     tls: tls.clone(),
+                    connections: Arc::clone(&connections),
                 });
             }
         }

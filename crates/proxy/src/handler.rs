@@ -11,13 +11,12 @@ use graylane_config::LoadBalancing;
 use graylane_rules::{Decision, Reason, RequestView};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::ProxyBody;
-use crate::metrics::{UpstreamErrorKind, reason_index};
-use crate::pool::UpstreamPool;
+use crate::body::{ProxyBody, RequestBody};
+use crate::metrics::UpstreamErrorKind;
 use crate::snapshot::{LocalSnapshot, ServiceRoute, VersionRoute};
+use crate::upstream::UpstreamPool;
 
 pub static X_GRAYLANE_VERSION: HeaderName = HeaderName::from_static("x-graylane-version");
 pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lane");
@@ -28,6 +27,12 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 graylane");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// How much of a request body is read before the request is forwarded. A body that ends within
+/// this (most API bodies) is checked whole, so a malformed one gets a `400` and never reaches
+/// an upstream, and goes upstream with a `Content-Length`; a longer one is streamed from there
+/// on. At most this much is held per request in flight.
+const REQUEST_BODY_READ_AHEAD: usize = 64 * 1024;
 
 /// What the request path knows about the client connection.
 pub struct ConnInfo {
@@ -47,7 +52,7 @@ pub async fn handle(
     snapshot: LocalSnapshot,
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let decision = {
@@ -75,11 +80,47 @@ pub async fn handle(
     };
     let service = &snapshot.services[decision.service];
     let version = &service.versions[decision.version];
-    version
-        .stats
-        .record_decision(worker.id, reason_index(decision.reason.label()));
+    version.stats.record_decision(worker.id, &decision.reason);
 
     let sticky_cookie = sticky_cookie_to_set(service, version, &decision, req.headers());
+    let (parts, body) = req.into_parts();
+    // The read-ahead has its own deadline: a client that stops sending its body is the
+    // client's failure (408), not the upstream's (504).
+    let read = tokio::time::timeout(
+        service.request_timeout,
+        RequestBody::read_ahead(body, REQUEST_BODY_READ_AHEAD),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            // Debug, not warn: a client's bad request is not an operator's problem, and a
+            // flood of them must not flood the log.
+            tracing::debug!(service = %service.name, peer = %conn.peer, "malformed request body: {e}");
+            let response = client_failure(
+                StatusCode::BAD_REQUEST,
+                "the request body is malformed",
+                &e.to_string(),
+            );
+            version
+                .stats
+                .record_response(worker.id, 400, started.elapsed());
+            return response;
+        }
+        Err(_) => {
+            tracing::debug!(service = %service.name, peer = %conn.peer, timeout = ?service.request_timeout, "request body did not arrive in time");
+            let response = client_failure(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+                &format!("{:?}", service.request_timeout),
+            );
+            version
+                .stats
+                .record_response(worker.id, 408, started.elapsed());
+            return response;
+        }
+    };
+    let mut req = Request::from_parts(parts, body);
     prepare_upstream_request(&mut req, &conn, version);
 
     let endpoint = pick_endpoint(service, version);
@@ -93,7 +134,7 @@ pub async fn handle(
     version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
 
     let response = match result {
-        Ok(Ok((resp, lease))) => {
+        Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             parts
@@ -102,13 +143,7 @@ pub async fn handle(
             if let Some(cookie) = sticky_cookie {
                 parts.headers.append(header::SET_COOKIE, cookie);
             }
-            let lease = if body.is_end_stream() {
-                lease.release();
-                None
-            } else {
-                Some(lease)
-            };
-            Response::from_parts(parts, ProxyBody::Upstream { body, lease })
+            Response::from_parts(parts, ProxyBody::Upstream(body))
         }
         Ok(Err(e)) => {
             version.stats.record_upstream_error(worker.id, e.kind);
@@ -184,7 +219,7 @@ fn sticky_cookie_to_set(
     version.set_cookie.clone()
 }
 
-fn prepare_upstream_request(req: &mut Request<Incoming>, conn: &ConnInfo, version: &VersionRoute) {
+fn prepare_upstream_request<B>(req: &mut Request<B>, conn: &ConnInfo, version: &VersionRoute) {
     // HTTP/2 clients send an absolute URI and no Host header; HTTP/1.1 upstreams want the
     // origin form and a Host.
     if req.uri().scheme().is_some() {
@@ -245,11 +280,20 @@ fn format_ip(buf: &mut [u8; 64], peer: SocketAddr) -> &[u8] {
     &buf[..len]
 }
 
-/// A W3C `traceparent` with fresh random trace and span ids, sampled.
+/// A W3C `traceparent` with fresh random trace and span ids, sampled:
+/// `00-<32 hex trace id>-<16 hex span id>-01`, written without a formatting pass.
 fn new_traceparent() -> HeaderValue {
-    let (a, b, c) = (fastrand_u64(), fastrand_u64(), fastrand_u64());
-    let text = format!("00-{a:016x}{b:016x}-{c:016x}-01");
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    let ids = [fastrand_u64(), fastrand_u64(), fastrand_u64()];
+    let (trace, span) = out[3..52].split_at_mut(32);
+    let digits = trace.iter_mut().chain(span[1..].iter_mut());
+    for (i, d) in digits.enumerate() {
+        let word = ids[i / 16];
+        let shift = 60 - 4 * (i % 16);
+        *d = HEX[((word >> shift) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// A per-thread xorshift generator seeded from the clock and thread; ids need to be unique,
@@ -335,6 +379,14 @@ fn not_found(path: &str) -> Response<ProxyBody> {
     )
 }
 
+/// A request graylane refuses because of what the client sent (or failed to send).
+fn client_failure(status: StatusCode, what: &str, detail: &str) -> Response<ProxyBody> {
+    json_response(
+        status,
+        serde_json::json!({ "error": what, "detail": detail }),
+    )
+}
+
 fn upstream_failure(
     status: StatusCode,
     kind: UpstreamErrorKind,
@@ -360,4 +412,28 @@ fn upstream_failure(
     resp.headers_mut()
         .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_has_the_w3c_shape() {
+        let a = new_traceparent();
+        let b = new_traceparent();
+        assert_ne!(a, b);
+        let text = a.to_str().unwrap();
+        let parts: Vec<&str> = text.split('-').collect();
+        assert_eq!(parts.len(), 4, "{text}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"));
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
+        assert!(
+            parts[1]
+                .bytes()
+                .chain(parts[2].bytes())
+                .all(|b| b.is_ascii_hexdigit())
+        );
+        assert_ne!(parts[1], "0".repeat(32), "an all-zero trace id is invalid");
+    }
 }

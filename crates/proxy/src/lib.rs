@@ -7,7 +7,7 @@
 //! server (thread per core, SO_REUSEPORT listener, TLS)      server.rs
 //!   └─ handler: decide → pick endpoint → forward → stamp     handler.rs
 //!        ├─ snapshot: routing table + per-version values      snapshot.rs
-//!        ├─ pool: per-thread keep-alive upstream connections  pool.rs
+//!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client upstream.rs
 //!        ├─ body: streamed upstream body or a local one       body.rs
 //!        └─ metrics: per-thread lock-free counters            metrics.rs
 //! ```
@@ -19,9 +19,9 @@ mod body;
 mod gateway;
 mod handler;
 pub mod metrics;
-mod pool;
 mod server;
 pub mod snapshot;
+mod upstream;
 
 pub use gateway::{Gateway, GatewayOptions, StartError};
 pub use handler::{X_GRAYLANE_LANE, X_GRAYLANE_VERSION};

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use graylane_rules::Reason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -59,21 +60,9 @@ impl UpstreamErrorKind {
     }
 }
 
-/// The `reason` label values of `graylane_routing_decisions_total`, in [`reason_index`] order.
-const REASONS: [&str; 6] = [
-    "no_release",
-    "lane",
-    "forced",
-    "sticky",
-    "bucket",
-    "fallback_key",
-];
+const REASONS: [&str; 6] = Reason::LABELS;
+/// Index of `fallback_key` in [`REASONS`].
 const FALLBACK_KEY: usize = 5;
-
-/// Position of a routing reason label in the per-slot decision counters.
-pub fn reason_index(label: &str) -> usize {
-    REASONS.iter().position(|r| *r == label).unwrap_or(0)
-}
 
 /// One worker's counters for one route. Aligned so two workers never share a cache line.
 #[repr(align(128))]
@@ -99,8 +88,8 @@ impl RouteStats {
         &self.slots[worker % self.slots.len()]
     }
 
-    pub fn record_decision(&self, worker: usize, reason: usize) {
-        self.slot(worker).decisions[reason % REASONS.len()].fetch_add(1, Relaxed);
+    pub fn record_decision(&self, worker: usize, reason: &Reason) {
+        self.slot(worker).decisions[reason.label_index()].fetch_add(1, Relaxed);
     }
 
     pub fn record_response(&self, worker: usize, status: u16, elapsed: Duration) {

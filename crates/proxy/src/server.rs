@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
@@ -20,17 +21,58 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::handler::{ConnInfo, Worker, handle};
 use crate::metrics::Metrics;
-use crate::pool::UpstreamPool;
 use crate::snapshot::{LocalSnapshot, Snapshot};
+use crate::upstream::UpstreamPool;
 
-/// How long a client may take to send a request's headers (slowloris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most an HTTP/1.1 request line and headers may take. hyper answers a longer head with
+/// `431`; without this cap it would buffer ~400 KiB and forward it. (HTTP/2 keeps hyper's own
+/// 16 KiB header list limit.) The figure is Envoy's 60 KiB default, rounded up.
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// One listener as a worker serves it.
 pub(crate) struct BoundListener {
     pub socket: std::net::TcpListener,
     pub config: Listener,
     pub tls: Option<TlsAcceptor>,
+    /// Shared by every worker's socket for this listener.
+    pub connections: Arc<ConnectionLimit>,
+}
+
+/// The open connections of one listener, counted across all workers so `max_connections` is
+/// exact. A connection beyond the limit is accepted and closed at once, as Envoy's listener
+/// connection limit does: refusing to accept instead would leave it waiting in the kernel's
+/// backlog, and the client would see a hang rather than an error it can retry elsewhere.
+pub(crate) struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    pub(crate) fn new(max: usize) -> Arc<ConnectionLimit> {
+        Arc::new(ConnectionLimit {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A slot for one more connection, or `None` when the listener is full.
+    fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(Arc::clone(self)))
+    }
+}
+
+/// Frees its connection's place in the limit when the connection task ends, however it ends.
+struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Binds `count` sockets to the same address with `SO_REUSEPORT`, so the kernel spreads
@@ -148,14 +190,6 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
         cache: RefCell::new(Cache::new(Arc::clone(&setup.snapshot))),
         current: RefCell::new(current),
     });
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Rc::new(builder);
     let open = Rc::new(Cell::new(0usize));
     let drained = Rc::new(tokio::sync::Notify::new());
 
@@ -163,11 +197,12 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
     for bound in setup.listeners {
         let listener = TcpListener::from_std(bound.socket)?;
         let ctx = AcceptCtx {
+            builder: connection_builder(&bound.config),
             listener: Rc::new(bound.config),
             tls: bound.tls,
+            connections: bound.connections,
             worker: Rc::clone(&worker),
             snapshot: Rc::clone(&snapshot),
-            builder: Rc::clone(&builder),
             metrics: Arc::clone(&setup.metrics),
             shutdown: setup.shutdown.clone(),
             open: Rc::clone(&open),
@@ -193,12 +228,27 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The HTTP settings of one listener; built per listener because the header read timeout is
+/// a listener setting.
+fn connection_builder(listener: &Listener) -> auto::Builder<LocalExec> {
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(listener.header_read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
 struct AcceptCtx {
     listener: Rc<Listener>,
     tls: Option<TlsAcceptor>,
+    connections: Arc<ConnectionLimit>,
     worker: Rc<Worker>,
     snapshot: Rc<SnapshotCache>,
-    builder: Rc<auto::Builder<LocalExec>>,
+    builder: auto::Builder<LocalExec>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     open: Rc<Cell<usize>>,
@@ -222,6 +272,12 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
                 continue;
             }
         };
+        let Some(slot) = ctx.connections.try_acquire() else {
+            // Logged at debug: at warn, a flood of connections would flood the log too.
+            tracing::debug!(%peer, limit = ctx.listener.max_connections, "listener full: closing the new connection");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let trusted = ctx
             .listener
@@ -237,13 +293,34 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
         ctx.metrics.connection_opened();
         let ctx = Rc::clone(&ctx);
         tokio::task::spawn_local(async move {
-            match &ctx.tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => serve_connection(TokioIo::new(tls), info, &ctx).await,
-                    Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                },
-                None => serve_connection(TokioIo::new(stream), info, &ctx).await,
+            let requested = Rc::new(Cell::new(false));
+            let connection = async {
+                match &ctx.tls {
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(tls) => {
+                            serve_connection(TokioIo::new(tls), info, &ctx, &requested).await
+                        }
+                        Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    },
+                    None => serve_connection(TokioIo::new(stream), info, &ctx, &requested).await,
+                }
+            };
+            // hyper's header read timeout only starts once it knows the connection is
+            // HTTP/1.1; the TLS handshake, the HTTP/2 detection and an HTTP/2 connection's
+            // first request have no deadline of their own. A client that sends nothing (or a
+            // few bytes) must not hold a connection slot forever, so the first request has to
+            // arrive within the same timeout. Later requests are hyper's business.
+            let first_request = async {
+                tokio::time::sleep(ctx.listener.header_read_timeout).await;
+                if requested.get() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = connection => {}
+                _ = first_request => tracing::debug!(%peer, "no request within the header read timeout: closing"),
             }
+            drop(slot);
             ctx.metrics.connection_closed();
             ctx.open.set(ctx.open.get() - 1);
             if ctx.open.get() == 0 {
@@ -253,13 +330,19 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
     }
 }
 
-async fn serve_connection<I>(io: I, info: Rc<ConnInfo>, ctx: &Rc<AcceptCtx>)
-where
+async fn serve_connection<I>(
+    io: I,
+    info: Rc<ConnInfo>,
+    ctx: &Rc<AcceptCtx>,
+    requested: &Rc<Cell<bool>>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     let service = {
         let ctx = Rc::clone(ctx);
+        let requested = Rc::clone(requested);
         service_fn(move |req| {
+            requested.set(true);
             let snapshot = ctx.snapshot.get();
             let worker = Rc::clone(&ctx.worker);
             let info = Rc::clone(&info);

@@ -44,20 +44,36 @@ impl Reason {
     /// A short, fixed label for metrics: `no_release`, `lane`, `forced`, `sticky`, `bucket`, or
     /// `fallback_key` for a bucket computed on the client IP because the configured key was
     /// missing.
+    /// Every value [`Reason::label`] can take, in [`Reason::label_index`] order.
+    pub const LABELS: [&'static str; 6] = [
+        "no_release",
+        "lane",
+        "forced",
+        "sticky",
+        "bucket",
+        "fallback_key",
+    ];
+
     pub fn label(&self) -> &'static str {
+        Self::LABELS[self.label_index()]
+    }
+
+    /// The position of this reason's label in [`Reason::LABELS`], so per-reason counters can be
+    /// a plain array.
+    pub fn label_index(&self) -> usize {
         match self {
-            Reason::NoRelease => "no_release",
-            Reason::Lane => "lane",
-            Reason::Forced { .. } => "forced",
-            Reason::Sticky => "sticky",
+            Reason::NoRelease => 0,
+            Reason::Lane => 1,
+            Reason::Forced { .. } => 2,
+            Reason::Sticky => 3,
             Reason::Bucket {
                 key: KeyUsed::Configured,
                 ..
-            } => "bucket",
+            } => 4,
             Reason::Bucket {
                 key: KeyUsed::FallbackIp,
                 ..
-            } => "fallback_key",
+            } => 5,
         }
     }
 }

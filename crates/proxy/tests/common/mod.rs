@@ -5,6 +5,8 @@
 // Each test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod many_services;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,0 +1,802 @@
+//! The upstream side of the request path: a per-thread pool of keep-alive HTTP/1.1
+//! connections, and the HTTP/1.1 exchange itself, done in the request's own task.
+//!
+//! A general-purpose client runs each connection as a task of its own and passes requests,
+//! responses and body chunks to it through channels, which costs a task wake-up and a channel
+//! hand-off per step. Here the request's task writes the request head (and body) to the socket
+//! itself, parses the response head with `httparse`, and the response body is read from the
+//! socket by whoever polls it — the downstream connection writing it out. Each worker thread
+//! owns its pool, so checking a connection in and out is a `RefCell` borrow, never a lock.
+//!
+//! Framing follows RFC 9112 §6: a response to HEAD, a 1xx, 204 or 304 has no body; otherwise
+//! `Transfer-Encoding: chunked` wins over `Content-Length`; without either, the body runs to the
+//! end of the connection. Only a connection whose response was read exactly to its end, with no
+//! stray bytes after it and no `Connection: close`, goes back to the pool.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::metrics::UpstreamErrorKind;
+
+/// Most headers a response head may have.
+const MAX_HEADERS: usize = 128;
+/// Largest response head accepted, like a proxy buffer of 64 KiB.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Read buffer growth step; also bounds the size of one body frame.
+const READ_CHUNK: usize = 16 * 1024;
+/// Longest chunk-size line (with extensions) accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// Why an upstream exchange failed.
+#[derive(Debug)]
+pub struct UpstreamError {
+    pub kind: UpstreamErrorKind,
+    pub detail: String,
+}
+
+/// One keep-alive connection to an endpoint.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read from the upstream and not consumed yet.
+    read: BytesMut,
+    /// The request head being written; kept to reuse its allocation.
+    head: Vec<u8>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+pub struct UpstreamPool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    max_idle_per_endpoint: usize,
+    idle_timeout: Duration,
+}
+
+impl UpstreamPool {
+    pub fn new(max_idle_per_endpoint: usize, idle_timeout: Duration) -> Rc<UpstreamPool> {
+        Rc::new(UpstreamPool {
+            idle: RefCell::default(),
+            max_idle_per_endpoint,
+            idle_timeout,
+        })
+    }
+
+    /// The most recently used live connection to `addr`, if any.
+    fn check_out(&self, addr: SocketAddr) -> Option<Conn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(entry) = list.pop() {
+            if entry.since.elapsed() < self.idle_timeout && entry.conn.is_idle_and_open() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    fn check_in(&self, addr: SocketAddr, conn: Conn) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_idle_per_endpoint {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Sends `req` to `addr` and returns the response with its body still on the wire.
+    ///
+    /// A pooled connection the upstream closed while it sat idle fails before any response
+    /// byte arrives; such a request is sent again on a new connection when that is safe: an
+    /// idempotent method and no body (a streamed body cannot be replayed).
+    pub async fn send<B>(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        req: Request<B>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let (parts, mut body) = req.into_parts();
+        let has_body = !body.is_end_stream();
+        let exact_length = body.size_hint().exact();
+        let replayable = !has_body && parts.method.is_idempotent();
+        loop {
+            let (mut conn, reused) = match self.check_out(addr) {
+                Some(conn) => (conn, true),
+                None => (Conn::connect(addr, connect_timeout).await?, false),
+            };
+            let framing = encode_head(&parts, has_body, exact_length, &mut conn.head);
+            let sent = conn.write_request(framing, &mut body).await;
+            let head = match sent {
+                Ok(()) => conn.read_head(&parts.method).await,
+                Err(e) => Err(ExchangeError::Io {
+                    error: e,
+                    received_nothing: true,
+                }),
+            };
+            match head {
+                Ok(head) => return Ok(self.response(addr, conn, head)),
+                Err(ExchangeError::Io {
+                    received_nothing: true,
+                    ..
+                }) if reused && replayable => continue,
+                Err(e) => return Err(e.into_upstream_error(addr)),
+            }
+        }
+    }
+
+    fn response(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        conn: Conn,
+        head: Head,
+    ) -> Response<UpstreamBody> {
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            state: match head.framing {
+                ResponseFraming::Empty | ResponseFraming::Length(0) => BodyState::Done,
+                ResponseFraming::Length(n) => BodyState::Length { remaining: n },
+                ResponseFraming::Chunked => BodyState::Chunked(ChunkState::Size),
+                ResponseFraming::UntilClose => BodyState::UntilClose,
+            },
+            reusable: head.keep_alive && head.framing != ResponseFraming::UntilClose,
+            pool: Rc::clone(self),
+            addr,
+        };
+        if body.state == BodyState::Done {
+            body.finish();
+        }
+        Response::from_parts(head.parts, body)
+    }
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, UpstreamError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(UpstreamError {
+                    kind: UpstreamErrorKind::ConnectTimeout,
+                    detail: format!("connecting to {addr} took longer than {timeout:?}"),
+                });
+            }
+            Ok(Err(e)) => {
+                let kind = if e.kind() == io::ErrorKind::ConnectionRefused {
+                    UpstreamErrorKind::ConnectRefused
+                } else {
+                    UpstreamErrorKind::ConnectError
+                };
+                return Err(UpstreamError {
+                    kind,
+                    detail: format!("connecting to {addr}: {e}"),
+                });
+            }
+            Ok(Ok(s)) => s,
+        };
+        // Small request/response exchanges must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            head: Vec::with_capacity(512),
+        })
+    }
+
+    /// An idle connection is healthy when it has nothing to read: no stray bytes, no EOF.
+    /// Tokio answers `WouldBlock` from its readiness state without a system call.
+    fn is_idle_and_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        self.read.is_empty()
+            && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    async fn write_request<B>(&mut self, framing: RequestFraming, body: &mut B) -> io::Result<()>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        self.stream.write_all(&self.head).await?;
+        if framing == RequestFraming::Empty {
+            return Ok(());
+        }
+        let chunked = framing == RequestFraming::Chunked;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| io::Error::other(format!("reading the client's body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                let size = format!("{:x}\r\n", data.len());
+                self.stream.write_all(size.as_bytes()).await?;
+                self.stream.write_all(&data).await?;
+                self.stream.write_all(b"\r\n").await?;
+            } else {
+                self.stream.write_all(&data).await?;
+            }
+        }
+        if chunked {
+            self.stream.write_all(b"0\r\n\r\n").await?;
+        }
+        Ok(())
+    }
+
+    /// Reads until a final (non-1xx) response head is complete.
+    async fn read_head(&mut self, method: &Method) -> Result<Head, ExchangeError> {
+        let mut received = false;
+        loop {
+            if !self.read.is_empty() {
+                match parse_head(&mut self.read, method)? {
+                    Parsed::Final(head) => return Ok(head),
+                    Parsed::Informational => continue,
+                    Parsed::Partial => {}
+                }
+            }
+            if self.read.len() >= MAX_HEAD_BYTES {
+                return Err(ExchangeError::Protocol(format!(
+                    "response head larger than {MAX_HEAD_BYTES} bytes"
+                )));
+            }
+            self.read.reserve(READ_CHUNK);
+            let n = self
+                .stream
+                .read_buf(&mut self.read)
+                .await
+                .map_err(|error| ExchangeError::Io {
+                    error,
+                    received_nothing: !received,
+                })?;
+            if n == 0 {
+                return Err(ExchangeError::Io {
+                    error: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection before a complete response head",
+                    ),
+                    received_nothing: !received,
+                });
+            }
+            received = true;
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.read) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestFraming {
+    Empty,
+    Length,
+    Chunked,
+}
+
+/// Writes the request line and headers. The URI is sent in origin form whatever form the
+/// client used (HTTP/2 clients send an absolute URI). A body of unknown length goes chunked.
+fn encode_head(
+    parts: &http::request::Parts,
+    has_body: bool,
+    exact_length: Option<u64>,
+    out: &mut Vec<u8>,
+) -> RequestFraming {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if !has_body {
+        RequestFraming::Empty
+    } else if parts.headers.contains_key(CONTENT_LENGTH) {
+        RequestFraming::Length
+    } else if let Some(n) = exact_length {
+        out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        RequestFraming::Length
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        RequestFraming::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+struct Head {
+    parts: http::response::Parts,
+    framing: ResponseFraming,
+    keep_alive: bool,
+}
+
+enum Parsed {
+    Final(Head),
+    /// A 1xx head was consumed; a final one follows.
+    Informational,
+    Partial,
+}
+
+/// Parses one response head off the front of `buf`, consuming it when complete. Header values
+/// share the head's buffer rather than being copied.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ExchangeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => {
+            return Err(ExchangeError::Protocol(format!(
+                "invalid response head: {e}"
+            )));
+        }
+    };
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| ExchangeError::Protocol(format!("invalid status code {code}")))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ExchangeError::Protocol(
+                "protocol upgrades are not supported".into(),
+            ));
+        }
+        buf.advance(len);
+        return Ok(Parsed::Informational);
+    }
+    let http10 = resp.version == Some(0);
+    let base = buf.as_ptr() as usize;
+    let mut offsets = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = resp.headers.len();
+    for (slot, h) in offsets.iter_mut().zip(resp.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *slot = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &offsets[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| ExchangeError::Protocol("invalid header name in the response".into()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| {
+            ExchangeError::Protocol(format!("invalid value of response header {name}"))
+        })?;
+        headers.append(name, value);
+    }
+    let mut keep_alive = !http10;
+    for v in headers.get_all(CONNECTION) {
+        for token in v.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close") {
+                keep_alive = false;
+            } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                keep_alive = true;
+            }
+        }
+    }
+    let framing = response_framing(method, status, &headers)?;
+    if framing == ResponseFraming::Chunked && headers.contains_key(CONTENT_LENGTH) {
+        // Both framings at once is a smuggling vector: trust the chunking, drop the length,
+        // and do not reuse the connection (RFC 9112 §6.3).
+        headers.remove(CONTENT_LENGTH);
+        keep_alive = false;
+    }
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Ok(Parsed::Final(Head {
+        parts,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<ResponseFraming, ExchangeError> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(ResponseFraming::Empty);
+    }
+    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().last() {
+        let last = te
+            .to_str()
+            .unwrap_or("")
+            .rsplit(',')
+            .next()
+            .unwrap_or("")
+            .trim();
+        return Ok(if last.eq_ignore_ascii_case("chunked") {
+            ResponseFraming::Chunked
+        } else {
+            ResponseFraming::UntilClose
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        for part in v.to_str().unwrap_or("x").split(',') {
+            let n: u64 = part.trim().parse().map_err(|_| {
+                ExchangeError::Protocol("invalid Content-Length in the response".into())
+            })?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Protocol(
+                    "conflicting Content-Length values in the response".into(),
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(ResponseFraming::UntilClose, ResponseFraming::Length))
+}
+
+enum ExchangeError {
+    Io {
+        error: io::Error,
+        /// No response byte arrived: on a reused connection this is a stale keep-alive.
+        received_nothing: bool,
+    },
+    Protocol(String),
+}
+
+impl ExchangeError {
+    fn into_upstream_error(self, addr: SocketAddr) -> UpstreamError {
+        let detail = match self {
+            ExchangeError::Io { error, .. } => format!("exchange with {addr}: {error}"),
+            ExchangeError::Protocol(why) => format!("exchange with {addr}: {why}"),
+        };
+        UpstreamError {
+            kind: UpstreamErrorKind::Protocol,
+            detail,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Length { remaining: u64 },
+    Chunked(ChunkState),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    Data {
+        remaining: u64,
+    },
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+/// A response body read straight off the upstream connection by whoever polls it. When it is
+/// read to its end the connection returns to the pool; dropped earlier, the connection closes.
+pub struct UpstreamBody {
+    conn: Option<Conn>,
+    state: BodyState,
+    reusable: bool,
+    pool: Rc<UpstreamPool>,
+    addr: SocketAddr,
+}
+
+impl UpstreamBody {
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.read.is_empty()
+        {
+            self.pool.check_in(self.addr, conn);
+        }
+    }
+
+    /// Takes up to `limit` buffered bytes as a data frame, reading more first if none are
+    /// buffered. `Ok(None)` means the connection reached its end.
+    fn poll_data(&mut self, cx: &mut Context<'_>, limit: u64) -> Poll<io::Result<Option<Bytes>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        if conn.read.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        let n = conn
+            .read
+            .len()
+            .min(usize::try_from(limit).unwrap_or(usize::MAX));
+        Poll::Ready(Ok(Some(conn.read.split_to(n).freeze())))
+    }
+
+    /// The next CRLF-terminated line of a chunked body, without its CRLF, consumed from the
+    /// buffer; `Ok(None)` when the connection ended first.
+    fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        loop {
+            if let Some(pos) = conn.read.windows(2).position(|w| w == b"\r\n") {
+                let line = conn.read.split_to(pos).freeze();
+                conn.read.advance(2);
+                return Poll::Ready(Ok(Some(line)));
+            }
+            if conn.read.len() > MAX_CHUNK_LINE {
+                return Poll::Ready(Err(invalid("chunk-size line too long")));
+            }
+            if ready!(conn.poll_fill(cx))? == 0 {
+                return Poll::Ready(Ok(None));
+            }
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        loop {
+            match self.state {
+                BodyState::Done => return Poll::Ready(Ok(None)),
+                BodyState::UntilClose => {
+                    let data = ready!(self.poll_data(cx, u64::MAX))?;
+                    if data.is_none() {
+                        self.finish();
+                    }
+                    return Poll::Ready(Ok(data));
+                }
+                BodyState::Length { remaining } => {
+                    let Some(data) = ready!(self.poll_data(cx, remaining))? else {
+                        return Poll::Ready(Err(truncated()));
+                    };
+                    let left = remaining - data.len() as u64;
+                    self.state = BodyState::Length { remaining: left };
+                    if left == 0 {
+                        self.finish();
+                    }
+                    return Poll::Ready(Ok(Some(data)));
+                }
+                BodyState::Chunked(ChunkState::Size) => {
+                    let line = ready!(self.poll_line(cx))?.ok_or_else(truncated)?;
+                    let size = parse_chunk_size(&line)?;
+                    self.state = BodyState::Chunked(if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data { remaining: size }
+                    });
+                }
+                BodyState::Chunked(ChunkState::Data { remaining }) => {
+                    let data = ready!(self.poll_data(cx, remaining))?.ok_or_else(truncated)?;
+                    let left = remaining - data.len() as u64;
+                    self.state = BodyState::Chunked(if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data { remaining: left }
+                    });
+                    return Poll::Ready(Ok(Some(data)));
+                }
+                BodyState::Chunked(ChunkState::DataEnd) => {
+                    let line = ready!(self.poll_line(cx))?.ok_or_else(truncated)?;
+                    if !line.is_empty() {
+                        return Poll::Ready(Err(invalid("chunk data longer than its size")));
+                    }
+                    self.state = BodyState::Chunked(ChunkState::Size);
+                }
+                BodyState::Chunked(ChunkState::Trailers) => {
+                    // Trailers are dropped: few clients use them and HTTP/1.1 ones rarely
+                    // expect them from a proxy.
+                    let line = ready!(self.poll_line(cx))?.ok_or_else(truncated)?;
+                    if line.is_empty() {
+                        self.finish();
+                        return Poll::Ready(Ok(None));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        match ready!(this.poll_next(cx)) {
+            Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => {
+                // The connection is in an unknown state: never reuse it.
+                this.conn = None;
+                this.state = BodyState::Done;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length { remaining } => SizeHint::with_exact(remaining),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+fn parse_chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+    let digits = digits.trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid("invalid chunk size"));
+    }
+    digits.iter().try_fold(0u64, |acc, b| {
+        let d = (*b as char)
+            .to_digit(16)
+            .ok_or_else(|| invalid("invalid chunk size"))?;
+        Ok(acc * 16 + u64::from(d))
+    })
+}
+
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("upstream body: {why}"))
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "upstream body: the connection closed before the body ended",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &[u8], method: &Method) -> (Head, BytesMut) {
+        let mut buf = BytesMut::from(text);
+        loop {
+            match parse_head(&mut buf, method) {
+                Ok(Parsed::Final(head)) => return (head, buf),
+                Ok(Parsed::Informational) => continue,
+                Ok(Parsed::Partial) => panic!("partial"),
+                Err(_) => panic!("error"),
+            }
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let (h, rest) = parse(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            &Method::GET,
+        );
+        assert_eq!(h.framing, ResponseFraming::Length(5));
+        assert!(h.keep_alive);
+        assert_eq!(&rest[..], b"hello");
+
+        let (h, _) = parse(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert_eq!(h.framing, ResponseFraming::Empty);
+
+        let (h, _) = parse(b"HTTP/1.1 204 No Content\r\n\r\n", &Method::GET);
+        assert_eq!(h.framing, ResponseFraming::Empty);
+
+        let (h, _) = parse(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(h.framing, ResponseFraming::UntilClose);
+        assert!(!h.keep_alive);
+
+        let (h, _) = parse(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            &Method::POST,
+        );
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        assert!(!h.keep_alive, "TE and CL together must not be reused");
+        assert!(!h.parts.headers.contains_key(CONTENT_LENGTH));
+
+        let (h, _) = parse(
+            b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn conflicting_lengths_are_rejected() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"[..],
+        );
+        assert!(matches!(
+            parse_head(&mut buf, &Method::GET),
+            Err(ExchangeError::Protocol(_))
+        ));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_head(&mut buf, &Method::GET),
+            Err(ExchangeError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(parse_chunk_size(b"0;ext=1").unwrap(), 0);
+        assert!(parse_chunk_size(b"").is_err());
+        assert!(parse_chunk_size(b"zz").is_err());
+        assert!(parse_chunk_size(b"ffffffffffffffffff").is_err());
+    }
+
+    #[test]
+    fn request_head_is_origin_form_and_frames_the_body() {
+        let req = Request::post("http://example.test/a/b?c=d")
+            .header("x-a", "1")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_head(&parts, true, None, &mut out),
+            RequestFraming::Chunked
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("POST /a/b?c=d HTTP/1.1\r\nx-a: 1\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{text}"
+        );
+    }
+}
