@@ -37,6 +37,8 @@ const REQUEST_BODY_READ_AHEAD: usize = 64 * 1024;
 /// What the request path knows about the client connection.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` entry, formatted once per connection.
+    pub forwarded_for: HeaderValue,
     pub tls: bool,
     /// The peer is a trusted hop: its `x-graylane-lane` is honoured.
     pub trusted: bool,
@@ -243,7 +245,7 @@ fn prepare_upstream_request<B>(req: &mut Request<B>, conn: &ConnInfo, version: &
         headers.remove(&X_GRAYLANE_LANE);
     }
     headers.insert(X_GRAYLANE_LANE.clone(), version.lane_header.clone());
-    append_forwarded_for(headers, conn.peer);
+    append_forwarded_for(headers, &conn.forwarded_for);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
@@ -254,30 +256,26 @@ fn prepare_upstream_request<B>(req: &mut Request<B>, conn: &ConnInfo, version: &
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let mut buf = [0u8; 64];
-    let ip = format_ip(&mut buf, peer);
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(prev) => {
-            let mut joined = Vec::with_capacity(prev.len() + 2 + ip.len());
+            let mut joined = Vec::with_capacity(prev.len() + 2 + peer.len());
             joined.extend_from_slice(prev);
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(ip);
-            HeaderValue::from_bytes(&joined)
+            joined.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
         }
-        None => HeaderValue::from_bytes(ip),
+        None => Some(peer.clone()),
     };
-    if let Ok(v) = value {
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
 
-fn format_ip(buf: &mut [u8; 64], peer: SocketAddr) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{}", peer.ip());
-    let len = cursor.position() as usize;
-    &buf[..len]
+/// The `X-Forwarded-For` entry for a client address.
+pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A W3C `traceparent` with fresh random trace and span ids, sampled:
@@ -320,6 +318,10 @@ fn fastrand_u64() -> u64 {
 /// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
 /// including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names (no hashing) says so.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = headers.remove(header::CONNECTION)
         && let Ok(list) = conn.to_str()
     {
@@ -346,6 +348,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
 }
 
 fn pick_endpoint(service: &ServiceRoute, version: &VersionRoute) -> usize {

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::handler::{ConnInfo, Worker, handle};
+use crate::handler::{ConnInfo, Worker, forwarded_for, handle};
 use crate::metrics::Metrics;
 use crate::snapshot::{LocalSnapshot, Snapshot};
 use crate::upstream::UpstreamPool;
@@ -286,6 +286,7 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
             .any(|net| net.contains(&peer.ip()));
         let info = Rc::new(ConnInfo {
             peer,
+            forwarded_for: forwarded_for(peer),
             tls: ctx.tls.is_some(),
             trusted,
         });

@@ -14,7 +14,6 @@
 //! stray bytes after it and no `Connection: close`, goes back to the pool.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,8 +31,8 @@ use tokio::net::TcpStream;
 
 use crate::metrics::UpstreamErrorKind;
 
-/// Most headers a response head may have.
-const MAX_HEADERS: usize = 128;
+/// Most headers a response head may have (Envoy's default is 100).
+const MAX_HEADERS: usize = 100;
 /// Largest response head accepted, like a proxy buffer of 64 KiB.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Read buffer growth step; also bounds the size of one body frame.
@@ -55,6 +54,9 @@ struct Conn {
     read: BytesMut,
     /// The request head being written; kept to reuse its allocation.
     head: Vec<u8>,
+    /// Where each response header's name and value sit in the head; kept to reuse its
+    /// allocation.
+    spans: Vec<HeaderSpan>,
 }
 
 struct Idle {
@@ -63,7 +65,7 @@ struct Idle {
 }
 
 pub struct UpstreamPool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<foldhash::HashMap<SocketAddr, Vec<Idle>>>,
     max_idle_per_endpoint: usize,
     idle_timeout: Duration,
 }
@@ -197,6 +199,7 @@ impl Conn {
             stream,
             read: BytesMut::with_capacity(READ_CHUNK),
             head: Vec::with_capacity(512),
+            spans: Vec::with_capacity(16),
         })
     }
 
@@ -247,7 +250,7 @@ impl Conn {
         let mut received = false;
         loop {
             if !self.read.is_empty() {
-                match parse_head(&mut self.read, method)? {
+                match parse_head(&mut self.read, method, &mut self.spans)? {
                     Parsed::Final(head) => return Ok(head),
                     Parsed::Informational => continue,
                     Parsed::Partial => {}
@@ -357,12 +360,28 @@ enum Parsed {
     Partial,
 }
 
+/// Byte ranges of one header's name and value within a response head.
+#[derive(Clone, Copy)]
+struct HeaderSpan {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
 /// Parses one response head off the front of `buf`, consuming it when complete. Header values
-/// share the head's buffer rather than being copied.
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ExchangeError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+/// share the head's buffer rather than being copied. The header slots are left uninitialised
+/// and the spans live in a reused vector: zeroing a hundred slots per response would cost more
+/// than parsing a typical head.
+fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    spans: &mut Vec<HeaderSpan>,
+) -> Result<Parsed, ExchangeError> {
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => {
@@ -385,21 +404,24 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ExchangeErr
     }
     let http10 = resp.version == Some(0);
     let base = buf.as_ptr() as usize;
-    let mut offsets = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = resp.headers.len();
-    for (slot, h) in offsets.iter_mut().zip(resp.headers.iter()) {
+    spans.clear();
+    spans.extend(resp.headers.iter().map(|h| {
         let name = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
-        *slot = (name, name + h.name.len(), value, value + h.value.len());
-    }
+        HeaderSpan {
+            name: (name, name + h.name.len()),
+            value: (value, value + h.value.len()),
+        }
+    }));
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &offsets[..count] {
-        let name = HeaderName::from_bytes(&head[ns..ne])
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for span in spans.iter() {
+        let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
             .map_err(|_| ExchangeError::Protocol("invalid header name in the response".into()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| {
-            ExchangeError::Protocol(format!("invalid value of response header {name}"))
-        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+            .map_err(|_| {
+                ExchangeError::Protocol(format!("invalid value of response header {name}"))
+            })?;
         headers.append(name, value);
     }
     let mut keep_alive = !http10;
@@ -702,7 +724,7 @@ mod tests {
     fn parse(text: &[u8], method: &Method) -> (Head, BytesMut) {
         let mut buf = BytesMut::from(text);
         loop {
-            match parse_head(&mut buf, method) {
+            match parse_head(&mut buf, method, &mut Vec::new()) {
                 Ok(Parsed::Final(head)) => return (head, buf),
                 Ok(Parsed::Informational) => continue,
                 Ok(Parsed::Partial) => panic!("partial"),
@@ -758,12 +780,12 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"[..],
         );
         assert!(matches!(
-            parse_head(&mut buf, &Method::GET),
+            parse_head(&mut buf, &Method::GET, &mut Vec::new()),
             Err(ExchangeError::Protocol(_))
         ));
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"[..]);
         assert!(matches!(
-            parse_head(&mut buf, &Method::GET),
+            parse_head(&mut buf, &Method::GET, &mut Vec::new()),
             Err(ExchangeError::Protocol(_))
         ));
     }
