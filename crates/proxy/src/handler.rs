@@ -318,7 +318,8 @@ fn fastrand_u64() -> u64 {
 /// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
 /// including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names (no hashing) says so.
+    // Most messages carry none of these, or only `Connection`: scanning the names costs no
+    // hashing, so look before removing anything.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
@@ -335,18 +336,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-    ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
+        headers.remove(&name);
     }
 }
 
