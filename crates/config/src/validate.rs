@@ -1399,7 +1399,8 @@ mod tests {
         assert!(parse_semver_range(">=banana").is_err());
     }
 
-    const SERVICE: &str = "services:\n  - name: web\n    versions: { stable: { endpoints: [127.0.0.1:9001] } }\n";
+    const SERVICE: &str =
+        "services:\n  - name: web\n    versions: { stable: { endpoints: [127.0.0.1:9001] } }\n";
 
     #[test]
     fn listener_limits_default_and_parse() {
@@ -1435,7 +1436,8 @@ mod tests {
             "{err}"
         );
 
-        let negative = format!("listeners:\n  - bind: 127.0.0.1:8080\n    max_connections: -1\n{SERVICE}");
+        let negative =
+            format!("listeners:\n  - bind: 127.0.0.1:8080\n    max_connections: -1\n{SERVICE}");
         let err = crate::load_str(&negative, "t.yaml", Path::new("."))
             .unwrap_err()
             .to_string();

@@ -464,7 +464,7 @@ fn response_framing(
     {
         return Ok(ResponseFraming::Empty);
     }
-    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().last() {
+    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
         let last = te
             .to_str()
             .unwrap_or("")
