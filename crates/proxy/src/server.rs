@@ -114,6 +114,12 @@ pub(crate) fn tls_acceptor(tls: &graylane_config::Tls) -> std::io::Result<TlsAcc
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(format!("{}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(format!(
+            "{}: no certificate found",
+            tls.cert.display()
+        )));
+    }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| invalid(format!("{}: {e}", tls.key.display())))?
         .ok_or_else(|| invalid(format!("{}: no private key found", tls.key.display())))?;

@@ -33,14 +33,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let config = match graylane_config::load_file(&args.config) {
-        Ok(c) => c,
-        Err(errors) => {
-            for e in &errors.errors {
-                eprintln!("error: {e}");
-            }
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(config) = super::load_or_report(&args.config) else {
+        return Ok(ExitCode::FAILURE);
     };
     let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
         .with_context(|| format!("`{}` is not an HTTP method", args.method))?;

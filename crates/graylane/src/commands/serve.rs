@@ -42,14 +42,8 @@ pub fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, &args.log_level);
-    let config = match graylane_config::load_file(&args.config) {
-        Ok(c) => c,
-        Err(errors) => {
-            for e in &errors.errors {
-                eprintln!("error: {e}");
-            }
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(config) = super::load_or_report(&args.config) else {
+        return Ok(ExitCode::FAILURE);
     };
     let mut options = GatewayOptions {
         drain_timeout: args.drain_timeout,
