@@ -84,6 +84,10 @@ impl RequestBody {
             if let Ok(data) = frame?.into_data()
                 && !data.is_empty()
             {
+                // The common case, a body in one frame, needs no queue at all.
+                if read.is_empty() && body.is_end_stream() {
+                    return Ok(RequestBody::Whole(Some(data)));
+                }
                 total += data.len();
                 read.push_back(data);
             }

@@ -37,6 +37,8 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Read buffer growth step; also bounds the size of one body frame.
 const READ_CHUNK: usize = 16 * 1024;
+/// A request buffer larger than this is not kept with a pooled connection.
+const HEAD_BUFFER_KEEP: usize = 16 * 1024;
 /// Longest chunk-size line (with extensions) accepted in a chunked body.
 const MAX_CHUNK_LINE: usize = 1024;
 
@@ -211,36 +213,47 @@ impl Conn {
             && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Writes the head and the body. Each body frame is appended to the head buffer and the
+    /// buffer is written once the body ends or has nothing more ready, so a whole body (the
+    /// usual API request) goes out with its head in a single system call, while a body that
+    /// trickles in is still forwarded frame by frame.
     async fn write_request<B>(&mut self, framing: RequestFraming, body: &mut B) -> io::Result<()>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        self.stream.write_all(&self.head).await?;
-        if framing == RequestFraming::Empty {
-            return Ok(());
-        }
+        use std::io::Write as _;
         let chunked = framing == RequestFraming::Chunked;
-        while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| io::Error::other(format!("reading the client's body: {e}")))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if data.is_empty() {
-                continue;
+        if framing != RequestFraming::Empty {
+            while let Some(frame) = body.frame().await {
+                let frame = frame
+                    .map_err(|e| io::Error::other(format!("reading the client's body: {e}")))?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    write!(self.head, "{:x}\r\n", data.len())?;
+                }
+                self.head.extend_from_slice(&data);
+                if chunked {
+                    self.head.extend_from_slice(b"\r\n");
+                }
+                if !body.is_end_stream() {
+                    self.stream.write_all(&self.head).await?;
+                    self.head.clear();
+                }
             }
             if chunked {
-                let size = format!("{:x}\r\n", data.len());
-                self.stream.write_all(size.as_bytes()).await?;
-                self.stream.write_all(&data).await?;
-                self.stream.write_all(b"\r\n").await?;
-            } else {
-                self.stream.write_all(&data).await?;
+                self.head.extend_from_slice(b"0\r\n\r\n");
             }
         }
-        if chunked {
-            self.stream.write_all(b"0\r\n\r\n").await?;
+        self.stream.write_all(&self.head).await?;
+        // A large body must not keep its buffer alive for as long as the connection is pooled.
+        if self.head.capacity() > HEAD_BUFFER_KEEP {
+            self.head = Vec::with_capacity(512);
         }
         Ok(())
     }
