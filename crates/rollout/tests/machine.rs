@@ -1,0 +1,257 @@
+//! The release state machine, step by step and under random command sequences.
+
+use std::time::Duration;
+
+use graylane_config::{Pause, Step, Weight};
+use graylane_rollout::{Command, CommandError, Phase, Plan, Rollout};
+use proptest::prelude::*;
+
+fn pct(p: f64) -> Weight {
+    Weight::from_percent(p).unwrap()
+}
+
+/// Test traffic only (manual gate) → 5% for 5 minutes → 20% with no pause → 100%.
+fn plan() -> Plan {
+    Plan {
+        steps: vec![
+            Step {
+                weight: Weight::ZERO,
+                pause: Pause::Manual,
+            },
+            Step {
+                weight: pct(5.0),
+                pause: Pause::For(Duration::from_secs(300)),
+            },
+            Step {
+                weight: pct(20.0),
+                pause: Pause::None,
+            },
+            Step {
+                weight: Weight::FULL,
+                pause: Pause::None,
+            },
+        ],
+        skip_rollback: false,
+    }
+}
+
+const MIN: i64 = 60_000;
+
+#[test]
+fn a_canary_walks_its_steps_with_manual_and_timed_pauses() {
+    let plan = plan();
+    let mut r = Rollout::start(&plan, 0);
+    assert_eq!(
+        (r.phase, r.step, r.weight),
+        (Phase::Progressing, 0, Weight::ZERO)
+    );
+    assert!(
+        !r.tick(&plan, 60 * MIN),
+        "a manual gate does not pass by itself"
+    );
+    assert_eq!(r.next_deadline(&plan), None);
+
+    r.apply(&plan, Command::Promote, "alice", "test traffic ok", MIN)
+        .unwrap();
+    assert_eq!((r.step, r.weight), (1, pct(5.0)));
+    assert_eq!(r.next_deadline(&plan), Some(6 * MIN));
+    assert!(!r.tick(&plan, 6 * MIN - 1));
+    assert!(r.tick(&plan, 6 * MIN));
+    // The 20% step has no pause, so the same tick carries on to the last step and completes.
+    assert_eq!((r.phase, r.weight), (Phase::Completed, Weight::FULL));
+    let whats: Vec<&str> = r.history.iter().map(|t| t.what).collect();
+    assert_eq!(whats, ["promote", "tick", "tick", "tick"]);
+    assert_eq!(r.history[0].actor, "alice");
+    assert_eq!(r.history[0].reason, "test traffic ok");
+}
+
+#[test]
+fn pausing_keeps_the_remaining_time_of_a_timed_pause() {
+    let plan = plan();
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::Promote, "a", "", 0).unwrap();
+    r.apply(&plan, Command::Pause, "a", "looking at a graph", 2 * MIN)
+        .unwrap();
+    assert_eq!(r.pause_left_ms, Some(3 * MIN));
+    assert!(!r.tick(&plan, 100 * MIN), "a paused release does not move");
+    r.apply(&plan, Command::Resume, "a", "", 100 * MIN).unwrap();
+    assert_eq!(r.next_deadline(&plan), Some(103 * MIN));
+    assert!(!r.tick(&plan, 103 * MIN - 1));
+    assert!(r.tick(&plan, 103 * MIN));
+}
+
+#[test]
+fn abort_sends_everything_back_and_retry_starts_over() {
+    let plan = plan();
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::Promote, "a", "", 0).unwrap();
+    r.apply(&plan, Command::Abort, "bob", "errors", 1).unwrap();
+    assert_eq!((r.phase, r.weight), (Phase::Aborted, Weight::ZERO));
+    assert!(
+        !r.tick(&plan, 1_000 * MIN),
+        "an aborted release stays aborted"
+    );
+    r.apply(&plan, Command::Retry, "bob", "fixed", 2).unwrap();
+    assert_eq!(
+        (r.phase, r.step, r.weight),
+        (Phase::Progressing, 0, Weight::ZERO)
+    );
+}
+
+#[test]
+fn a_completed_release_can_be_rolled_back_and_retried() {
+    let plan = plan();
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::PromoteFull, "a", "", 0).unwrap();
+    assert_eq!((r.phase, r.weight), (Phase::Completed, Weight::FULL));
+    r.apply(&plan, Command::Rollback, "a", "regression", 1)
+        .unwrap();
+    assert_eq!((r.phase, r.weight), (Phase::RolledBack, Weight::ZERO));
+    r.apply(&plan, Command::Retry, "a", "", 2).unwrap();
+    assert_eq!(r.phase, Phase::Progressing);
+}
+
+#[test]
+fn a_failed_analysis_aborts_or_pauses_with_skip_rollback() {
+    let mut plan = plan();
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::Promote, "a", "", 0).unwrap();
+    r.apply(
+        &plan,
+        Command::AnalysisFailed,
+        "analysis",
+        "error rate 9%",
+        1,
+    )
+    .unwrap();
+    assert_eq!((r.phase, r.weight), (Phase::Aborted, Weight::ZERO));
+
+    plan.skip_rollback = true;
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::Promote, "a", "", 0).unwrap();
+    r.apply(
+        &plan,
+        Command::AnalysisFailed,
+        "analysis",
+        "error rate 9%",
+        1,
+    )
+    .unwrap();
+    assert_eq!((r.phase, r.weight), (Phase::Paused, pct(5.0)));
+}
+
+#[test]
+fn set_weight_overrides_until_the_next_step() {
+    let plan = plan();
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::SetWeight(pct(12.5)), "a", "", 0)
+        .unwrap();
+    assert_eq!((r.weight, r.weight_overridden), (pct(12.5), true));
+    r.apply(&plan, Command::Promote, "a", "", 1).unwrap();
+    assert_eq!((r.weight, r.weight_overridden), (pct(5.0), false));
+}
+
+#[test]
+fn a_command_that_makes_no_sense_changes_nothing_and_says_what_would() {
+    let plan = plan();
+    let mut r = Rollout::start(&plan, 0);
+    let before = r.clone();
+    let err = r.apply(&plan, Command::Resume, "a", "", 5).unwrap_err();
+    assert_eq!(r, before);
+    let CommandError::NotAllowed {
+        command,
+        phase,
+        allowed,
+    } = err;
+    assert_eq!((command, phase), ("resume", "progressing"));
+    assert!(
+        allowed.contains("pause") && allowed.contains("abort"),
+        "{allowed}"
+    );
+    assert!(r.apply(&plan, Command::Rollback, "a", "", 5).is_err());
+    assert!(r.apply(&plan, Command::Retry, "a", "", 5).is_err());
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        Just(Command::Promote),
+        Just(Command::PromoteFull),
+        Just(Command::Pause),
+        Just(Command::Resume),
+        Just(Command::Abort),
+        Just(Command::Retry),
+        Just(Command::Rollback),
+        Just(Command::AnalysisFailed),
+        (0u32..=100_000).prop_map(|m| Command::SetWeight(Weight::from_milli_percent(m))),
+    ]
+}
+
+fn by_name(name: &str) -> Command {
+    match name {
+        "promote" => Command::Promote,
+        "promote_full" => Command::PromoteFull,
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "abort" => Command::Abort,
+        "retry" => Command::Retry,
+        "rollback" => Command::Rollback,
+        "set_weight" => Command::SetWeight(Weight::ZERO),
+        other => panic!("unknown command {other}"),
+    }
+}
+
+proptest! {
+    #[test]
+    fn random_command_sequences_keep_the_invariants(
+        steps in proptest::collection::vec(
+            (0u32..=100_000, prop_oneof![Just(0u64), Just(1u64), Just(30u64), Just(u64::MAX)]),
+            1..6,
+        ),
+        skip_rollback in any::<bool>(),
+        script in proptest::collection::vec((command(), 0i64..10 * MIN, any::<bool>()), 1..60),
+    ) {
+        let plan = Plan {
+            steps: steps
+                .iter()
+                .map(|(w, p)| Step {
+                    weight: Weight::from_milli_percent(*w),
+                    pause: match *p {
+                        0 => Pause::None,
+                        u64::MAX => Pause::Manual,
+                        s => Pause::For(Duration::from_secs(s)),
+                    },
+                })
+                .collect(),
+            skip_rollback,
+        };
+        let mut now = 0;
+        let mut r = Rollout::start(&plan, now);
+        for (cmd, dt, tick) in script {
+            now += dt;
+            if tick {
+                r.tick(&plan, now);
+            }
+            let before = r.clone();
+            match r.apply(&plan, cmd, "prop", "", now) {
+                Ok(()) => prop_assert_eq!(r.history.len(), before.history.len() + 1),
+                Err(_) => prop_assert_eq!(&r, &before, "a refused command changed the state"),
+            }
+            prop_assert!(r.weight <= Weight::FULL);
+            match r.phase {
+                Phase::Aborted | Phase::RolledBack => prop_assert_eq!(r.weight, Weight::ZERO),
+                Phase::Completed => prop_assert_eq!(r.weight, Weight::FULL),
+                Phase::Progressing | Phase::Paused if !r.weight_overridden => {
+                    prop_assert_eq!(r.weight, plan.steps[r.step].weight)
+                }
+                _ => {}
+            }
+            if cmd == Command::Abort && r.history.len() > before.history.len() {
+                prop_assert_eq!((r.phase, r.weight), (Phase::Aborted, Weight::ZERO));
+            }
+            // Every state has a way out: the first allowed command is accepted.
+            let way_out = r.allowed()[0];
+            let mut probe = r.clone();
+            prop_assert!(probe.apply(&plan, by_name(way_out), "prop", "", now).is_ok(), "{:?} stuck", r.phase);
+        }
+    }
+}
