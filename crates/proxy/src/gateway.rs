@@ -1,15 +1,15 @@
 //! The gateway as a whole: worker threads serving a routing snapshot that can be replaced
 //! atomically at any time. This is the one type the binary (and tests) drive.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use graylane_config::{Config, ConfigErrors};
+use graylane_config::{Config, ConfigErrors, Weight};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -36,6 +36,14 @@ impl Default for GatewayOptions {
     }
 }
 
+/// What snapshots are built from.
+struct Control {
+    config: Arc<Config>,
+    /// Weights set by the rollout controller, by service name; they survive reloads.
+    weights: BTreeMap<String, Weight>,
+    generation: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
@@ -52,10 +60,20 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// A weight was set for a service that has no release.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service `{service}` has no release; services with one: {}", releases.join(", "))]
+pub struct UnknownRelease {
+    pub service: String,
+    pub releases: Vec<String>,
+}
+
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
-    generation: AtomicU64,
+    /// Serialises snapshot rebuilds (reloads and weight changes) so neither loses the other's
+    /// update; requests never touch it.
+    control: Mutex<Control>,
     local_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<std::io::Result<()>>>,
@@ -96,7 +114,14 @@ impl Gateway {
             }
         }
         let upstream = config.upstream.clone();
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, &metrics, 1)));
+        let config = Arc::new(config);
+        let weights = BTreeMap::new();
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+            Arc::clone(&config),
+            &metrics,
+            1,
+            &weights,
+        )));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = Vec::new();
         for (id, listeners) in per_worker.into_iter().enumerate() {
@@ -119,7 +144,11 @@ impl Gateway {
         Ok(Gateway {
             snapshot,
             metrics,
-            generation: AtomicU64::new(1),
+            control: Mutex::new(Control {
+                config,
+                weights,
+                generation: 1,
+            }),
             local_addrs,
             shutdown,
             workers: handles,
@@ -153,8 +182,45 @@ impl Gateway {
                 "listener changes take effect after a restart; routing is updated now"
             );
         }
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let snapshot = Snapshot::build(config, &self.metrics, generation);
+        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        control.config = Arc::new(config);
+        self.rebuild(&mut control);
+    }
+
+    /// Sets the candidate weight of `service`'s release, at once and until changed again
+    /// (reloads keep it). This is the rollout controller's lever.
+    pub fn set_weight(&self, service: &str, weight: Weight) -> Result<(), UnknownRelease> {
+        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let has_release = control
+            .config
+            .service(service)
+            .is_some_and(|s| s.release.is_some());
+        if !has_release {
+            let releases = control
+                .config
+                .services
+                .iter()
+                .filter(|s| s.release.is_some())
+                .map(|s| s.name.clone())
+                .collect();
+            return Err(UnknownRelease {
+                service: service.to_string(),
+                releases,
+            });
+        }
+        control.weights.insert(service.to_string(), weight);
+        self.rebuild(&mut control);
+        Ok(())
+    }
+
+    fn rebuild(&self, control: &mut Control) {
+        control.generation += 1;
+        let snapshot = Snapshot::build(
+            Arc::clone(&control.config),
+            &self.metrics,
+            control.generation,
+            &control.weights,
+        );
         self.snapshot.store(Arc::new(snapshot));
     }
 

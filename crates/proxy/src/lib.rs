@@ -23,7 +23,7 @@ mod server;
 pub mod snapshot;
 mod upstream;
 
-pub use gateway::{Gateway, GatewayOptions, StartError};
+pub use gateway::{Gateway, GatewayOptions, StartError, UnknownRelease};
 pub use handler::{X_GRAYLANE_LANE, X_GRAYLANE_VERSION};
 pub use metrics::Metrics;
 pub use snapshot::Snapshot;

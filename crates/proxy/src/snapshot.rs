@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use graylane_config::{Config, LoadBalancing};
+use std::collections::BTreeMap;
+
+use graylane_config::{Config, LoadBalancing, Weight};
 use graylane_rules::RoutingTable;
 use http::HeaderValue;
 
@@ -59,8 +61,20 @@ pub struct Endpoint {
 }
 
 impl Snapshot {
-    pub fn build(config: Config, metrics: &Metrics, generation: u64) -> Snapshot {
-        let table = RoutingTable::compile(&config);
+    /// Compiles `config`; a release named in `weights` gets that weight instead of its first
+    /// step's (the rollout controller's decisions outlive configuration reloads).
+    pub fn build(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        generation: u64,
+        weights: &BTreeMap<String, Weight>,
+    ) -> Snapshot {
+        let mut table = RoutingTable::compile(&config);
+        for (i, svc) in config.services.iter().enumerate() {
+            if let Some(w) = weights.get(&svc.name) {
+                table.set_weight(i, *w);
+            }
+        }
         let services = config
             .services
             .iter()
@@ -108,7 +122,7 @@ impl Snapshot {
             })
             .collect();
         Snapshot {
-            config: Arc::new(config),
+            config,
             table,
             services,
             generation,
