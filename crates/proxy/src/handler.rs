@@ -86,13 +86,16 @@ pub async fn handle(
 
     let sticky_cookie = sticky_cookie_to_set(service, version, &decision, req.headers());
     let (parts, body) = req.into_parts();
-    // The read-ahead has its own deadline: a client that stops sending its body is the
-    // client's failure (408), not the upstream's (504).
-    let read = tokio::time::timeout(
-        service.request_timeout,
-        RequestBody::read_ahead(body, REQUEST_BODY_READ_AHEAD),
-    )
-    .await;
+    // One deadline covers the read-ahead and the upstream exchange: one timer per request,
+    // registered only if something has to wait. Running out while the client is still sending
+    // its body is the client's failure (408); afterwards it is the upstream's (504).
+    let deadline = tokio::time::sleep(service.request_timeout);
+    tokio::pin!(deadline);
+    let read = tokio::select! {
+        biased;
+        read = RequestBody::read_ahead(body, REQUEST_BODY_READ_AHEAD) => Ok(read),
+        () = &mut deadline => Err(()),
+    };
     let body = match read {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => {
@@ -128,11 +131,11 @@ pub async fn handle(
     let endpoint = pick_endpoint(service, version);
     let addr = version.endpoints[endpoint].addr;
     version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
-    let result = tokio::time::timeout(
-        service.request_timeout,
-        worker.pool.send(addr, service.connect_timeout, req),
-    )
-    .await;
+    let result = tokio::select! {
+        biased;
+        sent = worker.pool.send(addr, service.connect_timeout, req) => Ok(sent),
+        () = &mut deadline => Err(()),
+    };
     version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
 
     let response = match result {
