@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use graylane_config::LoadBalancing;
 use graylane_rules::{Decision, Reason, RequestView};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{ProxyBody, RequestBody};
@@ -225,28 +225,18 @@ fn sticky_cookie_to_set(
 }
 
 fn prepare_upstream_request<B>(req: &mut Request<B>, conn: &ConnInfo, version: &VersionRoute) {
-    // HTTP/2 clients send an absolute URI and no Host header; HTTP/1.1 upstreams want the
-    // origin form and a Host.
-    if req.uri().scheme().is_some() {
-        if let Some(authority) = req.uri().authority()
-            && !req.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            req.headers_mut().insert(header::HOST, host);
-        }
-        let origin = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .map_or_else(|| Uri::from_static("/"), Uri::from);
-        *req.uri_mut() = origin;
+    // HTTP/2 clients send the authority in the URI and no Host header; HTTP/1.1 upstreams
+    // want a Host. (The upstream client writes the origin form of the URI itself.)
+    if let Some(authority) = req.uri().authority()
+        && !req.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
     }
-    *req.version_mut() = http::Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    if !conn.trusted {
-        headers.remove(&X_GRAYLANE_LANE);
-    }
+    // Replaces any lane the client sent: from a trusted hop it has already been honoured by
+    // the decision, from anyone else it must not reach the upstream.
     headers.insert(X_GRAYLANE_LANE.clone(), version.lane_header.clone());
     append_forwarded_for(headers, &conn.forwarded_for);
     headers.insert(
