@@ -84,7 +84,7 @@ pub async fn handle(
     let version = &service.versions[decision.version];
     version.stats.record_decision(worker.id, &decision.reason);
 
-    let sticky_cookie = sticky_cookie_to_set(service, version, &decision, req.headers());
+    let sticky_cookie = sticky_cookie_to_set(version, &decision);
     let (parts, body) = req.into_parts();
     // One deadline covers the read-ahead and the upstream exchange: one timer per request,
     // registered only if something has to wait. Running out while the client is still sending
@@ -198,30 +198,15 @@ fn now_unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A `Set-Cookie` when the release is sticky and the user's cookie does not already name the
-/// version they got by weight. Forced and lane traffic is not pinned: it is test traffic.
-fn sticky_cookie_to_set(
-    service: &ServiceRoute,
-    version: &VersionRoute,
-    decision: &Decision,
-    headers: &HeaderMap,
-) -> Option<HeaderValue> {
-    let name = service.sticky_cookie.as_deref()?;
-    if !matches!(decision.reason, Reason::Bucket { .. }) {
-        return None;
+/// A `Set-Cookie` when the release is sticky and the version came from the weight. Forced and
+/// lane traffic is not pinned: it is test traffic. A cookie already naming an eligible version
+/// would have made the decision `Sticky`, so a `Bucket` decision always means the cookie is
+/// missing or stale — no need to read it again here.
+fn sticky_cookie_to_set(version: &VersionRoute, decision: &Decision) -> Option<HeaderValue> {
+    match decision.reason {
+        Reason::Bucket { .. } => version.set_cookie.clone(),
+        _ => None,
     }
-    let current = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v);
-    if current == Some(version.name.as_str()) {
-        return None;
-    }
-    version.set_cookie.clone()
 }
 
 fn prepare_upstream_request<B>(req: &mut Request<B>, conn: &ConnInfo, version: &VersionRoute) {

@@ -143,14 +143,6 @@ impl RouteStats {
     }
 }
 
-/// Totals of one route, as read by a scrape or by the analysis.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RouteTotals {
-    pub requests: u64,
-    pub errors_5xx: u64,
-    pub upstream_errors: u64,
-}
-
 type ReloadFamily = Family<[(&'static str, &'static str); 1], Counter>;
 
 /// Every metric graylane exports. Cheap to share (`Arc`).
@@ -207,28 +199,12 @@ impl Metrics {
         self.reloads.get_or_create(&[("result", result)]).inc();
     }
 
-    pub fn reloads(&self, ok: bool) -> u64 {
-        let result = if ok { "ok" } else { "error" };
-        self.reloads.get_or_create(&[("result", result)]).get()
-    }
-
     pub fn connection_opened(&self) {
         self.open_connections.inc();
     }
 
     pub fn connection_closed(&self) {
         self.open_connections.dec();
-    }
-
-    /// Totals of one route so far; zeros for a route that never served.
-    pub fn route_totals(&self, service: &str, version: &str) -> RouteTotals {
-        let route = self.route(service, version);
-        let codes = route.codes();
-        RouteTotals {
-            requests: codes.values().sum(),
-            errors_5xx: codes.range(500..600).map(|(_, n)| n).sum(),
-            upstream_errors: route.sum(|s| s.upstream_errors.iter().map(|e| e.load(Relaxed)).sum()),
-        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -36,8 +36,6 @@ pub struct ServiceRoute {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub load_balancing: LoadBalancing,
-    /// The sticky cookie's name, if the release has one.
-    pub sticky_cookie: Option<String>,
 }
 
 pub struct VersionRoute {
@@ -117,7 +115,6 @@ impl Snapshot {
                     connect_timeout: svc.connect_timeout,
                     request_timeout: svc.request_timeout,
                     load_balancing: svc.load_balancing,
-                    sticky_cookie: sticky.map(|s| s.cookie.clone()),
                 }
             })
             .collect();

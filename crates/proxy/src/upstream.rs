@@ -342,7 +342,9 @@ fn encode_head(
     } else if parts.headers.contains_key(CONTENT_LENGTH) {
         RequestFraming::Length
     } else if let Some(n) = exact_length {
-        out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "content-length: {n}\r\n");
         RequestFraming::Length
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
