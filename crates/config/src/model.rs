@@ -17,6 +17,7 @@ pub struct Config {
     pub services: Vec<Service>,
     pub upstream: UpstreamSettings,
     pub traffic_control: TrafficControl,
+    pub webhooks: Vec<Webhook>,
 }
 
 impl Config {
@@ -54,8 +55,53 @@ pub struct Tls {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub bind: SocketAddr,
-    /// Environment variable holding the admin API token.
-    pub token_env: Option<String>,
+    /// API tokens, by the environment variable that holds each (`token_env` is one named
+    /// `admin` with the admin role).
+    pub tokens: Vec<ApiToken>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Who the token is: recorded as the author of what it does.
+    pub name: String,
+    pub env: String,
+    pub role: Role,
+}
+
+/// What an admin API token may do; each role may do everything the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Read anything.
+    Viewer,
+    /// Also drive releases.
+    Operator,
+    /// Also change the configuration.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Where release transitions are announced.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: http::Uri,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Attempts after the first.
+    pub retries: u32,
+}
+
+impl Webhook {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const DEFAULT_RETRIES: u32 = 3;
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +180,20 @@ pub enum LoadBalancing {
 
 /// A traffic share in thousandths of a percent: `Weight(5_000)` is 5%, `Weight(100_000)` is all.
 /// It is also the bucket threshold: a key whose bucket is below it goes to the candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Weight(u32);
 
 impl Weight {
@@ -174,6 +233,9 @@ impl std::fmt::Display for Weight {
     }
 }
 
+/// A release. `baseline` is the version traffic returns to when the release stops (a blue-green
+/// release's `active`, an experiment's first variant); `candidate` is the one being tried (a
+/// blue-green release's `preview`, an experiment's second variant).
 #[derive(Debug, Clone)]
 pub struct Release {
     pub strategy: Strategy,
@@ -186,8 +248,12 @@ pub struct Release {
     /// draws a fresh set of users.
     pub salt: String,
     pub sticky: Option<Sticky>,
+    /// Canary steps; empty for the other strategies.
     pub steps: Vec<Step>,
     pub analysis: Option<Analysis>,
+    /// A failed analysis pauses the release instead of rolling it back (for changes that
+    /// cannot be reversed, such as a schema migration).
+    pub skip_rollback: bool,
 }
 
 impl Release {
@@ -197,9 +263,37 @@ impl Release {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Strategy {
     Canary,
+    BlueGreen {
+        /// How long the previous active version stays routable after a promotion, so a
+        /// rollback is an instant switch back.
+        keep_previous: Duration,
+    },
+    Experiment {
+        variants: Vec<Variant>,
+    },
+}
+
+impl Strategy {
+    pub const DEFAULT_KEEP_PREVIOUS: Duration = Duration::from_secs(600);
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Canary => "canary",
+            Strategy::BlueGreen { .. } => "blue_green",
+            Strategy::Experiment { .. } => "experiment",
+        }
+    }
+}
+
+/// One arm of an experiment: a version and its share of the bucketed traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    pub name: String,
+    pub version: usize,
+    pub weight: Weight,
 }
 
 #[derive(Debug, Clone)]
@@ -208,7 +302,7 @@ pub struct Sticky {
     pub max_age: Option<Duration>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
     pub weight: Weight,
     pub pause: Pause,

@@ -21,6 +21,16 @@ pub struct RawConfig {
     pub services: Vec<RawService>,
     pub traffic_control: Option<RawTrafficControl>,
     pub upstream: Option<RawUpstream>,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    pub timeout: Option<String>,
+    pub retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +56,16 @@ pub struct RawTls {
 pub struct RawAdmin {
     pub bind: String,
     pub token_env: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: String,
+    pub env: String,
+    pub role: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,8 +125,14 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawRelease {
     pub strategy: String,
-    pub baseline: String,
-    pub candidate: String,
+    pub baseline: Option<String>,
+    pub candidate: Option<String>,
+    pub active: Option<String>,
+    pub preview: Option<String>,
+    pub keep_previous: Option<String>,
+    #[serde(default)]
+    pub variants: Vec<RawVariant>,
+    pub skip_rollback: Option<bool>,
     #[serde(default)]
     pub force: Vec<RawRule>,
     pub bucket_by: Option<String>,
@@ -115,6 +141,14 @@ pub struct RawRelease {
     #[serde(default)]
     pub steps: Vec<RawStep>,
     pub analysis: Option<RawAnalysis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariant {
+    pub name: String,
+    pub version: String,
+    pub weight: f64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,6 +44,7 @@ impl<'a> Validator<'a> {
         let upstream = self.upstream(raw.upstream.as_ref());
         let declared: Vec<String> = raw.services.iter().map(|s| s.name.clone()).collect();
         let services = self.services(raw.services, &segments, &upstream);
+        let webhooks = self.webhooks(&raw.webhooks);
         let traffic_control = match raw.traffic_control {
             Some(tc) => self.traffic_control(tc, &services, &declared),
             None => TrafficControl::default(),
@@ -58,6 +59,7 @@ impl<'a> Validator<'a> {
             services,
             upstream,
             traffic_control,
+            webhooks,
         })
     }
 
@@ -119,18 +121,99 @@ impl<'a> Validator<'a> {
 
     fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
         let bind = self.socket_addr("admin.bind", &raw.bind)?;
-        if let Some(var) = &raw.token_env
-            && (var.is_empty() || var.contains('='))
-        {
+        let mut tokens = Vec::new();
+        if let Some(var) = &raw.token_env {
+            self.env_var_name("admin.token_env", var);
+            tokens.push(ApiToken {
+                name: "admin".to_string(),
+                env: var.clone(),
+                role: Role::Admin,
+            });
+        }
+        for (i, t) in raw.tokens.iter().enumerate() {
+            let path = format!("admin.tokens[{i}]");
+            if !is_token(&t.name) {
+                self.fail(
+                    format!("{path}.name"),
+                    format!(
+                        "`{}` is not a valid token name: use letters, digits, `-`, `_` and `.`",
+                        t.name
+                    ),
+                );
+            } else if tokens.iter().any(|k| k.name == t.name) {
+                self.fail(
+                    format!("{path}.name"),
+                    format!("token name `{}` is used twice", t.name),
+                );
+            }
+            self.env_var_name(&format!("{path}.env"), &t.env);
+            let role = match t.role.as_str() {
+                "viewer" => Role::Viewer,
+                "operator" => Role::Operator,
+                "admin" => Role::Admin,
+                other => {
+                    self.fail(
+                        format!("{path}.role"),
+                        format!("unknown role `{other}`: use `viewer`, `operator` or `admin`"),
+                    );
+                    continue;
+                }
+            };
+            tokens.push(ApiToken {
+                name: t.name.clone(),
+                env: t.env.clone(),
+                role,
+            });
+        }
+        Some(Admin { bind, tokens })
+    }
+
+    fn env_var_name(&mut self, path: &str, var: &str) {
+        if var.is_empty() || var.contains('=') || var.contains('\0') {
             self.fail(
-                "admin.token_env",
+                path,
                 format!("`{var}` is not a valid environment variable name"),
             );
         }
-        Some(Admin {
-            bind,
-            token_env: raw.token_env.clone(),
-        })
+    }
+
+    fn webhooks(&mut self, raw: &[RawWebhook]) -> Vec<Webhook> {
+        let mut out = Vec::new();
+        for (i, w) in raw.iter().enumerate() {
+            let path = format!("webhooks[{i}]");
+            let url = match w.url.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => Some(u),
+                Ok(u) if u.scheme_str() == Some("https") => {
+                    self.fail(
+                        format!("{path}.url"),
+                        format!("`{}`: https webhooks are not supported yet; use http (e.g. to a local relay)", w.url),
+                    );
+                    None
+                }
+                _ => {
+                    self.fail(
+                        format!("{path}.url"),
+                        format!(
+                            "`{}` is not an http URL like http://127.0.0.1:7000/hooks",
+                            w.url
+                        ),
+                    );
+                    None
+                }
+            };
+            let timeout = match &w.timeout {
+                Some(t) => self.duration(&format!("{path}.timeout"), t),
+                None => Some(Webhook::DEFAULT_TIMEOUT),
+            };
+            if let (Some(url), Some(timeout)) = (url, timeout) {
+                out.push(Webhook {
+                    url,
+                    timeout,
+                    retries: w.retries.unwrap_or(Webhook::DEFAULT_RETRIES),
+                });
+            }
+        }
+        out
     }
 
     /// Two sockets overlap when they share a port and either address covers the other.
@@ -426,24 +509,7 @@ impl<'a> Validator<'a> {
         segments: &[Segment],
     ) -> Option<Release> {
         let errors_before = self.problems.len();
-        let strategy = match raw.strategy.as_str() {
-            "canary" => Some(Strategy::Canary),
-            other => {
-                self.fail(
-                    format!("{path}.strategy"),
-                    format!("unknown strategy `{other}`; this version supports `canary`"),
-                );
-                None
-            }
-        };
-        let baseline = self.version_ref(&format!("{path}.baseline"), &raw.baseline, versions);
-        let candidate = self.version_ref(&format!("{path}.candidate"), &raw.candidate, versions);
-        if baseline.is_some() && baseline == candidate {
-            self.fail(
-                format!("{path}.candidate"),
-                "the candidate must differ from the baseline",
-            );
-        }
+        let roles = self.strategy(path, &raw, versions);
         let force = raw
             .force
             .iter()
@@ -478,12 +544,6 @@ impl<'a> Validator<'a> {
                 max_age,
             })
         });
-        if raw.steps.is_empty() {
-            self.fail(
-                format!("{path}.steps"),
-                "a canary release needs at least one step, e.g. `steps: [{ weight: 5 }, { weight: 100 }]`",
-            );
-        }
         let steps = raw
             .steps
             .iter()
@@ -497,18 +557,204 @@ impl<'a> Validator<'a> {
         if self.problems.len() > errors_before {
             return None;
         }
-        let candidate = candidate?;
+        let (strategy, baseline, candidate) = roles?;
+        let salt = raw.salt.unwrap_or_else(|| match &strategy {
+            Strategy::Experiment { variants } => variants
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => versions[candidate].to_string(),
+        });
         Some(Release {
-            strategy: strategy?,
-            baseline: baseline?,
+            strategy,
+            baseline,
             candidate,
             force,
             bucket_by: bucket_by?,
-            salt: raw.salt.unwrap_or_else(|| versions[candidate].to_string()),
+            salt,
             sticky,
             steps,
             analysis,
+            skip_rollback: raw.skip_rollback.unwrap_or(false),
         })
+    }
+
+    /// The strategy and the versions it names, as (strategy, baseline, candidate); reports
+    /// keys that belong to another strategy, so a half-converted release is caught.
+    fn strategy(
+        &mut self,
+        path: &str,
+        raw: &RawRelease,
+        versions: &[&str],
+    ) -> Option<(Strategy, usize, usize)> {
+        let present = [
+            ("baseline", raw.baseline.is_some()),
+            ("candidate", raw.candidate.is_some()),
+            ("steps", !raw.steps.is_empty()),
+            ("active", raw.active.is_some()),
+            ("preview", raw.preview.is_some()),
+            ("keep_previous", raw.keep_previous.is_some()),
+            ("variants", !raw.variants.is_empty()),
+        ];
+        let (wanted, strategy_keys): (&[&str], &[&str]) = match raw.strategy.as_str() {
+            "canary" => (
+                &["baseline", "candidate", "steps"],
+                &["baseline", "candidate", "steps"],
+            ),
+            "blue_green" => (
+                &["active", "preview"],
+                &["active", "preview", "keep_previous"],
+            ),
+            "experiment" => (&["variants"], &["variants"]),
+            other => {
+                let hint = did_you_mean(other, ["canary", "blue_green", "experiment"])
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                self.fail(
+                    format!("{path}.strategy"),
+                    format!("unknown strategy `{other}`: use `canary`, `blue_green` or `experiment`{hint}"),
+                );
+                return None;
+            }
+        };
+        let strategy = raw.strategy.as_str();
+        for (key, is_set) in present {
+            if is_set && !strategy_keys.contains(&key) {
+                self.fail(
+                    format!("{path}.{key}"),
+                    format!(
+                        "`{key}` does not apply to strategy `{strategy}` (it takes: {})",
+                        strategy_keys.join(", ")
+                    ),
+                );
+            }
+        }
+        for key in wanted {
+            if !present.iter().any(|(k, set)| k == key && *set) {
+                let example = match *key {
+                    "steps" => "a canary release needs at least one step, e.g. `steps: [{ weight: 5 }, { weight: 100 }]`".to_string(),
+                    "variants" => "an experiment needs `variants`, e.g. `[{ name: a, version: stable, weight: 50 }, { name: b, version: v2, weight: 50 }]`".to_string(),
+                    _ => format!("strategy `{strategy}` needs `{key}`: the name of one of the service's versions ({})", versions.join(", ")),
+                };
+                self.fail(format!("{path}.{key}"), example);
+            }
+        }
+        let pair = |v: &mut Self, a: (&str, &Option<String>), b: (&str, &Option<String>)| {
+            let first =
+                a.1.as_ref()
+                    .and_then(|n| v.version_ref(&format!("{path}.{}", a.0), n, versions));
+            let second =
+                b.1.as_ref()
+                    .and_then(|n| v.version_ref(&format!("{path}.{}", b.0), n, versions));
+            if first.is_some() && first == second {
+                v.fail(
+                    format!("{path}.{}", b.0),
+                    format!("the {} must differ from the {}", b.0, a.0),
+                );
+                return None;
+            }
+            Some((first?, second?))
+        };
+        match strategy {
+            "canary" => {
+                let (b, c) = pair(
+                    self,
+                    ("baseline", &raw.baseline),
+                    ("candidate", &raw.candidate),
+                )?;
+                Some((Strategy::Canary, b, c))
+            }
+            "blue_green" => {
+                let (a, p) = pair(self, ("active", &raw.active), ("preview", &raw.preview))?;
+                let keep_previous = match &raw.keep_previous {
+                    Some(d) => self.duration(&format!("{path}.keep_previous"), d)?,
+                    None => Strategy::DEFAULT_KEEP_PREVIOUS,
+                };
+                Some((Strategy::BlueGreen { keep_previous }, a, p))
+            }
+            _ => {
+                let variants = self.variants(path, &raw.variants, versions)?;
+                let (control, challenger) = (variants[0].version, variants[1].version);
+                Some((Strategy::Experiment { variants }, control, challenger))
+            }
+        }
+    }
+
+    fn variants(
+        &mut self,
+        path: &str,
+        raw: &[RawVariant],
+        versions: &[&str],
+    ) -> Option<Vec<Variant>> {
+        let errors_before = self.problems.len();
+        if !raw.is_empty() && raw.len() < 2 {
+            self.fail(
+                format!("{path}.variants"),
+                "an experiment needs at least two variants",
+            );
+        }
+        let mut out: Vec<Variant> = Vec::new();
+        let mut total = 0u32;
+        for (i, v) in raw.iter().enumerate() {
+            let vpath = format!("{path}.variants[{i}]");
+            if !is_token(&v.name) {
+                self.fail(
+                    format!("{vpath}.name"),
+                    format!(
+                        "`{}` is not a valid variant name: use letters, digits, `-`, `_` and `.`",
+                        v.name
+                    ),
+                );
+            } else if raw[..i].iter().any(|o| o.name == v.name) {
+                self.fail(
+                    format!("{vpath}.name"),
+                    format!("variant `{}` is named twice", v.name),
+                );
+            }
+            let version = self.version_ref(&format!("{vpath}.version"), &v.version, versions);
+            if let Some(other) = raw[..i].iter().find(|o| o.version == v.version) {
+                self.fail(
+                    format!("{vpath}.version"),
+                    format!(
+                        "version `{}` is already variant `{}`; each variant needs its own version",
+                        v.version, other.name
+                    ),
+                );
+            }
+            let weight = Weight::from_percent(v.weight);
+            if weight.is_none() {
+                self.fail(
+                    format!("{vpath}.weight"),
+                    format!(
+                        "weight {} must be a percentage from 0 to 100 in steps of at most 0.001",
+                        v.weight
+                    ),
+                );
+            }
+            if let (Some(version), Some(weight)) = (version, weight) {
+                total += weight.milli_percent();
+                out.push(Variant {
+                    name: v.name.clone(),
+                    version,
+                    weight,
+                });
+            }
+        }
+        if self.problems.len() > errors_before {
+            return None;
+        }
+        if total != Weight::FULL.milli_percent() {
+            self.fail(
+                format!("{path}.variants"),
+                format!(
+                    "the variants' weights add up to {}%; they must add up to 100",
+                    f64::from(total) / 1000.0
+                ),
+            );
+            return None;
+        }
+        Some(out)
     }
 
     fn step(&mut self, path: &str, raw: &RawStep) -> Option<Step> {

@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use graylane_config::{Config, ConfigErrors, Weight};
+use graylane_config::{Config, ConfigErrors, Service, Weight};
+use graylane_rules::{Routing, Share};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -39,9 +40,56 @@ impl Default for GatewayOptions {
 /// What snapshots are built from.
 struct Control {
     config: Arc<Config>,
-    /// Weights set by the rollout controller, by service name; they survive reloads.
-    weights: BTreeMap<String, Weight>,
+    /// Traffic splits set by the rollout controller, by service name. Kept by version *name* so
+    /// they survive reloads that add or reorder versions.
+    routes: BTreeMap<String, NamedRouting>,
     generation: u64,
+}
+
+/// A [`Routing`] with version names instead of indices.
+#[derive(Debug, Clone)]
+struct NamedRouting {
+    force_to: Option<String>,
+    shares: Vec<(String, Weight)>,
+}
+
+impl NamedRouting {
+    fn from_routing(service: &Service, routing: &Routing) -> NamedRouting {
+        let name = |v: usize| {
+            service
+                .versions
+                .get(v)
+                .map_or_else(String::new, |v| v.name.clone())
+        };
+        NamedRouting {
+            force_to: routing.force_to.map(name),
+            shares: routing
+                .shares
+                .iter()
+                .map(|s| (name(s.version), s.weight))
+                .collect(),
+        }
+    }
+
+    /// `None` when a version it names is gone: the release then starts over from its
+    /// configuration.
+    fn resolve(&self, service: &Service) -> Option<Routing> {
+        let force_to = match &self.force_to {
+            Some(n) => Some(service.version_index(n)?),
+            None => None,
+        };
+        let shares = self
+            .shares
+            .iter()
+            .map(|(n, weight)| {
+                Some(Share {
+                    version: service.version_index(n)?,
+                    weight: *weight,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Routing { force_to, shares })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +163,11 @@ impl Gateway {
         }
         let upstream = config.upstream.clone();
         let config = Arc::new(config);
-        let weights = BTreeMap::new();
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             Arc::clone(&config),
             &metrics,
             1,
-            &weights,
+            &BTreeMap::new(),
         )));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = Vec::new();
@@ -146,7 +193,7 @@ impl Gateway {
             metrics,
             control: Mutex::new(Control {
                 config,
-                weights,
+                routes: BTreeMap::new(),
                 generation: 1,
             }),
             local_addrs,
@@ -187,17 +234,46 @@ impl Gateway {
         self.rebuild(&mut control);
     }
 
-    /// Sets the candidate weight of `service`'s release, at once and until changed again
-    /// (reloads keep it). This is the rollout controller's lever.
-    pub fn set_weight(&self, service: &str, weight: Weight) -> Result<(), UnknownRelease> {
+    /// Applies `config` and, in the same swap, the traffic split of every release in `routes`
+    /// (by service name; the others start as configured). This is how the rollout controller
+    /// applies a new configuration: no request ever sees the new config with old splits.
+    pub fn apply_with_routes(&self, config: Config, routes: &BTreeMap<String, Routing>) {
         let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        let has_release = control
-            .config
+        control.routes = routes
+            .iter()
+            .filter_map(|(name, r)| {
+                let svc = config.service(name)?;
+                Some((name.clone(), NamedRouting::from_routing(svc, r)))
+            })
+            .collect();
+        control.config = Arc::new(config);
+        self.rebuild(&mut control);
+    }
+
+    /// Sets the candidate weight of `service`'s release — the baseline gets the rest, force
+    /// rules stay on — at once and until changed again (reloads keep it).
+    pub fn set_weight(&self, service: &str, weight: Weight) -> Result<(), UnknownRelease> {
+        self.update_routing(service, |release| Routing::canary(release, weight))
+    }
+
+    /// Sets the traffic split of `service`'s release, at once and until changed again (reloads
+    /// keep it while the versions it names exist). This is the rollout controller's lever.
+    pub fn set_routing(&self, service: &str, routing: Routing) -> Result<(), UnknownRelease> {
+        self.update_routing(service, |_| routing)
+    }
+
+    fn update_routing(
+        &self,
+        service: &str,
+        routing: impl FnOnce(&graylane_config::Release) -> Routing,
+    ) -> Result<(), UnknownRelease> {
+        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let config = Arc::clone(&control.config);
+        let Some((svc, release)) = config
             .service(service)
-            .is_some_and(|s| s.release.is_some());
-        if !has_release {
-            let releases = control
-                .config
+            .and_then(|s| Some((s, s.release.as_ref()?)))
+        else {
+            let releases = config
                 .services
                 .iter()
                 .filter(|s| s.release.is_some())
@@ -207,19 +283,33 @@ impl Gateway {
                 service: service.to_string(),
                 releases,
             });
-        }
-        control.weights.insert(service.to_string(), weight);
+        };
+        let named = NamedRouting::from_routing(svc, &routing(release));
+        control.routes.insert(service.to_string(), named);
         self.rebuild(&mut control);
         Ok(())
     }
 
     fn rebuild(&self, control: &mut Control) {
         control.generation += 1;
+        let routes: BTreeMap<String, Routing> = control
+            .routes
+            .iter()
+            .filter_map(|(name, named)| {
+                let svc = control.config.service(name)?;
+                svc.release.as_ref()?;
+                let resolved = named.resolve(svc);
+                if resolved.is_none() {
+                    tracing::warn!(service = %name, "a version of the release's traffic split is gone; the release starts as configured");
+                }
+                Some((name.clone(), resolved?))
+            })
+            .collect();
         let snapshot = Snapshot::build(
             Arc::clone(&control.config),
             &self.metrics,
             control.generation,
-            &control.weights,
+            &routes,
         );
         self.snapshot.store(Arc::new(snapshot));
     }

@@ -5,15 +5,14 @@
 //! metric handles. Swapping one `Arc<Snapshot>` is how a reload (or a weight change) takes
 //! effect atomically.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
-use graylane_config::{Config, LoadBalancing, Weight};
-use graylane_rules::RoutingTable;
+use graylane_config::{Config, LoadBalancing};
+use graylane_rules::{Routing, RoutingTable};
 use http::HeaderValue;
 
 use crate::metrics::{Metrics, RouteStats};
@@ -59,18 +58,18 @@ pub struct Endpoint {
 }
 
 impl Snapshot {
-    /// Compiles `config`; a release named in `weights` gets that weight instead of its first
-    /// step's (the rollout controller's decisions outlive configuration reloads).
+    /// Compiles `config`; a release named in `routes` gets that traffic split instead of the
+    /// one it starts with (the rollout controller's decisions outlive configuration reloads).
     pub fn build(
         config: Arc<Config>,
         metrics: &Metrics,
         generation: u64,
-        weights: &BTreeMap<String, Weight>,
+        routes: &BTreeMap<String, Routing>,
     ) -> Snapshot {
         let mut table = RoutingTable::compile(&config);
         for (i, svc) in config.services.iter().enumerate() {
-            if let Some(w) = weights.get(&svc.name) {
-                table.set_weight(i, *w);
+            if let Some(r) = routes.get(&svc.name) {
+                table.set_routing(i, r.clone());
             }
         }
         let services = config

@@ -103,6 +103,10 @@ async fn a_weight_change_reaches_real_traffic_at_once_and_survives_a_reload() {
 #[test]
 fn the_data_plane_weight_always_equals_the_state_machines() {
     let (_stable, _canary, gateway) = setup();
+    let release = gateway.snapshot().config.services[0]
+        .release
+        .clone()
+        .expect("payment has a release");
     let plan = Plan {
         steps: vec![
             Step {
@@ -122,7 +126,7 @@ fn the_data_plane_weight_always_equals_the_state_machines() {
                 pause: Pause::None,
             },
         ],
-        skip_rollback: false,
+        ..Plan::from_release(&release)
     };
     let commands = [
         Command::Promote,
@@ -140,17 +144,26 @@ fn the_data_plane_weight_always_equals_the_state_machines() {
         Command::Resume,
     ];
     let mut rollout = Rollout::start(&plan, 0);
-    gateway.set_weight("payment", rollout.weight).unwrap();
+    gateway
+        .set_routing("payment", rollout.routing(&plan))
+        .unwrap();
     for (t, command) in commands.iter().cycle().take(200).enumerate() {
         // Refused commands are part of the exercise: they must leave both sides unchanged.
         let _ = rollout.apply(&plan, *command, "test", "", t as i64);
-        gateway.set_weight("payment", rollout.weight).unwrap();
+        gateway
+            .set_routing("payment", rollout.routing(&plan))
+            .unwrap();
         let snapshot = gateway.snapshot();
         assert_eq!(
             snapshot.table.weight(0),
             rollout.weight,
             "after {command:?} ({:?})",
             rollout.phase
+        );
+        assert_eq!(
+            snapshot.table.routing(0),
+            Some(&rollout.routing(&plan)),
+            "after {command:?}"
         );
     }
     gateway.shutdown();

@@ -1,6 +1,6 @@
-//! The release state machine: where a canary release stands (its phase, step and weight) and
-//! how commands and time move it. Pure: no clock, no I/O — the caller passes `now` in Unix
-//! milliseconds and applies the resulting weight to the data plane.
+//! The release state machine: where a release stands (its phase, step and weight), how commands
+//! and time move it, and the traffic split that follows from it. Pure: no clock, no I/O — the
+//! caller passes `now` in Unix milliseconds and applies [`Rollout::routing`] to the data plane.
 //!
 //! ```text
 //!             promote / timed pause over / no pause
@@ -11,45 +11,117 @@
 //!                                          └──── retry: step 0 ────┘
 //! ```
 //!
+//! The three strategies share this machine:
+//! * a **canary** walks its steps;
+//! * a **blue-green** release is one manual step at 0% (test traffic forced to the preview)
+//!   whose `promote` switches everything to the preview at once;
+//! * an **experiment** splits traffic over its variants until `promote` names the winner.
+//!
 //! Every phase has a way out ([`Rollout::allowed`] is never empty), an aborted or rolled-back
-//! release always sends 0% to the candidate, a completed one 100%, and every change is recorded
-//! as a [`Transition`] with who, why and when.
+//! release always sends everything to the baseline, a completed one everything to the new stable
+//! version, and every change is recorded as a [`Transition`] with who, why and when.
 //!
 //! ```
 //! use graylane_config::{Pause, Step, Weight};
 //! use graylane_rollout::{Command, Phase, Plan, Rollout};
 //!
-//! let plan = Plan {
-//!     steps: vec![
-//!         Step { weight: Weight::ZERO, pause: Pause::Manual },
-//!         Step { weight: Weight::from_percent(5.0).unwrap(), pause: Pause::For(std::time::Duration::from_secs(60)) },
-//!         Step { weight: Weight::FULL, pause: Pause::None },
-//!     ],
-//!     skip_rollback: false,
-//! };
+//! let plan = Plan::canary(vec![
+//!     Step { weight: Weight::ZERO, pause: Pause::Manual },
+//!     Step { weight: Weight::from_percent(5.0).unwrap(), pause: Pause::For(std::time::Duration::from_secs(60)) },
+//!     Step { weight: Weight::FULL, pause: Pause::None },
+//! ]);
 //! let mut r = Rollout::start(&plan, 0);
 //! assert_eq!((r.phase, r.weight), (Phase::Progressing, Weight::ZERO));
 //! r.apply(&plan, Command::Promote, "alice", "test traffic looks fine", 1_000).unwrap();
 //! assert_eq!(r.weight.percent(), 5.0);
 //! r.tick(&plan, 61_000);
 //! assert_eq!((r.phase, r.weight), (Phase::Completed, Weight::FULL));
+//! assert_eq!(r.routing(&plan).weight_of(plan.candidate), Weight::FULL);
 //! ```
 
-use graylane_config::{Pause, Release, Step, Weight};
+use graylane_config::{Pause, Release, Step, Strategy, Weight};
+use graylane_rules::{Routing, Share};
+use serde::{Deserialize, Serialize};
 
 /// The part of a release's configuration the state machine follows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    pub kind: Kind,
+    /// Canary steps; a blue-green release and an experiment have one manual step.
     pub steps: Vec<Step>,
-    /// A failed analysis pauses the release instead of rolling it back (for changes that
-    /// cannot be reversed, such as a schema migration).
+    /// Where traffic returns when the release stops (blue-green: `active`; experiment: the
+    /// first variant).
+    pub baseline: usize,
+    /// The version being tried (blue-green: `preview`).
+    pub candidate: usize,
+    /// A failed analysis pauses the release instead of aborting it.
     pub skip_rollback: bool,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Canary,
+    BlueGreen {
+        /// How long after a promotion the previous active version is kept, in milliseconds.
+        keep_previous_ms: i64,
+    },
+    Experiment {
+        /// (variant name, version, weight), in bucket order.
+        variants: Vec<(String, usize, Weight)>,
+    },
+}
+
+impl Kind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Canary => "canary",
+            Kind::BlueGreen { .. } => "blue_green",
+            Kind::Experiment { .. } => "experiment",
+        }
+    }
+}
+
+const MANUAL_GATE: Step = Step {
+    weight: Weight::ZERO,
+    pause: Pause::Manual,
+};
+
 impl Plan {
     pub fn from_release(release: &Release) -> Plan {
+        let (kind, steps) = match &release.strategy {
+            Strategy::Canary => (Kind::Canary, release.steps.clone()),
+            Strategy::BlueGreen { keep_previous } => (
+                Kind::BlueGreen {
+                    keep_previous_ms: millis(*keep_previous),
+                },
+                vec![MANUAL_GATE],
+            ),
+            Strategy::Experiment { variants } => (
+                Kind::Experiment {
+                    variants: variants
+                        .iter()
+                        .map(|v| (v.name.clone(), v.version, v.weight))
+                        .collect(),
+                },
+                vec![MANUAL_GATE],
+            ),
+        };
         Plan {
-            steps: release.steps.clone(),
+            kind,
+            steps,
+            baseline: release.baseline,
+            candidate: release.candidate,
+            skip_rollback: release.skip_rollback,
+        }
+    }
+
+    /// A canary from version 0 to version 1 (examples and tests).
+    pub fn canary(steps: Vec<Step>) -> Plan {
+        Plan {
+            kind: Kind::Canary,
+            steps,
+            baseline: 0,
+            candidate: 1,
             skip_rollback: false,
         }
     }
@@ -59,13 +131,14 @@ impl Plan {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Walking the steps: the current step's weight is in effect.
     Progressing,
     /// Held at the current step until resumed or promoted.
     Paused,
-    /// The candidate has all the traffic and is the new stable version.
+    /// The candidate (or the experiment's winner) has all the traffic and is the stable version.
     Completed,
     /// Stopped before completion: all traffic back on the baseline.
     Aborted,
@@ -88,17 +161,19 @@ impl Phase {
 /// What a person (or the analysis) can ask of a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// On to the next step (or complete after the last).
+    /// On to the next step (or complete after the last); a blue-green switch.
     Promote,
     /// Straight to 100%: complete now.
     PromoteFull,
+    /// Complete an experiment with the variant served by this version as the winner.
+    PromoteVariant(usize),
     Pause,
     Resume,
-    /// All traffic to the baseline at once.
+    /// All traffic to the baseline at once, force rules off.
     Abort,
     /// Start an aborted or rolled-back release again from step 0.
     Retry,
-    /// Override the weight of the current step (recorded; cleared by the next step).
+    /// Override the canary weight of the current step (recorded; cleared by the next step).
     SetWeight(Weight),
     /// Send a completed release back to the previous stable version.
     Rollback,
@@ -111,6 +186,7 @@ impl Command {
         match self {
             Command::Promote => "promote",
             Command::PromoteFull => "promote_full",
+            Command::PromoteVariant(_) => "promote_variant",
             Command::Pause => "pause",
             Command::Resume => "resume",
             Command::Abort => "abort",
@@ -123,16 +199,17 @@ impl Command {
 }
 
 /// One recorded change of a release.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
     pub at_ms: i64,
     pub actor: String,
     /// The command's name, or `tick` for a timed step.
-    pub what: &'static str,
+    pub what: String,
     pub reason: String,
     pub from: Phase,
     pub to: Phase,
     pub step: usize,
+    /// The candidate's weight after the change.
     pub weight: Weight,
 }
 
@@ -144,15 +221,22 @@ pub enum CommandError {
         phase: &'static str,
         allowed: String,
     },
+    #[error("`{command}` does not apply to a {strategy} release: {hint}")]
+    NotForStrategy {
+        command: &'static str,
+        strategy: &'static str,
+        hint: &'static str,
+    },
 }
 
 /// Where one release stands.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     pub phase: Phase,
     /// Index of the current step.
     pub step: usize,
-    /// The candidate's weight in effect.
+    /// The candidate's canary weight in effect (a blue-green release: 0 until switched, then
+    /// 100%).
     pub weight: Weight,
     /// Set by `set-weight`; the step's own weight returns with the next step.
     pub weight_overridden: bool,
@@ -160,6 +244,10 @@ pub struct Rollout {
     pub step_started_ms: i64,
     /// What was left of a timed pause when the release was paused.
     pub pause_left_ms: Option<i64>,
+    /// The version that won a completed experiment.
+    pub winner: Option<usize>,
+    /// Until when a promoted blue-green release keeps the previous active version.
+    pub previous_until_ms: Option<i64>,
     pub history: Vec<Transition>,
 }
 
@@ -173,19 +261,67 @@ impl Rollout {
             weight_overridden: false,
             step_started_ms: now_ms,
             pause_left_ms: None,
+            winner: None,
+            previous_until_ms: None,
             history: Vec::new(),
         };
         r.enter_step(plan, 0, now_ms);
         r
     }
 
-    /// The commands that make sense now; never empty, so no phase is a dead end.
-    pub fn allowed(&self) -> &'static [&'static str] {
+    /// The commands that make sense now, as the API names them; never empty, so no phase is a
+    /// dead end. The first one is always accepted.
+    pub fn allowed(&self, plan: &Plan) -> &'static [&'static str] {
+        let canary = matches!(plan.kind, Kind::Canary);
+        match (self.phase, canary) {
+            (Phase::Progressing, true) => {
+                &["promote", "promote_full", "pause", "abort", "set_weight"]
+            }
+            (Phase::Paused, true) => &["resume", "promote", "promote_full", "abort", "set_weight"],
+            (Phase::Progressing, false) => &["pause", "promote", "abort"],
+            (Phase::Paused, false) => &["resume", "promote", "abort"],
+            (Phase::Completed, _) => &["rollback"],
+            (Phase::Aborted | Phase::RolledBack, _) => &["retry"],
+        }
+    }
+
+    /// The version that is stable now: the candidate (or winner) once completed, else the
+    /// baseline.
+    pub fn stable(&self, plan: &Plan) -> usize {
         match self.phase {
-            Phase::Progressing => &["promote", "promote_full", "pause", "abort", "set_weight"],
-            Phase::Paused => &["resume", "promote", "promote_full", "abort", "set_weight"],
-            Phase::Completed => &["rollback"],
-            Phase::Aborted | Phase::RolledBack => &["retry"],
+            Phase::Completed => self.winner.unwrap_or(plan.candidate),
+            _ => plan.baseline,
+        }
+    }
+
+    /// The traffic split the data plane must apply for this state.
+    pub fn routing(&self, plan: &Plan) -> Routing {
+        match (self.phase, &plan.kind) {
+            (Phase::Completed, _) => Routing::all_to(self.stable(plan)),
+            (Phase::Aborted | Phase::RolledBack, _) => Routing::all_to(plan.baseline),
+            (_, Kind::Experiment { variants }) => Routing {
+                force_to: None,
+                shares: variants
+                    .iter()
+                    .map(|&(_, version, weight)| Share { version, weight })
+                    .collect(),
+            },
+            (_, Kind::Canary | Kind::BlueGreen { .. }) => {
+                let rest = Weight::FULL.milli_percent() - self.weight.milli_percent();
+                Routing {
+                    force_to: Some(plan.candidate),
+                    shares: vec![
+                        Share {
+                            version: plan.candidate,
+                            weight: self.weight,
+                        },
+                        Share {
+                            version: plan.baseline,
+                            weight: Weight::from_milli_percent(rest),
+                        },
+                    ],
+                }
+            }
         }
     }
 
@@ -199,6 +335,7 @@ impl Rollout {
         reason: &str,
         now_ms: i64,
     ) -> Result<(), CommandError> {
+        check_strategy(plan, command)?;
         let from = self.phase;
         let ok = match (command, from) {
             (Command::Promote, Phase::Progressing | Phase::Paused) => {
@@ -206,7 +343,12 @@ impl Rollout {
                 true
             }
             (Command::PromoteFull, Phase::Progressing | Phase::Paused) => {
-                self.complete(plan);
+                self.complete(plan, now_ms);
+                true
+            }
+            (Command::PromoteVariant(version), Phase::Progressing | Phase::Paused) => {
+                self.complete(plan, now_ms);
+                self.winner = Some(version);
                 true
             }
             (Command::Pause, Phase::Progressing) => {
@@ -230,7 +372,10 @@ impl Rollout {
             }
             (Command::AnalysisFailed, Phase::Progressing | Phase::Paused) => {
                 if plan.skip_rollback {
-                    self.pause_left_ms = None;
+                    self.pause_left_ms = match self.phase {
+                        Phase::Paused => self.pause_left_ms,
+                        _ => self.pause_deadline(plan).map(|d| (d - now_ms).max(0)),
+                    };
                     self.phase = Phase::Paused;
                 } else {
                     self.stop(Phase::Aborted);
@@ -239,6 +384,8 @@ impl Rollout {
             }
             (Command::Retry, Phase::Aborted | Phase::RolledBack) => {
                 self.phase = Phase::Progressing;
+                self.winner = None;
+                self.previous_until_ms = None;
                 self.enter_step(plan, 0, now_ms);
                 true
             }
@@ -257,7 +404,7 @@ impl Rollout {
             return Err(CommandError::NotAllowed {
                 command: command.as_str(),
                 phase: from.as_str(),
-                allowed: self.allowed().join(", "),
+                allowed: self.allowed(plan).join(", "),
             });
         }
         self.record(command.as_str(), actor, reason, from, now_ms);
@@ -302,6 +449,15 @@ impl Rollout {
         }
     }
 
+    /// How long the current timed pause still runs (counting stops while paused).
+    pub fn pause_remaining_ms(&self, plan: &Plan, now_ms: i64) -> Option<i64> {
+        match self.phase {
+            Phase::Paused => self.pause_left_ms,
+            Phase::Progressing => self.pause_deadline(plan).map(|d| (d - now_ms).max(0)),
+            _ => None,
+        }
+    }
+
     fn pause_deadline(&self, plan: &Plan) -> Option<i64> {
         match plan.step(self.step)?.pause {
             Pause::For(d) => Some(self.step_started_ms + millis(d)),
@@ -322,16 +478,19 @@ impl Rollout {
             self.phase = Phase::Progressing;
             self.enter_step(plan, self.step + 1, now_ms);
         } else {
-            self.complete(plan);
+            self.complete(plan, now_ms);
         }
     }
 
-    fn complete(&mut self, plan: &Plan) {
+    fn complete(&mut self, plan: &Plan, now_ms: i64) {
         self.phase = Phase::Completed;
         self.step = plan.steps.len().saturating_sub(1);
         self.weight = Weight::FULL;
         self.weight_overridden = false;
         self.pause_left_ms = None;
+        if let Kind::BlueGreen { keep_previous_ms } = plan.kind {
+            self.previous_until_ms = Some(now_ms.saturating_add(keep_previous_ms));
+        }
     }
 
     fn stop(&mut self, phase: Phase) {
@@ -339,19 +498,51 @@ impl Rollout {
         self.weight = Weight::ZERO;
         self.weight_overridden = false;
         self.pause_left_ms = None;
+        self.previous_until_ms = None;
     }
 
-    fn record(&mut self, what: &'static str, actor: &str, reason: &str, from: Phase, now_ms: i64) {
+    fn record(&mut self, what: &str, actor: &str, reason: &str, from: Phase, now_ms: i64) {
         self.history.push(Transition {
             at_ms: now_ms,
             actor: actor.to_string(),
-            what,
+            what: what.to_string(),
             reason: reason.to_string(),
             from,
             to: self.phase,
             step: self.step,
             weight: self.weight,
         });
+    }
+}
+
+/// Commands that only one strategy understands.
+fn check_strategy(plan: &Plan, command: Command) -> Result<(), CommandError> {
+    let refuse = |hint| {
+        Err(CommandError::NotForStrategy {
+            command: command.as_str(),
+            strategy: plan.kind.as_str(),
+            hint,
+        })
+    };
+    match (&plan.kind, command) {
+        (Kind::Experiment { .. }, Command::Promote | Command::PromoteFull) => {
+            refuse("name the winning variant (`promote --variant NAME`)")
+        }
+        (Kind::Experiment { variants }, Command::PromoteVariant(v))
+            if !variants.iter().any(|&(_, version, _)| version == v) =>
+        {
+            refuse("the winner must be one of the experiment's variants")
+        }
+        (Kind::Canary | Kind::BlueGreen { .. }, Command::PromoteVariant(_)) => {
+            refuse("only an experiment has variants; use `promote`")
+        }
+        (Kind::BlueGreen { .. }, Command::SetWeight(_)) => {
+            refuse("blue-green switches all traffic at once; use `promote` (and `rollback`)")
+        }
+        (Kind::Experiment { .. }, Command::SetWeight(_)) => {
+            refuse("an experiment's weights come from its variants in the configuration")
+        }
+        _ => Ok(()),
     }
 }
 

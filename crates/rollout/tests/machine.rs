@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use graylane_config::{Pause, Step, Weight};
-use graylane_rollout::{Command, CommandError, Phase, Plan, Rollout};
+use graylane_rollout::{Command, CommandError, Kind, Phase, Plan, Rollout};
 use proptest::prelude::*;
 
 fn pct(p: f64) -> Weight {
@@ -12,27 +12,24 @@ fn pct(p: f64) -> Weight {
 
 /// Test traffic only (manual gate) → 5% for 5 minutes → 20% with no pause → 100%.
 fn plan() -> Plan {
-    Plan {
-        steps: vec![
-            Step {
-                weight: Weight::ZERO,
-                pause: Pause::Manual,
-            },
-            Step {
-                weight: pct(5.0),
-                pause: Pause::For(Duration::from_secs(300)),
-            },
-            Step {
-                weight: pct(20.0),
-                pause: Pause::None,
-            },
-            Step {
-                weight: Weight::FULL,
-                pause: Pause::None,
-            },
-        ],
-        skip_rollback: false,
-    }
+    Plan::canary(vec![
+        Step {
+            weight: Weight::ZERO,
+            pause: Pause::Manual,
+        },
+        Step {
+            weight: pct(5.0),
+            pause: Pause::For(Duration::from_secs(300)),
+        },
+        Step {
+            weight: pct(20.0),
+            pause: Pause::None,
+        },
+        Step {
+            weight: Weight::FULL,
+            pause: Pause::None,
+        },
+    ])
 }
 
 const MIN: i64 = 60_000;
@@ -59,7 +56,7 @@ fn a_canary_walks_its_steps_with_manual_and_timed_pauses() {
     assert!(r.tick(&plan, 6 * MIN));
     // The 20% step has no pause, so the same tick carries on to the last step and completes.
     assert_eq!((r.phase, r.weight), (Phase::Completed, Weight::FULL));
-    let whats: Vec<&str> = r.history.iter().map(|t| t.what).collect();
+    let whats: Vec<&str> = r.history.iter().map(|t| t.what.as_str()).collect();
     assert_eq!(whats, ["promote", "tick", "tick", "tick"]);
     assert_eq!(r.history[0].actor, "alice");
     assert_eq!(r.history[0].reason, "test traffic ok");
@@ -162,7 +159,10 @@ fn a_command_that_makes_no_sense_changes_nothing_and_says_what_would() {
         command,
         phase,
         allowed,
-    } = err;
+    } = err
+    else {
+        panic!("{err:?}");
+    };
     assert_eq!((command, phase), ("resume", "progressing"));
     assert!(
         allowed.contains("pause") && allowed.contains("abort"),
@@ -172,10 +172,84 @@ fn a_command_that_makes_no_sense_changes_nothing_and_says_what_would() {
     assert!(r.apply(&plan, Command::Retry, "a", "", 5).is_err());
 }
 
+#[test]
+fn blue_green_switches_everything_at_once_and_back() {
+    let plan = Plan {
+        kind: Kind::BlueGreen {
+            keep_previous_ms: 10 * MIN,
+        },
+        steps: vec![Step {
+            weight: Weight::ZERO,
+            pause: Pause::Manual,
+        }],
+        baseline: 0,
+        candidate: 1,
+        skip_rollback: false,
+    };
+    let mut r = Rollout::start(&plan, 0);
+    let routing = r.routing(&plan);
+    assert_eq!(
+        routing.force_to,
+        Some(1),
+        "test traffic reaches the preview"
+    );
+    assert_eq!(routing.weight_of(0), Weight::FULL);
+    let err = r
+        .apply(&plan, Command::SetWeight(pct(10.0)), "a", "", 0)
+        .unwrap_err();
+    assert!(err.to_string().contains("blue-green"), "{err}");
+    r.apply(&plan, Command::Promote, "a", "switch", MIN)
+        .unwrap();
+    assert_eq!(r.phase, Phase::Completed);
+    assert_eq!(r.routing(&plan).weight_of(1), Weight::FULL);
+    assert_eq!((r.stable(&plan), r.previous_until_ms), (1, Some(11 * MIN)));
+    r.apply(&plan, Command::Rollback, "a", "bad", 2 * MIN)
+        .unwrap();
+    assert_eq!(r.routing(&plan), graylane_rules::Routing::all_to(0));
+    assert_eq!(r.stable(&plan), 0);
+}
+
+#[test]
+fn an_experiment_completes_with_the_named_winner() {
+    let plan = Plan {
+        kind: Kind::Experiment {
+            variants: vec![
+                ("a".to_string(), 0, pct(50.0)),
+                ("b".to_string(), 1, pct(50.0)),
+            ],
+        },
+        steps: vec![Step {
+            weight: Weight::ZERO,
+            pause: Pause::Manual,
+        }],
+        baseline: 0,
+        candidate: 1,
+        skip_rollback: false,
+    };
+    let mut r = Rollout::start(&plan, 0);
+    assert_eq!(r.routing(&plan).weight_of(1), pct(50.0));
+    let err = r.apply(&plan, Command::Promote, "a", "", 0).unwrap_err();
+    assert!(err.to_string().contains("--variant"), "{err}");
+    assert!(
+        r.apply(&plan, Command::PromoteVariant(7), "a", "", 0)
+            .is_err()
+    );
+    r.apply(&plan, Command::PromoteVariant(0), "a", "a wins", 1)
+        .unwrap();
+    assert_eq!((r.phase, r.stable(&plan)), (Phase::Completed, 0));
+    assert_eq!(r.routing(&plan), graylane_rules::Routing::all_to(0));
+    r.apply(&plan, Command::Abort, "a", "", 2).unwrap_err();
+    r.apply(&plan, Command::Rollback, "a", "", 2).unwrap();
+    r.apply(&plan, Command::Retry, "a", "", 3).unwrap();
+    assert_eq!(r.winner, None);
+    assert_eq!(r.routing(&plan).weight_of(1), pct(50.0));
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         Just(Command::Promote),
         Just(Command::PromoteFull),
+        (0usize..4).prop_map(Command::PromoteVariant),
         Just(Command::Pause),
         Just(Command::Resume),
         Just(Command::Abort),
@@ -186,9 +260,13 @@ fn command() -> impl Strategy<Value = Command> {
     ]
 }
 
-fn by_name(name: &str) -> Command {
+/// The command the API name stands for; an experiment's `promote` names its first variant.
+fn by_name(name: &str, plan: &Plan) -> Command {
     match name {
-        "promote" => Command::Promote,
+        "promote" => match &plan.kind {
+            Kind::Experiment { variants } => Command::PromoteVariant(variants[0].1),
+            _ => Command::Promote,
+        },
         "promote_full" => Command::PromoteFull,
         "pause" => Command::Pause,
         "resume" => Command::Resume,
@@ -200,30 +278,71 @@ fn by_name(name: &str) -> Command {
     }
 }
 
+fn any_plan() -> impl Strategy<Value = Plan> {
+    let steps = proptest::collection::vec(
+        (
+            0u32..=100_000,
+            prop_oneof![Just(0u64), Just(1u64), Just(30u64), Just(u64::MAX)],
+        ),
+        1..6,
+    )
+    .prop_map(|steps| {
+        steps
+            .iter()
+            .map(|(w, p)| Step {
+                weight: Weight::from_milli_percent(*w),
+                pause: match *p {
+                    0 => Pause::None,
+                    u64::MAX => Pause::Manual,
+                    s => Pause::For(Duration::from_secs(s)),
+                },
+            })
+            .collect::<Vec<_>>()
+    });
+    let kind = prop_oneof![Just(0u8), Just(1u8), Just(2u8),];
+    (steps, kind, any::<bool>(), 0u32..=100_000).prop_map(|(steps, kind, skip_rollback, split)| {
+        let manual = vec![Step {
+            weight: Weight::ZERO,
+            pause: Pause::Manual,
+        }];
+        let (kind, steps) = match kind {
+            0 => (Kind::Canary, steps),
+            1 => (
+                Kind::BlueGreen {
+                    keep_previous_ms: 60_000,
+                },
+                manual,
+            ),
+            _ => (
+                Kind::Experiment {
+                    variants: vec![
+                        ("a".to_string(), 0, Weight::from_milli_percent(split)),
+                        (
+                            "b".to_string(),
+                            1,
+                            Weight::from_milli_percent(100_000 - split),
+                        ),
+                    ],
+                },
+                manual,
+            ),
+        };
+        Plan {
+            kind,
+            steps,
+            baseline: 0,
+            candidate: 1,
+            skip_rollback,
+        }
+    })
+}
+
 proptest! {
     #[test]
     fn random_command_sequences_keep_the_invariants(
-        steps in proptest::collection::vec(
-            (0u32..=100_000, prop_oneof![Just(0u64), Just(1u64), Just(30u64), Just(u64::MAX)]),
-            1..6,
-        ),
-        skip_rollback in any::<bool>(),
+        plan in any_plan(),
         script in proptest::collection::vec((command(), 0i64..10 * MIN, any::<bool>()), 1..60),
     ) {
-        let plan = Plan {
-            steps: steps
-                .iter()
-                .map(|(w, p)| Step {
-                    weight: Weight::from_milli_percent(*w),
-                    pause: match *p {
-                        0 => Pause::None,
-                        u64::MAX => Pause::Manual,
-                        s => Pause::For(Duration::from_secs(s)),
-                    },
-                })
-                .collect(),
-            skip_rollback,
-        };
         let mut now = 0;
         let mut r = Rollout::start(&plan, now);
         for (cmd, dt, tick) in script {
@@ -237,9 +356,19 @@ proptest! {
                 Err(_) => prop_assert_eq!(&r, &before, "a refused command changed the state"),
             }
             prop_assert!(r.weight <= Weight::FULL);
+            let routing = r.routing(&plan);
+            let total: u32 = routing.shares.iter().map(|s| s.weight.milli_percent()).sum();
+            prop_assert_eq!(total, 100_000, "the shares always cover every bucket");
             match r.phase {
-                Phase::Aborted | Phase::RolledBack => prop_assert_eq!(r.weight, Weight::ZERO),
-                Phase::Completed => prop_assert_eq!(r.weight, Weight::FULL),
+                Phase::Aborted | Phase::RolledBack => {
+                    prop_assert_eq!(r.weight, Weight::ZERO);
+                    prop_assert_eq!(routing.weight_of(plan.baseline), Weight::FULL);
+                    prop_assert_eq!(routing.force_to, None, "a stopped release forces nothing");
+                }
+                Phase::Completed => {
+                    prop_assert_eq!(r.weight, Weight::FULL);
+                    prop_assert_eq!(routing.weight_of(r.stable(&plan)), Weight::FULL);
+                }
                 Phase::Progressing | Phase::Paused if !r.weight_overridden => {
                     prop_assert_eq!(r.weight, plan.steps[r.step].weight)
                 }
@@ -247,11 +376,12 @@ proptest! {
             }
             if cmd == Command::Abort && r.history.len() > before.history.len() {
                 prop_assert_eq!((r.phase, r.weight), (Phase::Aborted, Weight::ZERO));
+                prop_assert_eq!(routing.weight_of(plan.candidate), Weight::ZERO);
             }
             // Every state has a way out: the first allowed command is accepted.
-            let way_out = r.allowed()[0];
+            let way_out = r.allowed(&plan)[0];
             let mut probe = r.clone();
-            prop_assert!(probe.apply(&plan, by_name(way_out), "prop", "", now).is_ok(), "{:?} stuck", r.phase);
+            prop_assert!(probe.apply(&plan, by_name(way_out, &plan), "prop", "", now).is_ok(), "{:?} stuck", r.phase);
         }
     }
 }

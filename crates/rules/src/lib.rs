@@ -53,8 +53,10 @@ mod decision;
 mod describe;
 mod matcher;
 mod request;
+mod routing;
 mod table;
 
 pub use decision::{Decision, KeyUsed, Reason};
 pub use request::RequestView;
+pub use routing::{Routing, Share};
 pub use table::RoutingTable;

@@ -15,6 +15,7 @@ use crate::decision::{Decision, KeyUsed, Reason};
 use crate::describe::describe;
 use crate::matcher::{Matcher, Members};
 use crate::request::{RequestView, with_ip_text};
+use crate::routing::{Routing, Share};
 
 /// The compiled form of a [`Config`]'s services, ready to route requests.
 #[derive(Debug, Clone)]
@@ -38,13 +39,16 @@ struct CompiledService {
 struct CompiledRelease {
     baseline: usize,
     candidate: usize,
+    routing: Routing,
+    /// `routing.shares` as bucket ranges: (end, version), ascending; a bucket belongs to the
+    /// first range whose end is above it.
+    ranges: Box<[(u32, usize)]>,
     force: Box<[Matcher]>,
     /// `force[i]` in words, for explanations.
     force_text: Box<[Box<str>]>,
     bucket_by: KeySpec,
     bucketer: Bucketer,
     sticky_cookie: Option<Box<str>>,
-    weight: Weight,
 }
 
 /// Finds the service for a request without scanning them all: services grouped by their exact
@@ -90,21 +94,51 @@ impl RoutingTable {
         })
     }
 
-    /// The candidate's current weight; zero for a service without a release.
+    /// The candidate's current share; zero for a service without a release.
     pub fn weight(&self, service: usize) -> Weight {
-        self.release(service).map_or(Weight::ZERO, |r| r.weight)
+        self.release(service)
+            .map_or(Weight::ZERO, |r| r.routing.weight_of(r.candidate))
     }
 
-    /// Sets the candidate's weight (the rollout controller's lever); does nothing for a service
-    /// without a release.
+    /// Gives the candidate `weight` and the baseline the rest, force rules on: a canary step.
+    /// Does nothing for a service without a release.
     pub fn set_weight(&mut self, service: usize, weight: Weight) {
+        if let Some(r) = self.release(service) {
+            let routing = Routing {
+                force_to: Some(r.candidate),
+                shares: vec![
+                    Share {
+                        version: r.candidate,
+                        weight,
+                    },
+                    Share {
+                        version: r.baseline,
+                        weight: Weight::from_milli_percent(
+                            Weight::FULL.milli_percent() - weight.milli_percent(),
+                        ),
+                    },
+                ],
+            };
+            self.set_routing(service, routing);
+        }
+    }
+
+    /// Replaces the release's traffic split (the rollout controller's lever). Does nothing for
+    /// a service without a release.
+    pub fn set_routing(&mut self, service: usize, routing: Routing) {
         if let Some(r) = self
             .services
             .get_mut(service)
             .and_then(|s| s.release.as_mut())
         {
-            r.weight = weight;
+            r.ranges = ranges(&routing);
+            r.routing = routing;
         }
+    }
+
+    /// The release's traffic split now; `None` for a service without a release.
+    pub fn routing(&self, service: usize) -> Option<&Routing> {
+        self.release(service).map(|r| &r.routing)
     }
 
     /// Why `req` got `decision`, in one line for people (`graylane eval`). Force rules are
@@ -150,13 +184,32 @@ impl RoutingTable {
                     || "the bucket_by key".to_string(),
                     |r| r.bucket_by.to_string(),
                 );
+                // A canary reads best as bucket-vs-weight; other splits as the range hit.
+                let rule = match release.filter(|r| r.ranges.len() != 2) {
+                    None => format!("{cmp} {threshold} (weight {weight})"),
+                    Some(r) => {
+                        let mut start = 0;
+                        let mut hit = String::from("outside every share");
+                        for &(end, _) in r.ranges.iter() {
+                            if bucket >= start && bucket < end {
+                                hit = format!(
+                                    "in [{start}, {end}) ({} of the traffic)",
+                                    Weight::from_milli_percent(end - start)
+                                );
+                                break;
+                            }
+                            start = end;
+                        }
+                        hit
+                    }
+                };
                 match key {
-                    KeyUsed::Configured => format!(
-                        "bucket {bucket} of {BUCKETS} on {spec} is {cmp} {threshold} (weight {weight}) → {version}"
-                    ),
+                    KeyUsed::Configured => {
+                        format!("bucket {bucket} of {BUCKETS} on {spec} is {rule} → {version}")
+                    }
                     KeyUsed::FallbackIp => format!(
                         "no {spec} in the request; bucketed on the client IP {} instead: \
-                         bucket {bucket} {cmp} {threshold} (weight {weight}) → {version}",
+                         bucket {bucket} {rule} → {version}",
                         req.ip()
                     ),
                 }
@@ -226,8 +279,10 @@ impl CompiledService {
         let Some(rel) = &self.release else {
             return (self.default_version, Reason::NoRelease);
         };
-        if let Some(rule) = rel.force.iter().position(|m| m.matches(req)) {
-            return (rel.candidate, Reason::Forced { rule });
+        if let Some(to) = rel.routing.force_to
+            && let Some(rule) = rel.force.iter().position(|m| m.matches(req))
+        {
+            return (to, Reason::Forced { rule });
         }
         if let Some(v) = self.sticky_version(rel, req) {
             return (v, Reason::Sticky);
@@ -239,12 +294,16 @@ impl CompiledService {
                 KeyUsed::FallbackIp,
             ),
         };
-        let version = if bucket < rel.weight.milli_percent() {
-            rel.candidate
-        } else {
-            rel.baseline
-        };
-        let weight = rel.weight;
+        let version = rel
+            .ranges
+            .iter()
+            .find(|(end, _)| bucket < *end)
+            .map_or(rel.baseline, |&(_, v)| v);
+        let weight = rel
+            .routing
+            .shares
+            .first()
+            .map_or(Weight::ZERO, |s| s.weight);
         (
             version,
             Reason::Bucket {
@@ -255,25 +314,35 @@ impl CompiledService {
         )
     }
 
-    /// The version the sticky cookie names, if it may still be honoured: the baseline until the
-    /// candidate has all the traffic, the candidate while it gets any (weight 0 means it was
-    /// paused or rolled back). A promoted release thus moves every user, cookie or not.
+    /// The version the sticky cookie names, if it may still be honoured: while that version
+    /// has a share of the traffic. A canary's baseline thus keeps its users until the candidate
+    /// has everything, the candidate keeps them while it gets any (zero means it was aborted),
+    /// and a completed or switched release moves every user, cookie or not.
     /// Only the first cookie of that name counts; browsers send the most specific one first.
     fn sticky_version(&self, rel: &CompiledRelease, req: &RequestView<'_>) -> Option<usize> {
         let name = rel.sticky_cookie.as_deref()?;
         let value = req.cookie_values(name).next()?;
         let v = self.version_index(value)?;
-        let eligible = (v == rel.baseline && rel.weight < Weight::FULL)
-            || (v == rel.candidate && rel.weight > Weight::ZERO);
-        eligible.then_some(v)
+        rel.ranges
+            .iter()
+            .scan(0, |start, &(end, version)| {
+                let nonempty = end > *start;
+                *start = end;
+                Some(nonempty && version == v)
+            })
+            .any(|eligible| eligible)
+            .then_some(v)
     }
 }
 
 impl CompiledRelease {
     fn compile(r: &Release, s: &Service, config: &Config, segments: &[Members]) -> CompiledRelease {
+        let routing = Routing::initial(r);
         CompiledRelease {
             baseline: r.baseline,
             candidate: r.candidate,
+            ranges: ranges(&routing),
+            routing,
             force: r
                 .force
                 .iter()
@@ -287,9 +356,20 @@ impl CompiledRelease {
             bucket_by: r.bucket_by.clone(),
             bucketer: Bucketer::new(&s.name, &r.salt),
             sticky_cookie: r.sticky.as_ref().map(|st| st.cookie.as_str().into()),
-            weight: r.initial_weight(),
         }
     }
+}
+
+fn ranges(routing: &Routing) -> Box<[(u32, usize)]> {
+    let mut end = 0;
+    routing
+        .shares
+        .iter()
+        .map(|s| {
+            end += s.weight.milli_percent();
+            (end, s.version)
+        })
+        .collect()
 }
 
 impl ServiceIndex {
