@@ -45,6 +45,16 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     load_str(&text, &shown, &validate::resolve_base_dir(path))
 }
 
+/// Validates `text` as if it were the contents of the file at `path` (a configuration about to
+/// be written there): errors name `path`, relative paths resolve against its folder.
+pub fn load_text_for(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    load_str(
+        text,
+        &path.display().to_string(),
+        &validate::resolve_base_dir(path),
+    )
+}
+
 /// Validates configuration `text`; `file` is only used in error messages.
 pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);

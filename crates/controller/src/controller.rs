@@ -1,0 +1,858 @@
+//! The controller of one environment: its configuration (with revisions) and every release in
+//! it. All changes go through one lock, in this order: check, persist, tell the data plane,
+//! announce. A change the store refuses is not made at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use graylane_config::{Config, Service};
+use graylane_notify::Notifier;
+use graylane_rollout::{Command, Kind, Phase, Plan, Rollout, Transition};
+use graylane_rules::Routing;
+use graylane_store::{NewAuditEntry, NewRevision, RevisionSource, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ControlError;
+use crate::view::{
+    self, AuditView, ReleaseView, RevisionView, audit_view, full_revision_view, release_view,
+    revision_view,
+};
+
+/// Where the controller's decisions take effect: the gateway's routing.
+pub trait DataPlane: Send + Sync {
+    /// A new configuration together with every release's traffic split, in one swap.
+    fn apply(&self, config: Config, routes: &BTreeMap<String, Routing>);
+    /// One release's traffic split.
+    fn set_routing(&self, service: &str, routing: Routing);
+    /// Requests bucketed into `version` of `service` since the gateway started (experiment
+    /// exposures).
+    fn bucketed(&self, service: &str, version: &str) -> u64;
+}
+
+/// What a person (or the analysis) asks of a release, as the API says it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Promote,
+    PromoteFull,
+    /// An experiment's winner, by variant name.
+    PromoteVariant(String),
+    Pause,
+    Resume,
+    Abort,
+    Retry,
+    Rollback,
+    /// A weight in percent, checked here.
+    SetWeight(f64),
+    AnalysisFailed,
+}
+
+/// Who asks, and why.
+#[derive(Debug, Clone)]
+pub struct Actor<'a> {
+    pub name: &'a str,
+    pub reason: &'a str,
+}
+
+/// The outcome of a configuration change (or of trying one with `dry_run`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ApplyOutcome {
+    pub applied: bool,
+    pub valid: bool,
+    /// The revision recorded; none for a dry run or a text identical to the current one.
+    pub revision: Option<RevisionView>,
+    /// Unified diff from the current revision to the proposed text.
+    pub diff: String,
+}
+
+/// How the controller starts.
+pub struct Setup {
+    pub env: String,
+    /// The file the configuration lives in; changes made through the API are written there.
+    pub config_path: PathBuf,
+    pub store: Arc<dyn Store>,
+    pub plane: Arc<dyn DataPlane>,
+    pub notifier: Option<Notifier>,
+    /// The file's text, already validated as `config`.
+    pub yaml: String,
+    pub config: Config,
+    pub now_ms: i64,
+}
+
+pub struct Controller {
+    env: String,
+    config_path: PathBuf,
+    store: Arc<dyn Store>,
+    plane: Arc<dyn DataPlane>,
+    notifier: Option<Notifier>,
+    state: Mutex<State>,
+}
+
+struct State {
+    config: Arc<Config>,
+    yaml: String,
+    revision: u64,
+    releases: BTreeMap<String, Managed>,
+}
+
+struct Managed {
+    identity: String,
+    plan: Plan,
+    rollout: Rollout,
+}
+
+/// A release as stored: versions by name, so a reordered configuration still resumes it.
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    identity: String,
+    rollout: Rollout,
+    winner: Option<String>,
+}
+
+impl Controller {
+    /// Opens the environment: records the file as a revision if it differs from the last one,
+    /// resumes every stored release whose configuration still matches (at the same step,
+    /// weight and remaining pause), starts the new ones, and applies it all to the data plane.
+    pub fn open(setup: Setup) -> Result<Controller, ControlError> {
+        let Setup {
+            env,
+            config_path,
+            store,
+            plane,
+            notifier,
+            yaml,
+            config,
+            now_ms,
+        } = setup;
+        let latest = store.latest_revision(&env)?;
+        let revision = match &latest {
+            Some(rev) if rev.yaml == yaml => rev.n,
+            _ => {
+                let message = if latest.is_some() {
+                    "the file changed while graylane was stopped"
+                } else {
+                    "initial configuration"
+                };
+                let rev = store.add_revision(
+                    &env,
+                    NewRevision {
+                        at_ms: now_ms,
+                        author: "file".to_string(),
+                        message: message.to_string(),
+                        source: RevisionSource::File,
+                        yaml: yaml.clone(),
+                    },
+                )?;
+                store.append_audit(&env, config_audit(&rev.n, "file", message, now_ms))?;
+                rev.n
+            }
+        };
+        let mut stored = BTreeMap::new();
+        for (service, bytes) in store.releases(&env)? {
+            let persisted: Persisted =
+                serde_json::from_slice(&bytes).map_err(|e| ControlError::CorruptState {
+                    service: service.clone(),
+                    detail: e.to_string(),
+                })?;
+            stored.insert(service, persisted);
+        }
+        let controller = Controller {
+            env,
+            config_path,
+            store,
+            plane,
+            notifier,
+            state: Mutex::new(State {
+                config: Arc::new(config.clone()),
+                yaml,
+                revision,
+                releases: BTreeMap::new(),
+            }),
+        };
+        {
+            let mut state = controller.lock();
+            let releases =
+                controller.reconcile(&config, Resume::Stored(stored), "file", now_ms)?;
+            state.releases = releases;
+            controller.plane.apply(config, &routes(&state.releases));
+        }
+        controller.tick(now_ms);
+        Ok(controller)
+    }
+
+    pub fn env(&self) -> &str {
+        &self.env
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.lock().config)
+    }
+
+    /// The current revision's number and text.
+    pub fn current(&self) -> (u64, String) {
+        let state = self.lock();
+        (state.revision, state.yaml.clone())
+    }
+
+    // ----- releases -----
+
+    /// Every release, by service name.
+    pub fn releases(&self, now_ms: i64) -> Vec<ReleaseView> {
+        let state = self.lock();
+        state
+            .releases
+            .iter()
+            .filter_map(|(name, m)| self.view(&state, name, m, now_ms))
+            .collect()
+    }
+
+    pub fn release(&self, service: &str, now_ms: i64) -> Result<ReleaseView, ControlError> {
+        let state = self.lock();
+        let m = find(&state, service)?;
+        self.view(&state, service, m, now_ms)
+            .ok_or_else(|| unknown_service(&state, service))
+    }
+
+    /// Applies `action` to `service`'s release. A refused action changes nothing.
+    pub fn command(
+        &self,
+        service: &str,
+        action: Action,
+        actor: Actor<'_>,
+        now_ms: i64,
+    ) -> Result<ReleaseView, ControlError> {
+        let mut state = self.lock();
+        let m = find(&state, service)?;
+        let command = match &action {
+            Action::Promote => Command::Promote,
+            Action::PromoteFull => Command::PromoteFull,
+            Action::PromoteVariant(name) => {
+                let Kind::Experiment { variants } = &m.plan.kind else {
+                    // Let the state machine say that only experiments have variants.
+                    return Err(m
+                        .rollout
+                        .clone()
+                        .apply(&m.plan, Command::PromoteVariant(usize::MAX), "", "", now_ms)
+                        .err()
+                        .map_or_else(
+                            || unknown_service(&state, service),
+                            ControlError::Command,
+                        ));
+                };
+                let version = variants
+                    .iter()
+                    .find(|(n, _, _)| n == name)
+                    .map(|(_, v, _)| *v)
+                    .ok_or_else(|| ControlError::UnknownVariant {
+                        variant: name.clone(),
+                        variants: variants.iter().map(|(n, _, _)| n.clone()).collect(),
+                    })?;
+                Command::PromoteVariant(version)
+            }
+            Action::Pause => Command::Pause,
+            Action::Resume => Command::Resume,
+            Action::Abort => Command::Abort,
+            Action::Retry => Command::Retry,
+            Action::Rollback => Command::Rollback,
+            Action::SetWeight(percent) => Command::SetWeight(
+                view::parse_weight(*percent).ok_or(ControlError::BadWeight { given: *percent })?,
+            ),
+            Action::AnalysisFailed => Command::AnalysisFailed,
+        };
+        let mut rollout = m.rollout.clone();
+        rollout.apply(&m.plan, command, actor.name, actor.reason, now_ms)?;
+        self.commit(&mut state, service, rollout, 1)?;
+        let m = find(&state, service)?;
+        self.view(&state, service, m, now_ms)
+            .ok_or_else(|| unknown_service(&state, service))
+    }
+
+    /// Lets time pass for every release (timed pauses); returns how many moved.
+    pub fn tick(&self, now_ms: i64) -> usize {
+        let mut state = self.lock();
+        let names: Vec<String> = state.releases.keys().cloned().collect();
+        let mut moved = 0;
+        for name in names {
+            let Some(m) = state.releases.get(&name) else {
+                continue;
+            };
+            let mut rollout = m.rollout.clone();
+            let before = rollout.history.len();
+            if !rollout.tick(&m.plan, now_ms) {
+                continue;
+            }
+            let new = rollout.history.len() - before;
+            match self.commit(&mut state, &name, rollout, new) {
+                Ok(()) => moved += 1,
+                Err(e) => tracing::error!(service = %name, "cannot record a timed step, it will be retried: {e}"),
+            }
+        }
+        moved
+    }
+
+    /// When [`Controller::tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<i64> {
+        let state = self.lock();
+        state
+            .releases
+            .values()
+            .filter_map(|m| m.rollout.next_deadline(&m.plan))
+            .min()
+    }
+
+    // ----- configuration -----
+
+    /// The file changed on disk: validates and applies it as a revision by `file`. Text equal
+    /// to the current revision (such as the API's own write) changes nothing.
+    pub fn file_changed(&self, yaml: String, now_ms: i64) -> Result<Option<u64>, ControlError> {
+        let mut state = self.lock();
+        if yaml == state.yaml {
+            return Ok(None);
+        }
+        let config = graylane_config::load_text_for(&yaml, &self.config_path)
+            .map_err(ControlError::Invalid)?;
+        let n = self.apply_config(
+            &mut state,
+            config,
+            yaml,
+            ("file", "file changed", RevisionSource::File),
+            now_ms,
+        )?;
+        Ok(Some(n))
+    }
+
+    /// A configuration from the API: validated, written to the file, recorded, applied.
+    /// With `dry_run`, only validated and compared.
+    pub fn put_config(
+        &self,
+        yaml: &str,
+        author: &str,
+        message: &str,
+        dry_run: bool,
+        now_ms: i64,
+    ) -> Result<ApplyOutcome, ControlError> {
+        self.propose(yaml, author, message, RevisionSource::Api, dry_run, now_ms)
+    }
+
+    /// Applies revision `n`'s text again, as a new revision.
+    pub fn revert(
+        &self,
+        n: u64,
+        author: &str,
+        dry_run: bool,
+        now_ms: i64,
+    ) -> Result<ApplyOutcome, ControlError> {
+        let rev = self.revision_text(n)?;
+        self.propose(
+            &rev,
+            author,
+            &format!("revert to revision {n}"),
+            RevisionSource::Revert { from: n },
+            dry_run,
+            now_ms,
+        )
+    }
+
+    pub fn revisions(&self) -> Result<Vec<RevisionView>, ControlError> {
+        Ok(self
+            .store
+            .revisions(&self.env)?
+            .iter()
+            .map(revision_view)
+            .collect())
+    }
+
+    pub fn revision(&self, n: u64) -> Result<RevisionView, ControlError> {
+        match self.store.revision(&self.env, n)? {
+            Some(rev) => Ok(full_revision_view(&rev)),
+            None => Err(self.no_such_revision(n)),
+        }
+    }
+
+    /// Unified diff of revision `from`'s text to revision `to`'s.
+    pub fn diff(&self, from: u64, to: u64) -> Result<String, ControlError> {
+        let a = self.revision_text(from)?;
+        let b = self.revision_text(to)?;
+        Ok(unified_diff(
+            &a,
+            &b,
+            &format!("revision {from}"),
+            &format!("revision {to}"),
+        ))
+    }
+
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditView>, ControlError> {
+        Ok(self
+            .store
+            .audit(&self.env, limit)?
+            .iter()
+            .map(audit_view)
+            .collect())
+    }
+
+    // ----- internals -----
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn view(&self, state: &State, name: &str, m: &Managed, now_ms: i64) -> Option<ReleaseView> {
+        let service = state.config.service(name)?;
+        Some(release_view(
+            &self.env,
+            service,
+            &m.plan,
+            &m.rollout,
+            now_ms,
+            |version| self.plane.bucketed(name, version),
+        ))
+    }
+
+    fn revision_text(&self, n: u64) -> Result<String, ControlError> {
+        match self.store.revision(&self.env, n)? {
+            Some(rev) => Ok(rev.yaml),
+            None => Err(self.no_such_revision(n)),
+        }
+    }
+
+    fn no_such_revision(&self, n: u64) -> ControlError {
+        ControlError::NoSuchRevision {
+            n,
+            latest: self.lock().revision,
+        }
+    }
+
+    fn propose(
+        &self,
+        yaml: &str,
+        author: &str,
+        message: &str,
+        source: RevisionSource,
+        dry_run: bool,
+        now_ms: i64,
+    ) -> Result<ApplyOutcome, ControlError> {
+        // Held across the file write, so the file watcher sees the new text only once it is
+        // the current revision, and does not record it a second time.
+        let mut state = self.lock();
+        let config = graylane_config::load_text_for(yaml, &self.config_path)
+            .map_err(ControlError::Invalid)?;
+        let diff = unified_diff(
+            &state.yaml,
+            yaml,
+            &format!("revision {}", state.revision),
+            "proposed",
+        );
+        if dry_run || yaml == state.yaml {
+            return Ok(ApplyOutcome {
+                applied: false,
+                valid: true,
+                revision: None,
+                diff,
+            });
+        }
+        write_atomically(&self.config_path, yaml).map_err(|source| ControlError::Write {
+            path: self.config_path.display().to_string(),
+            source,
+        })?;
+        let n = self.apply_config(
+            &mut state,
+            config,
+            yaml.to_string(),
+            (author, message, source),
+            now_ms,
+        )?;
+        let revision = self.store.revision(&self.env, n)?.map(|r| {
+            let mut v = full_revision_view(&r);
+            v.yaml = None;
+            v
+        });
+        Ok(ApplyOutcome {
+            applied: true,
+            valid: true,
+            revision,
+            diff,
+        })
+    }
+
+    /// Records `yaml` as a revision, reconciles the releases with `config` and applies both.
+    fn apply_config(
+        &self,
+        state: &mut State,
+        config: Config,
+        yaml: String,
+        (author, message, source): (&str, &str, RevisionSource),
+        now_ms: i64,
+    ) -> Result<u64, ControlError> {
+        let releases = self.reconcile(
+            &config,
+            Resume::Running(&state.releases, &state.config),
+            author,
+            now_ms,
+        )?;
+        let rev = self.store.add_revision(
+            &self.env,
+            NewRevision {
+                at_ms: now_ms,
+                author: author.to_string(),
+                message: message.to_string(),
+                source,
+                yaml: yaml.clone(),
+            },
+        )?;
+        self.store
+            .append_audit(&self.env, config_audit(&rev.n, author, message, now_ms))?;
+        self.plane.apply(config.clone(), &routes(&releases));
+        state.releases = releases;
+        state.config = Arc::new(config);
+        state.yaml = yaml;
+        state.revision = rev.n;
+        if let Some(n) = &self.notifier {
+            n.notify(serde_json::json!({
+                "event": "config.applied",
+                "env": self.env,
+                "revision": rev.n,
+                "author": author,
+                "message": message,
+                "at": view::rfc3339(now_ms),
+            }));
+        }
+        Ok(rev.n)
+    }
+
+    /// Matches every release of `config` with what runs (or was stored): the same release
+    /// (same strategy and versions) goes on where it was; a new or changed one starts at step
+    /// 0; one no longer configured is forgotten. New and dropped releases are persisted.
+    fn reconcile<'a>(
+        &self,
+        config: &Config,
+        resume: Resume<'a>,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<BTreeMap<String, Managed>, ControlError> {
+        let mut out = BTreeMap::new();
+        let mut previous: BTreeMap<String, (String, Rollout, Option<String>)> = match &resume {
+            Resume::Stored(stored) => stored
+                .iter()
+                .map(|(k, p)| {
+                    (
+                        k.clone(),
+                        (p.identity.clone(), p.rollout.clone(), p.winner.clone()),
+                    )
+                })
+                .collect(),
+            Resume::Running(running, old) => running
+                .iter()
+                .map(|(k, m)| {
+                    let winner = m.rollout.winner.and_then(|w| {
+                        old.service(k)
+                            .and_then(|s| s.versions.get(w))
+                            .map(|v| v.name.clone())
+                    });
+                    (k.clone(), (m.identity.clone(), m.rollout.clone(), winner))
+                })
+                .collect(),
+        };
+        for service in &config.services {
+                let Some(release) = &service.release else {
+                    continue;
+                };
+                let plan = Plan::from_release(release);
+                let identity = identity(service);
+                match previous.remove(&service.name) {
+                    Some((id, mut rollout, winner)) if id == identity => {
+                        rollout.winner = winner.and_then(|w| service.version_index(&w));
+                        follow_new_steps(&mut rollout, &plan);
+                        out.insert(
+                            service.name.clone(),
+                            Managed {
+                                identity,
+                                plan,
+                                rollout,
+                            },
+                        );
+                    }
+                    _ => {
+                        let mut rollout = Rollout::start(&plan, now_ms);
+                        let reason = format!(
+                            "{} release of {}: {} → {}",
+                            plan.kind.as_str(),
+                            service.name,
+                            service.versions[plan.baseline].name,
+                            service.versions[plan.candidate].name
+                        );
+                        rollout.history.push(Transition {
+                            at_ms: now_ms,
+                            actor: actor.to_string(),
+                            what: "start".to_string(),
+                            reason: reason.clone(),
+                            from: Phase::Progressing,
+                            to: Phase::Progressing,
+                            step: 0,
+                            weight: rollout.weight,
+                        });
+                        let managed = Managed {
+                            identity,
+                            plan,
+                            rollout,
+                        };
+                        self.persist(service, &managed, "start", actor, &reason, now_ms)?;
+                        out.insert(service.name.clone(), managed);
+                    }
+                }
+            }
+        for gone in previous.keys() {
+            self.store.delete_release(
+                &self.env,
+                gone,
+                NewAuditEntry {
+                    at_ms: now_ms,
+                    actor: actor.to_string(),
+                    action: "release.removed".to_string(),
+                    target: gone.clone(),
+                    reason: "no longer in the configuration".to_string(),
+                    detail: serde_json::Value::Null,
+                },
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// Persists `rollout` as `service`'s new state, applies its routing and announces its
+    /// `new` latest transitions.
+    fn commit(
+        &self,
+        state: &mut State,
+        service: &str,
+        rollout: Rollout,
+        new: usize,
+    ) -> Result<(), ControlError> {
+        let config = Arc::clone(&state.config);
+        let svc = config
+            .service(service)
+            .ok_or_else(|| unknown_service(state, service))?;
+        let Some(m) = state.releases.get_mut(service) else {
+            return Err(unknown_service(state, service));
+        };
+        let candidate = Managed {
+            identity: m.identity.clone(),
+            plan: m.plan.clone(),
+            rollout,
+        };
+        let transitions = &candidate.rollout.history[candidate.rollout.history.len() - new..];
+        for (i, t) in transitions.iter().enumerate() {
+            // Each transition is one audit entry; the state is written with the last one.
+            if i + 1 < transitions.len() {
+                self.store.append_audit(
+                    &self.env,
+                    transition_audit(service, t, &candidate, svc),
+                )?;
+            }
+        }
+        if let Some(last) = transitions.last() {
+            self.persist(svc, &candidate, &last.what, &last.actor, &last.reason, last.at_ms)?;
+        }
+        self.plane
+            .set_routing(service, candidate.rollout.routing(&candidate.plan));
+        if let Some(n) = &self.notifier {
+            for t in transitions {
+                n.notify(self.transition_event(service, t, &candidate, svc));
+            }
+        }
+        *m = candidate;
+        Ok(())
+    }
+
+    fn persist(
+        &self,
+        service: &Service,
+        m: &Managed,
+        action: &str,
+        actor: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), ControlError> {
+        let winner = m
+            .rollout
+            .winner
+            .and_then(|w| service.versions.get(w))
+            .map(|v| v.name.clone());
+        let bytes = serde_json::to_vec(&Persisted {
+            identity: m.identity.clone(),
+            rollout: m.rollout.clone(),
+            winner,
+        })
+        .unwrap_or_default();
+        let mut audit = NewAuditEntry {
+            at_ms: now_ms,
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: service.name.clone(),
+            reason: reason.to_string(),
+            detail: serde_json::Value::Null,
+        };
+        if let Some(t) = m.rollout.history.last() {
+            audit.detail = transition_audit(&service.name, t, m, service).detail;
+        }
+        self.store
+            .record_release(&self.env, &service.name, &bytes, audit)?;
+        Ok(())
+    }
+
+    fn transition_event(
+        &self,
+        service: &str,
+        t: &Transition,
+        m: &Managed,
+        svc: &Service,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "event": "release.transition",
+            "env": self.env,
+            "service": service,
+            "action": t.what,
+            "actor": t.actor,
+            "reason": t.reason,
+            "from": t.from.as_str(),
+            "to": t.to.as_str(),
+            "step": t.step,
+            "weights": view::weights_json(&weights(&m.rollout.routing(&m.plan), svc)),
+            "at": view::rfc3339(t.at_ms),
+        })
+    }
+}
+
+/// What a reconcile starts from.
+enum Resume<'a> {
+    /// Releases read from the store at start.
+    Stored(BTreeMap<String, Persisted>),
+    /// The running releases and the configuration they were built for.
+    Running(&'a BTreeMap<String, Managed>, &'a Config),
+}
+
+/// A release is "the same" while its strategy and versions are: a changed candidate is a new
+/// release, changed steps or rules are not.
+fn identity(service: &Service) -> String {
+    let Some(r) = &service.release else {
+        return String::new();
+    };
+    let name = |v: usize| service.versions.get(v).map_or("?", |v| v.name.as_str());
+    let mut id = format!(
+        "{}:{}->{}",
+        r.strategy.as_str(),
+        name(r.baseline),
+        name(r.candidate)
+    );
+    if let graylane_config::Strategy::Experiment { variants } = &r.strategy {
+        for v in variants {
+            id.push_str(&format!(":{}={}", v.name, name(v.version)));
+        }
+    }
+    id
+}
+
+/// Keeps a running release valid when its steps were edited: its step index stays in range
+/// and, unless overridden, its weight is the (new) step's.
+fn follow_new_steps(rollout: &mut Rollout, plan: &Plan) {
+    let last = plan.steps.len().saturating_sub(1);
+    rollout.step = rollout.step.min(last);
+    if matches!(rollout.phase, Phase::Progressing | Phase::Paused)
+        && !rollout.weight_overridden
+        && let Some(step) = plan.steps.get(rollout.step)
+    {
+        rollout.weight = step.weight;
+    }
+}
+
+fn routes(releases: &BTreeMap<String, Managed>) -> BTreeMap<String, Routing> {
+    releases
+        .iter()
+        .map(|(name, m)| (name.clone(), m.rollout.routing(&m.plan)))
+        .collect()
+}
+
+fn weights(routing: &Routing, service: &Service) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for s in &routing.shares {
+        if let Some(v) = service.versions.get(s.version) {
+            *out.entry(v.name.clone()).or_insert(0.0) += s.weight.percent();
+        }
+    }
+    out
+}
+
+fn find<'s>(state: &'s State, service: &str) -> Result<&'s Managed, ControlError> {
+    state
+        .releases
+        .get(service)
+        .ok_or_else(|| unknown_service(state, service))
+}
+
+fn unknown_service(state: &State, service: &str) -> ControlError {
+    ControlError::UnknownService {
+        service: service.to_string(),
+        services: state.releases.keys().cloned().collect(),
+    }
+}
+
+fn transition_audit(service: &str, t: &Transition, m: &Managed, svc: &Service) -> NewAuditEntry {
+    NewAuditEntry {
+        at_ms: t.at_ms,
+        actor: t.actor.clone(),
+        action: t.what.clone(),
+        target: service.to_string(),
+        reason: t.reason.clone(),
+        detail: serde_json::json!({
+            "from": t.from.as_str(),
+            "to": t.to.as_str(),
+            "step": t.step,
+            "weights": view::weights_json(&weights(&m.rollout.routing(&m.plan), svc)),
+        }),
+    }
+}
+
+fn config_audit(revision: &u64, author: &str, message: &str, now_ms: i64) -> NewAuditEntry {
+    NewAuditEntry {
+        at_ms: now_ms,
+        actor: author.to_string(),
+        action: "config.apply".to_string(),
+        target: "config".to_string(),
+        reason: message.to_string(),
+        detail: serde_json::json!({ "revision": revision }),
+    }
+}
+
+/// Unified diff with three lines of context, headed `--- from` / `+++ to`.
+pub fn unified_diff(a: &str, b: &str, from: &str, to: &str) -> String {
+    similar::TextDiff::from_lines(a, b)
+        .unified_diff()
+        .context_radius(3)
+        .header(from, to)
+        .to_string()
+}
+
+/// Writes `text` to `path` so that a reader (or a crash) sees the old file or the new one,
+/// never half of one: a temporary file in the same folder, flushed, then renamed over.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "config".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.graylane-tmp"));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable only once the folder is synced.
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

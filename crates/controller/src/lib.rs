@@ -1,0 +1,23 @@
+//! graylane's release controller: the one place that changes a release or the configuration.
+//!
+//! * [`Controller`] holds one environment: its configuration (every applied text is a
+//!   numbered revision in the [`graylane_store::Store`]) and its releases, each a
+//!   [`graylane_rollout::Rollout`] state machine. Commands, timed steps and configuration
+//!   changes are checked, persisted, handed to the [`DataPlane`] as a routing, and announced to
+//!   webhooks — in that order, so a change the store refuses never reaches traffic, and a
+//!   crash never loses one that did.
+//! * [`view`] turns that state into the admin API's JSON documents.
+//! * [`metrics::ReleaseCollector`] exports every release's state and weights to Prometheus.
+//!
+//! Restarting on the same store resumes every release at the same step and weight; a timed
+//! pause counts wall-clock time, so the time graylane was down counts towards it.
+
+mod controller;
+mod error;
+pub mod metrics;
+pub mod view;
+
+pub use controller::{
+    Action, Actor, ApplyOutcome, Controller, DataPlane, Setup, unified_diff,
+};
+pub use error::ControlError;

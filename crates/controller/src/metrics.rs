@@ -1,0 +1,96 @@
+//! Prometheus metrics of the controller, computed at scrape time from its state:
+//! `graylane_release_weight{service,version}` (percent), `graylane_release_step{service}`,
+//! `graylane_release_state{service,state}` (1 for the current state) and
+//! `graylane_webhook_deliveries_total{result}`.
+
+use std::sync::Arc;
+
+use graylane_notify::Notifier;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::Controller;
+
+/// Reads the controller (and the webhook notifier) on every scrape.
+pub struct ReleaseCollector {
+    pub controller: Arc<Controller>,
+    pub notifier: Option<Notifier>,
+    /// The clock, so pause timers read the same as the API's.
+    pub now_ms: fn() -> i64,
+}
+
+impl std::fmt::Debug for ReleaseCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReleaseCollector")
+    }
+}
+
+const STATES: [&str; 5] = ["progressing", "paused", "completed", "aborted", "rolled_back"];
+
+impl Collector for ReleaseCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let releases = self.controller.releases((self.now_ms)());
+        {
+            let mut weight = encoder.encode_descriptor(
+                "graylane_release_weight",
+                "Percent of a release's bucketed traffic per version",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in &releases {
+                for (version, pct) in &r.weights {
+                    let labels = [("service", r.service.as_str()), ("version", version.as_str())];
+                    ConstGauge::new(*pct).encode(weight.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut step = encoder.encode_descriptor(
+                "graylane_release_step",
+                "Index of a release's current step",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in &releases {
+                let labels = [("service", r.service.as_str())];
+                ConstGauge::new(r.step as i64).encode(step.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut state = encoder.encode_descriptor(
+                "graylane_release_state",
+                "1 for a release's current state, 0 for the others",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in &releases {
+                for s in STATES {
+                    let labels = [("service", r.service.as_str()), ("state", s)];
+                    ConstGauge::new(i64::from(r.state == s))
+                        .encode(state.encode_family(&labels)?)?;
+                }
+            }
+        }
+        if let Some(n) = &self.notifier {
+            let stats = n.stats();
+            let mut deliveries = encoder.encode_descriptor(
+                "graylane_webhook_deliveries",
+                "Webhook events by outcome: delivered, failed (after retries), dropped (queue full)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, count) in [
+                ("delivered", stats.delivered),
+                ("failed", stats.failed),
+                ("dropped", stats.dropped),
+            ] {
+                ConstCounter::new(count)
+                    .encode(deliveries.encode_family(&[("result", result)])?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! What the admin API answers: releases, revisions and audit entries as JSON documents (their
+//! schemas are part of the OpenAPI document). Built from the controller's state on request.
+
+use std::collections::BTreeMap;
+
+use graylane_config::{Pause, Service, Weight};
+use graylane_rollout::{Kind, Plan, Rollout, Transition};
+use graylane_store::{AuditEntry, Revision, RevisionMeta};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// How many of a release's transitions a view shows.
+pub const TRANSITIONS_SHOWN: usize = 50;
+
+/// One release as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReleaseView {
+    pub service: String,
+    pub env: String,
+    /// `canary`, `blue_green` or `experiment`.
+    pub strategy: String,
+    /// `progressing`, `paused`, `completed`, `aborted` or `rolled_back`.
+    pub state: String,
+    /// Index of the current step (from 0).
+    pub step: usize,
+    pub steps: usize,
+    pub baseline: String,
+    pub candidate: String,
+    /// The version that is stable now.
+    pub stable: String,
+    /// Percent of the bucketed traffic per version.
+    pub weights: BTreeMap<String, f64>,
+    pub weight_overridden: bool,
+    /// The current step's pause: `manual`, a duration such as `5m`, or none.
+    pub pause: Option<String>,
+    pub pause_remaining_s: Option<f64>,
+    /// A promoted blue-green release keeps its previous version until then (RFC 3339).
+    pub previous_kept_until: Option<String>,
+    /// The commands that make sense now.
+    pub allowed: Vec<String>,
+    /// Experiments: each variant with its share and how many requests were bucketed into it.
+    pub variants: Vec<VariantView>,
+    /// The most recent transitions, oldest first.
+    pub transitions: Vec<TransitionView>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VariantView {
+    pub name: String,
+    pub version: String,
+    pub weight: f64,
+    pub exposures: u64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TransitionView {
+    /// RFC 3339.
+    pub at: String,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub reason: String,
+    pub from: String,
+    pub to: String,
+    pub step: usize,
+    /// The candidate's weight after the change, in percent.
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RevisionView {
+    pub n: u64,
+    /// RFC 3339.
+    pub at: String,
+    pub at_ms: i64,
+    pub author: String,
+    pub message: String,
+    /// `file`, `api` or `revert`.
+    pub source: String,
+    /// For a revert: the revision whose text it restored.
+    pub reverted_from: Option<u64>,
+    /// The whole YAML; only when one revision is asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yaml: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AuditView {
+    pub seq: u64,
+    /// RFC 3339.
+    pub at: String,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    /// A service name, or `config`.
+    pub target: String,
+    pub reason: String,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// RFC 3339 in UTC with milliseconds; the Unix epoch for a time that cannot be shown.
+pub fn rfc3339(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
+}
+
+pub(crate) fn release_view(
+    env: &str,
+    service: &Service,
+    plan: &Plan,
+    rollout: &Rollout,
+    now_ms: i64,
+    exposures: impl Fn(&str) -> u64,
+) -> ReleaseView {
+    let name = |v: usize| {
+        service
+            .versions
+            .get(v)
+            .map_or_else(|| "?".to_string(), |v| v.name.clone())
+    };
+    let routing = rollout.routing(plan);
+    let mut weights = BTreeMap::new();
+    for share in &routing.shares {
+        *weights.entry(name(share.version)).or_insert(0.0) += share.weight.percent();
+    }
+    let pause = plan.steps.get(rollout.step).and_then(|s| match s.pause {
+        Pause::None => None,
+        Pause::Manual => Some("manual".to_string()),
+        Pause::For(d) => Some(humantime_like(d)),
+    });
+    let variants = match &plan.kind {
+        Kind::Experiment { variants } => variants
+            .iter()
+            .map(|(variant, version, weight)| {
+                let version = name(*version);
+                VariantView {
+                    exposures: exposures(&version),
+                    name: variant.clone(),
+                    version,
+                    weight: weight.percent(),
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let skip = rollout.history.len().saturating_sub(TRANSITIONS_SHOWN);
+    ReleaseView {
+        service: service.name.clone(),
+        env: env.to_string(),
+        strategy: plan.kind.as_str().to_string(),
+        state: rollout.phase.as_str().to_string(),
+        step: rollout.step,
+        steps: plan.steps.len(),
+        baseline: name(plan.baseline),
+        candidate: name(plan.candidate),
+        stable: name(rollout.stable(plan)),
+        weights,
+        weight_overridden: rollout.weight_overridden,
+        pause,
+        pause_remaining_s: rollout
+            .pause_remaining_ms(plan, now_ms)
+            .map(|ms| ms as f64 / 1000.0),
+        previous_kept_until: rollout.previous_until_ms.map(rfc3339),
+        allowed: rollout
+            .allowed(plan)
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        variants,
+        transitions: rollout.history[skip..]
+            .iter()
+            .map(transition_view)
+            .collect(),
+    }
+}
+
+fn transition_view(t: &Transition) -> TransitionView {
+    TransitionView {
+        at: rfc3339(t.at_ms),
+        at_ms: t.at_ms,
+        actor: t.actor.clone(),
+        action: t.what.clone(),
+        reason: t.reason.clone(),
+        from: t.from.as_str().to_string(),
+        to: t.to.as_str().to_string(),
+        step: t.step,
+        weight: t.weight.percent(),
+    }
+}
+
+/// `5m`, `90s`, `1h30m`: how the configuration writes durations.
+fn humantime_like(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
+}
+
+pub(crate) fn revision_view(meta: &RevisionMeta) -> RevisionView {
+    let reverted_from = match meta.source {
+        graylane_store::RevisionSource::Revert { from } => Some(from),
+        _ => None,
+    };
+    RevisionView {
+        n: meta.n,
+        at: rfc3339(meta.at_ms),
+        at_ms: meta.at_ms,
+        author: meta.author.clone(),
+        message: meta.message.clone(),
+        source: meta.source.as_str().to_string(),
+        reverted_from,
+        yaml: None,
+    }
+}
+
+pub(crate) fn full_revision_view(rev: &Revision) -> RevisionView {
+    let mut view = revision_view(&RevisionMeta {
+        n: rev.n,
+        at_ms: rev.at_ms,
+        author: rev.author.clone(),
+        message: rev.message.clone(),
+        source: rev.source.clone(),
+    });
+    view.yaml = Some(rev.yaml.clone());
+    view
+}
+
+pub(crate) fn audit_view(e: &AuditEntry) -> AuditView {
+    AuditView {
+        seq: e.seq,
+        at: rfc3339(e.at_ms),
+        at_ms: e.at_ms,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        target: e.target.clone(),
+        reason: e.reason.clone(),
+        detail: e.detail.clone(),
+    }
+}
+
+/// Percent per version of a weight map, for audit details and webhooks.
+pub(crate) fn weights_json(weights: &BTreeMap<String, f64>) -> serde_json::Value {
+    serde_json::to_value(weights).unwrap_or_default()
+}
+
+/// A weight in percent from the API: 0–100 with at most three decimals.
+pub(crate) fn parse_weight(percent: f64) -> Option<Weight> {
+    if percent.is_finite() {
+        Weight::from_percent(percent)
+    } else {
+        None
+    }
+}
