@@ -1,0 +1,541 @@
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use redb::backends::FileBackend;
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{AuditEntry, NewAuditEntry, NewRevision, Revision, RevisionMeta, Store, StoreError};
+
+/// The database file's name inside the data directory.
+const FILE_NAME: &str = "graylane.redb";
+
+/// The layout of the tables below. Bump it, and teach `open` to migrate or refuse, whenever a
+/// table or a stored value changes shape.
+const SCHEMA_VERSION: u64 = 1;
+const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// Holds the schema version. Its definition must never change, so that every build can read the
+/// version of any file and refuse it cleanly.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Every environment that was ever written to. Nothing is ever removed from an environment
+/// without writing an audit entry to it, so "has any data" never turns false again and a set
+/// kept on write is exact.
+const ENVIRONMENTS: TableDefinition<&str, ()> = TableDefinition::new("environments");
+/// `(env, n)` → JSON [`RevisionMeta`]. The document lives in its own table so that listing the
+/// history does not read every document.
+const REVISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("revisions");
+/// `(env, n)` → the revision's YAML, as UTF-8.
+const REVISION_YAML: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("revision_yaml");
+/// `(env, service)` → the controller's opaque release state.
+const RELEASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("releases");
+/// `(env, seq)` → JSON [`AuditEntry`].
+const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+
+/// redb's page cache limit. The store is control-plane data read at startup and on admin
+/// requests, so it gets a small share of the gateway's memory rather than redb's 1 GiB default.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// The embedded [`Store`]: one redb file, `DIR/graylane.redb`, holding every environment.
+///
+/// It holds an exclusive lock on the file while it is open, so a second `graylane serve` on the
+/// same data directory fails with [`StoreError::Locked`] instead of both writing release state.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens the store in `dir`, creating the directory and an empty store if there is none.
+    ///
+    /// Opening checks every page of an existing file against its checksum, so damage is found
+    /// here, at startup, rather than as a wrong answer later; a file that fails is reported as
+    /// [`StoreError::Corrupt`] and left as it was.
+    pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        // Opened here rather than by redb so that failing to open the file (permissions, a
+        // directory in its place) is told apart from failing to read a database out of it.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let op = Op::new(&path, "opening the database", None);
+        let backend = FileBackend::new(file).map_err(|e| op.open_failed(e.into()))?;
+        // redb trusts a cleanly closed file and may panic on one damaged since; the check turns
+        // that damage into an error. It reads the whole file, which is small here.
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|e| op.open_failed(e.into()))?;
+        let store = RedbStore { db, path };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// Accepts a file at [`SCHEMA_VERSION`], sets up a new one, and refuses anything else.
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let op = Op::new(&self.path, "reading the schema version", None);
+        let txn = self.db.begin_read().or_fail(&op)?;
+        let found = match txn.open_table(META) {
+            Ok(meta) => meta
+                .get(SCHEMA_VERSION_KEY)
+                .or_fail(&op)?
+                .map(|v| v.value()),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(op.fail(e.into())),
+        };
+        match found {
+            Some(SCHEMA_VERSION) => Ok(()),
+            Some(found) => Err(StoreError::SchemaVersion {
+                path: self.path.clone(),
+                found,
+                expected: SCHEMA_VERSION,
+            }),
+            None => {
+                let empty = txn.list_tables().or_fail(&op)?.next().is_none()
+                    && txn.list_multimap_tables().or_fail(&op)?.next().is_none();
+                if !empty {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: "it is a redb database, but not a graylane store: it has tables and no schema version".into(),
+                    });
+                }
+                drop(txn);
+                self.initialize()
+            }
+        }
+    }
+
+    /// Creates every table with the schema version, so later reads can open tables without
+    /// treating a missing one as empty, and so a file always says which layout it has.
+    fn initialize(&self) -> Result<(), StoreError> {
+        let op = Op::new(&self.path, "creating an empty store", None);
+        let txn = self.begin_write(&op)?;
+        txn.open_table(META)
+            .or_fail(&op)?
+            .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
+            .or_fail(&op)?;
+        txn.open_table(ENVIRONMENTS).or_fail(&op)?;
+        txn.open_table(REVISIONS).or_fail(&op)?;
+        txn.open_table(REVISION_YAML).or_fail(&op)?;
+        txn.open_table(RELEASES).or_fail(&op)?;
+        txn.open_table(AUDIT).or_fail(&op)?;
+        txn.commit().or_fail(&op)
+    }
+
+    fn begin_write(&self, op: &Op<'_>) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().or_fail(op)?;
+        // Immediate is redb's default; set anyway, since `kill -9` losing nothing that was
+        // acknowledged rests on it.
+        txn.set_durability(Durability::Immediate).or_fail(op)?;
+        // With one-phase commit, redb cannot tell a commit torn by a crash from a committed
+        // one damaged later, and on open rolls both back to the previous commit. Two-phase
+        // commit (one more fsync) leaves only the second, which the open then reports as
+        // corruption instead of silently dropping an acknowledged write.
+        txn.set_two_phase_commit(true);
+        Ok(txn)
+    }
+
+    /// Runs `body` in one write transaction for `env` and commits it durably; an error from
+    /// `body` drops the transaction, which aborts it, so nothing of it is written.
+    fn write<T>(
+        &self,
+        op: &Op<'_>,
+        env: &str,
+        body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.begin_write(op)?;
+        txn.open_table(ENVIRONMENTS)
+            .or_fail(op)?
+            .insert(env, ())
+            .or_fail(op)?;
+        let out = body(&txn)?;
+        txn.commit().or_fail(op)?;
+        Ok(out)
+    }
+
+    fn read(&self, op: &Op<'_>) -> Result<ReadTransaction, StoreError> {
+        self.db.begin_read().or_fail(op)
+    }
+
+    fn read_revision(
+        &self,
+        op: &Op<'_>,
+        txn: &ReadTransaction,
+        env: &str,
+        n: u64,
+    ) -> Result<Option<Revision>, StoreError> {
+        let Some(meta) = txn
+            .open_table(REVISIONS)
+            .or_fail(op)?
+            .get((env, n))
+            .or_fail(op)?
+        else {
+            return Ok(None);
+        };
+        let meta: RevisionMeta =
+            self.decode("revisions", || format!("({env:?}, {n})"), meta.value())?;
+        let yaml = txn
+            .open_table(REVISION_YAML)
+            .or_fail(op)?
+            .get((env, n))
+            .or_fail(op)?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("revision {n} of environment {env:?} has no document"),
+            })?;
+        let yaml = String::from_utf8(yaml.value().to_vec()).map_err(|e| StoreError::Decode {
+            path: self.path.clone(),
+            table: "revision_yaml",
+            key: format!("({env:?}, {n})"),
+            detail: e.to_string(),
+        })?;
+        Ok(Some(Revision {
+            n: meta.n,
+            at_ms: meta.at_ms,
+            author: meta.author,
+            message: meta.message,
+            source: meta.source,
+            yaml,
+        }))
+    }
+
+    /// Appends `entry` to `env`'s audit log inside `txn`, numbered one past the newest entry.
+    fn append_in(
+        &self,
+        op: &Op<'_>,
+        txn: &WriteTransaction,
+        env: &str,
+        entry: NewAuditEntry,
+    ) -> Result<AuditEntry, StoreError> {
+        let mut audit = txn.open_table(AUDIT).or_fail(op)?;
+        let seq = self.next_number(op, &audit, env, "audit sequence numbers")?;
+        let entry = AuditEntry {
+            seq,
+            at_ms: entry.at_ms,
+            actor: entry.actor,
+            action: entry.action,
+            target: entry.target,
+            reason: entry.reason,
+            detail: entry.detail,
+        };
+        audit
+            .insert((env, seq), encode(op, &entry)?.as_slice())
+            .or_fail(op)?;
+        Ok(entry)
+    }
+
+    /// One past the largest number `env` has in `table` (1 for none): per-environment numbering
+    /// that needs no counter of its own, since the last key is one step from the range's end.
+    fn next_number(
+        &self,
+        op: &Op<'_>,
+        table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+        env: &str,
+        what: &str,
+    ) -> Result<u64, StoreError> {
+        let last = table
+            .range((env, 0)..=(env, u64::MAX))
+            .or_fail(op)?
+            .next_back()
+            .transpose()
+            .or_fail(op)?;
+        match last {
+            None => Ok(1),
+            Some((key, _)) => key
+                .value()
+                .1
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("the {what} of environment {env:?} are exhausted"),
+                }),
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        table: &'static str,
+        key: impl FnOnce() -> String,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+            path: self.path.clone(),
+            table,
+            key: key(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+impl Store for RedbStore {
+    fn add_revision(&self, env: &str, new: NewRevision) -> Result<Revision, StoreError> {
+        let op = Op::new(&self.path, "adding a revision", Some(env));
+        self.write(&op, env, |txn| {
+            let mut metas = txn.open_table(REVISIONS).or_fail(&op)?;
+            let n = self.next_number(&op, &metas, env, "revision numbers")?;
+            let meta = RevisionMeta {
+                n,
+                at_ms: new.at_ms,
+                author: new.author,
+                message: new.message,
+                source: new.source,
+            };
+            metas
+                .insert((env, n), encode(&op, &meta)?.as_slice())
+                .or_fail(&op)?;
+            txn.open_table(REVISION_YAML)
+                .or_fail(&op)?
+                .insert((env, n), new.yaml.as_bytes())
+                .or_fail(&op)?;
+            Ok(Revision {
+                n,
+                at_ms: meta.at_ms,
+                author: meta.author,
+                message: meta.message,
+                source: meta.source,
+                yaml: new.yaml,
+            })
+        })
+    }
+
+    fn revision(&self, env: &str, n: u64) -> Result<Option<Revision>, StoreError> {
+        let op = Op::new(&self.path, "reading a revision", Some(env));
+        let txn = self.read(&op)?;
+        self.read_revision(&op, &txn, env, n)
+    }
+
+    fn latest_revision(&self, env: &str) -> Result<Option<Revision>, StoreError> {
+        let op = Op::new(&self.path, "reading the latest revision", Some(env));
+        let txn = self.read(&op)?;
+        let last = txn
+            .open_table(REVISIONS)
+            .or_fail(&op)?
+            .range((env, 0)..=(env, u64::MAX))
+            .or_fail(&op)?
+            .next_back()
+            .transpose()
+            .or_fail(&op)?
+            .map(|(key, _)| key.value().1);
+        match last {
+            None => Ok(None),
+            Some(n) => self.read_revision(&op, &txn, env, n),
+        }
+    }
+
+    fn revisions(&self, env: &str) -> Result<Vec<RevisionMeta>, StoreError> {
+        let op = Op::new(&self.path, "listing revisions", Some(env));
+        let txn = self.read(&op)?;
+        let table = txn.open_table(REVISIONS).or_fail(&op)?;
+        let mut out = Vec::new();
+        for row in table.range((env, 0)..=(env, u64::MAX)).or_fail(&op)?.rev() {
+            let (key, value) = row.or_fail(&op)?;
+            let n = key.value().1;
+            out.push(self.decode("revisions", || format!("({env:?}, {n})"), value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn releases(&self, env: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let op = Op::new(&self.path, "listing releases", Some(env));
+        let txn = self.read(&op)?;
+        let table = txn.open_table(RELEASES).or_fail(&op)?;
+        let mut out = Vec::new();
+        // "" sorts before every service name, and the environment's keys end where the first
+        // key of another environment starts.
+        for row in table.range((env, "")..).or_fail(&op)? {
+            let (key, value) = row.or_fail(&op)?;
+            let (key_env, service) = key.value();
+            if key_env != env {
+                break;
+            }
+            out.push((service.to_string(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn record_release(
+        &self,
+        env: &str,
+        service: &str,
+        state: &[u8],
+        audit: NewAuditEntry,
+    ) -> Result<AuditEntry, StoreError> {
+        let op = Op::new(&self.path, "recording a release", Some(env));
+        self.write(&op, env, |txn| {
+            txn.open_table(RELEASES)
+                .or_fail(&op)?
+                .insert((env, service), state)
+                .or_fail(&op)?;
+            self.append_in(&op, txn, env, audit)
+        })
+    }
+
+    fn delete_release(
+        &self,
+        env: &str,
+        service: &str,
+        audit: NewAuditEntry,
+    ) -> Result<AuditEntry, StoreError> {
+        let op = Op::new(&self.path, "deleting a release", Some(env));
+        self.write(&op, env, |txn| {
+            txn.open_table(RELEASES)
+                .or_fail(&op)?
+                .remove((env, service))
+                .or_fail(&op)?;
+            self.append_in(&op, txn, env, audit)
+        })
+    }
+
+    fn append_audit(&self, env: &str, entry: NewAuditEntry) -> Result<AuditEntry, StoreError> {
+        let op = Op::new(&self.path, "appending to the audit log", Some(env));
+        self.write(&op, env, |txn| self.append_in(&op, txn, env, entry))
+    }
+
+    fn audit(&self, env: &str, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let op = Op::new(&self.path, "reading the audit log", Some(env));
+        let txn = self.read(&op)?;
+        let table = txn.open_table(AUDIT).or_fail(&op)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((env, 0)..=(env, u64::MAX))
+            .or_fail(&op)?
+            .rev()
+            .take(limit)
+        {
+            let (key, value) = row.or_fail(&op)?;
+            let seq = key.value().1;
+            out.push(self.decode("audit", || format!("({env:?}, {seq})"), value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn environments(&self) -> Result<Vec<String>, StoreError> {
+        let op = Op::new(&self.path, "listing environments", None);
+        let txn = self.read(&op)?;
+        let table = txn.open_table(ENVIRONMENTS).or_fail(&op)?;
+        let mut out = Vec::new();
+        for row in table.iter().or_fail(&op)? {
+            let (key, _) = row.or_fail(&op)?;
+            out.push(key.value().to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// What the store was doing, for the context of an error; formatted only when one happens.
+struct Op<'a> {
+    path: &'a Path,
+    action: &'static str,
+    env: Option<&'a str>,
+}
+
+impl<'a> Op<'a> {
+    fn new(path: &'a Path, action: &'static str, env: Option<&'a str>) -> Self {
+        Op { path, action, env }
+    }
+
+    fn context(&self) -> String {
+        match self.env {
+            Some(env) => format!("{} in environment {env:?}", self.action),
+            None => self.action.to_string(),
+        }
+    }
+
+    fn fail(&self, err: redb::Error) -> StoreError {
+        let path = self.path.to_path_buf();
+        match err {
+            redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
+                StoreError::Locked { path }
+            }
+            redb::Error::Corrupted(detail) => StoreError::Corrupt { path, detail },
+            redb::Error::UpgradeRequired(version) => StoreError::Corrupt {
+                path,
+                detail: format!(
+                    "it is in redb file format {version}, which needs a manual upgrade"
+                ),
+            },
+            // Every table is created with the schema version, so one that is missing or has
+            // other types means the file is not what its version says.
+            err @ (redb::Error::TableDoesNotExist(_)
+            | redb::Error::TableTypeMismatch { .. }
+            | redb::Error::TableIsMultimap(_)
+            | redb::Error::TypeDefinitionChanged { .. }) => StoreError::Corrupt {
+                path,
+                detail: err.to_string(),
+            },
+            redb::Error::Io(source) => StoreError::Io {
+                path,
+                context: self.context(),
+                source,
+            },
+            other => StoreError::Storage {
+                path,
+                context: self.context(),
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// Like [`Op::fail`], for opening: redb reports a file that is not a database at all, or is
+    /// cut short, as an I/O error, which here means damage rather than a failing disk.
+    fn open_failed(&self, err: redb::Error) -> StoreError {
+        match err {
+            redb::Error::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                StoreError::Corrupt {
+                    path: self.path.to_path_buf(),
+                    detail: e.to_string(),
+                }
+            }
+            other => self.fail(other),
+        }
+    }
+}
+
+trait OrFail<T> {
+    fn or_fail(self, op: &Op<'_>) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> OrFail<T> for Result<T, E> {
+    fn or_fail(self, op: &Op<'_>) -> Result<T, StoreError> {
+        self.map_err(|e| op.fail(e.into()))
+    }
+}
+
+fn encode(op: &Op<'_>, value: &impl Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Storage {
+        path: op.path.to_path_buf(),
+        context: format!("encoding a value while {}", op.context()),
+        source: Box::new(e),
+    })
+}
