@@ -3,7 +3,10 @@
 //! * `serve` — the gateway (data plane + admin listener + hot reload), see [`commands::serve`];
 //! * `validate` — check a configuration file and report every error;
 //! * `eval` — show which version a request would get, and why;
-//! * `demo` — built-in upstreams and a sample release, for a first look.
+//! * `demo` — built-in upstreams and a sample release, for a first look;
+//! * `status`, `promote`, `pause`, `resume`, `abort`, `retry`, `rollback`, `set-weight`,
+//!   `history`, `diff`, `revert`, `apply`, `audit` — clients of a running gateway's admin API,
+//!   see [`commands::client`].
 
 mod admin;
 mod commands;
@@ -12,6 +15,7 @@ mod logging;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use commands::client::{audit, releases, revisions};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -35,6 +39,32 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Start two demo upstreams and a gateway with a sample canary release.
     Demo(commands::demo::DemoArgs),
+    /// Show the releases (or one in detail) of a running gateway.
+    Status(releases::StatusArgs),
+    /// Move a release to its next step, or straight to 100% with --full.
+    Promote(releases::PromoteArgs),
+    /// Hold a release at its current step.
+    Pause(releases::CommandArgs),
+    /// Let a paused release go on.
+    Resume(releases::CommandArgs),
+    /// Send all traffic to the stable version at once.
+    Abort(releases::CommandArgs),
+    /// Start an aborted or rolled-back release again from its first step.
+    Retry(releases::CommandArgs),
+    /// Take a completed release back to the previous stable version.
+    Rollback(releases::CommandArgs),
+    /// Set the candidate's weight by hand until the next step.
+    SetWeight(releases::SetWeightArgs),
+    /// List the configuration's revisions, the current one marked `*`.
+    History(revisions::HistoryArgs),
+    /// Show what changed between two revisions.
+    Diff(revisions::DiffArgs),
+    /// Bring back an earlier revision's configuration.
+    Revert(revisions::RevertArgs),
+    /// Send a configuration file to the gateway: validated, written, recorded and applied.
+    Apply(revisions::ApplyArgs),
+    /// Show the audit log: release transitions and configuration changes, newest first.
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +74,19 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Status(args) => releases::status(args),
+        Command::Promote(args) => releases::promote(args),
+        Command::Pause(args) => releases::command(releases::Verb::Pause, args),
+        Command::Resume(args) => releases::command(releases::Verb::Resume, args),
+        Command::Abort(args) => releases::command(releases::Verb::Abort, args),
+        Command::Retry(args) => releases::command(releases::Verb::Retry, args),
+        Command::Rollback(args) => releases::command(releases::Verb::Rollback, args),
+        Command::SetWeight(args) => releases::set_weight(args),
+        Command::History(args) => revisions::history(args),
+        Command::Diff(args) => revisions::diff(args),
+        Command::Revert(args) => revisions::revert(args),
+        Command::Apply(args) => revisions::apply(args),
+        Command::Audit(args) => audit::audit(args),
     };
     match result {
         Ok(code) => code,

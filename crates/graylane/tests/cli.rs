@@ -349,3 +349,72 @@ fn eval_refuses_an_invalid_config_or_request() {
     assert_eq!(out.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("must start with `/`"), "{}", out.stderr);
 }
+
+#[test]
+fn help_lists_the_admin_api_commands() {
+    let out = run(&["--help"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let commands: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+        .collect();
+    for verb in [
+        "status",
+        "promote",
+        "pause",
+        "resume",
+        "abort",
+        "retry",
+        "rollback",
+        "set-weight",
+        "history",
+        "diff",
+        "revert",
+        "apply",
+        "audit",
+    ] {
+        assert!(commands.contains(&verb), "{verb} missing:\n{}", out.stdout);
+    }
+}
+
+#[test]
+fn an_unreachable_admin_api_is_named_with_a_hint() {
+    // Bound by the kernel's choice, then released: nothing listens there.
+    let admin = format!("http://127.0.0.1:{}", free_port());
+    let out = run(&["status", "--admin", &admin]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "graylane: cannot reach the admin API at {admin}: "
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("set --admin or GRAYLANE_ADMIN"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_admin_address_that_is_not_a_url_is_refused() {
+    let out = run(&["history", "--admin", "not a url"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("graylane: `not a url` is not a usable admin API address"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn set_weight_needs_a_number() {
+    let out = run(&["set-weight", "payment", "abc"]);
+    assert_eq!(out.code(), Some(2), "a usage error: {out:?}");
+    assert!(out.stderr.contains("invalid value 'abc'"), "{}", out.stderr);
+    assert!(out.stderr.contains("<WEIGHT>"), "{}", out.stderr);
+}

@@ -1,0 +1,95 @@
+//! `graylane audit`: who did what to which release or configuration, newest first.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::table::{or_dash, render, to_second};
+use super::{AdminArgs, Client};
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// At most this many entries (the server's default when absent).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.admin);
+    let query: Vec<(&str, String)> = args
+        .limit
+        .map(|n| ("limit", n.to_string()))
+        .into_iter()
+        .collect();
+    let answer = client.get("/api/v1/audit", &query)?;
+    client.show(answer, |log: AuditLog| audit_table(&log.entries))
+}
+
+#[derive(Deserialize)]
+struct AuditLog {
+    entries: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    seq: u64,
+    at: String,
+    actor: String,
+    action: String,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn audit_table(entries: &[Entry]) -> String {
+    if entries.is_empty() {
+        return "no audit entries\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                to_second(&e.at),
+                e.actor.clone(),
+                e.action.clone(),
+                or_dash(e.target.as_deref()),
+                e.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    render(&["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "REASON"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn entries_are_one_row_each_newest_first_as_sent() {
+        let log: AuditLog = serde_json::from_value(json!({
+            "env": "default",
+            "entries": [
+                { "seq": 12, "at": "2026-11-22T10:05:00.500Z", "at_ms": 1795341900500_i64,
+                  "actor": "alice", "action": "promote", "target": "payment",
+                  "reason": "looks good", "detail": { "step": 2 } },
+                { "seq": 11, "at": "2026-11-22T10:00:00.000Z", "at_ms": 1795341600000_i64,
+                  "actor": "ci", "action": "config.apply", "target": null, "reason": null,
+                  "detail": {} }
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            audit_table(&log.entries),
+            "SEQ  AT                    ACTOR  ACTION        TARGET   REASON\n\
+             12   2026-11-22T10:05:00Z  alice  promote       payment  looks good\n\
+             11   2026-11-22T10:00:00Z  ci     config.apply  -\n"
+        );
+        assert_eq!(audit_table(&[]), "no audit entries\n");
+    }
+}

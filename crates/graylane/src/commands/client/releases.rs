@@ -1,0 +1,528 @@
+//! `graylane status [SERVICE]` and the release commands (`promote`, `pause`, `resume`,
+//! `abort`, `retry`, `rollback`, `set-weight`).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::table::{or_dash, percent, render, to_second};
+use super::{AdminArgs, Client, segment};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// One service's release in detail: also the commands allowed now and the last
+    /// transitions.
+    pub service: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub struct CommandArgs {
+    /// The service whose release to act on.
+    pub service: String,
+    /// Why; recorded with the transition in the audit log and sent to webhooks.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub command: CommandArgs,
+    /// Go straight to 100% instead of to the next step.
+    #[arg(long)]
+    pub full: bool,
+    /// The winning variant of an experiment.
+    #[arg(long, value_name = "VARIANT")]
+    pub variant: Option<String>,
+}
+
+#[derive(Args)]
+pub struct SetWeightArgs {
+    /// The service whose release to act on.
+    pub service: String,
+    /// The candidate's weight in percent, until the next step (the server checks the range).
+    #[arg(value_parser = finite, allow_negative_numbers = true)]
+    pub weight: f64,
+    /// Why; recorded with the transition in the audit log and sent to webhooks.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// A number, and a real one: JSON has no NaN or infinity, so they could not even be sent.
+fn finite(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(n) if n.is_finite() => Ok(n),
+        Ok(_) => Err("the weight must be a finite number".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The release commands without extras in their body.
+#[derive(Clone, Copy)]
+pub enum Verb {
+    Pause,
+    Resume,
+    Abort,
+    Retry,
+    Rollback,
+}
+
+impl Verb {
+    fn path(self) -> &'static str {
+        match self {
+            Verb::Pause => "pause",
+            Verb::Resume => "resume",
+            Verb::Abort => "abort",
+            Verb::Retry => "retry",
+            Verb::Rollback => "rollback",
+        }
+    }
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.admin);
+    match &args.service {
+        None => {
+            let answer = client.get("/api/v1/releases", &[])?;
+            client.show(answer, |list: ReleaseList| overview(&list.releases))
+        }
+        Some(service) => {
+            let answer = client.get(&format!("/api/v1/releases/{}", segment(service)), &[])?;
+            client.show(answer, |release: Release| detail(&release))
+        }
+    }
+}
+
+pub fn command(verb: Verb, args: CommandArgs) -> anyhow::Result<ExitCode> {
+    send(&args, verb.path(), Map::new())
+}
+
+pub fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let mut extras = Map::new();
+    if args.full {
+        extras.insert("full".into(), json!(true));
+    }
+    if let Some(variant) = args.variant {
+        extras.insert("variant".into(), json!(variant));
+    }
+    send(&args.command, "promote", extras)
+}
+
+pub fn set_weight(args: SetWeightArgs) -> anyhow::Result<ExitCode> {
+    let command = CommandArgs {
+        service: args.service,
+        reason: args.reason,
+        admin: args.admin,
+    };
+    send(
+        &command,
+        "weight",
+        Map::from_iter([("weight".into(), json!(args.weight))]),
+    )
+}
+
+/// `POST /api/v1/releases/{service}/{path}` with the reason and `body`'s fields; the answer
+/// is the release as it is now.
+fn send(args: &CommandArgs, path: &str, mut body: Map<String, Value>) -> anyhow::Result<ExitCode> {
+    if let Some(reason) = &args.reason {
+        body.insert("reason".into(), json!(reason));
+    }
+    let client = Client::new(&args.admin);
+    let answer = client.post(
+        &format!("/api/v1/releases/{}/{path}", segment(&args.service)),
+        &[],
+        Some(&Value::Object(body)),
+    )?;
+    client.show(answer, |release: Release| {
+        format!("{}\n", outcome(&release))
+    })
+}
+
+#[derive(Deserialize)]
+struct ReleaseList {
+    releases: Vec<Release>,
+}
+
+#[derive(Deserialize)]
+struct Release {
+    service: String,
+    strategy: String,
+    state: String,
+    #[serde(default)]
+    step: usize,
+    #[serde(default)]
+    steps: usize,
+    #[serde(default)]
+    baseline: Option<String>,
+    #[serde(default)]
+    candidate: Option<String>,
+    stable: String,
+    #[serde(default)]
+    weights: BTreeMap<String, f64>,
+    #[serde(default)]
+    weight_overridden: bool,
+    #[serde(default)]
+    pause: Option<String>,
+    #[serde(default)]
+    pause_remaining_s: Option<f64>,
+    #[serde(default)]
+    allowed: Vec<String>,
+    #[serde(default)]
+    variants: Vec<Variant>,
+    #[serde(default)]
+    transitions: Vec<Transition>,
+}
+
+#[derive(Deserialize)]
+struct Variant {
+    name: String,
+    version: String,
+    weight: f64,
+    #[serde(default)]
+    exposures: u64,
+}
+
+#[derive(Deserialize)]
+struct Transition {
+    at: String,
+    actor: String,
+    action: String,
+    #[serde(default)]
+    reason: Option<String>,
+    from: String,
+    to: String,
+    #[serde(default)]
+    weight: Option<f64>,
+}
+
+/// How many transitions `status SERVICE` shows; `--json` has all the API keeps.
+const TRANSITIONS_SHOWN: usize = 10;
+
+const OVERVIEW: [&str; 7] = [
+    "SERVICE", "STRATEGY", "STATE", "STEP", "WEIGHTS", "STABLE", "PAUSE",
+];
+
+fn overview(releases: &[Release]) -> String {
+    if releases.is_empty() {
+        return "no releases\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = releases.iter().map(overview_row).collect();
+    render(&OVERVIEW, &rows)
+}
+
+fn overview_row(r: &Release) -> Vec<String> {
+    vec![
+        r.service.clone(),
+        r.strategy.clone(),
+        r.state.clone(),
+        step(r),
+        weights(r),
+        r.stable.clone(),
+        pause(r),
+    ]
+}
+
+fn detail(r: &Release) -> String {
+    let mut out = render(&OVERVIEW, &[overview_row(r)]);
+    if r.weight_overridden {
+        out.push_str("the weight is set by hand until the next step\n");
+    }
+    if !r.variants.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .variants
+            .iter()
+            .map(|v| {
+                vec![
+                    v.name.clone(),
+                    v.version.clone(),
+                    percent(v.weight),
+                    v.exposures.to_string(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&render(
+            &["VARIANT", "VERSION", "WEIGHT", "EXPOSURES"],
+            &rows,
+        ));
+    }
+    out.push('\n');
+    if r.allowed.is_empty() {
+        out.push_str("allowed now: nothing\n");
+    } else {
+        let allowed: Vec<&str> = r.allowed.iter().map(|a| as_typed(a)).collect();
+        out.push_str(&format!("allowed now: {}\n", allowed.join(", ")));
+    }
+    out.push('\n');
+    let total = r.transitions.len();
+    if total == 0 {
+        out.push_str("no transitions yet\n");
+        return out;
+    }
+    let shown = &r.transitions[total.saturating_sub(TRANSITIONS_SHOWN)..];
+    if shown.len() < total {
+        out.push_str(&format!(
+            "last {} of {total} transitions (--json for all):\n",
+            shown.len()
+        ));
+    } else {
+        out.push_str("transitions:\n");
+    }
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|t| {
+            vec![
+                to_second(&t.at),
+                t.actor.clone(),
+                t.action.clone(),
+                format!("{} → {}", t.from, t.to),
+                t.weight.map_or_else(|| "-".to_string(), percent),
+                or_dash(t.reason.as_deref()),
+            ]
+        })
+        .collect();
+    out.push_str(&render(
+        &["AT", "ACTOR", "ACTION", "FROM → TO", "WEIGHT", "REASON"],
+        &rows,
+    ));
+    out
+}
+
+/// An API command name as it is typed on this command line.
+fn as_typed(command: &str) -> &str {
+    match command {
+        "promote_full" => "promote --full",
+        "set_weight" => "set-weight",
+        other => other,
+    }
+}
+
+/// One line after a command: where the release stands now.
+fn outcome(r: &Release) -> String {
+    match r.state.as_str() {
+        "progressing" | "paused" => {
+            let at = if r.steps > 0 {
+                format!(" at step {}", step(r))
+            } else {
+                String::new()
+            };
+            let candidate = r
+                .candidate
+                .as_ref()
+                .and_then(|c| Some((c, r.weights.get(c)?)));
+            let traffic = match candidate {
+                Some((name, weight)) => format!("{name} {}", percent(*weight)),
+                None => weights(r),
+            };
+            let by_hand = if r.weight_overridden {
+                " (set by hand)"
+            } else {
+                ""
+            };
+            format!("{}: {}{at}, {traffic}{by_hand}", r.service, r.state)
+        }
+        _ => format!("{}: {}, all traffic to {}", r.service, r.state, r.stable),
+    }
+}
+
+/// The step as people count (the API's is 0-based); a completed release stays on its last.
+fn step(r: &Release) -> String {
+    if r.steps == 0 {
+        return "-".to_string();
+    }
+    format!("{}/{}", (r.step + 1).min(r.steps), r.steps)
+}
+
+/// Every version's share, the baseline first and the candidate second as people read a
+/// canary, then any others by name.
+fn weights(r: &Release) -> String {
+    let first = [r.baseline.as_deref(), r.candidate.as_deref()];
+    let mut order: Vec<&str> = first
+        .into_iter()
+        .flatten()
+        .filter(|name| r.weights.contains_key(*name))
+        .collect();
+    order.dedup();
+    order.extend(
+        r.weights
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !first.contains(&Some(*name))),
+    );
+    if order.is_empty() {
+        return "-".to_string();
+    }
+    let parts: Vec<String> = order
+        .iter()
+        .map(|name| format!("{name} {}", percent(r.weights[*name])))
+        .collect();
+    parts.join(" · ")
+}
+
+fn pause(r: &Release) -> String {
+    match (r.pause_remaining_s, &r.pause) {
+        (Some(seconds), _) => {
+            let whole = Duration::from_secs(seconds.max(0.0) as u64);
+            format!("{} left", humantime::format_duration(whole))
+        }
+        (None, Some(pause)) => pause.clone(),
+        (None, None) => "-".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment() -> Value {
+        json!({
+            "service": "payment",
+            "env": "default",
+            "strategy": "canary",
+            "state": "paused",
+            "step": 1,
+            "steps": 4,
+            "baseline": "stable",
+            "candidate": "canary",
+            "stable": "stable",
+            "weights": { "stable": 95.0, "canary": 5.0 },
+            "weight_overridden": false,
+            "pause": "5m",
+            "pause_remaining_s": 241.5,
+            "allowed": ["resume", "promote", "promote_full", "abort", "set_weight"],
+            "variants": [],
+            "transitions": [
+                { "at": "2026-11-22T10:00:00.000Z", "at_ms": 1795341600000_i64, "actor": "timer",
+                  "action": "tick", "reason": null, "from": "progressing", "to": "progressing",
+                  "step": 1, "weight": 5.0 },
+                { "at": "2026-11-22T10:01:30.250Z", "at_ms": 1795341690250_i64, "actor": "alice",
+                  "action": "pause", "reason": "checking the error rate", "from": "progressing",
+                  "to": "paused", "step": 1, "weight": 5.0 }
+            ]
+        })
+    }
+
+    fn release(value: Value) -> Release {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn the_overview_has_one_aligned_row_per_release() {
+        let search = json!({
+            "service": "search", "strategy": "blue_green", "state": "completed", "step": 0,
+            "steps": 0, "baseline": "blue", "candidate": "green", "stable": "green",
+            "weights": { "blue": 0.0, "green": 100.0 }, "pause": null
+        });
+        let list: ReleaseList =
+            serde_json::from_value(json!({ "env": "default", "releases": [payment(), search] }))
+                .unwrap();
+        assert_eq!(
+            overview(&list.releases),
+            "SERVICE  STRATEGY    STATE      STEP  WEIGHTS                 STABLE  PAUSE\n\
+             payment  canary      paused     2/4   stable 95% · canary 5%  stable  4m 1s left\n\
+             search   blue_green  completed  -     blue 0% · green 100%    green   -\n"
+        );
+        assert_eq!(overview(&[]), "no releases\n");
+    }
+
+    #[test]
+    fn the_detail_adds_the_allowed_commands_and_the_transitions() {
+        assert_eq!(
+            detail(&release(payment())),
+            "SERVICE  STRATEGY  STATE   STEP  WEIGHTS                 STABLE  PAUSE\n\
+             payment  canary    paused  2/4   stable 95% · canary 5%  stable  4m 1s left\n\
+             \n\
+             allowed now: resume, promote, promote --full, abort, set-weight\n\
+             \n\
+             transitions:\n\
+             AT                    ACTOR  ACTION  FROM → TO                  WEIGHT  REASON\n\
+             2026-11-22T10:00:00Z  timer  tick    progressing → progressing  5%      -\n\
+             2026-11-22T10:01:30Z  alice  pause   progressing → paused       5%      checking the error rate\n"
+        );
+    }
+
+    #[test]
+    fn the_detail_shows_the_last_transitions_and_an_experiments_variants() {
+        let mut value = payment();
+        let one = value["transitions"][0].clone();
+        value["transitions"] = Value::Array(vec![one; 12]);
+        value["strategy"] = json!("experiment");
+        value["variants"] = json!([
+            { "name": "a", "version": "stable", "weight": 50.0, "exposures": 1234 },
+            { "name": "b", "version": "canary", "weight": 50.0, "exposures": 1301 }
+        ]);
+        let text = detail(&release(value));
+        assert!(
+            text.contains(
+                "VARIANT  VERSION  WEIGHT  EXPOSURES\n\
+                 a        stable   50%     1234\n\
+                 b        canary   50%     1301\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("last 10 of 12 transitions (--json for all):\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("timer  tick").count(), 10, "{text}");
+    }
+
+    #[test]
+    fn a_commands_outcome_is_one_line() {
+        let mut value = payment();
+        value["state"] = json!("progressing");
+        assert_eq!(
+            outcome(&release(value.clone())),
+            "payment: progressing at step 2/4, canary 5%"
+        );
+
+        value["weights"] = json!({ "stable": 87.655, "canary": 12.345 });
+        value["weight_overridden"] = json!(true);
+        assert_eq!(
+            outcome(&release(value.clone())),
+            "payment: progressing at step 2/4, canary 12.345% (set by hand)"
+        );
+
+        value["state"] = json!("aborted");
+        assert_eq!(
+            outcome(&release(value.clone())),
+            "payment: aborted, all traffic to stable"
+        );
+
+        value["state"] = json!("completed");
+        value["stable"] = json!("canary");
+        assert_eq!(
+            outcome(&release(value)),
+            "payment: completed, all traffic to canary"
+        );
+    }
+
+    #[test]
+    fn a_manual_or_absent_pause_is_shown_as_such() {
+        let mut value = payment();
+        value["pause_remaining_s"] = Value::Null;
+        value["pause"] = json!("manual");
+        assert_eq!(pause(&release(value.clone())), "manual");
+        value["pause"] = Value::Null;
+        assert_eq!(pause(&release(value)), "-");
+    }
+
+    #[test]
+    fn a_weight_must_be_a_finite_number() {
+        assert_eq!(finite("12.5"), Ok(12.5));
+        assert_eq!(finite("-3"), Ok(-3.0));
+        assert!(finite("abc").is_err());
+        assert!(finite("NaN").is_err());
+        assert!(finite("inf").is_err());
+    }
+}
