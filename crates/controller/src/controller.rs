@@ -171,8 +171,7 @@ impl Controller {
         };
         {
             let mut state = controller.lock();
-            let releases =
-                controller.reconcile(&config, Resume::Stored(stored), "file", now_ms)?;
+            let releases = controller.reconcile(&config, Resume::Stored(stored), "file", now_ms)?;
             state.releases = releases;
             controller.plane.apply(config, &routes(&state.releases));
         }
@@ -235,10 +234,7 @@ impl Controller {
                         .clone()
                         .apply(&m.plan, Command::PromoteVariant(usize::MAX), "", "", now_ms)
                         .err()
-                        .map_or_else(
-                            || unknown_service(&state, service),
-                            ControlError::Command,
-                        ));
+                        .map_or_else(|| unknown_service(&state, service), ControlError::Command));
                 };
                 let version = variants
                     .iter()
@@ -285,7 +281,9 @@ impl Controller {
             let new = rollout.history.len() - before;
             match self.commit(&mut state, &name, rollout, new) {
                 Ok(()) => moved += 1,
-                Err(e) => tracing::error!(service = %name, "cannot record a timed step, it will be retried: {e}"),
+                Err(e) => {
+                    tracing::error!(service = %name, "cannot record a timed step, it will be retried: {e}")
+                }
             }
         }
         moved
@@ -554,53 +552,53 @@ impl Controller {
                 .collect(),
         };
         for service in &config.services {
-                let Some(release) = &service.release else {
-                    continue;
-                };
-                let plan = Plan::from_release(release);
-                let identity = identity(service);
-                match previous.remove(&service.name) {
-                    Some((id, mut rollout, winner)) if id == identity => {
-                        rollout.winner = winner.and_then(|w| service.version_index(&w));
-                        follow_new_steps(&mut rollout, &plan);
-                        out.insert(
-                            service.name.clone(),
-                            Managed {
-                                identity,
-                                plan,
-                                rollout,
-                            },
-                        );
-                    }
-                    _ => {
-                        let mut rollout = Rollout::start(&plan, now_ms);
-                        let reason = format!(
-                            "{} release of {}: {} → {}",
-                            plan.kind.as_str(),
-                            service.name,
-                            service.versions[plan.baseline].name,
-                            service.versions[plan.candidate].name
-                        );
-                        rollout.history.push(Transition {
-                            at_ms: now_ms,
-                            actor: actor.to_string(),
-                            what: "start".to_string(),
-                            reason: reason.clone(),
-                            from: Phase::Progressing,
-                            to: Phase::Progressing,
-                            step: 0,
-                            weight: rollout.weight,
-                        });
-                        let managed = Managed {
+            let Some(release) = &service.release else {
+                continue;
+            };
+            let plan = Plan::from_release(release);
+            let identity = identity(service);
+            match previous.remove(&service.name) {
+                Some((id, mut rollout, winner)) if id == identity => {
+                    rollout.winner = winner.and_then(|w| service.version_index(&w));
+                    follow_new_steps(&mut rollout, &plan);
+                    out.insert(
+                        service.name.clone(),
+                        Managed {
                             identity,
                             plan,
                             rollout,
-                        };
-                        self.persist(service, &managed, "start", actor, &reason, now_ms)?;
-                        out.insert(service.name.clone(), managed);
-                    }
+                        },
+                    );
+                }
+                _ => {
+                    let mut rollout = Rollout::start(&plan, now_ms);
+                    let reason = format!(
+                        "{} release of {}: {} → {}",
+                        plan.kind.as_str(),
+                        service.name,
+                        service.versions[plan.baseline].name,
+                        service.versions[plan.candidate].name
+                    );
+                    rollout.history.push(Transition {
+                        at_ms: now_ms,
+                        actor: actor.to_string(),
+                        what: "start".to_string(),
+                        reason: reason.clone(),
+                        from: Phase::Progressing,
+                        to: Phase::Progressing,
+                        step: 0,
+                        weight: rollout.weight,
+                    });
+                    let managed = Managed {
+                        identity,
+                        plan,
+                        rollout,
+                    };
+                    self.persist(service, &managed, "start", actor, &reason, now_ms)?;
+                    out.insert(service.name.clone(), managed);
                 }
             }
+        }
         for gone in previous.keys() {
             self.store.delete_release(
                 &self.env,
@@ -643,14 +641,19 @@ impl Controller {
         for (i, t) in transitions.iter().enumerate() {
             // Each transition is one audit entry; the state is written with the last one.
             if i + 1 < transitions.len() {
-                self.store.append_audit(
-                    &self.env,
-                    transition_audit(service, t, &candidate, svc),
-                )?;
+                self.store
+                    .append_audit(&self.env, transition_audit(service, t, &candidate, svc))?;
             }
         }
         if let Some(last) = transitions.last() {
-            self.persist(svc, &candidate, &last.what, &last.actor, &last.reason, last.at_ms)?;
+            self.persist(
+                svc,
+                &candidate,
+                &last.what,
+                &last.actor,
+                &last.reason,
+                last.at_ms,
+            )?;
         }
         self.plane
             .set_routing(service, candidate.rollout.routing(&candidate.plan));

@@ -6,12 +6,18 @@ use graylane_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("unknown service `{service}`; services with a release: {}", list(services))]
+    #[error(
+        "unknown service `{service}`; services with a release: {}",
+        list(services)
+    )]
     UnknownService {
         service: String,
         services: Vec<String>,
     },
-    #[error("unknown variant `{variant}`; the experiment's variants: {}", list(variants))]
+    #[error(
+        "unknown variant `{variant}`; the experiment's variants: {}",
+        list(variants)
+    )]
     UnknownVariant {
         variant: String,
         variants: Vec<String>,

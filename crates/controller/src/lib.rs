@@ -17,7 +17,5 @@ mod error;
 pub mod metrics;
 pub mod view;
 
-pub use controller::{
-    Action, Actor, ApplyOutcome, Controller, DataPlane, Setup, unified_diff,
-};
+pub use controller::{Action, Actor, ApplyOutcome, Controller, DataPlane, Setup, unified_diff};
 pub use error::ControlError;

@@ -28,7 +28,13 @@ impl std::fmt::Debug for ReleaseCollector {
     }
 }
 
-const STATES: [&str; 5] = ["progressing", "paused", "completed", "aborted", "rolled_back"];
+const STATES: [&str; 5] = [
+    "progressing",
+    "paused",
+    "completed",
+    "aborted",
+    "rolled_back",
+];
 
 impl Collector for ReleaseCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -42,7 +48,10 @@ impl Collector for ReleaseCollector {
             )?;
             for r in &releases {
                 for (version, pct) in &r.weights {
-                    let labels = [("service", r.service.as_str()), ("version", version.as_str())];
+                    let labels = [
+                        ("service", r.service.as_str()),
+                        ("version", version.as_str()),
+                    ];
                     ConstGauge::new(*pct).encode(weight.encode_family(&labels)?)?;
                 }
             }

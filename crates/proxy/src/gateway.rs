@@ -124,7 +124,7 @@ pub struct Gateway {
     control: Mutex<Control>,
     local_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    workers: Vec<JoinHandle<std::io::Result<()>>>,
+    workers: Mutex<Vec<JoinHandle<std::io::Result<()>>>>,
 }
 
 impl Gateway {
@@ -198,7 +198,7 @@ impl Gateway {
             }),
             local_addrs,
             shutdown,
-            workers: handles,
+            workers: Mutex::new(handles),
         })
     }
 
@@ -332,9 +332,10 @@ impl Gateway {
 
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), and joins
     /// the workers.
-    pub fn shutdown(self) {
+    pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        for handle in self.workers {
+        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in handles {
             match handle.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!("worker stopped with an error: {e}"),

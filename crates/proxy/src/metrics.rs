@@ -149,6 +149,8 @@ type ReloadFamily = Family<[(&'static str, &'static str); 1], Counter>;
 pub struct Metrics {
     workers: usize,
     routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
+    /// Metrics of other parts (the controller's), encoded at scrape time.
+    extra: Mutex<Vec<Arc<dyn Collector>>>,
     reloads: ReloadFamily,
     open_connections: Gauge,
     registry: Registry,
@@ -173,6 +175,7 @@ impl Metrics {
         Arc::new(Metrics {
             workers: workers + 1,
             routes: Mutex::default(),
+            extra: Mutex::default(),
             reloads,
             open_connections,
             registry,
@@ -194,6 +197,28 @@ impl Metrics {
             .clone()
     }
 
+    /// Requests bucketed into `version` of `service` (on the release's key or the client IP):
+    /// an experiment's exposures.
+    pub fn bucketed(&self, service: &str, version: &str) -> u64 {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = routes.get(&(service.to_string(), version.to_string())) else {
+            return 0;
+        };
+        let bucket = Reason::LABELS
+            .iter()
+            .position(|l| *l == "bucket")
+            .unwrap_or(4);
+        r.sum(|s| s.decisions[bucket].load(Relaxed) + s.decisions[FALLBACK_KEY].load(Relaxed))
+    }
+
+    /// Adds metrics that another part computes at scrape time.
+    pub fn add_collector(&self, collector: Arc<dyn Collector>) {
+        self.extra
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(collector);
+    }
+
     pub fn record_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.reloads.get_or_create(&[("result", result)]).inc();
@@ -213,6 +238,9 @@ impl Metrics {
         let routes = RouteCollector(self.routes_snapshot());
         let mut registry = Registry::default();
         registry.register_collector(Box::new(routes));
+        for extra in self.extra.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            registry.register_collector(Box::new(Shared(Arc::clone(extra))));
+        }
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
@@ -223,6 +251,16 @@ impl Metrics {
     fn routes_snapshot(&self) -> Vec<Arc<RouteStats>> {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         routes.values().cloned().collect()
+    }
+}
+
+/// A collector shared with its owner (the registry wants to own a `Box`).
+#[derive(Debug)]
+struct Shared(Arc<dyn Collector>);
+
+impl Collector for Shared {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
     }
 }
 

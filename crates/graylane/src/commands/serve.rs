@@ -1,6 +1,7 @@
 //! `graylane serve`: the gateway, its admin listener, and hot reload (file changes and SIGHUP).
 //! SIGTERM or Ctrl-C drains in-flight requests and exits 0.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,9 +10,15 @@ use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use graylane_config::Config;
+use graylane_controller::metrics::ReleaseCollector;
+use graylane_controller::{ControlError, Controller, DataPlane, Setup};
+use graylane_notify::{Notifier, WebhookTarget};
 use graylane_proxy::{Gateway, GatewayOptions};
+use graylane_rules::Routing;
+use graylane_store::{RedbStore, Store};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::admin::auth::Tokens;
 use crate::admin::{self, AdminState};
 use crate::logging::{self, LogFormat};
 
@@ -20,6 +27,12 @@ pub struct ServeArgs {
     /// The configuration file.
     #[arg(short, long, default_value = "graylane.yaml")]
     pub config: PathBuf,
+    /// Where revisions, release state and the audit log are kept (created if missing).
+    #[arg(long, default_value = "graylane-data")]
+    pub data_dir: PathBuf,
+    /// The environment (e.g. prod, staging): its own revisions and releases in the store.
+    #[arg(long, default_value = "default")]
+    pub env: String,
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -42,9 +55,29 @@ pub fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, &args.log_level);
-    let Some(config) = super::load_or_report(&args.config) else {
-        return Ok(ExitCode::FAILURE);
+    if args.env.is_empty()
+        || !args
+            .env
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        anyhow::bail!(
+            "--env `{}` is not a valid environment name: use letters, digits, `-`, `_` and `.`",
+            args.env
+        );
+    }
+    let yaml = std::fs::read_to_string(&args.config)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.config.display()))?;
+    let config = match graylane_config::load_text_for(&yaml, &args.config) {
+        Ok(config) => config,
+        Err(errors) => {
+            for e in &errors.errors {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
     };
+    let store = RedbStore::open(&args.data_dir)?;
     let mut options = GatewayOptions {
         drain_timeout: args.drain_timeout,
         ..GatewayOptions::default()
@@ -52,21 +85,50 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = args.workers {
         options.workers = w;
     }
-    let source = ConfigSource::File {
+    let source = ConfigSource::File(Managed {
         path: args.config.clone(),
         interval: args.watch_interval,
-    };
+        yaml,
+        store: Arc::new(store),
+        env: args.env,
+    });
     run_gateway(config, options, source)
 }
 
-/// Where reloads come from.
+/// Where the configuration comes from, and whether a controller runs.
 pub enum ConfigSource {
-    File {
-        path: PathBuf,
-        interval: Duration,
-    },
-    /// A configuration built in memory (the demo): nothing to reload.
+    /// A file, watched and reloaded; revisions and releases in a store.
+    File(Managed),
+    /// A configuration built in memory (the demo): nothing to reload, no controller.
     Fixed,
+}
+
+pub struct Managed {
+    pub path: PathBuf,
+    pub interval: Duration,
+    /// The file's text at start.
+    pub yaml: String,
+    pub store: Arc<dyn Store>,
+    pub env: String,
+}
+
+/// The gateway as the controller's data plane.
+struct GatewayPlane(Arc<Gateway>);
+
+impl DataPlane for GatewayPlane {
+    fn apply(&self, config: Config, routes: &BTreeMap<String, Routing>) {
+        self.0.apply_with_routes(config, routes);
+    }
+
+    fn set_routing(&self, service: &str, routing: Routing) {
+        if let Err(e) = self.0.set_routing(service, routing) {
+            tracing::error!("cannot route the release: {e}");
+        }
+    }
+
+    fn bucketed(&self, service: &str, version: &str) -> u64 {
+        self.0.metrics().bucketed(service, version)
+    }
 }
 
 /// Runs a gateway until SIGTERM/SIGINT, then drains it. Shared by `serve` and `demo`.
@@ -75,74 +137,123 @@ pub fn run_gateway(
     options: GatewayOptions,
     source: ConfigSource,
 ) -> anyhow::Result<ExitCode> {
-    let admin_addr = config.admin.as_ref().map(|a| a.bind);
-    let gateway = Arc::new(Gateway::start(config, options.clone())?);
+    let admin = config.admin.clone();
+    let webhooks = config.webhooks.clone();
+    let gateway = Arc::new(Gateway::start(config.clone(), options.clone())?);
     for addr in gateway.local_addrs() {
         tracing::info!(%addr, workers = options.workers, "listening");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let state = Arc::new(AdminState {
-        metrics: Arc::clone(gateway.metrics()),
-        ready: AtomicBool::new(true),
-    });
     let (mut term, mut int) = runtime.block_on(async {
         anyhow::Ok((
             signal(SignalKind::terminate())?,
             signal(SignalKind::interrupt())?,
         ))
     })?;
-    let watcher = runtime.block_on(async {
-        if let Some(addr) = admin_addr {
-            let listener = admin::bind(addr).await?;
-            tracing::info!(%addr, "admin listening");
-            tokio::spawn(admin::serve(listener, Arc::clone(&state)));
+    let (controller, notifier, path) = match source {
+        ConfigSource::Fixed => (None, None, None),
+        ConfigSource::File(m) => runtime.block_on(async {
+            let notifier = (!webhooks.is_empty()).then(|| {
+                Notifier::start(
+                    webhooks
+                        .iter()
+                        .map(|w| WebhookTarget {
+                            url: w.url.clone(),
+                            timeout: w.timeout,
+                            retries: w.retries,
+                            backoff: WebhookTarget::DEFAULT_BACKOFF,
+                        })
+                        .collect(),
+                )
+            });
+            let controller = Controller::open(Setup {
+                env: m.env.clone(),
+                config_path: m.path.clone(),
+                store: m.store,
+                plane: Arc::new(GatewayPlane(Arc::clone(&gateway))),
+                notifier: notifier.clone(),
+                yaml: m.yaml,
+                config,
+                now_ms: now_ms(),
+            })?;
+            tracing::info!(env = %m.env, revision = controller.current().0, "controller ready");
+            anyhow::Ok((
+                Some(Arc::new(controller)),
+                notifier,
+                Some((m.path, m.interval)),
+            ))
+        })?,
+    };
+    if let Some(c) = &controller {
+        gateway.metrics().add_collector(Arc::new(ReleaseCollector {
+            controller: Arc::clone(c),
+            notifier: notifier.clone(),
+            now_ms,
+        }));
+    }
+    let state = Arc::new(AdminState {
+        metrics: Arc::clone(gateway.metrics()),
+        ready: AtomicBool::new(true),
+        controller: controller.clone(),
+        tokens: Tokens::from_env(admin.as_ref().map_or(&[][..], |a| &a.tokens)),
+    });
+    let background = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        if let Some(a) = &admin {
+            let listener = admin::bind(a.bind).await?;
+            tracing::info!(addr = %a.bind, "admin listening");
+            tasks.push(tokio::spawn(admin::serve(listener, Arc::clone(&state))));
         }
-        let watcher = match &source {
-            ConfigSource::File { path, interval } => Some(tokio::spawn(watch_file(
+        if let (Some(c), Some((path, interval))) = (&controller, &path) {
+            tasks.push(tokio::spawn(tick_releases(Arc::clone(c))));
+            tasks.push(tokio::spawn(watch_file(
+                Arc::clone(c),
                 Arc::clone(&gateway),
                 path.clone(),
                 *interval,
-            ))),
-            ConfigSource::Fixed => None,
-        };
+            )));
+        }
         let mut hup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    if let ConfigSource::File { path, .. } = &source {
+                    if let (Some(c), Some((path, _))) = (&controller, &path) {
                         tracing::info!("SIGHUP: reloading {}", path.display());
-                        reload(&gateway, path);
+                        reload(c, &gateway, path).await;
                     }
                 }
             }
         }
-        anyhow::Ok(watcher)
+        anyhow::Ok(tasks)
     })?;
     tracing::info!("shutting down: draining in-flight requests");
     state.ready.store(false, Ordering::Relaxed);
     // Drain with the runtime still running, so the admin listener keeps answering (/readyz is
     // 503 from now on) until the gateway has stopped.
     let drained = runtime.block_on(async move {
-        // The watcher holds a reference to the gateway; stop it so the gateway can be drained.
-        if let Some(watcher) = watcher {
-            watcher.abort();
-            let _ = watcher.await;
-        }
-        let Ok(gateway) = Arc::try_unwrap(gateway) else {
-            tracing::warn!("gateway still referenced at shutdown; exiting without drain");
-            return true;
-        };
-        let drain = tokio::task::spawn_blocking(move || gateway.shutdown());
+        let drain = tokio::task::spawn_blocking({
+            let gateway = Arc::clone(&gateway);
+            move || gateway.shutdown()
+        });
         // A second SIGTERM or Ctrl-C means "stop now", as people expect of a server.
-        tokio::select! {
+        let drained = tokio::select! {
             _ = drain => true,
             _ = term.recv() => false,
             _ = int.recv() => false,
+        };
+        if let Some(n) = &notifier
+            && !n.flush(Duration::from_secs(2)).await
+        {
+            tracing::warn!("some webhook events were not delivered before exit");
         }
+        for task in background {
+            task.abort();
+        }
+        drained
     });
     if !drained {
         tracing::warn!("second signal: exiting without waiting for in-flight requests");
@@ -153,24 +264,69 @@ pub fn run_gateway(
     Ok(ExitCode::SUCCESS)
 }
 
-fn reload(gateway: &Gateway, path: &Path) {
-    match gateway.reload_from(path) {
-        Ok(()) => tracing::info!(
-            generation = gateway.snapshot().generation,
-            "configuration reloaded from {}",
-            path.display()
-        ),
-        Err(errors) => {
+pub fn now_ms() -> i64 {
+    crate::admin::api::now_ms()
+}
+
+/// Moves releases whose timed pause is over. A short period keeps a step's start within a
+/// fraction of a second of its due time without a timer per release.
+async fn tick_releases(controller: Arc<Controller>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let c = Arc::clone(&controller);
+        let _ = tokio::task::spawn_blocking(move || c.tick(now_ms())).await;
+    }
+}
+
+async fn reload(controller: &Arc<Controller>, gateway: &Gateway, path: &Path) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            gateway.metrics().record_reload(false);
+            tracing::error!(
+                "reload rejected, the previous configuration keeps serving: cannot read {}: {e}",
+                path.display()
+            );
+            return;
+        }
+    };
+    let c = Arc::clone(controller);
+    let outcome = tokio::task::spawn_blocking(move || c.file_changed(text, now_ms())).await;
+    match outcome {
+        Ok(Ok(Some(revision))) => {
+            gateway.metrics().record_reload(true);
+            tracing::info!(
+                revision,
+                generation = gateway.snapshot().generation,
+                "configuration reloaded from {}",
+                path.display()
+            );
+        }
+        Ok(Ok(None)) => tracing::info!("{} is unchanged", path.display()),
+        Ok(Err(ControlError::Invalid(errors))) => {
+            gateway.metrics().record_reload(false);
             for e in &errors.errors {
                 tracing::error!("reload rejected, the previous configuration keeps serving: {e}");
             }
         }
+        Ok(Err(e)) => {
+            gateway.metrics().record_reload(false);
+            tracing::error!("reload failed, the previous configuration keeps serving: {e}");
+        }
+        Err(e) => tracing::error!("reload did not finish: {e}"),
     }
 }
 
 /// Reloads when the file's contents change. Polling (rather than inotify) also catches
 /// editors and config-management tools that replace the file by renaming over it.
-async fn watch_file(gateway: Arc<Gateway>, path: PathBuf, interval: Duration) {
+async fn watch_file(
+    controller: Arc<Controller>,
+    gateway: Arc<Gateway>,
+    path: PathBuf,
+    interval: Duration,
+) {
     let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
         let m = std::fs::metadata(p).ok()?;
         Some((m.modified().ok()?, m.len()))
@@ -192,6 +348,6 @@ async fn watch_file(gateway: Arc<Gateway>, path: PathBuf, interval: Duration) {
         }
         last_text = text;
         tracing::info!("{} changed: reloading", path.display());
-        reload(&gateway, &path);
+        reload(&controller, &gateway, &path).await;
     }
 }

@@ -1,0 +1,497 @@
+//! `/api/v1`: releases, configuration revisions and the audit log, as JSON. Each handler is
+//! described for the OpenAPI document by its `#[utoipa::path]`, and [`router`] registers
+//! handlers and document together, so a route cannot exist without its description.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use graylane_controller::view::{AuditView, ReleaseView, RevisionView};
+use graylane_controller::{Action, Actor, ApplyOutcome, ControlError, Controller};
+use http::{HeaderValue, header};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AdminState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "graylane admin API",
+        description = "Releases, configuration revisions and the audit log of one graylane environment. \
+            Every path needs `Authorization: Bearer <token>`: role viewer for GET, operator for release \
+            commands, admin for configuration changes."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The API's routes (relative to the admin listener's root) and their OpenAPI document.
+pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_releases))
+        .routes(routes!(get_release))
+        .routes(routes!(promote))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(abort))
+        .routes(routes!(retry))
+        .routes(routes!(rollback))
+        .routes(routes!(set_weight))
+        .routes(routes!(get_config, put_config))
+        .routes(routes!(list_revisions))
+        .routes(routes!(get_revision))
+        .routes(routes!(diff))
+        .routes(routes!(revert))
+        .routes(routes!(audit))
+        .split_for_parts()
+}
+
+fn controller(state: &AdminState) -> Result<Arc<Controller>, ApiError> {
+    state.controller.clone().ok_or_else(|| {
+        ApiError::unavailable(
+            "this gateway runs without a controller (the demo); start `graylane serve` for the admin API",
+        )
+    })
+}
+
+/// Runs a controller call off the async threads: it may wait for the store's disk writes.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::unavailable(format!(
+            "the call did not finish: {e}"
+        ))),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+// ----- releases -----
+
+#[derive(Serialize, ToSchema)]
+struct ReleaseList {
+    env: String,
+    releases: Vec<ReleaseView>,
+}
+
+/// Every release of this environment.
+#[utoipa::path(get, path = "/api/v1/releases", tag = "releases",
+    responses((status = 200, body = ReleaseList), (status = 401, body = ErrorBody)))]
+async fn list_releases(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<ReleaseList>, ApiError> {
+    let c = controller(&state)?;
+    Ok(Json(ReleaseList {
+        env: c.env().to_string(),
+        releases: c.releases(now_ms()),
+    }))
+}
+
+/// One release: strategy, state, step, weights, pause and recent transitions.
+#[utoipa::path(get, path = "/api/v1/releases/{service}", tag = "releases",
+    params(("service" = String, Path, description = "The service whose release to show")),
+    responses((status = 200, body = ReleaseView), (status = 404, body = ErrorBody)))]
+async fn get_release(
+    State(state): State<Arc<AdminState>>,
+    Path(service): Path<String>,
+) -> Result<Json<ReleaseView>, ApiError> {
+    Ok(Json(controller(&state)?.release(&service, now_ms())?))
+}
+
+/// The optional body of a release command.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CommandBody {
+    /// Why, for the audit log.
+    #[serde(default)]
+    reason: Option<String>,
+    /// `promote`: straight to 100%.
+    #[serde(default)]
+    full: Option<bool>,
+    /// `promote` of an experiment: the winning variant.
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+fn command_body(body: &Bytes) -> Result<CommandBody, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(CommandBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON like {{\"reason\": \"why\"}}: {e}"
+        ))
+    })
+}
+
+async fn run_command(
+    state: Arc<AdminState>,
+    caller: Caller,
+    service: String,
+    action: Action,
+    reason: Option<String>,
+) -> Result<Json<ReleaseView>, ApiError> {
+    let c = controller(&state)?;
+    let view = blocking(move || {
+        c.command(
+            &service,
+            action,
+            Actor {
+                name: &caller.name,
+                reason: reason.as_deref().unwrap_or(""),
+            },
+            now_ms(),
+        )
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+macro_rules! release_command {
+    ($name:ident, $path:literal, $doc:literal, $action:expr) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "releases",
+            params(("service" = String, Path, description = "The service whose release to command")),
+            request_body(content = Option<CommandBody>, content_type = "application/json"),
+            responses(
+                (status = 200, description = "The release after the command", body = ReleaseView),
+                (status = 404, description = "No such release", body = ErrorBody),
+                (status = 409, description = "The command makes no sense now", body = ErrorBody)))]
+        async fn $name(
+            State(state): State<Arc<AdminState>>,
+            Extension(caller): Extension<Caller>,
+            Path(service): Path<String>,
+            body: Bytes,
+        ) -> Result<Json<ReleaseView>, ApiError> {
+            let body = command_body(&body)?;
+            let action: fn(&CommandBody) -> Action = $action;
+            run_command(state, caller, service, action(&body), body.reason.clone()).await
+        }
+    };
+}
+
+release_command!(
+    promote,
+    "/api/v1/releases/{service}/promote",
+    "Next step (canary), switch (blue-green), or the named winner (experiment, `variant`); `full` goes straight to 100%.",
+    |b| match (&b.variant, b.full) {
+        (Some(v), _) => Action::PromoteVariant(v.clone()),
+        (None, Some(true)) => Action::PromoteFull,
+        _ => Action::Promote,
+    }
+);
+release_command!(
+    pause,
+    "/api/v1/releases/{service}/pause",
+    "Hold the release at its step; a timed pause stops counting.",
+    |_| Action::Pause
+);
+release_command!(
+    resume,
+    "/api/v1/releases/{service}/resume",
+    "Go on from where the release was paused.",
+    |_| Action::Resume
+);
+release_command!(
+    abort,
+    "/api/v1/releases/{service}/abort",
+    "All traffic to the stable version at once; force rules off.",
+    |_| Action::Abort
+);
+release_command!(
+    retry,
+    "/api/v1/releases/{service}/retry",
+    "Start an aborted or rolled-back release again from step 0.",
+    |_| Action::Retry
+);
+release_command!(
+    rollback,
+    "/api/v1/releases/{service}/rollback",
+    "Send a completed release back to the previous stable version.",
+    |_| Action::Rollback
+);
+
+/// `{"weight": 12.5, "reason": "..."}`.
+#[derive(Debug, Deserialize, ToSchema)]
+struct WeightBody {
+    /// Percent, 0–100, at most three decimals.
+    weight: serde_json::Value,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Override the candidate's weight until the next step.
+#[utoipa::path(post, path = "/api/v1/releases/{service}/weight", tag = "releases",
+    params(("service" = String, Path, description = "The service whose release to change")),
+    request_body(content = WeightBody, content_type = "application/json"),
+    responses(
+        (status = 200, body = ReleaseView),
+        (status = 400, description = "Weight missing, not a number, or out of range", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn set_weight(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(service): Path<String>,
+    body: Bytes,
+) -> Result<Json<ReleaseView>, ApiError> {
+    let body: WeightBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON like {{\"weight\": 12.5}}: {e}"
+        ))
+    })?;
+    let weight = body.weight.as_f64().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "weight {} is not a number; give a percentage from 0 to 100, e.g. {{\"weight\": 12.5}}",
+            body.weight
+        ))
+    })?;
+    run_command(
+        state,
+        caller,
+        service,
+        Action::SetWeight(weight),
+        body.reason,
+    )
+    .await
+}
+
+// ----- configuration -----
+
+/// The configuration in effect, as YAML; `X-Graylane-Revision` says which revision it is.
+#[utoipa::path(get, path = "/api/v1/config", tag = "config",
+    responses((status = 200, description = "The YAML text", content_type = "text/yaml", body = String)))]
+async fn get_config(State(state): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    let (revision, yaml) = controller(&state)?.current();
+    let mut resp = yaml.into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/yaml; charset=utf-8"),
+    );
+    headers.insert("x-graylane-revision", HeaderValue::from(revision));
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ChangeQuery {
+    /// Validate and show the diff; apply nothing.
+    #[serde(default)]
+    dry_run: bool,
+    /// Recorded with the revision.
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Validate, write to the file, record as a revision and apply (`dry_run`: only validate and
+/// diff). Invalid YAML changes nothing.
+#[utoipa::path(put, path = "/api/v1/config", tag = "config",
+    params(ChangeQuery),
+    request_body(content = String, content_type = "application/yaml"),
+    responses(
+        (status = 200, body = ApplyOutcome),
+        (status = 422, description = "Invalid configuration: every error with its location", body = ErrorBody)))]
+async fn put_config(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<ChangeQuery>,
+    body: Bytes,
+) -> Result<Json<ApplyOutcome>, ApiError> {
+    let c = controller(&state)?;
+    let yaml = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("the configuration must be UTF-8 text"))?;
+    let message = query
+        .message
+        .unwrap_or_else(|| "applied through the admin API".to_string());
+    let outcome =
+        blocking(move || c.put_config(&yaml, &caller.name, &message, query.dry_run, now_ms()))
+            .await?;
+    Ok(Json(outcome))
+}
+
+#[derive(Serialize, ToSchema)]
+struct RevisionList {
+    env: String,
+    /// The revision in effect.
+    current: u64,
+    /// Newest first.
+    revisions: Vec<RevisionView>,
+}
+
+/// Every applied configuration, newest first.
+#[utoipa::path(get, path = "/api/v1/config/revisions", tag = "config",
+    responses((status = 200, body = RevisionList)))]
+async fn list_revisions(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<RevisionList>, ApiError> {
+    let c = controller(&state)?;
+    let current = c.current().0;
+    let env = c.env().to_string();
+    let revisions = blocking(move || c.revisions()).await?;
+    Ok(Json(RevisionList {
+        env,
+        current,
+        revisions,
+    }))
+}
+
+/// One revision with its YAML.
+#[utoipa::path(get, path = "/api/v1/config/revisions/{n}", tag = "config",
+    params(("n" = u64, Path, description = "Revision number")),
+    responses((status = 200, body = RevisionView), (status = 404, body = ErrorBody)))]
+async fn get_revision(
+    State(state): State<Arc<AdminState>>,
+    Path(n): Path<String>,
+) -> Result<Json<RevisionView>, ApiError> {
+    let n = revision_number(&n)?;
+    let c = controller(&state)?;
+    Ok(Json(blocking(move || c.revision(n)).await?))
+}
+
+fn revision_number(text: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::bad_request(format!("`{text}` is not a revision number (1, 2, 3, ...)"))
+    })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DiffQuery {
+    /// The older revision.
+    from: Option<String>,
+    /// The newer revision.
+    to: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct DiffView {
+    from: u64,
+    to: u64,
+    /// Unified diff of the YAML texts.
+    diff: String,
+}
+
+/// Unified diff between two revisions.
+#[utoipa::path(get, path = "/api/v1/config/diff", tag = "config",
+    params(DiffQuery),
+    responses((status = 200, body = DiffView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn diff(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<DiffQuery>,
+) -> Result<Json<DiffView>, ApiError> {
+    let (Some(from), Some(to)) = (&query.from, &query.to) else {
+        return Err(ApiError::bad_request(
+            "give both revisions: /api/v1/config/diff?from=A&to=B",
+        ));
+    };
+    let (from, to) = (revision_number(from)?, revision_number(to)?);
+    let c = controller(&state)?;
+    let diff = blocking(move || c.diff(from, to)).await?;
+    Ok(Json(DiffView { from, to, diff }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DryRunQuery {
+    /// Validate and show the diff; apply nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Apply revision `n`'s text again as a new revision (`dry_run`: only validate and diff).
+#[utoipa::path(post, path = "/api/v1/config/revert/{n}", tag = "config",
+    params(("n" = u64, Path, description = "The revision to go back to"), DryRunQuery),
+    responses((status = 200, body = ApplyOutcome), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn revert(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(n): Path<String>,
+    Query(query): Query<DryRunQuery>,
+) -> Result<Json<ApplyOutcome>, ApiError> {
+    let n = revision_number(&n)?;
+    let c = controller(&state)?;
+    Ok(Json(
+        blocking(move || c.revert(n, &caller.name, query.dry_run, now_ms())).await?,
+    ))
+}
+
+// ----- audit -----
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    /// How many entries (default 100, at most 10000).
+    limit: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct AuditList {
+    env: String,
+    /// Newest first.
+    entries: Vec<AuditView>,
+}
+
+/// Every release transition and configuration change, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody)))]
+async fn audit(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<AuditList>, ApiError> {
+    let limit = match &query.limit {
+        None => 100,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit `{text}` must be a number from 1 to 10000"
+                )));
+            }
+        },
+    };
+    let c = controller(&state)?;
+    let env = c.env().to_string();
+    let entries = blocking(move || c.audit(limit)).await?;
+    Ok(Json(AuditList { env, entries }))
+}
+
+/// The answer to a path under `/api/v1` that does not exist.
+pub async fn not_found(uri: http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no such API path: {}; the paths are listed in /api/v1/openapi.json",
+        uri.path()
+    ))
+}

@@ -1,0 +1,141 @@
+//! The admin API's error body: `{"error": "<sentence>", "code": "<kind>", ...}` with the
+//! status that goes with the kind (see docs/admin-api.md).
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use graylane_config::Role;
+use graylane_controller::ControlError;
+use graylane_rollout::CommandError;
+use http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::auth::Caller;
+
+/// What every failed call answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and what would work, in one sentence.
+    pub error: String,
+    /// `unauthorized`, `forbidden`, `not_found`, `unknown_service`, `not_allowed`,
+    /// `bad_request`, `invalid_config`, `store`, `write_failed` or `unavailable`.
+    pub code: &'static str,
+    /// `forbidden`/`unauthorized`: the role the call needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_role: Option<&'static str>,
+    /// `unknown_service`: the services that have a release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
+    /// `not_allowed`: the commands that make sense now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<String>>,
+    /// `invalid_config`: every problem, as `file:line:col: key: reason`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    /// Boxed: errors travel in `Result`s through every handler.
+    body: Box<ErrorBody>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: Box::new(ErrorBody {
+                error: error.into(),
+                code,
+                required_role: None,
+                services: None,
+                allowed: None,
+                errors: None,
+            }),
+        }
+    }
+
+    pub fn bad_request(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", error)
+    }
+
+    pub fn not_found(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", error)
+    }
+
+    pub fn unavailable(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error)
+    }
+
+    pub fn unauthorized(why: &str, needed: Role) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!(
+                "{why}; this call needs a token with role {}",
+                needed.as_str()
+            ),
+        );
+        e.body.required_role = Some(needed.as_str());
+        e
+    }
+
+    pub fn forbidden(caller: &Caller, needed: Role) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token `{}` has role {}; this call needs role {}",
+                caller.name,
+                caller.role.as_str(),
+                needed.as_str()
+            ),
+        );
+        e.body.required_role = Some(needed.as_str());
+        e
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        let text = e.to_string();
+        match e {
+            ControlError::UnknownService { services, .. } => {
+                let mut api = ApiError::new(StatusCode::NOT_FOUND, "unknown_service", text);
+                api.body.services = Some(services);
+                api
+            }
+            ControlError::UnknownVariant { .. } | ControlError::BadWeight { .. } => {
+                ApiError::bad_request(text)
+            }
+            ControlError::Command(CommandError::NotAllowed { allowed, .. }) => {
+                let mut api = ApiError::new(StatusCode::CONFLICT, "not_allowed", text);
+                api.body.allowed = Some(allowed.split(", ").map(str::to_string).collect());
+                api
+            }
+            ControlError::Command(CommandError::NotForStrategy { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "not_allowed", text)
+            }
+            ControlError::NoSuchRevision { .. } => ApiError::not_found(text),
+            ControlError::Invalid(errors) => {
+                let mut api =
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", text);
+                api.body.errors = Some(errors.errors.iter().map(|e| e.to_string()).collect());
+                api
+            }
+            ControlError::Write { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", text)
+            }
+            ControlError::Store(_) | ControlError::CorruptState { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", text)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
