@@ -29,6 +29,7 @@ services:
       bucket_by: "header:X-User-Id"
       steps:
         - weight: {weight}
+          pause: manual
 "#;
 
 /// A gateway process on free ports in front of two test upstreams.

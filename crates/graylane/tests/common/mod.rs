@@ -122,11 +122,19 @@ pub struct Graylane {
 
 impl Graylane {
     pub fn spawn_in(dir: &Path, args: &[&str]) -> Graylane {
+        Graylane::spawn_with_env(dir, args, &[])
+    }
+
+    /// Runs in `dir` (so the default `graylane-data` store lands there) with extra
+    /// environment variables (admin tokens).
+    pub fn spawn_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Graylane {
         let n = unique();
         let out = dir.join(format!("stdout-{n}.txt"));
         let err = dir.join(format!("stderr-{n}.txt"));
         let child = Command::new(BIN)
             .args(args)
+            .current_dir(dir)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
@@ -364,6 +372,29 @@ pub async fn try_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Reply, String> {
+    try_request(addr, http::Method::GET, path, headers, Bytes::new()).await
+}
+
+/// Any request with a body, on a new connection, bounded by [`REQUEST_TIMEOUT`].
+pub async fn request(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    try_request(addr, method, path, headers, body.into())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub async fn try_request(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
     let exchange = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -374,18 +405,21 @@ pub async fn try_get(
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::get(path).header(header::HOST, addr.to_string());
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(header::HOST, addr.to_string());
         for (k, v) in headers {
             req = req.header(
                 HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let req = req.body(Full::new(body)).unwrap();
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
+            .map_err(|e| format!("{method} {path}: {e}"))?;
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
@@ -400,7 +434,7 @@ pub async fn try_get(
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .map_err(|_| format!("GET {path} via {addr}: no answer within {REQUEST_TIMEOUT:?}"))?
+        .map_err(|_| format!("{method} {path} via {addr}: no answer within {REQUEST_TIMEOUT:?}"))?
 }
 
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
