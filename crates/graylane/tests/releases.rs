@@ -845,6 +845,78 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn a_release_keeps_its_place_through_edits_and_starts_over_for_a_new_candidate() {
+    let s = serve("identity", "").await;
+    s.command("payment", "promote", json!({})).await;
+    s.command("payment", "pause", json!({})).await;
+    let original = std::fs::read_to_string(&s.file).unwrap();
+
+    // Editing the steps keeps the release where it is.
+    let edited = original.replace("weight: 20", "weight: 25");
+    write_atomic(&s.file, &edited);
+    let r = eventually("the edited weight", || async {
+        let r = s.release("payment").await;
+        (weight(&r, "canary") == 25.0).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        (r["state"].as_str(), r["step"].as_u64()),
+        (Some("paused"), Some(1))
+    );
+
+    // A new candidate is a new release, from step 0; a removed release is forgotten.
+    let canary = s.release("payment").await;
+    let endpoint = original
+        .lines()
+        .find(|l| l.contains("canary: { endpoints:"))
+        .unwrap()
+        .to_string();
+    let new_candidate = edited
+        .replace(
+            &endpoint,
+            &format!("{endpoint}\n{}", endpoint.replace("canary:", "canary2:")),
+        )
+        .replace("candidate: canary", "candidate: canary2");
+    let without_web = {
+        let start = new_candidate.find("  - name: web").unwrap();
+        let end = new_candidate.find("  - name: search").unwrap();
+        format!("{}{}", &new_candidate[..start], &new_candidate[end..])
+    };
+    write_atomic(&s.file, &without_web);
+    let r = eventually("the new release", || async {
+        let r = s.release("payment").await;
+        (r["candidate"] == "canary2").then_some(r)
+    })
+    .await;
+    assert_eq!(
+        (r["state"].as_str(), r["step"].as_u64()),
+        (Some("progressing"), Some(0))
+    );
+    let first = &r["transitions"][0];
+    assert_eq!(
+        (first["action"].as_str(), first["actor"].as_str()),
+        (Some("start"), Some("file"))
+    );
+    assert_ne!(r["transitions"], canary["transitions"]);
+    let web = s
+        .call(Method::GET, "/api/v1/releases/web", VIEWER, "")
+        .await;
+    assert_eq!(web.status, StatusCode::NOT_FOUND);
+    let list = s
+        .call(Method::GET, "/api/v1/releases", VIEWER, "")
+        .await
+        .json();
+    let names: Vec<&str> = list["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["payment", "search"]);
+    s.stop().await;
+}
+
 /// A local HTTP server that records the JSON bodies posted to it.
 struct Receiver {
     addr: SocketAddr,

@@ -54,7 +54,8 @@ pub struct Plan {
     pub baseline: usize,
     /// The version being tried (blue-green: `preview`).
     pub candidate: usize,
-    /// A failed analysis pauses the release instead of aborting it.
+    /// A failed analysis pauses the release instead of aborting it (`skip_rollback: true`, or
+    /// `analysis.on_failure: pause`).
     pub skip_rollback: bool,
 }
 
@@ -111,7 +112,11 @@ impl Plan {
             steps,
             baseline: release.baseline,
             candidate: release.candidate,
-            skip_rollback: release.skip_rollback,
+            skip_rollback: release.skip_rollback
+                || release
+                    .analysis
+                    .as_ref()
+                    .is_some_and(|a| a.on_failure == graylane_config::OnFailure::Pause),
         }
     }
 

@@ -173,6 +173,35 @@ fn a_command_that_makes_no_sense_changes_nothing_and_says_what_would() {
 }
 
 #[test]
+fn no_command_sends_traffic_back_to_a_version_that_failed() {
+    let plan = plan();
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::Promote, "a", "", 0).unwrap();
+    r.apply(&plan, Command::Abort, "a", "candidate failed", 1)
+        .unwrap();
+    // Aborted: the candidate failed. Nothing but a deliberate retry gives it traffic again.
+    for cmd in [
+        Command::Rollback,
+        Command::Promote,
+        Command::PromoteFull,
+        Command::Resume,
+        Command::SetWeight(pct(50.0)),
+    ] {
+        assert!(r.apply(&plan, cmd, "a", "", 2).is_err(), "{cmd:?}");
+        assert_eq!(r.routing(&plan).weight_of(plan.candidate), Weight::ZERO);
+    }
+    // Completed then rolled back: back on the previous stable, and a second rollback is refused
+    // rather than flipping to the rolled-back candidate.
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::PromoteFull, "a", "", 0).unwrap();
+    r.apply(&plan, Command::Rollback, "a", "regression", 1)
+        .unwrap();
+    assert_eq!(r.routing(&plan).weight_of(plan.baseline), Weight::FULL);
+    assert!(r.apply(&plan, Command::Rollback, "a", "", 2).is_err());
+    assert_eq!(r.stable(&plan), plan.baseline);
+}
+
+#[test]
 fn blue_green_switches_everything_at_once_and_back() {
     let plan = Plan {
         kind: Kind::BlueGreen {
