@@ -917,6 +917,125 @@ async fn a_release_keeps_its_place_through_edits_and_starts_over_for_a_new_candi
     s.stop().await;
 }
 
+/// The CLI runs in its own blocking process; this keeps the async test's thread free.
+async fn cli(args: &[&str], token: &str) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let token = token.to_string();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_with_env(&args, &[("GRAYLANE_TOKEN", token.as_str())])
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_drives_releases_and_says_what_is_wrong() {
+    let s = serve("cli", "").await;
+    let admin = format!("http://{}", s.admin);
+    let a = admin.as_str();
+
+    let out = cli(&["status", "--admin", a], VIEWER).await;
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    for (service, strategy) in [
+        ("payment", "canary"),
+        ("web", "blue_green"),
+        ("search", "experiment"),
+    ] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(service))
+            .unwrap_or_else(|| panic!("{}", out.stdout));
+        assert!(line.contains(strategy), "{line}");
+    }
+
+    let out = cli(
+        &["promote", "payment", "--admin", a, "--reason", "looks good"],
+        OPERATOR,
+    )
+    .await;
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("canary 20%"), "{}", out.stdout);
+    let out = cli(&["set-weight", "payment", "12.5", "--admin", a], OPERATOR).await;
+    assert!(out.stdout.contains("12.5%"), "{out:?}");
+    let out = cli(&["status", "payment", "--admin", a, "--json"], VIEWER).await;
+    let json: Value = serde_json::from_str(&out.stdout).expect("--json prints the server's JSON");
+    assert_eq!(json["weights"]["canary"], 12.5);
+
+    // What is wrong, said plainly: unknown service, wrong state, missing or weak token.
+    let out = cli(&["promote", "nope", "--admin", a], OPERATOR).await;
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr.contains("payment, search, web"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&["resume", "payment", "--admin", a], OPERATOR).await;
+    assert_eq!(out.code(), Some(1));
+    assert!(out.stderr.contains("allowed now"), "{}", out.stderr);
+    let out = cli(&["abort", "payment", "--admin", a], VIEWER).await;
+    assert_eq!(out.code(), Some(1));
+    assert!(out.stderr.contains("operator"), "{}", out.stderr);
+    let out = cli(&["status", "--admin", a], "").await;
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr.contains("GRAYLANE_TOKEN") && out.stderr.contains("viewer"),
+        "{}",
+        out.stderr
+    );
+
+    // Revisions from the CLI: apply, history, diff, revert with and without --dry-run.
+    let edited = std::fs::read_to_string(&s.file)
+        .unwrap()
+        .replace("pause: 1s", "pause: 2s");
+    let proposal = s.dir.join("proposal.yaml");
+    std::fs::write(&proposal, &edited).unwrap();
+    let out = cli(
+        &[
+            "apply",
+            proposal.to_str().unwrap(),
+            "--admin",
+            a,
+            "--message",
+            "slower",
+        ],
+        ADMIN,
+    )
+    .await;
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let out = cli(&["history", "--admin", a], VIEWER).await;
+    let current = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with('*'))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        current.contains("ada") && current.contains("slower"),
+        "{current}"
+    );
+    let out = cli(&["diff", "1", "2", "--admin", a], VIEWER).await;
+    assert!(
+        out.stdout.contains("+          pause: 2s"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&["revert", "1", "--dry-run", "--admin", a], ADMIN).await;
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("nothing applied"), "{}", out.stdout);
+    assert_eq!(std::fs::read_to_string(&s.file).unwrap(), edited);
+    let out = cli(&["revert", "1", "--admin", a], ADMIN).await;
+    assert!(out.stdout.contains("revision 3"), "{out:?}");
+    let out = cli(&["audit", "--admin", a, "--limit", "3"], VIEWER).await;
+    assert_eq!(
+        out.stdout.lines().count(),
+        4,
+        "a header and 3 entries: {}",
+        out.stdout
+    );
+    s.stop().await;
+}
+
 /// A local HTTP server that records the JSON bodies posted to it.
 struct Receiver {
     addr: SocketAddr,

@@ -94,8 +94,13 @@ impl Output {
 
 /// Runs `graylane ARGS` to completion (killed after [`COMMAND_DEADLINE`]).
 pub fn run(args: &[&str]) -> Output {
+    run_with_env(args, &[])
+}
+
+/// [`run`] with extra environment variables (such as `GRAYLANE_TOKEN`).
+pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = temp_dir(&format!("run-{}", unique()));
-    let mut p = Graylane::spawn_in(&dir, args);
+    let mut p = Graylane::spawn_with_env(&dir, args, env);
     let status = p.wait_exit(COMMAND_DEADLINE);
     let out = Output {
         status,
