@@ -8,14 +8,15 @@ pub enum StoreError {
     /// The data directory or the database file cannot be created or opened (permissions, a
     /// path component that is a file, a read-only filesystem).
     #[error(
-        "cannot open the store at {}: {source}; check that the directory can be created and that this user may read and write it (or pass another --data-dir)",
+        "cannot open the store at {}: {cause}; check that the directory can be created and that this user may read and write it (or pass another --data-dir)",
         path.display()
     )]
     Open {
         /// The directory or file that could not be opened.
         path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
+        /// What the operating system said (in the message, not as the error's source, so it is
+        /// printed once).
+        cause: std::io::Error,
     },
 
     /// The file is not a graylane store or fails redb's integrity checks. It is left untouched:
@@ -59,7 +60,7 @@ pub enum StoreError {
 
     /// Reading or writing the database file failed at the operating-system level.
     #[error(
-        "I/O error on {} while {context}: {source}; check the disk (free space, errors in the kernel log) and retry",
+        "I/O error on {} while {context}: {cause}; check the disk (free space, errors in the kernel log) and retry",
         path.display()
     )]
     Io {
@@ -67,13 +68,14 @@ pub enum StoreError {
         path: PathBuf,
         /// What the store was doing.
         context: String,
-        /// What the operating system said.
-        source: std::io::Error,
+        /// What the operating system said (in the message, not as the error's source, so it is
+        /// printed once).
+        cause: std::io::Error,
     },
 
     /// The storage engine failed in some other way than I/O or a damaged file.
     #[error(
-        "storage error on {} while {context}: {source}; retry, and restart graylane if it persists",
+        "storage error on {} while {context}: {cause}; retry, and restart graylane if it persists",
         path.display()
     )]
     Storage {
@@ -82,7 +84,7 @@ pub enum StoreError {
         /// What the store was doing.
         context: String,
         /// The engine's error.
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// A stored value did not deserialize: the file passed its checksums, so it was written by

@@ -66,9 +66,18 @@ impl RedbStore {
     /// here, at startup, rather than as a wrong answer later; a file that fails is reported as
     /// [`StoreError::Corrupt`] and left as it was.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::Open {
+                path: dir.to_path_buf(),
+                cause: std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "it is a file, not a directory",
+                ),
+            });
+        }
         fs::create_dir_all(dir).map_err(|source| StoreError::Open {
             path: dir.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let path = dir.join(FILE_NAME);
         // Opened here rather than by redb so that failing to open the file (permissions, a
@@ -81,7 +90,7 @@ impl RedbStore {
             .open(&path)
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
         let op = Op::new(&path, "opening the database", None);
         let backend = FileBackend::new(file).map_err(|e| op.open_failed(e.into()))?;
@@ -492,12 +501,12 @@ impl<'a> Op<'a> {
             redb::Error::Io(source) => StoreError::Io {
                 path,
                 context: self.context(),
-                source,
+                cause: source,
             },
             other => StoreError::Storage {
                 path,
                 context: self.context(),
-                source: Box::new(other),
+                cause: Box::new(other),
             },
         }
     }
@@ -536,6 +545,6 @@ fn encode(op: &Op<'_>, value: &impl Serialize) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Storage {
         path: op.path.to_path_buf(),
         context: format!("encoding a value while {}", op.context()),
-        source: Box::new(e),
+        cause: Box::new(e),
     })
 }
