@@ -140,7 +140,9 @@ impl<'a> Validator<'a> {
                         t.name
                     ),
                 );
-            } else if tokens.iter().any(|k| k.name == t.name) {
+            } else if raw.tokens[..i].iter().any(|k| k.name == t.name)
+                || (raw.token_env.is_some() && t.name == "admin")
+            {
                 self.fail(
                     format!("{path}.name"),
                     format!("token name `{}` is used twice", t.name),
@@ -359,6 +361,7 @@ impl<'a> Validator<'a> {
         let matcher = self.service_match(&format!("{path}.match"), &raw.matcher);
         let versions = self.versions(path, raw.versions);
         let names: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+        let has_release = raw.release.is_some();
         let release = raw
             .release
             .and_then(|r| self.release(&format!("{path}.release"), r, &names, segments));
@@ -371,7 +374,9 @@ impl<'a> Validator<'a> {
                 } else if names.len() == 1 {
                     Some(0)
                 } else {
-                    if !names.is_empty() {
+                    // A release that failed validation has its own error; it would have
+                    // named the default version.
+                    if !names.is_empty() && !has_release {
                         self.fail(
                             format!("{path}.default_version"),
                             "with several versions and no `stable` one, say which one gets the traffic with `default_version`",
@@ -596,15 +601,16 @@ impl<'a> Validator<'a> {
             ("preview", raw.preview.is_some()),
             ("keep_previous", raw.keep_previous.is_some()),
             ("variants", !raw.variants.is_empty()),
+            ("force", !raw.force.is_empty()),
         ];
         let (wanted, strategy_keys): (&[&str], &[&str]) = match raw.strategy.as_str() {
             "canary" => (
                 &["baseline", "candidate", "steps"],
-                &["baseline", "candidate", "steps"],
+                &["baseline", "candidate", "steps", "force"],
             ),
             "blue_green" => (
                 &["active", "preview"],
-                &["active", "preview", "keep_previous"],
+                &["active", "preview", "keep_previous", "force"],
             ),
             "experiment" => (&["variants"], &["variants"]),
             other => {
@@ -687,8 +693,12 @@ impl<'a> Validator<'a> {
         raw: &[RawVariant],
         versions: &[&str],
     ) -> Option<Vec<Variant>> {
+        if raw.is_empty() {
+            // `strategy` has already asked for them.
+            return None;
+        }
         let errors_before = self.problems.len();
-        if !raw.is_empty() && raw.len() < 2 {
+        if raw.len() < 2 {
             self.fail(
                 format!("{path}.variants"),
                 "an experiment needs at least two variants",
