@@ -319,11 +319,47 @@ pub enum Pause {
 
 #[derive(Debug, Clone)]
 pub struct Analysis {
+    /// How often the checks are judged.
     pub interval: Duration,
+    /// Requests each of candidate and baseline needs at the step before a check can pass or
+    /// fail; below it the step is held.
     pub min_requests: u64,
     pub checks: Vec<Check>,
     pub failure_limit: u32,
+    pub failure_mode: FailureMode,
+    /// Consecutive passing intervals at a step that promote to the next step.
+    pub success_needed: u32,
     pub on_failure: OnFailure,
+    /// Without enough data for this long at a step, the release pauses and says why.
+    pub max_wait_without_data: Option<Duration>,
+    /// Confidence of every interval a verdict rests on, e.g. 0.95.
+    pub confidence: f64,
+    /// Response statuses that count as errors (`5xx` by default); a request that got no
+    /// upstream response always counts.
+    pub error_codes: Vec<StatusRange>,
+    /// Where `query` checks are sent.
+    pub prometheus_url: Option<http::Uri>,
+}
+
+/// Statuses from `from` to `to`, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub from: u16,
+    pub to: u16,
+}
+
+impl StatusRange {
+    pub fn contains(self, status: u16) -> bool {
+        (self.from..=self.to).contains(&status)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// `failure_limit` failing intervals in a row.
+    Consecutive,
+    /// `failure_limit` failing intervals at the step in all.
+    Total,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -340,6 +376,24 @@ pub enum Check {
     },
     Throughput {
         min_rps: f64,
+    },
+    /// A PromQL query whose value must stay within bounds; `{{service}}`, `{{baseline}}` and
+    /// `{{candidate}}` are replaced before it is sent.
+    Query {
+        name: String,
+        query: String,
+        max: Option<f64>,
+        min: Option<f64>,
+    },
+    /// Business events per exposed user, candidate vs baseline.
+    EventRate {
+        event: String,
+        min_change: f64,
+    },
+    /// The mean value of business events, candidate vs baseline.
+    EventMean {
+        event: String,
+        min_change: f64,
     },
 }
 

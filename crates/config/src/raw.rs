@@ -173,19 +173,30 @@ pub struct RawAnalysis {
     #[serde(default)]
     pub checks: Vec<RawCheck>,
     pub failure_limit: Option<u32>,
+    pub failure_mode: Option<String>,
+    pub success_needed: Option<u32>,
     pub on_failure: Option<String>,
+    pub max_wait_without_data: Option<String>,
+    pub confidence: Option<f64>,
+    pub error_codes: Option<Vec<String>>,
+    pub metrics_source: Option<String>,
+    pub prometheus_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCheck {
-    pub metric: String,
+    pub metric: Option<String>,
+    pub name: Option<String>,
+    pub query: Option<String>,
+    pub event: Option<String>,
     pub max: Option<f64>,
     pub min: Option<f64>,
     pub max_increase: Option<f64>,
     pub max_ms: Option<f64>,
     pub max_ratio: Option<f64>,
     pub min_rps: Option<f64>,
+    pub min_change: Option<f64>,
 }
 
 /// One routing rule. Exactly one of the fields must be set; the struct form (rather than a
