@@ -136,6 +136,25 @@ impl RoutingTable {
         }
     }
 
+    /// The index of the service called `name`.
+    pub fn service_index(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| &*s.name == name)
+    }
+
+    /// The version a user whose bucketing key is `key` gets by weight alone — no lane, force
+    /// rule or cookie: how a business event posted for that user is attributed to a version
+    /// (or an experiment's variant). `None` for a service without a release.
+    pub fn assign(&self, service: usize, key: &str) -> Option<usize> {
+        let rel = self.release(service)?;
+        let bucket = rel.bucketer.bucket(key.as_bytes());
+        Some(
+            rel.ranges
+                .iter()
+                .find(|(end, _)| bucket < *end)
+                .map_or(rel.baseline, |&(_, v)| v),
+        )
+    }
+
     /// The release's traffic split now; `None` for a service without a release.
     pub fn routing(&self, service: usize) -> Option<&Routing> {
         self.release(service).map(|r| &r.routing)

@@ -348,3 +348,16 @@ fn an_experiment_has_no_force_rules_on() {
         "the candidate is the second variant"
     );
 }
+
+#[test]
+fn an_event_for_a_user_is_attributed_to_the_version_the_user_is_bucketed_into() {
+    let t = table(EXPERIMENT);
+    let service = t.service_index("search").expect("search");
+    assert_eq!(t.service_index("nope"), None);
+    for i in 0..2_000 {
+        let user = format!("user-{i}");
+        let d = decide(&t, &search(&user));
+        assert_eq!(t.assign(service, &user), Some(d.version), "{user}");
+        assert_eq!(t.version_name(service, d.version), expected_variant(&user));
+    }
+}
