@@ -15,6 +15,7 @@
 mod controller;
 mod error;
 pub mod metrics;
+pub mod prometheus;
 pub mod view;
 
 pub use controller::{Action, Actor, ApplyOutcome, Controller, DataPlane, Setup, unified_diff};
