@@ -1,0 +1,718 @@
+//! Checks: one comparison of the candidate with the baseline (or with a fixed threshold), judged
+//! every interval as pass, fail or inconclusive, with the figures behind the verdict.
+//!
+//! Every threshold is judged against a confidence sequence ([`crate::stats`]), never against the
+//! bare estimate:
+//! * an upper bound (`max`, `max_increase`, `max_ms`, `max_ratio`) **fails** only when the whole
+//!   interval lies above it and **passes** only when the whole interval lies below it;
+//! * a lower bound (`min_rps`, `min_change`) the other way round;
+//! * anything else — the interval straddles the threshold — is **inconclusive**: the data does
+//!   not tell yet, and more data will.
+//!
+//! A check with several bounds fails when one fails and passes when all pass. A check whose
+//! versions have fewer than `min_requests` observations is inconclusive with
+//! `enough_data: false` and says so ("not enough data: 37 of 200 requests (candidate)"); the
+//! [`crate::analyzer`] holds the step on that. A check with no bound compares with the baseline
+//! without tolerance: `error_rate` as `max_increase: 0`, a latency as `max_ratio: 1`, an event
+//! as `min_change: 0`. Bad input (NaN, errors above requests, a percentile of 120) never panics:
+//! it is inconclusive with a reason.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sample::{Events, Sample};
+use crate::stats::{Boundary, Estimate, quantile_bounds};
+
+/// The confidence sequences are tuned to be tightest after `max(min_requests, MIN_TUNING)`
+/// observations; fewer than 100 are too few for the normal approximation to matter anyway.
+const MIN_TUNING: u64 = 100;
+
+/// What to compare, with its thresholds (the `analysis.checks` of a release).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "metric", rename_all = "snake_case")]
+pub enum CheckSpec {
+    /// The share of requests that are errors. `max`: an absolute ceiling on the candidate's rate
+    /// (0.05 = 5 %); `max_increase`: how far above the baseline's it may be, in absolute terms
+    /// (0.02 = 2 percentage points).
+    ErrorRate {
+        max: Option<f64>,
+        max_increase: Option<f64>,
+    },
+    /// A latency percentile (99.0 for p99). `max_ms`: an absolute ceiling in milliseconds;
+    /// `max_ratio`: the most the candidate's percentile may be as a multiple of the baseline's.
+    Latency {
+        percentile: f64,
+        max_ms: Option<f64>,
+        max_ratio: Option<f64>,
+    },
+    /// The candidate's requests per second must be at least `min_rps`.
+    Throughput { min_rps: f64 },
+    /// Occurrences of `event` per unit (see [`Events`]). `min_change`: the lowest acceptable
+    /// relative change of the candidate against the baseline (−0.05 = at most 5 % lower).
+    EventRate {
+        event: String,
+        min_change: Option<f64>,
+    },
+    /// The mean value of `event` (see [`Events`]), with `min_change` as for `EventRate`.
+    EventMean {
+        event: String,
+        min_change: Option<f64>,
+    },
+}
+
+impl CheckSpec {
+    /// The check's name as the configuration writes it: `error_rate`, `latency_p99`,
+    /// `throughput`, `event_rate:NAME`, `event_mean:NAME`.
+    pub fn name(&self) -> String {
+        match self {
+            CheckSpec::ErrorRate { .. } => "error_rate".into(),
+            CheckSpec::Latency { percentile, .. } => format!("latency_p{percentile}"),
+            CheckSpec::Throughput { .. } => "throughput".into(),
+            CheckSpec::EventRate { event, .. } => format!("event_rate:{event}"),
+            CheckSpec::EventMean { event, .. } => format!("event_mean:{event}"),
+        }
+    }
+}
+
+/// How one check (or one of its bounds) came out this interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// The interval straddles the threshold, there is not enough data, or the input is unusable.
+    Inconclusive,
+}
+
+/// One check's verdict this interval, why, and the figures behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// [`CheckSpec::name`].
+    pub check: String,
+    pub verdict: Verdict,
+    /// False while a version has fewer observations than `min_requests` (the verdict is then
+    /// inconclusive): the analyzer holds instead of judging.
+    pub enough_data: bool,
+    /// For people: the figures and the conclusion in one line.
+    pub reason: String,
+    pub figures: Figures,
+}
+
+/// The numbers behind a verdict. Units: rates as fractions (0.012 = 1.2 %), latencies in
+/// milliseconds, throughput in requests per second, event means in the event's unit.
+/// Intervals are the confidence sequence at this look; `None` ends are unbounded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// The level: each interval misses the truth at some look with probability at most `alpha`.
+    /// (A latency ratio gives each version's percentile `alpha / 2`.)
+    pub alpha: f64,
+    pub candidate: Measure,
+    /// Absent for checks of the candidate alone (throughput).
+    pub baseline: Option<Measure>,
+    /// Candidate against baseline: a difference (error rates), a ratio (latencies) or a relative
+    /// change (events).
+    pub effect: Option<Effect>,
+    /// One entry per threshold judged.
+    pub tests: Vec<Test>,
+}
+
+/// One version's estimate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Measure {
+    /// Observations: requests, latencies, units or events.
+    pub n: u64,
+    pub value: Option<f64>,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+}
+
+/// The candidate compared with the baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Effect {
+    pub kind: EffectKind,
+    pub value: Option<f64>,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectKind {
+    /// Candidate − baseline.
+    Difference,
+    /// Candidate / baseline.
+    Ratio,
+    /// Candidate / baseline − 1.
+    RelativeChange,
+}
+
+/// One threshold and how the interval lies against it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Test {
+    /// The configuration key: `max`, `max_increase`, `max_ms`, `max_ratio`, `min_rps`,
+    /// `min_change`.
+    pub bound: String,
+    pub threshold: f64,
+    pub verdict: Verdict,
+    /// Standard errors between the estimate and the threshold, positive on the failing side
+    /// (absent for latencies, judged by ranks).
+    pub statistic: Option<f64>,
+    /// The anytime-valid p-value of "the truth is exactly at the threshold": below `alpha`
+    /// exactly when the interval excludes the threshold.
+    pub p_value: Option<f64>,
+}
+
+/// Judges `spec` on the data since the step started. `min_requests` applies to each version the
+/// check looks at; `alpha` is the level of the confidence sequences (see [`crate::stats`]).
+pub fn evaluate(
+    spec: &CheckSpec,
+    candidate: &Sample,
+    baseline: &Sample,
+    min_requests: u64,
+    alpha: f64,
+) -> CheckResult {
+    let name = spec.name();
+    let tuning = min_requests.max(MIN_TUNING) as f64;
+    let j = Judge {
+        name,
+        min: min_requests.max(1),
+        figures: Figures {
+            alpha,
+            ..Figures::default()
+        },
+    };
+    let Some(boundary) = Boundary::new(alpha, tuning) else {
+        return j.unusable(format!("alpha {alpha} is not between 0 and 1"));
+    };
+    match spec {
+        CheckSpec::ErrorRate { max, max_increase } => {
+            j.error_rate(*max, *max_increase, candidate, baseline, &boundary)
+        }
+        CheckSpec::Latency {
+            percentile,
+            max_ms,
+            max_ratio,
+        } => {
+            let relative = max_ratio.is_some() || max_ms.is_none();
+            // A ratio needs both percentiles: each gets half the error budget (Bonferroni).
+            let side_alpha = if relative { alpha / 2.0 } else { alpha };
+            match Boundary::new(side_alpha, tuning) {
+                Some(side) => j.latency(
+                    *percentile,
+                    *max_ms,
+                    relative.then(|| max_ratio.unwrap_or(1.0)),
+                    candidate,
+                    baseline,
+                    &side,
+                ),
+                None => j.unusable(format!("alpha {alpha} is not between 0 and 1")),
+            }
+        }
+        CheckSpec::Throughput { min_rps } => j.throughput(*min_rps, candidate, &boundary),
+        CheckSpec::EventRate { event, min_change } => {
+            j.event(event, false, *min_change, candidate, baseline, &boundary)
+        }
+        CheckSpec::EventMean { event, min_change } => {
+            j.event(event, true, *min_change, candidate, baseline, &boundary)
+        }
+    }
+}
+
+/// Judges `spec` for every variant of an experiment against the control. The error budget is
+/// split evenly (Bonferroni: `alpha / variants`), so the chance that *any* variant's interval
+/// misses stays at most `alpha`.
+pub fn evaluate_variants(
+    spec: &CheckSpec,
+    control: &Sample,
+    variants: &[Sample],
+    min_requests: u64,
+    alpha: f64,
+) -> Vec<CheckResult> {
+    let each = alpha / variants.len().max(1) as f64;
+    variants
+        .iter()
+        .map(|v| evaluate(spec, v, control, min_requests, each))
+        .collect()
+}
+
+/// Which side of a threshold fails.
+#[derive(Clone, Copy)]
+enum Side {
+    /// An upper bound: failing means above it.
+    Max,
+    /// A lower bound: failing means below it.
+    Min,
+}
+
+/// A threshold judged against an interval (ends may be infinite).
+fn test(
+    bound: &str,
+    side: Side,
+    threshold: f64,
+    (low, high): (f64, f64),
+    z_p: Option<(f64, f64)>,
+) -> Test {
+    let (fail, pass) = match side {
+        Side::Max => (low > threshold, high < threshold),
+        Side::Min => (high < threshold, low > threshold),
+    };
+    Test {
+        bound: bound.into(),
+        threshold,
+        verdict: if fail {
+            Verdict::Fail
+        } else if pass {
+            Verdict::Pass
+        } else {
+            Verdict::Inconclusive
+        },
+        statistic: z_p.map(|(z, _)| z).filter(|z| z.is_finite()),
+        p_value: z_p.map(|(_, p)| p),
+    }
+}
+
+/// Builds one check's result.
+struct Judge {
+    name: String,
+    /// `min_requests`, at least 1.
+    min: u64,
+    figures: Figures,
+}
+
+impl Judge {
+    fn result(self, verdict: Verdict, enough_data: bool, reason: String) -> CheckResult {
+        CheckResult {
+            check: self.name,
+            verdict,
+            enough_data,
+            reason,
+            figures: self.figures,
+        }
+    }
+
+    /// Input the check cannot judge (a bad threshold, inconsistent counts).
+    fn unusable(self, why: String) -> CheckResult {
+        self.result(Verdict::Inconclusive, true, format!("cannot judge: {why}"))
+    }
+
+    /// `Some(result)` when a version has fewer than `min_requests` observations.
+    fn short(&self, what: &str, counts: &[(&str, u64)]) -> Option<String> {
+        let (who, n) = counts.iter().find(|(_, n)| *n < self.min)?;
+        Some(format!(
+            "not enough data: {n} of {} {what} ({who})",
+            self.min
+        ))
+    }
+
+    fn waiting(self, reason: String) -> CheckResult {
+        self.result(Verdict::Inconclusive, false, reason)
+    }
+
+    /// The verdict of all tests and the reason: "summary: test, test".
+    fn conclude(mut self, summary: String, tests: Vec<(Test, String)>) -> CheckResult {
+        let verdict = if tests.iter().any(|(t, _)| t.verdict == Verdict::Fail) {
+            Verdict::Fail
+        } else if !tests.is_empty() && tests.iter().all(|(t, _)| t.verdict == Verdict::Pass) {
+            Verdict::Pass
+        } else {
+            Verdict::Inconclusive
+        };
+        let mut reason = summary;
+        for (i, (t, shown)) in tests.iter().enumerate() {
+            let sep = if i == 0 { ", " } else { "; " };
+            let word = match (t.verdict, t.bound.starts_with("min")) {
+                (Verdict::Fail, false) | (Verdict::Pass, true) => "above",
+                (Verdict::Pass, false) | (Verdict::Fail, true) => "below",
+                (Verdict::Inconclusive, _) => "not yet clear against",
+            };
+            let _ = write!(reason, "{sep}{word} {} {shown}", t.bound);
+        }
+        self.figures.tests = tests.into_iter().map(|(t, _)| t).collect();
+        self.result(verdict, true, reason)
+    }
+
+    fn error_rate(
+        mut self,
+        max: Option<f64>,
+        max_increase: Option<f64>,
+        c: &Sample,
+        b: &Sample,
+        boundary: &Boundary,
+    ) -> CheckResult {
+        let relative = max_increase.is_some() || max.is_none();
+        let max_increase = relative.then(|| max_increase.unwrap_or(0.0));
+        if let Some(bad) = [max, max_increase]
+            .into_iter()
+            .flatten()
+            .find(|x| !x.is_finite())
+        {
+            return self.unusable(format!("threshold {bad} is not a number"));
+        }
+        let versions: &[(&str, &Sample)] = if relative {
+            &[("candidate", c), ("baseline", b)]
+        } else {
+            &[("candidate", c)]
+        };
+        for (who, s) in versions {
+            if s.errors > s.requests {
+                return self.unusable(format!(
+                    "{} errors out of {} requests ({who})",
+                    s.errors, s.requests
+                ));
+            }
+        }
+        let ce = Estimate::proportion(c.errors, c.requests);
+        let be = Estimate::proportion(b.errors, b.requests);
+        self.figures.candidate = measure(c.requests, ce, boundary);
+        self.figures.baseline = Some(measure(b.requests, be, boundary));
+        let counts: Vec<(&str, u64)> = versions.iter().map(|(w, s)| (*w, s.requests)).collect();
+        if let Some(why) = self.short("requests", &counts) {
+            return self.waiting(why);
+        }
+        let Some(ce) = ce else {
+            return self.waiting("no requests (candidate)".into());
+        };
+        let ci = ce.interval(boundary);
+        let mut summary = format!("error rate {} {}", pct(ce.value), range(ci, pct));
+        let mut tests = Vec::new();
+        if let Some(max) = max {
+            let z = ce.z(max);
+            tests.push((
+                test(
+                    "max",
+                    Side::Max,
+                    max,
+                    ci,
+                    Some((z, boundary.p_value(z, ce.t))),
+                ),
+                pct(max),
+            ));
+        }
+        if let (Some(limit), Some(be)) = (max_increase, be) {
+            let d = ce.minus(&be);
+            let di = d.interval(boundary);
+            let _ = write!(
+                summary,
+                " vs {} {}: {} {}",
+                pct(be.value),
+                range(be.interval(boundary), pct),
+                pp(d.value),
+                range(di, pp)
+            );
+            self.figures.effect = Some(effect(EffectKind::Difference, d.value, di));
+            let z = d.z(limit);
+            tests.push((
+                test(
+                    "max_increase",
+                    Side::Max,
+                    limit,
+                    di,
+                    Some((z, boundary.p_value(z, d.t))),
+                ),
+                pp(limit).trim_start_matches('+').to_string(),
+            ));
+        }
+        self.conclude(summary, tests)
+    }
+
+    fn latency(
+        mut self,
+        percentile: f64,
+        max_ms: Option<f64>,
+        max_ratio: Option<f64>,
+        c: &Sample,
+        b: &Sample,
+        side: &Boundary,
+    ) -> CheckResult {
+        let q = percentile / 100.0;
+        if !(q > 0.0 && q < 1.0) {
+            return self.unusable(format!("percentile {percentile} is not between 0 and 100"));
+        }
+        if let Some(bad) = [max_ms, max_ratio]
+            .into_iter()
+            .flatten()
+            .find(|x| !x.is_finite())
+        {
+            return self.unusable(format!("threshold {bad} is not a number"));
+        }
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let look = |s: &Sample| {
+            let est = s.latency.quantile(q).map(ms);
+            let bounds = quantile_bounds(&s.latency, q, side)
+                .map(|(lo, hi)| (ms(lo), hi.map_or(f64::INFINITY, ms)));
+            (s.latency.count(), est, bounds)
+        };
+        let (cn, c_est, c_bounds) = look(c);
+        let (bn, b_est, b_bounds) = look(b);
+        let as_measure = |n, est: Option<f64>, bounds: Option<(f64, f64)>| Measure {
+            n,
+            value: est,
+            low: bounds.map(|b| b.0),
+            high: bounds.and_then(|b| finite(b.1)),
+        };
+        self.figures.candidate = as_measure(cn, c_est, c_bounds);
+        self.figures.baseline = Some(as_measure(bn, b_est, b_bounds));
+        let mut counts = vec![("candidate", cn)];
+        if max_ratio.is_some() {
+            counts.push(("baseline", bn));
+        }
+        if let Some(why) = self.short("requests", &counts) {
+            return self.waiting(why);
+        }
+        let (Some(c_est), Some(ci)) = (c_est, c_bounds) else {
+            return self.waiting("no latency recorded (candidate)".into());
+        };
+        let label = format!("p{percentile}");
+        let mut summary = format!("{label} latency {} {}", millis(c_est), range(ci, millis));
+        let mut tests = Vec::new();
+        if let Some(max) = max_ms {
+            tests.push((test("max_ms", Side::Max, max, ci, None), millis(max)));
+        }
+        if let (Some(limit), Some(b_est), Some(bi)) = (max_ratio, b_est, b_bounds) {
+            let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::INFINITY };
+            let ri = (ratio(ci.0, bi.1), ratio(ci.1, bi.0));
+            let r = ratio(c_est, b_est);
+            let _ = write!(
+                summary,
+                " vs {} {}: {} {}",
+                millis(b_est),
+                range(bi, millis),
+                times(r),
+                range(ri, times)
+            );
+            self.figures.effect = Some(effect(EffectKind::Ratio, r, ri));
+            tests.push((test("max_ratio", Side::Max, limit, ri, None), times(limit)));
+        }
+        self.conclude(summary, tests)
+    }
+
+    fn throughput(mut self, min_rps: f64, c: &Sample, boundary: &Boundary) -> CheckResult {
+        if !(min_rps >= 0.0 && min_rps.is_finite()) {
+            return self.unusable(format!("min_rps {min_rps} is not a rate"));
+        }
+        if !(c.seconds > 0.0 && c.seconds.is_finite()) {
+            return self.unusable(format!("window of {} seconds", c.seconds));
+        }
+        let gap = Estimate::mean_gap(c.requests, c.seconds);
+        // The interval on the mean gap between requests, turned into one on requests per second.
+        let rps = |g: (f64, f64)| {
+            let hi = if g.0 > 0.0 { 1.0 / g.0 } else { f64::INFINITY };
+            (1.0 / g.1, hi)
+        };
+        let interval = gap.map(|g| rps(g.interval(boundary)));
+        self.figures.candidate = Measure {
+            n: c.requests,
+            value: Some(c.requests as f64 / c.seconds),
+            low: interval.map(|i| i.0),
+            high: interval.and_then(|i| finite(i.1)),
+        };
+        if let Some(why) = self.short("requests", &[("candidate", c.requests)]) {
+            return self.waiting(why);
+        }
+        let (Some(gap), Some(interval)) = (gap, interval) else {
+            return self.waiting("no requests (candidate)".into());
+        };
+        // Positive (toward failure) when the gaps are longer than min_rps allows.
+        let z = gap.z(1.0 / min_rps);
+        let summary = format!(
+            "throughput {} {}",
+            per_second(1.0 / gap.value),
+            range(interval, per_second)
+        );
+        let t = test(
+            "min_rps",
+            Side::Min,
+            min_rps,
+            interval,
+            Some((z, boundary.p_value(z, gap.t))),
+        );
+        self.conclude(summary, vec![(t, per_second(min_rps))])
+    }
+
+    fn event(
+        mut self,
+        event: &str,
+        mean: bool,
+        min_change: Option<f64>,
+        c: &Sample,
+        b: &Sample,
+        boundary: &Boundary,
+    ) -> CheckResult {
+        let min_change = min_change.unwrap_or(0.0);
+        if !min_change.is_finite() || min_change <= -1.0 {
+            return self.unusable(format!("min_change {min_change} is not above -1"));
+        }
+        // Observations and estimate of one version: units for a rate, events for a mean.
+        let look = |s: &Sample| {
+            let e: Events = s.events.get(event).copied().unwrap_or_default();
+            if mean {
+                (e.count, Estimate::mean(e.count, e.sum, e.sum_sq))
+            } else {
+                let units = if e.units == 0 { s.requests } else { e.units };
+                let est = if e.count <= units {
+                    Estimate::proportion(e.count, units)
+                } else {
+                    Estimate::poisson_rate(e.count, units)
+                };
+                (units, est)
+            }
+        };
+        let ((cn, ce), (bn, be)) = (look(c), look(b));
+        self.figures.candidate = measure(cn, ce, boundary);
+        self.figures.baseline = Some(measure(bn, be, boundary));
+        let what = if mean {
+            format!("`{event}` events")
+        } else {
+            "units".into()
+        };
+        if let Some(why) = self.short(&what, &[("candidate", cn), ("baseline", bn)]) {
+            return self.waiting(why);
+        }
+        let (Some(ce), Some(be)) = (ce, be) else {
+            return self.unusable(format!("the `{event}` sums are not numbers"));
+        };
+        let show = |x: f64| if mean { sig(x) } else { pct(x) };
+        let kind = if mean { "mean" } else { "rate" };
+        let mut summary = format!(
+            "{event} {kind} {} {} vs {} {}",
+            show(ce.value),
+            range(ce.interval(boundary), show),
+            show(be.value),
+            range(be.interval(boundary), show),
+        );
+        let Some((lo, hi)) = ce.ratio_interval(&be, boundary) else {
+            return self.result(
+                Verdict::Inconclusive,
+                true,
+                format!("{summary}: the baseline's {kind} is too uncertain for a relative change"),
+            );
+        };
+        let change = (lo - 1.0, hi - 1.0);
+        let value = if be.value != 0.0 {
+            ce.value / be.value - 1.0
+        } else {
+            f64::NAN
+        };
+        let _ = write!(
+            summary,
+            ": {} {}",
+            signed_pct(value),
+            range(change, signed_pct)
+        );
+        self.figures.effect = Some(effect(EffectKind::RelativeChange, value, change));
+        let (z, t) = ce.ratio_z(&be, 1.0 + min_change);
+        // Positive (toward failure) when the candidate is below (1 + min_change) × baseline.
+        let t = test(
+            "min_change",
+            Side::Min,
+            min_change,
+            change,
+            Some((-z, boundary.p_value(z, t))),
+        );
+        self.conclude(summary, vec![(t, signed_pct(min_change))])
+    }
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+fn measure(n: u64, e: Option<Estimate>, boundary: &Boundary) -> Measure {
+    let i = e.map(|e| e.interval(boundary));
+    Measure {
+        n,
+        value: e.map(|e| e.value).and_then(finite),
+        low: i.and_then(|i| finite(i.0)),
+        high: i.and_then(|i| finite(i.1)),
+    }
+}
+
+fn effect(kind: EffectKind, value: f64, (low, high): (f64, f64)) -> Effect {
+    Effect {
+        kind,
+        value: finite(value),
+        low: finite(low),
+        high: finite(high),
+    }
+}
+
+/// `[low, high]` with unbounded ends shown as `…`.
+fn range(i: (f64, f64), show: impl Fn(f64) -> String) -> String {
+    let end = |x: f64| if x.is_finite() { show(x) } else { "…".into() };
+    format!("[{}, {}]", end(i.0), end(i.1))
+}
+
+/// At least two significant digits, at most three decimals beyond them.
+fn sig(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let decimals = (2 - x.abs().log10().floor() as i32).clamp(0, 6) as usize;
+    format!("{x:.decimals$}")
+}
+
+fn pct(x: f64) -> String {
+    format!("{}%", sig_pct(x * 100.0))
+}
+
+fn signed_pct(x: f64) -> String {
+    let s = pct(x);
+    if x > 0.0 { format!("+{s}") } else { s }
+}
+
+/// Percentage points of a difference of rates.
+fn pp(x: f64) -> String {
+    let s = sig_pct(x * 100.0);
+    if x > 0.0 {
+        format!("+{s} pp")
+    } else {
+        format!("{s} pp")
+    }
+}
+
+/// A percentage with one decimal, two below 1 %, three below 0.1 %.
+fn sig_pct(p: f64) -> String {
+    let a = p.abs();
+    if a == 0.0 || a >= 1.0 {
+        format!("{p:.1}")
+    } else if a >= 0.1 {
+        format!("{p:.2}")
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+fn millis(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0} ms")
+    } else {
+        format!("{} ms", sig(x))
+    }
+}
+
+fn times(x: f64) -> String {
+    format!("×{x:.2}")
+}
+
+fn per_second(x: f64) -> String {
+    format!("{} rps", sig(x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting() {
+        assert_eq!(pct(0.049), "4.9%");
+        assert_eq!(pct(0.006), "0.60%");
+        assert_eq!(pp(0.039), "+3.9 pp");
+        assert_eq!(pp(-0.0004), "-0.040 pp");
+        assert_eq!(millis(312.4), "312 ms");
+        assert_eq!(millis(1.234), "1.23 ms");
+        assert_eq!(sig(0.0123), "0.0123");
+        assert_eq!(range((f64::NEG_INFINITY, 2.0), sig), "[…, 2.00]");
+        assert_eq!(signed_pct(0.05), "+5.0%");
+    }
+}
