@@ -25,5 +25,5 @@ mod upstream;
 
 pub use gateway::{Gateway, GatewayOptions, StartError, UnknownRelease};
 pub use handler::{X_GRAYLANE_LANE, X_GRAYLANE_VERSION};
-pub use metrics::Metrics;
+pub use metrics::{Metrics, Observed};
 pub use snapshot::Snapshot;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use graylane_analysis::histogram;
 use graylane_rules::Reason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -61,19 +62,49 @@ impl UpstreamErrorKind {
 }
 
 const REASONS: [&str; 6] = Reason::LABELS;
+/// Index of `bucket` in [`REASONS`].
+const BUCKET: usize = 4;
 /// Index of `fallback_key` in [`REASONS`].
 const FALLBACK_KEY: usize = 5;
 
 /// One worker's counters for one route. Aligned so two workers never share a cache line.
 #[repr(align(128))]
-#[derive(Default)]
 struct Slot {
     codes: [AtomicU64; COMMON_CODES.len()],
     other_codes: Mutex<BTreeMap<u16, u64>>,
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_nanos: AtomicU64,
+    /// The analysis's fine latency layout (≤ 12.5% relative error), for percentiles and their
+    /// confidence bounds.
+    fine_latency: [AtomicU64; histogram::BUCKETS],
     upstream_errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
     decisions: [AtomicU64; REASONS.len()],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            codes: Default::default(),
+            other_codes: Mutex::default(),
+            latency: Default::default(),
+            latency_sum_nanos: AtomicU64::new(0),
+            fine_latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstream_errors: Default::default(),
+            decisions: Default::default(),
+        }
+    }
+}
+
+/// What one (service, version) has done since the gateway started: the raw material of the
+/// analysis, which diffs two of these to judge a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Responses by status (including the 502/504/408 graylane answers itself).
+    pub codes: BTreeMap<u16, u64>,
+    /// Response times in [`histogram`]'s layout.
+    pub latency: Vec<u64>,
+    /// Requests routed to the version by bucketing (an experiment's exposures).
+    pub bucketed: u64,
 }
 
 /// Counters of one (service, version), one slot per worker thread.
@@ -109,6 +140,8 @@ impl RouteStats {
             .position(|b| secs <= *b)
             .unwrap_or(LATENCY_BUCKETS.len());
         slot.latency[bucket].fetch_add(1, Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        slot.fine_latency[histogram::bucket_of(nanos)].fetch_add(1, Relaxed);
         slot.latency_sum_nanos
             .fetch_add(elapsed.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
     }
@@ -119,6 +152,10 @@ impl RouteStats {
             .position(|k| *k == kind)
             .unwrap_or(0);
         self.slot(worker).upstream_errors[i].fetch_add(1, Relaxed);
+    }
+
+    fn bucketed(&self) -> u64 {
+        self.sum(|s| s.decisions[BUCKET].load(Relaxed) + s.decisions[FALLBACK_KEY].load(Relaxed))
     }
 
     fn sum(&self, f: impl Fn(&Slot) -> u64) -> u64 {
@@ -197,18 +234,32 @@ impl Metrics {
             .clone()
     }
 
+    /// Everything recorded for `version` of `service` so far (zeros if nothing was).
+    pub fn observe(&self, service: &str, version: &str) -> Observed {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = routes.get(&(service.to_string(), version.to_string())).cloned() else {
+            return Observed {
+                latency: vec![0; histogram::BUCKETS],
+                ..Observed::default()
+            };
+        };
+        drop(routes);
+        Observed {
+            codes: r.codes(),
+            latency: (0..histogram::BUCKETS)
+                .map(|i| r.sum(|s| s.fine_latency[i].load(Relaxed)))
+                .collect(),
+            bucketed: r.bucketed(),
+        }
+    }
+
     /// Requests bucketed into `version` of `service` (on the release's key or the client IP):
     /// an experiment's exposures.
     pub fn bucketed(&self, service: &str, version: &str) -> u64 {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(r) = routes.get(&(service.to_string(), version.to_string())) else {
-            return 0;
-        };
-        let bucket = Reason::LABELS
-            .iter()
-            .position(|l| *l == "bucket")
-            .unwrap_or(4);
-        r.sum(|s| s.decisions[bucket].load(Relaxed) + s.decisions[FALLBACK_KEY].load(Relaxed))
+        routes
+            .get(&(service.to_string(), version.to_string()))
+            .map_or(0, |r| r.bucketed())
     }
 
     /// Adds metrics that another part computes at scrape time.

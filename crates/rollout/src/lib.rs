@@ -57,6 +57,9 @@ pub struct Plan {
     /// A failed analysis pauses the release instead of aborting it (`skip_rollback: true`, or
     /// `analysis.on_failure: pause`).
     pub skip_rollback: bool,
+    /// The release has an analysis: a step below 100% without a manual gate moves on only once
+    /// its pause (if any) is over *and* the analysis has passed it.
+    pub gated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +120,7 @@ impl Plan {
                     .analysis
                     .as_ref()
                     .is_some_and(|a| a.on_failure == graylane_config::OnFailure::Pause),
+            gated: release.analysis.is_some(),
         }
     }
 
@@ -128,6 +132,7 @@ impl Plan {
             baseline: 0,
             candidate: 1,
             skip_rollback: false,
+            gated: false,
         }
     }
 
@@ -184,6 +189,8 @@ pub enum Command {
     Rollback,
     /// The analysis failed the candidate: abort, or pause with `skip_rollback`.
     AnalysisFailed,
+    /// The analysis passed the current step: it may move on once its pause is over.
+    AnalysisPassed,
 }
 
 impl Command {
@@ -199,6 +206,7 @@ impl Command {
             Command::SetWeight(_) => "set_weight",
             Command::Rollback => "rollback",
             Command::AnalysisFailed => "analysis_failed",
+            Command::AnalysisPassed => "analysis_passed",
         }
     }
 }
@@ -253,6 +261,9 @@ pub struct Rollout {
     pub winner: Option<usize>,
     /// Until when a promoted blue-green release keeps the previous active version.
     pub previous_until_ms: Option<i64>,
+    /// The analysis has passed the current step (a gated plan moves on only then).
+    #[serde(default)]
+    pub analysis_passed: bool,
     pub history: Vec<Transition>,
 }
 
@@ -268,6 +279,7 @@ impl Rollout {
             pause_left_ms: None,
             winner: None,
             previous_until_ms: None,
+            analysis_passed: false,
             history: Vec::new(),
         };
         r.enter_step(plan, 0, now_ms);
@@ -387,6 +399,10 @@ impl Rollout {
                 }
                 true
             }
+            (Command::AnalysisPassed, Phase::Progressing) if !self.analysis_passed => {
+                self.analysis_passed = true;
+                true
+            }
             (Command::Retry, Phase::Aborted | Phase::RolledBack) => {
                 self.phase = Phase::Progressing;
                 self.winner = None;
@@ -426,17 +442,25 @@ impl Rollout {
             if self.phase != Phase::Progressing {
                 break;
             }
-            let due = match plan.step(self.step).map(|s| s.pause) {
+            let pause_over = match plan.step(self.step).map(|s| s.pause) {
                 Some(Pause::None) => true,
                 Some(Pause::For(_)) => self.pause_deadline(plan).is_some_and(|d| now_ms >= d),
                 Some(Pause::Manual) | None => false,
             };
+            // At 100% the baseline has no traffic left to compare with: nothing to wait for.
+            let due = pause_over
+                && (!plan.gated || self.analysis_passed || self.weight == Weight::FULL);
             if !due {
                 break;
             }
             let from = self.phase;
             self.advance(plan, now_ms);
-            self.record("tick", "controller", "pause over", from, now_ms);
+            let reason = if plan.gated {
+                "pause over and analysis passed"
+            } else {
+                "pause over"
+            };
+            self.record("tick", "controller", reason, from, now_ms);
             changed = true;
         }
         changed
@@ -444,7 +468,7 @@ impl Rollout {
 
     /// When [`Rollout::tick`] will next have something to do, if ever without a command.
     pub fn next_deadline(&self, plan: &Plan) -> Option<i64> {
-        if self.phase != Phase::Progressing {
+        if self.phase != Phase::Progressing || (plan.gated && !self.analysis_passed) {
             return None;
         }
         match plan.step(self.step)?.pause {
@@ -472,6 +496,7 @@ impl Rollout {
 
     fn enter_step(&mut self, plan: &Plan, index: usize, now_ms: i64) {
         self.step = index;
+        self.analysis_passed = false;
         self.weight = plan.step(index).map_or(Weight::FULL, |s| s.weight);
         self.weight_overridden = false;
         self.step_started_ms = now_ms;

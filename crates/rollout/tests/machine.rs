@@ -214,6 +214,7 @@ fn blue_green_switches_everything_at_once_and_back() {
         baseline: 0,
         candidate: 1,
         skip_rollback: false,
+        gated: false,
     };
     let mut r = Rollout::start(&plan, 0);
     let routing = r.routing(&plan);
@@ -254,6 +255,7 @@ fn an_experiment_completes_with_the_named_winner() {
         baseline: 0,
         candidate: 1,
         skip_rollback: false,
+        gated: false,
     };
     let mut r = Rollout::start(&plan, 0);
     assert_eq!(r.routing(&plan).weight_of(1), pct(50.0));
@@ -274,6 +276,52 @@ fn an_experiment_completes_with_the_named_winner() {
     assert_eq!(r.routing(&plan).weight_of(1), pct(50.0));
 }
 
+#[test]
+fn with_an_analysis_a_step_moves_on_when_its_pause_is_over_and_the_analysis_passed() {
+    let mut plan = plan();
+    plan.gated = true;
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::Promote, "a", "", 0).unwrap();
+    assert!(
+        !r.tick(&plan, 6 * MIN),
+        "the 5-minute pause is over, the analysis has not passed"
+    );
+    r.apply(
+        &plan,
+        Command::AnalysisPassed,
+        "analysis",
+        "3 passes",
+        6 * MIN,
+    )
+    .unwrap();
+    assert!(
+        r.apply(&plan, Command::AnalysisPassed, "analysis", "", 6 * MIN)
+            .is_err(),
+        "once per step"
+    );
+    assert!(r.tick(&plan, 6 * MIN));
+    assert_eq!(
+        (r.step, r.weight),
+        (2, pct(20.0)),
+        "stops at the 20% step for its analysis"
+    );
+    assert!(!r.analysis_passed, "each step needs its own pass");
+    // A pass before the pause is over waits for the pause.
+    r.apply(&plan, Command::AnalysisPassed, "analysis", "", 6 * MIN)
+        .unwrap();
+    assert!(r.tick(&plan, 6 * MIN));
+    assert_eq!(
+        r.phase,
+        Phase::Completed,
+        "the 100% step has no baseline traffic to judge: it completes"
+    );
+    // A manual gate still needs a person, analysis or not.
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::AnalysisPassed, "analysis", "", 0)
+        .unwrap();
+    assert!(!r.tick(&plan, 60 * MIN));
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         Just(Command::Promote),
@@ -285,6 +333,7 @@ fn command() -> impl Strategy<Value = Command> {
         Just(Command::Retry),
         Just(Command::Rollback),
         Just(Command::AnalysisFailed),
+        Just(Command::AnalysisPassed),
         (0u32..=100_000).prop_map(|m| Command::SetWeight(Weight::from_milli_percent(m))),
     ]
 }
@@ -329,41 +378,44 @@ fn any_plan() -> impl Strategy<Value = Plan> {
             .collect::<Vec<_>>()
     });
     let kind = prop_oneof![Just(0u8), Just(1u8), Just(2u8),];
-    (steps, kind, any::<bool>(), 0u32..=100_000).prop_map(|(steps, kind, skip_rollback, split)| {
-        let manual = vec![Step {
-            weight: Weight::ZERO,
-            pause: Pause::Manual,
-        }];
-        let (kind, steps) = match kind {
-            0 => (Kind::Canary, steps),
-            1 => (
-                Kind::BlueGreen {
-                    keep_previous_ms: 60_000,
-                },
-                manual,
-            ),
-            _ => (
-                Kind::Experiment {
-                    variants: vec![
-                        ("a".to_string(), 0, Weight::from_milli_percent(split)),
-                        (
-                            "b".to_string(),
-                            1,
-                            Weight::from_milli_percent(100_000 - split),
-                        ),
-                    ],
-                },
-                manual,
-            ),
-        };
-        Plan {
-            kind,
-            steps,
-            baseline: 0,
-            candidate: 1,
-            skip_rollback,
-        }
-    })
+    (steps, kind, any::<bool>(), any::<bool>(), 0u32..=100_000).prop_map(
+        |(steps, kind, skip_rollback, gated, split)| {
+            let manual = vec![Step {
+                weight: Weight::ZERO,
+                pause: Pause::Manual,
+            }];
+            let (kind, steps) = match kind {
+                0 => (Kind::Canary, steps),
+                1 => (
+                    Kind::BlueGreen {
+                        keep_previous_ms: 60_000,
+                    },
+                    manual,
+                ),
+                _ => (
+                    Kind::Experiment {
+                        variants: vec![
+                            ("a".to_string(), 0, Weight::from_milli_percent(split)),
+                            (
+                                "b".to_string(),
+                                1,
+                                Weight::from_milli_percent(100_000 - split),
+                            ),
+                        ],
+                    },
+                    manual,
+                ),
+            };
+            Plan {
+                kind,
+                steps,
+                baseline: 0,
+                candidate: 1,
+                skip_rollback,
+                gated,
+            }
+        },
+    )
 }
 
 proptest! {

@@ -1,0 +1,107 @@
+//! Business events (`POST /api/v1/events`): a conversion, an order value… posted for a user and
+//! attributed to the version (or experiment variant) that user is bucketed into, so the analysis
+//! can compare them per version. Kept as running totals per (service, version, event) since
+//! start, like the request metrics; the analysis diffs two snapshots to judge a window.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Distinct event names kept per service, so a misbehaving client cannot grow memory without
+/// bound.
+pub const MAX_EVENT_NAMES: usize = 64;
+
+/// Running totals of one event for one version.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EventTotals {
+    pub count: u64,
+    pub sum: f64,
+    pub sum_sq: f64,
+}
+
+#[derive(Default)]
+pub struct EventLog {
+    /// service → event → version → totals.
+    totals: Mutex<BTreeMap<String, BTreeMap<String, BTreeMap<String, EventTotals>>>>,
+}
+
+/// Why an event was not recorded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error(
+        "service `{service}` already has {MAX_EVENT_NAMES} distinct event names; `{event}` was not recorded"
+    )]
+    TooManyNames { service: String, event: String },
+}
+
+impl EventLog {
+    pub fn record(
+        &self,
+        service: &str,
+        version: &str,
+        event: &str,
+        value: Option<f64>,
+    ) -> Result<(), EventError> {
+        let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let by_event = totals.entry(service.to_string()).or_default();
+        if !by_event.contains_key(event) && by_event.len() >= MAX_EVENT_NAMES {
+            return Err(EventError::TooManyNames {
+                service: service.to_string(),
+                event: event.to_string(),
+            });
+        }
+        let t = by_event
+            .entry(event.to_string())
+            .or_default()
+            .entry(version.to_string())
+            .or_default();
+        let v = value.unwrap_or(1.0);
+        t.count += 1;
+        t.sum += v;
+        t.sum_sq += v * v;
+        Ok(())
+    }
+
+    /// Every event's totals for `version` of `service`, by event name.
+    pub fn totals(&self, service: &str, version: &str) -> BTreeMap<String, EventTotals> {
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        totals
+            .get(service)
+            .map(|by_event| {
+                by_event
+                    .iter()
+                    .filter_map(|(name, by_version)| {
+                        Some((name.clone(), *by_version.get(version)?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_per_version_and_event() {
+        let log = EventLog::default();
+        log.record("shop", "v2", "purchase", Some(10.0)).unwrap();
+        log.record("shop", "v2", "purchase", Some(30.0)).unwrap();
+        log.record("shop", "v1", "purchase", None).unwrap();
+        let v2 = log.totals("shop", "v2")["purchase"];
+        assert_eq!((v2.count, v2.sum, v2.sum_sq), (2, 40.0, 1000.0));
+        assert_eq!(log.totals("shop", "v1")["purchase"].sum, 1.0);
+        assert!(log.totals("shop", "v3").is_empty());
+    }
+
+    #[test]
+    fn event_names_are_bounded_per_service() {
+        let log = EventLog::default();
+        for i in 0..MAX_EVENT_NAMES {
+            log.record("shop", "v1", &format!("e{i}"), None).unwrap();
+        }
+        assert!(log.record("shop", "v1", "one-more", None).is_err());
+        assert!(log.record("shop", "v2", "e0", None).is_ok(), "known names still count");
+        assert!(log.record("other", "v1", "one-more", None).is_ok());
+    }
+}
