@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use graylane_analysis::{Decision, Judgement};
 use graylane_config::{Config, Service};
 use graylane_notify::Notifier;
 use graylane_rollout::{Command, Kind, Phase, Plan, Rollout, Transition};
@@ -13,10 +14,13 @@ use graylane_rules::Routing;
 use graylane_store::{NewAuditEntry, NewRevision, RevisionSource, Store};
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::{Observation, Runner, Subject, totals};
 use crate::error::ControlError;
+use crate::events::EventLog;
+use crate::experiment::ExperimentResults;
 use crate::view::{
-    self, AuditView, ReleaseView, RevisionView, audit_view, full_revision_view, release_view,
-    revision_view,
+    self, AnalysisView, AuditView, EventAttribution, ReleaseView, RevisionView, audit_view,
+    check_name, full_revision_view, release_view, revision_view, summarize,
 };
 
 /// Where the controller's decisions take effect: the gateway's routing.
@@ -25,9 +29,10 @@ pub trait DataPlane: Send + Sync {
     fn apply(&self, config: Config, routes: &BTreeMap<String, Routing>);
     /// One release's traffic split.
     fn set_routing(&self, service: &str, routing: Routing);
-    /// Requests bucketed into `version` of `service` since the gateway started (experiment
-    /// exposures).
-    fn bucketed(&self, service: &str, version: &str) -> u64;
+    /// What `version` of `service` has done since the gateway started.
+    fn observe(&self, service: &str, version: &str) -> Observation;
+    /// The version a user with bucketing key `key` is bucketed into (business events).
+    fn assign(&self, service: &str, key: &str) -> Option<String>;
 }
 
 /// What a person (or the analysis) asks of a release, as the API says it.
@@ -86,6 +91,10 @@ pub struct Controller {
     plane: Arc<dyn DataPlane>,
     notifier: Option<Notifier>,
     state: Mutex<State>,
+    /// Each analysed release's analysis, by service. Locked apart from `state` (and never while
+    /// holding it) because judging may wait on Prometheus.
+    analyses: Mutex<BTreeMap<String, Runner>>,
+    events: EventLog,
 }
 
 struct State {
@@ -168,6 +177,8 @@ impl Controller {
                 revision,
                 releases: BTreeMap::new(),
             }),
+            analyses: Mutex::new(BTreeMap::new()),
+            events: EventLog::default(),
         };
         {
             let mut state = controller.lock();
@@ -299,6 +310,274 @@ impl Controller {
             .min()
     }
 
+    // ----- analysis -----
+
+    /// Judges every analysed release whose interval is up and applies the decisions: a passed
+    /// step may move on, a failed one aborts (or pauses), no data for too long pauses. Returns
+    /// how many releases were judged.
+    pub fn analyze(&self, now_ms: i64) -> usize {
+        struct Work {
+            service: String,
+            analysis: graylane_config::Analysis,
+            step: (usize, i64),
+            baseline: String,
+            candidate: String,
+        }
+        let (work, releases): (Vec<Work>, Vec<String>) = {
+            let state = self.lock();
+            let work = state
+                .releases
+                .iter()
+                .filter(|(_, m)| m.rollout.phase == Phase::Progressing)
+                .filter_map(|(name, m)| {
+                    let svc = state.config.service(name)?;
+                    Some(Work {
+                        service: name.clone(),
+                        analysis: svc.release.as_ref()?.analysis.clone()?,
+                        step: (m.rollout.step, m.rollout.step_started_ms),
+                        baseline: svc.versions.get(m.plan.baseline)?.name.clone(),
+                        candidate: svc.versions.get(m.plan.candidate)?.name.clone(),
+                    })
+                })
+                .collect();
+            (work, state.releases.keys().cloned().collect())
+        };
+        let mut verdicts = Vec::new();
+        {
+            let mut analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+            analyses.retain(|name, _| releases.contains(name));
+            for w in &work {
+                let runner = analyses
+                    .entry(w.service.clone())
+                    .or_insert_with(|| Runner::new(&w.analysis));
+                if !runner.is_for(&w.analysis) {
+                    *runner = Runner::new(&w.analysis);
+                }
+                let codes = &w.analysis.error_codes;
+                let now = || {
+                    (
+                        self.totals_now(&w.service, &w.candidate, codes, now_ms),
+                        self.totals_now(&w.service, &w.baseline, codes, now_ms),
+                    )
+                };
+                if runner.step() != Some(w.step) {
+                    runner.begin_step(w.step, now(), now_ms);
+                    continue;
+                }
+                if !runner.due(now_ms) {
+                    continue;
+                }
+                let subject = Subject {
+                    service: &w.service,
+                    baseline: &w.baseline,
+                    candidate: &w.candidate,
+                };
+                let (decision, judgement) = runner.judge(&subject, &now(), now_ms);
+                verdicts.push((w.service.clone(), w.step, decision, judgement));
+            }
+        }
+        let judged = verdicts.len();
+        for (service, step, decision, judgement) in verdicts {
+            if let Err(e) = self.apply_verdict(&service, step, &decision, &judgement, now_ms) {
+                tracing::error!(%service, "cannot apply the analysis verdict: {e}");
+            }
+        }
+        judged
+    }
+
+    fn totals_now(
+        &self,
+        service: &str,
+        version: &str,
+        error_codes: &[graylane_config::StatusRange],
+        now_ms: i64,
+    ) -> graylane_analysis::Sample {
+        totals(
+            &self.plane.observe(service, version),
+            &self.events.totals(service, version),
+            error_codes,
+            now_ms,
+        )
+    }
+
+    fn apply_verdict(
+        &self,
+        service: &str,
+        step: (usize, i64),
+        decision: &Decision,
+        judgement: &Judgement,
+        now_ms: i64,
+    ) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        let summary = summarize(decision, judgement);
+        self.store.append_audit(
+            &self.env,
+            NewAuditEntry {
+                at_ms: now_ms,
+                actor: "analysis".to_string(),
+                action: "analysis".to_string(),
+                target: service.to_string(),
+                reason: summary.clone(),
+                detail: serde_json::to_value(judgement).unwrap_or_default(),
+            },
+        )?;
+        let Some(m) = state.releases.get(service) else {
+            return Ok(());
+        };
+        // A person may have moved the release since the judgement began.
+        if m.rollout.phase != Phase::Progressing
+            || (m.rollout.step, m.rollout.step_started_ms) != step
+        {
+            return Ok(());
+        }
+        let command = match decision {
+            Decision::Promote if !m.rollout.analysis_passed => Command::AnalysisPassed,
+            Decision::Fail { .. } => Command::AnalysisFailed,
+            Decision::Pause { .. } => Command::Pause,
+            _ => return Ok(()),
+        };
+        let mut rollout = m.rollout.clone();
+        rollout.apply(&m.plan, command, "analysis", &summary, now_ms)?;
+        // A step whose pause is already over moves on at once.
+        let before = rollout.history.len();
+        rollout.tick(&m.plan, now_ms);
+        let new = 1 + rollout.history.len() - before;
+        self.commit(&mut state, service, rollout, new)
+    }
+
+    /// The latest judgements of `service`'s analysis, oldest first.
+    pub fn analysis(&self, service: &str) -> Result<AnalysisView, ControlError> {
+        let (interval_s, checks) = {
+            let state = self.lock();
+            find(&state, service)?;
+            let analysis = state
+                .config
+                .service(service)
+                .and_then(|s| s.release.as_ref())
+                .and_then(|r| r.analysis.as_ref());
+            (
+                analysis.map(|a| a.interval.as_secs_f64()),
+                analysis.map_or_else(Vec::new, |a| a.checks.iter().map(check_name).collect()),
+            )
+        };
+        let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+        let history: Vec<Judgement> = analyses
+            .get(service)
+            .map(|r| r.history.iter().cloned().collect())
+            .unwrap_or_default();
+        Ok(AnalysisView {
+            service: service.to_string(),
+            configured: interval_s.is_some(),
+            interval_s,
+            checks,
+            latest: history.last().cloned(),
+            history,
+        })
+    }
+
+    // ----- business events -----
+
+    /// `Ok` when `service` has a release (so events can be attributed), else which ones do.
+    pub fn check_release(&self, service: &str) -> Result<(), ControlError> {
+        find(&self.lock(), service).map(|_| ())
+    }
+
+    /// Records a business event for the user whose bucketing key is `key`, attributed to the
+    /// version (experiment variant) that user is bucketed into.
+    pub fn post_event(
+        &self,
+        service: &str,
+        key: &str,
+        event: &str,
+        value: Option<f64>,
+    ) -> Result<EventAttribution, ControlError> {
+        let variant_of = {
+            let state = self.lock();
+            let m = find(&state, service)?;
+            match &m.plan.kind {
+                Kind::Experiment { variants } => {
+                    let svc = state.config.service(service);
+                    variants
+                        .iter()
+                        .filter_map(|(name, v, _)| {
+                            Some((svc?.versions.get(*v)?.name.clone(), name.clone()))
+                        })
+                        .collect()
+                }
+                _ => BTreeMap::new(),
+            }
+        };
+        if value.is_some_and(|v| !v.is_finite()) {
+            return Err(ControlError::BadEvent(
+                "`value` must be a finite number".to_string(),
+            ));
+        }
+        let version = self.plane.assign(service, key).ok_or_else(|| {
+            ControlError::BadEvent(format!(
+                "service `{service}` has no release to attribute events to"
+            ))
+        })?;
+        self.events
+            .record(service, &version, event, value)
+            .map_err(|e| ControlError::BadEvent(e.to_string()))?;
+        Ok(EventAttribution {
+            service: service.to_string(),
+            variant: variant_of.get(&version).cloned(),
+            version,
+        })
+    }
+
+    /// An experiment's results since the gateway started: per variant its exposures, error
+    /// rate, latency and events, effects against the control with their intervals, and the
+    /// sample-ratio-mismatch check.
+    pub fn experiment_results(&self, service: &str) -> Result<ExperimentResults, ControlError> {
+        let (variants, analysis) = {
+            let state = self.lock();
+            let m = find(&state, service)?;
+            let Kind::Experiment { variants } = &m.plan.kind else {
+                return Err(ControlError::NotAnExperiment {
+                    service: service.to_string(),
+                    strategy: m.plan.kind.as_str(),
+                });
+            };
+            let svc = state
+                .config
+                .service(service)
+                .ok_or_else(|| unknown_service(&state, service))?;
+            let variants: Vec<(String, String, f64)> = variants
+                .iter()
+                .filter_map(|(name, v, w)| {
+                    Some((
+                        name.clone(),
+                        svc.versions.get(*v)?.name.clone(),
+                        w.percent(),
+                    ))
+                })
+                .collect();
+            (
+                variants,
+                svc.release.as_ref().and_then(|r| r.analysis.clone()),
+            )
+        };
+        Ok(crate::experiment::results(
+            service,
+            &variants,
+            analysis.as_ref(),
+            |version| {
+                let codes = analysis
+                    .as_ref()
+                    .map_or(&crate::experiment::DEFAULT_ERROR_CODES[..], |a| {
+                        &a.error_codes
+                    });
+                let observed = self.plane.observe(service, version);
+                (
+                    observed.bucketed,
+                    totals(&observed, &self.events.totals(service, version), codes, 0),
+                )
+            },
+        ))
+    }
+
     // ----- configuration -----
 
     /// The file changed on disk: validates and applies it as a revision by `file`. Text equal
@@ -403,7 +682,13 @@ impl Controller {
             &m.plan,
             &m.rollout,
             now_ms,
-            |version| self.plane.bucketed(name, version),
+            |version| self.plane.observe(name, version).bucketed,
+            self.analyses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .and_then(|r| r.history.back())
+                .map(view::brief),
         ))
     }
 

@@ -37,6 +37,13 @@ pub enum ControlError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    BadEvent(String),
+    #[error("`{service}` is a {strategy} release, not an experiment")]
+    NotAnExperiment {
+        service: String,
+        strategy: &'static str,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(

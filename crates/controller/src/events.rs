@@ -18,10 +18,13 @@ pub struct EventTotals {
     pub sum_sq: f64,
 }
 
+/// event → version → totals.
+type ByEvent = BTreeMap<String, BTreeMap<String, EventTotals>>;
+
 #[derive(Default)]
 pub struct EventLog {
-    /// service → event → version → totals.
-    totals: Mutex<BTreeMap<String, BTreeMap<String, BTreeMap<String, EventTotals>>>>,
+    /// By service.
+    totals: Mutex<BTreeMap<String, ByEvent>>,
 }
 
 /// Why an event was not recorded.
@@ -101,7 +104,10 @@ mod tests {
             log.record("shop", "v1", &format!("e{i}"), None).unwrap();
         }
         assert!(log.record("shop", "v1", "one-more", None).is_err());
-        assert!(log.record("shop", "v2", "e0", None).is_ok(), "known names still count");
+        assert!(
+            log.record("shop", "v2", "e0", None).is_ok(),
+            "known names still count"
+        );
         assert!(log.record("other", "v1", "one-more", None).is_ok());
     }
 }

@@ -12,11 +12,15 @@
 //! Restarting on the same store resumes every release at the same step and weight; a timed
 //! pause counts wall-clock time, so the time graylane was down counts towards it.
 
+mod analysis;
 mod controller;
 mod error;
+pub mod events;
+pub mod experiment;
 pub mod metrics;
 pub mod prometheus;
 pub mod view;
 
+pub use analysis::Observation;
 pub use controller::{Action, Actor, ApplyOutcome, Controller, DataPlane, Setup, unified_diff};
 pub use error::ControlError;

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use graylane_config::{Pause, Service, Weight};
+use graylane_analysis::{Decision, Judgement};
+use graylane_config::{Check, Pause, Service, Weight};
 use graylane_rollout::{Kind, Plan, Rollout, Transition};
 use graylane_store::{AuditEntry, Revision, RevisionMeta};
 use serde::Serialize;
@@ -42,6 +43,88 @@ pub struct ReleaseView {
     pub variants: Vec<VariantView>,
     /// The most recent transitions, oldest first.
     pub transitions: Vec<TransitionView>,
+    /// The analysis's latest decision, when the release has one and it has judged.
+    pub analysis: Option<AnalysisBrief>,
+}
+
+/// The latest analysis decision in one line.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AnalysisBrief {
+    /// `continue`, `promote`, `hold`, `pause` or `fail`.
+    pub decision: String,
+    pub summary: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// A release's analysis: its checks and its latest judgements with their figures.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AnalysisView {
+    pub service: String,
+    /// Whether the release has an `analysis` section.
+    pub configured: bool,
+    pub interval_s: Option<f64>,
+    pub checks: Vec<String>,
+    /// The latest judgement: every check's verdict (pass, fail, inconclusive) with its figures
+    /// and the decision.
+    #[schema(value_type = Option<Object>)]
+    pub latest: Option<Judgement>,
+    /// Up to the last 50 judgements, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub history: Vec<Judgement>,
+}
+
+/// Where a business event was counted.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventAttribution {
+    pub service: String,
+    pub version: String,
+    /// The experiment variant, for an experiment.
+    pub variant: Option<String>,
+}
+
+/// A check's name as the API shows it: `error_rate`, `latency_p99`, the query's name...
+pub fn check_name(check: &Check) -> String {
+    match check {
+        Check::ErrorRate { .. } => "error_rate".to_string(),
+        Check::Latency { percentile, .. } => format!("latency_p{percentile}"),
+        Check::Throughput { .. } => "throughput".to_string(),
+        Check::Query { name, .. } => name.clone(),
+        Check::EventRate { event, .. } => format!("event_rate:{event}"),
+        Check::EventMean { event, .. } => format!("event_mean:{event}"),
+    }
+}
+
+/// The decision and what it rests on, in one line (the audit's reason).
+pub fn summarize(decision: &Decision, judgement: &Judgement) -> String {
+    let checks = judgement
+        .results
+        .iter()
+        .map(|r| format!("{}: {:?} ({})", r.check, r.verdict, r.reason).to_lowercase())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match decision {
+        Decision::Promote => format!("analysis passed: {checks}"),
+        Decision::Continue => format!("continue: {checks}"),
+        Decision::Hold { reason } => format!("hold: {reason}"),
+        Decision::Pause { reason } => format!("pause: {reason}"),
+        Decision::Fail { reason } => format!("fail: {reason}"),
+    }
+}
+
+pub(crate) fn brief(judgement: &Judgement) -> AnalysisBrief {
+    let decision = match judgement.decision {
+        Decision::Continue => "continue",
+        Decision::Promote => "promote",
+        Decision::Hold { .. } => "hold",
+        Decision::Pause { .. } => "pause",
+        Decision::Fail { .. } => "fail",
+    };
+    AnalysisBrief {
+        decision: decision.to_string(),
+        summary: summarize(&judgement.decision, judgement),
+        at: rfc3339(i64::try_from(judgement.at_ms).unwrap_or(0)),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -118,6 +201,7 @@ pub(crate) fn release_view(
     rollout: &Rollout,
     now_ms: i64,
     exposures: impl Fn(&str) -> u64,
+    analysis: Option<AnalysisBrief>,
 ) -> ReleaseView {
     let name = |v: usize| {
         service
@@ -178,6 +262,7 @@ pub(crate) fn release_view(
             .iter()
             .map(transition_view)
             .collect(),
+        analysis,
     }
 }
 

@@ -237,7 +237,10 @@ impl Metrics {
     /// Everything recorded for `version` of `service` so far (zeros if nothing was).
     pub fn observe(&self, service: &str, version: &str) -> Observed {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(r) = routes.get(&(service.to_string(), version.to_string())).cloned() else {
+        let Some(r) = routes
+            .get(&(service.to_string(), version.to_string()))
+            .cloned()
+        else {
             return Observed {
                 latency: vec![0; histogram::BUCKETS],
                 ..Observed::default()

@@ -448,8 +448,8 @@ impl Rollout {
                 Some(Pause::Manual) | None => false,
             };
             // At 100% the baseline has no traffic left to compare with: nothing to wait for.
-            let due = pause_over
-                && (!plan.gated || self.analysis_passed || self.weight == Weight::FULL);
+            let due =
+                pause_over && (!plan.gated || self.analysis_passed || self.weight == Weight::FULL);
             if !due {
                 break;
             }

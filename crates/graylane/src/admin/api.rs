@@ -8,7 +8,10 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use graylane_controller::view::{AuditView, ReleaseView, RevisionView};
+use graylane_controller::experiment::ExperimentResults;
+use graylane_controller::view::{
+    AnalysisView, AuditView, EventAttribution, ReleaseView, RevisionView,
+};
 use graylane_controller::{Action, Actor, ApplyOutcome, ControlError, Controller};
 use http::{HeaderValue, header};
 use serde::{Deserialize, Serialize};
@@ -62,6 +65,9 @@ pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(retry))
         .routes(routes!(rollback))
         .routes(routes!(set_weight))
+        .routes(routes!(get_analysis))
+        .routes(routes!(post_events))
+        .routes(routes!(experiment_results))
         .routes(routes!(get_config, put_config))
         .routes(routes!(list_revisions))
         .routes(routes!(get_revision))
@@ -285,6 +291,119 @@ async fn set_weight(
         body.reason,
     )
     .await
+}
+
+// ----- analysis, events, experiments -----
+
+/// The release's analysis: its checks and latest judgements, each check with its verdict and
+/// figures (n, rates, effect, interval, statistic).
+#[utoipa::path(get, path = "/api/v1/releases/{service}/analysis", tag = "analysis",
+    params(("service" = String, Path, description = "The service whose analysis to show")),
+    responses((status = 200, body = AnalysisView), (status = 404, body = ErrorBody)))]
+async fn get_analysis(
+    State(state): State<Arc<AdminState>>,
+    Path(service): Path<String>,
+) -> Result<Json<AnalysisView>, ApiError> {
+    Ok(Json(controller(&state)?.analysis(&service)?))
+}
+
+/// One business event, or a list of them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    /// The service whose release the event counts for...
+    #[serde(default)]
+    service: Option<String>,
+    /// ...or the experiment (the service name of an experiment release).
+    #[serde(default)]
+    experiment: Option<String>,
+    /// The user's bucketing key (the value of the release's `bucket_by`).
+    key: String,
+    /// The event's name, as the checks' `event` says.
+    event: String,
+    /// A value (an order's amount, say) for `event_mean`; 1 when absent.
+    #[serde(default)]
+    value: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+enum EventBatch {
+    One(EventBody),
+    Many(Vec<EventBody>),
+}
+
+#[derive(Serialize, ToSchema)]
+struct EventsRecorded {
+    /// Where each event was counted, in the order posted.
+    recorded: Vec<EventAttribution>,
+}
+
+/// Business events, attributed to the version (or variant) the user is bucketed into, for the
+/// `event_rate` and `event_mean` checks and experiment results. A batch with a malformed event
+/// or an unknown service records nothing.
+#[utoipa::path(post, path = "/api/v1/events", tag = "analysis",
+    request_body(content = EventBody, content_type = "application/json",
+        description = "One event, or a JSON array of them"),
+    responses((status = 200, body = EventsRecorded), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn post_events(
+    State(state): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Result<Json<EventsRecorded>, ApiError> {
+    let batch: EventBatch = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be an event like {{\"service\": \"payment\", \"key\": \"u-1\", \"event\": \"purchase\", \"value\": 12.5}} or a list of them: {e}"
+        ))
+    })?;
+    let events = match batch {
+        EventBatch::One(e) => vec![e],
+        EventBatch::Many(list) => list,
+    };
+    let mut checked = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        let service = match (e.service, e.experiment) {
+            (Some(s), None) | (None, Some(s)) => s,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "event {i}: give exactly one of `service` or `experiment`"
+                )));
+            }
+        };
+        if e.key.is_empty() || e.event.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "event {i}: `key` and `event` must not be empty"
+            )));
+        }
+        checked.push((service, e.key, e.event, e.value));
+    }
+    let c = controller(&state)?;
+    let recorded = blocking(move || {
+        // Every service first, so a batch with an unknown one records nothing.
+        for (service, ..) in &checked {
+            c.check_release(service)?;
+        }
+        checked
+            .iter()
+            .map(|(service, key, event, value)| c.post_event(service, key, event, *value))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(Json(EventsRecorded { recorded }))
+}
+
+/// An experiment's results: exposures, error rates, latency and events per variant, each
+/// variant against the control, and the sample-ratio-mismatch check.
+#[utoipa::path(get, path = "/api/v1/experiments/{service}/results", tag = "analysis",
+    params(("service" = String, Path, description = "The service of the experiment release")),
+    responses((status = 200, body = ExperimentResults), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn experiment_results(
+    State(state): State<Arc<AdminState>>,
+    Path(service): Path<String>,
+) -> Result<Json<ExperimentResults>, ApiError> {
+    let c = controller(&state)?;
+    Ok(Json(
+        blocking(move || c.experiment_results(&service)).await?,
+    ))
 }
 
 // ----- configuration -----

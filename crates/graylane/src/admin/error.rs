@@ -106,8 +106,11 @@ impl From<ControlError> for ApiError {
                 api.body.services = Some(services);
                 api
             }
-            ControlError::UnknownVariant { .. } | ControlError::BadWeight { .. } => {
-                ApiError::bad_request(text)
+            ControlError::UnknownVariant { .. }
+            | ControlError::BadWeight { .. }
+            | ControlError::BadEvent(_) => ApiError::bad_request(text),
+            ControlError::NotAnExperiment { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_allowed", text)
             }
             ControlError::Command(CommandError::NotAllowed { allowed, .. }) => {
                 let mut api = ApiError::new(StatusCode::CONFLICT, "not_allowed", text);

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
+use graylane_analysis::Histogram;
 use graylane_config::Config;
 use graylane_controller::metrics::ReleaseCollector;
-use graylane_controller::{ControlError, Controller, DataPlane, Setup};
+use graylane_controller::{ControlError, Controller, DataPlane, Observation, Setup};
 use graylane_notify::{Notifier, WebhookTarget};
 use graylane_proxy::{Gateway, GatewayOptions};
 use graylane_rules::Routing;
@@ -126,8 +127,21 @@ impl DataPlane for GatewayPlane {
         }
     }
 
-    fn bucketed(&self, service: &str, version: &str) -> u64 {
-        self.0.metrics().bucketed(service, version)
+    fn observe(&self, service: &str, version: &str) -> Observation {
+        let o = self.0.metrics().observe(service, version);
+        Observation {
+            codes: o.codes,
+            latency: Histogram::from_counts(&o.latency),
+            bucketed: o.bucketed,
+        }
+    }
+
+    fn assign(&self, service: &str, key: &str) -> Option<String> {
+        let snapshot = self.0.snapshot();
+        let table = &snapshot.table;
+        let s = table.service_index(service)?;
+        let v = table.assign(s, key)?;
+        Some(table.version_name(s, v).to_string())
     }
 }
 
@@ -268,15 +282,20 @@ pub fn now_ms() -> i64 {
     crate::admin::api::now_ms()
 }
 
-/// Moves releases whose timed pause is over. A short period keeps a step's start within a
-/// fraction of a second of its due time without a timer per release.
+/// Moves releases whose timed pause is over and runs the analyses whose interval is up. A short
+/// period keeps a step's start (and a verdict) within a fraction of a second of its due time
+/// without a timer per release.
 async fn tick_releases(controller: Arc<Controller>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let c = Arc::clone(&controller);
-        let _ = tokio::task::spawn_blocking(move || c.tick(now_ms())).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            c.tick(now_ms());
+            c.analyze(now_ms());
+        })
+        .await;
     }
 }
 

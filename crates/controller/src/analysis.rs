@@ -1,0 +1,272 @@
+//! The analysis of running releases. Once per `analysis.interval`, every check of a release is
+//! judged on what its candidate and baseline did *since the current step began* (the data
+//! plane's running totals minus a snapshot taken when the step began) with the statistics of
+//! [`graylane_analysis`]; the [`Analyzer`] turns the interval's results into a decision that the
+//! controller applies to the state machine: a passed step may move on, a failed one aborts (or
+//! pauses), a step without enough data for too long pauses.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use graylane_analysis::check::{Figures, Measure};
+use graylane_analysis::{
+    Analyzer, CheckResult, CheckSpec, Decision, Events, FailureMode, Histogram, Judgement, Policy,
+    Sample, Verdict, evaluate,
+};
+use graylane_config::{Analysis, Check, StatusRange};
+
+use crate::events::EventTotals;
+use crate::prometheus::{Prometheus, QuerySource, render};
+
+/// Judgements kept per release for the API (the audit log has them all).
+pub const HISTORY: usize = 50;
+
+/// What the data plane has seen of one version since it started.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// Responses by status (graylane's own 502/504/408 included).
+    pub codes: BTreeMap<u16, u64>,
+    pub latency: Histogram,
+    /// Requests routed to the version by bucketing: its exposures.
+    pub bucketed: u64,
+}
+
+/// The names a release's checks are about.
+pub(crate) struct Subject<'a> {
+    pub service: &'a str,
+    pub baseline: &'a str,
+    pub candidate: &'a str,
+}
+
+/// One release's analysis.
+pub(crate) struct Runner {
+    config: Analysis,
+    analyzer: Analyzer,
+    prometheus: Option<Prometheus>,
+    /// The step being judged: (index, when it began).
+    step: Option<(usize, i64)>,
+    /// Running totals (candidate, baseline) when the step began.
+    since: (Sample, Sample),
+    next_ms: i64,
+    pub history: VecDeque<Judgement>,
+}
+
+impl Runner {
+    pub fn new(config: &Analysis) -> Runner {
+        Runner {
+            analyzer: Analyzer::new(Policy {
+                min_requests: config.min_requests,
+                failure_limit: config.failure_limit,
+                failure_mode: match config.failure_mode {
+                    graylane_config::FailureMode::Consecutive => FailureMode::Consecutive,
+                    graylane_config::FailureMode::Total => FailureMode::Total,
+                },
+                success_needed: config.success_needed,
+                max_wait_without_data: config.max_wait_without_data,
+                alpha: 1.0 - config.confidence,
+            }),
+            prometheus: config
+                .prometheus_url
+                .as_ref()
+                .map(|url| Prometheus::new(url, Duration::from_secs(2))),
+            config: config.clone(),
+            step: None,
+            since: (Sample::default(), Sample::default()),
+            next_ms: 0,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Whether this runner still fits `config` (a changed analysis starts afresh).
+    pub fn is_for(&self, config: &Analysis) -> bool {
+        format!("{:?}", self.config) == format!("{config:?}")
+    }
+
+    /// Starts judging a new step from `now`: totals so far are the step's zero.
+    pub fn begin_step(&mut self, step: (usize, i64), now: (Sample, Sample), now_ms: i64) {
+        self.step = Some(step);
+        self.since = now;
+        self.analyzer.step_started(ms(now_ms));
+        self.next_ms = now_ms + interval_ms(&self.config);
+    }
+
+    pub fn step(&self) -> Option<(usize, i64)> {
+        self.step
+    }
+
+    pub fn due(&self, now_ms: i64) -> bool {
+        self.step.is_some() && now_ms >= self.next_ms
+    }
+
+    /// Judges the step on the totals `now` and returns the decision.
+    pub fn judge(
+        &mut self,
+        subject: &Subject<'_>,
+        now: &(Sample, Sample),
+        now_ms: i64,
+    ) -> (Decision, Judgement) {
+        let candidate = now.0.sub(&self.since.0);
+        let baseline = now.1.sub(&self.since.1);
+        let alpha = 1.0 - self.config.confidence;
+        let results: Vec<CheckResult> = self
+            .config
+            .checks
+            .iter()
+            .map(|check| match spec(check) {
+                Some(spec) => evaluate(
+                    &spec,
+                    &candidate,
+                    &baseline,
+                    self.config.min_requests,
+                    alpha,
+                ),
+                None => self.query(check, subject),
+            })
+            .collect();
+        let decision = self.analyzer.judge(ms(now_ms), &results);
+        let judgement = self.analyzer.last().cloned().unwrap_or(Judgement {
+            at_ms: ms(now_ms),
+            results,
+            decision: decision.clone(),
+            passes: 0,
+            failures: 0,
+        });
+        self.history.push_back(judgement.clone());
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+        self.next_ms = now_ms + interval_ms(&self.config);
+        (decision, judgement)
+    }
+
+    /// A Prometheus `query` check: the value must lie within its bounds; a query that gives no
+    /// number is inconclusive, with the reason.
+    fn query(&self, check: &Check, subject: &Subject<'_>) -> CheckResult {
+        let Check::Query {
+            name,
+            query,
+            max,
+            min,
+        } = check
+        else {
+            return inconclusive("query", "not a query check".to_string());
+        };
+        let Some(prometheus) = &self.prometheus else {
+            return inconclusive(name, "no prometheus_url configured".to_string());
+        };
+        let promql = render(query, subject.service, subject.baseline, subject.candidate);
+        match prometheus.query(&promql) {
+            Err(e) => inconclusive(name, e.to_string()),
+            Ok(value) => {
+                let above = max.filter(|m| value > *m);
+                let below = min.filter(|m| value < *m);
+                let (verdict, reason) = match (above, below) {
+                    (Some(m), _) => (Verdict::Fail, format!("{value} is above max {m}")),
+                    (_, Some(m)) => (Verdict::Fail, format!("{value} is below min {m}")),
+                    _ => (Verdict::Pass, format!("{value} is within bounds")),
+                };
+                CheckResult {
+                    check: name.clone(),
+                    verdict,
+                    enough_data: true,
+                    reason,
+                    figures: Figures {
+                        alpha: 0.0,
+                        candidate: Measure {
+                            n: 1,
+                            value: Some(value),
+                            low: None,
+                            high: None,
+                        },
+                        ..Figures::default()
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn inconclusive(name: &str, reason: String) -> CheckResult {
+    CheckResult {
+        check: name.to_string(),
+        verdict: Verdict::Inconclusive,
+        enough_data: true,
+        reason,
+        figures: Figures::default(),
+    }
+}
+
+/// The statistics' form of a configured check; `None` for a Prometheus query.
+pub(crate) fn spec(check: &Check) -> Option<CheckSpec> {
+    Some(match check {
+        Check::ErrorRate { max, max_increase } => CheckSpec::ErrorRate {
+            max: *max,
+            max_increase: *max_increase,
+        },
+        Check::Latency {
+            percentile,
+            max_ms,
+            max_ratio,
+        } => CheckSpec::Latency {
+            percentile: *percentile,
+            max_ms: *max_ms,
+            max_ratio: *max_ratio,
+        },
+        Check::Throughput { min_rps } => CheckSpec::Throughput { min_rps: *min_rps },
+        Check::EventRate { event, min_change } => CheckSpec::EventRate {
+            event: event.clone(),
+            min_change: Some(*min_change),
+        },
+        Check::EventMean { event, min_change } => CheckSpec::EventMean {
+            event: event.clone(),
+            min_change: Some(*min_change),
+        },
+        Check::Query { .. } => return None,
+    })
+}
+
+/// One version's running totals as a sample, counting `error_codes` as errors.
+pub(crate) fn totals(
+    observed: &Observation,
+    events: &BTreeMap<String, EventTotals>,
+    error_codes: &[StatusRange],
+    now_ms: i64,
+) -> Sample {
+    let requests = observed.codes.values().sum();
+    let errors = observed
+        .codes
+        .iter()
+        .filter(|(code, _)| error_codes.iter().any(|r| r.contains(**code)))
+        .map(|(_, n)| n)
+        .sum();
+    Sample {
+        requests,
+        errors,
+        latency: observed.latency.clone(),
+        seconds: now_ms as f64 / 1000.0,
+        events: events
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.clone(),
+                    Events {
+                        count: t.count,
+                        sum: t.sum,
+                        sum_sq: t.sum_sq,
+                        units: observed.bucketed,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn interval_ms(config: &Analysis) -> i64 {
+    i64::try_from(config.interval.as_millis())
+        .unwrap_or(i64::MAX / 4)
+        .max(1)
+}
+
+fn ms(now_ms: i64) -> u64 {
+    u64::try_from(now_ms).unwrap_or(0)
+}

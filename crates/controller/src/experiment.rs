@@ -1,0 +1,141 @@
+//! An experiment's results: per variant its exposures, error rate, latency and business events;
+//! each variant against the control with the configured checks (or, without an analysis, the
+//! error rate and p99 latency), at a confidence split over the variants; and the
+//! sample-ratio-mismatch check of the exposures against the configured weights.
+
+use std::collections::BTreeMap;
+
+use graylane_analysis::{
+    CheckResult, CheckSpec, Sample, Srm, evaluate_variants, sample_ratio_mismatch,
+};
+use graylane_config::{Analysis, StatusRange};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::analysis::spec;
+
+/// The errors of an experiment without an analysis section: every 5xx.
+pub const DEFAULT_ERROR_CODES: [StatusRange; 1] = [StatusRange { from: 500, to: 599 }];
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExperimentResults {
+    pub service: String,
+    /// The first variant, which the others are compared with.
+    pub control: String,
+    pub variants: Vec<VariantResult>,
+    /// Exposures against the configured weights (Pearson χ²; flagged when p < 0.001 and every
+    /// variant has at least 8 exposures).
+    #[schema(value_type = Object)]
+    pub srm: Srm,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VariantResult {
+    pub name: String,
+    pub version: String,
+    /// Configured share, percent.
+    pub weight: f64,
+    /// Requests bucketed into the variant (with a sticky cookie: users, since a user is
+    /// bucketed once).
+    pub exposures: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Business events by name: count and mean value.
+    pub events: BTreeMap<String, EventSummary>,
+    /// Each check against the control (empty for the control itself).
+    #[schema(value_type = Vec<Object>)]
+    pub comparisons: Vec<CheckResult>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventSummary {
+    pub count: u64,
+    pub mean: Option<f64>,
+}
+
+/// `variants`: (name, version, weight percent) in bucket order, the control first;
+/// `observe(version)` gives (exposures, totals since start).
+pub(crate) fn results(
+    service: &str,
+    variants: &[(String, String, f64)],
+    analysis: Option<&Analysis>,
+    observe: impl Fn(&str) -> (u64, Sample),
+) -> ExperimentResults {
+    let observed: Vec<(u64, Sample)> = variants.iter().map(|(_, v, _)| observe(v)).collect();
+    let (min_requests, alpha) =
+        analysis.map_or((100, 0.05), |a| (a.min_requests, 1.0 - a.confidence));
+    let specs: Vec<CheckSpec> = match analysis {
+        Some(a) => a.checks.iter().filter_map(spec).collect(),
+        None => Vec::new(),
+    };
+    let specs = if specs.is_empty() {
+        vec![
+            CheckSpec::ErrorRate {
+                max: None,
+                max_increase: Some(0.0),
+            },
+            CheckSpec::Latency {
+                percentile: 99.0,
+                max_ms: None,
+                max_ratio: Some(1.0),
+            },
+        ]
+    } else {
+        specs
+    };
+    let mut comparisons: Vec<Vec<CheckResult>> = vec![Vec::new(); variants.len()];
+    if let Some((control, others)) = observed.split_first() {
+        let others: Vec<Sample> = others.iter().map(|(_, s)| s.clone()).collect();
+        for spec in &specs {
+            let results = evaluate_variants(spec, &control.1, &others, min_requests, alpha);
+            for (i, r) in results.into_iter().enumerate() {
+                comparisons[i + 1].push(r);
+            }
+        }
+    }
+    let srm = sample_ratio_mismatch(
+        &observed.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+        &variants.iter().map(|(_, _, w)| *w).collect::<Vec<_>>(),
+    );
+    let ms = |s: &Sample, q: f64| s.latency.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
+    ExperimentResults {
+        service: service.to_string(),
+        control: variants.first().map_or_else(String::new, |v| v.0.clone()),
+        variants: variants
+            .iter()
+            .zip(observed.iter())
+            .zip(comparisons)
+            .map(
+                |(((name, version, weight), (exposures, s)), comparisons)| VariantResult {
+                    name: name.clone(),
+                    version: version.clone(),
+                    weight: *weight,
+                    exposures: *exposures,
+                    requests: s.requests,
+                    errors: s.errors,
+                    error_rate: (s.requests > 0).then(|| s.errors as f64 / s.requests as f64),
+                    latency_p50_ms: ms(s, 0.5),
+                    latency_p99_ms: ms(s, 0.99),
+                    events: s
+                        .events
+                        .iter()
+                        .map(|(name, e)| {
+                            (
+                                name.clone(),
+                                EventSummary {
+                                    count: e.count,
+                                    mean: (e.count > 0).then(|| e.sum / e.count as f64),
+                                },
+                            )
+                        })
+                        .collect(),
+                    comparisons,
+                },
+            )
+            .collect(),
+        srm,
+    }
+}
