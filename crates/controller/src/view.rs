@@ -210,7 +210,15 @@ pub(crate) fn release_view(
             .map_or_else(|| "?".to_string(), |v| v.name.clone())
     };
     let routing = rollout.routing(plan);
-    let mut weights = BTreeMap::new();
+    // Every version the release is about is listed, at 0% when it has no share.
+    let mut weights: BTreeMap<String, f64> = [plan.baseline, plan.candidate]
+        .into_iter()
+        .chain(match &plan.kind {
+            Kind::Experiment { variants } => variants.iter().map(|v| v.1).collect(),
+            _ => Vec::new(),
+        })
+        .map(|v| (name(v), 0.0))
+        .collect();
     for share in &routing.shares {
         *weights.entry(name(share.version)).or_insert(0.0) += share.weight.percent();
     }

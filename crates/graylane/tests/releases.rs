@@ -591,6 +591,9 @@ async fn the_openapi_document_lists_every_route() {
         ("get", "/api/v1/config/diff"),
         ("post", "/api/v1/config/revert/{n}"),
         ("get", "/api/v1/audit"),
+        ("get", "/api/v1/releases/{service}/analysis"),
+        ("post", "/api/v1/events"),
+        ("get", "/api/v1/experiments/{service}/results"),
     ];
     for (method, path) in routes {
         assert!(
@@ -605,7 +608,7 @@ async fn the_openapi_document_lists_every_route() {
     }
     assert_eq!(
         paths.len(),
-        15,
+        18,
         "a documented path nobody tested: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

@@ -232,6 +232,8 @@ pub const HOLD_HEADER: &str = "x-test-hold";
 struct UpstreamState {
     received: AtomicU64,
     released: tokio::sync::watch::Sender<bool>,
+    /// Every n-th request is answered 500 (0: none).
+    fail_every: AtomicU64,
 }
 
 /// A test upstream on 127.0.0.1 answering `{"version": NAME, "path", "headers": {...}}`, on its
@@ -251,6 +253,7 @@ impl Upstream {
         let state = Arc::new(UpstreamState {
             received: AtomicU64::new(0),
             released: tokio::sync::watch::channel(false).0,
+            fail_every: AtomicU64::new(0),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread_state = Arc::clone(&state);
@@ -278,6 +281,11 @@ impl Upstream {
     /// Requests received so far (counted as soon as their headers arrive).
     pub fn received(&self) -> u64 {
         self.state.received.load(Ordering::SeqCst)
+    }
+
+    /// Answers every `n`-th request from now on with a 500 (0: none).
+    pub fn fail_every(&self, n: u64) {
+        self.state.fail_every.store(n, Ordering::SeqCst);
     }
 
     /// Lets every held request (and any later one) be answered.
@@ -317,7 +325,8 @@ async fn answer(
     name: &'static str,
     state: Arc<UpstreamState>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    state.received.fetch_add(1, Ordering::SeqCst);
+    let n = state.received.fetch_add(1, Ordering::SeqCst) + 1;
+    let fail_every = state.fail_every.load(Ordering::SeqCst);
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in req.headers() {
         headers.insert(
@@ -340,6 +349,9 @@ async fn answer(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if fail_every > 0 && n % fail_every == 0 {
+        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    }
     Ok(resp)
 }
 

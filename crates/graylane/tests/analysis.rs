@@ -1,0 +1,351 @@
+//! Automated analysis through the real binary: real traffic from distinct users, a canary that
+//! fails 10% of its requests rolled back by the analysis on its own, a healthy one promoted
+//! through every step, verdicts with their figures in the API and the audit log, business
+//! events attributed to experiment variants, and the experiment's results with its SRM check.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const OPERATOR: &str = "operator-secret";
+
+const CONFIG: &str = r#"
+listeners:
+  - bind: 127.0.0.1:{port}
+admin:
+  bind: 127.0.0.1:{admin}
+  tokens:
+    - { name: otto, env: TEST_TOKEN_OPERATOR, role: operator }
+services:
+  - name: payment
+    match: { path_prefix: /api/payment }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: "header:X-User-Id"
+      steps:
+        - weight: 30
+        - weight: 60
+        - weight: 100
+      analysis:
+        interval: 500ms
+        min_requests: 40
+        success_needed: 2
+        failure_limit: 1
+        checks:
+          - metric: error_rate
+            max_increase: 0.02
+  - name: search
+    match: { path_prefix: /search }
+    versions:
+      a: { endpoints: ["{stable}"] }
+      b: { endpoints: ["{canary}"] }
+    release:
+      strategy: experiment
+      bucket_by: "header:X-User-Id"
+      variants:
+        - { name: control, version: a, weight: 50 }
+        - { name: treatment, version: b, weight: 50 }
+"#;
+
+struct Served {
+    process: Graylane,
+    dir: std::path::PathBuf,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    stable: Upstream,
+    canary: Upstream,
+}
+
+async fn serve(test: &str) -> Served {
+    let dir = temp_dir(test);
+    let file = dir.join("graylane.yaml");
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
+    let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
+    let yaml = fill(
+        CONFIG,
+        &[
+            ("port", proxy.port().to_string()),
+            ("admin", admin.port().to_string()),
+            ("stable", stable.addr.to_string()),
+            ("canary", canary.addr.to_string()),
+        ],
+    );
+    write_atomic(&file, &yaml);
+    let process = Graylane::spawn_with_env(
+        &dir,
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--drain-timeout",
+            "2s",
+        ],
+        &[("TEST_TOKEN_OPERATOR", OPERATOR)],
+    );
+    let served = Served {
+        process,
+        dir,
+        proxy,
+        admin,
+        stable,
+        canary,
+    };
+    eventually("the admin API to answer", || async {
+        let r = try_get(served.admin, "/readyz", &[]).await.ok()?;
+        (r.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    served
+}
+
+impl Served {
+    async fn api(&self, method: Method, path: &str, body: &str) -> Reply {
+        request(
+            self.admin,
+            method,
+            path,
+            &[("authorization", &format!("Bearer {OPERATOR}"))],
+            body.to_string(),
+        )
+        .await
+    }
+
+    async fn release(&self) -> Value {
+        self.api(Method::GET, "/api/v1/releases/payment", "")
+            .await
+            .json()
+    }
+
+    /// Sends requests from ever new users until `done` is set (bounded: at most 60 s).
+    fn traffic(&self, path: &'static str, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+        let proxy = self.proxy;
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let mut sent = 0u64;
+            while !done.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                let user = format!("user-{sent}");
+                let _ = try_get(proxy, path, &[("x-user-id", user.as_str())]).await;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            sent
+        })
+    }
+
+    async fn stop(mut self) {
+        self.process.signal("TERM");
+        let status = self.process.wait_exit(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "{}", self.process.logs());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_canary_is_rolled_back_by_the_analysis_alone() {
+    let s = serve("analysis-fail").await;
+    s.canary.fail_every(10);
+    let done = Arc::new(AtomicBool::new(false));
+    let traffic = s.traffic("/api/payment/pay", Arc::clone(&done));
+    let r = eventually("the analysis to abort the release", || async {
+        let r = s.release().await;
+        (r["state"] == "aborted").then_some(r)
+    })
+    .await;
+    done.store(true, Ordering::SeqCst);
+    let sent = traffic.await.unwrap();
+    assert_eq!(r["weights"]["canary"], 0.0, "{r}");
+    let last = r["transitions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["actor"].as_str(), last["action"].as_str()),
+        (Some("analysis"), Some("analysis_failed"))
+    );
+    assert!(
+        last["reason"].as_str().unwrap().contains("error_rate"),
+        "{last}"
+    );
+    assert!(s.canary.received() > 0 && sent > 0);
+
+    // The verdict and its figures: in the analysis API and the audit log.
+    let analysis = s
+        .api(Method::GET, "/api/v1/releases/payment/analysis", "")
+        .await
+        .json();
+    let latest = &analysis["latest"];
+    assert_eq!(latest["decision"]["decision"], "fail", "{analysis}");
+    let check = &latest["results"][0];
+    assert_eq!(
+        (check["check"].as_str(), check["verdict"].as_str()),
+        (Some("error_rate"), Some("fail"))
+    );
+    assert!(
+        check["figures"]["candidate"]["n"].as_u64().unwrap() >= 40,
+        "{check}"
+    );
+    let audit = s
+        .api(Method::GET, "/api/v1/audit?limit=200", "")
+        .await
+        .json();
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "analysis" && e["detail"]["results"].is_array()),
+        "every verdict is audited with its figures"
+    );
+
+    // Traffic after the rollback never reaches the failing canary.
+    let before = s.canary.received();
+    for i in 0..50 {
+        let user = format!("after-{i}");
+        let r = get(s.proxy, "/api/payment/pay", &[("x-user-id", user.as_str())]).await;
+        assert_eq!(r.version(), Some("stable"));
+    }
+    assert_eq!(s.canary.received(), before);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_healthy_canary_is_promoted_through_every_step_by_the_analysis() {
+    let s = serve("analysis-pass").await;
+    let done = Arc::new(AtomicBool::new(false));
+    let traffic = s.traffic("/api/payment/pay", Arc::clone(&done));
+    let r = eventually("the analysis to complete the release", || async {
+        let r = s.release().await;
+        (r["state"] == "completed").then_some(r)
+    })
+    .await;
+    done.store(true, Ordering::SeqCst);
+    traffic.await.unwrap();
+    assert_eq!(r["stable"], "canary");
+    let by_analysis = r["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["action"] == "analysis_passed")
+        .count();
+    assert_eq!(
+        by_analysis, 2,
+        "the 30% and 60% steps each passed their analysis: {r}"
+    );
+    assert!(s.stable.received() > 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn events_are_attributed_to_variants_and_experiment_results_compare_them() {
+    let s = serve("analysis-events").await;
+    for i in 0..200 {
+        let user = format!("user-{i}");
+        get(s.proxy, "/search/q", &[("x-user-id", user.as_str())]).await;
+    }
+    let events: Vec<Value> = (0..200)
+        .map(|i| json!({"experiment": "search", "key": format!("user-{i}"), "event": "purchase", "value": 10.0}))
+        .collect();
+    let r = s
+        .api(
+            Method::POST,
+            "/api/v1/events",
+            &Value::Array(events).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let recorded = r.json()["recorded"].as_array().unwrap().clone();
+    assert_eq!(recorded.len(), 200);
+    // The variant an event lands in is the one its user was served.
+    let user = "user-7";
+    let served = get(s.proxy, "/search/q", &[("x-user-id", user)]).await;
+    let attributed = s
+        .api(
+            Method::POST,
+            "/api/v1/events",
+            &json!({"service": "search", "key": user, "event": "view"}).to_string(),
+        )
+        .await
+        .json();
+    assert_eq!(
+        attributed["recorded"][0]["version"].as_str(),
+        served.version()
+    );
+
+    let results = s
+        .api(Method::GET, "/api/v1/experiments/search/results", "")
+        .await
+        .json();
+    let variants = results["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2);
+    let exposures: u64 = variants
+        .iter()
+        .map(|v| v["exposures"].as_u64().unwrap())
+        .sum();
+    assert_eq!(exposures, 201);
+    let purchases: u64 = variants
+        .iter()
+        .map(|v| v["events"]["purchase"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(purchases, 200);
+    assert_eq!(
+        variants[1]["comparisons"][0]["check"], "error_rate",
+        "{results}"
+    );
+    assert_eq!(
+        results["srm"]["flagged"], false,
+        "a fair split is not flagged: {results}"
+    );
+
+    // Bad input: an unknown service records nothing; a malformed event says what is expected.
+    let before = variants[0]["events"]["purchase"]["count"].as_u64().unwrap();
+    let bad = json!([{"service": "search", "key": "u", "event": "purchase"}, {"service": "nope", "key": "u", "event": "purchase"}]);
+    let r = s
+        .api(Method::POST, "/api/v1/events", &bad.to_string())
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let after = s
+        .api(Method::GET, "/api/v1/experiments/search/results", "")
+        .await
+        .json();
+    assert_eq!(
+        after["variants"][0]["events"]["purchase"]["count"]
+            .as_u64()
+            .unwrap(),
+        before,
+        "nothing recorded"
+    );
+    let r = s
+        .api(
+            Method::POST,
+            "/api/v1/events",
+            r#"{"service": "search", "event": "x"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("key"),
+        "{}",
+        r.text()
+    );
+    let r = s
+        .api(Method::GET, "/api/v1/experiments/payment/results", "")
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "a canary is not an experiment"
+    );
+    s.stop().await;
+}
