@@ -1,7 +1,9 @@
 //! Prometheus metrics of the controller, computed at scrape time from its state:
 //! `graylane_release_weight{service,version}` (percent), `graylane_release_step{service}`,
-//! `graylane_release_state{service,state}` (1 for the current state) and
-//! `graylane_webhook_deliveries_total{result}`.
+//! `graylane_release_state{service,state}` (1 for the current state),
+//! `graylane_analysis_decision{service,decision}` (1 for the latest decision),
+//! `graylane_experiment_srm_p_value{service}` and `graylane_experiment_srm_flagged{service}`,
+//! and `graylane_webhook_deliveries_total{result}`.
 
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ impl std::fmt::Debug for ReleaseCollector {
     }
 }
 
+const DECISIONS: [&str; 5] = ["continue", "promote", "hold", "pause", "fail"];
 const STATES: [&str; 5] = [
     "progressing",
     "paused",
@@ -80,6 +83,51 @@ impl Collector for ReleaseCollector {
                     let labels = [("service", r.service.as_str()), ("state", s)];
                     ConstGauge::new(i64::from(r.state == s))
                         .encode(state.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut decision = encoder.encode_descriptor(
+                "graylane_analysis_decision",
+                "1 for the latest analysis decision of a release, 0 for the others",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in &releases {
+                let Some(a) = &r.analysis else { continue };
+                for d in DECISIONS {
+                    let labels = [("service", r.service.as_str()), ("decision", d)];
+                    ConstGauge::new(i64::from(a.decision == d))
+                        .encode(decision.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut p_value = encoder.encode_descriptor(
+                "graylane_experiment_srm_p_value",
+                "p-value of an experiment's sample-ratio-mismatch check (Pearson chi-square)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in &releases {
+                if let Some(srm) = &r.srm {
+                    let labels = [("service", r.service.as_str())];
+                    ConstGauge::new(srm.p_value).encode(p_value.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut flagged = encoder.encode_descriptor(
+                "graylane_experiment_srm_flagged",
+                "1 when an experiment's exposures do not match its weights (p < 0.001)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in &releases {
+                if let Some(srm) = &r.srm {
+                    let labels = [("service", r.service.as_str())];
+                    ConstGauge::new(i64::from(srm.flagged))
+                        .encode(flagged.encode_family(&labels)?)?;
                 }
             }
         }

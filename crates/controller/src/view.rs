@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use graylane_analysis::{Decision, Judgement};
+use graylane_analysis::{Decision, Judgement, Srm, sample_ratio_mismatch};
 use graylane_config::{Check, Pause, Service, Weight};
 use graylane_rollout::{Kind, Plan, Rollout, Transition};
 use graylane_store::{AuditEntry, Revision, RevisionMeta};
@@ -45,6 +45,9 @@ pub struct ReleaseView {
     pub transitions: Vec<TransitionView>,
     /// The analysis's latest decision, when the release has one and it has judged.
     pub analysis: Option<AnalysisBrief>,
+    /// Experiments: the sample-ratio-mismatch check of the exposures against the weights.
+    #[schema(value_type = Option<Object>)]
+    pub srm: Option<Srm>,
 }
 
 /// The latest analysis decision in one line.
@@ -227,7 +230,7 @@ pub(crate) fn release_view(
         Pause::Manual => Some("manual".to_string()),
         Pause::For(d) => Some(humantime_like(d)),
     });
-    let variants = match &plan.kind {
+    let variants_view: Vec<VariantView> = match &plan.kind {
         Kind::Experiment { variants } => variants
             .iter()
             .map(|(variant, version, weight)| {
@@ -265,11 +268,21 @@ pub(crate) fn release_view(
             .iter()
             .map(|s| s.to_string())
             .collect(),
-        variants,
         transitions: rollout.history[skip..]
             .iter()
             .map(transition_view)
             .collect(),
+        srm: match &plan.kind {
+            Kind::Experiment { variants } => Some(sample_ratio_mismatch(
+                &variants_view
+                    .iter()
+                    .map(|v| v.exposures)
+                    .collect::<Vec<_>>(),
+                &variants.iter().map(|v| v.2.percent()).collect::<Vec<_>>(),
+            )),
+            _ => None,
+        },
+        variants: variants_view,
         analysis,
     }
 }

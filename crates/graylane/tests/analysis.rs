@@ -46,6 +46,25 @@ services:
         checks:
           - metric: error_rate
             max_increase: 0.02
+  - name: quiet
+    match: { path_prefix: /quiet }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      steps:
+        - weight: 50
+        - weight: 100
+      analysis:
+        interval: 200ms
+        min_requests: 40
+        max_wait_without_data: 1s
+        checks:
+          - metric: error_rate
+            max: 0.05
   - name: search
     match: { path_prefix: /search }
     versions:
@@ -346,6 +365,58 @@ async fn events_are_attributed_to_variants_and_experiment_results_compare_them()
         r.status,
         StatusCode::CONFLICT,
         "a canary is not an experiment"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn without_enough_data_the_analysis_holds_then_pauses_and_says_why() {
+    let s = serve("analysis-quiet").await;
+    let held = eventually("a hold verdict", || async {
+        let a = s
+            .api(Method::GET, "/api/v1/releases/quiet/analysis", "")
+            .await
+            .json();
+        (a["latest"]["decision"]["decision"] == "hold").then_some(a)
+    })
+    .await;
+    assert!(
+        held["latest"]["results"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not enough data"),
+        "{held}"
+    );
+    let r = eventually("the analysis to pause the release", || async {
+        let r = s
+            .api(Method::GET, "/api/v1/releases/quiet", "")
+            .await
+            .json();
+        (r["state"] == "paused").then_some(r)
+    })
+    .await;
+    assert_eq!(r["step"], 0, "never promoted without data");
+    assert_eq!(
+        r["weights"]["canary"], 50.0,
+        "never failed without data either"
+    );
+    let last = r["transitions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["actor"], "analysis");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_wait_without_data"),
+        "{last}"
+    );
+    let metrics = get(s.admin, "/metrics", &[]).await.text();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "graylane_analysis_decision{service=\"quiet\",decision=\"pause\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
     );
     s.stop().await;
 }

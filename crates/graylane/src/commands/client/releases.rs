@@ -181,6 +181,25 @@ struct Release {
     variants: Vec<Variant>,
     #[serde(default)]
     transitions: Vec<Transition>,
+    #[serde(default)]
+    analysis: Option<Analysis>,
+    #[serde(default)]
+    srm: Option<Srm>,
+}
+
+#[derive(Deserialize)]
+struct Analysis {
+    decision: String,
+    summary: String,
+    at: String,
+}
+
+#[derive(Deserialize)]
+struct Srm {
+    flagged: bool,
+    p_value: f64,
+    #[serde(default)]
+    reason: String,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +273,28 @@ fn detail(r: &Release) -> String {
         out.push_str(&render(
             &["VARIANT", "VERSION", "WEIGHT", "EXPOSURES"],
             &rows,
+        ));
+    }
+    if let Some(srm) = &r.srm {
+        if srm.flagged {
+            out.push_str(&format!(
+                "SAMPLE RATIO MISMATCH (p = {:.2e}): {}\n",
+                srm.p_value, srm.reason
+            ));
+        } else {
+            out.push_str(&format!(
+                "sample ratio: as configured (p = {:.3})\n",
+                srm.p_value
+            ));
+        }
+    }
+    if let Some(a) = &r.analysis {
+        out.push('\n');
+        out.push_str(&format!(
+            "analysis at {}: {} — {}\n",
+            to_second(&a.at),
+            a.decision,
+            a.summary
         ));
     }
     out.push('\n');
@@ -433,6 +474,25 @@ mod tests {
              search   blue_green  completed  -     blue 0% · green 100%    green   -\n"
         );
         assert_eq!(overview(&[]), "no releases\n");
+    }
+
+    #[test]
+    fn the_detail_shows_the_analysis_and_a_sample_ratio_mismatch() {
+        let mut value = payment();
+        value["analysis"] = json!({
+            "decision": "fail", "at": "2026-11-22T10:02:00.000Z",
+            "summary": "fail: error_rate: error rate 9.4% [2.2%, 16.7%] vs 0.0%"
+        });
+        value["srm"] = json!({
+            "statistic": 31.0, "p_value": 2.6e-8, "flagged": true,
+            "reason": "exposures 5200/4800 vs weights 50/50"
+        });
+        let text = detail(&release(value));
+        assert!(
+            text.contains("analysis at 2026-11-22T10:02:00Z: fail — fail: error_rate: error rate 9.4%"),
+            "{text}"
+        );
+        assert!(text.contains("SAMPLE RATIO MISMATCH (p = 2.60e-8): exposures 5200/4800"), "{text}");
     }
 
     #[test]
