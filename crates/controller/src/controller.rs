@@ -18,6 +18,7 @@ use crate::analysis::{Observation, Runner, Subject, totals};
 use crate::error::ControlError;
 use crate::events::EventLog;
 use crate::experiment::ExperimentResults;
+use crate::series::{Series, SeriesView};
 use crate::view::{
     self, AnalysisView, AuditView, EventAttribution, ReleaseView, RevisionView, audit_view,
     check_name, full_revision_view, release_view, revision_view, summarize,
@@ -95,6 +96,7 @@ pub struct Controller {
     /// holding it) because judging may wait on Prometheus.
     analyses: Mutex<BTreeMap<String, Runner>>,
     events: EventLog,
+    series: Mutex<Series>,
 }
 
 struct State {
@@ -179,6 +181,7 @@ impl Controller {
             }),
             analyses: Mutex::new(BTreeMap::new()),
             events: EventLog::default(),
+            series: Mutex::new(Series::default()),
         };
         {
             let mut state = controller.lock();
@@ -473,6 +476,68 @@ impl Controller {
             latest: history.last().cloned(),
             history,
         })
+    }
+
+    // ----- live series -----
+
+    /// Takes the once-a-second point of every release's versions (the dashboard's charts).
+    pub fn sample_series(&self, now_ms: i64) {
+        if !self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .due(now_ms)
+        {
+            return;
+        }
+        let versions: Vec<(String, Vec<String>)> = {
+            let state = self.lock();
+            state
+                .releases
+                .iter()
+                .filter_map(|(name, m)| {
+                    let svc = state.config.service(name)?;
+                    let mut vs = vec![m.plan.baseline, m.plan.candidate];
+                    if let Kind::Experiment { variants } = &m.plan.kind {
+                        vs.extend(variants.iter().map(|v| v.1));
+                    }
+                    vs.sort_unstable();
+                    vs.dedup();
+                    let names = vs
+                        .into_iter()
+                        .filter_map(|v| Some(svc.versions.get(v)?.name.clone()))
+                        .collect();
+                    Some((name.clone(), names))
+                })
+                .collect()
+        };
+        let observed = versions
+            .into_iter()
+            .map(|(service, names)| {
+                let by_version = names
+                    .into_iter()
+                    .map(|v| {
+                        let o = self.plane.observe(&service, &v);
+                        (v, o)
+                    })
+                    .collect();
+                (service, by_version)
+            })
+            .collect();
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(now_ms, observed);
+    }
+
+    /// `service`'s live series after `since_ms`.
+    pub fn series(&self, service: &str, since_ms: i64) -> Result<SeriesView, ControlError> {
+        find(&self.lock(), service)?;
+        Ok(self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .view(service, since_ms))
     }
 
     // ----- business events -----

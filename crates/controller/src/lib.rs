@@ -19,6 +19,7 @@ pub mod events;
 pub mod experiment;
 pub mod metrics;
 pub mod prometheus;
+pub mod series;
 pub mod view;
 
 pub use analysis::Observation;

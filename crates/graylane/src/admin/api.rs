@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use graylane_controller::experiment::ExperimentResults;
+use graylane_controller::series::SeriesView;
 use graylane_controller::view::{
     AnalysisView, AuditView, EventAttribution, ReleaseView, RevisionView,
 };
@@ -66,6 +67,8 @@ pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(rollback))
         .routes(routes!(set_weight))
         .routes(routes!(get_analysis))
+        .routes(routes!(get_series))
+        .routes(routes!(whoami))
         .routes(routes!(post_events))
         .routes(routes!(experiment_results))
         .routes(routes!(get_config, put_config))
@@ -305,6 +308,46 @@ async fn get_analysis(
     Path(service): Path<String>,
 ) -> Result<Json<AnalysisView>, ApiError> {
     Ok(Json(controller(&state)?.analysis(&service)?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SeriesQuery {
+    /// Only points after this time (Unix ms), for polling.
+    since_ms: Option<i64>,
+}
+
+/// Per-version points, one a second for the last 15 minutes: requests/s, error rate, p50 and
+/// p99 latency.
+#[utoipa::path(get, path = "/api/v1/releases/{service}/series", tag = "analysis",
+    params(("service" = String, Path, description = "The service whose series to show"), SeriesQuery),
+    responses((status = 200, body = SeriesView), (status = 404, body = ErrorBody)))]
+async fn get_series(
+    State(state): State<Arc<AdminState>>,
+    Path(service): Path<String>,
+    Query(query): Query<SeriesQuery>,
+) -> Result<Json<SeriesView>, ApiError> {
+    Ok(Json(
+        controller(&state)?.series(&service, query.since_ms.unwrap_or(0))?,
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+struct Whoami {
+    /// The token's name, recorded as the actor of what it does.
+    name: String,
+    /// `viewer`, `operator` or `admin`.
+    role: &'static str,
+}
+
+/// Who the presented token is, and its role (what the dashboard shows).
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "auth",
+    responses((status = 200, body = Whoami), (status = 401, body = ErrorBody)))]
+async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
+    Json(Whoami {
+        name: caller.name,
+        role: caller.role.as_str(),
+    })
 }
 
 /// One business event, or a list of them.

@@ -294,6 +294,7 @@ async fn tick_releases(controller: Arc<Controller>) {
         let _ = tokio::task::spawn_blocking(move || {
             c.tick(now_ms());
             c.analyze(now_ms());
+            c.sample_series(now_ms());
         })
         .await;
     }
