@@ -489,10 +489,15 @@ mod tests {
         });
         let text = detail(&release(value));
         assert!(
-            text.contains("analysis at 2026-11-22T10:02:00Z: fail — fail: error_rate: error rate 9.4%"),
+            text.contains(
+                "analysis at 2026-11-22T10:02:00Z: fail — fail: error_rate: error rate 9.4%"
+            ),
             "{text}"
         );
-        assert!(text.contains("SAMPLE RATIO MISMATCH (p = 2.60e-8): exposures 5200/4800"), "{text}");
+        assert!(
+            text.contains("SAMPLE RATIO MISMATCH (p = 2.60e-8): exposures 5200/4800"),
+            "{text}"
+        );
     }
 
     #[test]
