@@ -73,6 +73,12 @@ pub struct RawToken {
 pub struct RawSegment {
     pub values: Option<Vec<String>>,
     pub file: Option<String>,
+    /// `redis`: members are a Redis set (`url`, `key`), refreshed in the background.
+    pub source: Option<String>,
+    pub url: Option<String>,
+    pub key: Option<String>,
+    pub refresh: Option<String>,
+    pub max_staleness: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,15 +303,28 @@ pub struct RawTrafficControl {
     pub rate_limits: Vec<RawRateLimit>,
     #[serde(default)]
     pub circuit_breakers: Vec<RawCircuitBreaker>,
+    #[serde(default)]
+    pub concurrency_limits: Vec<RawConcurrencyLimit>,
+    #[serde(default)]
+    pub retries: Vec<RawRetry>,
+    #[serde(default)]
+    pub outlier_detection: Vec<RawOutlierDetection>,
+    #[serde(default)]
+    pub health_checks: Vec<RawHealthCheck>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     pub service: String,
+    pub path_prefix: Option<String>,
     pub key: Option<String>,
     pub rate: String,
     pub burst: Option<u32>,
+    pub backend: Option<String>,
+    pub redis_url: Option<String>,
+    pub timeout: Option<String>,
+    pub on_redis_error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,7 +339,68 @@ pub struct RawCircuitBreaker {
     pub window: Option<RawWindow>,
     pub open_for: Option<String>,
     pub half_open_calls: Option<u32>,
-    pub fallback: Option<String>,
+    pub failure_on: Option<Vec<String>>,
+    pub fallback: Option<RawFallback>,
+}
+
+/// `fallback: stable` (a version) or a static response.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawFallback {
+    Version(String),
+    Static(RawStaticResponse),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStaticResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConcurrencyLimit {
+    pub service: String,
+    pub version: Option<String>,
+    pub max: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub service: String,
+    pub attempts: Option<u32>,
+    pub per_try_timeout: Option<String>,
+    pub retry_on: Option<Vec<String>>,
+    pub budget: Option<f64>,
+    pub min_concurrent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    pub service: String,
+    pub version: Option<String>,
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub max_ejection_percent: Option<u8>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub service: String,
+    pub version: Option<String>,
+    pub path: String,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+    pub expect_status: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
