@@ -18,11 +18,12 @@
 //! it is inconclusive with a reason.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::sample::{Events, Sample};
-use crate::stats::{Boundary, Estimate, quantile_bounds};
+use crate::stats::{self, Boundary, Estimate, Interval, quantile_bounds};
 
 /// The confidence sequences are tuned to be tightest after `max(min_requests, MIN_TUNING)`
 /// observations; fewer than 100 are too few for the normal approximation to matter anyway.
@@ -105,7 +106,7 @@ pub struct CheckResult {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     /// The level: each interval misses the truth at some look with probability at most `alpha`.
-    /// (A latency ratio gives each version's percentile `alpha / 2`.)
+    /// A latency ratio gives each version's percentile `alpha / 2`. 0 when `alpha` was unusable.
     pub alpha: f64,
     pub candidate: Measure,
     /// Absent for checks of the candidate alone (throughput).
@@ -174,17 +175,16 @@ pub fn evaluate(
 ) -> CheckResult {
     let name = spec.name();
     let tuning = min_requests.max(MIN_TUNING) as f64;
-    let j = Judge {
+    let mut j = Judge {
         name,
         min: min_requests.max(1),
-        figures: Figures {
-            alpha,
-            ..Figures::default()
-        },
+        figures: Figures::default(),
     };
     let Some(boundary) = Boundary::new(alpha, tuning) else {
+        // Figures keep alpha 0: a NaN would not survive a round trip through JSON.
         return j.unusable(format!("alpha {alpha} is not between 0 and 1"));
     };
+    j.figures.alpha = alpha;
     match spec {
         CheckSpec::ErrorRate { max, max_increase } => {
             j.error_rate(*max, *max_increase, candidate, baseline, &boundary)
@@ -245,18 +245,28 @@ enum Side {
     Min,
 }
 
-/// A threshold judged against an interval (ends may be infinite).
+/// A threshold judged against an interval. With a boundary, the test also gets its statistic
+/// and anytime-valid p-value (intervals from ranks, the latencies, have none).
 fn test(
     bound: &str,
     side: Side,
     threshold: f64,
-    (low, high): (f64, f64),
-    z_p: Option<(f64, f64)>,
+    i: &Interval,
+    boundary: Option<&Boundary>,
 ) -> Test {
     let (fail, pass) = match side {
-        Side::Max => (low > threshold, high < threshold),
-        Side::Min => (high < threshold, low > threshold),
+        Side::Max => (i.low > threshold, i.high < threshold),
+        Side::Min => (i.high < threshold, i.low > threshold),
     };
+    let z = boundary.map(|b| {
+        let z = i.z(threshold, b);
+        // Positive on the failing side.
+        let toward_failure = match side {
+            Side::Max => z,
+            Side::Min => -z,
+        };
+        (toward_failure, b.p_value(z, i.t))
+    });
     Test {
         bound: bound.into(),
         threshold,
@@ -267,8 +277,8 @@ fn test(
         } else {
             Verdict::Inconclusive
         },
-        statistic: z_p.map(|(z, _)| z).filter(|z| z.is_finite()),
-        p_value: z_p.map(|(_, p)| p),
+        statistic: z.map(|(z, _)| z).filter(|z| z.is_finite()),
+        p_value: z.map(|(_, p)| p),
     }
 }
 
@@ -296,7 +306,7 @@ impl Judge {
         self.result(Verdict::Inconclusive, true, format!("cannot judge: {why}"))
     }
 
-    /// `Some(result)` when a version has fewer than `min_requests` observations.
+    /// The reason to wait when a version has fewer than `min_requests` observations.
     fn short(&self, what: &str, counts: &[(&str, u64)]) -> Option<String> {
         let (who, n) = counts.iter().find(|(_, n)| *n < self.min)?;
         Some(format!(
@@ -309,7 +319,7 @@ impl Judge {
         self.result(Verdict::Inconclusive, false, reason)
     }
 
-    /// The verdict of all tests and the reason: "summary: test, test".
+    /// The verdict of all tests and the reason: "summary, test; test".
     fn conclude(mut self, summary: String, tests: Vec<(Test, String)>) -> CheckResult {
         let verdict = if tests.iter().any(|(t, _)| t.verdict == Verdict::Fail) {
             Verdict::Fail
@@ -362,56 +372,37 @@ impl Judge {
                 ));
             }
         }
-        let ce = Estimate::proportion(c.errors, c.requests);
-        let be = Estimate::proportion(b.errors, b.requests);
-        self.figures.candidate = measure(c.requests, ce, boundary);
-        self.figures.baseline = Some(measure(b.requests, be, boundary));
+        let ci = stats::proportion(c.errors, c.requests, boundary);
+        let bi = stats::proportion(b.errors, b.requests, boundary);
+        self.figures.candidate = measure(c.requests, ci.as_ref());
+        self.figures.baseline = Some(measure(b.requests, bi.as_ref()));
         let counts: Vec<(&str, u64)> = versions.iter().map(|(w, s)| (*w, s.requests)).collect();
         if let Some(why) = self.short("requests", &counts) {
             return self.waiting(why);
         }
-        let Some(ce) = ce else {
+        let Some(ci) = ci else {
             return self.waiting("no requests (candidate)".into());
         };
-        let ci = ce.interval(boundary);
-        let mut summary = format!("error rate {} {}", pct(ce.value), range(ci, pct));
+        let mut summary = format!("error rate {} {}", pct(ci.value), range(&ci, pct));
         let mut tests = Vec::new();
         if let Some(max) = max {
-            let z = ce.z(max);
-            tests.push((
-                test(
-                    "max",
-                    Side::Max,
-                    max,
-                    ci,
-                    Some((z, boundary.p_value(z, ce.t))),
-                ),
-                pct(max),
-            ));
+            let t = test("max", Side::Max, max, &ci, Some(boundary));
+            tests.push((t, pct(max)));
         }
-        if let (Some(limit), Some(be)) = (max_increase, be) {
-            let d = ce.minus(&be);
-            let di = d.interval(boundary);
+        let di =
+            stats::proportion_difference((c.errors, c.requests), (b.errors, b.requests), boundary);
+        if let (Some(limit), Some(bi), Some(di)) = (max_increase, bi, di) {
             let _ = write!(
                 summary,
                 " vs {} {}: {} {}",
-                pct(be.value),
-                range(be.interval(boundary), pct),
-                pp(d.value),
-                range(di, pp)
+                pct(bi.value),
+                range(&bi, pct),
+                pp(di.value),
+                range(&di, pp)
             );
-            self.figures.effect = Some(effect(EffectKind::Difference, d.value, di));
-            let z = d.z(limit);
-            tests.push((
-                test(
-                    "max_increase",
-                    Side::Max,
-                    limit,
-                    di,
-                    Some((z, boundary.p_value(z, d.t))),
-                ),
-                pp(limit).trim_start_matches('+').to_string(),
-            ));
+            self.figures.effect = Some(effect(EffectKind::Difference, &di));
+            let t = test("max_increase", Side::Max, limit, &di, Some(boundary));
+            tests.push((t, pp(limit).trim_start_matches('+').to_string()));
         }
         self.conclude(summary, tests)
     }
@@ -436,23 +427,24 @@ impl Judge {
         {
             return self.unusable(format!("threshold {bad} is not a number"));
         }
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // The percentile and its rank-based bounds, in milliseconds.
         let look = |s: &Sample| {
+            let n = s.latency.count();
             let est = s.latency.quantile(q).map(ms);
-            let bounds = quantile_bounds(&s.latency, q, side)
-                .map(|(lo, hi)| (ms(lo), hi.map_or(f64::INFINITY, ms)));
-            (s.latency.count(), est, bounds)
+            let bounds = quantile_bounds(&s.latency, q, side);
+            let i = est.zip(bounds).map(|(value, (lo, hi))| Interval {
+                value,
+                low: ms(lo),
+                high: hi.map_or(f64::INFINITY, ms),
+                t: n as f64,
+            });
+            (n, i)
         };
-        let (cn, c_est, c_bounds) = look(c);
-        let (bn, b_est, b_bounds) = look(b);
-        let as_measure = |n, est: Option<f64>, bounds: Option<(f64, f64)>| Measure {
-            n,
-            value: est,
-            low: bounds.map(|b| b.0),
-            high: bounds.and_then(|b| finite(b.1)),
-        };
-        self.figures.candidate = as_measure(cn, c_est, c_bounds);
-        self.figures.baseline = Some(as_measure(bn, b_est, b_bounds));
+        let (cn, ci) = look(c);
+        let (bn, bi) = look(b);
+        self.figures.candidate = measure(cn, ci.as_ref());
+        self.figures.baseline = Some(measure(bn, bi.as_ref()));
         let mut counts = vec![("candidate", cn)];
         if max_ratio.is_some() {
             counts.push(("baseline", bn));
@@ -460,29 +452,37 @@ impl Judge {
         if let Some(why) = self.short("requests", &counts) {
             return self.waiting(why);
         }
-        let (Some(c_est), Some(ci)) = (c_est, c_bounds) else {
+        let Some(ci) = ci else {
             return self.waiting("no latency recorded (candidate)".into());
         };
-        let label = format!("p{percentile}");
-        let mut summary = format!("{label} latency {} {}", millis(c_est), range(ci, millis));
+        let mut summary = format!(
+            "p{percentile} latency {} {}",
+            millis(ci.value),
+            range(&ci, millis)
+        );
         let mut tests = Vec::new();
         if let Some(max) = max_ms {
-            tests.push((test("max_ms", Side::Max, max, ci, None), millis(max)));
+            tests.push((test("max_ms", Side::Max, max, &ci, None), millis(max)));
         }
-        if let (Some(limit), Some(b_est), Some(bi)) = (max_ratio, b_est, b_bounds) {
+        if let (Some(limit), Some(bi)) = (max_ratio, bi) {
             let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::INFINITY };
-            let ri = (ratio(ci.0, bi.1), ratio(ci.1, bi.0));
-            let r = ratio(c_est, b_est);
+            // Both percentiles' intervals hold together with probability ≥ 1 − alpha.
+            let ri = Interval {
+                value: ratio(ci.value, bi.value),
+                low: ratio(ci.low, bi.high),
+                high: ratio(ci.high, bi.low),
+                t: ci.t.min(bi.t),
+            };
             let _ = write!(
                 summary,
                 " vs {} {}: {} {}",
-                millis(b_est),
-                range(bi, millis),
-                times(r),
-                range(ri, times)
+                millis(bi.value),
+                range(&bi, millis),
+                times(ri.value),
+                range(&ri, times)
             );
-            self.figures.effect = Some(effect(EffectKind::Ratio, r, ri));
-            tests.push((test("max_ratio", Side::Max, limit, ri, None), times(limit)));
+            self.figures.effect = Some(effect(EffectKind::Ratio, &ri));
+            tests.push((test("max_ratio", Side::Max, limit, &ri, None), times(limit)));
         }
         self.conclude(summary, tests)
     }
@@ -492,41 +492,35 @@ impl Judge {
             return self.unusable(format!("min_rps {min_rps} is not a rate"));
         }
         if !(c.seconds > 0.0 && c.seconds.is_finite()) {
-            return self.unusable(format!("window of {} seconds", c.seconds));
+            return self.unusable(format!("a window of {} seconds", c.seconds));
         }
-        let gap = Estimate::mean_gap(c.requests, c.seconds);
         // The interval on the mean gap between requests, turned into one on requests per second.
-        let rps = |g: (f64, f64)| {
-            let hi = if g.0 > 0.0 { 1.0 / g.0 } else { f64::INFINITY };
-            (1.0 / g.1, hi)
-        };
-        let interval = gap.map(|g| rps(g.interval(boundary)));
-        self.figures.candidate = Measure {
-            n: c.requests,
-            value: Some(c.requests as f64 / c.seconds),
-            low: interval.map(|i| i.0),
-            high: interval.and_then(|i| finite(i.1)),
-        };
+        let rps = Estimate::mean_gap(c.requests, c.seconds).map(|gap| {
+            let g = gap.interval(boundary);
+            Interval {
+                value: 1.0 / g.value,
+                low: 1.0 / g.high,
+                high: if g.low > 0.0 {
+                    1.0 / g.low
+                } else {
+                    f64::INFINITY
+                },
+                t: g.t,
+            }
+        });
+        self.figures.candidate = measure(c.requests, rps.as_ref());
         if let Some(why) = self.short("requests", &[("candidate", c.requests)]) {
             return self.waiting(why);
         }
-        let (Some(gap), Some(interval)) = (gap, interval) else {
+        let Some(rps) = rps else {
             return self.waiting("no requests (candidate)".into());
         };
-        // Positive (toward failure) when the gaps are longer than min_rps allows.
-        let z = gap.z(1.0 / min_rps);
         let summary = format!(
             "throughput {} {}",
-            per_second(1.0 / gap.value),
-            range(interval, per_second)
+            per_second(rps.value),
+            range(&rps, per_second)
         );
-        let t = test(
-            "min_rps",
-            Side::Min,
-            min_rps,
-            interval,
-            Some((z, boundary.p_value(z, gap.t))),
-        );
+        let t = test("min_rps", Side::Min, min_rps, &rps, Some(boundary));
         self.conclude(summary, vec![(t, per_second(min_rps))])
     }
 
@@ -543,24 +537,34 @@ impl Judge {
         if !min_change.is_finite() || min_change <= -1.0 {
             return self.unusable(format!("min_change {min_change} is not above -1"));
         }
-        // Observations and estimate of one version: units for a rate, events for a mean.
+        // One version's observations (units for a rate, events for a mean), the estimate the
+        // comparison uses, and the interval shown for it: a proportion's as the error rate's, a
+        // Poisson rate's never below 0.
         let look = |s: &Sample| {
             let e: Events = s.events.get(event).copied().unwrap_or_default();
             if mean {
-                (e.count, Estimate::mean(e.count, e.sum, e.sum_sq))
+                let est = Estimate::mean(e.count, e.sum, e.sum_sq);
+                return (e.count, est, est.map(|m| m.interval(boundary)));
+            }
+            let units = if e.units == 0 { s.requests } else { e.units };
+            if e.count <= units {
+                let shown = stats::proportion(e.count, units, boundary);
+                (units, Estimate::proportion(e.count, units), shown)
             } else {
-                let units = if e.units == 0 { s.requests } else { e.units };
-                let est = if e.count <= units {
-                    Estimate::proportion(e.count, units)
-                } else {
-                    Estimate::poisson_rate(e.count, units)
-                };
-                (units, est)
+                let est = Estimate::poisson_rate(e.count, units);
+                let shown = est.map(|r| {
+                    let i = r.interval(boundary);
+                    Interval {
+                        low: i.low.max(0.0),
+                        ..i
+                    }
+                });
+                (units, est, shown)
             }
         };
-        let ((cn, ce), (bn, be)) = (look(c), look(b));
-        self.figures.candidate = measure(cn, ce, boundary);
-        self.figures.baseline = Some(measure(bn, be, boundary));
+        let ((cn, ce, ci), (bn, be, bi)) = (look(c), look(b));
+        self.figures.candidate = measure(cn, ci.as_ref());
+        self.figures.baseline = Some(measure(bn, bi.as_ref()));
         let what = if mean {
             format!("`{event}` events")
         } else {
@@ -569,47 +573,44 @@ impl Judge {
         if let Some(why) = self.short(&what, &[("candidate", cn), ("baseline", bn)]) {
             return self.waiting(why);
         }
-        let (Some(ce), Some(be)) = (ce, be) else {
+        let (Some(ce), Some(be), Some(ci), Some(bi)) = (ce, be, ci, bi) else {
             return self.unusable(format!("the `{event}` sums are not numbers"));
         };
         let show = |x: f64| if mean { sig(x) } else { pct(x) };
         let kind = if mean { "mean" } else { "rate" };
         let mut summary = format!(
             "{event} {kind} {} {} vs {} {}",
-            show(ce.value),
-            range(ce.interval(boundary), show),
-            show(be.value),
-            range(be.interval(boundary), show),
+            show(ci.value),
+            range(&ci, show),
+            show(bi.value),
+            range(&bi, show),
         );
-        let Some((lo, hi)) = ce.ratio_interval(&be, boundary) else {
+        let Some(ratio) = ce.ratio_interval(&be, boundary) else {
             return self.result(
                 Verdict::Inconclusive,
                 true,
                 format!("{summary}: the baseline's {kind} is too uncertain for a relative change"),
             );
         };
-        let change = (lo - 1.0, hi - 1.0);
-        let value = if be.value != 0.0 {
-            ce.value / be.value - 1.0
-        } else {
-            f64::NAN
+        let change = Interval {
+            value: ratio.value - 1.0,
+            // A rate cannot fall by more than 100 %.
+            low: if mean {
+                ratio.low - 1.0
+            } else {
+                (ratio.low - 1.0).max(-1.0)
+            },
+            high: ratio.high - 1.0,
+            t: ratio.t,
         };
         let _ = write!(
             summary,
             ": {} {}",
-            signed_pct(value),
-            range(change, signed_pct)
+            signed_pct(change.value),
+            range(&change, signed_pct)
         );
-        self.figures.effect = Some(effect(EffectKind::RelativeChange, value, change));
-        let (z, t) = ce.ratio_z(&be, 1.0 + min_change);
-        // Positive (toward failure) when the candidate is below (1 + min_change) × baseline.
-        let t = test(
-            "min_change",
-            Side::Min,
-            min_change,
-            change,
-            Some((-z, boundary.p_value(z, t))),
-        );
+        self.figures.effect = Some(effect(EffectKind::RelativeChange, &change));
+        let t = test("min_change", Side::Min, min_change, &change, Some(boundary));
         self.conclude(summary, vec![(t, signed_pct(min_change))])
     }
 }
@@ -618,29 +619,28 @@ fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
 
-fn measure(n: u64, e: Option<Estimate>, boundary: &Boundary) -> Measure {
-    let i = e.map(|e| e.interval(boundary));
+fn measure(n: u64, i: Option<&Interval>) -> Measure {
     Measure {
         n,
-        value: e.map(|e| e.value).and_then(finite),
-        low: i.and_then(|i| finite(i.0)),
-        high: i.and_then(|i| finite(i.1)),
+        value: i.and_then(|i| finite(i.value)),
+        low: i.and_then(|i| finite(i.low)),
+        high: i.and_then(|i| finite(i.high)),
     }
 }
 
-fn effect(kind: EffectKind, value: f64, (low, high): (f64, f64)) -> Effect {
+fn effect(kind: EffectKind, i: &Interval) -> Effect {
     Effect {
         kind,
-        value: finite(value),
-        low: finite(low),
-        high: finite(high),
+        value: finite(i.value),
+        low: finite(i.low),
+        high: finite(i.high),
     }
 }
 
 /// `[low, high]` with unbounded ends shown as `…`.
-fn range(i: (f64, f64), show: impl Fn(f64) -> String) -> String {
+fn range(i: &Interval, show: impl Fn(f64) -> String) -> String {
     let end = |x: f64| if x.is_finite() { show(x) } else { "…".into() };
-    format!("[{}, {}]", end(i.0), end(i.1))
+    format!("[{}, {}]", end(i.low), end(i.high))
 }
 
 /// At least two significant digits, at most three decimals beyond them.
@@ -712,7 +712,13 @@ mod tests {
         assert_eq!(millis(312.4), "312 ms");
         assert_eq!(millis(1.234), "1.23 ms");
         assert_eq!(sig(0.0123), "0.0123");
-        assert_eq!(range((f64::NEG_INFINITY, 2.0), sig), "[…, 2.00]");
+        let i = Interval {
+            value: 1.0,
+            low: f64::NEG_INFINITY,
+            high: 2.0,
+            t: 1.0,
+        };
+        assert_eq!(range(&i, sig), "[…, 2.00]");
         assert_eq!(signed_pct(0.05), "+5.0%");
     }
 }

@@ -143,7 +143,7 @@ impl Histogram {
         let rank = q * total as f64;
         let mut before = 0u64;
         for (i, &n) in self.counts.iter().enumerate() {
-            if n > 0 && (before + n) as f64 >= rank {
+            if n > 0 && before.saturating_add(n) as f64 >= rank {
                 let lo = bucket_lower_nanos(i) as f64;
                 let hi = bucket_upper_nanos(i) as f64;
                 let within = ((rank - before as f64) / n as f64).clamp(0.0, 1.0);
@@ -151,7 +151,7 @@ impl Histogram {
                     (lo + (hi - lo) * within).round() as u64
                 ));
             }
-            before += n;
+            before = before.saturating_add(n);
         }
         // Unreachable with consistent counts (rank ≤ total); answer the top of the last
         // occupied bucket rather than panic.

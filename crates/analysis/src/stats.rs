@@ -142,7 +142,7 @@ impl Boundary {
     /// `z_t`: after `t` observations the sequence is `estimate ± z_t · standard error`.
     /// Infinite for `t ≤ 0`.
     pub fn multiplier(&self, t: f64) -> f64 {
-        if !(t > 0.0) {
+        if t.is_nan() || t <= 0.0 {
             return f64::INFINITY;
         }
         let x = t * self.rho2;
@@ -152,7 +152,7 @@ impl Boundary {
     /// The anytime-valid p-value `min(1, 1/M_t)` of a null value `z` standard errors away from
     /// the estimate after `t` observations. Below `alpha` exactly when the sequence excludes it.
     pub fn p_value(&self, z: f64, t: f64) -> f64 {
-        if z.is_nan() || !(t > 0.0) {
+        if z.is_nan() || t.is_nan() || t <= 0.0 {
             return 1.0;
         }
         let x = t * self.rho2;
@@ -232,61 +232,132 @@ impl Estimate {
         })
     }
 
-    /// `self − other` for two independent streams, at the effective sample size
-    /// `t₁t₂/(t₁ + t₂)`.
-    pub fn minus(&self, other: &Estimate) -> Estimate {
-        Estimate {
-            value: self.value - other.value,
-            se: self.se.hypot(other.se),
-            t: effective_t(self.t, other.t),
-        }
-    }
-
-    /// The confidence sequence's interval at this look.
-    pub fn interval(&self, boundary: &Boundary) -> (f64, f64) {
+    /// The confidence sequence's interval at this look: `value ± se · z_t`.
+    pub fn interval(&self, boundary: &Boundary) -> Interval {
         let r = self.se * boundary.multiplier(self.t);
-        if r.is_nan() {
-            return (f64::NEG_INFINITY, f64::INFINITY);
+        let r = if r.is_nan() { f64::INFINITY } else { r };
+        Interval {
+            value: self.value,
+            low: self.value - r,
+            high: self.value + r,
+            t: self.t,
         }
-        (self.value - r, self.value + r)
-    }
-
-    /// How many standard errors the estimate lies above `threshold` (±∞ for a zero standard
-    /// error, 0 when equal).
-    pub fn z(&self, threshold: f64) -> f64 {
-        let d = self.value - threshold;
-        if d == 0.0 { 0.0 } else { d / self.se }
     }
 
     /// Fieller's interval for the ratio `self / baseline` of two independent streams, at the
     /// effective sample size. `None` when the baseline is not distinguishable from 0 (the ratio
     /// is unbounded).
-    pub fn ratio_interval(&self, baseline: &Estimate, boundary: &Boundary) -> Option<(f64, f64)> {
-        let z = boundary.multiplier(effective_t(self.t, baseline.t));
+    pub fn ratio_interval(&self, baseline: &Estimate, boundary: &Boundary) -> Option<Interval> {
+        let t = effective_t(self.t, baseline.t);
+        let z = boundary.multiplier(t);
         let (a, sa, b, sb) = (self.value, self.se, baseline.value, baseline.se);
         let d = b * b - z * z * sb * sb;
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             return None;
         }
         // k = a/b always satisfies the inequality, so the discriminant is ≥ 0 but for rounding.
         let disc = (a * a * b * b - d * (a * a - z * z * sa * sa))
             .max(0.0)
             .sqrt();
-        let (lo, hi) = ((a * b - disc) / d, (a * b + disc) / d);
-        (lo.is_finite() && hi.is_finite()).then_some((lo, hi))
-    }
-
-    /// How many standard errors `self − k · baseline` lies above 0, and the effective sample
-    /// size: the test of "the ratio is `k`" behind [`Estimate::ratio_interval`].
-    pub fn ratio_z(&self, baseline: &Estimate, k: f64) -> (f64, f64) {
-        let scaled = Estimate {
-            value: k * baseline.value,
-            se: k.abs() * baseline.se,
-            t: baseline.t,
+        let i = Interval {
+            value: a / b,
+            low: (a * b - disc) / d,
+            high: (a * b + disc) / d,
+            t,
         };
-        let diff = self.minus(&scaled);
-        (diff.z(0.0), diff.t)
+        (i.low.is_finite() && i.high.is_finite()).then_some(i)
     }
+}
+
+/// An estimate and its confidence sequence's interval at this look (ends may be infinite), with
+/// the number of observations `t` behind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+    pub t: f64,
+}
+
+impl Interval {
+    /// How many standard errors the estimate lies above `threshold`, the standard error being
+    /// read off the end of the interval that faces the threshold (`distance / z_t`). With
+    /// [`Boundary::p_value`] this gives a p-value below `alpha` exactly when the interval
+    /// excludes the threshold, also for asymmetric intervals.
+    pub fn z(&self, threshold: f64, boundary: &Boundary) -> f64 {
+        let d = self.value - threshold;
+        if d == 0.0 || d.is_nan() {
+            return 0.0;
+        }
+        let reach = if d > 0.0 {
+            self.value - self.low
+        } else {
+            self.high - self.value
+        };
+        d * boundary.multiplier(self.t) / reach
+    }
+}
+
+/// The sequence for a proportion `x / n` (an error rate): the lower end from the plug-in form
+/// (`p̂ − z_t·se`, `se` from the smoothed `(x + 1)/(n + 2)`), the upper end from the score
+/// (Wilson) form — the solution of `|p̂ − p| ≤ z_t sqrt(p(1 − p)/n)` — clipped to `[0, 1]`.
+///
+/// An end is reached when the count is unusually high (lower end) or low (upper end). The
+/// plug-in variance shrinks with a low count, so its upper end is too optimistic with few
+/// events; the score form's variance does not, but it treats a skewed count as symmetric, so its
+/// lower end is too optimistic at rare rates. Each end takes the form that errs on the safe
+/// side. `None` when `n` is 0 or `x > n`.
+pub fn proportion(x: u64, n: u64, boundary: &Boundary) -> Option<Interval> {
+    proportion_at(x, n, boundary.multiplier(n as f64))
+}
+
+/// [`proportion`] with the multiplier `z` given.
+fn proportion_at(x: u64, n: u64, z: f64) -> Option<Interval> {
+    let plug_in = Estimate::proportion(x, n)?;
+    let (p, nf) = (plug_in.value, n as f64);
+    let shrink = 1.0 + z * z / nf;
+    let centre = (p + z * z / (2.0 * nf)) / shrink;
+    let half = z / shrink * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt();
+    Some(Interval {
+        value: p,
+        low: (p - z * plug_in.se).max(0.0),
+        high: (centre + half).min(1.0),
+        t: nf,
+    })
+}
+
+/// The sequence for the difference of two independent proportions `x_c/n_c − x_b/n_b`:
+/// MOVER (Newcombe 1998; Zou & Donner 2008) on the two [`proportion`] intervals, both taken at
+/// the multiplier of the effective sample size `t`:
+///
+/// ```text
+/// low  = d − sqrt( (p_c − low_c)² + (high_b − p_b)² )
+/// high = d + sqrt( (high_c − p_c)² + (p_b − low_b)² )
+/// ```
+///
+/// For large counts this is `d ± z_t sqrt(se_c² + se_b²)`, the plug-in sequence of the
+/// difference. `None` when a version has no observations or more successes than observations.
+pub fn proportion_difference(
+    (xc, nc): (u64, u64),
+    (xb, nb): (u64, u64),
+    boundary: &Boundary,
+) -> Option<Interval> {
+    if nc == 0 || nb == 0 {
+        return None;
+    }
+    let t = effective_t(nc as f64, nb as f64);
+    // Both arms at the difference's multiplier, not at their own.
+    let z = boundary.multiplier(t);
+    let c = proportion_at(xc, nc, z)?;
+    let b = proportion_at(xb, nb, z)?;
+    let (pc, lc, uc, pb, lb, ub) = (c.value, c.low, c.high, b.value, b.low, b.high);
+    let d = pc - pb;
+    Some(Interval {
+        value: d,
+        low: d - ((pc - lc).powi(2) + (ub - pb).powi(2)).sqrt(),
+        high: d + ((uc - pc).powi(2) + (pb - lb).powi(2)).sqrt(),
+        t,
+    })
 }
 
 /// The effective sample size of a difference: `t₁t₂/(t₁ + t₂)`.
@@ -461,7 +532,7 @@ fn ln_gamma(x: f64) -> f64 {
         9.984_369_578_019_572e-6,
         1.505_632_735_149_311_6e-7,
     ];
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return f64::INFINITY;
     }
     if x < 0.5 {
@@ -595,15 +666,39 @@ mod tests {
         let b = Boundary::new(0.05, 100.0).unwrap();
         let c = Estimate::proportion(120, 1000).unwrap();
         let base = Estimate::proportion(100, 1000).unwrap();
-        let (lo, hi) = c.ratio_interval(&base, &b).unwrap();
-        assert!(lo < 1.2 && 1.2 < hi);
-        // At the ends, the linear combination's z equals the multiplier.
-        for k in [lo, hi] {
-            let (z, t) = c.ratio_z(&base, k);
-            assert!((z.abs() - b.multiplier(t)).abs() < 1e-9, "{z}");
+        let r = c.ratio_interval(&base, &b).unwrap();
+        assert!(r.low < 1.2 && 1.2 < r.high);
+        assert_eq!(r.t, 500.0);
+        // At the ends, `c − k·base` is exactly z_t standard errors from 0.
+        for k in [r.low, r.high] {
+            let gap = (c.value - k * base.value).abs();
+            let se = c.se.hypot(k * base.se);
+            assert!((gap / se - b.multiplier(r.t)).abs() < 1e-9);
         }
         let zero = Estimate::proportion(0, 10).unwrap();
         assert_eq!(c.ratio_interval(&zero, &b), None);
+    }
+
+    #[test]
+    fn statistic_and_p_value_agree_with_asymmetric_intervals() {
+        let b = Boundary::new(0.05, 100.0).unwrap();
+        let i = proportion(3, 400, &b).unwrap();
+        assert!(i.high - i.value > i.value - i.low, "{i:?}");
+        for threshold in [0.0, 0.001, 0.005, 0.01, 0.02, 0.03, 0.05] {
+            let z = i.z(threshold, &b);
+            let outside = threshold < i.low || threshold > i.high;
+            assert_eq!(b.p_value(z, i.t) < 0.05, outside, "threshold {threshold}");
+        }
+        assert_eq!(i.z(i.value, &b), 0.0);
+        let d = proportion_difference((30, 400), (4, 400), &b).unwrap();
+        assert_eq!(d.t, 200.0);
+        assert!(d.low > 0.0 && d.low < d.value && d.value < d.high);
+        assert_eq!(proportion_difference((0, 0), (4, 400), &b), None);
+        assert_eq!(proportion(5, 4, &b), None);
+        // Zero events: the interval starts at 0 and still has a useful upper end.
+        let none = proportion(0, 10_000, &b).unwrap();
+        assert_eq!((none.value, none.low), (0.0, 0.0));
+        assert!(none.high > 0.0 && none.high < 0.002, "{none:?}");
     }
 
     #[test]
@@ -617,7 +712,9 @@ mod tests {
         assert_eq!(Estimate::poisson_rate(3, 0), None);
         let e = Estimate::mean(3, 6.0, 12.0).unwrap();
         assert_eq!((e.value, e.se), (2.0, 0.0));
-        assert_eq!(e.z(2.0), 0.0);
-        assert_eq!(e.z(1.0), f64::INFINITY);
+        let b = Boundary::new(0.05, 100.0).unwrap();
+        let i = e.interval(&b);
+        assert_eq!((i.low, i.high), (2.0, 2.0));
+        assert_eq!(i.z(1.0, &b), f64::INFINITY);
     }
 }

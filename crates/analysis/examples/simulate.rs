@@ -1,0 +1,458 @@
+//! The analysis under synthetic traffic: how fast it catches a bad candidate, how often it fails a
+//! good one, what it does without traffic, and how the SRM check behaves. A benchmark of the
+//! statistics, not a test; docs/analysis.md records its output.
+//!
+//! ```text
+//! cargo run -p graylane-analysis --release --example simulate -j1
+//! ```
+//!
+//! Traffic: every simulated second a Poisson number of requests arrives; each goes to the
+//! candidate with the scenario's weight, fails with its version's error rate and takes a
+//! log-normal time. The analysis runs once per simulated second (the interval) on the data since
+//! the step started, exactly as the controller drives it. Seeds are fixed: the output is the same
+//! on every run.
+
+use std::time::{Duration, Instant};
+
+use graylane_analysis::stats::normal_quantile;
+use graylane_analysis::{
+    Analyzer, CheckSpec, Decision, Policy, Sample, analyzer::DEFAULT_ALPHA, evaluate,
+    sample_ratio_mismatch,
+};
+
+/// SplitMix64: small, fast, and good enough for simulation.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller; one of the pair is enough here).
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// Poisson by inversion (λ up to a few hundred).
+    fn poisson(&mut self, lambda: f64) -> u64 {
+        let (mut k, mut p, mut cdf) = (0u64, (-lambda).exp(), (-lambda).exp());
+        let u = self.uniform();
+        while u > cdf && k < 10_000 {
+            k += 1;
+            p *= lambda / k as f64;
+            cdf += p;
+        }
+        k
+    }
+}
+
+/// How one version behaves.
+#[derive(Clone, Copy)]
+struct Behaviour {
+    error_rate: f64,
+    /// Median latency in milliseconds.
+    median_ms: f64,
+    /// σ of ln(latency).
+    sigma: f64,
+}
+
+impl Behaviour {
+    const HEALTHY: Behaviour = Behaviour {
+        error_rate: 0.01,
+        median_ms: 50.0,
+        sigma: 0.5,
+    };
+
+    fn quantile_ms(&self, q: f64) -> f64 {
+        self.median_ms * (self.sigma * normal_quantile(q)).exp()
+    }
+
+    fn serve(&self, rng: &mut Rng, s: &mut Sample) {
+        s.requests += 1;
+        if rng.uniform() < self.error_rate {
+            s.errors += 1;
+        }
+        let ms = self.median_ms * (self.sigma * rng.normal()).exp();
+        s.latency.record((ms * 1e6) as u64);
+    }
+}
+
+struct Scenario {
+    /// Requests per second over both versions.
+    rps: f64,
+    /// The candidate's share of them.
+    weight: f64,
+    baseline: Behaviour,
+    candidate: Behaviour,
+    checks: Vec<CheckSpec>,
+    policy: Policy,
+    /// Simulated seconds (one interval each).
+    seconds: u64,
+}
+
+/// What happened in one run.
+#[derive(Default)]
+struct Run {
+    failed_at: Option<u64>,
+    promoted_at: Option<u64>,
+    paused_at: Option<u64>,
+    held: u64,
+    intervals: u64,
+    /// Which checks failed at the failing interval.
+    failing_checks: Vec<String>,
+}
+
+fn simulate(s: &Scenario, seed: u64) -> Run {
+    let mut rng = Rng::new(seed);
+    let (mut c, mut b) = (Sample::default(), Sample::default());
+    let mut analyzer = Analyzer::new(s.policy.clone());
+    analyzer.step_started(0);
+    let mut run = Run::default();
+    for second in 1..=s.seconds {
+        for _ in 0..rng.poisson(s.rps) {
+            if rng.uniform() < s.weight {
+                s.candidate.serve(&mut rng, &mut c);
+            } else {
+                s.baseline.serve(&mut rng, &mut b);
+            }
+        }
+        c.seconds = second as f64;
+        b.seconds = second as f64;
+        let results: Vec<_> = s
+            .checks
+            .iter()
+            .map(|spec| evaluate(spec, &c, &b, s.policy.min_requests, s.policy.alpha))
+            .collect();
+        run.intervals += 1;
+        match analyzer.judge(second * 1000, &results) {
+            Decision::Fail { .. } => {
+                run.failed_at = Some(second);
+                run.failing_checks = results
+                    .iter()
+                    .filter(|r| r.verdict == graylane_analysis::Verdict::Fail)
+                    .map(|r| r.check.clone())
+                    .collect();
+                // The release would roll back here.
+                return run;
+            }
+            // A healthy release would move on; keep watching the same step instead, the worst
+            // case for false failures.
+            Decision::Promote => {
+                run.promoted_at.get_or_insert(second);
+            }
+            Decision::Pause { .. } => {
+                run.paused_at.get_or_insert(second);
+            }
+            Decision::Hold { .. } => run.held += 1,
+            Decision::Continue => {}
+        }
+    }
+    run
+}
+
+/// `q`-quantile of times (None = never happened), as text.
+fn quantile_text(times: &mut [Option<u64>], q: f64) -> String {
+    times.sort_by_key(|t| t.unwrap_or(u64::MAX));
+    let i = ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1;
+    match times[i] {
+        Some(t) => format!("{t} s"),
+        None => "never".into(),
+    }
+}
+
+struct Row {
+    scenario: String,
+    setup: String,
+    result: String,
+    goal: String,
+}
+
+fn many(s: &Scenario, runs: u64, seed: u64) -> Vec<Run> {
+    (0..runs).map(|i| simulate(s, seed + i)).collect()
+}
+
+fn fraction(n: usize, of: usize) -> String {
+    format!("{n}/{of} = {:.1}%", n as f64 / of as f64 * 100.0)
+}
+
+fn detection_row(name: &str, setup: String, runs: &[Run], goal: &str) -> Row {
+    let mut fail: Vec<Option<u64>> = runs.iter().map(|r| r.failed_at).collect();
+    let caught = fail.iter().filter(|t| t.is_some()).count();
+    Row {
+        scenario: name.into(),
+        setup,
+        result: format!(
+            "time to Fail: median {}, p90 {} (caught {})",
+            quantile_text(&mut fail, 0.5),
+            quantile_text(&mut fail, 0.9),
+            fraction(caught, runs.len())
+        ),
+        goal: goal.into(),
+    }
+}
+
+fn aa_row(name: &str, setup: String, runs: &[Run], goal: &str) -> Row {
+    let failed = runs.iter().filter(|r| r.failed_at.is_some()).count();
+    let mut promoted: Vec<Option<u64>> = runs.iter().map(|r| r.promoted_at).collect();
+    let promoted_n = promoted.iter().filter(|t| t.is_some()).count();
+    Row {
+        scenario: name.into(),
+        setup,
+        result: format!(
+            "runs that Fail: {}; runs that reach Promote: {}, median {}",
+            fraction(failed, runs.len()),
+            fraction(promoted_n, runs.len()),
+            quantile_text(&mut promoted, 0.5)
+        ),
+        goal: goal.into(),
+    }
+}
+
+fn main() {
+    let started = Instant::now();
+    let alpha = DEFAULT_ALPHA;
+    let base_policy = Policy {
+        min_requests: 100,
+        failure_limit: 1,
+        success_needed: 3,
+        alpha,
+        ..Policy::default()
+    };
+    let error_cmp = CheckSpec::ErrorRate {
+        max: None,
+        max_increase: None,
+    };
+    let error_tol = CheckSpec::ErrorRate {
+        max: Some(0.05),
+        max_increase: Some(0.02),
+    };
+    let p99_cmp = CheckSpec::Latency {
+        percentile: 99.0,
+        max_ms: None,
+        max_ratio: None,
+    };
+    let p99_tol = CheckSpec::Latency {
+        percentile: 99.0,
+        max_ms: None,
+        max_ratio: Some(1.2),
+    };
+    let bad_errors = Behaviour {
+        error_rate: 0.05,
+        ..Behaviour::HEALTHY
+    };
+    // Same median, a heavier tail: σ chosen so that p99 is 1.5 × the baseline's.
+    let slow_tail = Behaviour {
+        sigma: Behaviour::HEALTHY.sigma + 1.5f64.ln() / normal_quantile(0.99),
+        ..Behaviour::HEALTHY
+    };
+    let scenario =
+        |weight: f64, candidate: Behaviour, checks: Vec<CheckSpec>, seconds: u64| Scenario {
+            rps: 200.0,
+            weight,
+            baseline: Behaviour::HEALTHY,
+            candidate,
+            checks,
+            policy: base_policy.clone(),
+            seconds,
+        };
+    let mut rows = Vec::new();
+
+    // (a) Detection of an error-rate regression.
+    for (weight, check, label) in [
+        (0.5, &error_cmp, "error_rate (no bound: any increase)"),
+        (0.2, &error_cmp, "error_rate (no bound: any increase)"),
+        (0.5, &error_tol, "error_rate max 5%, max_increase 2 pp"),
+    ] {
+        let s = scenario(weight, bad_errors, vec![check.clone()], 600);
+        rows.push(detection_row(
+            "(a) detection: 1% → 5% errors",
+            format!("{label}; {:.0}% canary", weight * 100.0),
+            &many(&s, 1000, 1),
+            "median ≤ 3 s",
+        ));
+    }
+
+    // (b) A/A: nothing differs, ten minutes of looking every second.
+    for (weight, checks, label) in [
+        (0.5, vec![error_cmp.clone()], "error_rate (no bound)"),
+        (0.2, vec![error_cmp.clone()], "error_rate (no bound)"),
+        (0.5, vec![p99_cmp.clone()], "latency_p99 (no bound)"),
+        (
+            0.5,
+            vec![error_cmp.clone(), p99_cmp.clone()],
+            "error_rate + latency_p99 (no bounds)",
+        ),
+        (
+            0.5,
+            vec![error_tol.clone(), p99_tol.clone()],
+            "error_rate max 5%/+2 pp, latency_p99 max_ratio 1.2",
+        ),
+    ] {
+        let s = scenario(weight, Behaviour::HEALTHY, checks, 600);
+        rows.push(aa_row(
+            "(b) A/A: 1% vs 1%, same latency",
+            format!("{label}; {:.0}% canary, 1000 runs × 600 s", weight * 100.0),
+            &many(&s, 1000, 100_000),
+            "≤ 1% Fail",
+        ));
+    }
+
+    // (c) Detection of a latency regression: p99 +50%.
+    for (check, label) in [
+        (&p99_cmp, "latency_p99 (no bound: any increase)"),
+        (&p99_tol, "latency_p99 max_ratio 1.2"),
+    ] {
+        let s = scenario(0.5, slow_tail, vec![check.clone()], 600);
+        rows.push(detection_row(
+            "(c) detection: p99 +50%",
+            format!(
+                "{label}; 50% canary; p99 {:.0} → {:.0} ms",
+                Behaviour::HEALTHY.quantile_ms(0.99),
+                slow_tail.quantile_ms(0.99)
+            ),
+            &many(&s, 1000, 200_000),
+            "(no goal set)",
+        ));
+    }
+
+    // (d) Low traffic: 2 req/s, min_requests 200, 5% canary — 0.1 req/s on the candidate.
+    for (candidate, label) in [(Behaviour::HEALTHY, "healthy"), (bad_errors, "5% errors")] {
+        for wait in [None, Some(Duration::from_secs(300))] {
+            let s = Scenario {
+                rps: 2.0,
+                weight: 0.05,
+                baseline: Behaviour::HEALTHY,
+                candidate,
+                checks: vec![error_tol.clone(), p99_tol.clone()],
+                policy: Policy {
+                    min_requests: 200,
+                    max_wait_without_data: wait,
+                    ..base_policy.clone()
+                },
+                seconds: 600,
+            };
+            let runs = many(&s, 200, 300_000);
+            let failed = runs.iter().filter(|r| r.failed_at.is_some()).count();
+            let promoted = runs.iter().filter(|r| r.promoted_at.is_some()).count();
+            let held: u64 = runs.iter().map(|r| r.held).sum();
+            let intervals: u64 = runs.iter().map(|r| r.intervals).sum();
+            let mut paused: Vec<Option<u64>> = runs.iter().map(|r| r.paused_at).collect();
+            rows.push(Row {
+                scenario: "(d) low traffic: 2 req/s".into(),
+                setup: format!(
+                    "candidate {label}, 5% canary, min_requests 200, max_wait_without_data {}; \
+                     200 runs × 600 s",
+                    wait.map_or("none".into(), |w| format!("{}s", w.as_secs()))
+                ),
+                result: format!(
+                    "Fail {}, Promote {}, Hold {} of intervals{}",
+                    fraction(failed, runs.len()),
+                    fraction(promoted, runs.len()),
+                    fraction(held as usize, intervals as usize),
+                    if wait.is_some() {
+                        format!(", Pause at {}", quantile_text(&mut paused, 0.5))
+                    } else {
+                        String::new()
+                    }
+                ),
+                goal: "never fails, holds".into(),
+            });
+        }
+    }
+
+    // (e) SRM: 20,000 users, 50/50 configured.
+    for (share, label, goal) in [
+        (0.52, "52/48 delivered", "flagged"),
+        (0.50, "50/50 delivered", "not flagged"),
+    ] {
+        let seeds = 10_000u64;
+        let (mut at_end, mut ever) = (0usize, 0usize);
+        for seed in 0..seeds {
+            let mut rng = Rng::new(400_000 + seed);
+            let mut counts = [0u64; 2];
+            let mut flagged_once = false;
+            // Users arrive 100 per interval; the check runs after each interval.
+            for user in 1..=20_000u64 {
+                counts[usize::from(rng.uniform() >= share)] += 1;
+                if user % 100 == 0 {
+                    let srm = sample_ratio_mismatch(&counts, &[1.0, 1.0]);
+                    flagged_once |= srm.flagged;
+                    if user == 20_000 && srm.flagged {
+                        at_end += 1;
+                    }
+                }
+            }
+            ever += usize::from(flagged_once);
+        }
+        rows.push(Row {
+            scenario: "(e) SRM, 20,000 users, 50/50 configured".into(),
+            setup: format!("{label}; {seeds} seeds; checked every 100 users"),
+            result: format!(
+                "flagged at 20,000 users: {}; flagged at any of the 200 checks: {}",
+                fraction(at_end, seeds as usize),
+                fraction(ever, seeds as usize)
+            ),
+            goal: goal.into(),
+        });
+    }
+
+    // (f) The trade-off α sets: detection (a) against false failures (b), error_rate only.
+    let mut sweep = Vec::new();
+    for a in [0.01, 0.02, 0.05, 0.1, 0.2] {
+        let with = |candidate, weight| Scenario {
+            policy: Policy {
+                alpha: a,
+                ..base_policy.clone()
+            },
+            ..scenario(weight, candidate, vec![error_cmp.clone()], 600)
+        };
+        let mut detect: Vec<Option<u64>> = many(&with(bad_errors, 0.5), 1000, 1)
+            .iter()
+            .map(|r| r.failed_at)
+            .collect();
+        let aa = many(&with(Behaviour::HEALTHY, 0.5), 1000, 100_000);
+        let false_fails = aa.iter().filter(|r| r.failed_at.is_some()).count();
+        sweep.push(format!(
+            "| {a} | {} | {} | {} |",
+            quantile_text(&mut detect, 0.5),
+            quantile_text(&mut detect, 0.9),
+            fraction(false_fails, aa.len())
+        ));
+    }
+
+    println!(
+        "alpha = {alpha}, interval 1 s, 200 req/s unless said, failure_limit 1, \
+         success_needed 3, min_requests 100 unless said\n"
+    );
+    println!("| scenario | setup | result | goal |");
+    println!("|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.scenario, r.setup, r.result, r.goal
+        );
+    }
+    println!(
+        "\nα sweep, error_rate (no bound), 50% canary, 200 req/s, 1000 runs each:\n\n\
+         | alpha | (a) 1% → 5%: median time to Fail | p90 | (b) A/A: runs that Fail in 600 s |\n\
+         |---|---|---|---|"
+    );
+    for line in &sweep {
+        println!("{line}");
+    }
+    println!("\n(simulated in {:.1} s)", started.elapsed().as_secs_f64());
+}
