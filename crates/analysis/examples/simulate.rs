@@ -112,8 +112,6 @@ struct Run {
     paused_at: Option<u64>,
     held: u64,
     intervals: u64,
-    /// Which checks failed at the failing interval.
-    failing_checks: Vec<String>,
 }
 
 fn simulate(s: &Scenario, seed: u64) -> Run {
@@ -141,11 +139,6 @@ fn simulate(s: &Scenario, seed: u64) -> Run {
         match analyzer.judge(second * 1000, &results) {
             Decision::Fail { .. } => {
                 run.failed_at = Some(second);
-                run.failing_checks = results
-                    .iter()
-                    .filter(|r| r.verdict == graylane_analysis::Verdict::Fail)
-                    .map(|r| r.check.clone())
-                    .collect();
                 // The release would roll back here.
                 return run;
             }

@@ -196,18 +196,20 @@ pub fn evaluate(
         } => {
             let relative = max_ratio.is_some() || max_ms.is_none();
             // A ratio needs both percentiles: each gets half the error budget (Bonferroni).
-            let side_alpha = if relative { alpha / 2.0 } else { alpha };
-            match Boundary::new(side_alpha, tuning) {
-                Some(side) => j.latency(
-                    *percentile,
-                    *max_ms,
-                    relative.then(|| max_ratio.unwrap_or(1.0)),
-                    candidate,
-                    baseline,
-                    &side,
-                ),
-                None => j.unusable(format!("alpha {alpha} is not between 0 and 1")),
-            }
+            // (alpha / 2 is valid whenever alpha is.)
+            let side = if relative {
+                Boundary::new(alpha / 2.0, tuning).unwrap_or(boundary)
+            } else {
+                boundary
+            };
+            j.latency(
+                *percentile,
+                *max_ms,
+                relative.then(|| max_ratio.unwrap_or(1.0)),
+                candidate,
+                baseline,
+                &side,
+            )
         }
         CheckSpec::Throughput { min_rps } => j.throughput(*min_rps, candidate, &boundary),
         CheckSpec::EventRate { event, min_change } => {

@@ -31,8 +31,8 @@
 //!
 //! **Tuning.** `ρ` only decides *when* the sequence is tightest; any fixed `ρ > 0` is valid. The
 //! width at time `t*` is smallest for `x = t*ρ²` solving `x = ln(1 + x) + 2 ln(1/α)`, and one
-//! fixed-point step gives the closed form used here (the paper's Section 3 and its `confseq`
-//! R package, `best_rho2_approx`):
+//! fixed-point step gives the closed form used here (the same approximation as the authors'
+//! reference code, `best_rho2_approx`):
 //!
 //! ```text
 //! ρ² = ( 2 ln(1/α) + ln(1 + 2 ln(1/α)) ) / t*
@@ -43,33 +43,56 @@
 //! 1.96): that is the price of looking at every interval, and it grows only like
 //! `sqrt(ln t)` afterwards.
 //!
-//! The estimators ([`Estimate`]):
-//! * **one proportion** `x / n` (error rate, conversion rate): `se² = p̃(1 − p̃) / n` with the
-//!   Laplace-smoothed `p̃ = (x + 1)/(n + 2)` in the variance only, so that 0 errors out of 200
-//!   does not claim a variance of 0 (the plain estimate is consistent, so the sequence stays
-//!   asymptotically valid; at small counts this is the conservative side); `t = n`;
-//! * **a Poisson rate** `x / n` (several events per unit): `se² = (x + 1)/n²`, `t = n`;
-//! * **a mean** of `n` values: `se² = s² / n` with the sample variance `s²`, `t = n`;
-//! * **throughput** `n / T`: for Poisson arrivals the gaps between requests are exponential with
-//!   mean `1/λ` and standard deviation `1/λ`, so the mean gap `T/n` gets `se = (T/n)/√n`, `t = n`,
+//! **Plug-in estimators** ([`Estimate`], the interval `value ± se · z_t` at `t` observations):
+//! * **a mean** of `n` values: `se² = s²/n` with the sample variance `s²`, `t = n`;
+//! * **a proportion** `x/n` inside a relative change (event rates): `se² = p̃(1 − p̃)/n` with the
+//!   Laplace-smoothed `p̃ = (x + 1)/(n + 2)`, so that 0 events does not claim a variance of 0;
+//! * **a Poisson rate** `x/n` (several events per unit): `se² = (x + 1)/n²`, `t = n`;
+//! * **throughput** `n/T`: for Poisson arrivals the gaps between requests are exponential with
+//!   mean and standard deviation `1/λ`, so the mean gap `T/n` gets `se = (T/n)/√n`, `t = n`,
 //!   and the interval on the gap is inverted into one on requests per second;
-//! * **the difference of two independent streams** `μ̂_c − μ̂_b` (candidate minus baseline):
-//!   `se² = se_c² + se_b²` (the variance of the difference), at the *effective sample size*
-//!   `t = n_c n_b / (n_c + n_b)`, the number of single-stream observations with the same
-//!   precision. Within a step the split is fixed, so this is a fixed multiple of the total count
-//!   `n_c + n_b`: it is the paper's sequential A/B-test sequence (Section 3.3, two arms with a
-//!   fixed assignment probability) with its time rescaled — that is, with a rescaled `ρ`;
-//! * **the ratio of two streams** `μ_c / μ_b` (relative changes of business metrics), by
-//!   Fieller's method: `k` is in the set when the sequence for `μ_c − k μ_b` (whose
+//! * **the ratio of two independent streams** `μ_c/μ_b` (relative changes of business metrics),
+//!   by Fieller's method: `k` is in the set when the sequence for `μ_c − k μ_b` (whose
 //!   `se² = se_c² + k² se_b²`) contains 0, which solves to
 //!   `k ∈ [(ab ∓ sqrt(a²b² − D(a² − z²se_c²))) / D]` with `a = μ̂_c`, `b = μ̂_b`,
 //!   `D = b² − z²se_b²`; when `D ≤ 0` the baseline is not distinguishable from 0 and the ratio
 //!   is unbounded ([`Estimate::ratio_interval`]).
 //!
+//! **Two streams.** Candidate and baseline are independent streams of `n_c` and `n_b`
+//! observations. A difference or a ratio uses the variance of the difference and is taken at the
+//! *effective sample size* `t = n_c n_b/(n_c + n_b)`, the number of single-stream observations
+//! with the same precision (`se² = σ²/t` when both have variance `σ²`). Within a step the split
+//! is fixed, so `t` is a fixed multiple of the total count `n_c + n_b`: this is the paper's
+//! sequential two-arm (A/B) sequence with its time rescaled, which amounts to a rescaled `ρ`.
+//!
+//! **Error rates** are proportions too, but small ones: at 1 % a few hundred requests hold a
+//! handful of errors, where the normal approximation is poor and the plug-in variance
+//! misleading. The interval of [`proportion`] takes each end from the form that errs on the safe
+//! side there:
+//! * the **lower end** from the plug-in form `p̂ − z_t·se` (its variance grows with the count, and
+//!   the lower end is at stake when the count is unusually high);
+//! * the **upper end** from the score (Wilson) form, the larger root of
+//!   `|p̂ − p| = z_t sqrt(p(1 − p)/n)` (its variance is the hypothesised one, which does not
+//!   collapse when the count is unusually low, as the plug-in's does);
+//!
+//! and [`proportion_difference`] combines two of them, both at the multiplier `z_t` of the
+//! effective sample size, by MOVER (Newcombe 1998; Zou & Donner 2008):
+//!
+//! ```text
+//! low  = d − sqrt( (p_c − low_c)² + (high_b − p_b)² ),   d = p_c − p_b
+//! high = d + sqrt( (high_c − p_c)² + (p_b − low_b)² )
+//! ```
+//!
+//! For large counts both reduce to `d ± z_t sqrt(se_c² + se_b²)`. (The plain plug-in sequence
+//! missed a 1 % rate at some look in 7.75 % of simulated runs at `α = 0.05`; this one stays
+//! well under `α`, see `tests/coverage.rs`.)
+//!
 //! **P-values.** The mixture martingale at a null value `θ₀`, with `z = (μ̂_t − θ₀)/se` and
 //! `x = tρ²`, is `M_t = exp( x z² / (2(1 + x)) ) / sqrt(1 + x)`; `p = min(1, 1/M_t)` is an
 //! *anytime-valid* p-value: `P(∃ t: p_t ≤ α) ≤ α`, and `p_t < α` exactly when `C_t` excludes
-//! `θ₀` ([`Boundary::p_value`]).
+//! `θ₀` ([`Boundary::p_value`]). For an asymmetric interval the standard error is read off the
+//! end facing `θ₀` (its distance from the estimate over `z_t`), which keeps that equivalence
+//! ([`Interval::z`]).
 //!
 //! # Quantiles from histogram data
 //!
@@ -127,16 +150,6 @@ impl Boundary {
             alpha,
             rho2: (2.0 * l + (1.0 + 2.0 * l).ln()) / tuned_for,
         })
-    }
-
-    /// The level: the chance that the sequence ever misses the truth.
-    pub fn alpha(&self) -> f64 {
-        self.alpha
-    }
-
-    /// The mixture's tuning parameter `ρ`.
-    pub fn rho(&self) -> f64 {
-        self.rho2.sqrt()
     }
 
     /// `z_t`: after `t` observations the sequence is `estimate ± z_t · standard error`.

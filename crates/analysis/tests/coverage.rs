@@ -163,3 +163,28 @@ fn quantile_bounds_tighten_and_handle_edges() {
     // After 100,000 observations the p99 is known to within two buckets or so.
     assert!(*widths.last().unwrap() < 1.4, "{widths:?}");
 }
+
+#[test]
+fn relative_change_sequence_covers_the_ratio() {
+    let b = boundary();
+    // Conversion rates of 5% and 4% (a 25% lift), both streams the same size.
+    for (pc, pb, seed) in [(0.05, 0.04, 120_000), (0.2, 0.2, 140_000)] {
+        let (mut xc, mut xb) = (0, 0);
+        let missed = misses(seed, |rng, n, look| {
+            if n == 1 {
+                (xc, xb) = (0, 0);
+            }
+            xc += u64::from(rng.bernoulli(pc));
+            xb += u64::from(rng.bernoulli(pb));
+            if !look {
+                return true;
+            }
+            let c = Estimate::proportion(xc, n).unwrap();
+            let base = Estimate::proportion(xb, n).unwrap();
+            // An unbounded ratio (baseline not yet distinguishable from 0) covers everything.
+            c.ratio_interval(&base, &b)
+                .is_none_or(|r| r.low <= pc / pb && pc / pb <= r.high)
+        });
+        assert_coverage(&format!("ratio {pc}/{pb}"), missed);
+    }
+}
