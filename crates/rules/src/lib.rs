@@ -57,6 +57,7 @@ mod routing;
 mod table;
 
 pub use decision::{Decision, KeyUsed, Reason};
+pub use matcher::LiveSegment;
 pub use request::RequestView;
 pub use routing::{Routing, Share};
 pub use table::RoutingTable;

@@ -21,8 +21,35 @@ use crate::request::{RequestView, with_decoded};
 /// and the sets' contents come from the configuration, not from requests.
 pub(crate) type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
-/// Members of a segment, shared by every rule that names it.
-pub(crate) type Members = Arc<FastSet<Box<str>>>;
+/// Members of a segment, shared by every rule that names it: the set the configuration lists,
+/// or one kept current elsewhere (a Redis segment refreshed in the background).
+#[derive(Debug, Clone)]
+pub(crate) enum Members {
+    Fixed(Arc<FastSet<Box<str>>>),
+    Live(Arc<dyn LiveSegment>),
+}
+
+impl Default for Members {
+    fn default() -> Self {
+        Members::Fixed(Arc::default())
+    }
+}
+
+impl Members {
+    fn contains(&self, member: &str) -> bool {
+        match self {
+            Members::Fixed(set) => set.contains(member),
+            Members::Live(live) => live.contains(member),
+        }
+    }
+}
+
+/// A segment whose members change while the routing table is in use, such as a Redis set
+/// mirrored by a background refresh. `contains` runs on the request path: it must not block,
+/// do I/O or allocate.
+pub trait LiveSegment: Send + Sync + std::fmt::Debug {
+    fn contains(&self, member: &str) -> bool;
+}
 
 /// `in` lists up to this long are scanned; longer ones are hashed.
 const IN_LIST_SCAN_MAX: usize = 8;

@@ -13,7 +13,7 @@ use http::Method;
 use crate::bucket::{BUCKETS, Bucketer};
 use crate::decision::{Decision, KeyUsed, Reason};
 use crate::describe::describe;
-use crate::matcher::{Matcher, Members};
+use crate::matcher::{LiveSegment, Matcher, Members};
 use crate::request::{RequestView, with_ip_text};
 use crate::routing::{Routing, Share};
 
@@ -63,11 +63,28 @@ struct ServiceIndex {
 
 impl RoutingTable {
     /// Compiles a validated configuration. Each release starts at its first step's weight.
+    /// A segment whose members live elsewhere (Redis) is empty here: see
+    /// [`RoutingTable::compile_with`].
     pub fn compile(config: &Config) -> RoutingTable {
+        RoutingTable::compile_with(config, &|_| None)
+    }
+
+    /// Compiles `config` with `live(name)` giving the members of the segments kept current
+    /// outside the configuration (a Redis segment's mirror); a segment it has none for uses
+    /// the members the configuration lists.
+    pub fn compile_with(
+        config: &Config,
+        live: &dyn Fn(&str) -> Option<Arc<dyn LiveSegment>>,
+    ) -> RoutingTable {
         let segments: Vec<Members> = config
             .segments
             .iter()
-            .map(|s| Arc::new(s.members.iter().map(|m| m.as_str().into()).collect()))
+            .map(|s| match live(&s.name) {
+                Some(l) => Members::Live(l),
+                None => Members::Fixed(Arc::new(
+                    s.members.iter().map(|m| m.as_str().into()).collect(),
+                )),
+            })
             .collect();
         let services: Box<[CompiledService]> = config
             .services
