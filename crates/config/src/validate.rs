@@ -1848,7 +1848,7 @@ impl<'a> Validator<'a> {
             self.fail(format!("{path}.attempts"), "at most 10 retries");
         }
         let attempts = r.attempts.unwrap_or(1);
-        if !(budget > 0.0 && budget <= 1.0) || !(1..=10).contains(&attempts) {
+        if !(budget > 0.0 && budget <= 1.0 && (1..=10).contains(&attempts)) {
             return None;
         }
         Some(Retry {
