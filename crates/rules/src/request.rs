@@ -67,17 +67,41 @@ impl<'a> RequestView<'a> {
         self.client_ip.to_canonical()
     }
 
+    /// Calls `f` with the key a per-key policy (a rate limit) counts this request under: the
+    /// value `spec` names, the client IP when the request lacks it (as bucketing does), or an
+    /// empty key for a policy without one.
+    pub fn with_policy_key<R>(&self, spec: Option<&KeySpec>, f: impl FnOnce(&[u8]) -> R) -> R {
+        match spec {
+            None => f(b""),
+            Some(spec) => match self.try_key(spec, f) {
+                Ok(r) => r,
+                Err(f) => with_ip_text(self.ip(), f),
+            },
+        }
+    }
+
     /// Calls `f` with the key `spec` names, or returns `None` when the request lacks it. An empty
     /// value counts as missing: hashing it would put every such request in one bucket.
     pub(crate) fn with_key<R>(&self, spec: &KeySpec, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        match spec {
-            KeySpec::Header(name) => self.header_values(name).find(|v| !v.is_empty()).map(f),
-            KeySpec::Cookie(name) => self.cookie_values(name).find(|v| !v.is_empty()).map(f),
+        self.try_key(spec, f).ok()
+    }
+
+    /// [`RequestView::with_key`] that hands `f` back when the key is missing.
+    fn try_key<R, F: FnOnce(&[u8]) -> R>(&self, spec: &KeySpec, f: F) -> Result<R, F> {
+        let value = match spec {
+            KeySpec::Header(name) => self.header_values(name).find(|v| !v.is_empty()),
+            KeySpec::Cookie(name) => self.cookie_values(name).find(|v| !v.is_empty()),
             KeySpec::Query(name) => {
-                let raw = self.query_values(name).find(|v| !v.is_empty())?;
-                Some(with_decoded(raw, f))
+                return match self.query_values(name).find(|v| !v.is_empty()) {
+                    Some(raw) => Ok(with_decoded(raw, f)),
+                    None => Err(f),
+                };
             }
-            KeySpec::ClientIp => Some(with_ip_text(self.ip(), f)),
+            KeySpec::ClientIp => return Ok(with_ip_text(self.ip(), f)),
+        };
+        match value {
+            Some(v) => Ok(f(v)),
+            None => Err(f),
         }
     }
 }
