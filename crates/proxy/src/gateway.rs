@@ -13,6 +13,7 @@ use graylane_config::{Config, ConfigErrors, Service, Weight};
 use graylane_rules::{Routing, Share};
 use tokio::sync::watch;
 
+use crate::control::ControlState;
 use crate::metrics::Metrics;
 use crate::server::{
     BoundListener, ConnectionLimit, WorkerSetup, bind_reuseport, run_worker, tls_acceptor,
@@ -119,6 +120,9 @@ pub struct UnknownRelease {
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
+    /// Traffic-control state (limiter tokens, breaker windows, ejections) that outlives
+    /// snapshots.
+    control_state: Arc<ControlState>,
     /// Serialises snapshot rebuilds (reloads and weight changes) so neither loses the other's
     /// update; requests never touch it.
     control: Mutex<Control>,
@@ -163,13 +167,16 @@ impl Gateway {
         }
         let upstream = config.upstream.clone();
         let config = Arc::new(config);
+        let control_state = Arc::new(ControlState::default());
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             Arc::clone(&config),
             &metrics,
             1,
             &BTreeMap::new(),
+            &control_state,
         )));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let shutdown_rx_for_prober = shutdown_rx.clone();
         let mut handles = Vec::new();
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let setup = WorkerSetup {
@@ -188,9 +195,13 @@ impl Gateway {
                 .map_err(StartError::Thread)?;
             handles.push(handle);
         }
+        let prober = crate::health::spawn_prober(Arc::clone(&snapshot), shutdown_rx_for_prober)
+            .map_err(StartError::Thread)?;
+        handles.push(prober);
         Ok(Gateway {
             snapshot,
             metrics,
+            control_state,
             control: Mutex::new(Control {
                 config,
                 routes: BTreeMap::new(),
@@ -310,6 +321,7 @@ impl Gateway {
             &self.metrics,
             control.generation,
             &routes,
+            &self.control_state,
         );
         self.snapshot.store(Arc::new(snapshot));
     }

@@ -14,12 +14,18 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{ProxyBody, RequestBody};
+use crate::control::{self, AttemptOutcome, FallbackRoute};
 use crate::metrics::UpstreamErrorKind;
 use crate::snapshot::{LocalSnapshot, ServiceRoute, VersionRoute};
 use crate::upstream::UpstreamPool;
 
 pub static X_GRAYLANE_VERSION: HeaderName = HeaderName::from_static("x-graylane-version");
 pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lane");
+/// On a response served by a fallback: the version that served it, or `static`.
+pub static X_GRAYLANE_FALLBACK: HeaderName = HeaderName::from_static("x-graylane-fallback");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -83,6 +89,14 @@ pub async fn handle(
     let service = &snapshot.services[decision.service];
     let version = &service.versions[decision.version];
     version.stats.record_decision(worker.id, &decision.reason);
+    if !service.control.limits.is_empty()
+        && let Some(refused) = check_rate_limits(service, &req, &conn)
+    {
+        version
+            .stats
+            .record_response(worker.id, 429, started.elapsed());
+        return refused;
+    }
 
     let sticky_cookie = sticky_cookie_to_set(version, &decision);
     let (parts, body) = req.into_parts();
@@ -125,6 +139,18 @@ pub async fn handle(
             return response;
         }
     };
+    if service.control.retry.is_some() || version.control.is_active() {
+        let attempt = Attempts {
+            worker: &worker,
+            conn: &conn,
+            service,
+            started,
+            sticky_cookie,
+        };
+        return attempt
+            .run(decision.version, parts, body, &mut deadline)
+            .await;
+    }
     let mut req = Request::from_parts(parts, body);
     prepare_upstream_request(&mut req, &conn, version);
 
@@ -178,6 +204,398 @@ pub async fn handle(
         .stats
         .record_response(worker.id, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Checks the service's rate limits that apply to this request; the `429` when one refuses.
+fn check_rate_limits(
+    service: &ServiceRoute,
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+) -> Option<Response<ProxyBody>> {
+    let path = req.uri().path();
+    let view = RequestView {
+        method: req.method(),
+        host: request_host(req),
+        path,
+        query: req.uri().query(),
+        headers: req.headers(),
+        client_ip: conn.peer.ip(),
+        now_unix_ms: 0,
+        trusted_lane: None,
+    };
+    let now = control::now_nanos();
+    for limit in &service.control.limits {
+        if limit
+            .path_prefix
+            .as_deref()
+            .is_some_and(|p| !path.starts_with(p))
+        {
+            continue;
+        }
+        let decision =
+            view.with_policy_key(limit.key.as_ref(), |key| limit.limiter.check(key, now));
+        if !decision.allowed {
+            let mut resp = json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                serde_json::json!({
+                    "error": "rate limit exceeded",
+                    "service": service.name,
+                    "limit": &*limit.describe,
+                    "retry_after_s": decision.retry_after_secs(),
+                }),
+            );
+            let headers = resp.headers_mut();
+            headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(decision.limit));
+            headers.insert(
+                RATELIMIT_REMAINING.clone(),
+                HeaderValue::from(decision.remaining),
+            );
+            headers.insert(
+                RATELIMIT_RESET.clone(),
+                HeaderValue::from(decision.reset_secs()),
+            );
+            if let Some(after) = decision.retry_after_secs() {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(after));
+            }
+            return Some(resp);
+        }
+    }
+    None
+}
+
+/// The request path of a service with traffic control: each attempt passes the version's
+/// breaker and concurrency limit, goes to a usable endpoint, and its outcome feeds the breaker
+/// and outlier ejection; a failed attempt is retried (within the retry policy and budget), then
+/// falls back (another version, or a static response) when the version says so.
+struct Attempts<'a> {
+    worker: &'a Worker,
+    conn: &'a ConnInfo,
+    service: &'a ServiceRoute,
+    started: Instant,
+    sticky_cookie: Option<HeaderValue>,
+}
+
+/// Why a version could not take an attempt.
+enum Unavailable {
+    Open(std::time::Duration),
+    Full,
+    NoEndpoint,
+}
+
+impl Attempts<'_> {
+    async fn run(
+        self,
+        first: usize,
+        parts: http::request::Parts,
+        body: RequestBody,
+        deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Response<ProxyBody> {
+        let service = self.service;
+        let retry = service.control.retry.as_ref();
+        let _active = retry.map(|r| r.budget.active_request());
+        // A body read whole can be sent again; a streamed one only once.
+        let replay = match &body {
+            RequestBody::Whole(b) => Some(b.clone()),
+            RequestBody::Streaming { .. } => None,
+        };
+        let mut streamed = Some(body);
+        let (method, uri, http_version, headers) =
+            (parts.method, parts.uri, parts.version, parts.headers);
+        let mut current = first;
+        let mut fell_back = false;
+        let mut retries = 0;
+        loop {
+            let version = &service.versions[current];
+            let ctl = &version.control;
+            let now = control::now_nanos();
+            let token = match ctl.breaker.as_ref().map(|b| b.try_call(now)) {
+                Some(Ok(t)) => Some(t),
+                Some(Err(open)) => {
+                    match self.unavailable(
+                        current,
+                        &mut fell_back,
+                        Unavailable::Open(open.retry_after),
+                    ) {
+                        Ok(next) => {
+                            current = next;
+                            continue;
+                        }
+                        Err(resp) => return *resp,
+                    }
+                }
+                None => None,
+            };
+            let permit = match ctl.concurrency.as_ref().map(|c| c.try_acquire()) {
+                Some(None) => {
+                    drop(token);
+                    match self.unavailable(current, &mut fell_back, Unavailable::Full) {
+                        Ok(next) => {
+                            current = next;
+                            continue;
+                        }
+                        Err(resp) => return *resp,
+                    }
+                }
+                Some(Some(p)) => Some(p),
+                None => None,
+            };
+            let Some(endpoint) =
+                pick_usable_endpoint(service, version, now, fell_back || ctl.fallback.is_none())
+            else {
+                drop(token);
+                drop(permit);
+                match self.unavailable(current, &mut fell_back, Unavailable::NoEndpoint) {
+                    Ok(next) => {
+                        current = next;
+                        continue;
+                    }
+                    Err(resp) => return *resp,
+                }
+            };
+            let body = match &replay {
+                Some(bytes) => RequestBody::Whole(bytes.clone()),
+                None => match streamed.take() {
+                    Some(b) => b,
+                    None => return self.give_up(current, UpstreamErrorKind::Protocol),
+                },
+            };
+            let mut req = Request::new(body);
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri.clone();
+            *req.version_mut() = http_version;
+            *req.headers_mut() = headers.clone();
+            prepare_upstream_request(&mut req, self.conn, version);
+            let addr = version.endpoints[endpoint].addr;
+            let attempt_started = Instant::now();
+            version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
+            let per_try = retry.and_then(|r| r.per_try_timeout);
+            let send = self.worker.pool.send(addr, service.connect_timeout, req);
+            let result = tokio::select! {
+                biased;
+                sent = async {
+                    match per_try {
+                        Some(t) => tokio::time::timeout(t, send).await.unwrap_or(Err(crate::upstream::UpstreamError::timeout())),
+                        None => send.await,
+                    }
+                } => Some(sent),
+                () = &mut *deadline => None,
+            };
+            version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
+            let outcome = match &result {
+                Some(Ok(resp)) => AttemptOutcome::Status(resp.status().as_u16()),
+                Some(Err(e)) => AttemptOutcome::Error(e.kind),
+                None => AttemptOutcome::Error(UpstreamErrorKind::Timeout),
+            };
+            let failed = outcome.fails(&ctl.failure_on);
+            if let Some(t) = token {
+                t.record(
+                    control::now_nanos(),
+                    graylane_traffic::breaker::Outcome {
+                        failed,
+                        duration: attempt_started.elapsed(),
+                    },
+                );
+            }
+            if let Some(o) = &ctl.outlier {
+                o.record(endpoint, control::now_nanos(), !failed);
+            }
+            drop(permit);
+            if let Some(Err(e)) = &result {
+                version.stats.record_upstream_error(self.worker.id, e.kind);
+                tracing::warn!(service = %service.name, version = %version.name, upstream = %addr, kind = e.kind.label(), "{}", e.detail);
+            }
+            let out_of_time = result.is_none();
+            if !failed || out_of_time {
+                return self.finish(current, fell_back, result);
+            }
+            // Failed: retry within the policy, else fall back, else answer with the failure.
+            let retryable = replay.is_some()
+                && retry.is_some_and(|r| {
+                    retries < r.attempts
+                        && outcome.fails(&r.retry_on)
+                        && graylane_traffic::retry::is_retryable(
+                            &method,
+                            outcome.reached_upstream(),
+                            false,
+                        )
+                });
+            if retryable && let Some(guard) = retry.and_then(|r| r.budget.try_retry()) {
+                retries += 1;
+                drop(guard);
+                version.stats.record_response(
+                    self.worker.id,
+                    outcome.status_or(502),
+                    attempt_started.elapsed(),
+                );
+                continue;
+            }
+            match (&ctl.fallback, fell_back) {
+                (Some(FallbackRoute::Version(v)), false) if replay.is_some() && *v != current => {
+                    version.stats.record_response(
+                        self.worker.id,
+                        outcome.status_or(502),
+                        attempt_started.elapsed(),
+                    );
+                    fell_back = true;
+                    current = *v;
+                }
+                (Some(FallbackRoute::Static(page)), false) => {
+                    version.stats.record_response(
+                        self.worker.id,
+                        outcome.status_or(502),
+                        attempt_started.elapsed(),
+                    );
+                    return static_response(page);
+                }
+                _ => return self.finish(current, fell_back, result),
+            }
+        }
+    }
+
+    /// The version can take no attempt: fall back if it says so, else answer `503`.
+    fn unavailable(
+        &self,
+        current: usize,
+        fell_back: &mut bool,
+        why: Unavailable,
+    ) -> Result<usize, Box<Response<ProxyBody>>> {
+        let version = &self.service.versions[current];
+        match (&version.control.fallback, *fell_back) {
+            (Some(FallbackRoute::Version(v)), false) if *v != current => {
+                *fell_back = true;
+                Ok(*v)
+            }
+            (Some(FallbackRoute::Static(page)), false) => Err(Box::new(static_response(page))),
+            _ => {
+                let (what, retry_after) = match why {
+                    Unavailable::Open(after) => {
+                        ("the version's circuit breaker is open", Some(after))
+                    }
+                    Unavailable::Full => ("the version is at its concurrency limit", None),
+                    Unavailable::NoEndpoint => ("no endpoint of the version is healthy", None),
+                };
+                let mut resp = json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({
+                        "error": what,
+                        "service": self.service.name,
+                        "version": version.name,
+                    }),
+                );
+                resp.headers_mut()
+                    .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
+                if let Some(after) = retry_after {
+                    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                version
+                    .stats
+                    .record_response(self.worker.id, 503, self.started.elapsed());
+                Err(Box::new(resp))
+            }
+        }
+    }
+
+    fn give_up(&self, current: usize, kind: UpstreamErrorKind) -> Response<ProxyBody> {
+        let version = &self.service.versions[current];
+        let resp = upstream_failure(StatusCode::BAD_GATEWAY, kind, self.service, version);
+        version
+            .stats
+            .record_response(self.worker.id, 502, self.started.elapsed());
+        resp
+    }
+
+    /// The attempt's answer to the client, stamped with the version that served it (and the
+    /// fallback header when it was not the one chosen).
+    fn finish(
+        self,
+        current: usize,
+        fell_back: bool,
+        result: Option<
+            Result<Response<crate::upstream::UpstreamBody>, crate::upstream::UpstreamError>,
+        >,
+    ) -> Response<ProxyBody> {
+        let version = &self.service.versions[current];
+        let mut response = match result {
+            Some(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
+                if !fell_back && let Some(cookie) = self.sticky_cookie {
+                    parts.headers.append(header::SET_COOKIE, cookie);
+                }
+                Response::from_parts(parts, ProxyBody::Upstream(body))
+            }
+            Some(Err(e)) => {
+                let status = match e.kind {
+                    UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::Timeout => {
+                        StatusCode::GATEWAY_TIMEOUT
+                    }
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                upstream_failure(status, e.kind, self.service, version)
+            }
+            None => {
+                version
+                    .stats
+                    .record_upstream_error(self.worker.id, UpstreamErrorKind::Timeout);
+                upstream_failure(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    UpstreamErrorKind::Timeout,
+                    self.service,
+                    version,
+                )
+            }
+        };
+        if fell_back {
+            response
+                .headers_mut()
+                .insert(X_GRAYLANE_FALLBACK.clone(), version.fallback_header.clone());
+        }
+        version.stats.record_response(
+            self.worker.id,
+            response.status().as_u16(),
+            self.started.elapsed(),
+        );
+        response
+    }
+}
+
+fn static_response(page: &graylane_config::StaticResponse) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(page.body.clone()));
+    *resp.status_mut() = page.status;
+    for (name, value) in &page.headers {
+        resp.headers_mut().append(name.clone(), value.clone());
+    }
+    resp.headers_mut().insert(
+        X_GRAYLANE_FALLBACK.clone(),
+        HeaderValue::from_static("static"),
+    );
+    resp
+}
+
+/// An endpoint that outlier ejection and health checks leave in rotation. When none is left
+/// and `panic` is set (no fallback to go to), every endpoint is used, as Envoy's panic mode
+/// does: sending somewhere beats refusing everything.
+fn pick_usable_endpoint(
+    service: &ServiceRoute,
+    version: &VersionRoute,
+    now: u64,
+    panic: bool,
+) -> Option<usize> {
+    let ctl = &version.control;
+    let first = pick_endpoint(service, version);
+    if ctl.endpoint_usable(first, now) {
+        return Some(first);
+    }
+    let n = version.endpoints.len();
+    (1..n)
+        .map(|step| (first + step) % n)
+        .find(|&i| ctl.endpoint_usable(i, now))
+        .or(panic.then_some(first))
 }
 
 fn request_host<B>(req: &Request<B>) -> Option<&str> {

@@ -5,25 +5,30 @@
 //!
 //! ```text
 //! server (thread per core, SO_REUSEPORT listener, TLS)      server.rs
-//!   └─ handler: decide → pick endpoint → forward → stamp     handler.rs
+//!   └─ handler: decide → limit → pick endpoint → forward     handler.rs
+//!        │         (retry, breaker, fallback) → stamp
+//!        ├─ control: rate limits, breakers, fallbacks, …      control.rs
 //!        ├─ snapshot: routing table + per-version values      snapshot.rs
 //!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client upstream.rs
 //!        ├─ body: streamed upstream body or a local one       body.rs
 //!        └─ metrics: per-thread lock-free counters            metrics.rs
 //! ```
 //!
-//! [`Gateway`] ties them together and is what the binary drives: start, apply a new
-//! configuration atomically, reload from a file, shut down with a drain.
+//! A prober thread runs the active health checks (health.rs). [`Gateway`] ties them together
+//! and is what the binary drives: start, apply a new configuration atomically, reload from a
+//! file, shut down with a drain.
 
 mod body;
+pub mod control;
 mod gateway;
 mod handler;
+mod health;
 pub mod metrics;
 mod server;
 pub mod snapshot;
 mod upstream;
 
 pub use gateway::{Gateway, GatewayOptions, StartError, UnknownRelease};
-pub use handler::{X_GRAYLANE_LANE, X_GRAYLANE_VERSION};
+pub use handler::{X_GRAYLANE_FALLBACK, X_GRAYLANE_LANE, X_GRAYLANE_VERSION};
 pub use metrics::{Metrics, Observed};
 pub use snapshot::Snapshot;

@@ -15,6 +15,7 @@ use graylane_config::{Config, LoadBalancing};
 use graylane_rules::{Routing, RoutingTable};
 use http::HeaderValue;
 
+use crate::control::{ControlState, ServiceControl, VersionControl};
 use crate::metrics::{Metrics, RouteStats};
 
 /// A snapshot as a worker thread hands it to its requests. Cloning the `Rc` is a plain
@@ -32,6 +33,8 @@ pub struct Snapshot {
 pub struct ServiceRoute {
     pub name: String,
     pub versions: Vec<VersionRoute>,
+    /// Rate limits and retries.
+    pub control: ServiceControl,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub load_balancing: LoadBalancing,
@@ -49,6 +52,10 @@ pub struct VersionRoute {
     pub stats: Arc<RouteStats>,
     /// Round-robin cursor; shared by the workers, touched only when there are several endpoints.
     pub next: AtomicUsize,
+    /// Breaker, concurrency limit, fallback, outlier ejection and health of this version.
+    pub control: VersionControl,
+    /// `X-Graylane-Fallback` when this version serves another's traffic.
+    pub fallback_header: HeaderValue,
 }
 
 pub struct Endpoint {
@@ -65,8 +72,12 @@ impl Snapshot {
         metrics: &Metrics,
         generation: u64,
         routes: &BTreeMap<String, Routing>,
+        control: &ControlState,
     ) -> Snapshot {
         let mut table = RoutingTable::compile(&config);
+        let (service_control, version_control) = crate::control::compile(&config, control);
+        let mut service_control = service_control.into_iter();
+        let mut version_control = version_control.into_iter();
         for (i, svc) in config.services.iter().enumerate() {
             if let Some(r) = routes.get(&svc.name) {
                 table.set_routing(i, r.clone());
@@ -77,6 +88,7 @@ impl Snapshot {
             .iter()
             .map(|svc| {
                 let sticky = svc.release.as_ref().and_then(|r| r.sticky.as_ref());
+                let mut controls = version_control.next().unwrap_or_default().into_iter();
                 let versions = svc
                     .versions
                     .iter()
@@ -106,11 +118,14 @@ impl Snapshot {
                         }),
                         stats: metrics.route(&svc.name, &v.name),
                         next: AtomicUsize::new(0),
+                        control: controls.next().unwrap_or_default(),
+                        fallback_header: token_header(&v.name),
                     })
                     .collect();
                 ServiceRoute {
                     name: svc.name.clone(),
                     versions,
+                    control: service_control.next().unwrap_or_default(),
                     connect_timeout: svc.connect_timeout,
                     request_timeout: svc.request_timeout,
                     load_balancing: svc.load_balancing,

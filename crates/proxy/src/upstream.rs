@@ -49,6 +49,16 @@ pub struct UpstreamError {
     pub detail: String,
 }
 
+impl UpstreamError {
+    /// An attempt that ran out of its per-try timeout.
+    pub fn timeout() -> UpstreamError {
+        UpstreamError {
+            kind: UpstreamErrorKind::Timeout,
+            detail: "no answer within the per-try timeout".to_string(),
+        }
+    }
+}
+
 /// One keep-alive connection to an endpoint.
 struct Conn {
     stream: TcpStream,

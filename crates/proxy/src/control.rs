@@ -1,0 +1,403 @@
+//! Traffic control as the request path applies it: rate limits (`429`), per-version circuit
+//! breakers, concurrency limits and fallbacks, retries within a budget, and the endpoints that
+//! outlier ejection and health checks leave in rotation.
+//!
+//! The policies come from `traffic_control` and are compiled into each [`Snapshot`]; their
+//! *state* (tokens, breaker windows, ejections) lives in [`ControlState`], which the gateway
+//! keeps across snapshots, so a weight change or a reload that leaves a policy as it was keeps
+//! its state.
+//!
+//! [`Snapshot`]: crate::snapshot::Snapshot
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use graylane_config::{
+    Config, FailureKinds, Fallback, HealthCheck, KeySpec, LimitBackend, StaticResponse,
+    TrafficControl,
+};
+use graylane_traffic::breaker::{BreakerConfig, CircuitBreaker, Window};
+use graylane_traffic::concurrency::ConcurrencyLimit;
+use graylane_traffic::health::HealthState;
+use graylane_traffic::outlier::{OutlierConfig, OutlierDetector};
+use graylane_traffic::rate::{Decision as RateDecision, KeyedRateLimiter, RateLimiter};
+use graylane_traffic::retry::RetryBudget;
+
+use crate::metrics::UpstreamErrorKind;
+
+/// Keys tracked per keyed limit before idle ones are evicted.
+const MAX_KEYS: usize = 100_000;
+
+/// The monotonic clock the traffic-control state runs on: nanoseconds since the process's
+/// first use of it.
+pub fn now_nanos() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Stateful parts of the policies, by what they were built from; the gateway keeps one for its
+/// whole life so that state survives snapshot rebuilds.
+#[derive(Default)]
+pub struct ControlState {
+    parts: Mutex<HashMap<String, Part>>,
+}
+
+#[derive(Clone)]
+enum Part {
+    Limiter(Arc<Limiter>),
+    Breaker(CircuitBreaker),
+    Concurrency(Arc<ConcurrencyLimit>),
+    Budget(Arc<RetryBudget>),
+    Outlier(Arc<OutlierDetector>),
+    Health(Arc<HealthState>),
+}
+
+impl ControlState {
+    /// The part built from `key`, created with `make` the first time (or after a change).
+    fn part(&self, key: String, make: impl FnOnce() -> Option<Part>) -> Option<Part> {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = parts.get(&key) {
+            return Some(p.clone());
+        }
+        let p = make()?;
+        parts.insert(key, p.clone());
+        Some(p)
+    }
+
+    /// Forgets the parts no policy of `config` uses any more.
+    pub fn retain_for(&self, keys: &[String]) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.retain(|k, _| keys.contains(k));
+    }
+}
+
+/// A rate limit as the request path checks it.
+pub enum Limiter {
+    Whole(RateLimiter),
+    PerKey(KeyedRateLimiter),
+}
+
+impl Limiter {
+    pub fn check(&self, key: &[u8], now: u64) -> RateDecision {
+        match self {
+            Limiter::Whole(l) => l.check(now),
+            Limiter::PerKey(l) => l.check(key, now),
+        }
+    }
+}
+
+pub struct LimitRoute {
+    pub path_prefix: Option<Box<str>>,
+    pub key: Option<KeySpec>,
+    pub limiter: Arc<Limiter>,
+    /// `100/s per header:x-user-id`, for the `429` body.
+    pub describe: Box<str>,
+}
+
+/// A service's policies.
+#[derive(Default)]
+pub struct ServiceControl {
+    pub limits: Vec<LimitRoute>,
+    pub retry: Option<RetryPolicy>,
+}
+
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retry_on: FailureKinds,
+    pub budget: Arc<RetryBudget>,
+}
+
+/// A version's policies.
+#[derive(Default)]
+pub struct VersionControl {
+    pub breaker: Option<CircuitBreaker>,
+    pub failure_on: FailureKinds,
+    pub fallback: Option<FallbackRoute>,
+    pub concurrency: Option<Arc<ConcurrencyLimit>>,
+    pub outlier: Option<Arc<OutlierDetector>>,
+    pub health: Option<Arc<HealthState>>,
+    /// How the health prober checks this version's endpoints.
+    pub probe: Option<HealthCheck>,
+}
+
+pub enum FallbackRoute {
+    Version(usize),
+    Static(StaticResponse),
+}
+
+impl VersionControl {
+    /// Whether the request path has anything to do for this version beyond forwarding.
+    pub fn is_active(&self) -> bool {
+        self.breaker.is_some()
+            || self.fallback.is_some()
+            || self.concurrency.is_some()
+            || self.outlier.is_some()
+            || self.health.is_some()
+    }
+
+    /// Whether endpoint `i` may take traffic now: not ejected, and healthy when checked.
+    pub fn endpoint_usable(&self, i: usize, now: u64) -> bool {
+        self.outlier.as_ref().is_none_or(|o| !o.is_ejected(i, now))
+            && self.health.as_ref().is_none_or(|h| h.is_healthy(i))
+    }
+}
+
+/// How one attempt ended, as failure rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Status(u16),
+    Error(UpstreamErrorKind),
+}
+
+impl AttemptOutcome {
+    /// Whether `kinds` counts this as a failure.
+    pub fn fails(self, kinds: &FailureKinds) -> bool {
+        match self {
+            AttemptOutcome::Status(s) => kinds.statuses.iter().any(|r| r.contains(s)),
+            AttemptOutcome::Error(
+                UpstreamErrorKind::ConnectRefused
+                | UpstreamErrorKind::ConnectError
+                | UpstreamErrorKind::ConnectTimeout,
+            ) => kinds.connect_errors,
+            AttemptOutcome::Error(UpstreamErrorKind::Timeout) => kinds.timeouts,
+            // A broken exchange is a failure whatever the rules say: nothing usable came back.
+            AttemptOutcome::Error(UpstreamErrorKind::Protocol) => true,
+        }
+    }
+
+    /// The status the attempt is counted under in the metrics.
+    pub fn status_or(self, default: u16) -> u16 {
+        match self {
+            AttemptOutcome::Status(s) => s,
+            AttemptOutcome::Error(_) => default,
+        }
+    }
+
+    /// Whether the request may have reached the upstream (a retry of a non-idempotent request
+    /// is safe only when it cannot have).
+    pub fn reached_upstream(self) -> bool {
+        !matches!(
+            self,
+            AttemptOutcome::Error(
+                UpstreamErrorKind::ConnectRefused
+                    | UpstreamErrorKind::ConnectError
+                    | UpstreamErrorKind::ConnectTimeout
+            )
+        )
+    }
+}
+
+/// Compiles the policies of `config`: per service, then per version of each service.
+pub fn compile(
+    config: &Config,
+    state: &ControlState,
+) -> (Vec<ServiceControl>, Vec<Vec<VersionControl>>) {
+    let tc: &TrafficControl = &config.traffic_control;
+    let mut used = Vec::new();
+    let mut services: Vec<ServiceControl> = config
+        .services
+        .iter()
+        .map(|_| ServiceControl::default())
+        .collect();
+    let mut versions: Vec<Vec<VersionControl>> = config
+        .services
+        .iter()
+        .map(|s| {
+            s.versions
+                .iter()
+                .map(|_| VersionControl::default())
+                .collect()
+        })
+        .collect();
+    let name = |s: usize| config.services[s].name.as_str();
+    let vname = |s: usize, v: usize| config.services[s].versions[v].name.as_str();
+
+    for (i, rl) in tc.rate_limits.iter().enumerate() {
+        // Redis-backed limits are shared through Redis by the redis integration; locally each
+        // gateway still enforces its own share of the limit.
+        if let LimitBackend::Redis { .. } = rl.backend {
+            tracing::warn!(
+                service = name(rl.service),
+                "a Redis-backed rate limit is enforced per gateway in this build"
+            );
+        }
+        let key = format!("limit:{i}:{}:{rl:?}", name(rl.service));
+        used.push(key.clone());
+        let part = state.part(key, || {
+            let limiter = match rl.key {
+                Some(_) => KeyedRateLimiter::new(rl.requests, rl.per, rl.burst, MAX_KEYS)
+                    .map(Limiter::PerKey),
+                None => RateLimiter::new(rl.requests, rl.per, rl.burst).map(Limiter::Whole),
+            };
+            match limiter {
+                Ok(l) => Some(Part::Limiter(Arc::new(l))),
+                Err(e) => {
+                    tracing::error!(service = name(rl.service), "rate limit not applied: {e}");
+                    None
+                }
+            }
+        });
+        if let Some(Part::Limiter(limiter)) = part {
+            let per_key = rl
+                .key
+                .as_ref()
+                .map_or_else(String::new, |k| format!(" per {k}"));
+            services[rl.service].limits.push(LimitRoute {
+                path_prefix: rl.path_prefix.as_deref().map(Into::into),
+                key: rl.key.clone(),
+                limiter,
+                describe: format!(
+                    "{} requests per {}{per_key} (burst {})",
+                    rl.requests,
+                    humantime::format_duration(rl.per),
+                    rl.burst
+                )
+                .into(),
+            });
+        }
+    }
+
+    for cb in &tc.circuit_breakers {
+        let v = &mut versions[cb.service][cb.version];
+        v.failure_on = cb.failure_on.clone();
+        v.fallback = cb.fallback.as_ref().map(|f| match f {
+            Fallback::Version(i) => FallbackRoute::Version(*i),
+            Fallback::Static(r) => FallbackRoute::Static(r.clone()),
+        });
+        let key = format!(
+            "breaker:{}:{}:{cb:?}",
+            name(cb.service),
+            vname(cb.service, cb.version)
+        );
+        used.push(key.clone());
+        let config = BreakerConfig {
+            window: match cb.window {
+                graylane_config::BreakerWindow::Count(n) => Window::Count(n),
+                graylane_config::BreakerWindow::Time(d) => Window::Time(d),
+            },
+            minimum_calls: cb.minimum_calls,
+            failure_rate_threshold: cb.failure_rate_threshold,
+            slow_call_duration: cb.slow_call_duration,
+            slow_call_rate_threshold: cb.slow_call_rate_threshold,
+            open_for: cb.open_for,
+            half_open_calls: cb.half_open_calls,
+        };
+        let part = state.part(key, || match CircuitBreaker::new(config) {
+            Ok(b) => Some(Part::Breaker(b)),
+            Err(e) => {
+                tracing::error!(
+                    service = name(cb.service),
+                    "circuit breaker not applied: {e}"
+                );
+                None
+            }
+        });
+        if let Some(Part::Breaker(b)) = part {
+            v.breaker = Some(b);
+        }
+    }
+
+    for cl in &tc.concurrency_limits {
+        let targets: Vec<usize> = match cl.version {
+            Some(v) => vec![v],
+            None => (0..config.services[cl.service].versions.len()).collect(),
+        };
+        for v in targets {
+            let key = format!(
+                "concurrency:{}:{}:{}",
+                name(cl.service),
+                vname(cl.service, v),
+                cl.max
+            );
+            used.push(key.clone());
+            if let Some(Part::Concurrency(c)) = state.part(key, || {
+                ConcurrencyLimit::new(cl.max)
+                    .ok()
+                    .map(|c| Part::Concurrency(Arc::new(c)))
+            }) {
+                versions[cl.service][v].concurrency = Some(c);
+            }
+        }
+    }
+
+    for r in &tc.retries {
+        let key = format!(
+            "budget:{}:{}:{}",
+            name(r.service),
+            r.budget,
+            r.min_concurrent
+        );
+        used.push(key.clone());
+        if let Some(Part::Budget(budget)) = state.part(key, || {
+            RetryBudget::new(r.budget, r.min_concurrent)
+                .ok()
+                .map(|b| Part::Budget(Arc::new(b)))
+        }) {
+            services[r.service].retry = Some(RetryPolicy {
+                attempts: r.attempts,
+                per_try_timeout: r.per_try_timeout,
+                retry_on: r.retry_on.clone(),
+                budget,
+            });
+        }
+    }
+
+    for od in &tc.outlier_detection {
+        let targets: Vec<usize> = match od.version {
+            Some(v) => vec![v],
+            None => (0..config.services[od.service].versions.len()).collect(),
+        };
+        for v in targets {
+            let endpoints = config.services[od.service].versions[v].endpoints.len();
+            let key = format!(
+                "outlier:{}:{}:{endpoints}:{od:?}",
+                name(od.service),
+                vname(od.service, v)
+            );
+            used.push(key.clone());
+            let detector = OutlierConfig {
+                consecutive_failures: od.consecutive_failures,
+                base_ejection: od.base_ejection,
+                max_ejection: od.max_ejection,
+                max_ejection_percent: od.max_ejection_percent,
+            };
+            if let Some(Part::Outlier(o)) = state.part(key, || {
+                OutlierDetector::new(endpoints, detector)
+                    .ok()
+                    .map(|o| Part::Outlier(Arc::new(o)))
+            }) {
+                versions[od.service][v].outlier = Some(o);
+            }
+        }
+    }
+
+    for hc in &tc.health_checks {
+        let targets: Vec<usize> = match hc.version {
+            Some(v) => vec![v],
+            None => (0..config.services[hc.service].versions.len()).collect(),
+        };
+        for v in targets {
+            let endpoints = config.services[hc.service].versions[v].endpoints.len();
+            let key = format!(
+                "health:{}:{}:{:?}:{hc:?}",
+                name(hc.service),
+                vname(hc.service, v),
+                config.services[hc.service].versions[v].endpoints
+            );
+            used.push(key.clone());
+            if let Some(Part::Health(h)) = state.part(key, || {
+                HealthState::new(endpoints, hc.healthy_threshold, hc.unhealthy_threshold)
+                    .ok()
+                    .map(|h| Part::Health(Arc::new(h)))
+            }) {
+                versions[hc.service][v].health = Some(h);
+                versions[hc.service][v].probe = Some(hc.clone());
+            }
+        }
+    }
+    state.retain_for(&used);
+    (services, versions)
+}
