@@ -47,6 +47,8 @@ struct UpstreamState {
     received: AtomicU64,
     /// Connections accepted.
     connections: AtomicU64,
+    /// Answer with this status instead of 200 (0: 200).
+    status: AtomicU64,
 }
 
 /// A test upstream on 127.0.0.1: answers every request with
@@ -113,6 +115,11 @@ impl Upstream {
     /// Requests received so far (counted as soon as their headers arrive).
     pub fn received(&self) -> u64 {
         self.state.received.load(Ordering::SeqCst)
+    }
+
+    /// Answers every request from now on with `status` (200 to go back to normal).
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(u64::from(status), Ordering::SeqCst);
     }
 
     /// Connections accepted so far.
@@ -206,6 +213,10 @@ async fn answer(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    let status = state.status.load(Ordering::SeqCst);
+    if status != 0 {
+        *resp.status_mut() = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+    }
     Ok(resp)
 }
 

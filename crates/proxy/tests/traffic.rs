@@ -1,0 +1,261 @@
+//! Traffic control with real upstreams: rate limits and their 429, a canary whose breaker opens
+//! and whose traffic falls back to stable with no failure the client sees, a static fallback
+//! page, retries past a dead endpoint and its ejection, a concurrency limit that sheds, and
+//! health checks that keep a dead endpoint out of rotation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+
+fn release(canary_weight: u32) -> String {
+    format!(
+        "    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: \"header:X-User-Id\"
+      steps: [{{ weight: {canary_weight}, pause: manual }}]
+"
+    )
+}
+
+fn service(stable: &str, canary: &str, canary_weight: u32, traffic: &str) -> String {
+    format!(
+        "listeners:
+  - bind: 127.0.0.1:0
+services:
+  - name: payment
+    match: {{ path_prefix: /pay }}
+    versions:
+      stable: {{ endpoints: [{stable}] }}
+      canary: {{ endpoints: [{canary}] }}
+{}traffic_control:
+{traffic}",
+        release(canary_weight)
+    )
+}
+
+#[tokio::test]
+async fn a_rate_limit_answers_429_with_the_headers_and_counts_per_key() {
+    let stable = Upstream::start("stable");
+    let canary = Upstream::start("canary");
+    let yaml = service(
+        &stable.addr.to_string(),
+        &canary.addr.to_string(),
+        0,
+        "  rate_limits:
+    - { service: payment, key: \"header:X-User-Id\", rate: 1/s, burst: 5 }
+",
+    );
+    let gateway = start_gateway(config(&yaml));
+    let a = addr(&gateway);
+    let mut allowed = 0;
+    let mut refused = None;
+    for _ in 0..8 {
+        let r = get(a, "/pay", &[("x-user-id", "alice")]).await;
+        match r.status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused = Some(r),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(allowed, 5, "the burst, then refusals");
+    let r = refused.expect("a refusal");
+    assert_eq!(r.headers["ratelimit-limit"], "5");
+    assert_eq!(r.headers["ratelimit-remaining"], "0");
+    assert!(
+        r.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let body = r.json();
+    assert_eq!(body["error"], "rate limit exceeded");
+    assert!(
+        body["limit"]
+            .as_str()
+            .unwrap()
+            .contains("per header:x-user-id"),
+        "{body}"
+    );
+    let bob = get(a, "/pay", &[("x-user-id", "bob")]).await;
+    assert_eq!(bob.status, StatusCode::OK, "another key has its own budget");
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn a_failing_canary_falls_back_to_stable_and_its_breaker_opens() {
+    let stable = Upstream::start("stable");
+    let canary = Upstream::start("canary");
+    canary.set_status(500);
+    let yaml = service(
+        &stable.addr.to_string(),
+        &canary.addr.to_string(),
+        100,
+        "  circuit_breakers:
+    - service: payment
+      version: canary
+      window: { kind: count, size: 10 }
+      minimum_calls: 5
+      failure_rate_threshold: 0.5
+      open_for: 30s
+      half_open_calls: 2
+      fallback: stable
+",
+    );
+    let gateway = start_gateway(config(&yaml));
+    let a = addr(&gateway);
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        let r = get(a, "/pay", &[("x-user-id", user.as_str())]).await;
+        assert_eq!(r.status, StatusCode::OK, "no failure reaches the client");
+        assert_eq!(r.version(), Some("stable"));
+        assert_eq!(r.headers["x-graylane-fallback"], "stable");
+    }
+    assert_eq!(
+        canary.received(),
+        5,
+        "the breaker opened after minimum_calls failures; the rest never reached the canary"
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn a_static_fallback_page_answers_when_the_canary_fails() {
+    let stable = Upstream::start("stable");
+    let canary = Upstream::start("canary");
+    canary.set_status(503);
+    let yaml = service(
+        &stable.addr.to_string(),
+        &canary.addr.to_string(),
+        100,
+        "  circuit_breakers:
+    - service: payment
+      version: canary
+      fallback: { status: 200, headers: { Content-Type: text/plain }, body: \"degraded but up\" }
+",
+    );
+    let gateway = start_gateway(config(&yaml));
+    let r = get(addr(&gateway), "/pay", &[("x-user-id", "u")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-graylane-fallback"], "static");
+    assert_eq!(r.headers["content-type"], "text/plain");
+    assert_eq!(&r.body[..], b"degraded but up");
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn retries_get_past_a_dead_endpoint_and_ejection_takes_it_out() {
+    let stable = Upstream::start("stable");
+    let dead = closed_port();
+    let yaml = format!(
+        "listeners:
+  - bind: 127.0.0.1:0
+services:
+  - name: payment
+    match: {{ path_prefix: /pay }}
+    versions:
+      stable: {{ endpoints: [\"{dead}\", \"{}\"] }}
+traffic_control:
+  retries:
+    - {{ service: payment, attempts: 2, retry_on: [connect_error, 5xx] }}
+  outlier_detection:
+    - {{ service: payment, consecutive_failures: 2, base_ejection: 30s }}
+",
+        stable.addr
+    );
+    let gateway = start_gateway(config(&yaml));
+    let a = addr(&gateway);
+    for _ in 0..20 {
+        let r = get(a, "/pay", &[]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "a retry reaches the live endpoint"
+        );
+    }
+    assert_eq!(stable.received(), 20);
+    let metrics = gateway.metrics().encode();
+    let refused = metric_value(
+        &metrics,
+        "graylane_upstream_errors_total{service=\"payment\",version=\"stable\",kind=\"connect_refused\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        (1.0..=3.0).contains(&refused),
+        "the dead endpoint was tried until ejected, not on every other request: {refused}"
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_sheds_with_503() {
+    let stable = Upstream::start("stable");
+    stable.set_delay(Duration::from_millis(400));
+    let canary = Upstream::start("canary");
+    let yaml = service(
+        &stable.addr.to_string(),
+        &canary.addr.to_string(),
+        0,
+        "  concurrency_limits:
+    - { service: payment, version: stable, max: 1 }
+",
+    );
+    let gateway = start_gateway(config(&yaml));
+    let a = addr(&gateway);
+    let slow = tokio::spawn(async move { get(a, "/pay", &[("x-user-id", "a")]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shed = get(a, "/pay", &[("x-user-id", "b")]).await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        shed.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("concurrency limit")
+    );
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    let after = get(a, "/pay", &[("x-user-id", "c")]).await;
+    assert_eq!(after.status, StatusCode::OK, "the permit was given back");
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn health_checks_keep_a_dead_endpoint_out_of_rotation() {
+    let stable = Upstream::start("stable");
+    let dead = closed_port();
+    let yaml = format!(
+        "listeners:
+  - bind: 127.0.0.1:0
+services:
+  - name: payment
+    match: {{ path_prefix: /pay }}
+    versions:
+      stable: {{ endpoints: [\"{dead}\", \"{}\"] }}
+traffic_control:
+  health_checks:
+    - {{ service: payment, path: /healthz, interval: 100ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 1 }}
+",
+        stable.addr
+    );
+    let gateway = start_gateway(config(&yaml));
+    let a = addr(&gateway);
+    eventually("the live endpoint to be probed healthy", || async {
+        (stable.received() > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..20 {
+        let r = get(a, "/pay", &[]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "the dead endpoint gets no traffic"
+        );
+    }
+    shutdown(gateway).await;
+}
