@@ -401,3 +401,71 @@ pub fn compile(
     state.retain_for(&used);
     (services, versions)
 }
+
+/// Exports every version's circuit-breaker state at scrape time:
+/// `graylane_circuit_state{service,version,state}` (1 for the current state) and
+/// `graylane_circuit_transitions_total{service,version}`.
+pub struct BreakerCollector(pub Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>);
+
+impl std::fmt::Debug for BreakerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BreakerCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for BreakerCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use graylane_traffic::breaker::State;
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let snapshot = self.0.load_full();
+        let breakers: Vec<(&str, &str, &CircuitBreaker)> = snapshot
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.versions.iter().filter_map(move |v| {
+                    Some((
+                        s.name.as_str(),
+                        v.name.as_str(),
+                        v.control.breaker.as_ref()?,
+                    ))
+                })
+            })
+            .collect();
+        {
+            let mut state = encoder.encode_descriptor(
+                "graylane_circuit_state",
+                "1 for a version's current circuit-breaker state, 0 for the others",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (service, version, b) in &breakers {
+                let now = b.state();
+                for s in [State::Closed, State::Open, State::HalfOpen] {
+                    let labels = [
+                        ("service", *service),
+                        ("version", *version),
+                        ("state", s.as_str()),
+                    ];
+                    ConstGauge::new(i64::from(now == s)).encode(state.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut transitions = encoder.encode_descriptor(
+            "graylane_circuit_transitions",
+            "Circuit-breaker state changes of a version",
+            None,
+            MetricType::Counter,
+        )?;
+        for (service, version, b) in &breakers {
+            let labels = [("service", *service), ("version", *version)];
+            ConstCounter::new(b.transitions()).encode(transitions.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

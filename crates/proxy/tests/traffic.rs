@@ -122,6 +122,22 @@ async fn a_failing_canary_falls_back_to_stable_and_its_breaker_opens() {
         5,
         "the breaker opened after minimum_calls failures; the rest never reached the canary"
     );
+    let metrics = gateway.metrics().encode();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "graylane_circuit_state{service=\"payment\",version=\"canary\",state=\"open\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "graylane_circuit_transitions_total{service=\"payment\",version=\"canary\"}"
+        ),
+        Some(1.0)
+    );
     shutdown(gateway).await;
 }
 
