@@ -47,7 +47,11 @@ fn a_live_segment_is_read_on_every_request() {
     });
     assert_eq!(version(&t, "u-7"), "stable");
     mirror.0.write().unwrap().push("u-7".to_string());
-    assert_eq!(version(&t, "u-7"), "canary", "a member added after compiling counts");
+    assert_eq!(
+        version(&t, "u-7"),
+        "canary",
+        "a member added after compiling counts"
+    );
     mirror.0.write().unwrap().clear();
     assert_eq!(version(&t, "u-7"), "stable");
 }
