@@ -16,6 +16,10 @@ use serde_json::{Value, json};
 
 const OPERATOR: &str = "operator-secret";
 
+/// How long a test waits for the analysis to act on real traffic: several intervals, and the
+/// traffic generator is slower on a loaded machine.
+const ANALYSIS_DEADLINE: Duration = Duration::from_secs(45);
+
 const CONFIG: &str = r#"
 listeners:
   - bind: 127.0.0.1:{port}
@@ -65,7 +69,7 @@ services:
         checks:
           - metric: error_rate
             max: 0.05
-  - name: search
+{orders}  - name: search
     match: { path_prefix: /search }
     versions:
       a: { endpoints: ["{stable}"] }
@@ -88,6 +92,10 @@ struct Served {
 }
 
 async fn serve(test: &str) -> Served {
+    serve_with(test, "").await
+}
+
+async fn serve_with(test: &str, orders: &str) -> Served {
     let dir = temp_dir(test);
     let file = dir.join("graylane.yaml");
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
@@ -97,6 +105,15 @@ async fn serve(test: &str) -> Served {
         CONFIG,
         &[
             ("port", proxy.port().to_string()),
+            ("admin", admin.port().to_string()),
+            ("stable", stable.addr.to_string()),
+            ("canary", canary.addr.to_string()),
+        ],
+    );
+    let yaml = fill(
+        &yaml,
+        &[
+            ("orders", orders.to_string()),
             ("admin", admin.port().to_string()),
             ("stable", stable.addr.to_string()),
             ("canary", canary.addr.to_string()),
@@ -180,10 +197,14 @@ async fn a_failing_canary_is_rolled_back_by_the_analysis_alone() {
     s.canary.fail_every(10);
     let done = Arc::new(AtomicBool::new(false));
     let traffic = s.traffic("/api/payment/pay", Arc::clone(&done));
-    let r = eventually("the analysis to abort the release", || async {
-        let r = s.release().await;
-        (r["state"] == "aborted").then_some(r)
-    })
+    let r = eventually_within(
+        ANALYSIS_DEADLINE,
+        "the analysis to abort the release",
+        || async {
+            let r = s.release().await;
+            (r["state"] == "aborted").then_some(r)
+        },
+    )
     .await;
     done.store(true, Ordering::SeqCst);
     let sent = traffic.await.unwrap();
@@ -244,10 +265,14 @@ async fn a_healthy_canary_is_promoted_through_every_step_by_the_analysis() {
     let s = serve("analysis-pass").await;
     let done = Arc::new(AtomicBool::new(false));
     let traffic = s.traffic("/api/payment/pay", Arc::clone(&done));
-    let r = eventually("the analysis to complete the release", || async {
-        let r = s.release().await;
-        (r["state"] == "completed").then_some(r)
-    })
+    let r = eventually_within(
+        ANALYSIS_DEADLINE,
+        "the analysis to complete the release",
+        || async {
+            let r = s.release().await;
+            (r["state"] == "completed").then_some(r)
+        },
+    )
     .await;
     done.store(true, Ordering::SeqCst);
     traffic.await.unwrap();
@@ -387,13 +412,17 @@ async fn without_enough_data_the_analysis_holds_then_pauses_and_says_why() {
             .contains("not enough data"),
         "{held}"
     );
-    let r = eventually("the analysis to pause the release", || async {
-        let r = s
-            .api(Method::GET, "/api/v1/releases/quiet", "")
-            .await
-            .json();
-        (r["state"] == "paused").then_some(r)
-    })
+    let r = eventually_within(
+        ANALYSIS_DEADLINE,
+        "the analysis to pause the release",
+        || async {
+            let r = s
+                .api(Method::GET, "/api/v1/releases/quiet", "")
+                .await
+                .json();
+            (r["state"] == "paused").then_some(r)
+        },
+    )
     .await;
     assert_eq!(r["step"], 0, "never promoted without data");
     assert_eq!(
@@ -418,5 +447,124 @@ async fn without_enough_data_the_analysis_holds_then_pauses_and_says_why() {
         Some(1.0),
         "{metrics}"
     );
+    s.stop().await;
+}
+
+/// An `orders` release judged by a PromQL query to a real Prometheus that scrapes this
+/// gateway's own `/metrics`.
+const ORDERS: &str = r#"  - name: orders
+    match: { path_prefix: /orders }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: "header:X-User-Id"
+      steps:
+        - weight: 50
+        - weight: 100
+      analysis:
+        interval: 1s
+        metrics_source: prometheus
+        prometheus_url: http://127.0.0.1:{prometheus}
+        checks:
+          - name: canary 5xx ratio
+            query: 'sum(rate(graylane_requests_total{service="{{service}}",version="{{candidate}}",code=~"5.."}[15s])) / sum(rate(graylane_requests_total{service="{{service}}",version="{{candidate}}"}[15s]))'
+            max: 0.05
+"#;
+
+/// A Prometheus process scraping `target` every second; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(port: u16, target: SocketAddr, dir: &std::path::Path) -> Prometheus {
+        let dir = dir.join("prometheus");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: graylane\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log.txt")).unwrap())
+            .spawn()
+            .expect(
+                "the prometheus binary (Debian package `prometheus`; scripts/deps installs it)",
+            );
+        Prometheus { child, dir }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_prometheus_query_check_rolls_back_a_canary_prometheus_sees_failing() {
+    let prometheus_port = free_port();
+    let orders = ORDERS.replace("{prometheus}", &prometheus_port.to_string());
+    let s = serve_with("analysis-prometheus", &orders).await;
+    let _prometheus = Prometheus::start(prometheus_port, s.admin, &s.dir);
+    s.canary.fail_every(5);
+    let done = Arc::new(AtomicBool::new(false));
+    let traffic = s.traffic("/orders/new", Arc::clone(&done));
+    let r = eventually_within(
+        ANALYSIS_DEADLINE,
+        "the query check to abort the release",
+        || async {
+            let r = s
+                .api(Method::GET, "/api/v1/releases/orders", "")
+                .await
+                .json();
+            (r["state"] == "aborted").then_some(r)
+        },
+    )
+    .await;
+    done.store(true, Ordering::SeqCst);
+    traffic.await.unwrap();
+    let analysis = s
+        .api(Method::GET, "/api/v1/releases/orders/analysis", "")
+        .await
+        .json();
+    let failed = analysis["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|j| j["results"].as_array().unwrap().clone())
+        .find(|c| c["verdict"] == "fail")
+        .expect("a failing query verdict");
+    assert_eq!(failed["check"], "canary 5xx ratio");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("above max 0.05"),
+        "{failed}"
+    );
+    let value = failed["figures"]["candidate"]["value"].as_f64().unwrap();
+    assert!(
+        (0.1..=0.3).contains(&value),
+        "Prometheus saw about 20% errors: {value}"
+    );
+    assert_eq!(r["weights"]["canary"], 0.0);
     s.stop().await;
 }

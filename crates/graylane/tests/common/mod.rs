@@ -469,18 +469,28 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 }
 
 /// Polls `check` until it returns `Some`, up to [`POLL_DEADLINE`]; panics naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + POLL_DEADLINE;
+    eventually_within(POLL_DEADLINE, what, check).await
+}
+
+/// [`eventually`] with its own bound, for what takes several analysis intervals of real
+/// traffic (slower on a loaded machine, never unbounded).
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = check().await {
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {POLL_DEADLINE:?} waiting for {what}");
+            panic!("timed out after {limit:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
