@@ -349,7 +349,7 @@ async fn answer(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if fail_every > 0 && n % fail_every == 0 {
+    if fail_every > 0 && n.is_multiple_of(fail_every) {
         *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     }
     Ok(resp)
