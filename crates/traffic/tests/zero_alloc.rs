@@ -128,7 +128,9 @@ fn keyed_limiter_churning_new_keys() {
     for i in 0..200_000 {
         fresh(i);
     }
-    assert_no_alloc("KeyedRateLimiter::check with new keys", |i| fresh(200_000 + i));
+    assert_no_alloc("KeyedRateLimiter::check with new keys", |i| {
+        fresh(200_000 + i)
+    });
     assert!(keyed.keys() <= 6400);
 }
 
