@@ -109,6 +109,31 @@ fn overhead(c: &mut Criterion) {
         });
     }
 
+    // Two threads on one breaker (the proxy's case: every worker calls the same service
+    // version). Reported per call, so it compares with the single-thread figure above; on a
+    // machine with fewer than two idle cores it measures the scheduler more than the breaker.
+    let breaker = breaker(Window::Count(100));
+    c.bench_function("breaker_call_count_window_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for thread in 0..2u64 {
+                    let breaker = &breaker;
+                    s.spawn(move || {
+                        for i in (thread..iters).step_by(2) {
+                            let t = i * 1_000;
+                            breaker
+                                .try_call(t)
+                                .expect("closed")
+                                .record(t, black_box(OK));
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+
     let limit = ConcurrencyLimit::new(10_000).unwrap();
     c.bench_function("concurrency_acquire_release", |b| {
         b.iter(|| drop(black_box(limit.try_acquire())))

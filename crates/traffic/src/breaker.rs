@@ -53,8 +53,8 @@
 //!
 //! Under heavy concurrency the window is statistical, not transactional: totals may be off by
 //! the few records in progress at the moment they are read, and in a time window a call
-//! recorded in the instant its bucket is recycled (once per second) can be lost. Neither moves
-//! a rate by more than one call's worth.
+//! recorded in the instant its bucket is recycled (once per second) can be lost. Either error is
+//! bounded by the handful of calls completing at that same instant.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -290,8 +290,10 @@ struct CountWindow {
     slots: Box<[AtomicU8]>,
 }
 
-/// One packed bucket per second: `calls << 42 | failed << 21 | slow` (4,194,303 calls a
-/// second, per breaker). `head` is the newest second in use (`+ 1`; 0 = none); the record that
+/// One packed bucket per second: `calls << 42 | failed << 21 | slow`, room for 4,194,303
+/// calls and 2,097,151 failed or slow calls a second per breaker — orders of magnitude above
+/// what one proxy process sends to one version (past it, the counts wrap and the rates are
+/// wrong for that second; nothing panics). `head` is the newest second in use (`+ 1`; 0 = none); the record that
 /// moves it forward clears the buckets of the seconds it skips, so expired seconds leave the
 /// totals in O(1) amortised and evaluation never scans the window.
 struct TimeWindow {
@@ -661,8 +663,11 @@ impl Inner {
         }
     }
 
+    /// resilience4j compares rates (`failed / calls >= threshold`), not `failed >= threshold ×
+    /// calls`: the two round differently (3 / 10 ≥ 0.3 holds, 3 ≥ 0.3 × 10 does not).
     fn exceeded(&self, failed: u64, slow: u64, calls: u64) -> bool {
-        rate(failed, calls) >= self.failure_threshold || rate(slow, calls) >= self.slow_threshold
+        (failed > 0 && rate(failed, calls) >= self.failure_threshold)
+            || (slow > 0 && rate(slow, calls) >= self.slow_threshold)
     }
 
     fn record_trial(&self, generation: u64, now: u64, failed: bool, slow: bool) {

@@ -127,7 +127,9 @@ impl OutlierDetector {
         let max_ejected = if endpoints < 2 {
             0
         } else {
-            (endpoints * usize::from(percent) / 100).clamp(1, endpoints - 1)
+            // ⌊endpoints × percent / 100⌋ without the product overflowing.
+            let percent = usize::from(percent);
+            (endpoints / 100 * percent + endpoints % 100 * percent / 100).clamp(1, endpoints - 1)
         };
         Ok(OutlierDetector {
             threshold: config.consecutive_failures,
@@ -314,6 +316,18 @@ mod tests {
         let d = OutlierDetector::new(3, low).unwrap();
         assert!(fail(&d, 0, 0, 5));
         assert!(!fail(&d, 1, 0, 5));
+    }
+
+    #[test]
+    fn percentage_of_a_larger_set() {
+        let cfg = OutlierConfig {
+            max_ejection_percent: 30,
+            ..OutlierConfig::default()
+        };
+        let d = OutlierDetector::new(250, cfg).unwrap();
+        let ejected = (0..250).filter(|&e| fail(&d, e, 0, 5)).count();
+        assert_eq!(ejected, 75);
+        assert_eq!(d.healthy_count(0), 175);
     }
 
     #[test]

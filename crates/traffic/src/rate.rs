@@ -302,7 +302,7 @@ impl KeyedRateLimiter {
 
     /// The most keys ever tracked: `max_keys` rounded up to a multiple of 64.
     pub fn max_keys(&self) -> usize {
-        self.shard_cap * SHARDS
+        self.shard_cap.saturating_mul(SHARDS)
     }
 
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
@@ -503,5 +503,7 @@ mod tests {
         let k = KeyedRateLimiter::new(1, Duration::from_secs(1), 1, 1).unwrap();
         assert!(k.check(b"x", u64::MAX).allowed);
         k.check(b"x", 0);
+        let unbounded = KeyedRateLimiter::new(1, Duration::from_secs(1), 1, usize::MAX).unwrap();
+        assert_eq!(unbounded.max_keys(), usize::MAX);
     }
 }

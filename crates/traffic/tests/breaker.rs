@@ -86,6 +86,18 @@ fn opens_when_the_failure_rate_reaches_the_threshold() {
 }
 
 #[test]
+fn thresholds_compare_as_rates() {
+    // 3 / 10 is exactly 0.3, though 0.3 × 10 rounds to slightly more than 3 in floating point.
+    let b = breaker(BreakerConfig {
+        failure_rate_threshold: 0.3,
+        ..count(10, 10)
+    });
+    calls(&b, 0, 7, OK);
+    calls(&b, 0, 3, FAIL);
+    assert_eq!(b.state(), State::Open);
+}
+
+#[test]
 fn minimum_is_capped_by_a_count_window() {
     // resilience4j: a window of 5 can never hold 100 calls, so 5 is enough.
     let b = breaker(count(5, 100));
