@@ -1,4 +1,4 @@
-//! A real `redis-server` on a free loopback port, killed on drop; `scripts/deps-redis` installs
+//! A real `redis-server` on a free loopback port, killed on drop; `scripts/deps` installs
 //! it.
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
@@ -32,7 +32,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server on PATH (run scripts/deps-redis)");
+            .expect("redis-server on PATH (run scripts/deps)");
         let server = RedisServer {
             child: Some(child),
             port,
