@@ -17,6 +17,7 @@ use graylane_config::{
     Config, FailureKinds, Fallback, HealthCheck, KeySpec, LimitBackend, StaticResponse,
     TrafficControl,
 };
+use graylane_redis::{Client, GlobalLimiter, GlobalLimiterConfig, OnError, RedisSegment};
 use graylane_traffic::breaker::{BreakerConfig, CircuitBreaker, Window};
 use graylane_traffic::concurrency::ConcurrencyLimit;
 use graylane_traffic::health::HealthState;
@@ -42,6 +43,36 @@ pub fn now_nanos() -> u64 {
 #[derive(Default)]
 pub struct ControlState {
     parts: Mutex<HashMap<String, Part>>,
+    /// Where Redis clients run their connections and refreshers; started on first use.
+    redis: Mutex<Option<RedisRuntime>>,
+}
+
+/// A thread running a Tokio runtime for the Redis integrations (connections, segment
+/// refreshes), so they work whatever thread builds a snapshot. Stops when dropped.
+struct RedisRuntime {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl RedisRuntime {
+    fn start() -> std::io::Result<RedisRuntime> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("graylane-redis".to_string())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(RedisRuntime {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -52,6 +83,7 @@ enum Part {
     Budget(Arc<RetryBudget>),
     Outlier(Arc<OutlierDetector>),
     Health(Arc<HealthState>),
+    Segment(Arc<RedisSegment>),
 }
 
 impl ControlState {
@@ -66,10 +98,75 @@ impl ControlState {
         Some(p)
     }
 
+    /// Runs `make` with the Redis runtime entered (Redis clients must be created in one).
+    fn in_redis<T>(&self, make: impl FnOnce() -> T) -> Option<T> {
+        let mut redis = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+        if redis.is_none() {
+            match RedisRuntime::start() {
+                Ok(r) => *redis = Some(r),
+                Err(e) => {
+                    tracing::error!("cannot start the Redis runtime: {e}");
+                    return None;
+                }
+            }
+        }
+        let _entered = redis.as_ref()?.handle.enter();
+        Some(make())
+    }
+
+    /// The mirror of a Redis segment, started the first time it is named.
+    pub fn segment(
+        &self,
+        url: &str,
+        key: &str,
+        refresh: Duration,
+        max_staleness: Duration,
+    ) -> Option<Arc<RedisSegment>> {
+        let id = format!("segment:{url}:{key}:{refresh:?}:{max_staleness:?}");
+        let part = self.part(id, || {
+            self.in_redis(|| match Client::open(url) {
+                Ok(client) => Some(Part::Segment(Arc::new(RedisSegment::start(
+                    client,
+                    key,
+                    refresh,
+                    max_staleness,
+                )))),
+                Err(e) => {
+                    tracing::error!("Redis segment `{key}` unavailable: {e}");
+                    None
+                }
+            })
+            .flatten()
+        });
+        match part {
+            Some(Part::Segment(s)) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Forgets the parts no policy of `config` uses any more.
     pub fn retain_for(&self, keys: &[String]) {
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        parts.retain(|k, _| keys.contains(k));
+        parts.retain(|k, _| k.starts_with("segment:") || keys.contains(k));
+    }
+
+    /// Redis errors of the global limits and the staleness of the Redis segments, for metrics.
+    fn redis_health(&self) -> (u64, Vec<(String, bool)>) {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut errors = 0;
+        let mut stale = Vec::new();
+        for (key, part) in parts.iter() {
+            match part {
+                Part::Limiter(l) => {
+                    if let Limiter::Global(g) = &**l {
+                        errors += g.redis_errors();
+                    }
+                }
+                Part::Segment(s) => stale.push((key.clone(), s.is_stale())),
+                _ => {}
+            }
+        }
+        (errors, stale)
     }
 }
 
@@ -77,13 +174,42 @@ impl ControlState {
 pub enum Limiter {
     Whole(RateLimiter),
     PerKey(KeyedRateLimiter),
+    /// Shared by every gateway through Redis.
+    Global(Arc<GlobalLimiter>),
+}
+
+/// The answer of any limiter, as the `429` needs it.
+pub struct LimitAnswer {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_secs: u64,
+    pub retry_after_secs: Option<u64>,
 }
 
 impl Limiter {
-    pub fn check(&self, key: &[u8], now: u64) -> RateDecision {
+    pub async fn check(&self, key: &[u8], now: u64) -> LimitAnswer {
+        let local = |d: RateDecision| LimitAnswer {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_secs: d.reset_secs(),
+            retry_after_secs: d.retry_after_secs(),
+        };
         match self {
-            Limiter::Whole(l) => l.check(now),
-            Limiter::PerKey(l) => l.check(key, now),
+            Limiter::Whole(l) => local(l.check(now)),
+            Limiter::PerKey(l) => local(l.check(key, now)),
+            Limiter::Global(g) => {
+                let d = g.check(&String::from_utf8_lossy(key)).await;
+                let secs = |t: Duration| t.as_secs() + u64::from(t.subsec_nanos() > 0);
+                LimitAnswer {
+                    allowed: d.allowed,
+                    limit: d.limit,
+                    remaining: d.remaining,
+                    reset_secs: secs(d.reset_after),
+                    retry_after_secs: (!d.allowed).then(|| secs(d.retry_after).max(1)),
+                }
+            }
         }
     }
 }
@@ -216,17 +342,39 @@ pub fn compile(
     let vname = |s: usize, v: usize| config.services[s].versions[v].name.as_str();
 
     for (i, rl) in tc.rate_limits.iter().enumerate() {
-        // Redis-backed limits are shared through Redis by the redis integration; locally each
-        // gateway still enforces its own share of the limit.
-        if let LimitBackend::Redis { .. } = rl.backend {
-            tracing::warn!(
-                service = name(rl.service),
-                "a Redis-backed rate limit is enforced per gateway in this build"
-            );
-        }
         let key = format!("limit:{i}:{}:{rl:?}", name(rl.service));
         used.push(key.clone());
         let part = state.part(key, || {
+            if let LimitBackend::Redis {
+                url,
+                timeout,
+                on_error,
+            } = &rl.backend
+            {
+                let config = GlobalLimiterConfig {
+                    key_prefix: format!("graylane:ratelimit:{}:{i}:", name(rl.service)),
+                    requests: rl.requests,
+                    per: rl.per,
+                    // Redis's burst is on top of the steady rate; the configuration's is the
+                    // whole bucket.
+                    burst: rl.burst.saturating_sub(1),
+                    timeout: *timeout,
+                    on_error: match on_error {
+                        graylane_config::OnRedisError::Allow => OnError::Allow,
+                        graylane_config::OnRedisError::Deny => OnError::Deny,
+                    },
+                };
+                let made = state.in_redis(|| {
+                    Client::open(url).and_then(|client| GlobalLimiter::new(client, config))
+                })?;
+                return match made {
+                    Ok(g) => Some(Part::Limiter(Arc::new(Limiter::Global(Arc::new(g))))),
+                    Err(e) => {
+                        tracing::error!(service = name(rl.service), "rate limit not applied: {e}");
+                        None
+                    }
+                };
+            }
             let limiter = match rl.key {
                 Some(_) => KeyedRateLimiter::new(rl.requests, rl.per, rl.burst, MAX_KEYS)
                     .map(Limiter::PerKey),
@@ -402,10 +550,15 @@ pub fn compile(
     (services, versions)
 }
 
-/// Exports every version's circuit-breaker state at scrape time:
-/// `graylane_circuit_state{service,version,state}` (1 for the current state) and
-/// `graylane_circuit_transitions_total{service,version}`.
-pub struct BreakerCollector(pub Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>);
+/// Exports traffic-control state at scrape time: every version's circuit breaker
+/// (`graylane_circuit_state{service,version,state}`, 1 for the current state, and
+/// `graylane_circuit_transitions_total{service,version}`), Redis errors of the global rate
+/// limits (`graylane_ratelimit_redis_errors_total`) and stale Redis segments
+/// (`graylane_segment_stale{segment}`).
+pub struct BreakerCollector(
+    pub Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
+    pub Arc<ControlState>,
+);
 
 impl std::fmt::Debug for BreakerCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -456,15 +609,35 @@ impl prometheus_client::collector::Collector for BreakerCollector {
                 }
             }
         }
-        let mut transitions = encoder.encode_descriptor(
-            "graylane_circuit_transitions",
-            "Circuit-breaker state changes of a version",
+        {
+            let mut transitions = encoder.encode_descriptor(
+                "graylane_circuit_transitions",
+                "Circuit-breaker state changes of a version",
+                None,
+                MetricType::Counter,
+            )?;
+            for (service, version, b) in &breakers {
+                let labels = [("service", *service), ("version", *version)];
+                ConstCounter::new(b.transitions()).encode(transitions.encode_family(&labels)?)?;
+            }
+        }
+        let (errors, stale) = self.1.redis_health();
+        let redis_errors = encoder.encode_descriptor(
+            "graylane_ratelimit_redis_errors",
+            "Global rate-limit checks Redis could not answer (on_redis_error applied)",
             None,
             MetricType::Counter,
         )?;
-        for (service, version, b) in &breakers {
-            let labels = [("service", *service), ("version", *version)];
-            ConstCounter::new(b.transitions()).encode(transitions.encode_family(&labels)?)?;
+        ConstCounter::new(errors).encode(redis_errors)?;
+        let mut stale_gauge = encoder.encode_descriptor(
+            "graylane_segment_stale",
+            "1 while a Redis segment could not be refreshed for max_staleness (it counts as empty)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, is_stale) in &stale {
+            let labels = [("segment", key.as_str())];
+            ConstGauge::new(i64::from(*is_stale)).encode(stale_gauge.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -195,9 +195,10 @@ impl Gateway {
                 .map_err(StartError::Thread)?;
             handles.push(handle);
         }
-        metrics.add_collector(Arc::new(crate::control::BreakerCollector(Arc::clone(
-            &snapshot,
-        ))));
+        metrics.add_collector(Arc::new(crate::control::BreakerCollector(
+            Arc::clone(&snapshot),
+            Arc::clone(&control_state),
+        )));
         let prober = crate::health::spawn_prober(Arc::clone(&snapshot), shutdown_rx_for_prober)
             .map_err(StartError::Thread)?;
         handles.push(prober);

@@ -90,7 +90,7 @@ pub async fn handle(
     let version = &service.versions[decision.version];
     version.stats.record_decision(worker.id, &decision.reason);
     if !service.control.limits.is_empty()
-        && let Some(refused) = check_rate_limits(service, &req, &conn)
+        && let Some(refused) = check_rate_limits(service, &req, &conn).await
     {
         version
             .stats
@@ -207,7 +207,7 @@ pub async fn handle(
 }
 
 /// Checks the service's rate limits that apply to this request; the `429` when one refuses.
-fn check_rate_limits(
+async fn check_rate_limits(
     service: &ServiceRoute,
     req: &Request<Incoming>,
     conn: &ConnInfo,
@@ -232,8 +232,10 @@ fn check_rate_limits(
         {
             continue;
         }
-        let decision =
-            view.with_policy_key(limit.key.as_ref(), |key| limit.limiter.check(key, now));
+        // The key is copied out of the request view (which borrows the request) for the check,
+        // which may wait on Redis; a local limit answers at once.
+        let key = view.with_policy_key(limit.key.as_ref(), KeyBuf::from_slice);
+        let decision = limit.limiter.check(key.as_slice(), now).await;
         if !decision.allowed {
             let mut resp = json_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -241,7 +243,7 @@ fn check_rate_limits(
                     "error": "rate limit exceeded",
                     "service": service.name,
                     "limit": &*limit.describe,
-                    "retry_after_s": decision.retry_after_secs(),
+                    "retry_after_s": decision.retry_after_secs,
                 }),
             );
             let headers = resp.headers_mut();
@@ -252,15 +254,41 @@ fn check_rate_limits(
             );
             headers.insert(
                 RATELIMIT_RESET.clone(),
-                HeaderValue::from(decision.reset_secs()),
+                HeaderValue::from(decision.reset_secs),
             );
-            if let Some(after) = decision.retry_after_secs() {
+            if let Some(after) = decision.retry_after_secs {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(after));
             }
             return Some(resp);
         }
     }
     None
+}
+
+/// A rate-limit key copied out of the request: on the stack up to 64 bytes (user ids, IPs), on
+/// the heap beyond.
+enum KeyBuf {
+    Inline([u8; 64], usize),
+    Heap(Vec<u8>),
+}
+
+impl KeyBuf {
+    fn from_slice(key: &[u8]) -> KeyBuf {
+        if key.len() <= 64 {
+            let mut buf = [0u8; 64];
+            buf[..key.len()].copy_from_slice(key);
+            KeyBuf::Inline(buf, key.len())
+        } else {
+            KeyBuf::Heap(key.to_vec())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyBuf::Inline(buf, len) => &buf[..*len],
+            KeyBuf::Heap(v) => v,
+        }
+    }
 }
 
 /// The request path of a service with traffic control: each attempt passes the version's

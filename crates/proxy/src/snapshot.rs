@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use graylane_config::{Config, LoadBalancing};
-use graylane_rules::{Routing, RoutingTable};
+use graylane_rules::{LiveSegment, Routing, RoutingTable};
 use http::HeaderValue;
 
 use crate::control::{ControlState, ServiceControl, VersionControl};
@@ -74,7 +74,20 @@ impl Snapshot {
         routes: &BTreeMap<String, Routing>,
         control: &ControlState,
     ) -> Snapshot {
-        let mut table = RoutingTable::compile(&config);
+        let mut table = RoutingTable::compile_with(&config, &|name| {
+            let segment = config.segments.iter().find(|s| s.name == name)?;
+            let graylane_config::SegmentSource::Redis {
+                url,
+                key,
+                refresh,
+                max_staleness,
+            } = &segment.source
+            else {
+                return None;
+            };
+            let mirror = control.segment(url, key, *refresh, *max_staleness)?;
+            Some(Arc::new(RedisMembers(mirror)) as Arc<dyn LiveSegment>)
+        });
         let (service_control, version_control) = crate::control::compile(&config, control);
         let mut service_control = service_control.into_iter();
         let mut version_control = version_control.into_iter();
@@ -144,4 +157,19 @@ impl Snapshot {
 /// Version names are validated as header-safe tokens, so this never falls back in practice.
 fn token_header(name: &str) -> HeaderValue {
     HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// A Redis segment's local mirror as the rule engine reads it.
+struct RedisMembers(Arc<graylane_redis::RedisSegment>);
+
+impl std::fmt::Debug for RedisMembers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisMembers")
+    }
+}
+
+impl LiveSegment for RedisMembers {
+    fn contains(&self, member: &str) -> bool {
+        self.0.contains(member)
+    }
 }

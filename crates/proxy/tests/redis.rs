@@ -1,0 +1,177 @@
+//! The Redis integrations through real gateways and a real `redis-server` (installed by
+//! scripts/deps): a rate limit shared by two gateways, a segment whose members come from a
+//! Redis set, and Redis dying under both — requests keep being served.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+
+/// A `redis-server` on a free loopback port, keeping nothing on disk; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/deps installs it)");
+        let redis = Redis { child, port };
+        for _ in 0..200 {
+            if redis.cli(&["PING"]) == "PONG" {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not answer on port {port}");
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian package redis-tools, with redis-server)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gateway_config(redis: &str, stable: &Upstream, canary: &Upstream) -> String {
+    format!(
+        "listeners:
+  - bind: 127.0.0.1:0
+segments:
+  beta: {{ source: redis, url: \"{redis}\", key: graylane:beta, refresh: 100ms, max_staleness: 1s }}
+services:
+  - name: payment
+    match: {{ path_prefix: /pay }}
+    versions:
+      stable: {{ endpoints: [\"{}\"] }}
+      canary: {{ endpoints: [\"{}\"] }}
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      force:
+        - segment: {{ name: beta, key: \"header:X-User-Id\" }}
+      bucket_by: \"header:X-User-Id\"
+      steps: [{{ weight: 0, pause: manual }}]
+traffic_control:
+  rate_limits:
+    - {{ service: payment, rate: 10/s, burst: 10, backend: redis, redis_url: \"{redis}\", timeout: 50ms, on_redis_error: allow }}
+",
+        stable.addr, canary.addr
+    )
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_limit_through_redis() {
+    let redis = Redis::start();
+    let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
+    let yaml = gateway_config(&redis.url(), &stable, &canary);
+    let (a, b) = (start_gateway(config(&yaml)), start_gateway(config(&yaml)));
+    let mut allowed = 0;
+    for i in 0..40 {
+        let target = if i % 2 == 0 { addr(&a) } else { addr(&b) };
+        let r = get(target, "/pay", &[("x-user-id", "u-1")]).await;
+        match r.status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(r.headers.contains_key("retry-after"));
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // 40 requests in well under a second: the shared bucket (10) plus what refills meanwhile;
+    // two separate limits would have let 20 through.
+    assert!(
+        (10..=14).contains(&allowed),
+        "{allowed} allowed by two gateways sharing a 10/s limit"
+    );
+    shutdown(a).await;
+    shutdown(b).await;
+}
+
+#[tokio::test]
+async fn a_redis_segment_follows_the_set_and_survives_redis_dying() {
+    let redis = Redis::start();
+    let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
+    let gateway = start_gateway(config(&gateway_config(&redis.url(), &stable, &canary)));
+    let a = addr(&gateway);
+    let version = |user: &'static str| async move {
+        get(a, "/pay", &[("x-user-id", user)])
+            .await
+            .version()
+            .map(str::to_string)
+    };
+    assert_eq!(version("u-7").await.as_deref(), Some("stable"));
+    assert_eq!(redis.cli(&["SADD", "graylane:beta", "u-7"]), "1");
+    eventually("the member to be mirrored", || async {
+        (version("u-7").await.as_deref() == Some("canary")).then_some(())
+    })
+    .await;
+
+    // Redis dies: the mirror keeps serving until max_staleness, then the segment is empty;
+    // the rate limit lets requests through (on_redis_error: allow). No request fails.
+    drop(redis);
+    assert_eq!(
+        version("u-7").await.as_deref(),
+        Some("canary"),
+        "the last members still count"
+    );
+    eventually("the segment to go stale and empty", || async {
+        (version("u-7").await.as_deref() == Some("stable")).then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        let r = get(a, "/pay", &[("x-user-id", "u-8")]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "Redis being down fails no request"
+        );
+    }
+    let metrics = gateway.metrics().encode();
+    assert!(
+        metric_value(&metrics, "graylane_ratelimit_redis_errors_total").unwrap_or(0.0) > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("graylane_segment_stale{segment="),
+        "{metrics}"
+    );
+    shutdown(gateway).await;
+}
