@@ -15,7 +15,7 @@ mod logging;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use commands::client::{audit, releases, revisions};
+use commands::client::{audit, releases, revisions, segments};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -65,6 +65,8 @@ enum Command {
     Apply(revisions::ApplyArgs),
     /// Show the audit log: release transitions and configuration changes, newest first.
     Audit(audit::AuditArgs),
+    /// Add or remove members of a Redis segment (gray users).
+    Segment(segments::SegmentArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Revert(args) => revisions::revert(args),
         Command::Apply(args) => revisions::apply(args),
         Command::Audit(args) => audit::audit(args),
+        Command::Segment(args) => segments::edit(args),
     };
     match result {
         Ok(code) => code,

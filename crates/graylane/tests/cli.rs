@@ -373,6 +373,7 @@ fn help_lists_the_admin_api_commands() {
         "revert",
         "apply",
         "audit",
+        "segment",
     ] {
         assert!(commands.contains(&verb), "{verb} missing:\n{}", out.stdout);
     }

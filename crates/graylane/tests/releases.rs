@@ -596,6 +596,7 @@ async fn the_openapi_document_lists_every_route() {
         ("get", "/api/v1/experiments/{service}/results"),
         ("get", "/api/v1/releases/{service}/series"),
         ("get", "/api/v1/whoami"),
+        ("post", "/api/v1/segments/{name}/members"),
     ];
     for (method, path) in routes {
         assert!(
@@ -604,13 +605,16 @@ async fn the_openapi_document_lists_every_route() {
         );
         // And the route is really served: a call without a token is refused, not "no such path".
         let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let concrete = path.replace("{service}", "payment").replace("{n}", "1");
+        let concrete = path
+            .replace("{service}", "payment")
+            .replace("{n}", "1")
+            .replace("{name}", "staff");
         let r = s.call(m, &concrete, "", "").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {concrete}");
     }
     assert_eq!(
         paths.len(),
-        20,
+        21,
         "a documented path nobody tested: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

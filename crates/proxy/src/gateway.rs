@@ -109,6 +109,19 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// Why segment members could not be changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("unknown segment `{name}`; segments: {}", segments.join(", "))]
+    Unknown { name: String, segments: Vec<String> },
+    #[error(
+        "segment `{name}` lists its members in the configuration; only a `source: redis` segment is edited through the API"
+    )]
+    NotRedis { name: String },
+    #[error("Redis did not take the change: {0}")]
+    Redis(String),
+}
+
 /// A weight was set for a service that has no release.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("service `{service}` has no release; services with one: {}", releases.join(", "))]
@@ -328,6 +341,55 @@ impl Gateway {
             &self.control_state,
         );
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Adds and removes members of the Redis segment `name` (SADD / SREM); this gateway sees
+    /// the change at once, the others at their next refresh.
+    pub async fn edit_segment(
+        &self,
+        name: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<(u64, u64), SegmentError> {
+        let config = self.snapshot().config.clone();
+        let Some(segment) = config.segments.iter().find(|s| s.name == name) else {
+            return Err(SegmentError::Unknown {
+                name: name.to_string(),
+                segments: config.segments.iter().map(|s| s.name.clone()).collect(),
+            });
+        };
+        let graylane_config::SegmentSource::Redis {
+            url,
+            key,
+            refresh,
+            max_staleness,
+        } = &segment.source
+        else {
+            return Err(SegmentError::NotRedis {
+                name: name.to_string(),
+            });
+        };
+        let mirror = self
+            .control_state
+            .segment(url, key, *refresh, *max_staleness)
+            .ok_or_else(|| SegmentError::Redis(format!("no connection to {url}")))?;
+        let added = if add.is_empty() {
+            0
+        } else {
+            mirror
+                .add(add)
+                .await
+                .map_err(|e| SegmentError::Redis(e.to_string()))?
+        };
+        let removed = if remove.is_empty() {
+            0
+        } else {
+            mirror
+                .remove(remove)
+                .await
+                .map_err(|e| SegmentError::Redis(e.to_string()))?
+        };
+        Ok((added, removed))
     }
 
     /// Reads, validates and applies the file at `path`; on any error the current snapshot keeps

@@ -28,7 +28,7 @@ mod server;
 pub mod snapshot;
 mod upstream;
 
-pub use gateway::{Gateway, GatewayOptions, StartError, UnknownRelease};
+pub use gateway::{Gateway, GatewayOptions, SegmentError, StartError, UnknownRelease};
 pub use handler::{X_GRAYLANE_FALLBACK, X_GRAYLANE_LANE, X_GRAYLANE_VERSION};
 pub use metrics::{Metrics, Observed};
 pub use snapshot::Snapshot;

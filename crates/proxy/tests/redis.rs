@@ -175,3 +175,30 @@ async fn a_redis_segment_follows_the_set_and_survives_redis_dying() {
     );
     shutdown(gateway).await;
 }
+
+#[tokio::test]
+async fn segment_members_are_edited_through_the_gateway() {
+    let redis = Redis::start();
+    let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
+    let gateway = start_gateway(config(&gateway_config(&redis.url(), &stable, &canary)));
+    let a = addr(&gateway);
+    let added = gateway
+        .edit_segment("beta", &["u-9".to_string()], &[])
+        .await
+        .unwrap();
+    assert_eq!(added, (1, 0));
+    assert_eq!(redis.cli(&["SISMEMBER", "graylane:beta", "u-9"]), "1");
+    eventually("the added member to route to the canary", || async {
+        let r = get(a, "/pay", &[("x-user-id", "u-9")]).await;
+        (r.version() == Some("canary")).then_some(())
+    })
+    .await;
+    let removed = gateway
+        .edit_segment("beta", &[], &["u-9".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(removed, (0, 1));
+    let err = gateway.edit_segment("nope", &[], &[]).await.unwrap_err();
+    assert!(err.to_string().contains("segments: beta"), "{err}");
+    shutdown(gateway).await;
+}

@@ -71,6 +71,7 @@ pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(whoami))
         .routes(routes!(post_events))
         .routes(routes!(experiment_results))
+        .routes(routes!(edit_segment))
         .routes(routes!(get_config, put_config))
         .routes(routes!(list_revisions))
         .routes(routes!(get_revision))
@@ -447,6 +448,66 @@ async fn experiment_results(
     Ok(Json(
         blocking(move || c.experiment_results(&service)).await?,
     ))
+}
+
+/// Members to add to and remove from a Redis segment.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SegmentEdit {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct SegmentEdited {
+    segment: String,
+    /// Members that were not in the set before.
+    added: u64,
+    /// Members that were in the set.
+    removed: u64,
+}
+
+/// Adds and removes members of a `source: redis` segment (the gray users): every gateway
+/// sharing the Redis set sees the change at its next refresh, this one at once.
+#[utoipa::path(post, path = "/api/v1/segments/{name}/members", tag = "segments",
+    params(("name" = String, Path, description = "The segment")),
+    request_body(content = SegmentEdit, content_type = "application/json"),
+    responses((status = 200, body = SegmentEdited), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn edit_segment(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<SegmentEdited>, ApiError> {
+    let edit: SegmentEdit = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON like {{\"add\": [\"u-1\"], \"remove\": [\"u-2\"]}}: {e}"
+        ))
+    })?;
+    if edit.add.is_empty() && edit.remove.is_empty() {
+        return Err(ApiError::bad_request(
+            "nothing to do: give `add` and/or `remove`",
+        ));
+    }
+    match state
+        .gateway
+        .edit_segment(&name, &edit.add, &edit.remove)
+        .await
+    {
+        Ok((added, removed)) => Ok(Json(SegmentEdited {
+            segment: name,
+            added,
+            removed,
+        })),
+        Err(e @ graylane_proxy::SegmentError::Unknown { .. }) => {
+            Err(ApiError::not_found(e.to_string()))
+        }
+        Err(e @ graylane_proxy::SegmentError::NotRedis { .. }) => {
+            Err(ApiError::conflict(e.to_string()))
+        }
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
 }
 
 // ----- configuration -----

@@ -67,12 +67,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The role a request needs: reads are for viewers, release commands and business events for
-/// operators, and configuration changes for admins.
+/// The role a request needs: reads are for viewers, release commands, business events and
+/// segment members for operators, and configuration changes for admins.
 pub fn required_role(method: &Method, path: &str) -> Role {
     if method == Method::GET || method == Method::HEAD {
         Role::Viewer
-    } else if path.starts_with("/api/v1/releases/") || path == "/api/v1/events" {
+    } else if path.starts_with("/api/v1/releases/")
+        || path == "/api/v1/events"
+        || path.starts_with("/api/v1/segments/")
+    {
         Role::Operator
     } else {
         Role::Admin

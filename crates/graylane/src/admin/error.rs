@@ -64,6 +64,10 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", error)
     }
 
+    pub fn conflict(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "not_allowed", error)
+    }
+
     pub fn unavailable(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error)
     }

@@ -30,6 +30,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// `None` for the demo, which runs without a store.
     pub controller: Option<Arc<Controller>>,
+    /// The data plane, for what only it holds (the mirrors of Redis segments).
+    pub gateway: Arc<graylane_proxy::Gateway>,
     pub tokens: auth::Tokens,
 }
 

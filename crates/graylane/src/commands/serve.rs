@@ -211,6 +211,7 @@ pub fn run_gateway(
         metrics: Arc::clone(gateway.metrics()),
         ready: AtomicBool::new(true),
         controller: controller.clone(),
+        gateway: Arc::clone(&gateway),
         tokens: Tokens::from_env(admin.as_ref().map_or(&[][..], |a| &a.tokens)),
     });
     let background = runtime.block_on(async {

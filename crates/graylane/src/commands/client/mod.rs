@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod releases;
 pub mod revisions;
+pub mod segments;
 mod table;
 
 use std::fmt::Write as _;
