@@ -327,8 +327,8 @@ impl Attempts<'_> {
             RequestBody::Streaming { .. } => None,
         };
         let mut streamed = Some(body);
-        let (method, uri, http_version, headers) =
-            (parts.method, parts.uri, parts.version, parts.headers);
+        let (method, uri, http_version) = (parts.method, parts.uri, parts.version);
+        let mut headers = Some(parts.headers);
         let mut current = first;
         let mut fell_back = false;
         let mut retries = 0;
@@ -380,18 +380,27 @@ impl Attempts<'_> {
                     Err(resp) => return *resp,
                 }
             };
+            // The headers are copied only while another attempt may follow this one.
+            let may_resend = replay.is_some()
+                && (retry.is_some()
+                    || (!fell_back && matches!(ctl.fallback, Some(FallbackRoute::Version(_)))));
+            let head = if may_resend {
+                headers.clone()
+            } else {
+                headers.take()
+            };
             let body = match &replay {
-                Some(bytes) => RequestBody::Whole(bytes.clone()),
-                None => match streamed.take() {
-                    Some(b) => b,
-                    None => return self.give_up(current, UpstreamErrorKind::Protocol),
-                },
+                Some(bytes) => Some(RequestBody::Whole(bytes.clone())),
+                None => streamed.take(),
+            };
+            let (Some(head), Some(body)) = (head, body) else {
+                return self.give_up(current, UpstreamErrorKind::Protocol);
             };
             let mut req = Request::new(body);
             *req.method_mut() = method.clone();
             *req.uri_mut() = uri.clone();
             *req.version_mut() = http_version;
-            *req.headers_mut() = headers.clone();
+            *req.headers_mut() = head;
             prepare_upstream_request(&mut req, self.conn, version);
             let addr = version.endpoints[endpoint].addr;
             let attempt_started = Instant::now();
