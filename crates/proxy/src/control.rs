@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use graylane_config::{
-    Config, FailureKinds, Fallback, HealthCheck, KeySpec, LimitBackend, StaticResponse,
-    TrafficControl,
+    Config, FailureKinds, Fallback, HealthCheck, KeySpec, LimitBackend, Segment, SegmentSource,
+    StaticResponse, TrafficControl,
 };
 use graylane_redis::{Client, GlobalLimiter, GlobalLimiterConfig, OnError, RedisSegment};
 use graylane_traffic::breaker::{BreakerConfig, CircuitBreaker, Window};
@@ -114,8 +114,23 @@ impl ControlState {
         Some(make())
     }
 
-    /// The mirror of a Redis segment, started the first time it is named.
-    pub fn segment(
+    /// The mirror of `segment` when its members live in Redis (started the first time it is
+    /// asked for); `None` for a segment listed in the configuration, or when Redis cannot be
+    /// set up.
+    pub fn mirror_of(&self, segment: &Segment) -> Option<Arc<RedisSegment>> {
+        let SegmentSource::Redis {
+            url,
+            key,
+            refresh,
+            max_staleness,
+        } = &segment.source
+        else {
+            return None;
+        };
+        self.segment(url, key, *refresh, *max_staleness)
+    }
+
+    fn segment(
         &self,
         url: &str,
         key: &str,

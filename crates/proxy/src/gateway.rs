@@ -358,21 +358,15 @@ impl Gateway {
                 segments: config.segments.iter().map(|s| s.name.clone()).collect(),
             });
         };
-        let graylane_config::SegmentSource::Redis {
-            url,
-            key,
-            refresh,
-            max_staleness,
-        } = &segment.source
-        else {
+        if !matches!(segment.source, graylane_config::SegmentSource::Redis { .. }) {
             return Err(SegmentError::NotRedis {
                 name: name.to_string(),
             });
-        };
+        }
         let mirror = self
             .control_state
-            .segment(url, key, *refresh, *max_staleness)
-            .ok_or_else(|| SegmentError::Redis(format!("no connection to {url}")))?;
+            .mirror_of(segment)
+            .ok_or_else(|| SegmentError::Redis("cannot connect to its Redis".to_string()))?;
         let added = if add.is_empty() {
             0
         } else {

@@ -76,16 +76,7 @@ impl Snapshot {
     ) -> Snapshot {
         let mut table = RoutingTable::compile_with(&config, &|name| {
             let segment = config.segments.iter().find(|s| s.name == name)?;
-            let graylane_config::SegmentSource::Redis {
-                url,
-                key,
-                refresh,
-                max_staleness,
-            } = &segment.source
-            else {
-                return None;
-            };
-            let mirror = control.segment(url, key, *refresh, *max_staleness)?;
+            let mirror = control.mirror_of(segment)?;
             Some(Arc::new(RedisMembers(mirror)) as Arc<dyn LiveSegment>)
         });
         let (service_control, version_control) = crate::control::compile(&config, control);
