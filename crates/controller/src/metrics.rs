@@ -39,6 +39,24 @@ const STATES: [&str; 5] = [
     "rolled_back",
 ];
 
+/// A gauge family with one series per (service, value): 1 for each service's current value,
+/// 0 for the others, so a dashboard can graph states without parsing labels.
+fn one_hot<'a>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    (label, values): (&str, &[&str]),
+    current: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (service, now) in current {
+        for v in values {
+            let labels = [("service", service), (label, *v)];
+            ConstGauge::new(i64::from(now == *v)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
 impl Collector for ReleaseCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let releases = self.controller.releases((self.now_ms)());
@@ -71,37 +89,28 @@ impl Collector for ReleaseCollector {
                 ConstGauge::new(r.step as i64).encode(step.encode_family(&labels)?)?;
             }
         }
-        {
-            let mut state = encoder.encode_descriptor(
+        one_hot(
+            &mut encoder,
+            (
                 "graylane_release_state",
                 "1 for a release's current state, 0 for the others",
-                None,
-                MetricType::Gauge,
-            )?;
-            for r in &releases {
-                for s in STATES {
-                    let labels = [("service", r.service.as_str()), ("state", s)];
-                    ConstGauge::new(i64::from(r.state == s))
-                        .encode(state.encode_family(&labels)?)?;
-                }
-            }
-        }
-        {
-            let mut decision = encoder.encode_descriptor(
+            ),
+            ("state", &STATES),
+            releases
+                .iter()
+                .map(|r| (r.service.as_str(), r.state.as_str())),
+        )?;
+        one_hot(
+            &mut encoder,
+            (
                 "graylane_analysis_decision",
                 "1 for the latest analysis decision of a release, 0 for the others",
-                None,
-                MetricType::Gauge,
-            )?;
-            for r in &releases {
-                let Some(a) = &r.analysis else { continue };
-                for d in DECISIONS {
-                    let labels = [("service", r.service.as_str()), ("decision", d)];
-                    ConstGauge::new(i64::from(a.decision == d))
-                        .encode(decision.encode_family(&labels)?)?;
-                }
-            }
-        }
+            ),
+            ("decision", &DECISIONS),
+            releases
+                .iter()
+                .filter_map(|r| Some((r.service.as_str(), r.analysis.as_ref()?.decision.as_str()))),
+        )?;
         {
             let mut p_value = encoder.encode_descriptor(
                 "graylane_experiment_srm_p_value",
