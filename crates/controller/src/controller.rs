@@ -34,6 +34,9 @@ pub trait DataPlane: Send + Sync {
     fn observe(&self, service: &str, version: &str) -> Observation;
     /// The version a user with bucketing key `key` is bucketed into (business events).
     fn assign(&self, service: &str, key: &str) -> Option<String>;
+    /// The circuit-breaker state (`closed`, `open`, `half_open`) of each version of `service`
+    /// that has a breaker.
+    fn circuit_states(&self, service: &str) -> BTreeMap<String, &'static str>;
 }
 
 /// What a person (or the analysis) asks of a release, as the API says it.
@@ -754,6 +757,7 @@ impl Controller {
                 .get(name)
                 .and_then(|r| r.history.back())
                 .map(view::brief),
+            self.plane.circuit_states(name),
         ))
     }
 

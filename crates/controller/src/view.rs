@@ -48,6 +48,9 @@ pub struct ReleaseView {
     /// Experiments: the sample-ratio-mismatch check of the exposures against the weights.
     #[schema(value_type = Option<Object>)]
     pub srm: Option<Srm>,
+    /// Circuit-breaker state by version (`closed`, `open`, `half_open`), for versions with a
+    /// breaker.
+    pub circuits: BTreeMap<String, &'static str>,
 }
 
 /// The latest analysis decision in one line.
@@ -205,6 +208,7 @@ pub(crate) fn release_view(
     now_ms: i64,
     exposures: impl Fn(&str) -> u64,
     analysis: Option<AnalysisBrief>,
+    circuits: BTreeMap<String, &'static str>,
 ) -> ReleaseView {
     let name = |v: usize| {
         service
@@ -284,6 +288,7 @@ pub(crate) fn release_view(
         },
         variants: variants_view,
         analysis,
+        circuits,
     }
 }
 

@@ -70,6 +70,9 @@ services:
       variants:
         - { name: control, version: a, weight: 50 }
         - { name: treatment, version: b, weight: 50 }
+traffic_control:
+  circuit_breakers:
+    - { service: payment, version: canary, fallback: stable }
 "#;
 
 /// A served gateway with its admin API.
@@ -213,6 +216,11 @@ async fn a_canary_walks_its_steps_and_real_traffic_follows() {
         (Some("progressing"), Some(0))
     );
     assert_eq!(r["pause"], "manual");
+    assert_eq!(
+        r["circuits"],
+        json!({ "canary": "closed" }),
+        "the breaker's state is shown"
+    );
     assert_eq!(
         s.share("/api/payment/x", users, "canary").await,
         0,

@@ -343,6 +343,18 @@ impl Gateway {
         self.snapshot.store(Arc::new(snapshot));
     }
 
+    /// The circuit-breaker state of each version of `service` that has a breaker.
+    pub fn circuit_states(&self, service: &str) -> BTreeMap<String, &'static str> {
+        let snapshot = self.snapshot();
+        snapshot
+            .services
+            .iter()
+            .filter(|s| s.name == service)
+            .flat_map(|s| s.versions.iter())
+            .filter_map(|v| Some((v.name.clone(), v.control.breaker.as_ref()?.state().as_str())))
+            .collect()
+    }
+
     /// Adds and removes members of the Redis segment `name` (SADD / SREM); this gateway sees
     /// the change at once, the others at their next refresh.
     pub async fn edit_segment(

@@ -136,6 +136,10 @@ impl DataPlane for GatewayPlane {
         }
     }
 
+    fn circuit_states(&self, service: &str) -> BTreeMap<String, &'static str> {
+        self.0.circuit_states(service)
+    }
+
     fn assign(&self, service: &str, key: &str) -> Option<String> {
         let snapshot = self.0.snapshot();
         let table = &snapshot.table;

@@ -185,6 +185,8 @@ struct Release {
     analysis: Option<Analysis>,
     #[serde(default)]
     srm: Option<Srm>,
+    #[serde(default)]
+    circuits: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +289,15 @@ fn detail(r: &Release) -> String {
                 srm.p_value
             ));
         }
+    }
+    let open: Vec<String> = r
+        .circuits
+        .iter()
+        .filter(|(_, state)| state.as_str() != "closed")
+        .map(|(version, state)| format!("{version} {state}"))
+        .collect();
+    if !open.is_empty() {
+        out.push_str(&format!("circuit breakers: {}\n", open.join(", ")));
     }
     if let Some(a) = &r.analysis {
         out.push('\n');
@@ -498,6 +509,15 @@ mod tests {
             text.contains("SAMPLE RATIO MISMATCH (p = 2.60e-8): exposures 5200/4800"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_detail_names_the_breakers_that_are_not_closed() {
+        let mut value = payment();
+        value["circuits"] = json!({ "canary": "open", "stable": "closed" });
+        let text = detail(&release(value));
+        assert!(text.contains("circuit breakers: canary open\n"), "{text}");
+        assert!(!text.contains("stable closed"), "{text}");
     }
 
     #[test]
