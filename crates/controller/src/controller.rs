@@ -747,17 +747,19 @@ impl Controller {
         Some(release_view(
             &self.env,
             service,
-            &m.plan,
-            &m.rollout,
+            (&m.plan, &m.rollout),
             now_ms,
-            |version| self.plane.observe(name, version).bucketed,
-            self.analyses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(name)
-                .and_then(|r| r.history.back())
-                .map(view::brief),
-            self.plane.circuit_states(name),
+            view::Observed {
+                exposures: |version: &str| self.plane.observe(name, version).bucketed,
+                analysis: self
+                    .analyses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(name)
+                    .and_then(|r| r.history.back())
+                    .map(view::brief),
+                circuits: self.plane.circuit_states(name),
+            },
         ))
     }
 

@@ -200,16 +200,27 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
-pub(crate) fn release_view(
+/// What a release view shows beyond the release's own state: what the data plane and the
+/// analysis observe.
+pub(crate) struct Observed<F: Fn(&str) -> u64> {
+    /// Requests bucketed into a version (experiment exposures).
+    pub exposures: F,
+    pub analysis: Option<AnalysisBrief>,
+    pub circuits: BTreeMap<String, &'static str>,
+}
+
+pub(crate) fn release_view<F: Fn(&str) -> u64>(
     env: &str,
     service: &Service,
-    plan: &Plan,
-    rollout: &Rollout,
+    (plan, rollout): (&Plan, &Rollout),
     now_ms: i64,
-    exposures: impl Fn(&str) -> u64,
-    analysis: Option<AnalysisBrief>,
-    circuits: BTreeMap<String, &'static str>,
+    observed: Observed<F>,
 ) -> ReleaseView {
+    let Observed {
+        exposures,
+        analysis,
+        circuits,
+    } = observed;
     let name = |v: usize| {
         service
             .versions
