@@ -82,87 +82,28 @@ services:
         - { name: treatment, version: b, weight: 50 }
 "#;
 
-struct Served {
-    process: Graylane,
-    dir: std::path::PathBuf,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    stable: Upstream,
-    canary: Upstream,
-}
-
 async fn serve(test: &str) -> Served {
     serve_with(test, "").await
 }
 
 async fn serve_with(test: &str, orders: &str) -> Served {
-    let dir = temp_dir(test);
-    let file = dir.join("graylane.yaml");
-    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
-    let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
-    let yaml = fill(
+    Served::start(
+        test,
         CONFIG,
-        &[
-            ("port", proxy.port().to_string()),
-            ("admin", admin.port().to_string()),
-            ("stable", stable.addr.to_string()),
-            ("canary", canary.addr.to_string()),
-        ],
-    );
-    let yaml = fill(
-        &yaml,
-        &[
-            ("orders", orders.to_string()),
-            ("admin", admin.port().to_string()),
-            ("stable", stable.addr.to_string()),
-            ("canary", canary.addr.to_string()),
-        ],
-    );
-    write_atomic(&file, &yaml);
-    let process = Graylane::spawn_with_env(
-        &dir,
-        &[
-            "serve",
-            "--config",
-            file.to_str().unwrap(),
-            "--workers",
-            "1",
-            "--drain-timeout",
-            "2s",
-        ],
+        &[("orders", orders.to_string())],
         &[("TEST_TOKEN_OPERATOR", OPERATOR)],
-    );
-    let served = Served {
-        process,
-        dir,
-        proxy,
-        admin,
-        stable,
-        canary,
-    };
-    eventually("the admin API to answer", || async {
-        let r = try_get(served.admin, "/readyz", &[]).await.ok()?;
-        (r.status == StatusCode::OK).then_some(())
-    })
-    .await;
-    served
+    )
+    .await
 }
 
 impl Served {
-    async fn api(&self, method: Method, path: &str, body: &str) -> Reply {
-        request(
-            self.admin,
-            method,
-            path,
-            &[("authorization", &format!("Bearer {OPERATOR}"))],
-            body.to_string(),
-        )
-        .await
+    /// An admin API call as the operator.
+    async fn call(&self, method: Method, path: &str, body: &str) -> Reply {
+        self.api(method, path, OPERATOR, body).await
     }
 
     async fn release(&self) -> Value {
-        self.api(Method::GET, "/api/v1/releases/payment", "")
+        self.call(Method::GET, "/api/v1/releases/payment", "")
             .await
             .json()
     }
@@ -181,13 +122,6 @@ impl Served {
             }
             sent
         })
-    }
-
-    async fn stop(mut self) {
-        self.process.signal("TERM");
-        let status = self.process.wait_exit(Duration::from_secs(20));
-        assert_eq!(status.code(), Some(0), "{}", self.process.logs());
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -222,7 +156,7 @@ async fn a_failing_canary_is_rolled_back_by_the_analysis_alone() {
 
     // The verdict and its figures: in the analysis API and the audit log.
     let analysis = s
-        .api(Method::GET, "/api/v1/releases/payment/analysis", "")
+        .call(Method::GET, "/api/v1/releases/payment/analysis", "")
         .await
         .json();
     let latest = &analysis["latest"];
@@ -237,7 +171,7 @@ async fn a_failing_canary_is_rolled_back_by_the_analysis_alone() {
         "{check}"
     );
     let audit = s
-        .api(Method::GET, "/api/v1/audit?limit=200", "")
+        .call(Method::GET, "/api/v1/audit?limit=200", "")
         .await
         .json();
     assert!(
@@ -302,7 +236,7 @@ async fn events_are_attributed_to_variants_and_experiment_results_compare_them()
         .map(|i| json!({"experiment": "search", "key": format!("user-{i}"), "event": "purchase", "value": 10.0}))
         .collect();
     let r = s
-        .api(
+        .call(
             Method::POST,
             "/api/v1/events",
             &Value::Array(events).to_string(),
@@ -315,7 +249,7 @@ async fn events_are_attributed_to_variants_and_experiment_results_compare_them()
     let user = "user-7";
     let served = get(s.proxy, "/search/q", &[("x-user-id", user)]).await;
     let attributed = s
-        .api(
+        .call(
             Method::POST,
             "/api/v1/events",
             &json!({"service": "search", "key": user, "event": "view"}).to_string(),
@@ -328,7 +262,7 @@ async fn events_are_attributed_to_variants_and_experiment_results_compare_them()
     );
 
     let results = s
-        .api(Method::GET, "/api/v1/experiments/search/results", "")
+        .call(Method::GET, "/api/v1/experiments/search/results", "")
         .await
         .json();
     let variants = results["variants"].as_array().unwrap();
@@ -356,11 +290,11 @@ async fn events_are_attributed_to_variants_and_experiment_results_compare_them()
     let before = variants[0]["events"]["purchase"]["count"].as_u64().unwrap();
     let bad = json!([{"service": "search", "key": "u", "event": "purchase"}, {"service": "nope", "key": "u", "event": "purchase"}]);
     let r = s
-        .api(Method::POST, "/api/v1/events", &bad.to_string())
+        .call(Method::POST, "/api/v1/events", &bad.to_string())
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let after = s
-        .api(Method::GET, "/api/v1/experiments/search/results", "")
+        .call(Method::GET, "/api/v1/experiments/search/results", "")
         .await
         .json();
     assert_eq!(
@@ -371,7 +305,7 @@ async fn events_are_attributed_to_variants_and_experiment_results_compare_them()
         "nothing recorded"
     );
     let r = s
-        .api(
+        .call(
             Method::POST,
             "/api/v1/events",
             r#"{"service": "search", "event": "x"}"#,
@@ -384,7 +318,7 @@ async fn events_are_attributed_to_variants_and_experiment_results_compare_them()
         r.text()
     );
     let r = s
-        .api(Method::GET, "/api/v1/experiments/payment/results", "")
+        .call(Method::GET, "/api/v1/experiments/payment/results", "")
         .await;
     assert_eq!(
         r.status,
@@ -399,7 +333,7 @@ async fn without_enough_data_the_analysis_holds_then_pauses_and_says_why() {
     let s = serve("analysis-quiet").await;
     let held = eventually("a hold verdict", || async {
         let a = s
-            .api(Method::GET, "/api/v1/releases/quiet/analysis", "")
+            .call(Method::GET, "/api/v1/releases/quiet/analysis", "")
             .await
             .json();
         (a["latest"]["decision"]["decision"] == "hold").then_some(a)
@@ -417,7 +351,7 @@ async fn without_enough_data_the_analysis_holds_then_pauses_and_says_why() {
         "the analysis to pause the release",
         || async {
             let r = s
-                .api(Method::GET, "/api/v1/releases/quiet", "")
+                .call(Method::GET, "/api/v1/releases/quiet", "")
                 .await
                 .json();
             (r["state"] == "paused").then_some(r)
@@ -532,7 +466,7 @@ async fn a_prometheus_query_check_rolls_back_a_canary_prometheus_sees_failing() 
         "the query check to abort the release",
         || async {
             let r = s
-                .api(Method::GET, "/api/v1/releases/orders", "")
+                .call(Method::GET, "/api/v1/releases/orders", "")
                 .await
                 .json();
             (r["state"] == "aborted").then_some(r)
@@ -542,7 +476,7 @@ async fn a_prometheus_query_check_rolls_back_a_canary_prometheus_sees_failing() 
     done.store(true, Ordering::SeqCst);
     traffic.await.unwrap();
     let analysis = s
-        .api(Method::GET, "/api/v1/releases/orders/analysis", "")
+        .call(Method::GET, "/api/v1/releases/orders/analysis", "")
         .await
         .json();
     let failed = analysis["history"]

@@ -75,81 +75,24 @@ traffic_control:
     - { service: payment, version: canary, fallback: stable }
 "#;
 
-/// A served gateway with its admin API.
-struct Served {
-    process: Graylane,
-    dir: std::path::PathBuf,
-    file: std::path::PathBuf,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    _stable: Upstream,
-    _canary: Upstream,
-}
-
 async fn serve(test: &str, webhooks: &str) -> Served {
-    let dir = temp_dir(test);
-    let file = dir.join("graylane.yaml");
-    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
-    let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
-    let values = vec![
-        ("port", proxy.port().to_string()),
-        ("admin", admin.port().to_string()),
-        ("stable", stable.addr.to_string()),
-        ("canary", canary.addr.to_string()),
-        ("webhooks", webhooks.to_string()),
-    ];
-    write_atomic(&file, &fill(CONFIG, &values));
-    let process = Graylane::spawn_with_env(
-        &dir,
-        &[
-            "serve",
-            "--config",
-            file.to_str().unwrap(),
-            "--workers",
-            "1",
-            "--drain-timeout",
-            "2s",
-            "--watch-interval",
-            "100ms",
-        ],
+    Served::start(
+        test,
+        CONFIG,
+        &[("webhooks", webhooks.to_string())],
         &[
             ("TEST_TOKEN_VIEWER", VIEWER),
             ("TEST_TOKEN_OPERATOR", OPERATOR),
             ("TEST_TOKEN_ADMIN", ADMIN),
         ],
-    );
-    let served = Served {
-        process,
-        dir,
-        file,
-        proxy,
-        admin,
-        _stable: stable,
-        _canary: canary,
-    };
-    eventually("the admin API to answer", || async {
-        let r = try_get(served.admin, "/readyz", &[]).await.ok()?;
-        (r.status == StatusCode::OK).then_some(())
-    })
-    .await;
-    served
+    )
+    .await
 }
 
 impl Served {
-    async fn call(&self, method: Method, path: &str, token: &str, body: &str) -> Reply {
-        let auth = format!("Bearer {token}");
-        let headers: Vec<(&str, &str)> = if token.is_empty() {
-            vec![]
-        } else {
-            vec![("authorization", auth.as_str())]
-        };
-        request(self.admin, method, path, &headers, body.to_string()).await
-    }
-
     async fn release(&self, service: &str) -> Value {
         let r = self
-            .call(
+            .api(
                 Method::GET,
                 &format!("/api/v1/releases/{service}"),
                 VIEWER,
@@ -163,7 +106,7 @@ impl Served {
     /// A release command as the operator; panics unless it is accepted.
     async fn command(&self, service: &str, command: &str, body: Value) -> Value {
         let r = self
-            .call(
+            .api(
                 Method::POST,
                 &format!("/api/v1/releases/{service}/{command}"),
                 OPERATOR,
@@ -191,14 +134,6 @@ impl Served {
             }
         }
         n
-    }
-
-    async fn stop(mut self) {
-        self.process.assert_running();
-        self.process.signal("TERM");
-        let status = self.process.wait_exit(Duration::from_secs(20));
-        assert_eq!(status.code(), Some(0), "{}", self.process.logs());
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -304,7 +239,7 @@ async fn a_canary_walks_its_steps_and_real_traffic_follows() {
     assert_eq!(s.share("/api/payment/x", 50, "stable").await, 50);
 
     let audit = s
-        .call(Method::GET, "/api/v1/audit?limit=50", VIEWER, "")
+        .api(Method::GET, "/api/v1/audit?limit=50", VIEWER, "")
         .await
         .json();
     let actions: Vec<&str> = audit["entries"]
@@ -355,7 +290,7 @@ async fn blue_green_switches_at_once_and_back_and_releases_run_side_by_side() {
         "test traffic reaches the preview"
     );
     let refused = s
-        .call(
+        .api(
             Method::POST,
             "/api/v1/releases/web/weight",
             OPERATOR,
@@ -426,7 +361,7 @@ async fn an_experiment_splits_by_variant_counts_exposures_and_picks_a_winner() {
     );
 
     let refused = s
-        .call(
+        .api(
             Method::POST,
             "/api/v1/releases/search/promote",
             OPERATOR,
@@ -441,7 +376,7 @@ async fn an_experiment_splits_by_variant_counts_exposures_and_picks_a_winner() {
             .contains("--variant")
     );
     let unknown = s
-        .call(
+        .api(
             Method::POST,
             "/api/v1/releases/search/promote",
             OPERATOR,
@@ -498,12 +433,12 @@ async fn every_call_needs_a_token_with_the_right_role() {
     let s = serve("auth", "").await;
     for open in ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"] {
         assert_eq!(
-            s.call(Method::GET, open, "", "").await.status,
+            s.api(Method::GET, open, "", "").await.status,
             StatusCode::OK,
             "{open}"
         );
     }
-    let none = s.call(Method::GET, "/api/v1/releases", "", "").await;
+    let none = s.api(Method::GET, "/api/v1/releases", "", "").await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         (
@@ -513,7 +448,7 @@ async fn every_call_needs_a_token_with_the_right_role() {
         (Some("unauthorized"), Some("viewer"))
     );
     let wrong = s
-        .call(Method::GET, "/api/v1/releases", "not-a-token", "")
+        .api(Method::GET, "/api/v1/releases", "not-a-token", "")
         .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
 
@@ -563,7 +498,7 @@ async fn every_call_needs_a_token_with_the_right_role() {
         ),
     ];
     for (method, path, body, token, want) in cases {
-        let r = s.call(method.clone(), path, token, body).await;
+        let r = s.api(method.clone(), path, token, body).await;
         assert_eq!(r.status, want, "{method} {path} with {token}: {}", r.text());
         if want == StatusCode::FORBIDDEN {
             let body = r.json();
@@ -578,7 +513,7 @@ async fn every_call_needs_a_token_with_the_right_role() {
 async fn the_openapi_document_lists_every_route() {
     let s = serve("openapi", "").await;
     let doc = s
-        .call(Method::GET, "/api/v1/openapi.json", "", "")
+        .api(Method::GET, "/api/v1/openapi.json", "", "")
         .await
         .json();
     let paths = doc["paths"].as_object().expect("paths");
@@ -617,7 +552,7 @@ async fn the_openapi_document_lists_every_route() {
             .replace("{service}", "payment")
             .replace("{n}", "1")
             .replace("{name}", "staff");
-        let r = s.call(m, &concrete, "", "").await;
+        let r = s.api(m, &concrete, "", "").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {concrete}");
     }
     assert_eq!(
@@ -678,7 +613,7 @@ async fn bad_input_gets_a_4xx_that_says_why_and_changes_nothing() {
         ),
     ];
     for (path, body, status, says) in cases {
-        let r = s.call(Method::POST, path, OPERATOR, body).await;
+        let r = s.api(Method::POST, path, OPERATOR, body).await;
         assert_eq!(r.status, status, "{path} {body}: {}", r.text());
         let error = r.json();
         assert!(
@@ -687,7 +622,7 @@ async fn bad_input_gets_a_4xx_that_says_why_and_changes_nothing() {
         );
     }
     let conflict = s
-        .call(
+        .api(
             Method::POST,
             "/api/v1/releases/payment/resume",
             OPERATOR,
@@ -703,7 +638,7 @@ async fn bad_input_gets_a_4xx_that_says_why_and_changes_nothing() {
             .contains(&json!("pause"))
     );
     let unknown = s
-        .call(Method::GET, "/api/v1/releases/nope", VIEWER, "")
+        .api(Method::GET, "/api/v1/releases/nope", VIEWER, "")
         .await
         .json();
     assert_eq!(unknown["services"], json!(["payment", "search", "web"]));
@@ -725,7 +660,7 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
 
     // A dry run validates and shows the diff, and changes nothing.
     let r = s
-        .call(Method::PUT, "/api/v1/config?dry_run=true", ADMIN, &changed)
+        .api(Method::PUT, "/api/v1/config?dry_run=true", ADMIN, &changed)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let dry = r.json();
@@ -744,7 +679,7 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
 
     // An invalid configuration is rejected with every error located; nothing changes.
     let invalid = original.replace("weight: 20", "weight: 120");
-    let r = s.call(Method::PUT, "/api/v1/config", ADMIN, &invalid).await;
+    let r = s.api(Method::PUT, "/api/v1/config", ADMIN, &invalid).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
     let errors = r.json()["errors"].as_array().unwrap().clone();
     assert!(
@@ -755,13 +690,13 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
         "{errors:?}"
     );
     assert_eq!(std::fs::read_to_string(&s.file).unwrap(), original);
-    let current = s.call(Method::GET, "/api/v1/config", VIEWER, "").await;
+    let current = s.api(Method::GET, "/api/v1/config", VIEWER, "").await;
     assert_eq!(current.text(), original);
     assert_eq!(current.headers["x-graylane-revision"], "1");
 
     // Applied: written to the file, recorded as revision 2 by the token's name, in effect.
     let r = s
-        .call(
+        .api(
             Method::PUT,
             "/api/v1/config?message=slower%20canary",
             ADMIN,
@@ -775,7 +710,7 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
     // The file watcher sees the API's own write and records nothing more.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let list = s
-        .call(Method::GET, "/api/v1/config/revisions", VIEWER, "")
+        .api(Method::GET, "/api/v1/config/revisions", VIEWER, "")
         .await
         .json();
     assert_eq!(list["current"], 2);
@@ -802,7 +737,7 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
     write_atomic(&s.file, &by_hand);
     eventually("the file edit to become revision 3", || async {
         let list = s
-            .call(Method::GET, "/api/v1/config/revisions", VIEWER, "")
+            .api(Method::GET, "/api/v1/config/revisions", VIEWER, "")
             .await
             .json();
         (list["current"] == 3).then_some(())
@@ -810,7 +745,7 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
     .await;
 
     let diff = s
-        .call(Method::GET, "/api/v1/config/diff?from=1&to=3", VIEWER, "")
+        .api(Method::GET, "/api/v1/config/diff?from=1&to=3", VIEWER, "")
         .await
         .json();
     let text = diff["diff"].as_str().unwrap();
@@ -825,7 +760,7 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
 
     // Revert: a dry run first, then for real — a new revision with revision 1's text.
     let r = s
-        .call(
+        .api(
             Method::POST,
             "/api/v1/config/revert/1?dry_run=true",
             ADMIN,
@@ -837,7 +772,7 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
     assert!(r["diff"].as_str().unwrap().contains("+          pause: 1s"));
     assert_eq!(std::fs::read_to_string(&s.file).unwrap(), by_hand);
     let r = s
-        .call(Method::POST, "/api/v1/config/revert/1", ADMIN, "")
+        .api(Method::POST, "/api/v1/config/revert/1", ADMIN, "")
         .await
         .json();
     assert_eq!(
@@ -847,7 +782,7 @@ async fn configuration_revisions_apply_dry_run_reject_diff_and_revert() {
     assert_eq!(r["revision"]["source"], "revert");
     assert_eq!(std::fs::read_to_string(&s.file).unwrap(), original);
     let missing = s
-        .call(Method::POST, "/api/v1/config/revert/99", ADMIN, "")
+        .api(Method::POST, "/api/v1/config/revert/99", ADMIN, "")
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(
@@ -916,12 +851,10 @@ async fn a_release_keeps_its_place_through_edits_and_starts_over_for_a_new_candi
         (Some("start"), Some("file"))
     );
     assert_ne!(r["transitions"], canary["transitions"]);
-    let web = s
-        .call(Method::GET, "/api/v1/releases/web", VIEWER, "")
-        .await;
+    let web = s.api(Method::GET, "/api/v1/releases/web", VIEWER, "").await;
     assert_eq!(web.status, StatusCode::NOT_FOUND);
     let list = s
-        .call(Method::GET, "/api/v1/releases", VIEWER, "")
+        .api(Method::GET, "/api/v1/releases", VIEWER, "")
         .await
         .json();
     let names: Vec<&str> = list["releases"]

@@ -495,3 +495,97 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A served gateway
+// ---------------------------------------------------------------------------------------------
+
+/// A `graylane serve` process on free loopback ports in front of two test upstreams, `stable`
+/// and `canary`; its working folder (and store) is the test's own. Killed if dropped.
+pub struct Served {
+    pub process: Graylane,
+    pub dir: PathBuf,
+    pub file: PathBuf,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub stable: Upstream,
+    pub canary: Upstream,
+}
+
+impl Served {
+    /// Writes `template` with `extra` filled in first (its values may use the others), then
+    /// `{port}`, `{admin}`, `{stable}` and `{canary}`; starts serve with `env` (admin tokens)
+    /// and waits for its admin listener.
+    pub async fn start(
+        test: &str,
+        template: &str,
+        extra: &[(&str, String)],
+        env: &[(&str, &str)],
+    ) -> Served {
+        let dir = temp_dir(test);
+        let file = dir.join("graylane.yaml");
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
+        let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
+        let yaml = fill(
+            &fill(template, extra),
+            &[
+                ("port", proxy.port().to_string()),
+                ("admin", admin.port().to_string()),
+                ("stable", stable.addr.to_string()),
+                ("canary", canary.addr.to_string()),
+            ],
+        );
+        write_atomic(&file, &yaml);
+        let process = Graylane::spawn_with_env(
+            &dir,
+            &[
+                "serve",
+                "--config",
+                file.to_str().unwrap(),
+                "--workers",
+                "1",
+                "--drain-timeout",
+                "2s",
+                "--watch-interval",
+                "100ms",
+            ],
+            env,
+        );
+        let served = Served {
+            process,
+            dir,
+            file,
+            proxy,
+            admin,
+            stable,
+            canary,
+        };
+        eventually("the admin API to answer", || async {
+            let r = try_get(served.admin, "/readyz", &[]).await.ok()?;
+            (r.status == StatusCode::OK).then_some(())
+        })
+        .await;
+        served
+    }
+
+    /// An admin API call with `token` (none when empty).
+    pub async fn api(&self, method: http::Method, path: &str, token: &str, body: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        let headers: Vec<(&str, &str)> = if token.is_empty() {
+            vec![]
+        } else {
+            vec![("authorization", auth.as_str())]
+        };
+        request(self.admin, method, path, &headers, body.to_string()).await
+    }
+
+    /// SIGTERM, a clean exit, and the folder removed.
+    pub async fn stop(mut self) {
+        self.process.assert_running();
+        self.process.signal("TERM");
+        let status = self.process.wait_exit(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "{}", self.process.logs());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
