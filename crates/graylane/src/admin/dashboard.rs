@@ -77,15 +77,12 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// `/` (the page) and `/dashboard/...` (its files).
 pub fn router() -> Router<Arc<AdminState>> {
     Router::new()
-        .route("/", get(|headers: HeaderMap| async move { serve("index.html", &headers) }))
         .route(
-            "/dashboard",
-            get(|| async { redirect_home() }),
+            "/",
+            get(|headers: HeaderMap| async move { serve("index.html", &headers) }),
         )
-        .route(
-            "/dashboard/",
-            get(|| async { redirect_home() }),
-        )
+        .route("/dashboard", get(|| async { redirect_home() }))
+        .route("/dashboard/", get(|| async { redirect_home() }))
         .route(
             "/dashboard/{*path}",
             get(|Path(path): Path<String>, headers: HeaderMap| async move {

@@ -119,7 +119,8 @@ async function resume() {
       }
       setToken('');
       showSignIn(err instanceof ApiError && err.status === 401
-        ? `That token was refused: ${err.message}.` : `Cannot sign in: ${err.message}`);
+        ? `Signed out: the server no longer accepts this tab's token (${err.message}). Sign in again.`
+        : `Cannot sign in: ${err.message}`);
       return;
     }
   }

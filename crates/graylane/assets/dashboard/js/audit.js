@@ -8,6 +8,7 @@ import { h, fill, setText, table, timeEl } from './dom.js';
 
 const POLL_MS = 5000;
 const LIMIT = 500;
+const PAGE = 100;
 
 export function mount(root, ctx) {
   const status = h('p', { class: 'muted', role: 'status', text: 'Loading the audit log…' });
@@ -26,11 +27,19 @@ export function mount(root, ctx) {
   root.appendChild(h('section', { 'aria-labelledby': 'audit-title' },
     h('h1', { id: 'audit-title', text: 'Audit log' }), status, form, shown, entries.el));
 
+  // The analysis judges every interval, so 500 entries are many: they are shown a page at a time.
+  let pageRows = PAGE;
+  const more = h('button', { type: 'button', hidden: true, text: `Show ${PAGE} more` });
+  more.addEventListener('click', () => { pageRows += PAGE; renderedKey = ''; render(); });
+  root.firstChild.appendChild(h('p', {}, more));
+
   let all = [];
   let dataKey = '';
   let renderedKey = '';
-  for (const sel of Object.values(filters)) sel.addEventListener('change', render);
-  form.addEventListener('reset', () => setTimeout(render)); // after the selects are reset
+  // Another filter starts again from the first page.
+  const refilter = () => { pageRows = PAGE; render(); };
+  for (const sel of Object.values(filters)) sel.addEventListener('change', refilter);
+  form.addEventListener('reset', () => setTimeout(refilter)); // after the selects are reset
   form.addEventListener('submit', (e) => e.preventDefault());
 
   function render() {
@@ -38,8 +47,10 @@ export function mount(root, ctx) {
     const key = `${dataKey}|${chosen.target}|${chosen.actor}|${chosen.action}`;
     if (key === renderedKey) return;
     renderedKey = key;
-    const rows = all.filter((e) => Object.entries(chosen).every(([k, v]) => v === '' || String(e[k]) === v));
-    setText(shown, `${rows.length} of ${all.length} entries shown.`);
+    const matching = all.filter((e) => Object.entries(chosen).every(([k, v]) => v === '' || String(e[k]) === v));
+    const rows = matching.slice(0, pageRows);
+    setText(shown, `${matching.length} of ${all.length} entries match${rows.length < matching.length ? `; the newest ${rows.length} are shown` : ''}.`);
+    more.hidden = rows.length >= matching.length;
     fill(entries.tbody, rows.length ? rows.map((e) => h('tr', { dataset: { seq: e.seq } },
       h('td', {}, timeEl(e.at || e.at_ms)),
       h('td', { class: 'actor', text: e.actor }),

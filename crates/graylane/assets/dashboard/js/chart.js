@@ -87,7 +87,7 @@ export class LineChart {
     }
     const top = niceCeil(Math.max(max * 1.1, this.minMax));
     ctx.font = font;
-    const labelWidth = Math.max(ctx.measureText(this.format(top)).width, 24);
+    const labelWidth = Math.max(...[0, top / 2, top].map((v) => ctx.measureText(this.format(v)).width), 24);
     const pad = { left: labelWidth + 10, right: 8, top: 8, bottom: 20 };
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
@@ -115,7 +115,10 @@ export class LineChart {
     const step = 5 * 60 * 1000;
     for (let t = Math.ceil(start / step) * step; t <= this.end; t += step) {
       const label = new Date(t).toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
-      ctx.fillText(label, x(t), pad.top + plotH + 5);
+      // A label near an edge is kept inside the canvas.
+      const half = ctx.measureText(label).width / 2;
+      const at = Math.min(Math.max(x(t), half), width - half);
+      ctx.fillText(label, at, pad.top + plotH + 5);
     }
 
     // One line per version; a second without a value (no requests) breaks the line.

@@ -67,7 +67,7 @@ function render(body, x) {
       .map(([name, e]) => `${name}: ${e.count}${e.mean !== null && e.mean !== undefined ? ` (mean ${trim(e.mean, 3)})` : ''}`)
       .join('; ');
     overview.tbody.appendChild(h('tr', { dataset: { variant: v.name } },
-      h('th', { scope: 'row' }, v.name, v.name === x.control ? h('span', { class: 'muted', text: ' (control)' }) : null),
+      h('th', { scope: 'row' }, v.name, v.name === x.control && v.name !== 'control' ? h('span', { class: 'muted', text: ' (control)' }) : null),
       h('td', { text: v.version }),
       h('td', { text: pct(v.weight, 3) }),
       h('td', { class: 'exposures', text: v.exposures }),
@@ -99,8 +99,7 @@ function render(body, x) {
       h('h2', { id: 'srm-title', text: 'Sample ratio' }),
       h('p', {},
         srm.flagged ? badge('SRM alert', 'bad') : badge('SRM ok', 'ok'), ' ',
-        h('span', { text: String(srm.reason ?? '') }), ' ',
-        h('span', { class: 'muted', text: `(χ² ${trim(srm.statistic, 3)}, p ${trim(srm.p_value, 4)})` })),
+        h('span', { text: String(srm.reason ?? '') })),
       srm.flagged ? h('p', { class: 'message error', text: 'The exposures do not match the weights: the split itself is suspect, so the comparisons below may be biased.' }) : null),
     h('h2', { text: 'Variants' }), overview.el,
     h('h2', { text: 'Comparisons' }),

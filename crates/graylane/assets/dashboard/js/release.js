@@ -76,6 +76,8 @@ export function mount(root, ctx, service) {
     fill(weights, weightBar(r),
       r.weight_overridden ? h('p', { class: 'muted', text: 'The candidate\'s weight was set by hand; the next step replaces it.' }) : null,
       r.previous_kept_until ? h('p', { class: 'muted' }, 'Previous version kept until ', timeEl(r.previous_kept_until), '.') : null);
+    // The charts colour versions as the weight bar does, which needs the release.
+    if (buffer.size()) charts.update(buffer, versionOrder(r));
     renderPlan(r);
     renderTimeline(r);
     renderVariants(r);
@@ -127,7 +129,9 @@ export function mount(root, ctx, service) {
       timeEl(t.at || t.at_ms), ' ',
       h('strong', { class: 'actor', text: t.actor }), ' ',
       h('span', { class: 'action', text: t.action }), ' ',
-      h('span', { class: 'muted', text: `${t.from} → ${t.to}, step ${Number(t.step) + 1}, ${r.candidate} ${pct(t.weight, 3)}` }),
+      h('span', { class: 'muted', text: r.strategy === 'canary'
+        ? `${t.from} → ${t.to}, step ${Number(t.step) + 1}, ${r.candidate} ${pct(t.weight, 3)}`
+        : `${t.from} → ${t.to}` }),
       t.reason ? h('q', { class: 'reason', text: t.reason }) : null)));
   }
 
@@ -172,8 +176,7 @@ export function mount(root, ctx, service) {
       }
       throw err;
     }
-    const order = current ? versionOrder(current) : [...buffer.versions.keys()].sort();
-    charts.update(buffer, order);
+    if (current) charts.update(buffer, versionOrder(current));
   });
 
   // ----- analysis -----
@@ -210,6 +213,11 @@ export function mount(root, ctx, service) {
     number.addEventListener('input', () => { dirty = true; slider.value = number.value; });
     apply.addEventListener('click', () => {
       const w = Number(number.value);
+      // An empty field is not 0%: ask rather than send all traffic back to the baseline.
+      if (number.value.trim() === '' || !Number.isFinite(w)) {
+        showResult(false, 'Give the candidate\'s weight as a percentage from 0 to 100.');
+        return;
+      }
       act('set_weight', { weight: w });
     });
     const weightBox = h('div', { class: 'weight-control', hidden: true },

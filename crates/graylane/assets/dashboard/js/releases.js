@@ -67,8 +67,10 @@ function newCard(service) {
   return { el, parts, release: null, fetchedAt: 0 };
 }
 
-/** "step 2 of 4" (the API counts steps from 0). */
+/** "step 2 of 4" (the API counts steps from 0); the other strategies have no steps to count. */
 export function stepText(r) {
+  if (r.strategy === 'experiment') return `${(r.variants || []).length} variants side by side`;
+  if (r.strategy === 'blue_green') return r.state === 'completed' ? 'switched' : 'before the switch';
   if (!r.steps) return 'no steps';
   return `step ${Math.min(r.step + 1, r.steps)} of ${r.steps}`;
 }
@@ -102,9 +104,9 @@ export function nextStepText(r, elapsedS = 0) {
     return `Next step in ${duration(r.pause_remaining_s - elapsedS)}.`;
   }
   if (r.state === 'paused') return 'Paused: waiting for resume.';
-  if (r.pause === 'manual') return 'Waiting for a person to promote (manual step).';
-  if (r.strategy === 'experiment') return 'Running until a winner is picked.';
+  if (r.strategy === 'experiment') return 'Running until a person picks the winner.';
   if (r.strategy === 'blue_green') return 'Waiting for the switch (promote).';
+  if (r.pause === 'manual') return 'Waiting for a person to promote (manual step).';
   return 'Next step when the analysis allows.';
 }
 
