@@ -5,9 +5,12 @@
 //!   API tools need no secret;
 //! * `/api/v1/...` ([`api`]) — releases, configuration revisions and the audit log, behind
 //!   a bearer token whose role ([`auth`]) decides what it may do. Errors are JSON ([`error`]).
+//! * `/` and `/dashboard/...` ([`dashboard`]) — the web dashboard, a page embedded in the binary
+//!   that drives the same API with the token a person signs in with.
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 
 use std::net::SocketAddr;
@@ -75,6 +78,7 @@ pub fn app(state: Arc<AdminState>) -> Router {
             }),
         )
         .merge(api)
+        .merge(dashboard::router())
         .fallback(fallback)
         .with_state(state)
 }
