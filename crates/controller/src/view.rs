@@ -25,6 +25,8 @@ pub struct ReleaseView {
     /// Index of the current step (from 0).
     pub step: usize,
     pub steps: usize,
+    /// The configured steps in order: the candidate's weight and the pause of each.
+    pub plan: Vec<StepView>,
     pub baseline: String,
     pub candidate: String,
     /// The version that is stable now.
@@ -51,6 +53,15 @@ pub struct ReleaseView {
     /// Circuit-breaker state by version (`closed`, `open`, `half_open`), for versions with a
     /// breaker.
     pub circuits: BTreeMap<String, &'static str>,
+}
+
+/// One configured step of a release.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StepView {
+    /// The candidate's percent of the bucketed traffic at this step.
+    pub weight: f64,
+    /// `manual`, a duration such as `5m`, or none.
+    pub pause: Option<String>,
 }
 
 /// The latest analysis decision in one line.
@@ -240,11 +251,15 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
     for share in &routing.shares {
         *weights.entry(name(share.version)).or_insert(0.0) += share.weight.percent();
     }
-    let pause = plan.steps.get(rollout.step).and_then(|s| match s.pause {
+    let pause_text = |pause: Pause| match pause {
         Pause::None => None,
         Pause::Manual => Some("manual".to_string()),
         Pause::For(d) => Some(humantime_like(d)),
-    });
+    };
+    let pause = plan
+        .steps
+        .get(rollout.step)
+        .and_then(|s| pause_text(s.pause));
     let variants_view: Vec<VariantView> = match &plan.kind {
         Kind::Experiment { variants } => variants
             .iter()
@@ -268,6 +283,14 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
         state: rollout.phase.as_str().to_string(),
         step: rollout.step,
         steps: plan.steps.len(),
+        plan: plan
+            .steps
+            .iter()
+            .map(|s| StepView {
+                weight: s.weight.percent(),
+                pause: pause_text(s.pause),
+            })
+            .collect(),
         baseline: name(plan.baseline),
         candidate: name(plan.candidate),
         stable: name(rollout.stable(plan)),

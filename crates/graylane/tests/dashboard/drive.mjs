@@ -286,6 +286,12 @@ try {
     await expectText('#action-result', 'done');
     await expectText('#release-step', 'step 2 of 4');
     await expectText('#release-weights', 'canary 20%');
+    const plan = await $('#step-plan').innerText();
+    for (const want of ['Step 1', 'canary 0%', 'canary 20%', 'now · pause manual', 'canary 50%', 'Step 4', 'canary 100%']) {
+      assert(plan.includes(want), `the step plan shows "${want}": ${JSON.stringify(plan)}`);
+    }
+    const current = await $('#step-plan li[aria-current="step"]').innerText();
+    assert(current.includes('Step 2'), `step 2 is marked current: ${JSON.stringify(current)}`);
     const after = await share('canary');
     assert(after >= 20 && after <= 60, `about 20% of 200 users on canary, got ${after}`);
     console.log(`# canary users of 200: ${before} before, ${after} after promote`);

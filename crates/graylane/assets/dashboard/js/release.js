@@ -101,21 +101,23 @@ export function mount(root, ctx, service) {
       return;
     }
     setText(planNote, `Currently at ${stepText(r)}.`);
-    // The weight each step had, as far as the transitions tell (the plan itself is in the
-    // configuration): the last transition that arrived at that step.
-    const seen = new Map();
-    for (const t of r.transitions || []) seen.set(t.step, t.weight);
-    const items = [];
-    for (let i = 0; i < r.steps; i += 1) {
+    const steps = r.plan || [];
+    const items = steps.map((step, i) => {
       const state = i < r.step || r.state === 'completed' ? 'done' : i === r.step ? 'current' : 'todo';
-      let weight = seen.has(i) ? `${r.candidate} ${pct(seen.get(i), 3)}` : '';
-      if (i === r.step && r.weights) weight = `${r.candidate} ${pct(r.weights[r.candidate] ?? 0, 3)}`;
-      items.push(h('li', { class: state, 'aria-current': state === 'current' ? 'step' : null },
+      let weight = `${r.candidate} ${pct(step.weight, 3)}`;
+      // A weight set by hand replaces the current step's until the next step.
+      if (i === r.step && r.weight_overridden && r.weights) {
+        weight = `${r.candidate} ${pct(r.weights[r.candidate] ?? 0, 3)} (set by hand)`;
+      }
+      const pause = step.pause ? `pause ${step.pause}` : 'no pause';
+      return h('li', { class: state, 'aria-current': state === 'current' ? 'step' : null },
         h('span', { class: 'step-name', text: `Step ${i + 1}` }),
-        weight ? h('span', { class: 'step-weight', text: weight }) : null,
-        state === 'current' ? h('span', { class: 'badge info', text: r.pause ? `now · pause ${r.pause}` : 'now' }) : null,
-        state === 'done' ? h('span', { class: 'visually-hidden', text: '(done)' }) : null));
-    }
+        h('span', { class: 'step-weight', text: weight }),
+        state === 'current'
+          ? h('span', { class: 'badge info', text: `now · ${pause}` })
+          : h('span', { class: 'muted', text: pause }),
+        state === 'done' ? h('span', { class: 'visually-hidden', text: '(done)' }) : null);
+    });
     fill(plan, items);
   }
 
