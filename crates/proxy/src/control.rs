@@ -22,7 +22,7 @@ use graylane_traffic::breaker::{BreakerConfig, CircuitBreaker, Window};
 use graylane_traffic::concurrency::ConcurrencyLimit;
 use graylane_traffic::health::HealthState;
 use graylane_traffic::outlier::{OutlierConfig, OutlierDetector};
-use graylane_traffic::rate::{Decision as RateDecision, KeyedRateLimiter, RateLimiter};
+use graylane_traffic::rate::{KeyedRateLimiter, RateLimiter};
 use graylane_traffic::retry::RetryBudget;
 
 use crate::metrics::UpstreamErrorKind;
@@ -33,9 +33,15 @@ const MAX_KEYS: usize = 100_000;
 /// The monotonic clock the traffic-control state runs on: nanoseconds since the process's
 /// first use of it.
 pub fn now_nanos() -> u64 {
+    nanos_at(Instant::now())
+}
+
+/// [`now_nanos`] at an instant the caller already read, so the request path reads the clock
+/// once for several uses.
+pub fn nanos_at(t: Instant) -> u64 {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
-    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(t.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Stateful parts of the policies, by what they were built from; the gateway keeps one for its
@@ -203,29 +209,34 @@ pub struct LimitAnswer {
 }
 
 impl Limiter {
-    pub async fn check(&self, key: &[u8], now: u64) -> LimitAnswer {
-        let local = |d: RateDecision| LimitAnswer {
+    /// The answer of a limit kept in this process, at once; a limit shared through Redis hands
+    /// back its limiter, to ask with [`check_global`].
+    pub fn check_local(&self, key: &[u8], now: u64) -> Result<LimitAnswer, &GlobalLimiter> {
+        let d = match self {
+            Limiter::Whole(l) => l.check(now),
+            Limiter::PerKey(l) => l.check(key, now),
+            Limiter::Global(g) => return Err(g),
+        };
+        Ok(LimitAnswer {
             allowed: d.allowed,
             limit: d.limit,
             remaining: d.remaining,
             reset_secs: d.reset_secs(),
             retry_after_secs: d.retry_after_secs(),
-        };
-        match self {
-            Limiter::Whole(l) => local(l.check(now)),
-            Limiter::PerKey(l) => local(l.check(key, now)),
-            Limiter::Global(g) => {
-                let d = g.check(&String::from_utf8_lossy(key)).await;
-                let secs = |t: Duration| t.as_secs() + u64::from(t.subsec_nanos() > 0);
-                LimitAnswer {
-                    allowed: d.allowed,
-                    limit: d.limit,
-                    remaining: d.remaining,
-                    reset_secs: secs(d.reset_after),
-                    retry_after_secs: (!d.allowed).then(|| secs(d.retry_after).max(1)),
-                }
-            }
-        }
+        })
+    }
+}
+
+/// A global limit's answer: one round trip to Redis, within the limiter's timeout.
+pub async fn check_global(g: &GlobalLimiter, key: &[u8]) -> LimitAnswer {
+    let d = g.check(&String::from_utf8_lossy(key)).await;
+    let secs = |t: Duration| t.as_secs() + u64::from(t.subsec_nanos() > 0);
+    LimitAnswer {
+        allowed: d.allowed,
+        limit: d.limit,
+        remaining: d.remaining,
+        reset_secs: secs(d.reset_after),
+        retry_after_secs: (!d.allowed).then(|| secs(d.retry_after).max(1)),
     }
 }
 
@@ -241,6 +252,8 @@ pub struct LimitRoute {
 #[derive(Default)]
 pub struct ServiceControl {
     pub limits: Vec<LimitRoute>,
+    /// Some limit is shared through Redis, so checking the limits may wait.
+    pub limits_global: bool,
     pub retry: Option<RetryPolicy>,
 }
 
@@ -408,7 +421,9 @@ pub fn compile(
                 .key
                 .as_ref()
                 .map_or_else(String::new, |k| format!(" per {k}"));
-            services[rl.service].limits.push(LimitRoute {
+            let service = &mut services[rl.service];
+            service.limits_global |= matches!(*limiter, Limiter::Global(_));
+            service.limits.push(LimitRoute {
                 path_prefix: rl.path_prefix.as_deref().map(Into::into),
                 key: rl.key.clone(),
                 limiter,

@@ -63,39 +63,45 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let decision = {
-        let lane = if conn.trusted {
-            req.headers()
-                .get(&X_GRAYLANE_LANE)
-                .and_then(|v| v.to_str().ok())
-        } else {
-            None
-        };
-        let view = RequestView {
-            method: req.method(),
-            host: request_host(&req),
-            path: req.uri().path(),
-            query: req.uri().query(),
-            headers: req.headers(),
-            client_ip: conn.peer.ip(),
-            now_unix_ms: now_unix_ms(),
-            trusted_lane: lane,
-        };
-        snapshot.table.decide(&view)
+    let lane = if conn.trusted {
+        req.headers()
+            .get(&X_GRAYLANE_LANE)
+            .and_then(|v| v.to_str().ok())
+    } else {
+        None
     };
-    let Some(decision) = decision else {
+    // One view of the request for the routing decision and the rate limits' keys.
+    let view = RequestView {
+        method: req.method(),
+        host: request_host(&req),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        client_ip: conn.peer.ip(),
+        now_unix_ms: now_unix_ms(),
+        trusted_lane: lane,
+    };
+    let Some(decision) = snapshot.table.decide(&view) else {
         return not_found(req.uri().path());
     };
     let service = &snapshot.services[decision.service];
     let version = &service.versions[decision.version];
     version.stats.record_decision(worker.id, &decision.reason);
-    if !service.control.limits.is_empty()
-        && let Some(refused) = check_rate_limits(service, &req, &conn).await
-    {
-        version
-            .stats
-            .record_response(worker.id, 429, started.elapsed());
-        return refused;
+    if !service.control.limits.is_empty() {
+        let now = control::nanos_at(started);
+        // A limit shared through Redis may wait on it: that rare path is boxed, so the
+        // future of every request stays as small as the local checks need.
+        let refused = if service.control.limits_global {
+            Box::pin(check_rate_limits_global(service, &view, now)).await
+        } else {
+            check_rate_limits(service, &view, now)
+        };
+        if let Some(refused) = refused {
+            version
+                .stats
+                .record_response(worker.id, 429, started.elapsed());
+            return refused;
+        }
     }
 
     let sticky_cookie = sticky_cookie_to_set(version, &decision);
@@ -206,63 +212,92 @@ pub async fn handle(
     response
 }
 
-/// Checks the service's rate limits that apply to this request; the `429` when one refuses.
-async fn check_rate_limits(
+/// Checks the service's rate limits that apply to this request (all kept in this process);
+/// the `429` when one refuses.
+fn check_rate_limits(
     service: &ServiceRoute,
-    req: &Request<Incoming>,
-    conn: &ConnInfo,
+    view: &RequestView<'_>,
+    now: u64,
 ) -> Option<Response<ProxyBody>> {
-    let path = req.uri().path();
-    let view = RequestView {
-        method: req.method(),
-        host: request_host(req),
-        path,
-        query: req.uri().query(),
-        headers: req.headers(),
-        client_ip: conn.peer.ip(),
-        now_unix_ms: 0,
-        trusted_lane: None,
-    };
-    let now = control::now_nanos();
-    for limit in &service.control.limits {
-        if limit
-            .path_prefix
-            .as_deref()
-            .is_some_and(|p| !path.starts_with(p))
+    for limit in applicable_limits(service, view.path) {
+        let answer = view.with_policy_key(limit.key.as_ref(), |key| {
+            limit.limiter.check_local(key, now)
+        });
+        if let Ok(answer) = answer
+            && !answer.allowed
         {
-            continue;
-        }
-        // The key is copied out of the request view (which borrows the request) for the check,
-        // which may wait on Redis; a local limit answers at once.
-        let key = view.with_policy_key(limit.key.as_ref(), KeyBuf::from_slice);
-        let decision = limit.limiter.check(key.as_slice(), now).await;
-        if !decision.allowed {
-            let mut resp = json_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                serde_json::json!({
-                    "error": "rate limit exceeded",
-                    "service": service.name,
-                    "limit": &*limit.describe,
-                    "retry_after_s": decision.retry_after_secs,
-                }),
-            );
-            let headers = resp.headers_mut();
-            headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(decision.limit));
-            headers.insert(
-                RATELIMIT_REMAINING.clone(),
-                HeaderValue::from(decision.remaining),
-            );
-            headers.insert(
-                RATELIMIT_RESET.clone(),
-                HeaderValue::from(decision.reset_secs),
-            );
-            if let Some(after) = decision.retry_after_secs {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(after));
-            }
-            return Some(resp);
+            return Some(too_many_requests(service, limit, &answer));
         }
     }
     None
+}
+
+/// [`check_rate_limits`] for a service with a limit shared through Redis.
+async fn check_rate_limits_global(
+    service: &ServiceRoute,
+    view: &RequestView<'_>,
+    now: u64,
+) -> Option<Response<ProxyBody>> {
+    for limit in applicable_limits(service, view.path) {
+        let answer = match view.with_policy_key(limit.key.as_ref(), |key| {
+            limit
+                .limiter
+                .check_local(key, now)
+                .map_err(|g| (g, KeyBuf::from_slice(key)))
+        }) {
+            Ok(answer) => answer,
+            // The key is copied out of the request view for the wait on Redis.
+            Err((global, key)) => control::check_global(global, key.as_slice()).await,
+        };
+        if !answer.allowed {
+            return Some(too_many_requests(service, limit, &answer));
+        }
+    }
+    None
+}
+
+fn applicable_limits<'a>(
+    service: &'a ServiceRoute,
+    path: &'a str,
+) -> impl Iterator<Item = &'a control::LimitRoute> {
+    service.control.limits.iter().filter(move |limit| {
+        limit
+            .path_prefix
+            .as_deref()
+            .is_none_or(|p| path.starts_with(p))
+    })
+}
+
+/// The `429` of a refused request: the `RateLimit-*` headers, `Retry-After` and a JSON body
+/// naming the limit.
+fn too_many_requests(
+    service: &ServiceRoute,
+    limit: &control::LimitRoute,
+    answer: &control::LimitAnswer,
+) -> Response<ProxyBody> {
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        serde_json::json!({
+            "error": "rate limit exceeded",
+            "service": service.name,
+            "limit": &*limit.describe,
+            "retry_after_s": answer.retry_after_secs,
+        }),
+    );
+    let headers = resp.headers_mut();
+    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(answer.limit));
+    headers.insert(
+        RATELIMIT_REMAINING.clone(),
+        HeaderValue::from(answer.remaining),
+    );
+    headers.insert(
+        RATELIMIT_RESET.clone(),
+        HeaderValue::from(answer.reset_secs),
+    );
+    if let Some(after) = answer.retry_after_secs {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(after));
+    }
+    resp
 }
 
 /// A rate-limit key copied out of the request: on the stack up to 64 bytes (user ids, IPs), on
@@ -327,15 +362,15 @@ impl Attempts<'_> {
             RequestBody::Streaming { .. } => None,
         };
         let mut streamed = Some(body);
-        let (method, uri, http_version) = (parts.method, parts.uri, parts.version);
-        let mut headers = Some(parts.headers);
+        let mut parts = Some(parts);
         let mut current = first;
         let mut fell_back = false;
         let mut retries = 0;
         loop {
             let version = &service.versions[current];
             let ctl = &version.control;
-            let now = control::now_nanos();
+            let attempt_started = Instant::now();
+            let now = control::nanos_at(attempt_started);
             let token = match ctl.breaker.as_ref().map(|b| b.try_call(now)) {
                 Some(Ok(t)) => Some(t),
                 Some(Err(open)) => {
@@ -380,42 +415,48 @@ impl Attempts<'_> {
                     Err(resp) => return *resp,
                 }
             };
-            // The headers are copied only while another attempt may follow this one.
+            // The request head is copied only while another attempt may follow this one.
             let may_resend = replay.is_some()
                 && (retry.is_some()
                     || (!fell_back && matches!(ctl.fallback, Some(FallbackRoute::Version(_)))));
-            let head = if may_resend {
-                headers.clone()
-            } else {
-                headers.take()
-            };
             let body = match &replay {
                 Some(bytes) => Some(RequestBody::Whole(bytes.clone())),
                 None => streamed.take(),
             };
-            let (Some(head), Some(body)) = (head, body) else {
-                return self.give_up(current, UpstreamErrorKind::Protocol);
+            let mut req = match (may_resend, parts.as_ref(), body) {
+                (true, Some(head), Some(body)) => {
+                    let mut req = Request::new(body);
+                    *req.method_mut() = head.method.clone();
+                    *req.uri_mut() = head.uri.clone();
+                    *req.version_mut() = head.version;
+                    *req.headers_mut() = head.headers.clone();
+                    req
+                }
+                (false, Some(_), Some(body)) => match parts.take() {
+                    Some(head) => Request::from_parts(head, body),
+                    None => return self.give_up(current, UpstreamErrorKind::Protocol),
+                },
+                _ => return self.give_up(current, UpstreamErrorKind::Protocol),
             };
-            let mut req = Request::new(body);
-            *req.method_mut() = method.clone();
-            *req.uri_mut() = uri.clone();
-            *req.version_mut() = http_version;
-            *req.headers_mut() = head;
             prepare_upstream_request(&mut req, self.conn, version);
             let addr = version.endpoints[endpoint].addr;
-            let attempt_started = Instant::now();
             version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
-            let per_try = retry.and_then(|r| r.per_try_timeout);
             let send = self.worker.pool.send(addr, service.connect_timeout, req);
-            let result = tokio::select! {
-                biased;
-                sent = async {
-                    match per_try {
-                        Some(t) => tokio::time::timeout(t, send).await.unwrap_or(Err(crate::upstream::UpstreamError::timeout())),
-                        None => send.await,
+            // Without a per-try timeout the send is awaited as is: wrapping it would move the
+            // whole send future once more on every request.
+            let result = match retry.and_then(|r| r.per_try_timeout) {
+                None => tokio::select! {
+                    biased;
+                    sent = send => Some(sent),
+                    () = &mut *deadline => None,
+                },
+                Some(per_try) => tokio::select! {
+                    biased;
+                    sent = tokio::time::timeout(per_try, send) => {
+                        Some(sent.unwrap_or(Err(crate::upstream::UpstreamError::timeout())))
                     }
-                } => Some(sent),
-                () = &mut *deadline => None,
+                    () = &mut *deadline => None,
+                },
             };
             version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
             let outcome = match &result {
@@ -424,17 +465,19 @@ impl Attempts<'_> {
                 None => AttemptOutcome::Error(UpstreamErrorKind::Timeout),
             };
             let failed = outcome.fails(&ctl.failure_on);
+            let ended = Instant::now();
+            let took = ended - attempt_started;
             if let Some(t) = token {
                 t.record(
-                    control::now_nanos(),
+                    control::nanos_at(ended),
                     graylane_traffic::breaker::Outcome {
                         failed,
-                        duration: attempt_started.elapsed(),
+                        duration: took,
                     },
                 );
             }
             if let Some(o) = &ctl.outlier {
-                o.record(endpoint, control::now_nanos(), !failed);
+                o.record(endpoint, control::nanos_at(ended), !failed);
             }
             drop(permit);
             if let Some(Err(e)) = &result {
@@ -443,48 +486,44 @@ impl Attempts<'_> {
             }
             let out_of_time = result.is_none();
             if !failed || out_of_time {
-                return self.finish(current, fell_back, result);
+                return self.finish(current, fell_back, result, ended);
             }
             // Failed: retry within the policy, else fall back, else answer with the failure.
             let retryable = replay.is_some()
                 && retry.is_some_and(|r| {
                     retries < r.attempts
                         && outcome.fails(&r.retry_on)
-                        && graylane_traffic::retry::is_retryable(
-                            &method,
-                            outcome.reached_upstream(),
-                            false,
-                        )
+                        && parts.as_ref().is_some_and(|head| {
+                            graylane_traffic::retry::is_retryable(
+                                &head.method,
+                                outcome.reached_upstream(),
+                                false,
+                            )
+                        })
                 });
             if retryable && let Some(guard) = retry.and_then(|r| r.budget.try_retry()) {
                 retries += 1;
                 drop(guard);
-                version.stats.record_response(
-                    self.worker.id,
-                    outcome.status_or(502),
-                    attempt_started.elapsed(),
-                );
+                version
+                    .stats
+                    .record_response(self.worker.id, outcome.status_or(502), took);
                 continue;
             }
             match (&ctl.fallback, fell_back) {
                 (Some(FallbackRoute::Version(v)), false) if replay.is_some() && *v != current => {
-                    version.stats.record_response(
-                        self.worker.id,
-                        outcome.status_or(502),
-                        attempt_started.elapsed(),
-                    );
+                    version
+                        .stats
+                        .record_response(self.worker.id, outcome.status_or(502), took);
                     fell_back = true;
                     current = *v;
                 }
                 (Some(FallbackRoute::Static(page)), false) => {
-                    version.stats.record_response(
-                        self.worker.id,
-                        outcome.status_or(502),
-                        attempt_started.elapsed(),
-                    );
+                    version
+                        .stats
+                        .record_response(self.worker.id, outcome.status_or(502), took);
                     return static_response(page);
                 }
-                _ => return self.finish(current, fell_back, result),
+                _ => return self.finish(current, fell_back, result, ended),
             }
         }
     }
@@ -552,6 +591,7 @@ impl Attempts<'_> {
         result: Option<
             Result<Response<crate::upstream::UpstreamBody>, crate::upstream::UpstreamError>,
         >,
+        ended: Instant,
     ) -> Response<ProxyBody> {
         let version = &self.service.versions[current];
         let mut response = match result {
@@ -595,7 +635,7 @@ impl Attempts<'_> {
         version.stats.record_response(
             self.worker.id,
             response.status().as_u16(),
-            self.started.elapsed(),
+            ended - self.started,
         );
         response
     }

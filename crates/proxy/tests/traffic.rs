@@ -1,7 +1,8 @@
 //! Traffic control with real upstreams: rate limits and their 429, a canary whose breaker opens
-//! and whose traffic falls back to stable with no failure the client sees, a static fallback
-//! page, retries past a dead endpoint and its ejection, a concurrency limit that sheds, and
-//! health checks that keep a dead endpoint out of rotation.
+//! and whose traffic falls back to stable with no failure the client sees, then half-opens,
+//! re-opens and closes on the trial calls' outcomes, a static fallback page, retries past a
+//! dead endpoint and its ejection, an ejected endpoint coming back when its ejection ends, a
+//! concurrency limit that sheds, and health checks that keep a dead endpoint out of rotation.
 
 mod common;
 
@@ -273,5 +274,134 @@ traffic_control:
             "the dead endpoint gets no traffic"
         );
     }
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn an_open_breaker_half_opens_after_open_for_and_closes_once_the_canary_recovers() {
+    let stable = Upstream::start("stable");
+    let canary = Upstream::start("canary");
+    canary.set_status(500);
+    let yaml = service(
+        &stable.addr.to_string(),
+        &canary.addr.to_string(),
+        100,
+        "  circuit_breakers:
+    - service: payment
+      version: canary
+      window: { kind: count, size: 10 }
+      minimum_calls: 4
+      failure_rate_threshold: 0.5
+      open_for: 1s
+      half_open_calls: 2
+      fallback: stable
+",
+    );
+    let gateway = start_gateway(config(&yaml));
+    let a = addr(&gateway);
+    let state = |gateway: &graylane_proxy::Gateway, state: &str| {
+        metric_value(
+            &gateway.metrics().encode(),
+            &format!(
+                "graylane_circuit_state{{service=\"payment\",version=\"canary\",state=\"{state}\"}}"
+            ),
+        )
+    };
+    let transitions = |gateway: &graylane_proxy::Gateway| {
+        metric_value(
+            &gateway.metrics().encode(),
+            "graylane_circuit_transitions_total{service=\"payment\",version=\"canary\"}",
+        )
+    };
+    for _ in 0..8 {
+        let r = get(a, "/pay", &[("x-user-id", "u")]).await;
+        assert_eq!(r.status, StatusCode::OK, "the fallback answers");
+    }
+    assert_eq!(canary.received(), 4, "open after minimum_calls failures");
+    assert_eq!(state(&gateway, "open"), Some(1.0));
+
+    // Still failing when the breaker half-opens: both trial calls fail and it opens again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..4 {
+        let r = get(a, "/pay", &[("x-user-id", "u")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["x-graylane-fallback"], "stable");
+    }
+    assert_eq!(
+        canary.received(),
+        6,
+        "the two trial calls reached the canary, nothing after them"
+    );
+    assert_eq!(
+        state(&gateway, "open"),
+        Some(1.0),
+        "failed trials reopen it"
+    );
+    assert_eq!(
+        transitions(&gateway),
+        Some(3.0),
+        "closed → open → half-open → open"
+    );
+
+    // Recovered: after open_for the trial calls pass and the breaker closes; from then on the
+    // canary answers itself.
+    canary.set_status(200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..10 {
+        let r = get(a, "/pay", &[("x-user-id", "u")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.version(), Some("canary"), "request {i}");
+        assert!(
+            !r.headers.contains_key("x-graylane-fallback"),
+            "request {i} was served by the canary itself"
+        );
+    }
+    assert_eq!(canary.received(), 16);
+    assert_eq!(state(&gateway, "closed"), Some(1.0));
+    assert_eq!(transitions(&gateway), Some(5.0), "… → half-open → closed");
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn an_ejected_endpoint_gets_traffic_again_after_its_ejection_time() {
+    let healthy = Upstream::start("b");
+    let flaky = Upstream::start("a");
+    flaky.set_status(500);
+    let yaml = format!(
+        "listeners:
+  - bind: 127.0.0.1:0
+services:
+  - name: payment
+    match: {{ path_prefix: /pay }}
+    versions:
+      stable: {{ endpoints: [\"{}\", \"{}\"] }}
+traffic_control:
+  outlier_detection:
+    - {{ service: payment, consecutive_failures: 2, base_ejection: 1s, max_ejection: 10s, max_ejection_percent: 50 }}
+",
+        flaky.addr, healthy.addr
+    );
+    let gateway = start_gateway(config(&yaml));
+    let a = addr(&gateway);
+    let mut failed = 0;
+    for _ in 0..20 {
+        if get(a, "/pay", &[]).await.status != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 2, "two consecutive 5xx eject the endpoint");
+    assert_eq!(flaky.received(), 2, "an ejected endpoint gets no traffic");
+
+    // Ejection is for a time, not for ever: once it ends the endpoint is back in rotation.
+    flaky.set_status(200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..10 {
+        assert_eq!(get(a, "/pay", &[]).await.status, StatusCode::OK);
+    }
+    assert!(
+        flaky.received() >= 2 + 4,
+        "the endpoint shares the traffic again: {} requests",
+        flaky.received()
+    );
     shutdown(gateway).await;
 }
