@@ -11,7 +11,7 @@ use graylane_config::{Config, Service};
 use graylane_notify::Notifier;
 use graylane_rollout::{Command, Kind, Phase, Plan, Rollout, Transition};
 use graylane_rules::Routing;
-use graylane_store::{NewAuditEntry, NewRevision, RevisionSource, Store};
+use graylane_store::{AuditFilter, NewAuditEntry, NewRevision, RevisionSource, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Observation, Runner, Subject, totals};
@@ -727,10 +727,15 @@ impl Controller {
         ))
     }
 
-    pub fn audit(&self, limit: usize) -> Result<Vec<AuditView>, ControlError> {
+    /// The newest `limit` audit entries that match `filter`, newest first.
+    pub fn audit(
+        &self,
+        filter: &AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<AuditView>, ControlError> {
         Ok(self
             .store
-            .audit(&self.env, limit)?
+            .audit_matching(&self.env, filter, limit)?
             .iter()
             .map(audit_view)
             .collect())

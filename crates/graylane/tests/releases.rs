@@ -1,7 +1,8 @@
 //! Releases driven end to end through the admin API of a real `graylane serve`: a canary walked
 //! through timed and manual steps with real traffic checked at each one, abort / retry /
 //! complete / rollback, blue-green, an experiment, two releases at once, webhooks, the auth
-//! matrix, configuration revisions (apply, dry run, invalid, diff, revert) and bad input.
+//! matrix, configuration revisions (apply, dry run, invalid, diff, revert), the audit log's
+//! filters (API and CLI) and bad input.
 
 mod common;
 
@@ -120,6 +121,15 @@ impl Served {
             r.text()
         );
         r.json()
+    }
+
+    /// `GET /api/v1/audit?{query}` as a viewer; panics unless it answers 200.
+    async fn audit(&self, query: &str) -> Vec<Value> {
+        let r = self
+            .api(Method::GET, &format!("/api/v1/audit?{query}"), VIEWER, "")
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "?{query}: {}", r.text());
+        r.json()["entries"].as_array().unwrap().clone()
     }
 
     /// How many of `users` distinct users `version` serves on `path`.
@@ -983,6 +993,136 @@ async fn the_cli_drives_releases_and_says_what_is_wrong() {
         "a header and 3 entries: {}",
         out.stdout
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_log_is_filtered_on_the_server() {
+    let s = serve("audit-filter", "").await;
+    let r = s
+        .api(
+            Method::POST,
+            "/api/v1/releases/web/promote",
+            ADMIN,
+            r#"{"reason": "switch to green"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Many newer entries by someone else, as the analysis writes one every interval.
+    for weight in 1..=40 {
+        s.command("payment", "weight", json!({ "weight": weight }))
+            .await;
+    }
+    let field = |entries: &[Value], name: &str| -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e[name].as_str().unwrap().to_string())
+            .collect()
+    };
+    let seqs = |entries: &[Value]| -> Vec<u64> {
+        entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+    };
+    let newest_first = |entries: &[Value]| seqs(entries).windows(2).all(|w| w[0] > w[1]);
+
+    let recent = s.audit("limit=20").await;
+    assert_eq!(recent.len(), 20);
+    assert!(
+        field(&recent, "actor").iter().all(|a| a == "otto"),
+        "ada's entry is not among the newest 20: {recent:?}"
+    );
+
+    let ada = s.audit("limit=20&actor=ada").await;
+    assert_eq!(ada.len(), 1, "{ada:?}");
+    assert_eq!(
+        (
+            ada[0]["action"].as_str(),
+            ada[0]["target"].as_str(),
+            ada[0]["reason"].as_str()
+        ),
+        (Some("promote"), Some("web"), Some("switch to green"))
+    );
+
+    let otto = s.audit("actor=otto").await;
+    assert_eq!(otto.len(), 40);
+    assert!(newest_first(&otto), "{:?}", seqs(&otto));
+    assert!(field(&otto, "action").iter().all(|a| a == "set_weight"));
+    assert_eq!(seqs(&otto)[0], seqs(&recent)[0], "the newest entry first");
+
+    let web = s.audit("service=web").await;
+    assert_eq!(field(&web, "target"), ["web", "web"], "{web:?}");
+    assert_eq!(field(&web, "action"), ["promote", "start"]);
+
+    let weights = s.audit("action=set_weight&limit=5").await;
+    assert_eq!(seqs(&weights), seqs(&otto[..5]), "the limit counts matches");
+
+    let both = s
+        .audit("service=payment&actor=otto&action=set_weight")
+        .await;
+    assert_eq!(seqs(&both), seqs(&otto), "every given filter must match");
+    assert!(s.audit("service=payment&actor=ada").await.is_empty());
+    assert!(s.audit("actor=nobody").await.is_empty());
+    assert_eq!(
+        seqs(&s.audit("limit=3&service=&actor=&action=").await),
+        seqs(&recent[..3]),
+        "an empty value is no filter"
+    );
+    let bad = s
+        .api(Method::GET, "/api/v1/audit?limit=0&actor=ada", VIEWER, "")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
+    assert!(bad.json()["error"].as_str().unwrap().contains("limit"));
+
+    // The filters are documented for API clients.
+    let doc = s
+        .api(Method::GET, "/api/v1/openapi.json", "", "")
+        .await
+        .json();
+    let params = doc["paths"]["/api/v1/audit"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    for name in ["limit", "service", "actor", "action"] {
+        let param = params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no parameter {name}: {params:?}"));
+        assert_eq!(param["in"], "query");
+        assert!(param["description"].is_string(), "{param}");
+    }
+
+    // And from the CLI.
+    let admin = format!("http://{}", s.admin);
+    let a = admin.as_str();
+    let out = cli(&["audit", "--admin", a, "--actor", "ada", "--json"], VIEWER).await;
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("--json prints the server's JSON");
+    let entries = json["entries"].as_array().unwrap();
+    assert_eq!(seqs(entries), seqs(&ada), "{}", out.stdout);
+    let out = cli(
+        &[
+            "audit",
+            "--admin",
+            a,
+            "--service",
+            "payment",
+            "--action",
+            "set_weight",
+            "--limit",
+            "3",
+        ],
+        VIEWER,
+    )
+    .await;
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let rows: Vec<&str> = out.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{}", out.stdout);
+    assert!(
+        rows.iter()
+            .all(|l| l.contains("otto") && l.contains("set_weight") && l.contains("payment")),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&["audit", "--admin", a, "--actor", "nobody"], VIEWER).await;
+    assert_eq!(out.stdout, "no audit entries\n", "{out:?}");
     s.stop().await;
 }
 

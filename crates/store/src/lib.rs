@@ -110,7 +110,21 @@ pub trait Store: Send + Sync {
 
     /// The newest `limit` audit entries of `env`, newest first, so a page of recent activity
     /// costs `limit` reads however long the log is.
-    fn audit(&self, env: &str, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    fn audit(&self, env: &str, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_matching(env, &AuditFilter::default(), limit)
+    }
+
+    /// The newest `limit` audit entries of `env` that match `filter`, newest first. The log is
+    /// read newest first and only until `limit` entries matched, so finding a person's recent
+    /// change costs reads back to it, not the whole log, even when the analysis writes an entry
+    /// every second. A filter that matches fewer than `limit` entries reads the whole log of
+    /// `env`: there is no index by actor, target or action.
+    fn audit_matching(
+        &self,
+        env: &str,
+        filter: &AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// The environments that have any data, sorted, so an operator can see what a data
     /// directory holds before picking `--env`.
@@ -206,6 +220,27 @@ pub struct NewAuditEntry {
     pub reason: String,
     /// Anything else worth keeping, as the action defines it.
     pub detail: serde_json::Value,
+}
+
+/// Which audit entries to return: each field that is set must equal the entry's field exactly;
+/// the default matches every entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// What it was done to, e.g. a service name.
+    pub target: Option<String>,
+    /// Who did it.
+    pub actor: Option<String>,
+    /// What was done, e.g. `release.promote`.
+    pub action: Option<String>,
+}
+
+impl AuditFilter {
+    /// Whether an entry with these fields is one this filter asks for. The fields rather than an
+    /// [`AuditEntry`], so that a backend can decide before decoding a whole entry.
+    pub fn matches(&self, target: &str, actor: &str, action: &str) -> bool {
+        let wanted = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        wanted(&self.target, target) && wanted(&self.actor, actor) && wanted(&self.action, action)
+    }
 }
 
 /// A saved audit entry.

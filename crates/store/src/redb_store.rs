@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -8,10 +9,11 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
     TableError, WriteTransaction,
 };
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::{AuditEntry, NewAuditEntry, NewRevision, Revision, RevisionMeta, Store, StoreError};
+use crate::{
+    AuditEntry, AuditFilter, NewAuditEntry, NewRevision, Revision, RevisionMeta, Store, StoreError,
+};
 
 /// The database file's name inside the data directory.
 const FILE_NAME: &str = "graylane.redb";
@@ -287,11 +289,11 @@ impl RedbStore {
         }
     }
 
-    fn decode<T: DeserializeOwned>(
+    fn decode<'de, T: Deserialize<'de>>(
         &self,
         table: &'static str,
         key: impl FnOnce() -> String,
-        bytes: &[u8],
+        bytes: &'de [u8],
     ) -> Result<T, StoreError> {
         serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
             path: self.path.clone(),
@@ -426,20 +428,32 @@ impl Store for RedbStore {
         self.write(&op, env, |txn| self.append_in(&op, txn, env, entry))
     }
 
-    fn audit(&self, env: &str, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    fn audit_matching(
+        &self,
+        env: &str,
+        filter: &AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let op = Op::new(&self.path, "reading the audit log", Some(env));
+        let mut out = Vec::new();
+        // The loop below stops on reaching the limit after a match, which 0 never is.
+        if limit == 0 {
+            return Ok(out);
+        }
         let txn = self.read(&op)?;
         let table = txn.open_table(AUDIT).or_fail(&op)?;
-        let mut out = Vec::new();
-        for row in table
-            .range((env, 0)..=(env, u64::MAX))
-            .or_fail(&op)?
-            .rev()
-            .take(limit)
-        {
+        for row in table.range((env, 0)..=(env, u64::MAX)).or_fail(&op)?.rev() {
             let (key, value) = row.or_fail(&op)?;
             let seq = key.value().1;
-            out.push(self.decode("audit", || format!("({env:?}, {seq})"), value.value())?);
+            let at = || format!("({env:?}, {seq})");
+            let keys: AuditKeys<'_> = self.decode("audit", at, value.value())?;
+            if !filter.matches(&keys.target, &keys.actor, &keys.action) {
+                continue;
+            }
+            out.push(self.decode("audit", at, value.value())?);
+            if out.len() == limit {
+                break;
+            }
         }
         Ok(out)
     }
@@ -455,6 +469,19 @@ impl Store for RedbStore {
         }
         Ok(out)
     }
+}
+
+/// The fields of a stored [`AuditEntry`] that an [`AuditFilter`] compares, borrowed from the
+/// value without building the rest: a filter may pass over thousands of analysis verdicts, whose
+/// `detail` is the bulk of each entry, before it finds a match.
+#[derive(Deserialize)]
+struct AuditKeys<'a> {
+    #[serde(borrow)]
+    target: Cow<'a, str>,
+    #[serde(borrow)]
+    actor: Cow<'a, str>,
+    #[serde(borrow)]
+    action: Cow<'a, str>,
 }
 
 /// What the store was doing, for the context of an error; formatted only when one happens.

@@ -3,7 +3,9 @@
 use std::fs;
 use std::path::Path;
 
-use graylane_store::{NewAuditEntry, NewRevision, RedbStore, RevisionSource, Store, StoreError};
+use graylane_store::{
+    AuditFilter, NewAuditEntry, NewRevision, RedbStore, RevisionSource, Store, StoreError,
+};
 use serde_json::json;
 
 fn new_revision(i: i64, source: RevisionSource) -> NewRevision {
@@ -315,6 +317,97 @@ fn audit_is_newest_first_and_limited() {
         }
     );
     assert!(store.audit("dev", 10).unwrap().is_empty());
+}
+
+#[test]
+fn audit_matching_returns_the_newest_matching_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let by = |i: i64, actor: &str, action: &str, target: &str| NewAuditEntry {
+        actor: actor.into(),
+        ..new_audit(i, action, target)
+    };
+    // bob's two changes are buried under the analysis' verdicts, as in a real log.
+    store
+        .append_audit("prod", by(1, "bob", "release.promote", "payment"))
+        .unwrap();
+    store
+        .append_audit("prod", by(2, "bob", "release.abort", "search"))
+        .unwrap();
+    for i in 3..=20 {
+        store
+            .append_audit("prod", by(i, "analysis", "analysis", "payment"))
+            .unwrap();
+    }
+    store
+        .append_audit("staging", by(21, "bob", "release.promote", "payment"))
+        .unwrap();
+
+    let seqs = |filter: AuditFilter, limit| -> Vec<u64> {
+        store
+            .audit_matching("prod", &filter, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    let actor = |a: &str| AuditFilter {
+        actor: Some(a.into()),
+        ..AuditFilter::default()
+    };
+
+    assert_eq!(seqs(actor("bob"), 100), [2, 1], "older than the newest 18");
+    assert_eq!(seqs(actor("bob"), 1), [2], "the limit counts matches");
+    assert!(seqs(actor("bob"), 0).is_empty());
+    assert_eq!(seqs(actor("analysis"), 3), [20, 19, 18]);
+    assert!(seqs(actor("carol"), 100).is_empty());
+    assert!(seqs(actor("Bob"), 100).is_empty(), "exact match only");
+    let service = |t: &str| AuditFilter {
+        target: Some(t.into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(seqs(service("search"), 100), [2]);
+    assert_eq!(seqs(service("payment"), 100).len(), 19);
+    let all_three = AuditFilter {
+        target: Some("payment".into()),
+        actor: Some("bob".into()),
+        action: Some("release.promote".into()),
+    };
+    assert_eq!(seqs(all_three.clone(), 100), [1]);
+    assert!(
+        seqs(
+            AuditFilter {
+                action: Some("release.abort".into()),
+                ..all_three
+            },
+            100
+        )
+        .is_empty(),
+        "every given field must match"
+    );
+    assert_eq!(
+        seqs(AuditFilter::default(), 5),
+        [20, 19, 18, 17, 16],
+        "the default filter is everything"
+    );
+    assert_eq!(
+        store.audit_matching("prod", &actor("bob"), 1).unwrap()[0],
+        graylane_store::AuditEntry {
+            seq: 2,
+            at_ms: 2_002,
+            actor: "bob".into(),
+            action: "release.abort".into(),
+            target: "search".into(),
+            reason: "reason 2".into(),
+            detail: json!({ "i": 2 }),
+        }
+    );
+    assert!(
+        store
+            .audit_matching("dev", &actor("bob"), 10)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]

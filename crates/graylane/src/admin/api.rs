@@ -14,6 +14,7 @@ use graylane_controller::view::{
     AnalysisView, AuditView, EventAttribution, ReleaseView, RevisionView,
 };
 use graylane_controller::{Action, Actor, ApplyOutcome, ControlError, Controller};
+use graylane_store::AuditFilter;
 use http::{HeaderValue, header};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -675,8 +676,30 @@ async fn revert(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct AuditQuery {
-    /// How many entries (default 100, at most 10000).
+    /// How many matching entries (default 100, at most 10000).
     limit: Option<String>,
+    /// Only entries about this service (the entry's `target`; `config` for configuration
+    /// changes). Exact match; empty or absent: every target.
+    service: Option<String>,
+    /// Only entries by this actor (a token's name, `controller` for the timer, or `analysis`).
+    /// Exact match; empty or absent: every actor.
+    actor: Option<String>,
+    /// Only entries of this action, e.g. `promote` or `config.apply`. Exact match; empty or
+    /// absent: every action.
+    action: Option<String>,
+}
+
+impl AuditQuery {
+    /// The filter the query asks for. An empty value means no filter, so that a form (or
+    /// `?actor=`) with nothing chosen shows everything.
+    fn filter(&self) -> AuditFilter {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        AuditFilter {
+            target: given(&self.service),
+            actor: given(&self.actor),
+            action: given(&self.action),
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -686,7 +709,8 @@ struct AuditList {
     entries: Vec<AuditView>,
 }
 
-/// Every release transition and configuration change, newest first.
+/// Every release transition and configuration change, newest first; `service`, `actor` and
+/// `action` keep only the entries that match, searching back through the whole log.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
     params(AuditQuery),
     responses((status = 200, body = AuditList), (status = 400, body = ErrorBody)))]
@@ -705,9 +729,10 @@ async fn audit(
             }
         },
     };
+    let filter = query.filter();
     let c = controller(&state)?;
     let env = c.env().to_string();
-    let entries = blocking(move || c.audit(limit)).await?;
+    let entries = blocking(move || c.audit(&filter, limit)).await?;
     Ok(Json(AuditList { env, entries }))
 }
 

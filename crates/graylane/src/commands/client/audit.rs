@@ -10,20 +10,34 @@ use super::{AdminArgs, Client};
 
 #[derive(Args)]
 pub struct AuditArgs {
-    /// At most this many entries (the server's default when absent).
+    /// At most this many matching entries (the server's default when absent).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+    /// Only entries about this service (`config` for configuration changes).
+    #[arg(long, value_name = "S")]
+    pub service: Option<String>,
+    /// Only entries by this actor (a token's name, `controller` or `analysis`).
+    #[arg(long, value_name = "A")]
+    pub actor: Option<String>,
+    /// Only entries of this action, e.g. `promote` or `config.apply`.
+    #[arg(long, value_name = "K")]
+    pub action: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
 
 pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin);
-    let query: Vec<(&str, String)> = args
-        .limit
-        .map(|n| ("limit", n.to_string()))
-        .into_iter()
-        .collect();
+    // The server filters, so that entries older than the newest `limit` are found too.
+    let query: Vec<(&str, String)> = [
+        ("limit", args.limit.map(|n| n.to_string())),
+        ("service", args.service),
+        ("actor", args.actor),
+        ("action", args.action),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
+    .collect();
     let answer = client.get("/api/v1/audit", &query)?;
     client.show(answer, |log: AuditLog| audit_table(&log.entries))
 }
