@@ -42,8 +42,8 @@
 //!
 //! # Cost and thread safety
 //!
-//! The closed path takes no lock. `try_call` is one atomic load of the state word plus the
-//! token's reference count; recording is a handful of uncontended-in-the-common-case atomic
+//! The closed path takes no lock. `try_call` is one atomic load of the state word (the token
+//! borrows the breaker: no reference count to write); recording is a handful of uncontended-in-the-common-case atomic
 //! operations on the window (count window: claim a slot, swap the outcome in, adjust running
 //! totals only if the outcome differs from the one it replaced; time window: add to the
 //! current second's bucket and the totals) and three loads to evaluate the rates. The half-open
@@ -175,12 +175,13 @@ pub struct CircuitBreaker {
 }
 
 /// Permission for one call, from [`CircuitBreaker::try_call`]. Report how the call went with
-/// [`record`](CallToken::record). The token owns a handle to its breaker, so the proxy can keep
-/// it with the response body and record when the last byte is sent. Dropping it unrecorded
-/// means the call is not counted (and a half-open trial slot is given back).
+/// [`record`](CallToken::record). The token borrows its breaker rather than sharing ownership:
+/// a reference count would be one more cache line written by every core on every call.
+/// Dropping it unrecorded means the call is not counted (and a half-open trial slot is given
+/// back).
 #[must_use = "record the call's outcome, or drop the token to leave the call uncounted"]
-pub struct CallToken {
-    inner: Arc<Inner>,
+pub struct CallToken<'a> {
+    inner: &'a Inner,
     generation: u64,
     trial: bool,
 }
@@ -484,10 +485,10 @@ impl CircuitBreaker {
     /// Asks to make a call at `now_nanos`. In closed state this always succeeds; in open state
     /// it fails until `open_for` has passed, then the breaker goes half-open and this call is
     /// the first trial; in half-open it succeeds while trial slots are free.
-    pub fn try_call(&self, now_nanos: u64) -> Result<CallToken, Open> {
+    pub fn try_call(&self, now_nanos: u64) -> Result<CallToken<'_>, Open> {
         let inner = &*self.inner;
         let token = |generation, trial| CallToken {
-            inner: Arc::clone(&self.inner),
+            inner: &self.inner,
             generation,
             trial,
         };
@@ -607,12 +608,12 @@ fn rate(part: u64, calls: u64) -> f64 {
     }
 }
 
-impl CallToken {
+impl CallToken<'_> {
     /// Reports how the call went, at `now_nanos`. Outcomes of calls admitted in an earlier
     /// state (the breaker changed while the call ran) are ignored.
     pub fn record(mut self, now_nanos: u64, outcome: Outcome) {
         let trial = std::mem::replace(&mut self.trial, false);
-        let inner = &*self.inner;
+        let inner = self.inner;
         let slow = inner.slow_after.is_some_and(|t| outcome.duration > t);
         if trial {
             inner.record_trial(self.generation, now_nanos, outcome.failed, slow);
@@ -622,7 +623,7 @@ impl CallToken {
     }
 }
 
-impl Drop for CallToken {
+impl Drop for CallToken<'_> {
     fn drop(&mut self) {
         if self.trial {
             self.inner.release_trial(self.generation);
@@ -630,7 +631,7 @@ impl Drop for CallToken {
     }
 }
 
-impl fmt::Debug for CallToken {
+impl fmt::Debug for CallToken<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallToken")
             .field("generation", &self.generation)
