@@ -366,6 +366,8 @@ impl Attempts<'_> {
         let mut current = first;
         let mut fell_back = false;
         let mut retries = 0;
+        // The retry in flight, counted against the budget until the next attempt ends.
+        let mut _retry_in_flight = None;
         loop {
             let version = &service.versions[current];
             let ctl = &version.control;
@@ -501,9 +503,13 @@ impl Attempts<'_> {
                             )
                         })
                 });
+            if retryable {
+                // This request's previous retry (if any) has ended: it no longer counts.
+                _retry_in_flight = None;
+            }
             if retryable && let Some(guard) = retry.and_then(|r| r.budget.try_retry()) {
                 retries += 1;
-                drop(guard);
+                _retry_in_flight = Some(guard);
                 version
                     .stats
                     .record_response(self.worker.id, outcome.status_or(502), took);

@@ -405,3 +405,46 @@ traffic_control:
     );
     shutdown(gateway).await;
 }
+
+#[tokio::test]
+async fn retries_stay_within_the_retry_budget() {
+    let stable = Upstream::start("stable");
+    stable.set_status(503);
+    stable.set_delay(Duration::from_millis(300));
+    let yaml = format!(
+        "listeners:
+  - bind: 127.0.0.1:0
+services:
+  - name: payment
+    match: {{ path_prefix: /pay }}
+    versions:
+      stable: {{ endpoints: [\"{}\"] }}
+traffic_control:
+  retries:
+    - {{ service: payment, attempts: 2, retry_on: [503], budget: 0.01, min_concurrent: 1 }}
+",
+        stable.addr
+    );
+    let gateway = start_gateway(config(&yaml));
+    let a = addr(&gateway);
+    // Ten requests fail at once: without a budget each would be tried three times (30
+    // attempts); with one retry in flight at a time, one request retries while the others
+    // answer with the upstream's failure.
+    let requests: Vec<_> = (0..10)
+        .map(|i| {
+            tokio::spawn(async move {
+                let user = format!("u{i}");
+                get(a, "/pay", &[("x-user-id", user.as_str())]).await.status
+            })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let attempts = stable.received();
+    assert!(
+        (11..=13).contains(&attempts),
+        "10 first attempts and the retries one slot allows, not 30: {attempts}"
+    );
+    shutdown(gateway).await;
+}
