@@ -1,8 +1,9 @@
 //! Traffic control with real upstreams: rate limits and their 429, a canary whose breaker opens
 //! and whose traffic falls back to stable with no failure the client sees, then half-opens,
 //! re-opens and closes on the trial calls' outcomes, a static fallback page, retries past a
-//! dead endpoint and its ejection, an ejected endpoint coming back when its ejection ends, a
-//! concurrency limit that sheds, and health checks that keep a dead endpoint out of rotation.
+//! dead endpoint and its ejection, an ejected endpoint coming back when its ejection ends,
+//! retries held to their budget, a concurrency limit that sheds, health checks that keep a dead
+//! endpoint out of rotation, and a version with no healthy endpoint left served by its fallback.
 
 mod common;
 
@@ -445,6 +446,43 @@ traffic_control:
     assert!(
         (11..=13).contains(&attempts),
         "10 first attempts and the retries one slot allows, not 30: {attempts}"
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn a_version_with_no_healthy_endpoint_sends_its_traffic_to_the_fallback() {
+    let stable = Upstream::start("stable");
+    let dead = closed_port();
+    let yaml = service(
+        &stable.addr.to_string(),
+        &format!("\"{dead}\""),
+        100,
+        "  health_checks:
+    - { service: payment, version: canary, path: /healthz, interval: 100ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 1 }
+  circuit_breakers:
+    - { service: payment, version: canary, fallback: stable }
+",
+    );
+    let gateway = start_gateway(config(&yaml));
+    let a = addr(&gateway);
+    // Let the prober find the canary's only endpoint down.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for i in 0..10 {
+        let user = format!("u{i}");
+        let r = get(a, "/pay", &[("x-user-id", user.as_str())]).await;
+        assert_eq!(r.status, StatusCode::OK, "no failure reaches the client");
+        assert_eq!(r.version(), Some("stable"));
+        assert_eq!(r.headers["x-graylane-fallback"], "stable");
+    }
+    let metrics = gateway.metrics().encode();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "graylane_upstream_errors_total{service=\"payment\",version=\"canary\",kind=\"connect_refused\"}",
+        ),
+        None,
+        "the unhealthy endpoint was never tried: the fallback came from the health check"
     );
     shutdown(gateway).await;
 }
