@@ -9,29 +9,23 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use graylane_config::LoadBalancing;
 use graylane_rules::{Decision, Reason, RequestView};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{ProxyBody, RequestBody};
 use crate::control::{self, AttemptOutcome, FallbackRoute};
+use crate::forward::{self, Forwarding, X_GRAYLANE_LANE};
 use crate::metrics::UpstreamErrorKind;
 use crate::snapshot::{LocalSnapshot, ServiceRoute, VersionRoute};
 use crate::upstream::UpstreamPool;
 
 pub static X_GRAYLANE_VERSION: HeaderName = HeaderName::from_static("x-graylane-version");
-pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lane");
 /// On a response served by a fallback: the version that served it, or `static`.
 pub static X_GRAYLANE_FALLBACK: HeaderName = HeaderName::from_static("x-graylane-fallback");
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 graylane");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// How much of a request body is read before the request is forwarded. A body that ends within
@@ -157,15 +151,15 @@ pub async fn handle(
             .run(decision.version, parts, body, &mut deadline)
             .await;
     }
-    let mut req = Request::from_parts(parts, body);
-    prepare_upstream_request(&mut req, &conn, version);
+    let req = Request::from_parts(parts, body);
+    let forwarding = forwarding(&conn, version);
 
     let endpoint = pick_endpoint(service, version);
     let addr = version.endpoints[endpoint].addr;
     version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
     let result = tokio::select! {
         biased;
-        sent = worker.pool.send(addr, service.connect_timeout, req) => Ok(sent),
+        sent = worker.pool.send(addr, service.connect_timeout, req, &forwarding) => Ok(sent),
         () = &mut deadline => Err(()),
     };
     version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
@@ -173,7 +167,7 @@ pub async fn handle(
     let response = match result {
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            forward::strip_hop_by_hop(&mut parts.headers);
             parts
                 .headers
                 .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
@@ -425,7 +419,7 @@ impl Attempts<'_> {
                 Some(bytes) => Some(RequestBody::Whole(bytes.clone())),
                 None => streamed.take(),
             };
-            let mut req = match (may_resend, parts.as_ref(), body) {
+            let req = match (may_resend, parts.as_ref(), body) {
                 (true, Some(head), Some(body)) => {
                     let mut req = Request::new(body);
                     *req.method_mut() = head.method.clone();
@@ -440,10 +434,13 @@ impl Attempts<'_> {
                 },
                 _ => return self.give_up(current, UpstreamErrorKind::Protocol),
             };
-            prepare_upstream_request(&mut req, self.conn, version);
             let addr = version.endpoints[endpoint].addr;
             version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
-            let send = self.worker.pool.send(addr, service.connect_timeout, req);
+            let forwarding = forwarding(self.conn, version);
+            let send = self
+                .worker
+                .pool
+                .send(addr, service.connect_timeout, req, &forwarding);
             // Without a per-try timeout the send is awaited as is: wrapping it would move the
             // whole send future once more on every request.
             let result = match retry.and_then(|r| r.per_try_timeout) {
@@ -603,7 +600,7 @@ impl Attempts<'_> {
         let mut response = match result {
             Some(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                forward::strip_hop_by_hop(&mut parts.headers);
                 parts
                     .headers
                     .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
@@ -710,44 +707,11 @@ fn sticky_cookie_to_set(version: &VersionRoute, decision: &Decision) -> Option<H
     }
 }
 
-fn prepare_upstream_request<B>(req: &mut Request<B>, conn: &ConnInfo, version: &VersionRoute) {
-    // HTTP/2 clients send the authority in the URI and no Host header; HTTP/1.1 upstreams
-    // want a Host. (The upstream client writes the origin form of the URI itself.)
-    if let Some(authority) = req.uri().authority()
-        && !req.headers().contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        req.headers_mut().insert(header::HOST, host);
-    }
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    // Replaces any lane the client sent: from a trusted hop it has already been honoured by
-    // the decision, from anyone else it must not reach the upstream.
-    headers.insert(X_GRAYLANE_LANE.clone(), version.lane_header.clone());
-    append_forwarded_for(headers, &conn.forwarded_for);
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    headers.append(header::VIA, VIA_VALUE);
-    if !headers.contains_key(&TRACEPARENT) {
-        headers.insert(TRACEPARENT.clone(), new_traceparent());
-    }
-}
-
-fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
-    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prev) => {
-            let mut joined = Vec::with_capacity(prev.len() + 2 + peer.len());
-            joined.extend_from_slice(prev);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
-        }
-        None => Some(peer.clone()),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+fn forwarding<'a>(conn: &'a ConnInfo, version: &'a VersionRoute) -> Forwarding<'a> {
+    Forwarding {
+        lane: &version.lane_header,
+        forwarded_for: &conn.forwarded_for,
+        tls: conn.tls,
     }
 }
 
@@ -755,80 +719,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
 pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&peer.ip().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// A W3C `traceparent` with fresh random trace and span ids, sampled:
-/// `00-<32 hex trace id>-<16 hex span id>-01`, written without a formatting pass.
-fn new_traceparent() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    let ids = [fastrand_u64(), fastrand_u64(), fastrand_u64()];
-    let (trace, span) = out[3..52].split_at_mut(32);
-    let digits = trace.iter_mut().chain(span[1..].iter_mut());
-    for (i, d) in digits.enumerate() {
-        let word = ids[i / 16];
-        let shift = 60 - 4 * (i % 16);
-        *d = HEX[((word >> shift) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// A per-thread xorshift generator seeded from the clock and thread; ids need to be unique,
-/// not secret.
-fn fastrand_u64() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-            let here = &t as *const u64 as u64;
-            (t ^ here.rotate_left(32)) | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x
-    })
-}
-
-/// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
-/// including any the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these, or only `Connection`: scanning the names costs no
-    // hashing, so look before removing anything.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if let Some(conn) = headers.remove(header::CONNECTION)
-        && let Ok(list) = conn.to_str()
-    {
-        for name in list.split(',') {
-            let name = name.trim();
-            if !name.is_empty()
-                && !name.eq_ignore_ascii_case("close")
-                && !name.eq_ignore_ascii_case("keep-alive")
-            {
-                headers.remove(name);
-            }
-        }
-    }
-    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
-        headers.remove(&name);
-    }
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
 }
 
 fn pick_endpoint(service: &ServiceRoute, version: &VersionRoute) -> usize {
@@ -840,8 +730,8 @@ fn pick_endpoint(service: &ServiceRoute, version: &VersionRoute) -> usize {
         LoadBalancing::RoundRobin => version.next.fetch_add(1, Relaxed) % n,
         LoadBalancing::LeastRequest => {
             // Power of two choices: as good as scanning every endpoint, at constant cost.
-            let a = (fastrand_u64() % n as u64) as usize;
-            let b = (fastrand_u64() % n as u64) as usize;
+            let a = (forward::fastrand_u64() % n as u64) as usize;
+            let b = (forward::fastrand_u64() % n as u64) as usize;
             let load = |i: usize| version.endpoints[i].in_flight.load(Relaxed);
             if load(a) <= load(b) { a } else { b }
         }
@@ -895,28 +785,4 @@ fn upstream_failure(
     resp.headers_mut()
         .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparent_has_the_w3c_shape() {
-        let a = new_traceparent();
-        let b = new_traceparent();
-        assert_ne!(a, b);
-        let text = a.to_str().unwrap();
-        let parts: Vec<&str> = text.split('-').collect();
-        assert_eq!(parts.len(), 4, "{text}");
-        assert_eq!((parts[0], parts[3]), ("00", "01"));
-        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
-        assert!(
-            parts[1]
-                .bytes()
-                .chain(parts[2].bytes())
-                .all(|b| b.is_ascii_hexdigit())
-        );
-        assert_ne!(parts[1], "0".repeat(32), "an all-zero trace id is invalid");
-    }
 }

@@ -10,6 +10,7 @@
 //!        ├─ control: rate limits, breakers, fallbacks, …      control.rs
 //!        ├─ snapshot: routing table + per-version values      snapshot.rs
 //!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client upstream.rs
+//!        ├─ forward: the headers an upstream receives         forward.rs
 //!        ├─ body: streamed upstream body or a local one       body.rs
 //!        └─ metrics: per-thread lock-free counters            metrics.rs
 //! ```
@@ -20,6 +21,7 @@
 
 mod body;
 pub mod control;
+mod forward;
 mod gateway;
 mod handler;
 mod health;
@@ -28,7 +30,8 @@ mod server;
 pub mod snapshot;
 mod upstream;
 
+pub use forward::X_GRAYLANE_LANE;
 pub use gateway::{Gateway, GatewayOptions, SegmentError, StartError, UnknownRelease};
-pub use handler::{X_GRAYLANE_FALLBACK, X_GRAYLANE_LANE, X_GRAYLANE_VERSION};
+pub use handler::{X_GRAYLANE_FALLBACK, X_GRAYLANE_VERSION};
 pub use metrics::{Metrics, Observed};
 pub use snapshot::Snapshot;

@@ -29,6 +29,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::forward::Forwarding;
 use crate::metrics::UpstreamErrorKind;
 
 /// Most headers a response head may have (Envoy's default is 100).
@@ -124,6 +125,7 @@ impl UpstreamPool {
         addr: SocketAddr,
         connect_timeout: Duration,
         req: Request<B>,
+        forwarding: &Forwarding<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -138,7 +140,7 @@ impl UpstreamPool {
                 Some(conn) => (conn, true),
                 None => (Conn::connect(addr, connect_timeout).await?, false),
             };
-            let framing = encode_head(&parts, has_body, exact_length, &mut conn.head);
+            let framing = encode_head(&parts, forwarding, has_body, exact_length, &mut conn.head);
             let sent = conn.write_request(framing, &mut body).await;
             let head = match sent {
                 Ok(()) => conn.read_head(&parts.method).await,
@@ -331,6 +333,7 @@ enum RequestFraming {
 /// client used (HTTP/2 clients send an absolute URI). A body of unknown length goes chunked.
 fn encode_head(
     parts: &http::request::Parts,
+    forwarding: &Forwarding<'_>,
     has_body: bool,
     exact_length: Option<u64>,
     out: &mut Vec<u8>,
@@ -341,12 +344,7 @@ fn encode_head(
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    forwarding.write_headers(&parts.uri, &parts.headers, out);
     let framing = if !has_body {
         RequestFraming::Empty
     } else if parts.headers.contains_key(CONTENT_LENGTH) {
@@ -832,8 +830,13 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
+        let forwarding = Forwarding {
+            lane: &HeaderValue::from_static("stable"),
+            forwarded_for: &HeaderValue::from_static("127.0.0.1"),
+            tls: false,
+        };
         assert_eq!(
-            encode_head(&parts, true, None, &mut out),
+            encode_head(&parts, &forwarding, true, None, &mut out),
             RequestFraming::Chunked
         );
         let text = String::from_utf8(out).unwrap();
