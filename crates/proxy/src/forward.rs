@@ -98,32 +98,6 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Removes the hop-by-hop headers of a message (RFC 9110 §7.6.1): the fixed ones and any its
-/// `Connection` header names. For responses, which the server side writes from a `HeaderMap`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these, or only `Connection`: scanning the names costs no
-    // hashing, so look before removing anything.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if let Some(conn) = headers.remove(header::CONNECTION)
-        && let Ok(list) = conn.to_str()
-    {
-        for name in list.split(',') {
-            let name = name.trim();
-            if !name.is_empty()
-                && !name.eq_ignore_ascii_case("close")
-                && !name.eq_ignore_ascii_case("keep-alive")
-            {
-                headers.remove(name);
-            }
-        }
-    }
-    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
-        headers.remove(&name);
-    }
-}
-
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == KEEP_ALIVE

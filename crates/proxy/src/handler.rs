@@ -167,7 +167,6 @@ pub async fn handle(
     let response = match result {
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
-            forward::strip_hop_by_hop(&mut parts.headers);
             parts
                 .headers
                 .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
@@ -600,7 +599,6 @@ impl Attempts<'_> {
         let mut response = match result {
             Some(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
-                forward::strip_hop_by_hop(&mut parts.headers);
                 parts
                     .headers
                     .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());

@@ -11,7 +11,9 @@
 //! Framing follows RFC 9112 §6: a response to HEAD, a 1xx, 204 or 304 has no body; otherwise
 //! `Transfer-Encoding: chunked` wins over `Content-Length`; without either, the body runs to the
 //! end of the connection. Only a connection whose response was read exactly to its end, with no
-//! stray bytes after it and no `Connection: close`, goes back to the pool.
+//! stray bytes after it and no `Connection: close`, goes back to the pool. The response's
+//! hop-by-hop fields (and those its `Connection` header names) are read while the head is
+//! parsed and left out of the response the client gets.
 
 use std::cell::RefCell;
 use std::io;
@@ -22,7 +24,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderName, HeaderValue, SERVER};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -437,28 +439,58 @@ fn parse_head(
         }
     }));
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // One slot more than the upstream sent: the proxy stamps its version header on the way out.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
+    let mut keep_alive = !http10;
+    let mut framing = Framing::default();
+    // Names the upstream's `Connection` header lists besides `close` and `keep-alive`: rare, so
+    // only then is anything kept aside.
+    let mut listed: Vec<Bytes> = Vec::new();
     for span in spans.iter() {
-        let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
-            .map_err(|_| ExchangeError::Protocol("invalid header name in the response".into()))?;
+        let raw_name = &head[span.name.0..span.name.1];
+        let raw_value = &head[span.value.0..span.value.1];
+        // The hop-by-hop fields (RFC 9110 §7.6.1) describe this connection, not the response:
+        // they are read here and never reach the client.
+        let name = match Field::of(raw_name) {
+            Field::Connection => {
+                for token in raw_value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive |= http10;
+                    } else if !token.is_empty() {
+                        listed.push(head.slice_ref(token));
+                    }
+                }
+                continue;
+            }
+            Field::TransferEncoding => {
+                framing.last_transfer_coding = raw_value.rsplit(|&b| b == b',').next();
+                continue;
+            }
+            Field::OtherHopByHop => continue,
+            Field::ContentLength => {
+                framing.add_length(raw_value)?;
+                CONTENT_LENGTH
+            }
+            Field::Known(name) => name,
+            Field::Other => HeaderName::from_bytes(raw_name).map_err(|_| {
+                ExchangeError::Protocol("invalid header name in the response".into())
+            })?,
+        };
         let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
             .map_err(|_| {
                 ExchangeError::Protocol(format!("invalid value of response header {name}"))
             })?;
         headers.append(name, value);
     }
-    let mut keep_alive = !http10;
-    for v in headers.get_all(CONNECTION) {
-        for token in v.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
-                keep_alive = true;
-            }
+    for name in &listed {
+        if let Ok(name) = HeaderName::from_bytes(name) {
+            headers.remove(name);
         }
     }
-    let framing = response_framing(method, status, &headers)?;
+    let framing = framing.decide(method, status);
     if framing == ResponseFraming::Chunked && headers.contains_key(CONTENT_LENGTH) {
         // Both framings at once is a smuggling vector: trust the chunking, drop the length,
         // and do not reuse the connection (RFC 9112 §6.3).
@@ -476,46 +508,84 @@ fn parse_head(
     }))
 }
 
-fn response_framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> Result<ResponseFraming, ExchangeError> {
-    if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(ResponseFraming::Empty);
+/// What a response header name means to the exchange, told from its raw bytes without building
+/// a `HeaderName` for the fields that are read here or dropped.
+enum Field {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    /// Another hop-by-hop field: dropped.
+    OtherHopByHop,
+    /// A name nearly every response carries, without the general lookup.
+    Known(HeaderName),
+    Other,
+}
+
+impl Field {
+    fn of(name: &[u8]) -> Field {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Field::OtherHopByHop,
+            4 if is(b"date") => Field::Known(DATE),
+            6 if is(b"server") => Field::Known(SERVER),
+            7 if is(b"trailer") || is(b"upgrade") => Field::OtherHopByHop,
+            10 if is(b"connection") => Field::Connection,
+            10 if is(b"keep-alive") => Field::OtherHopByHop,
+            12 if is(b"content-type") => Field::Known(CONTENT_TYPE),
+            14 if is(b"content-length") => Field::ContentLength,
+            16 if is(b"proxy-connection") => Field::OtherHopByHop,
+            17 if is(b"transfer-encoding") => Field::TransferEncoding,
+            19 if is(b"proxy-authorization") => Field::OtherHopByHop,
+            _ => Field::Other,
+        }
     }
-    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let last = te
-            .to_str()
-            .unwrap_or("")
-            .rsplit(',')
-            .next()
-            .unwrap_or("")
-            .trim();
-        return Ok(if last.eq_ignore_ascii_case("chunked") {
-            ResponseFraming::Chunked
-        } else {
-            ResponseFraming::UntilClose
-        });
-    }
-    let mut length: Option<u64> = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        for part in v.to_str().unwrap_or("x").split(',') {
-            let n: u64 = part.trim().parse().map_err(|_| {
-                ExchangeError::Protocol("invalid Content-Length in the response".into())
-            })?;
-            if length.is_some_and(|l| l != n) {
+}
+
+/// The framing fields of a response head, gathered while its headers are read.
+#[derive(Default)]
+struct Framing<'a> {
+    /// The last transfer coding of the last `Transfer-Encoding` field.
+    last_transfer_coding: Option<&'a [u8]>,
+    length: Option<u64>,
+}
+
+impl Framing<'_> {
+    /// A `Content-Length` field: a number, or a list of the same number (RFC 9112 §6.3).
+    fn add_length(&mut self, value: &[u8]) -> Result<(), ExchangeError> {
+        for part in value.split(|&b| b == b',') {
+            let n = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ExchangeError::Protocol("invalid Content-Length in the response".into())
+                })?;
+            if self.length.is_some_and(|l| l != n) {
                 return Err(ExchangeError::Protocol(
                     "conflicting Content-Length values in the response".into(),
                 ));
             }
-            length = Some(n);
+            self.length = Some(n);
         }
+        Ok(())
     }
-    Ok(length.map_or(ResponseFraming::UntilClose, ResponseFraming::Length))
+
+    fn decide(&self, method: &Method, status: StatusCode) -> ResponseFraming {
+        if method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return ResponseFraming::Empty;
+        }
+        if let Some(last) = self.last_transfer_coding {
+            return if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                ResponseFraming::Chunked
+            } else {
+                ResponseFraming::UntilClose
+            };
+        }
+        self.length
+            .map_or(ResponseFraming::UntilClose, ResponseFraming::Length)
+    }
 }
 
 enum ExchangeError {
@@ -795,6 +865,29 @@ mod tests {
             &Method::GET,
         );
         assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_and_not_passed_on() {
+        let (h, _) = parse(
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 08:00:00 GMT\r\n\
+              Content-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+              Keep-Alive: timeout=5\r\nX-End: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        assert!(h.keep_alive);
+        let names: Vec<&str> = h.parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["server", "date", "content-type", "x-end"]);
+        assert_eq!(h.parts.headers["content-type"], "text/plain");
+
+        let (h, _) = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nConnection: Close\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(h.framing, ResponseFraming::Length(3));
+        assert!(!h.keep_alive);
+        assert_eq!(h.parts.headers["content-length"], "3, 3");
     }
 
     #[test]
