@@ -471,7 +471,7 @@ fn parse_head(
             }
             Field::OtherHopByHop => continue,
             Field::ContentLength => {
-                framing.add_length(raw_value)?;
+                framing.add_length(raw_value);
                 CONTENT_LENGTH
             }
             Field::Known(name) => name,
@@ -490,7 +490,7 @@ fn parse_head(
             headers.remove(name);
         }
     }
-    let framing = framing.decide(method, status);
+    let framing = framing.decide(method, status)?;
     if framing == ResponseFraming::Chunked && headers.contains_key(CONTENT_LENGTH) {
         // Both framings at once is a smuggling vector: trust the chunking, drop the length,
         // and do not reuse the connection (RFC 9112 §6.3).
@@ -541,50 +541,58 @@ impl Field {
     }
 }
 
-/// The framing fields of a response head, gathered while its headers are read.
+/// The framing fields of a response head, gathered while its headers are read. A bad
+/// `Content-Length` matters only when it frames the body: not under `Transfer-Encoding`, not
+/// for a response that has no body.
 #[derive(Default)]
 struct Framing<'a> {
     /// The last transfer coding of the last `Transfer-Encoding` field.
     last_transfer_coding: Option<&'a [u8]>,
     length: Option<u64>,
+    bad_length: Option<&'static str>,
 }
 
 impl Framing<'_> {
     /// A `Content-Length` field: a number, or a list of the same number (RFC 9112 §6.3).
-    fn add_length(&mut self, value: &[u8]) -> Result<(), ExchangeError> {
+    fn add_length(&mut self, value: &[u8]) {
         for part in value.split(|&b| b == b',') {
             let n = std::str::from_utf8(part.trim_ascii())
                 .ok()
-                .and_then(|t| t.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ExchangeError::Protocol("invalid Content-Length in the response".into())
-                })?;
-            if self.length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Protocol(
-                    "conflicting Content-Length values in the response".into(),
-                ));
+                .and_then(|t| t.parse::<u64>().ok());
+            match n {
+                None => self.bad_length = Some("invalid Content-Length in the response"),
+                Some(n) if self.length.is_some_and(|l| l != n) => {
+                    self.bad_length = Some("conflicting Content-Length values in the response");
+                }
+                Some(n) => self.length = Some(n),
             }
-            self.length = Some(n);
         }
-        Ok(())
     }
 
-    fn decide(&self, method: &Method, status: StatusCode) -> ResponseFraming {
+    fn decide(
+        &self,
+        method: &Method,
+        status: StatusCode,
+    ) -> Result<ResponseFraming, ExchangeError> {
         if method == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
-            return ResponseFraming::Empty;
+            return Ok(ResponseFraming::Empty);
         }
         if let Some(last) = self.last_transfer_coding {
-            return if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 ResponseFraming::Chunked
             } else {
                 ResponseFraming::UntilClose
-            };
+            });
         }
-        self.length
-            .map_or(ResponseFraming::UntilClose, ResponseFraming::Length)
+        if let Some(why) = self.bad_length {
+            return Err(ExchangeError::Protocol(why.into()));
+        }
+        Ok(self
+            .length
+            .map_or(ResponseFraming::UntilClose, ResponseFraming::Length))
     }
 }
 
@@ -904,6 +912,18 @@ mod tests {
             parse_head(&mut buf, &Method::GET, &mut Vec::new()),
             Err(ExchangeError::Protocol(_))
         ));
+        // Where the length frames nothing, a bad one is no error (RFC 9112 §6.3).
+        let (h, _) = parse(
+            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\ntransfer-encoding: chunked\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        assert!(!h.parts.headers.contains_key("content-length"));
+        let (h, _) = parse(
+            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert_eq!(h.framing, ResponseFraming::Empty);
     }
 
     #[test]
