@@ -103,7 +103,9 @@ pub async fn handle(
     // One deadline covers the read-ahead and the upstream exchange: one timer per request,
     // registered only if something has to wait. Running out while the client is still sending
     // its body is the client's failure (408); afterwards it is the upstream's (504).
-    let deadline = tokio::time::sleep(service.request_timeout);
+    // Counted from when the request arrived (no second clock read).
+    let deadline =
+        tokio::time::sleep_until(tokio::time::Instant::from_std(started) + service.request_timeout);
     tokio::pin!(deadline);
     let read = tokio::select! {
         biased;
