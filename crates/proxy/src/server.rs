@@ -317,12 +317,18 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
             // first request have no deadline of their own. A client that sends nothing (or a
             // few bytes) must not hold a connection slot forever, so the first request has to
             // arrive within the same timeout. Later requests are hyper's business.
-            let first_request = async {
-                tokio::time::sleep(ctx.listener.header_read_timeout).await;
+            // Once a request has arrived this is never ready again, and it looks only at the
+            // flag: the connection's task wakes several times per request, and polling the timer
+            // each time would cost more than the request's own routing decision.
+            let mut first_deadline =
+                std::pin::pin!(tokio::time::sleep(ctx.listener.header_read_timeout));
+            let first_request = std::future::poll_fn(|cx| {
                 if requested.get() {
-                    std::future::pending::<()>().await;
+                    // No waker needed: this branch has nothing left to wait for.
+                    return std::task::Poll::Pending;
                 }
-            };
+                first_deadline.as_mut().poll(cx)
+            });
             tokio::select! {
                 _ = connection => {}
                 _ = first_request => tracing::debug!(%peer, "no request within the header read timeout: closing"),
