@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use crate::body::{ProxyBody, RequestBody};
 use crate::control::{self, AttemptOutcome, FallbackRoute};
+use crate::deadline::{Deadline, Deadlines};
 use crate::forward::{self, Forwarding, X_GRAYLANE_LANE};
 use crate::metrics::UpstreamErrorKind;
 use crate::snapshot::{LocalSnapshot, ServiceRoute, VersionRoute};
@@ -48,6 +49,7 @@ pub struct ConnInfo {
 pub struct Worker {
     pub id: usize,
     pub pool: Rc<UpstreamPool>,
+    pub deadlines: Rc<Deadlines>,
 }
 
 pub async fn handle(
@@ -100,13 +102,13 @@ pub async fn handle(
 
     let sticky_cookie = sticky_cookie_to_set(version, &decision);
     let (parts, body) = req.into_parts();
-    // One deadline covers the read-ahead and the upstream exchange: one timer per request,
-    // registered only if something has to wait. Running out while the client is still sending
-    // its body is the client's failure (408); afterwards it is the upstream's (504).
-    // Counted from when the request arrived (no second clock read).
-    let deadline =
-        tokio::time::sleep_until(tokio::time::Instant::from_std(started) + service.request_timeout);
-    tokio::pin!(deadline);
+    // One deadline covers the read-ahead and the upstream exchange, counted from when the
+    // request arrived; it takes a slot in the worker's table only if something has to wait.
+    // Running out while the client is still sending its body is the client's failure (408);
+    // afterwards it is the upstream's (504).
+    let mut deadline = worker
+        .deadlines
+        .at(started.checked_add(service.request_timeout));
     let read = tokio::select! {
         biased;
         read = RequestBody::read_ahead(body, REQUEST_BODY_READ_AHEAD) => Ok(read),
@@ -346,7 +348,7 @@ impl Attempts<'_> {
         first: usize,
         parts: http::request::Parts,
         body: RequestBody,
-        deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+        deadline: &mut Deadline,
     ) -> Response<ProxyBody> {
         let service = self.service;
         let retry = service.control.retry.as_ref();

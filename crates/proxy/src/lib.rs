@@ -11,6 +11,7 @@
 //!        ├─ snapshot: routing table + per-version values      snapshot.rs
 //!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client upstream.rs
 //!        ├─ forward: the headers an upstream receives         forward.rs
+//!        ├─ deadline: request timeouts, one sweeper per worker deadline.rs
 //!        ├─ body: streamed upstream body or a local one       body.rs
 //!        └─ metrics: per-thread lock-free counters            metrics.rs
 //! ```
@@ -21,6 +22,7 @@
 
 mod body;
 pub mod control;
+mod deadline;
 mod forward;
 mod gateway;
 mod handler;

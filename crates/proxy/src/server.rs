@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::deadline::Deadlines;
 use crate::handler::{ConnInfo, Worker, forwarded_for, handle};
 use crate::metrics::Metrics;
 use crate::snapshot::{LocalSnapshot, Snapshot};
@@ -190,7 +191,9 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
     let worker = Rc::new(Worker {
         id: setup.id,
         pool: UpstreamPool::new(setup.max_idle_per_endpoint, setup.idle_timeout),
+        deadlines: Rc::new(Deadlines::default()),
     });
+    tokio::task::spawn_local(Rc::clone(&worker.deadlines).sweep());
     let current = Rc::new(Arc::clone(&setup.snapshot.load()));
     let snapshot = Rc::new(SnapshotCache {
         cache: RefCell::new(Cache::new(Arc::clone(&setup.snapshot))),
