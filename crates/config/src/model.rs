@@ -39,6 +39,45 @@ pub struct Listener {
     /// Open client connections the listener serves at once, across all workers; one more is
     /// accepted and closed at once.
     pub max_connections: usize,
+    /// How request paths are normalised for matching and what the upstream receives.
+    pub paths: PathPolicy,
+    /// What happens to request header names with an underscore.
+    pub headers_with_underscores: UnderscoreHeaders,
+}
+
+/// Request paths are always matched in their normal form (RFC 3986 §6.2.2: unreserved
+/// characters decoded, dot segments removed, repeated slashes merged), so `//`, `/./`, `/x/../`
+/// or `%63` cannot get around a path-scoped rule or limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PathPolicy {
+    /// Send the upstream the path as the client wrote it instead of its normal form.
+    pub forward_raw: bool,
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// What to do with `%2F` and `%5C` (and a raw `\`) in a path: an upstream that decodes them
+/// before routing sees another path than the one graylane matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// `400`: the safe default, as Spring's firewall does.
+    #[default]
+    Reject,
+    /// Forward them as they are: for upstreams known not to decode them.
+    Keep,
+}
+
+/// Header names with `_` are read as `-` by many frameworks (CGI, PHP, Django, Rails), so
+/// `X_Graylane_Lane` would reach them as the lane header. Names that would normalise to one
+/// graylane owns are always dropped; this decides about the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnderscoreHeaders {
+    /// Dropped before the request goes upstream, as nginx does by default.
+    #[default]
+    Drop,
+    /// The request is refused with `400`.
+    Reject,
+    /// Forwarded (except the look-alikes of graylane's own headers).
+    Allow,
 }
 
 impl Listener {
@@ -573,6 +612,10 @@ pub struct CircuitBreaker {
     pub failure_on: FailureKinds,
     /// Where the traffic goes while the breaker is open (or when the version's attempt fails).
     pub fallback: Option<Fallback>,
+    /// A failed attempt of a non-idempotent request (`POST`, `PATCH`) that reached the version
+    /// may be sent again to the fallback version. Off by default: the first upstream may have
+    /// acted on it (a double payment).
+    pub fallback_non_idempotent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,6 +42,15 @@ pub struct RawListener {
     pub trusted_hops: Vec<String>,
     pub header_read_timeout: Option<String>,
     pub max_connections: Option<usize>,
+    pub paths: Option<RawPaths>,
+    pub headers_with_underscores: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    pub forward: Option<String>,
+    pub escaped_slashes: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,6 +350,7 @@ pub struct RawCircuitBreaker {
     pub half_open_calls: Option<u32>,
     pub failure_on: Option<Vec<String>>,
     pub fallback: Option<RawFallback>,
+    pub fallback_non_idempotent: Option<bool>,
 }
 
 /// `fallback: stable` (a version) or a static response.

@@ -103,6 +103,19 @@ impl<'a> Validator<'a> {
                     "must be at least 1: 0 would refuse every client",
                 );
             }
+            let paths = self.path_policy(&path, l.paths.as_ref());
+            let headers_with_underscores = match l.headers_with_underscores.as_deref() {
+                None | Some("drop") => UnderscoreHeaders::Drop,
+                Some("reject") => UnderscoreHeaders::Reject,
+                Some("allow") => UnderscoreHeaders::Allow,
+                Some(other) => {
+                    self.fail(
+                        format!("{path}.headers_with_underscores"),
+                        format!("unknown choice `{other}`: use `drop`, `reject` or `allow`"),
+                    );
+                    UnderscoreHeaders::Drop
+                }
+            };
             if let Some(bind) = bind {
                 out.push((
                     path,
@@ -112,11 +125,37 @@ impl<'a> Validator<'a> {
                         trusted_hops,
                         header_read_timeout,
                         max_connections,
+                        paths,
+                        headers_with_underscores,
                     },
                 ));
             }
         }
         out
+    }
+
+    fn path_policy(&mut self, path: &str, raw: Option<&RawPaths>) -> PathPolicy {
+        let mut policy = PathPolicy::default();
+        let Some(raw) = raw else {
+            return policy;
+        };
+        match raw.forward.as_deref() {
+            None | Some("normalized") => {}
+            Some("raw") => policy.forward_raw = true,
+            Some(other) => self.fail(
+                format!("{path}.paths.forward"),
+                format!("unknown choice `{other}`: use `normalized` or `raw`"),
+            ),
+        }
+        match raw.escaped_slashes.as_deref() {
+            None | Some("reject") => {}
+            Some("keep") => policy.escaped_slashes = EscapedSlashes::Keep,
+            Some(other) => self.fail(
+                format!("{path}.paths.escaped_slashes"),
+                format!("unknown choice `{other}`: use `reject` or `keep`"),
+            ),
+        }
+        policy
     }
 
     fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
@@ -1957,6 +1996,7 @@ impl<'a> Validator<'a> {
             half_open_calls: cb.half_open_calls.unwrap_or(10).max(1),
             failure_on: failure_on?,
             fallback: fallback.map(|f| f.ok_or(())).transpose().ok()?,
+            fallback_non_idempotent: cb.fallback_non_idempotent.unwrap_or(false),
         })
     }
 

@@ -2,7 +2,9 @@
 //! off its connection, or a small body graylane wrote itself (errors, 404). An enum rather than
 //! a boxed body, so a proxied response costs no allocation for its body type.
 
+use std::cell::Cell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -60,7 +62,31 @@ pub enum RequestBody {
     Streaming {
         read: std::collections::VecDeque<Bytes>,
         rest: hyper::body::Incoming,
+        /// Shared with the request path, which must tell a client that stopped sending from
+        /// an upstream that stopped answering.
+        progress: Rc<Cell<ClientBody>>,
     },
+}
+
+/// How far a streamed request body has come from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBody {
+    /// More is expected.
+    Receiving,
+    /// It ended as framed.
+    Received,
+    /// The client's connection failed before it ended.
+    Failed,
+}
+
+impl RequestBody {
+    /// For a streamed body, how far it has come from the client; `None` for one read whole.
+    pub fn progress(&self) -> Option<Rc<Cell<ClientBody>>> {
+        match self {
+            RequestBody::Whole(_) => None,
+            RequestBody::Streaming { progress, .. } => Some(Rc::clone(progress)),
+        }
+    }
 }
 
 impl RequestBody {
@@ -92,7 +118,11 @@ impl RequestBody {
                 read.push_back(data);
             }
         }
-        Ok(RequestBody::Streaming { read, rest: body })
+        Ok(RequestBody::Streaming {
+            read,
+            rest: body,
+            progress: Rc::new(Cell::new(ClientBody::Receiving)),
+        })
     }
 }
 
@@ -117,9 +147,21 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RequestBody::Streaming { read, rest } => match read.pop_front() {
+            RequestBody::Streaming {
+                read,
+                rest,
+                progress,
+            } => match read.pop_front() {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                None => Pin::new(rest).poll_frame(cx),
+                None => {
+                    let frame = Pin::new(rest).poll_frame(cx);
+                    match &frame {
+                        Poll::Ready(None) => progress.set(ClientBody::Received),
+                        Poll::Ready(Some(Err(_))) => progress.set(ClientBody::Failed),
+                        _ => {}
+                    }
+                    frame
+                }
             },
         }
     }
@@ -127,7 +169,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Whole(data) => data.is_none(),
-            RequestBody::Streaming { read, rest } => read.is_empty() && rest.is_end_stream(),
+            RequestBody::Streaming { read, rest, .. } => read.is_empty() && rest.is_end_stream(),
         }
     }
 
@@ -136,7 +178,7 @@ impl Body for RequestBody {
             RequestBody::Whole(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            RequestBody::Streaming { read, rest } => {
+            RequestBody::Streaming { read, rest, .. } => {
                 let buffered: u64 = read.iter().map(|d| d.len() as u64).sum();
                 let hint = rest.size_hint();
                 let mut out = SizeHint::new();

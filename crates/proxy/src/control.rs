@@ -270,6 +270,8 @@ pub struct VersionControl {
     pub breaker: Option<CircuitBreaker>,
     pub failure_on: FailureKinds,
     pub fallback: Option<FallbackRoute>,
+    /// See [`graylane_config::CircuitBreaker::fallback_non_idempotent`].
+    pub fallback_non_idempotent: bool,
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
     pub outlier: Option<Arc<OutlierDetector>>,
     pub health: Option<Arc<HealthState>>,
@@ -369,8 +371,25 @@ pub fn compile(
     let name = |s: usize| config.services[s].name.as_str();
     let vname = |s: usize, v: usize| config.services[s].versions[v].name.as_str();
 
-    for (i, rl) in tc.rate_limits.iter().enumerate() {
-        let key = format!("limit:{i}:{}:{rl:?}", name(rl.service));
+    // State is keyed by names and the settings that shape it, never by positions in the file:
+    // adding a service or a limit before this one, or editing a fallback page, keeps every
+    // limiter's and breaker's state (and its counters) as it was.
+    let mut limit_ids: Vec<String> = Vec::new();
+    for rl in &tc.rate_limits {
+        let route = rl.path_prefix.as_deref().unwrap_or("*");
+        let per_key = rl
+            .key
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |k| k.to_string());
+        let id = format!("{}:{route}:{per_key}", name(rl.service));
+        // Two limits alike in all this are told apart by their order among themselves.
+        let nth = limit_ids.iter().filter(|other| **other == id).count();
+        limit_ids.push(id.clone());
+        let id = if nth == 0 { id } else { format!("{id}#{nth}") };
+        let key = format!(
+            "limit:{id}:{}/{:?}:{}:{:?}",
+            rl.requests, rl.per, rl.burst, rl.backend
+        );
         used.push(key.clone());
         let part = state.part(key, || {
             if let LimitBackend::Redis {
@@ -380,7 +399,7 @@ pub fn compile(
             } = &rl.backend
             {
                 let config = GlobalLimiterConfig {
-                    key_prefix: format!("graylane:ratelimit:{}:{i}:", name(rl.service)),
+                    key_prefix: format!("graylane:ratelimit:{id}:"),
                     requests: rl.requests,
                     per: rl.per,
                     // Redis's burst is on top of the steady rate; the configuration's is the
@@ -445,10 +464,18 @@ pub fn compile(
             Fallback::Version(i) => FallbackRoute::Version(*i),
             Fallback::Static(r) => FallbackRoute::Static(r.clone()),
         });
+        v.fallback_non_idempotent = cb.fallback_non_idempotent;
         let key = format!(
-            "breaker:{}:{}:{cb:?}",
+            "breaker:{}:{}:{:?}:{}:{}:{:?}:{}:{:?}:{}",
             name(cb.service),
-            vname(cb.service, cb.version)
+            vname(cb.service, cb.version),
+            cb.window,
+            cb.minimum_calls,
+            cb.failure_rate_threshold,
+            cb.slow_call_duration,
+            cb.slow_call_rate_threshold,
+            cb.open_for,
+            cb.half_open_calls,
         );
         used.push(key.clone());
         let config = BreakerConfig {
@@ -531,9 +558,13 @@ pub fn compile(
         for v in targets {
             let endpoints = config.services[od.service].versions[v].endpoints.len();
             let key = format!(
-                "outlier:{}:{}:{endpoints}:{od:?}",
+                "outlier:{}:{}:{endpoints}:{}:{:?}:{:?}:{}",
                 name(od.service),
-                vname(od.service, v)
+                vname(od.service, v),
+                od.consecutive_failures,
+                od.base_ejection,
+                od.max_ejection,
+                od.max_ejection_percent,
             );
             used.push(key.clone());
             let detector = OutlierConfig {
@@ -560,10 +591,16 @@ pub fn compile(
         for v in targets {
             let endpoints = config.services[hc.service].versions[v].endpoints.len();
             let key = format!(
-                "health:{}:{}:{:?}:{hc:?}",
+                "health:{}:{}:{:?}:{}:{:?}:{:?}:{}:{}:{:?}",
                 name(hc.service),
                 vname(hc.service, v),
-                config.services[hc.service].versions[v].endpoints
+                config.services[hc.service].versions[v].endpoints,
+                hc.path,
+                hc.interval,
+                hc.timeout,
+                hc.healthy_threshold,
+                hc.unhealthy_threshold,
+                hc.expect,
             );
             used.push(key.clone());
             if let Some(Part::Health(h)) = state.part(key, || {

@@ -1,14 +1,26 @@
 //! The request head an upstream receives: the client's headers minus the hop-by-hop ones (and
 //! those its `Connection` header names) and minus the ones the gateway owns, then the
 //! gateway's own — `X-Graylane-Lane`, `X-Forwarded-For`, `X-Forwarded-Proto`, `Via`, a
-//! `traceparent` when the client sent none, and `Host` for an HTTP/2 client that sent only an
-//! authority.
+//! `traceparent` when the client sent no valid one, and `Host` from the request target's
+//! authority when it has one.
 //!
-//! They are written as bytes straight into the upstream request head while the client's
-//! headers are copied, rather than inserted into the request's `HeaderMap` first: each insert
-//! hashes a name and may grow the map, and on a small GET that bookkeeping cost more than the
-//! rest of building the head.
+//! Framing is the gateway's decision alone: the client's `Content-Length` and
+//! `Transfer-Encoding` never reach the upstream (the head's framing line is written by
+//! `upstream::encode_head` from the body graylane actually sends), and a `Connection` header can
+//! nominate only the client's own extension headers — never `Host`, a framing header or one the
+//! gateway writes. Otherwise `Connection: content-length` strips the length while the body is
+//! still sent, and the upstream reads that body as the next request on a pooled connection.
+//!
+//! Header names with `_` are dropped when they would read as one of the gateway's headers once
+//! a framework turns `_` into `-` (`X_Graylane_Lane`), and the rest follow the listener's
+//! `headers_with_underscores`.
+//!
+//! The gateway's headers are written as bytes straight into the upstream request head while the
+//! client's headers are copied, rather than inserted into the request's `HeaderMap` first: each
+//! insert hashes a name and may grow the map, and on a small GET that bookkeeping cost more than
+//! the rest of building the head.
 
+use graylane_config::UnderscoreHeaders;
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -16,6 +28,7 @@ pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lan
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const VIA_VALUE: &[u8] = b"1.1 graylane";
@@ -30,10 +43,15 @@ pub struct Forwarding<'a> {
     pub forwarded_for: &'a HeaderValue,
     /// The client connection is TLS (`X-Forwarded-Proto: https`).
     pub tls: bool,
+    /// The path to send instead of the request target's (its normal form), if they differ.
+    pub path: Option<&'a str>,
+    /// The listener's policy for header names with `_`.
+    pub underscores: UnderscoreHeaders,
 }
 
 impl Forwarding<'_> {
-    /// Writes the header lines of the request head (`name: value\r\n` each) into `out`.
+    /// Writes the header lines of the request head (`name: value\r\n` each) into `out`, all
+    /// but the framing line.
     pub fn write_headers(&self, uri: &Uri, headers: &HeaderMap, out: &mut Vec<u8>) {
         // A `Connection` header is rare on requests that reach a proxy; only then is every
         // name also checked against the ones it lists.
@@ -51,24 +69,32 @@ impl Forwarding<'_> {
                 })
             })
         };
-        let (mut host, mut traceparent, mut forwarded_for) = (false, false, false);
+        // An authority in the target (absolute form, or HTTP/2's `:authority`) replaces any
+        // `Host` (RFC 9112 §3.2.2): routing used it, so the upstream must get the same host.
+        let authority = uri.authority();
+        let trace = incoming_trace(headers);
+        let mut forwarded_for = false;
         for (name, value) in headers {
-            if name == header::HOST {
-                host = true;
-            } else if name == TRACEPARENT {
-                traceparent = true;
+            let keep = if name == header::HOST {
+                authority.is_none()
+            } else if name == TRACEPARENT || name == TRACESTATE {
+                trace != Trace::Invalid
             } else if name == X_FORWARDED_FOR {
                 forwarded_for = true;
-                continue;
-            } else if is_hop_by_hop(name) || name == X_GRAYLANE_LANE || name == X_FORWARDED_PROTO {
-                continue;
+                false
+            } else {
+                !(is_hop_by_hop(name)
+                    || name == header::CONTENT_LENGTH
+                    || name == X_GRAYLANE_LANE
+                    || name == X_FORWARDED_PROTO
+                    || (name.as_str().contains('_') && !self.underscore_allowed(name))
+                    || (connection.is_some() && listed(name) && name != header::VIA))
+            };
+            if keep {
+                line(out, name.as_str().as_bytes(), value.as_bytes());
             }
-            if connection.is_some() && listed(name) {
-                continue;
-            }
-            line(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        if !host && let Some(authority) = uri.authority() {
+        if let Some(authority) = authority {
             line(out, b"host", authority.as_str().as_bytes());
         }
         line(out, b"x-graylane-lane", self.lane.as_bytes());
@@ -85,10 +111,79 @@ impl Forwarding<'_> {
         line(out, b"x-forwarded-proto", proto);
         // After any `Via` the client sent: the list stays in the order of the hops.
         line(out, b"via", VIA_VALUE);
-        if !traceparent {
+        if trace != Trace::Valid {
             line(out, b"traceparent", &new_traceparent());
         }
     }
+
+    /// Whether a client header whose name has an `_` may go upstream.
+    fn underscore_allowed(&self, name: &HeaderName) -> bool {
+        self.underscores == UnderscoreHeaders::Allow && !reads_as_gateway_header(name.as_str())
+    }
+}
+
+/// Whether `name`, with each `_` read as `-` (as CGI-style frameworks do), is a header the
+/// gateway writes or decides on.
+pub fn reads_as_gateway_header(name: &str) -> bool {
+    const OWNED: [&str; 10] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "via",
+        "traceparent",
+        "tracestate",
+    ];
+    let same = |a: &str, b: &str| {
+        a.len() == b.len()
+            && a.bytes()
+                .zip(b.bytes())
+                .all(|(x, y)| x.to_ascii_lowercase() == y || (x == b'_' && y == b'-'))
+    };
+    let prefix = "x-graylane-";
+    OWNED.iter().any(|owned| same(name, owned))
+        || name.get(..prefix.len()).is_some_and(|p| same(p, prefix))
+}
+
+/// The client's W3C trace context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trace {
+    Absent,
+    /// One well-formed `traceparent`: forwarded with its `tracestate`.
+    Valid,
+    /// Malformed or repeated: dropped with its `tracestate`, and a new trace is started (W3C
+    /// Trace Context §4.3), so a client cannot make every hop log garbage or a chosen id.
+    Invalid,
+}
+
+fn incoming_trace(headers: &HeaderMap) -> Trace {
+    let mut values = headers.get_all(&TRACEPARENT).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Trace::Absent,
+        (Some(v), None) if valid_traceparent(v.as_bytes()) => Trace::Valid,
+        _ => Trace::Invalid,
+    }
+}
+
+/// `version-traceid-parentid-flags`, lower-case hex, W3C Trace Context §3.2: version `ff` and
+/// all-zero ids are invalid; a later version may append fields after a `-`.
+fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let zero = |s: &[u8]| s.iter().all(|&b| b == b'0');
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return false;
+    }
+    let (version, trace, parent, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
+    let fields_ok = hex(version) && hex(trace) && hex(parent) && hex(flags);
+    let length_ok = if version == b"00" {
+        v.len() == 55
+    } else {
+        v.len() == 55 || v[55] == b'-'
+    };
+    fields_ok && version != b"ff" && !zero(trace) && !zero(parent) && length_ok
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -171,6 +266,15 @@ mod tests {
     }
 
     fn head(uri: &str, headers: &[(&str, &str)], tls: bool) -> String {
+        head_with(uri, headers, tls, UnderscoreHeaders::Drop)
+    }
+
+    fn head_with(
+        uri: &str,
+        headers: &[(&str, &str)],
+        tls: bool,
+        underscores: UnderscoreHeaders,
+    ) -> String {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(
@@ -182,6 +286,8 @@ mod tests {
             lane: &HeaderValue::from_static("canary"),
             forwarded_for: &HeaderValue::from_static("10.0.0.7"),
             tls,
+            path: None,
+            underscores,
         };
         let mut out = Vec::new();
         forwarding.write_headers(&uri.parse().unwrap(), &map, &mut out);
@@ -236,5 +342,116 @@ mod tests {
         assert_eq!(lines[5], "via: 1.1 graylane");
         assert!(lines[6].starts_with("traceparent: 00-"), "{text}");
         assert_eq!(lines.len(), 7);
+    }
+
+    #[test]
+    fn connection_cannot_nominate_framing_host_or_the_gateways_headers() {
+        for nominated in [
+            "content-length",
+            "Content-Length",
+            "close, content-length",
+            "transfer-encoding",
+            "host",
+            "x-forwarded-for",
+            "x-graylane-lane",
+            "traceparent",
+            "via",
+        ] {
+            let text = head(
+                "/orders",
+                &[
+                    ("host", "shop.example"),
+                    ("content-length", "40"),
+                    ("connection", nominated),
+                    ("via", "1.1 edge"),
+                    (
+                        "traceparent",
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    ),
+                ],
+                false,
+            );
+            assert!(
+                text.contains("host: shop.example\r\n"),
+                "{nominated}: {text}"
+            );
+            assert!(text.contains("via: 1.1 edge\r\n"), "{nominated}: {text}");
+            assert!(
+                text.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c"),
+                "{nominated}: {text}"
+            );
+            assert!(
+                text.contains("x-graylane-lane: canary\r\n"),
+                "{nominated}: {text}"
+            );
+            assert!(
+                !text.to_ascii_lowercase().contains("content-length"),
+                "the framing line is the gateway's, written apart: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_authority_in_the_target_replaces_the_host_header() {
+        let text = head(
+            "http://a.example/orders",
+            &[("host", "b.example"), ("x-user-id", "u-1")],
+            false,
+        );
+        assert!(text.contains("host: a.example\r\n"), "{text}");
+        assert!(!text.contains("b.example"), "{text}");
+    }
+
+    #[test]
+    fn underscore_names_never_pass_as_the_gateways_headers() {
+        let sent = [
+            ("x_graylane_lane", "forged"),
+            ("X_Forwarded_For", "1.2.3.4"),
+            ("x_user_id", "u-1"),
+            ("x-user-id", "u-2"),
+        ];
+        let dropped = head_with("/", &sent, false, UnderscoreHeaders::Drop);
+        assert!(!dropped.contains('_'), "{dropped}");
+        assert!(dropped.contains("x-user-id: u-2\r\n"), "{dropped}");
+        let allowed = head_with("/", &sent, false, UnderscoreHeaders::Allow);
+        assert!(allowed.contains("x_user_id: u-1\r\n"), "{allowed}");
+        assert!(!allowed.contains("forged"), "{allowed}");
+        assert!(!allowed.contains("1.2.3.4"), "{allowed}");
+        assert!(reads_as_gateway_header("X_GRAYLANE_anything"));
+        assert!(reads_as_gateway_header("content_length"));
+        assert!(!reads_as_gateway_header("x_graylan"));
+    }
+
+    #[test]
+    fn an_invalid_or_repeated_traceparent_starts_a_new_trace() {
+        let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        for bad in [
+            "garbage",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ] {
+            let text = head(
+                "/",
+                &[("traceparent", bad), ("tracestate", "vendor=forged")],
+                false,
+            );
+            assert!(!text.contains(bad), "{bad}: {text}");
+            assert!(!text.contains("vendor=forged"), "{bad}: {text}");
+            assert_eq!(text.matches("traceparent: 00-").count(), 1, "{text}");
+        }
+        let twice = head("/", &[("traceparent", good), ("traceparent", good)], false);
+        assert!(!twice.contains(good), "{twice}");
+        let kept = head("/", &[("traceparent", good), ("tracestate", "v=1")], false);
+        assert!(
+            kept.contains(good) && kept.contains("tracestate: v=1"),
+            "{kept}"
+        );
+        assert!(valid_traceparent(
+            b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later"
+        ));
     }
 }

@@ -2,18 +2,20 @@
 //! response. Everything per version (header values, metric handles) was prepared in the
 //! [`Snapshot`]; this code reads borrowed request bytes and allocates only on error paths.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use graylane_config::LoadBalancing;
-use graylane_rules::{Decision, Reason, RequestView};
+use graylane_config::{LoadBalancing, PathPolicy, UnderscoreHeaders};
+use graylane_rules::{Decision, Reason, RequestView, path};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{ClientBody, ProxyBody, RequestBody};
 use crate::control::{self, AttemptOutcome, FallbackRoute};
 use crate::deadline::{Deadline, Deadlines};
 use crate::forward::{self, Forwarding, X_GRAYLANE_LANE};
@@ -43,6 +45,10 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer is a trusted hop: its `x-graylane-lane` is honoured.
     pub trusted: bool,
+    /// The listener's path normalisation settings.
+    pub paths: PathPolicy,
+    /// The listener's policy for header names with `_`.
+    pub underscores: UnderscoreHeaders,
 }
 
 /// Per-thread state of the request path.
@@ -59,6 +65,23 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    if let Some(refused) = refusal(&req, &conn) {
+        return refused;
+    }
+    // Rules and limits see the path in its normal form; it goes upstream in that form too
+    // unless the listener keeps the raw one. `None`: the path is normal already.
+    let normalized = match path::normalize(req.uri().path(), conn.paths.escaped_slashes) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(p)) => Some(p),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "the request path is not accepted",
+                e.describe(),
+            );
+        }
+    };
+    let forward_path = normalized.as_deref().filter(|_| !conn.paths.forward_raw);
     let lane = if conn.trusted {
         req.headers()
             .get(&X_GRAYLANE_LANE)
@@ -70,7 +93,7 @@ pub async fn handle(
     let view = RequestView {
         method: req.method(),
         host: request_host(&req),
-        path: req.uri().path(),
+        path: normalized.as_deref().unwrap_or(req.uri().path()),
         query: req.uri().query(),
         headers: req.headers(),
         client_ip: conn.peer.ip(),
@@ -147,6 +170,7 @@ pub async fn handle(
         let attempt = Attempts {
             worker: &worker,
             conn: &conn,
+            forward_path,
             service,
             started,
             sticky_cookie,
@@ -155,8 +179,9 @@ pub async fn handle(
             .run(decision.version, parts, body, &mut deadline)
             .await;
     }
+    let progress = body.progress();
     let req = Request::from_parts(parts, body);
-    let forwarding = forwarding(&conn, version);
+    let forwarding = forwarding(&conn, version, forward_path);
 
     let endpoint = pick_endpoint(service, version);
     let addr = version.endpoints[endpoint].addr;
@@ -167,6 +192,9 @@ pub async fn handle(
         () = &mut deadline => Err(()),
     };
     version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
+    if let Some(fault) = client_fault(progress.as_deref(), &result) {
+        return client_body_failure(fault, service, version, &worker, started, &conn);
+    }
 
     let response = match result {
         Ok(Ok(resp)) => {
@@ -207,6 +235,50 @@ pub async fn handle(
         .stats
         .record_response(worker.id, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Whether a failed exchange was the client's doing rather than the upstream's: its streamed
+/// body stopped arriving before the request's time ran out (`408`), or its connection broke
+/// off mid-body (`400`). Such a failure is not the version's: it must not count as an upstream
+/// error, or a client could push a canary into rollback by sending slowly.
+fn client_fault<T, E>(
+    progress: Option<&Cell<ClientBody>>,
+    result: &Result<Result<T, E>, ()>,
+) -> Option<StatusCode> {
+    client_fault_of(progress, result.is_err(), matches!(result, Ok(Err(_))))
+}
+
+fn client_fault_of(
+    progress: Option<&Cell<ClientBody>>,
+    timed_out: bool,
+    failed: bool,
+) -> Option<StatusCode> {
+    match progress.map(Cell::get)? {
+        ClientBody::Receiving if timed_out => Some(StatusCode::REQUEST_TIMEOUT),
+        ClientBody::Failed if timed_out || failed => Some(StatusCode::BAD_REQUEST),
+        _ => None,
+    }
+}
+
+/// The answer to a request whose body the client did not finish sending.
+fn client_body_failure(
+    status: StatusCode,
+    service: &ServiceRoute,
+    version: &VersionRoute,
+    worker: &Worker,
+    started: Instant,
+    conn: &ConnInfo,
+) -> Response<ProxyBody> {
+    let what = if status == StatusCode::REQUEST_TIMEOUT {
+        "the request body did not arrive in time"
+    } else {
+        "the request body broke off before its end"
+    };
+    tracing::debug!(service = %service.name, version = %version.name, peer = %conn.peer, "{what}");
+    version
+        .stats
+        .record_response(worker.id, status.as_u16(), started.elapsed());
+    refuse(status, what, &format!("{:?}", service.request_timeout))
 }
 
 /// Checks the service's rate limits that apply to this request (all kept in this process);
@@ -330,6 +402,7 @@ impl KeyBuf {
 struct Attempts<'a> {
     worker: &'a Worker,
     conn: &'a ConnInfo,
+    forward_path: Option<&'a str>,
     service: &'a ServiceRoute,
     started: Instant,
     sticky_cookie: Option<HeaderValue>,
@@ -358,6 +431,7 @@ impl Attempts<'_> {
             RequestBody::Whole(b) => Some(b.clone()),
             RequestBody::Streaming { .. } => None,
         };
+        let progress = body.progress();
         let mut streamed = Some(body);
         let mut parts = Some(parts);
         let mut current = first;
@@ -439,7 +513,7 @@ impl Attempts<'_> {
             };
             let addr = version.endpoints[endpoint].addr;
             version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
-            let forwarding = forwarding(self.conn, version);
+            let forwarding = forwarding(self.conn, version, self.forward_path);
             let send = self
                 .worker
                 .pool
@@ -461,6 +535,22 @@ impl Attempts<'_> {
                 },
             };
             version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
+            let timed_out = result.is_none();
+            let failed = matches!(result, Some(Err(_)));
+            if let Some(fault) = client_fault_of(progress.as_deref(), timed_out, failed) {
+                // Not the version's failure: the breaker's call and the endpoint's record are
+                // left out (dropping the token counts nothing).
+                drop(token);
+                drop(permit);
+                return client_body_failure(
+                    fault,
+                    service,
+                    version,
+                    self.worker,
+                    self.started,
+                    self.conn,
+                );
+            }
             let outcome = match &result {
                 Some(Ok(resp)) => AttemptOutcome::Status(resp.status().as_u16()),
                 Some(Err(e)) => AttemptOutcome::Error(e.kind),
@@ -515,8 +605,19 @@ impl Attempts<'_> {
                     .record_response(self.worker.id, outcome.status_or(502), took);
                 continue;
             }
+            // Sending the request to another version is a retry too: one the upstream may have
+            // acted on is sent again only when that is harmless (or allowed by the breaker).
+            let may_replay = replay.is_some()
+                && (ctl.fallback_non_idempotent
+                    || parts.as_ref().is_some_and(|head| {
+                        graylane_traffic::retry::is_retryable(
+                            &head.method,
+                            outcome.reached_upstream(),
+                            false,
+                        )
+                    }));
             match (&ctl.fallback, fell_back) {
-                (Some(FallbackRoute::Version(v)), false) if replay.is_some() && *v != current => {
+                (Some(FallbackRoute::Version(v)), false) if may_replay && *v != current => {
                     version
                         .stats
                         .record_response(self.worker.id, outcome.status_or(502), took);
@@ -709,12 +810,120 @@ fn sticky_cookie_to_set(version: &VersionRoute, decision: &Decision) -> Option<H
     }
 }
 
-fn forwarding<'a>(conn: &'a ConnInfo, version: &'a VersionRoute) -> Forwarding<'a> {
+fn forwarding<'a>(
+    conn: &'a ConnInfo,
+    version: &'a VersionRoute,
+    path: Option<&'a str>,
+) -> Forwarding<'a> {
     Forwarding {
         lane: &version.lane_header,
         forwarded_for: &conn.forwarded_for,
         tls: conn.tls,
+        path,
+        underscores: conn.underscores,
     }
+}
+
+/// Refuses a request whose head graylane will not forward as it is: `Host` missing from an
+/// HTTP/1.1 request, repeated or malformed (RFC 9112 §3.2), a transfer coding other than
+/// `chunked` (`501`, as nginx answers: decoding it would silently drop the coding, passing it on
+/// would leave the upstream to guess the framing), or, where the listener says so, a header
+/// name with `_`.
+fn refusal<B>(req: &Request<B>, conn: &ConnInfo) -> Option<Response<ProxyBody>> {
+    let headers = req.headers();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => {
+            return Some(refuse(
+                StatusCode::BAD_REQUEST,
+                "the request has more than one Host header",
+                "send exactly one Host header",
+            ));
+        }
+        (None, None) if req.version() == http::Version::HTTP_11 => {
+            return Some(refuse(
+                StatusCode::BAD_REQUEST,
+                "the HTTP/1.1 request has no Host header",
+                "HTTP/1.1 requires a Host header (RFC 9112 §3.2)",
+            ));
+        }
+        (Some(host), None) if !valid_host(host.as_bytes()) => {
+            return Some(refuse(
+                StatusCode::BAD_REQUEST,
+                "the Host header is not a valid host",
+                "a host name or address, optionally with :port",
+            ));
+        }
+        _ => {}
+    }
+    if req.version() <= http::Version::HTTP_11 && headers.contains_key(header::TRANSFER_ENCODING) {
+        let mut codings = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii);
+        let only_chunked = matches!(
+            (codings.next(), codings.next()),
+            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked")
+        );
+        if !only_chunked {
+            return Some(refuse(
+                StatusCode::NOT_IMPLEMENTED,
+                "the request's transfer coding is not supported",
+                "Transfer-Encoding may only be `chunked`",
+            ));
+        }
+    }
+    if conn.underscores == UnderscoreHeaders::Reject
+        && let Some(name) = headers.keys().find(|k| k.as_str().contains('_'))
+    {
+        return Some(refuse(
+            StatusCode::BAD_REQUEST,
+            "a request header name contains an underscore",
+            name.as_str(),
+        ));
+    }
+    None
+}
+
+/// A `Host` value: a registered name, an IPv4 address or a bracketed IPv6 literal, with an
+/// optional port; no userinfo, path or whitespace.
+fn valid_host(host: &[u8]) -> bool {
+    !host.is_empty()
+        && host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'%'
+                        | b'['
+                        | b']'
+                )
+        })
+}
+
+/// A request refused before it is routed, for what its head says: a JSON error, and the
+/// connection closed after it, since whatever body follows cannot be trusted to be framed as
+/// the client meant.
+fn refuse(status: StatusCode, what: &str, detail: &str) -> Response<ProxyBody> {
+    let mut resp = client_failure(status, what, detail);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// The `X-Forwarded-For` entry for a client address.

@@ -298,6 +298,8 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
             forwarded_for: forwarded_for(peer),
             tls: ctx.tls.is_some(),
             trusted,
+            paths: ctx.listener.paths,
+            underscores: ctx.listener.headers_with_underscores,
         });
         ctx.open.set(ctx.open.get() + 1);
         ctx.metrics.connection_opened();

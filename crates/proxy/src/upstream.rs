@@ -44,6 +44,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const HEAD_BUFFER_KEEP: usize = 16 * 1024;
 /// Longest chunk-size line (with extensions) accepted in a chunked body.
 const MAX_CHUNK_LINE: usize = 1024;
+/// A request body longer than this (or of unknown length) is sent while the upstream's early
+/// response is watched for; a shorter one goes out with its head in one write.
+const EARLY_RESPONSE_WATCH: u64 = 64 * 1024;
 
 /// Why an upstream exchange failed.
 #[derive(Debug)]
@@ -137,19 +140,26 @@ impl UpstreamPool {
         let has_body = !body.is_end_stream();
         let exact_length = body.size_hint().exact();
         let replayable = !has_body && parts.method.is_idempotent();
+        // A body that may take a while to send (large, or of unknown length) is sent while
+        // the upstream is listened to: it may answer early (`413`, `401`) and stop reading.
+        let watch = has_body && exact_length.is_none_or(|n| n > EARLY_RESPONSE_WATCH);
         loop {
             let (mut conn, reused) = match self.check_out(addr) {
                 Some(conn) => (conn, true),
                 None => (Conn::connect(addr, connect_timeout).await?, false),
             };
             let framing = encode_head(&parts, forwarding, has_body, exact_length, &mut conn.head);
-            let sent = conn.write_request(framing, &mut body).await;
-            let head = match sent {
-                Ok(()) => conn.read_head(&parts.method).await,
-                Err(e) => Err(ExchangeError::Io {
-                    error: e,
-                    received_nothing: true,
-                }),
+            let head = if watch {
+                conn.exchange_watching(framing, &mut body, &parts.method)
+                    .await
+            } else {
+                match conn.write_request(framing, &mut body).await {
+                    Ok(()) => conn.read_head(&parts.method).await,
+                    Err(e) => Err(ExchangeError::Io {
+                        error: e,
+                        received_nothing: true,
+                    }),
+                }
             };
             match head {
                 Ok(head) => return Ok(self.response(addr, conn, head)),
@@ -227,86 +237,56 @@ impl Conn {
             && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Writes the head and the body. Each body frame is appended to the head buffer and the
-    /// buffer is written once the body ends or has nothing more ready, so a whole body (the
-    /// usual API request) goes out with its head in a single system call, while a body that
-    /// trickles in is still forwarded frame by frame.
+    /// Writes the head and the body.
     async fn write_request<B>(&mut self, framing: RequestFraming, body: &mut B) -> io::Result<()>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        use std::io::Write as _;
-        let chunked = framing == RequestFraming::Chunked;
-        if framing != RequestFraming::Empty {
-            while let Some(frame) = body.frame().await {
-                let frame = frame
-                    .map_err(|e| io::Error::other(format!("reading the client's body: {e}")))?;
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                if chunked {
-                    write!(self.head, "{:x}\r\n", data.len())?;
-                }
-                self.head.extend_from_slice(&data);
-                if chunked {
-                    self.head.extend_from_slice(b"\r\n");
-                }
-                if !body.is_end_stream() {
-                    self.stream.write_all(&self.head).await?;
-                    self.head.clear();
-                }
-            }
-            if chunked {
-                self.head.extend_from_slice(b"0\r\n\r\n");
-            }
-        }
-        self.stream.write_all(&self.head).await?;
-        // A large body must not keep its buffer alive for as long as the connection is pooled.
-        if self.head.capacity() > HEAD_BUFFER_KEEP {
-            self.head = Vec::with_capacity(512);
-        }
-        Ok(())
+        write_request(&mut self.stream, &mut self.head, framing, body).await
     }
 
     /// Reads until a final (non-1xx) response head is complete.
     async fn read_head(&mut self, method: &Method) -> Result<Head, ExchangeError> {
-        let mut received = false;
-        loop {
-            if !self.read.is_empty() {
-                match parse_head(&mut self.read, method, &mut self.spans)? {
-                    Parsed::Final(head) => return Ok(head),
-                    Parsed::Informational => continue,
-                    Parsed::Partial => {}
-                }
-            }
-            if self.read.len() >= MAX_HEAD_BYTES {
-                return Err(ExchangeError::Protocol(format!(
-                    "response head larger than {MAX_HEAD_BYTES} bytes"
-                )));
-            }
-            self.read.reserve(READ_CHUNK);
-            let n = self
-                .stream
-                .read_buf(&mut self.read)
-                .await
-                .map_err(|error| ExchangeError::Io {
-                    error,
-                    received_nothing: !received,
-                })?;
-            if n == 0 {
-                return Err(ExchangeError::Io {
-                    error: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the upstream closed the connection before a complete response head",
-                    ),
-                    received_nothing: !received,
+        read_head(&mut self.stream, &mut self.read, &mut self.spans, method).await
+    }
+
+    /// Sends the request while reading the response: an upstream that answers before the body
+    /// is all sent (and may stop reading it) is heard at once, instead of the send waiting on a
+    /// full socket until the request times out. The connection is not reused after an early
+    /// answer: the rest of the body was never sent.
+    async fn exchange_watching<B>(
+        &mut self,
+        framing: RequestFraming,
+        body: &mut B,
+        method: &Method,
+    ) -> Result<Head, ExchangeError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let (mut reader, mut writer) = self.stream.split();
+        let write = write_request(&mut writer, &mut self.head, framing, body);
+        let answer = read_head(&mut reader, &mut self.read, &mut self.spans, method);
+        tokio::pin!(write, answer);
+        let written = tokio::select! {
+            biased;
+            head = &mut answer => {
+                return head.map(|mut head| {
+                    head.keep_alive = false;
+                    head
                 });
             }
-            received = true;
+            written = &mut write => written,
+        };
+        match written {
+            Ok(()) => answer.await,
+            // The upstream may have answered and closed while the body was still going out:
+            // its answer, if it is there, is the one to pass on.
+            Err(error) => answer.await.map_err(|_| ExchangeError::Io {
+                error,
+                received_nothing: true,
+            }),
         }
     }
 
@@ -324,6 +304,102 @@ impl Conn {
     }
 }
 
+/// Writes the head and the body. Each body frame is appended to the head buffer and the
+/// buffer is written once the body ends or has nothing more ready, so a whole body (the usual
+/// API request) goes out with its head in a single system call, while a body that trickles in
+/// is still forwarded frame by frame.
+async fn write_request<W, B>(
+    out: &mut W,
+    head: &mut Vec<u8>,
+    framing: RequestFraming,
+    body: &mut B,
+) -> io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use std::io::Write as _;
+    let chunked = framing == RequestFraming::Chunked;
+    if framing != RequestFraming::Empty {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| io::Error::other(format!("reading the client's body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                write!(head, "{:x}\r\n", data.len())?;
+            }
+            head.extend_from_slice(&data);
+            if chunked {
+                head.extend_from_slice(b"\r\n");
+            }
+            if !body.is_end_stream() {
+                out.write_all(head).await?;
+                head.clear();
+            }
+        }
+        if chunked {
+            head.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    out.write_all(head).await?;
+    // A large body must not keep its buffer alive for as long as the connection is pooled.
+    if head.capacity() > HEAD_BUFFER_KEEP {
+        *head = Vec::with_capacity(512);
+    }
+    Ok(())
+}
+
+/// Reads until a final (non-1xx) response head is complete.
+async fn read_head<R>(
+    input: &mut R,
+    read: &mut BytesMut,
+    spans: &mut Vec<HeaderSpan>,
+    method: &Method,
+) -> Result<Head, ExchangeError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut received = false;
+    loop {
+        if !read.is_empty() {
+            match parse_head(read, method, spans)? {
+                Parsed::Final(head) => return Ok(head),
+                Parsed::Informational => continue,
+                Parsed::Partial => {}
+            }
+        }
+        if read.len() >= MAX_HEAD_BYTES {
+            return Err(ExchangeError::Protocol(format!(
+                "response head larger than {MAX_HEAD_BYTES} bytes"
+            )));
+        }
+        read.reserve(READ_CHUNK);
+        let n = input
+            .read_buf(read)
+            .await
+            .map_err(|error| ExchangeError::Io {
+                error,
+                received_nothing: !received,
+            })?;
+        if n == 0 {
+            return Err(ExchangeError::Io {
+                error: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection before a complete response head",
+                ),
+                received_nothing: !received,
+            });
+        }
+        received = true;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RequestFraming {
     Empty,
@@ -332,7 +408,10 @@ enum RequestFraming {
 }
 
 /// Writes the request line and headers. The URI is sent in origin form whatever form the
-/// client used (HTTP/2 clients send an absolute URI). A body of unknown length goes chunked.
+/// client used (HTTP/2 clients send an absolute URI), with the normalised path when there is
+/// one. The framing is the gateway's own, from the body it is about to send: a known length
+/// goes as `Content-Length`, an unknown one chunked; none of the client's framing headers is
+/// copied (see `forward.rs`).
 fn encode_head(
     parts: &http::request::Parts,
     forwarding: &Forwarding<'_>,
@@ -340,20 +419,34 @@ fn encode_head(
     exact_length: Option<u64>,
     out: &mut Vec<u8>,
 ) -> RequestFraming {
+    use std::io::Write as _;
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(target.as_bytes());
+    match forwarding.path {
+        Some(path) => {
+            out.extend_from_slice(path.as_bytes());
+            if let Some(query) = parts.uri.query() {
+                out.push(b'?');
+                out.extend_from_slice(query.as_bytes());
+            }
+        }
+        None => {
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            out.extend_from_slice(target.as_bytes());
+        }
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     forwarding.write_headers(&parts.uri, &parts.headers, out);
+    // Writing into a Vec cannot fail.
     let framing = if !has_body {
+        // An empty body the client framed with a length keeps `Content-Length: 0`, which some
+        // upstreams require on a POST.
+        if parts.headers.contains_key(CONTENT_LENGTH) {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
         RequestFraming::Empty
-    } else if parts.headers.contains_key(CONTENT_LENGTH) {
-        RequestFraming::Length
     } else if let Some(n) = exact_length {
-        use std::io::Write as _;
-        // Writing into a Vec cannot fail.
         let _ = write!(out, "content-length: {n}\r\n");
         RequestFraming::Length
     } else {
@@ -947,6 +1040,8 @@ mod tests {
             lane: &HeaderValue::from_static("stable"),
             forwarded_for: &HeaderValue::from_static("127.0.0.1"),
             tls: false,
+            path: None,
+            underscores: graylane_config::UnderscoreHeaders::Drop,
         };
         assert_eq!(
             encode_head(&parts, &forwarding, true, None, &mut out),

@@ -9,6 +9,7 @@
 //! * [`RoutingTable::decide`] picks the service and the version for a [`RequestView`], without
 //!   allocating;
 //! * [`RoutingTable::explain`] says why, for people;
+//! * [`path`] puts request paths in their normal form before anything matches on them;
 //! * [`bucket`] is the deterministic, monotonic hash bucketing behind weights (see
 //!   `docs/bucketing.md`).
 //!
@@ -52,6 +53,7 @@ pub mod bucket;
 mod decision;
 mod describe;
 mod matcher;
+pub mod path;
 mod request;
 mod routing;
 mod table;
