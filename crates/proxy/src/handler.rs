@@ -19,7 +19,7 @@ use crate::body::{ClientBody, ProxyBody, RequestBody};
 use crate::control::{self, AttemptOutcome, FallbackRoute};
 use crate::deadline::{Deadline, Deadlines};
 use crate::forward::{self, Forwarding, X_GRAYLANE_LANE};
-use crate::metrics::UpstreamErrorKind;
+use crate::metrics::{Event, UpstreamErrorKind};
 use crate::snapshot::{LocalSnapshot, ServiceRoute, VersionRoute};
 use crate::upstream::UpstreamPool;
 
@@ -233,7 +233,7 @@ pub async fn handle(
     };
     version
         .stats
-        .record_response(worker.id, response.status().as_u16(), started.elapsed());
+        .record_served(worker.id, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -568,8 +568,10 @@ impl Attempts<'_> {
                     },
                 );
             }
-            if let Some(o) = &ctl.outlier {
-                o.record(endpoint, control::nanos_at(ended), !failed);
+            if let Some(o) = &ctl.outlier
+                && o.record(endpoint, control::nanos_at(ended), !failed)
+            {
+                version.stats.record_event(self.worker.id, Event::Ejection);
             }
             drop(permit);
             if let Some(Err(e)) = &result {
@@ -578,7 +580,7 @@ impl Attempts<'_> {
             }
             let out_of_time = result.is_none();
             if !failed || out_of_time {
-                return self.finish(current, fell_back, result, ended);
+                return self.finish(current, fell_back, result, ended, took);
             }
             // Failed: retry within the policy, else fall back, else answer with the failure.
             let retryable = replay.is_some()
@@ -597,13 +599,18 @@ impl Attempts<'_> {
                 // This request's previous retry (if any) has ended: it no longer counts.
                 _retry_in_flight = None;
             }
-            if retryable && let Some(guard) = retry.and_then(|r| r.budget.try_retry()) {
-                retries += 1;
-                _retry_in_flight = Some(guard);
+            if retryable {
+                if let Some(guard) = retry.and_then(|r| r.budget.try_retry()) {
+                    retries += 1;
+                    _retry_in_flight = Some(guard);
+                    let stats = &version.stats;
+                    stats.record_attempt(self.worker.id, outcome.status_or(502), took);
+                    stats.record_event(self.worker.id, Event::Retry);
+                    continue;
+                }
                 version
                     .stats
-                    .record_response(self.worker.id, outcome.status_or(502), took);
-                continue;
+                    .record_event(self.worker.id, Event::RetryBudgetExhausted);
             }
             // Sending the request to another version is a retry too: one the upstream may have
             // acted on is sent again only when that is harmless (or allowed by the breaker).
@@ -618,19 +625,18 @@ impl Attempts<'_> {
                     }));
             match (&ctl.fallback, fell_back) {
                 (Some(FallbackRoute::Version(v)), false) if may_replay && *v != current => {
-                    version
-                        .stats
-                        .record_response(self.worker.id, outcome.status_or(502), took);
+                    let stats = &version.stats;
+                    stats.record_attempt(self.worker.id, outcome.status_or(502), took);
+                    stats.record_event(self.worker.id, Event::Fallback);
                     fell_back = true;
                     current = *v;
                 }
                 (Some(FallbackRoute::Static(page)), false) => {
-                    version
-                        .stats
-                        .record_response(self.worker.id, outcome.status_or(502), took);
-                    return static_response(page);
+                    let stats = &version.stats;
+                    stats.record_attempt(self.worker.id, outcome.status_or(502), took);
+                    return self.static_fallback(version, page);
                 }
-                _ => return self.finish(current, fell_back, result, ended),
+                _ => return self.finish(current, fell_back, result, ended, took),
             }
         }
     }
@@ -643,12 +649,21 @@ impl Attempts<'_> {
         why: Unavailable,
     ) -> Result<usize, Box<Response<ProxyBody>>> {
         let version = &self.service.versions[current];
+        let shed = match why {
+            Unavailable::Open(_) => Event::ShedBreakerOpen,
+            Unavailable::Full => Event::ShedConcurrency,
+            Unavailable::NoEndpoint => Event::ShedNoEndpoint,
+        };
+        version.stats.record_event(self.worker.id, shed);
         match (&version.control.fallback, *fell_back) {
             (Some(FallbackRoute::Version(v)), false) if *v != current => {
+                version.stats.record_event(self.worker.id, Event::Fallback);
                 *fell_back = true;
                 Ok(*v)
             }
-            (Some(FallbackRoute::Static(page)), false) => Err(Box::new(static_response(page))),
+            (Some(FallbackRoute::Static(page)), false) => {
+                Err(Box::new(self.static_fallback(version, page)))
+            }
             _ => {
                 let (what, retry_after) = match why {
                     Unavailable::Open(after) => {
@@ -680,6 +695,18 @@ impl Attempts<'_> {
         }
     }
 
+    /// The version's static fallback page, counted as its answer.
+    fn static_fallback(
+        &self,
+        version: &VersionRoute,
+        page: &graylane_config::StaticResponse,
+    ) -> Response<ProxyBody> {
+        let stats = &version.stats;
+        stats.record_event(self.worker.id, Event::Fallback);
+        stats.record_response(self.worker.id, page.status.as_u16(), self.started.elapsed());
+        static_response(page)
+    }
+
     fn give_up(&self, current: usize, kind: UpstreamErrorKind) -> Response<ProxyBody> {
         let version = &self.service.versions[current];
         let resp = upstream_failure(StatusCode::BAD_GATEWAY, kind, self.service, version);
@@ -699,6 +726,7 @@ impl Attempts<'_> {
             Result<Response<crate::upstream::UpstreamBody>, crate::upstream::UpstreamError>,
         >,
         ended: Instant,
+        took: std::time::Duration,
     ) -> Response<ProxyBody> {
         let version = &self.service.versions[current];
         let mut response = match result {
@@ -738,11 +766,11 @@ impl Attempts<'_> {
                 .headers_mut()
                 .insert(X_GRAYLANE_FALLBACK.clone(), version.fallback_header.clone());
         }
-        version.stats.record_response(
-            self.worker.id,
-            response.status().as_u16(),
-            ended - self.started,
-        );
+        let status = response.status().as_u16();
+        version.stats.record_attempt(self.worker.id, status, took);
+        version
+            .stats
+            .record_response(self.worker.id, status, ended - self.started);
         response
     }
 }

@@ -61,6 +61,33 @@ impl UpstreamErrorKind {
     }
 }
 
+/// Things the traffic-control path does besides forwarding, counted per version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A failed attempt of the version was sent again (to it).
+    Retry,
+    /// A retry was allowed by the policy but refused by the retry budget.
+    RetryBudgetExhausted,
+    /// A request of the version went to its fallback (another version or a static page).
+    Fallback,
+    /// The version refused an attempt: its breaker was open.
+    ShedBreakerOpen,
+    /// The version refused an attempt: it was at its concurrency limit.
+    ShedConcurrency,
+    /// The version refused an attempt: no endpoint was healthy.
+    ShedNoEndpoint,
+    /// One of the version's endpoints was ejected by outlier detection.
+    Ejection,
+}
+
+impl Event {
+    const COUNT: usize = 7;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 const REASONS: [&str; 6] = Reason::LABELS;
 /// Index of `bucket` in [`REASONS`].
 const BUCKET: usize = 4;
@@ -70,8 +97,14 @@ const FALLBACK_KEY: usize = 5;
 /// One worker's counters for one route. Aligned so two workers never share a cache line.
 #[repr(align(128))]
 struct Slot {
+    /// What clients received, one per request.
     codes: [AtomicU64; COMMON_CODES.len()],
     other_codes: Mutex<BTreeMap<u16, u64>>,
+    /// Every exchange with one of the version's upstreams, retried and fallen-back ones
+    /// included; a failed exchange as the 502/504 it stands for.
+    attempts: [AtomicU64; COMMON_CODES.len()],
+    other_attempts: Mutex<BTreeMap<u16, u64>>,
+    events: [AtomicU64; Event::COUNT],
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_nanos: AtomicU64,
     /// The analysis's fine latency layout (≤ 12.5% relative error), for percentiles and their
@@ -86,6 +119,9 @@ impl Default for Slot {
         Slot {
             codes: Default::default(),
             other_codes: Mutex::default(),
+            attempts: Default::default(),
+            other_attempts: Mutex::default(),
+            events: Default::default(),
             latency: Default::default(),
             latency_sum_nanos: AtomicU64::new(0),
             fine_latency: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -99,9 +135,11 @@ impl Default for Slot {
 /// analysis, which diffs two of these to judge a window.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
-    /// Responses by status (including the 502/504/408 graylane answers itself).
+    /// The version's upstream exchanges by status (a failed one as its 502/504), including
+    /// those that were retried or fell back: how the version itself behaved, not what clients
+    /// ended up with.
     pub codes: BTreeMap<u16, u64>,
-    /// Response times in [`histogram`]'s layout.
+    /// Exchange times in [`histogram`]'s layout.
     pub latency: Vec<u64>,
     /// Requests routed to the version by bucketing (an experiment's exposures).
     pub bucketed: u64,
@@ -123,27 +161,39 @@ impl RouteStats {
         self.slot(worker).decisions[reason.label_index()].fetch_add(1, Relaxed);
     }
 
+    /// The answer a client received from (or on behalf of) this version.
     pub fn record_response(&self, worker: usize, status: u16, elapsed: Duration) {
         let slot = self.slot(worker);
-        match COMMON_CODES.iter().position(|c| *c == status) {
-            Some(i) => {
-                slot.codes[i].fetch_add(1, Relaxed);
-            }
-            None => {
-                let mut other = slot.other_codes.lock().unwrap_or_else(|e| e.into_inner());
-                *other.entry(status).or_default() += 1;
-            }
-        }
-        let secs = elapsed.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        slot.latency[bucket].fetch_add(1, Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        slot.fine_latency[histogram::bucket_of(nanos)].fetch_add(1, Relaxed);
-        slot.latency_sum_nanos
-            .fetch_add(elapsed.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+        count_code(&slot.codes, &slot.other_codes, code_index(status), status);
+        slot.record_duration(elapsed);
+    }
+
+    /// One exchange with an upstream of this version, that did not become the client's answer
+    /// (it was retried or fell back) or whose answer is recorded apart.
+    pub fn record_attempt(&self, worker: usize, status: u16, took: Duration) {
+        let slot = self.slot(worker);
+        count_code(
+            &slot.attempts,
+            &slot.other_attempts,
+            code_index(status),
+            status,
+        );
+        slot.record_fine_duration(took);
+    }
+
+    /// A request answered by the version's one and only exchange: both an attempt and the
+    /// client's answer, recorded with one look-up.
+    pub fn record_served(&self, worker: usize, status: u16, elapsed: Duration) {
+        let slot = self.slot(worker);
+        let i = code_index(status);
+        count_code(&slot.codes, &slot.other_codes, i, status);
+        count_code(&slot.attempts, &slot.other_attempts, i, status);
+        slot.record_duration(elapsed);
+        slot.record_fine_duration(elapsed);
+    }
+
+    pub fn record_event(&self, worker: usize, event: Event) {
+        self.slot(worker).events[event.index()].fetch_add(1, Relaxed);
     }
 
     pub fn record_upstream_error(&self, worker: usize, kind: UpstreamErrorKind) {
@@ -163,20 +213,73 @@ impl RouteStats {
     }
 
     fn codes(&self) -> BTreeMap<u16, u64> {
+        self.sum_codes(|s| (&s.codes, &s.other_codes))
+    }
+
+    fn attempt_codes(&self) -> BTreeMap<u16, u64> {
+        self.sum_codes(|s| (&s.attempts, &s.other_attempts))
+    }
+
+    fn sum_codes(
+        &self,
+        cells: impl Fn(&Slot) -> (&[AtomicU64; COMMON_CODES.len()], &OtherCodes),
+    ) -> BTreeMap<u16, u64> {
         let mut out = BTreeMap::new();
         for slot in self.slots.iter() {
+            let (common, other) = cells(slot);
             for (i, c) in COMMON_CODES.iter().enumerate() {
-                let n = slot.codes[i].load(Relaxed);
+                let n = common[i].load(Relaxed);
                 if n > 0 {
                     *out.entry(*c).or_default() += n;
                 }
             }
-            let other = slot.other_codes.lock().unwrap_or_else(|e| e.into_inner());
+            let other = other.lock().unwrap_or_else(|e| e.into_inner());
             for (c, n) in other.iter() {
                 *out.entry(*c).or_default() += n;
             }
         }
         out
+    }
+}
+
+type OtherCodes = Mutex<BTreeMap<u16, u64>>;
+
+fn code_index(status: u16) -> Option<usize> {
+    COMMON_CODES.iter().position(|c| *c == status)
+}
+
+fn count_code(
+    common: &[AtomicU64; COMMON_CODES.len()],
+    other: &OtherCodes,
+    index: Option<usize>,
+    status: u16,
+) {
+    match index {
+        Some(i) => {
+            common[i].fetch_add(1, Relaxed);
+        }
+        None => {
+            let mut other = other.lock().unwrap_or_else(|e| e.into_inner());
+            *other.entry(status).or_default() += 1;
+        }
+    }
+}
+
+impl Slot {
+    fn record_duration(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Relaxed);
+        self.latency_sum_nanos
+            .fetch_add(elapsed.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
+    fn record_fine_duration(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.fine_latency[histogram::bucket_of(nanos)].fetch_add(1, Relaxed);
     }
 }
 
@@ -248,7 +351,7 @@ impl Metrics {
         };
         drop(routes);
         Observed {
-            codes: r.codes(),
+            codes: r.attempt_codes(),
             latency: (0..histogram::BUCKETS)
                 .map(|i| r.sum(|s| s.fine_latency[i].load(Relaxed)))
                 .collect(),
@@ -330,22 +433,88 @@ impl std::fmt::Debug for RouteCollector {
 
 impl Collector for RouteCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut requests = encoder.encode_descriptor(
-            "graylane_requests",
-            "Proxied requests by service, version and response status",
+        for (name, help, codes) in [
+            (
+                "graylane_requests",
+                "Requests answered, by service, the version that served them (the fallback for a \
+                 fallback) and the status the client received",
+                RouteStats::codes as fn(&RouteStats) -> BTreeMap<u16, u64>,
+            ),
+            (
+                "graylane_upstream_attempts",
+                "Exchanges with a version's upstreams, retried and fallen-back ones included, by \
+                 status (a failed exchange as its 502 or 504)",
+                RouteStats::attempt_codes,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for r in &self.0 {
+                for (code, n) in codes(r) {
+                    let code = code.to_string();
+                    let labels = [
+                        ("service", r.service.as_str()),
+                        ("version", r.version.as_str()),
+                        ("code", code.as_str()),
+                    ];
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
+        for (name, help, event) in [
+            (
+                "graylane_retries",
+                "Failed attempts sent again",
+                Event::Retry,
+            ),
+            (
+                "graylane_retry_budget_exhausted",
+                "Retries the retry policy allowed and the retry budget refused",
+                Event::RetryBudgetExhausted,
+            ),
+            (
+                "graylane_fallbacks",
+                "Requests of a version answered by its fallback (another version or a static page)",
+                Event::Fallback,
+            ),
+            (
+                "graylane_outlier_ejections",
+                "Endpoints of a version ejected by outlier detection",
+                Event::Ejection,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for r in &self.0 {
+                let n = r.sum(|s| s.events[event.index()].load(Relaxed));
+                let labels = [
+                    ("service", r.service.as_str()),
+                    ("version", r.version.as_str()),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        let mut shed = encoder.encode_descriptor(
+            "graylane_shed",
+            "Attempts a version refused without sending them, by reason",
             None,
             MetricType::Counter,
         )?;
         for r in &self.0 {
-            for (code, n) in r.codes() {
-                let code = code.to_string();
+            for (reason, event) in [
+                ("circuit_open", Event::ShedBreakerOpen),
+                ("concurrency", Event::ShedConcurrency),
+                ("no_healthy_endpoint", Event::ShedNoEndpoint),
+            ] {
+                let n = r.sum(|s| s.events[event.index()].load(Relaxed));
                 let labels = [
                     ("service", r.service.as_str()),
                     ("version", r.version.as_str()),
-                    ("code", code.as_str()),
+                    ("reason", reason),
                 ];
-                requests
-                    .encode_family(&labels)?
+                shed.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }

@@ -825,3 +825,99 @@ async fn breaker_and_limiter_state_survive_a_reload_that_moves_or_edits_around_t
     assert_eq!(transitions(&gateway.metrics().encode()), before);
     shutdown(gateway).await;
 }
+
+const RETRIED_CANARY: &str = r#"
+listeners:
+  - bind: 127.0.0.1:0
+services:
+  - name: pay
+    match: { path_prefix: / }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      steps: [{ weight: 100 }]
+traffic_control:
+  retries:
+    - { service: pay, attempts: 1, retry_on: [503], budget: 1.0, min_concurrent: 100 }
+  circuit_breakers:
+    - service: pay
+      version: canary
+      failure_rate_threshold: 0.99
+      minimum_calls: 1000
+      fallback: stable
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_count_what_clients_received_and_attempts_count_every_exchange() {
+    let stable = Upstream::start("stable");
+    let canary = Upstream::start("canary");
+    canary.set_status(503);
+    let yaml = fill(
+        RETRIED_CANARY,
+        &[
+            ("stable", stable.addr.to_string()),
+            ("canary", canary.addr.to_string()),
+        ],
+    );
+    let gateway = start_gateway(config(&yaml));
+    let gw = addr(&gateway);
+    for _ in 0..5 {
+        let r = get(gw, "/x", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.version(), Some("stable"));
+    }
+    assert_eq!(
+        canary.received(),
+        10,
+        "each request: one try and one retry on canary"
+    );
+    let text = gateway.metrics().encode();
+    let value = |series: &str| metric_value(&text, series).unwrap_or(0.0);
+    let s = |name: &str, version: &str, extra: &str| {
+        value(&format!(
+            "{name}{{service=\"pay\",version=\"{version}\"{extra}}}"
+        ))
+    };
+    assert_eq!(
+        s("graylane_requests_total", "stable", ",code=\"200\""),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(
+        s("graylane_requests_total", "canary", ",code=\"503\""),
+        0.0,
+        "clients never received the canary's 503: {text}"
+    );
+    assert_eq!(
+        s(
+            "graylane_upstream_attempts_total",
+            "canary",
+            ",code=\"503\""
+        ),
+        10.0
+    );
+    assert_eq!(
+        s(
+            "graylane_upstream_attempts_total",
+            "stable",
+            ",code=\"200\""
+        ),
+        5.0
+    );
+    assert_eq!(s("graylane_retries_total", "canary", ""), 5.0);
+    assert_eq!(s("graylane_fallbacks_total", "canary", ""), 5.0);
+    assert_eq!(
+        s("graylane_retry_budget_exhausted_total", "canary", ""),
+        0.0
+    );
+    assert!(text.contains("graylane_shed_total{"), "{text}");
+    assert!(text.contains("graylane_outlier_ejections_total{"), "{text}");
+    // The analysis judges the canary on what it did, not on what clients got in the end.
+    let observed = gateway.metrics().observe("pay", "canary");
+    assert_eq!(observed.codes.get(&503), Some(&10));
+    shutdown(gateway).await;
+}
