@@ -141,7 +141,7 @@ pub struct RawRelease {
     pub skip_rollback: Option<bool>,
     #[serde(default)]
     pub force: Vec<RawRule>,
-    pub bucket_by: Option<String>,
+    pub bucket_by: Option<RawKey>,
     pub salt: Option<String>,
     pub sticky: Option<RawSticky>,
     #[serde(default)]
@@ -155,6 +155,21 @@ pub struct RawVariant {
     pub name: String,
     pub version: String,
     pub weight: f64,
+}
+
+/// A key, written `header:X-User-Id` or `{ key: "header:X-User-Id", trusted_only: true }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawKey {
+    Plain(String),
+    Full(RawKeyFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyFull {
+    pub key: String,
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +270,8 @@ pub struct RawValueRule {
     pub regex: Option<String>,
     pub exists: Option<bool>,
     pub absent: Option<bool>,
+    /// Honoured only from a listener's `trusted_hops` (headers only).
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +288,7 @@ pub struct RawPathRule {
 pub struct RawSemverRule {
     pub header: String,
     pub range: String,
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +298,7 @@ pub struct RawCountryRule {
     pub equals: Option<String>,
     #[serde(rename = "in")]
     pub one_of: Option<Vec<String>>,
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,6 +313,7 @@ pub struct RawTimeRule {
 pub struct RawSegmentRule {
     pub name: String,
     pub key: String,
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
