@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use graylane_config::LoadBalancing;
-use graylane_rules::{Decision, Reason, RequestView};
+use graylane_rules::{Decision, RequestView};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -76,6 +76,9 @@ pub async fn handle(
         client_ip: conn.peer.ip(),
         now_unix_ms: now_unix_ms(),
         trusted_lane: lane,
+        trusted: conn.trusted,
+        // Only the low bits matter: the engine takes it modulo 100,000.
+        random: forward::fastrand_u64() as u32,
     };
     let Some(decision) = snapshot.table.decide(&view) else {
         return not_found(req.uri().path());
@@ -100,7 +103,7 @@ pub async fn handle(
         }
     }
 
-    let sticky_cookie = sticky_cookie_to_set(version, &decision);
+    let sticky_cookie = sticky_cookie_to_set(&snapshot, service, &decision, conn.tls);
     let (parts, body) = req.into_parts();
     // One deadline covers the read-ahead and the upstream exchange, counted from when the
     // request arrived; it takes a slot in the worker's table only if something has to wait.
@@ -606,7 +609,8 @@ impl Attempts<'_> {
                 parts
                     .headers
                     .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
-                if !fell_back && let Some(cookie) = self.sticky_cookie {
+                // The cookie pins a bucket, not a version, so a fallback's answer carries it too.
+                if let Some(cookie) = self.sticky_cookie {
                     parts.headers.append(header::SET_COOKIE, cookie);
                 }
                 Response::from_parts(parts, ProxyBody::Upstream(body))
@@ -698,15 +702,32 @@ fn now_unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A `Set-Cookie` when the release is sticky and the version came from the weight. Forced and
-/// lane traffic is not pinned: it is test traffic. A cookie already naming an eligible version
-/// would have made the decision `Sticky`, so a `Bucket` decision always means the cookie is
-/// missing or stale — no need to read it again here.
-fn sticky_cookie_to_set(version: &VersionRoute, decision: &Decision) -> Option<HeaderValue> {
-    match decision.reason {
-        Reason::Bucket { .. } => version.set_cookie.clone(),
-        _ => None,
+/// The `Set-Cookie` pinning the decision's bucket, when the rule engine asks for one (a
+/// bucketed request to a sticky release without a valid cookie carrying that bucket; forced
+/// and lane traffic is test traffic and is never pinned). Its value differs per client, so it
+/// is built here: one allocation, only for requests that get the cookie. `Secure` on a TLS
+/// listener.
+fn sticky_cookie_to_set(
+    snapshot: &LocalSnapshot,
+    service: &ServiceRoute,
+    decision: &Decision,
+    tls: bool,
+) -> Option<HeaderValue> {
+    let cookie = service.sticky.as_ref()?;
+    let value = snapshot
+        .table
+        .sticky_value(decision.service, decision.pin?)?;
+    const SECURE: &[u8] = b"; Secure";
+    let mut out = Vec::with_capacity(
+        cookie.name.len() + value.as_bytes().len() + cookie.attributes.len() + SECURE.len(),
+    );
+    out.extend_from_slice(&cookie.name);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&cookie.attributes);
+    if tls {
+        out.extend_from_slice(SECURE);
     }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
 }
 
 fn forwarding<'a>(conn: &'a ConnInfo, version: &'a VersionRoute) -> Forwarding<'a> {
