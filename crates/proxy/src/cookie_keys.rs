@@ -101,7 +101,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(data.join(FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(data.join(FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         load(None, &data).unwrap();
@@ -111,9 +114,16 @@ mod tests {
     #[test]
     fn the_environment_beats_the_file_and_bad_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = load(Some("a-key-of-sixteen-bytes,another-key-0123456"), dir.path()).unwrap();
+        let keys = load(
+            Some("a-key-of-sixteen-bytes,another-key-0123456"),
+            dir.path(),
+        )
+        .unwrap();
         assert_eq!(keys.len(), 2);
-        assert!(!dir.path().join(FILE).exists(), "no file when the env sets the keys");
+        assert!(
+            !dir.path().join(FILE).exists(),
+            "no file when the env sets the keys"
+        );
         let err = load(Some("short"), dir.path()).unwrap_err().to_string();
         assert_eq!(
             err,
@@ -121,6 +131,9 @@ mod tests {
         );
         std::fs::write(dir.path().join(FILE), "tiny\n").unwrap();
         let err = load(Some("  "), dir.path()).unwrap_err().to_string();
-        assert!(err.ends_with("cookie-keys: cookie key #1 is 4 bytes long; a key needs at least 16"), "{err}");
+        assert!(
+            err.ends_with("cookie-keys: cookie key #1 is 4 bytes long; a key needs at least 16"),
+            "{err}"
+        );
     }
 }

@@ -132,10 +132,8 @@ impl Snapshot {
                     request_timeout: svc.request_timeout,
                     load_balancing: svc.load_balancing,
                     sticky: sticky.map(|s| {
-                        let mut attributes = format!(
-                            "; Path={}; HttpOnly; SameSite=Lax",
-                            svc.matcher.path_prefix
-                        );
+                        let mut attributes =
+                            format!("; Path={}; HttpOnly; SameSite=Lax", svc.matcher.path_prefix);
                         if let Some(age) = s.max_age {
                             attributes.push_str(&format!("; Max-Age={}", age.as_secs()));
                         }

@@ -344,19 +344,30 @@ async fn a_forged_version_cookie_gets_the_configured_split_and_a_real_cookie() {
         let version = r.version().unwrap().to_string();
         assert_eq!(r.upstream_version(), version);
         let cookies = r.set_cookies();
-        assert_eq!(cookies.len(), 1, "the forged cookie is replaced: {cookies:?}");
+        assert_eq!(
+            cookies.len(),
+            1,
+            "the forged cookie is replaced: {cookies:?}"
+        );
         let (_, bucket) = sticky_pair(&cookies[0]);
-        assert_eq!(version == "canary", bucket < 5_000, "bucket {bucket} → {version}");
+        assert_eq!(
+            version == "canary",
+            bucket < 5_000,
+            "bucket {bucket} → {version}"
+        );
         on_canary += usize::from(version == "canary");
     }
     // 5% of 400 is 20; a forged cookie that worked would make it 400.
-    assert!((1..=60).contains(&on_canary), "{on_canary} of 400 on the canary");
+    assert!(
+        (1..=60).contains(&on_canary),
+        "{on_canary} of 400 on the canary"
+    );
     shutdown(gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_sticky_cookie_keeps_its_version_and_moves_to_the_candidate_as_the_weight_grows()
- {
+{
     let stable = Upstream::start("stable");
     let canary = Upstream::start("canary");
     let gateway = start_gateway(config(&sticky_yaml(&stable, &canary, 5.0)));
@@ -372,7 +383,11 @@ async fn a_replayed_sticky_cookie_keeps_its_version_and_moves_to_the_candidate_a
         for attribute in ["; Path=/api/payment", "; HttpOnly", "; SameSite=Lax"] {
             assert!(cookies[0].contains(attribute), "{:?}", cookies[0]);
         }
-        assert!(!cookies[0].contains("Secure"), "plain HTTP: {:?}", cookies[0]);
+        assert!(
+            !cookies[0].contains("Secure"),
+            "plain HTTP: {:?}",
+            cookies[0]
+        );
         let (pair, bucket) = sticky_pair(&cookies[0]);
         holders.push((pair, bucket, r.version().unwrap().to_string()));
     }
@@ -401,7 +416,10 @@ async fn a_replayed_sticky_cookie_keeps_its_version_and_moves_to_the_candidate_a
             was_canary[i] = canary_now;
         }
     }
-    assert!(was_canary.iter().all(|c| *c), "everyone is on the canary at 100%");
+    assert!(
+        was_canary.iter().all(|c| *c),
+        "everyone is on the canary at 100%"
+    );
     shutdown(gateway).await;
 }
 
@@ -441,7 +459,11 @@ async fn a_trusted_only_force_header_from_an_untrusted_client_is_ignored() {
     let gateway = start_gateway(config(&yaml("192.0.2.0/24")));
     let gw = addr(&gateway);
     let r = get(gw, "/x", &[("X-Canary", "yes")]).await;
-    assert_eq!(r.version(), Some("stable"), "127.0.0.1 is not a trusted hop");
+    assert_eq!(
+        r.version(),
+        Some("stable"),
+        "127.0.0.1 is not a trusted hop"
+    );
     shutdown(gateway).await;
     // Listener settings take effect at start: another gateway, trusting the client.
     let gateway = start_gateway(config(&yaml("127.0.0.1/32")));

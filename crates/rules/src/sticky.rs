@@ -270,7 +270,10 @@ mod tests {
         let good = s.sign(500);
         let text = std::str::from_utf8(good.as_bytes()).unwrap().to_string();
         // Another bucket under the same tag.
-        assert_eq!(s.verify(text.replacen("v1.500.", "v1.501.", 1).as_bytes()), None);
+        assert_eq!(
+            s.verify(text.replacen("v1.500.", "v1.501.", 1).as_bytes()),
+            None
+        );
         // One flipped tag character.
         let mut flipped = text.clone().into_bytes();
         let last = flipped.len() - 1;

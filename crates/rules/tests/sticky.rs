@@ -49,7 +49,11 @@ fn pct(p: f64) -> Weight {
 #[test]
 fn a_first_visit_without_a_user_id_gets_a_random_bucket_and_a_cookie_pinning_it() {
     let t = payment();
-    for (random, want) in [(1_234, "canary"), (77_777, "stable"), (100_000 + 10, "canary")] {
+    for (random, want) in [
+        (1_234, "canary"),
+        (77_777, "stable"),
+        (100_000 + 10, "canary"),
+    ] {
         let d = decide(&t, &req().random(random));
         assert_eq!(
             d.reason,
@@ -95,8 +99,15 @@ fn widening_moves_cookie_holders_to_the_candidate_and_never_back() {
         t.set_weight(0, pct(weight));
         for (i, &b) in buckets.iter().enumerate() {
             let v = version(&t, decide(&t, &holder(&t, b))) == "canary";
-            assert!(v || !on_canary[i], "bucket {b} moved back to stable at {weight}%");
-            assert_eq!(v, b < pct(weight).milli_percent(), "bucket {b} at {weight}%");
+            assert!(
+                v || !on_canary[i],
+                "bucket {b} moved back to stable at {weight}%"
+            );
+            assert_eq!(
+                v,
+                b < pct(weight).milli_percent(),
+                "bucket {b} at {weight}%"
+            );
             on_canary[i] = v;
         }
     }
@@ -150,7 +161,10 @@ fn a_forged_or_unsigned_cookie_is_ignored() {
     // Without keys no cookie verifies and none is issued: the release routes as one without
     // stickiness (client-IP fallback).
     let unkeyed = table(PAYMENT);
-    let d = decide(&unkeyed, &req().header("cookie", &format!("graylane_lane={good}")));
+    let d = decide(
+        &unkeyed,
+        &req().header("cookie", &format!("graylane_lane={good}")),
+    );
     assert!(
         matches!(
             d.reason,
@@ -170,8 +184,13 @@ fn a_cookie_signed_with_a_rotated_out_signing_key_still_verifies() {
     let old = payment();
     let issued = sticky_value(&old, 0, 3_000);
     let mut rotated = table(PAYMENT);
-    rotated.set_cookie_keys(&CookieKeys::parse(&format!("new-key-0123456789abcdef,{COOKIE_KEY}")).unwrap());
-    let d = decide(&rotated, &req().header("cookie", &format!("graylane_lane={issued}")));
+    rotated.set_cookie_keys(
+        &CookieKeys::parse(&format!("new-key-0123456789abcdef,{COOKIE_KEY}")).unwrap(),
+    );
+    let d = decide(
+        &rotated,
+        &req().header("cookie", &format!("graylane_lane={issued}")),
+    );
     assert_eq!(
         d.reason,
         Reason::Sticky {
@@ -182,7 +201,10 @@ fn a_cookie_signed_with_a_rotated_out_signing_key_still_verifies() {
     // New cookies are signed with the new key, which the old table does not know.
     let fresh = sticky_value(&rotated, 0, 3_000);
     assert_ne!(fresh, issued);
-    let d = decide(&old, &req().header("cookie", &format!("graylane_lane={fresh}")));
+    let d = decide(
+        &old,
+        &req().header("cookie", &format!("graylane_lane={fresh}")),
+    );
     assert!(matches!(d.reason, Reason::Bucket { .. }), "{:?}", d.reason);
 }
 
@@ -235,7 +257,13 @@ fn with_the_client_ip_as_key_the_cookie_wins_so_a_moving_client_stays_put() {
     let cookie = format!("lane={}", sticky_value(&t, 0, b));
     for other_ip in ["198.51.100.1", "2001:db8::1", "10.9.8.7"] {
         let d = decide(&t, &Req::get("/").ip(other_ip).header("cookie", &cookie));
-        assert_eq!(d.reason, Reason::Sticky { bucket: b, weight: pct(50.0) });
+        assert_eq!(
+            d.reason,
+            Reason::Sticky {
+                bucket: b,
+                weight: pct(50.0)
+            }
+        );
         assert_eq!(d.version, first.version, "{other_ip}");
     }
 }
@@ -306,7 +334,10 @@ fn a_trusted_only_force_header_is_honoured_only_from_a_trusted_hop() {
     let t = trusted_table();
     let r = Req::get("/").header("x-canary", "yes");
     assert!(matches!(decide(&t, &r).reason, Reason::Bucket { .. }));
-    assert_eq!(decide(&t, &r.clone().trusted()).reason, Reason::Forced { rule: 0 });
+    assert_eq!(
+        decide(&t, &r.clone().trusted()).reason,
+        Reason::Forced { rule: 0 }
+    );
     let nz = Req::get("/").header("cf-ipcountry", "NZ");
     assert!(matches!(decide(&t, &nz).reason, Reason::Bucket { .. }));
     assert_eq!(decide(&t, &nz.trusted()).reason, Reason::Forced { rule: 1 });

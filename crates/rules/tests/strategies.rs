@@ -127,7 +127,10 @@ fn after_the_switch_everyone_is_on_the_preview_cookie_holders_too() {
     }
     let req = holder(&t, 4_242);
     let text = t.explain(&req.view(), &decide(&t, &req));
-    assert!(text.contains("sticky cookie graylane_lane carries bucket 4242"), "{text}");
+    assert!(
+        text.contains("sticky cookie graylane_lane carries bucket 4242"),
+        "{text}"
+    );
     assert!(text.contains("(100% of the traffic) → green"), "{text}");
 
     // Rolling back is the same lever the other way: everyone back on blue.
@@ -272,9 +275,15 @@ fn an_experiment_cookie_holder_follows_the_split_and_a_user_id_beats_the_cookie(
     let anonymous = Req::get("/search").header("cookie", &cookie);
     let (v, reason) = route(&t, &anonymous);
     assert_eq!(v, "v3");
-    assert!(matches!(reason, Reason::Sticky { bucket: 85_000, .. }), "{reason:?}");
+    assert!(
+        matches!(reason, Reason::Sticky { bucket: 85_000, .. }),
+        "{reason:?}"
+    );
     // Once the user id is known it decides, in this browser as in any other.
-    assert_eq!(route(&t, &search(&user).header("cookie", &cookie)).0, "stable");
+    assert_eq!(
+        route(&t, &search(&user).header("cookie", &cookie)).0,
+        "stable"
+    );
 
     // `wide` wins: everyone on v2, the cookie holder too.
     t.set_routing(0, Routing::all_to(1));

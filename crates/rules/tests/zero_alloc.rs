@@ -189,7 +189,11 @@ fn bucketing_and_fallback() {
         "header:x-user-id",
     ));
     assert_no_alloc(&unkeyed, &req().ip("203.0.113.7"), fallback);
-    assert_no_alloc(&unkeyed, &req().ip("2001:db8:85a3::8a2e:370:7334"), fallback);
+    assert_no_alloc(
+        &unkeyed,
+        &req().ip("2001:db8:85a3::8a2e:370:7334"),
+        fallback,
+    );
     let t = release("{ header: { name: x-never, exists: true } }", "cookie:uid");
     assert_no_alloc(&t, &req().header("cookie", "uid=\"abc\""), |r| {
         matches!(
@@ -208,10 +212,7 @@ fn sticky_cookie_verification_and_lane() {
         "{ header: { name: x-never, exists: true } }",
         "header:x-user-id",
     );
-    let cookie = format!(
-        "session=abc; graylane_lane={}",
-        sticky_value(&t, 1, 1_234)
-    );
+    let cookie = format!("session=abc; graylane_lane={}", sticky_value(&t, 1, 1_234));
     assert_no_alloc(&t, &req().header("cookie", &cookie), |r| {
         matches!(r, Reason::Sticky { bucket: 1_234, .. })
     });

@@ -22,7 +22,8 @@ pub fn config(body: &str) -> Config {
 
 /// [`config`] with a listener that trusts 10.0.0.0/8, for `trusted_only` keys and rules.
 pub fn config_with_trusted_hops(body: &str) -> Config {
-    let yaml = format!("listeners: [{{ bind: 127.0.0.1:8080, trusted_hops: [10.0.0.0/8] }}]\n{body}");
+    let yaml =
+        format!("listeners: [{{ bind: 127.0.0.1:8080, trusted_hops: [10.0.0.0/8] }}]\n{body}");
     match graylane_config::load_str(&yaml, "t.yaml", Path::new(".")) {
         Ok(c) => c,
         Err(e) => panic!("test config is invalid: {e}\n{yaml}"),
@@ -45,7 +46,9 @@ pub fn keyed_table(body: &str) -> RoutingTable {
 
 /// The signed sticky cookie value `t` issues for `bucket` of service `service`.
 pub fn sticky_value(t: &RoutingTable, service: usize, bucket: u32) -> String {
-    let v = t.sticky_value(service, bucket).expect("a sticky release with keys");
+    let v = t
+        .sticky_value(service, bucket)
+        .expect("a sticky release with keys");
     String::from_utf8(v.as_bytes().to_vec()).unwrap()
 }
 
