@@ -41,7 +41,8 @@ pub struct ConnInfo {
     /// The peer's address as an `X-Forwarded-For` entry, formatted once per connection.
     pub forwarded_for: HeaderValue,
     pub tls: bool,
-    /// The peer is a trusted hop: its `x-graylane-lane` is honoured.
+    /// The peer is a trusted hop: its `x-graylane-lane` and `trusted_only` keys and rules are
+    /// honoured.
     pub trusted: bool,
 }
 
