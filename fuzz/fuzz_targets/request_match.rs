@@ -223,6 +223,8 @@ fuzz_target!(|input: Input<'_>| {
         client_ip,
         now_unix_ms: input.now_unix_ms,
         trusted_lane: input.lane.as_ref().map(|l| l.str(LANES)),
+        trusted: input.lane.is_some(),
+        random: input.now_unix_ms as u32,
     };
 
     let Some(decision) = table.decide(&req) else {

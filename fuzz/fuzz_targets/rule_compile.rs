@@ -83,6 +83,8 @@ impl Fixed {
             client_ip: "203.0.113.7".parse().unwrap(),
             now_unix_ms: 1_796_112_000_000, // 2026-12-01T08:00:00Z
             trusted_lane: None,
+            trusted: false,
+            random: 0,
         }
     }
 }

@@ -292,6 +292,9 @@ pub struct Release {
     /// Any matching rule sends the request to the candidate whatever the weight.
     pub force: Vec<Rule>,
     pub bucket_by: KeySpec,
+    /// `bucket_by` is read only from a listener's `trusted_hops`; anyone else's request counts
+    /// as lacking the key.
+    pub bucket_by_trusted_only: bool,
     /// Mixed into the bucketing hash; defaults to the candidate's name so each new candidate
     /// draws a fresh set of users.
     pub salt: String,
@@ -514,6 +517,9 @@ pub enum Rule {
     All(Vec<Rule>),
     Any(Vec<Rule>),
     Not(Box<Rule>),
+    /// The rule (one reading a header, written with `trusted_only: true`) matches only a
+    /// request from a listener's `trusted_hops`: anyone else could send that header.
+    TrustedOnly(Box<Rule>),
 }
 
 /// How a header, cookie or query value is tested.
@@ -576,6 +582,8 @@ pub struct RateLimit {
     pub per: Duration,
     pub burst: u32,
     pub backend: LimitBackend,
+    /// `RateLimit-*` headers on allowed responses too, not only on the `429`.
+    pub headers_on_allowed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

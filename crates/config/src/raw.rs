@@ -150,7 +150,7 @@ pub struct RawRelease {
     pub skip_rollback: Option<bool>,
     #[serde(default)]
     pub force: Vec<RawRule>,
-    pub bucket_by: Option<String>,
+    pub bucket_by: Option<RawKey>,
     pub salt: Option<String>,
     pub sticky: Option<RawSticky>,
     #[serde(default)]
@@ -164,6 +164,21 @@ pub struct RawVariant {
     pub name: String,
     pub version: String,
     pub weight: f64,
+}
+
+/// A key, written `header:X-User-Id` or `{ key: "header:X-User-Id", trusted_only: true }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawKey {
+    Plain(String),
+    Full(RawKeyFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyFull {
+    pub key: String,
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +279,8 @@ pub struct RawValueRule {
     pub regex: Option<String>,
     pub exists: Option<bool>,
     pub absent: Option<bool>,
+    /// Honoured only from a listener's `trusted_hops` (headers only).
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +297,7 @@ pub struct RawPathRule {
 pub struct RawSemverRule {
     pub header: String,
     pub range: String,
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +307,7 @@ pub struct RawCountryRule {
     pub equals: Option<String>,
     #[serde(rename = "in")]
     pub one_of: Option<Vec<String>>,
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +322,7 @@ pub struct RawTimeRule {
 pub struct RawSegmentRule {
     pub name: String,
     pub key: String,
+    pub trusted_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,6 +354,7 @@ pub struct RawRateLimit {
     pub redis_url: Option<String>,
     pub timeout: Option<String>,
     pub on_redis_error: Option<String>,
+    pub headers: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,6 +21,8 @@ pub(crate) struct Validator<'a> {
     base_dir: &'a Path,
     /// (key path, message)
     pub(crate) problems: Vec<(String, String)>,
+    /// Where `trusted_only: true` was written: it needs a listener with `trusted_hops`.
+    trusted_only_at: Vec<String>,
 }
 
 impl<'a> Validator<'a> {
@@ -28,6 +30,7 @@ impl<'a> Validator<'a> {
         Validator {
             base_dir,
             problems: Vec::new(),
+            trusted_only_at: Vec::new(),
         }
     }
 
@@ -49,6 +52,14 @@ impl<'a> Validator<'a> {
             Some(tc) => self.traffic_control(tc, &services, &declared),
             None => TrafficControl::default(),
         };
+        if !listeners.iter().any(|(_, l)| !l.trusted_hops.is_empty()) {
+            for path in std::mem::take(&mut self.trusted_only_at) {
+                self.fail(
+                    path,
+                    "`trusted_only: true` needs a listener with `trusted_hops`; without one it is never honoured",
+                );
+            }
+        }
         if !self.problems.is_empty() {
             return None;
         }
@@ -631,9 +642,24 @@ impl<'a> Validator<'a> {
             .enumerate()
             .filter_map(|(i, r)| self.rule(&format!("{path}.force[{i}]"), r, segments, 0))
             .collect();
-        let bucket_by = match &raw.bucket_by {
-            Some(k) => self.key_spec(&format!("{path}.bucket_by"), k),
-            None => Some(KeySpec::ClientIp),
+        let (bucket_by, bucket_by_trusted_only) = match &raw.bucket_by {
+            Some(RawKey::Plain(k)) => (self.key_spec(&format!("{path}.bucket_by"), k), false),
+            Some(RawKey::Full(k)) => {
+                let at = format!("{path}.bucket_by");
+                let spec = self.key_spec(&format!("{at}.key"), &k.key);
+                let trusted_only = k.trusted_only == Some(true);
+                if trusted_only {
+                    if spec == Some(KeySpec::ClientIp) {
+                        self.fail(
+                            format!("{at}.trusted_only"),
+                            "the client IP is not sent by anyone, so `trusted_only` does not apply to it",
+                        );
+                    }
+                    self.trusted_only_at.push(format!("{at}.trusted_only"));
+                }
+                (spec, trusted_only)
+            }
+            None => (Some(KeySpec::ClientIp), false),
         };
         if let Some(salt) = &raw.salt
             && salt.chars().any(char::is_control)
@@ -687,6 +713,7 @@ impl<'a> Validator<'a> {
             candidate,
             force,
             bucket_by: bucket_by?,
+            bucket_by_trusted_only,
             salt,
             sticky,
             steps,
@@ -1225,7 +1252,45 @@ impl<'a> Validator<'a> {
         if ok { check } else { None }
     }
 
+    /// A rule; one written with `trusted_only: true` is wrapped in [`Rule::TrustedOnly`].
     fn rule(
+        &mut self,
+        path: &str,
+        raw: &RawRule,
+        segments: &[Segment],
+        depth: usize,
+    ) -> Option<Rule> {
+        let (kind, flag) = [
+            ("header", raw.header.as_ref().and_then(|h| h.trusted_only)),
+            ("cookie", raw.cookie.as_ref().and_then(|c| c.trusted_only)),
+            ("query", raw.query.as_ref().and_then(|q| q.trusted_only)),
+            ("semver", raw.semver.as_ref().and_then(|s| s.trusted_only)),
+            ("country", raw.country.as_ref().and_then(|c| c.trusted_only)),
+            ("segment", raw.segment.as_ref().and_then(|s| s.trusted_only)),
+        ]
+        .into_iter()
+        .find(|(_, flag)| flag.is_some())
+        .unwrap_or(("", None));
+        let trusted_only = flag == Some(true);
+        let flag_path = format!("{path}.{kind}.trusted_only");
+        if trusted_only && matches!(kind, "cookie" | "query") {
+            self.fail(
+                flag_path,
+                format!(
+                    "`trusted_only` applies to what a hop in front of graylane sets (headers); a {kind} comes from the client"
+                ),
+            );
+            return None;
+        }
+        let rule = self.rule_kind(path, raw, segments, depth)?;
+        if !trusted_only {
+            return Some(rule);
+        }
+        self.trusted_only_at.push(flag_path);
+        Some(Rule::TrustedOnly(Box::new(rule)))
+    }
+
+    fn rule_kind(
         &mut self,
         path: &str,
         raw: &RawRule,
@@ -1736,6 +1801,17 @@ impl<'a> Validator<'a> {
             None => Some(None),
         };
         let rate = self.rate(&format!("{path}.rate"), &rl.rate);
+        let headers_on_allowed = match rl.headers.as_deref() {
+            None | Some("refused") => false,
+            Some("always") => true,
+            Some(other) => {
+                self.fail(
+                    format!("{path}.headers"),
+                    format!("unknown choice `{other}`: use `refused` or `always`"),
+                );
+                false
+            }
+        };
         if rl.burst == Some(0) {
             self.fail(format!("{path}.burst"), "must be at least 1");
         }
@@ -1816,6 +1892,7 @@ impl<'a> Validator<'a> {
             per,
             burst: rl.burst.unwrap_or(requests).max(1),
             backend: backend?,
+            headers_on_allowed,
         })
     }
 

@@ -724,3 +724,80 @@ fn force_rules_do_not_apply_to_an_experiment() {
         &["does not apply to strategy `experiment`"],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// trusted_only keys and rules
+// ---------------------------------------------------------------------------------------------
+
+fn with_trusted_hops(yaml: &str) -> String {
+    yaml.replacen(
+        LISTENERS,
+        "listeners: [{ bind: 127.0.0.1:8080, trusted_hops: [10.0.0.0/8] }]\n",
+        1,
+    )
+}
+
+const CANARY: &str = "      strategy: canary
+      baseline: stable
+      candidate: green
+      steps: [{ weight: 5 }]
+";
+
+#[test]
+fn bucket_by_takes_the_plain_and_the_trusted_only_form() {
+    let plain = valid(&with_release(&format!(
+        "{CANARY}      bucket_by: \"header:X-User-Id\"\n"
+    )));
+    let r = plain.services[0].release.as_ref().unwrap();
+    assert_eq!(r.bucket_by.to_string(), "header:x-user-id");
+    assert!(!r.bucket_by_trusted_only);
+    let full = valid(&with_trusted_hops(&with_release(&format!(
+        "{CANARY}      bucket_by: {{ key: \"header:X-User-Id\", trusted_only: true }}\n"
+    ))));
+    let r = full.services[0].release.as_ref().unwrap();
+    assert_eq!(r.bucket_by.to_string(), "header:x-user-id");
+    assert!(r.bucket_by_trusted_only);
+}
+
+#[test]
+fn trusted_only_without_any_trusted_hops_is_refused() {
+    only_error(
+        &with_release(&format!(
+            "{CANARY}      bucket_by: {{ key: \"header:X-User-Id\", trusted_only: true }}\n"
+        )),
+        "services[0].release.bucket_by.trusted_only",
+        &["needs a listener with `trusted_hops`"],
+    );
+    only_error(
+        &with_release(&format!(
+            "{CANARY}      force: [{{ header: {{ name: X-Canary, exists: true, trusted_only: true }} }}]\n"
+        )),
+        "services[0].release.force[0].header.trusted_only",
+        &["needs a listener with `trusted_hops`"],
+    );
+}
+
+#[test]
+fn trusted_only_is_refused_where_a_hop_sets_nothing() {
+    only_error(
+        &with_trusted_hops(&with_release(&format!(
+            "{CANARY}      force: [{{ cookie: {{ name: beta, exists: true, trusted_only: true }} }}]\n"
+        ))),
+        "services[0].release.force[0].cookie.trusted_only",
+        &["a cookie comes from the client"],
+    );
+    only_error(
+        &with_trusted_hops(&with_release(&format!(
+            "{CANARY}      bucket_by: {{ key: ip, trusted_only: true }}\n"
+        ))),
+        "services[0].release.bucket_by.trusted_only",
+        &["does not apply"],
+    );
+    only_error(
+        &with_trusted_hops(&with_release(&format!(
+            "{CANARY}      bucket_by: {{ key: \"header:\" }}\n"
+        ))),
+        "services[0].release.bucket_by.key",
+        &["is not a key"],
+    );
+}

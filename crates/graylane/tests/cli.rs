@@ -308,6 +308,46 @@ fn eval_json_has_service_version_and_reason() {
 }
 
 #[test]
+fn eval_shows_the_sticky_cookie_it_would_set_and_explains_it_when_replayed() {
+    let config = fixture("brief.yaml");
+    let keys = [("GRAYLANE_COOKIE_KEYS", "eval-test-key-0123456789")];
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--config", config.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let out = run_with_env(&args, &keys);
+        assert_eq!(out.code(), Some(0), "{out:?}");
+        serde_json::from_str::<serde_json::Value>(out.stdout.trim()).unwrap()
+    };
+    let first = eval(&["GET", "/api/payment/orders"]);
+    assert_eq!(first["key"], "random", "{first}");
+    let cookie = first["set_cookie"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{first}"));
+    assert!(cookie.starts_with("graylane_lane=v1."), "{cookie}");
+    let header = format!("Cookie: {cookie}");
+    let again = eval(&["GET", "/api/payment/orders", "-H", &header]);
+    assert_eq!(again["reason"], "sticky", "{again}");
+    assert_eq!(again["bucket"], first["bucket"], "{again}");
+    assert_eq!(again["version"], first["version"], "{again}");
+    assert!(again.get("set_cookie").is_none(), "{again}");
+    assert!(
+        again["explanation"]
+            .as_str()
+            .unwrap()
+            .starts_with("signed sticky cookie graylane_lane carries bucket"),
+        "{again}"
+    );
+    // A forged cookie is not honoured.
+    let forged = eval(&[
+        "GET",
+        "/api/payment/orders",
+        "-H",
+        "Cookie: graylane_lane=canary",
+    ]);
+    assert_eq!(forged["key"], "random", "{forged}");
+}
+
+#[test]
 fn eval_without_a_matching_service_exits_1() {
     let out = eval(&["GET", "/nothing/here"]);
     assert_eq!(out.code(), Some(1), "{out:?}");

@@ -96,6 +96,7 @@ fn run() -> Result<(), String> {
     let options = GatewayOptions {
         workers: 1,
         drain_timeout: Duration::from_secs(1),
+        cookie_keys: None,
     };
     let gateway = Gateway::start(config, options).map_err(|e| e.to_string())?;
     let started = t.elapsed();
@@ -125,6 +126,8 @@ fn run() -> Result<(), String> {
         client_ip: [127, 0, 0, 1].into(),
         now_unix_ms: 0,
         trusted_lane: None,
+        trusted: false,
+        random: 0,
     };
     let t = Instant::now();
     let decision = snapshot

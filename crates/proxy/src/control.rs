@@ -244,6 +244,13 @@ pub struct LimitRoute {
     pub path_prefix: Option<Box<str>>,
     pub key: Option<KeySpec>,
     pub limiter: Arc<Limiter>,
+    /// `RateLimit-Limit`: the most requests admitted at once (the burst), the same for a local
+    /// and a Redis limit.
+    pub burst: u32,
+    /// `RateLimit-Policy`: `<burst>;w=<seconds to refill the burst>`.
+    pub policy: http::HeaderValue,
+    /// Send the `RateLimit-*` headers on allowed responses too.
+    pub headers_on_allowed: bool,
     /// `100/s per header:x-user-id`, for the `429` body.
     pub describe: Box<str>,
 }
@@ -442,10 +449,16 @@ pub fn compile(
                 .map_or_else(String::new, |k| format!(" per {k}"));
             let service = &mut services[rl.service];
             service.limits_global |= matches!(*limiter, Limiter::Global(_));
+            let refill = rl.per.as_secs_f64() * f64::from(rl.burst) / f64::from(rl.requests);
+            let policy = format!("{};w={}", rl.burst, refill.ceil().max(1.0) as u64);
             service.limits.push(LimitRoute {
                 path_prefix: rl.path_prefix.as_deref().map(Into::into),
                 key: rl.key.clone(),
                 limiter,
+                burst: rl.burst,
+                policy: http::HeaderValue::try_from(policy)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("0")),
+                headers_on_allowed: rl.headers_on_allowed,
                 describe: format!(
                     "{} requests per {}{per_key} (burst {})",
                     rl.requests,

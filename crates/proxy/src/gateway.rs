@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use graylane_config::{Config, ConfigErrors, Service, Weight};
-use graylane_rules::{Routing, Share};
+use graylane_rules::{CookieKeys, Routing, Share};
 use tokio::sync::watch;
 
 use crate::control::ControlState;
@@ -27,6 +27,9 @@ pub struct GatewayOptions {
     pub workers: usize,
     /// How long SIGTERM waits for in-flight requests before closing connections.
     pub drain_timeout: Duration,
+    /// The keys that sign sticky cookies (see [`crate::cookie_keys`]); `None`: random keys for
+    /// this process only, so cookies stop verifying after a restart.
+    pub cookie_keys: Option<CookieKeys>,
 }
 
 impl Default for GatewayOptions {
@@ -34,6 +37,7 @@ impl Default for GatewayOptions {
         GatewayOptions {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             drain_timeout: Duration::from_secs(30),
+            cookie_keys: None,
         }
     }
 }
@@ -45,6 +49,7 @@ struct Control {
     /// they survive reloads that add or reorder versions.
     routes: BTreeMap<String, NamedRouting>,
     generation: u64,
+    cookie_keys: CookieKeys,
 }
 
 /// A [`Routing`] with version names instead of indices.
@@ -107,6 +112,8 @@ pub enum StartError {
     },
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    CookieKeys(#[from] crate::cookie_keys::CookieKeysError),
 }
 
 /// Why segment members could not be changed.
@@ -148,6 +155,10 @@ impl Gateway {
     /// Binds every listener and starts the workers serving `config`.
     pub fn start(config: Config, options: GatewayOptions) -> Result<Gateway, StartError> {
         let workers = options.workers.max(1);
+        let cookie_keys = match options.cookie_keys {
+            Some(keys) => keys,
+            None => crate::cookie_keys::ephemeral()?,
+        };
         let metrics = Metrics::new(workers);
         let mut per_worker: Vec<Vec<BoundListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
@@ -187,6 +198,7 @@ impl Gateway {
             1,
             &BTreeMap::new(),
             &control_state,
+            &cookie_keys,
         )));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shutdown_rx_for_prober = shutdown_rx.clone();
@@ -223,6 +235,7 @@ impl Gateway {
                 config,
                 routes: BTreeMap::new(),
                 generation: 1,
+                cookie_keys,
             }),
             local_addrs,
             shutdown,
@@ -339,6 +352,7 @@ impl Gateway {
             control.generation,
             &routes,
             &self.control_state,
+            &control.cookie_keys,
         );
         self.snapshot.store(Arc::new(snapshot));
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use graylane_config::{LoadBalancing, PathPolicy, UnderscoreHeaders};
-use graylane_rules::{Decision, Reason, RequestView, path};
+use graylane_rules::{Decision, RequestView, path};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -29,6 +29,7 @@ pub static X_GRAYLANE_FALLBACK: HeaderName = HeaderName::from_static("x-graylane
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// How much of a request body is read before the request is forwarded. A body that ends within
@@ -43,7 +44,8 @@ pub struct ConnInfo {
     /// The peer's address as an `X-Forwarded-For` entry, formatted once per connection.
     pub forwarded_for: HeaderValue,
     pub tls: bool,
-    /// The peer is a trusted hop: its `x-graylane-lane` is honoured.
+    /// The peer is a trusted hop: its `x-graylane-lane` and `trusted_only` keys and rules are
+    /// honoured.
     pub trusted: bool,
     /// The listener's path normalisation settings.
     pub paths: PathPolicy,
@@ -99,6 +101,9 @@ pub async fn handle(
         client_ip: conn.peer.ip(),
         now_unix_ms: now_unix_ms(),
         trusted_lane: lane,
+        trusted: conn.trusted,
+        // Only the low bits matter: the engine takes it modulo 100,000.
+        random: forward::fastrand_u64() as u32,
     };
     let Some(decision) = snapshot.table.decide(&view) else {
         return not_found(req.uri().path());
@@ -106,24 +111,28 @@ pub async fn handle(
     let service = &snapshot.services[decision.service];
     let version = &service.versions[decision.version];
     version.stats.record_decision(worker.id, &decision.reason);
+    let mut limit_headers = None;
     if !service.control.limits.is_empty() {
         let now = control::nanos_at(started);
         // A limit shared through Redis may wait on it: that rare path is boxed, so the
         // future of every request stays as small as the local checks need.
-        let refused = if service.control.limits_global {
+        let verdict = if service.control.limits_global {
             Box::pin(check_rate_limits_global(service, &view, now)).await
         } else {
             check_rate_limits(service, &view, now)
         };
-        if let Some(refused) = refused {
-            version
-                .stats
-                .record_response(worker.id, 429, started.elapsed());
-            return refused;
+        match verdict {
+            LimitVerdict::Refused(refused) => {
+                version
+                    .stats
+                    .record_response(worker.id, 429, started.elapsed());
+                return *refused;
+            }
+            LimitVerdict::Allowed(headers) => limit_headers = headers,
         }
     }
 
-    let sticky_cookie = sticky_cookie_to_set(version, &decision);
+    let sticky_cookie = sticky_cookie_to_set(&snapshot, service, &decision, conn.tls);
     let (parts, body) = req.into_parts();
     // One deadline covers the read-ahead and the upstream exchange, counted from when the
     // request arrived; it takes a slot in the worker's table only if something has to wait.
@@ -175,9 +184,10 @@ pub async fn handle(
             started,
             sticky_cookie,
         };
-        return attempt
+        let response = attempt
             .run(decision.version, parts, body, &mut deadline)
             .await;
+        return stamp_limits(response, limit_headers.as_ref());
     }
     let progress = body.progress();
     let req = Request::from_parts(parts, body);
@@ -234,7 +244,7 @@ pub async fn handle(
     version
         .stats
         .record_served(worker.id, response.status().as_u16(), started.elapsed());
-    response
+    stamp_limits(response, limit_headers.as_ref())
 }
 
 /// Whether a failed exchange was the client's doing rather than the upstream's: its streamed
@@ -281,24 +291,78 @@ fn client_body_failure(
     refuse(status, what, &format!("{:?}", service.request_timeout))
 }
 
-/// Checks the service's rate limits that apply to this request (all kept in this process);
-/// the `429` when one refuses.
-fn check_rate_limits(
-    service: &ServiceRoute,
-    view: &RequestView<'_>,
-    now: u64,
-) -> Option<Response<ProxyBody>> {
+/// What the rate limits said of a request: refused (the `429`), or allowed, with the
+/// `RateLimit-*` values to send when a limit that applies asks for them on allowed responses.
+enum LimitVerdict {
+    Refused(Box<Response<ProxyBody>>),
+    Allowed(Option<LimitHeaders>),
+}
+
+/// The `RateLimit-*` values of one limit's answer.
+struct LimitHeaders {
+    limit: u32,
+    remaining: u32,
+    reset_secs: u64,
+    policy: HeaderValue,
+}
+
+impl LimitHeaders {
+    fn of(limit: &control::LimitRoute, answer: &control::LimitAnswer) -> LimitHeaders {
+        LimitHeaders {
+            limit: limit.burst,
+            remaining: answer.remaining.min(limit.burst),
+            reset_secs: answer.reset_secs,
+            policy: limit.policy.clone(),
+        }
+    }
+
+    /// Of two limits' values, the one a client has to mind: the fewer requests left.
+    fn tighter(current: Option<LimitHeaders>, new: LimitHeaders) -> Option<LimitHeaders> {
+        Some(match current {
+            Some(c) if c.remaining <= new.remaining => c,
+            _ => new,
+        })
+    }
+
+    fn stamp(&self, headers: &mut http::HeaderMap) {
+        headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(self.limit));
+        headers.insert(
+            RATELIMIT_REMAINING.clone(),
+            HeaderValue::from(self.remaining),
+        );
+        headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(self.reset_secs));
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
+    }
+}
+
+/// Adds the `RateLimit-*` headers to an allowed request's response, when a limit asked for them.
+fn stamp_limits(
+    mut response: Response<ProxyBody>,
+    limits: Option<&LimitHeaders>,
+) -> Response<ProxyBody> {
+    if let Some(limits) = limits {
+        limits.stamp(response.headers_mut());
+    }
+    response
+}
+
+/// Checks the service's rate limits that apply to this request (all kept in this process).
+fn check_rate_limits(service: &ServiceRoute, view: &RequestView<'_>, now: u64) -> LimitVerdict {
+    let mut headers = None;
     for limit in applicable_limits(service, view.path) {
         let answer = view.with_policy_key(limit.key.as_ref(), |key| {
             limit.limiter.check_local(key, now)
         });
-        if let Ok(answer) = answer
-            && !answer.allowed
-        {
-            return Some(too_many_requests(service, limit, &answer));
+        if let Ok(answer) = answer {
+            if !answer.allowed {
+                return LimitVerdict::Refused(Box::new(too_many_requests(service, limit, &answer)));
+            }
+            if limit.headers_on_allowed {
+                headers = LimitHeaders::tighter(headers, LimitHeaders::of(limit, &answer));
+            }
         }
     }
-    None
+    LimitVerdict::Allowed(headers)
 }
 
 /// [`check_rate_limits`] for a service with a limit shared through Redis.
@@ -306,7 +370,8 @@ async fn check_rate_limits_global(
     service: &ServiceRoute,
     view: &RequestView<'_>,
     now: u64,
-) -> Option<Response<ProxyBody>> {
+) -> LimitVerdict {
+    let mut headers = None;
     for limit in applicable_limits(service, view.path) {
         let answer = match view.with_policy_key(limit.key.as_ref(), |key| {
             limit
@@ -319,10 +384,13 @@ async fn check_rate_limits_global(
             Err((global, key)) => control::check_global(global, key.as_slice()).await,
         };
         if !answer.allowed {
-            return Some(too_many_requests(service, limit, &answer));
+            return LimitVerdict::Refused(Box::new(too_many_requests(service, limit, &answer)));
+        }
+        if limit.headers_on_allowed {
+            headers = LimitHeaders::tighter(headers, LimitHeaders::of(limit, &answer));
         }
     }
-    None
+    LimitVerdict::Allowed(headers)
 }
 
 fn applicable_limits<'a>(
@@ -337,8 +405,9 @@ fn applicable_limits<'a>(
     })
 }
 
-/// The `429` of a refused request: the `RateLimit-*` headers, `Retry-After` and a JSON body
-/// naming the limit.
+/// The `429` of a refused request: the `RateLimit-*` headers (the same meaning for a local and
+/// a Redis limit: the burst, what is left of it, seconds until it is full again, and the
+/// policy), `Retry-After` and a JSON body naming the limit.
 fn too_many_requests(
     service: &ServiceRoute,
     limit: &control::LimitRoute,
@@ -354,15 +423,7 @@ fn too_many_requests(
         }),
     );
     let headers = resp.headers_mut();
-    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(answer.limit));
-    headers.insert(
-        RATELIMIT_REMAINING.clone(),
-        HeaderValue::from(answer.remaining),
-    );
-    headers.insert(
-        RATELIMIT_RESET.clone(),
-        HeaderValue::from(answer.reset_secs),
-    );
+    LimitHeaders::of(limit, answer).stamp(headers);
     if let Some(after) = answer.retry_after_secs {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(after));
     }
@@ -735,7 +796,8 @@ impl Attempts<'_> {
                 parts
                     .headers
                     .insert(X_GRAYLANE_VERSION.clone(), version.version_header.clone());
-                if !fell_back && let Some(cookie) = self.sticky_cookie {
+                // The cookie pins a bucket, not a version, so a fallback's answer carries it too.
+                if let Some(cookie) = self.sticky_cookie {
                     parts.headers.append(header::SET_COOKIE, cookie);
                 }
                 Response::from_parts(parts, ProxyBody::Upstream(body))
@@ -827,15 +889,32 @@ fn now_unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A `Set-Cookie` when the release is sticky and the version came from the weight. Forced and
-/// lane traffic is not pinned: it is test traffic. A cookie already naming an eligible version
-/// would have made the decision `Sticky`, so a `Bucket` decision always means the cookie is
-/// missing or stale — no need to read it again here.
-fn sticky_cookie_to_set(version: &VersionRoute, decision: &Decision) -> Option<HeaderValue> {
-    match decision.reason {
-        Reason::Bucket { .. } => version.set_cookie.clone(),
-        _ => None,
+/// The `Set-Cookie` pinning the decision's bucket, when the rule engine asks for one (a
+/// bucketed request to a sticky release without a valid cookie carrying that bucket; forced
+/// and lane traffic is test traffic and is never pinned). Its value differs per client, so it
+/// is built here: one allocation, only for requests that get the cookie. `Secure` on a TLS
+/// listener.
+fn sticky_cookie_to_set(
+    snapshot: &LocalSnapshot,
+    service: &ServiceRoute,
+    decision: &Decision,
+    tls: bool,
+) -> Option<HeaderValue> {
+    let cookie = service.sticky.as_ref()?;
+    let value = snapshot
+        .table
+        .sticky_value(decision.service, decision.pin?)?;
+    const SECURE: &[u8] = b"; Secure";
+    let mut out = Vec::with_capacity(
+        cookie.name.len() + value.as_bytes().len() + cookie.attributes.len() + SECURE.len(),
+    );
+    out.extend_from_slice(&cookie.name);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&cookie.attributes);
+    if tls {
+        out.extend_from_slice(SECURE);
     }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
 }
 
 fn forwarding<'a>(

@@ -22,6 +22,7 @@
 
 mod body;
 pub mod control;
+pub mod cookie_keys;
 mod deadline;
 mod forward;
 mod gateway;

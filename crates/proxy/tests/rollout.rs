@@ -215,6 +215,8 @@ impl Probe {
             client_ip: "198.51.100.10".parse().unwrap(),
             now_unix_ms: 0,
             trusted_lane: None,
+            trusted: false,
+            random: 0,
         }
     }
 }

@@ -305,120 +305,170 @@ services:
         - weight: {weight}
 "#;
 
+/// The `name=value` part of a `Set-Cookie`, and the bucket a `graylane_lane=v1.<bucket>.<tag>`
+/// value carries.
+fn sticky_pair(set_cookie: &str) -> (String, u32) {
+    let pair = set_cookie.split(';').next().unwrap().to_string();
+    let bucket = pair
+        .strip_prefix("graylane_lane=v1.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("not a signed sticky cookie: {set_cookie:?}"));
+    (pair, bucket)
+}
+
+fn sticky_yaml(stable: &Upstream, canary: &Upstream, weight: f64) -> String {
+    fill(
+        STICKY,
+        &[
+            ("stable", stable.addr.to_string()),
+            ("canary", canary.addr.to_string()),
+            ("weight", weight.to_string()),
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sticky_cookie_pins_users_while_the_canary_has_traffic() {
+async fn a_forged_version_cookie_gets_the_configured_split_and_a_real_cookie() {
     let stable = Upstream::start("stable");
     let canary = Upstream::start("canary");
-    let yaml = |weight: u32| {
-        fill(
-            STICKY,
-            &[
-                ("stable", stable.addr.to_string()),
-                ("canary", canary.addr.to_string()),
-                ("weight", weight.to_string()),
-            ],
-        )
-    };
-    let gateway = start_gateway(config(&yaml(50)));
-    let gw = addr(&gateway);
-    let path = "/api/payment/orders";
-
-    // Find a user bucketed to each version; at 50% a few hundred users are plenty.
-    let mut conn = Http1::connect(gw).await.unwrap();
-    let (mut stable_user, mut canary_user) = (None, None);
-    for i in 0..300 {
-        let user = format!("u-{i}");
-        let r = conn.get(path, &[("X-User-Id", &user)]).await.unwrap();
+    let gateway = start_gateway(config(&sticky_yaml(&stable, &canary, 5.0)));
+    let mut conn = Http1::connect(addr(&gateway)).await.unwrap();
+    let mut on_canary = 0;
+    for _ in 0..400 {
+        let r = conn
+            .get("/api/payment/orders", &[("Cookie", "graylane_lane=canary")])
+            .await
+            .unwrap();
         assert_eq!(r.status, StatusCode::OK);
         let version = r.version().unwrap().to_string();
         assert_eq!(r.upstream_version(), version);
         let cookies = r.set_cookies();
-        assert_eq!(cookies.len(), 1, "{user}: one Set-Cookie, got {cookies:?}");
+        assert_eq!(
+            cookies.len(),
+            1,
+            "the forged cookie is replaced: {cookies:?}"
+        );
+        let (_, bucket) = sticky_pair(&cookies[0]);
+        assert_eq!(
+            version == "canary",
+            bucket < 5_000,
+            "bucket {bucket} → {version}"
+        );
+        on_canary += usize::from(version == "canary");
+    }
+    // 5% of 400 is 20; a forged cookie that worked would make it 400.
+    assert!(
+        (1..=60).contains(&on_canary),
+        "{on_canary} of 400 on the canary"
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_sticky_cookie_keeps_its_version_and_moves_to_the_candidate_as_the_weight_grows()
+{
+    let stable = Upstream::start("stable");
+    let canary = Upstream::start("canary");
+    let gateway = start_gateway(config(&sticky_yaml(&stable, &canary, 5.0)));
+    let path = "/api/payment/orders";
+    let mut conn = Http1::connect(addr(&gateway)).await.unwrap();
+
+    // Clients without a user id: each first response pins a random bucket.
+    let mut holders = Vec::new();
+    for _ in 0..60 {
+        let r = conn.get(path, &[]).await.unwrap();
+        let cookies = r.set_cookies();
+        assert_eq!(cookies.len(), 1, "{cookies:?}");
+        for attribute in ["; Path=/api/payment", "; HttpOnly", "; SameSite=Lax"] {
+            assert!(cookies[0].contains(attribute), "{:?}", cookies[0]);
+        }
         assert!(
-            cookies[0].starts_with(&format!("graylane_lane={version};")),
-            "{user} got {version} but the cookie says {:?}",
+            !cookies[0].contains("Secure"),
+            "plain HTTP: {:?}",
             cookies[0]
         );
-        assert!(cookies[0].contains("Path=/api/payment"), "{:?}", cookies[0]);
-        let slot = if version == "stable" {
-            &mut stable_user
-        } else {
-            &mut canary_user
-        };
-        slot.get_or_insert(user);
-        if stable_user.is_some() && canary_user.is_some() {
-            break;
+        let (pair, bucket) = sticky_pair(&cookies[0]);
+        holders.push((pair, bucket, r.version().unwrap().to_string()));
+    }
+    // Replayed at the same weight: the same version, and no new cookie.
+    for (pair, bucket, first) in &holders {
+        for _ in 0..2 {
+            let r = conn.get(path, &[("Cookie", pair)]).await.unwrap();
+            assert_eq!(r.version(), Some(first.as_str()), "bucket {bucket}");
+            assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
         }
     }
-    let stable_user = stable_user.expect("some user is bucketed to stable at 50%");
-    let canary_user = canary_user.expect("some user is bucketed to canary at 50%");
-
-    // Bucketing is deterministic: the same user gets the same version again.
-    for _ in 0..3 {
-        let r = conn
-            .get(path, &[("X-User-Id", &stable_user)])
-            .await
-            .unwrap();
-        assert_eq!(r.version(), Some("stable"));
-        let r = conn
-            .get(path, &[("X-User-Id", &canary_user)])
-            .await
-            .unwrap();
-        assert_eq!(r.version(), Some("canary"));
+    // Widening moves holders toward the candidate by their bucket, never back.
+    let mut was_canary = vec![false; holders.len()];
+    for weight in [5.0, 50.0, 99.9, 100.0] {
+        gateway.apply(config(&sticky_yaml(&stable, &canary, weight)));
+        for (i, (pair, bucket, _)) in holders.iter().enumerate() {
+            let r = conn.get(path, &[("Cookie", pair)]).await.unwrap();
+            let canary_now = r.version() == Some("canary");
+            assert_eq!(r.upstream_version() == "canary", canary_now);
+            assert_eq!(
+                canary_now,
+                f64::from(*bucket) < weight * 1_000.0,
+                "bucket {bucket} at {weight}%"
+            );
+            assert!(canary_now || !was_canary[i], "bucket {bucket} moved back");
+            was_canary[i] = canary_now;
+        }
     }
-
-    // The cookie wins over the bucket while the canary gets traffic, and is not re-set.
-    let r = conn
-        .get(
-            path,
-            &[
-                ("X-User-Id", &stable_user),
-                ("Cookie", "theme=dark; graylane_lane=canary"),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        r.version(),
-        Some("canary"),
-        "cookie pins the stable-bucket user"
+    assert!(
+        was_canary.iter().all(|c| *c),
+        "everyone is on the canary at 100%"
     );
-    assert_eq!(r.upstream_version(), "canary");
-    assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
-    let r = conn
-        .get(
-            path,
+    shutdown(gateway).await;
+}
+
+const TRUSTED_ONLY: &str = r#"
+listeners:
+  - bind: 127.0.0.1:0
+    trusted_hops: ["{trusted}"]
+services:
+  - name: payment
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      force:
+        - header: { name: X-Canary, equals: "yes", trusted_only: true }
+      steps:
+        - weight: 0
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_only_force_header_from_an_untrusted_client_is_ignored() {
+    let stable = Upstream::start("stable");
+    let canary = Upstream::start("canary");
+    let yaml = |trusted: &str| {
+        fill(
+            TRUSTED_ONLY,
             &[
-                ("X-User-Id", &canary_user),
-                ("Cookie", "graylane_lane=stable"),
+                ("trusted", trusted.to_string()),
+                ("stable", stable.addr.to_string()),
+                ("canary", canary.addr.to_string()),
             ],
         )
-        .await
-        .unwrap();
+    };
+    let gateway = start_gateway(config(&yaml("192.0.2.0/24")));
+    let gw = addr(&gateway);
+    let r = get(gw, "/x", &[("X-Canary", "yes")]).await;
     assert_eq!(
         r.version(),
         Some("stable"),
-        "the baseline cookie is honoured too"
+        "127.0.0.1 is not a trusted hop"
     );
-
-    // At weight 0 (paused or rolled back) a canary cookie no longer counts, and is replaced.
-    gateway.apply(config(&yaml(0)));
-    for user in [&stable_user, &canary_user] {
-        let r = conn
-            .get(
-                path,
-                &[("X-User-Id", user), ("Cookie", "graylane_lane=canary")],
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.version(), Some("stable"), "{user} at weight 0");
-        assert_eq!(r.upstream_version(), "stable");
-        let cookies = r.set_cookies();
-        assert!(
-            cookies.len() == 1 && cookies[0].starts_with("graylane_lane=stable;"),
-            "{user}: the stale canary cookie is replaced, got {cookies:?}"
-        );
-    }
+    shutdown(gateway).await;
+    // Listener settings take effect at start: another gateway, trusting the client.
+    let gateway = start_gateway(config(&yaml("127.0.0.1/32")));
+    let r = get(addr(&gateway), "/x", &[("X-Canary", "yes")]).await;
+    assert_eq!(r.version(), Some("canary"), "now it is");
     shutdown(gateway).await;
 }
 

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// One service on a TLS listener. The header read timeout is far above [`REQUEST_TIMEOUT`], so
+/// One service on a TLS listener, with a sticky release that keeps everyone on stable. The header read timeout is far above [`REQUEST_TIMEOUT`], so
 /// a connection the gateway closes within a test was closed for a reason other than it.
 const TLS_GATEWAY: &str = r#"
 listeners:
@@ -33,6 +33,13 @@ services:
     match: { path_prefix: /tls }
     versions:
       stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{stable}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      sticky: { cookie: lane }
+      steps: [{ weight: 0 }]
 "#;
 
 /// A self-signed certificate for `localhost` and `127.0.0.1`, its PEM files in a folder of
@@ -209,6 +216,12 @@ async fn http1_over_tls_is_proxied_with_forwarded_proto_https() {
             .await
             .unwrap_or_else(|_| panic!("no answer within {REQUEST_TIMEOUT:?}"));
         assert_proxied_over_tls(&reply, path, &format!("HTTP/1.1 request {}", i + 1));
+        // The sticky cookie set over TLS is never sent back over plain HTTP.
+        let cookie = reply.headers[header::SET_COOKIE].to_str().unwrap();
+        assert!(
+            cookie.starts_with("lane=v1.") && cookie.ends_with("; Secure"),
+            "{cookie}"
+        );
     }
     assert_eq!(upstream.received(), 2);
     shutdown(gateway).await;

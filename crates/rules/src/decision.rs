@@ -10,6 +10,9 @@ pub struct Decision {
     pub service: usize,
     pub version: usize,
     pub reason: Reason,
+    /// The bucket the response's sticky cookie should carry: set for a bucketed decision on a
+    /// sticky release whose request had no valid cookie with that bucket.
+    pub pin: Option<u32>,
 }
 
 /// Why a version was chosen, in the order the checks run.
@@ -21,8 +24,9 @@ pub enum Reason {
     Lane,
     /// Force rule `release.force[rule]` matched (the first matching one is reported).
     Forced { rule: usize },
-    /// The sticky cookie named a version that is currently eligible.
-    Sticky,
+    /// The signed sticky cookie's bucket, against the current weights (the candidate iff
+    /// `bucket < weight.milli_percent()`).
+    Sticky { bucket: u32, weight: Weight },
     /// Hash bucketing: the candidate iff `bucket < weight.milli_percent()`.
     Bucket {
         bucket: u32,
@@ -38,12 +42,12 @@ pub enum KeyUsed {
     Configured,
     /// The `bucket_by` key was missing (or empty) in the request, so the client IP was used.
     FallbackIp,
+    /// The `bucket_by` key was missing and the release is sticky: a random bucket, which the
+    /// response's cookie then pins.
+    Random,
 }
 
 impl Reason {
-    /// A short, fixed label for metrics: `no_release`, `lane`, `forced`, `sticky`, `bucket`, or
-    /// `fallback_key` for a bucket computed on the client IP because the configured key was
-    /// missing.
     /// Every value [`Reason::label`] can take, in [`Reason::label_index`] order.
     pub const LABELS: [&'static str; 6] = [
         "no_release",
@@ -54,6 +58,9 @@ impl Reason {
         "fallback_key",
     ];
 
+    /// A short, fixed label for metrics: `no_release`, `lane`, `forced`, `sticky`, `bucket`, or
+    /// `fallback_key` for a bucket that is not the configured key's because the request lacked
+    /// it (the client IP's, or a random one on a sticky release).
     pub fn label(&self) -> &'static str {
         Self::LABELS[self.label_index()]
     }
@@ -65,13 +72,13 @@ impl Reason {
             Reason::NoRelease => 0,
             Reason::Lane => 1,
             Reason::Forced { .. } => 2,
-            Reason::Sticky => 3,
+            Reason::Sticky { .. } => 3,
             Reason::Bucket {
                 key: KeyUsed::Configured,
                 ..
             } => 4,
             Reason::Bucket {
-                key: KeyUsed::FallbackIp,
+                key: KeyUsed::FallbackIp | KeyUsed::Random,
                 ..
             } => 5,
         }
@@ -92,8 +99,13 @@ mod tests {
         assert_eq!(Reason::NoRelease.label(), "no_release");
         assert_eq!(Reason::Lane.label(), "lane");
         assert_eq!(Reason::Forced { rule: 3 }.label(), "forced");
-        assert_eq!(Reason::Sticky.label(), "sticky");
+        let sticky = Reason::Sticky {
+            bucket: 1,
+            weight: Weight::ZERO,
+        };
+        assert_eq!(sticky.label(), "sticky");
         assert_eq!(bucket(KeyUsed::Configured).label(), "bucket");
         assert_eq!(bucket(KeyUsed::FallbackIp).label(), "fallback_key");
+        assert_eq!(bucket(KeyUsed::Random).label(), "fallback_key");
     }
 }

@@ -80,6 +80,10 @@ fn write_rule(out: &mut String, rule: &Rule, segments: &[Segment]) {
             write_rule(out, rule, segments);
             out.push(')');
         }
+        Rule::TrustedOnly(rule) => {
+            write_rule(out, rule, segments);
+            out.push_str(" (from a trusted hop)");
+        }
     }
 }
 

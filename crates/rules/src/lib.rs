@@ -10,6 +10,8 @@
 //!   allocating;
 //! * [`RoutingTable::explain`] says why, for people;
 //! * [`path`] puts request paths in their normal form before anything matches on them;
+//! * [`CookieKeys`] sign and verify sticky cookies, which carry a bucket (see
+//!   [`RoutingTable::set_cookie_keys`]);
 //! * [`bucket`] is the deterministic, monotonic hash bucketing behind weights (see
 //!   `docs/bucketing.md`).
 //!
@@ -43,6 +45,8 @@
 //!     client_ip: "203.0.113.7".parse().unwrap(),
 //!     now_unix_ms: 0,
 //!     trusted_lane: None,
+//!     trusted: false,
+//!     random: 0,
 //! };
 //! let decision = table.decide(&req).unwrap();
 //! assert_eq!(table.version_name(decision.service, decision.version), "canary");
@@ -56,10 +60,12 @@ mod matcher;
 pub mod path;
 mod request;
 mod routing;
+mod sticky;
 mod table;
 
 pub use decision::{Decision, KeyUsed, Reason};
 pub use matcher::LiveSegment;
 pub use request::RequestView;
 pub use routing::{Routing, Share};
+pub use sticky::{CookieKeys, CookieKeysError, MIN_KEY_LEN, StickyValue};
 pub use table::RoutingTable;

@@ -91,6 +91,7 @@ pub(crate) enum Matcher {
     All(Box<[Matcher]>),
     Any(Box<[Matcher]>),
     Not(Box<Matcher>),
+    TrustedOnly(Box<Matcher>),
 }
 
 /// How the values of a header, cookie or query parameter are tested.
@@ -173,6 +174,9 @@ impl Matcher {
                 Matcher::Any(rules.iter().map(|r| Self::compile(r, segments)).collect())
             }
             Rule::Not(rule) => Matcher::Not(Box::new(Self::compile(rule, segments))),
+            Rule::TrustedOnly(rule) => {
+                Matcher::TrustedOnly(Box::new(Self::compile(rule, segments)))
+            }
         }
     }
 
@@ -217,6 +221,7 @@ impl Matcher {
             Matcher::All(ms) => ms.iter().all(|m| m.matches(req)),
             Matcher::Any(ms) => ms.iter().any(|m| m.matches(req)),
             Matcher::Not(m) => !m.matches(req),
+            Matcher::TrustedOnly(m) => req.trusted && m.matches(req),
         }
     }
 }

@@ -27,6 +27,12 @@ pub struct RequestView<'a> {
     pub now_unix_ms: i64,
     /// Value of `x-graylane-lane` from a TRUSTED hop (the proxy passes None otherwise).
     pub trusted_lane: Option<&'a str>,
+    /// The request comes from a listener's `trusted_hops`: rules and keys written with
+    /// `trusted_only: true` are honoured.
+    pub trusted: bool,
+    /// A random number the caller draws per request: the bucket (modulo 100,000) of a client
+    /// new to a sticky release that lacks the `bucket_by` key. The engine itself draws nothing.
+    pub random: u32,
 }
 
 impl<'a> RequestView<'a> {
@@ -246,6 +252,8 @@ mod tests {
             client_ip: "10.0.0.1".parse().unwrap(),
             now_unix_ms: 0,
             trusted_lane: None,
+            trusted: false,
+            random: 0,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::describe::describe;
 use crate::matcher::{LiveSegment, Matcher, Members};
 use crate::request::{RequestView, with_ip_text};
 use crate::routing::{Routing, Share};
+use crate::sticky::{CookieKeys, Signer, StickyValue};
 
 /// The compiled form of a [`Config`]'s services, ready to route requests.
 #[derive(Debug, Clone)]
@@ -47,9 +48,18 @@ struct CompiledRelease {
     /// `force[i]` in words, for explanations.
     force_text: Box<[Box<str>]>,
     bucket_by: KeySpec,
+    bucket_by_trusted_only: bool,
     bucketer: Bucketer,
+    salt: Box<str>,
     sticky_cookie: Option<Box<str>>,
+    /// Signs and verifies the sticky cookie; `None` until keys are set (see
+    /// [`RoutingTable::set_cookie_keys`]) or when the release is not sticky.
+    signer: Option<Signer>,
 }
+
+/// How many cookies of the sticky name are tried: a more specific path's cookie of the same
+/// name may come first, and an attacker's long list must not cost a MAC each.
+const STICKY_TRIES: usize = 4;
 
 /// Finds the service for a request without scanning them all: services grouped by their exact
 /// path prefix, probed from the longest prefix length in use down to the shortest.
@@ -64,7 +74,8 @@ struct ServiceIndex {
 impl RoutingTable {
     /// Compiles a validated configuration. Each release starts at its first step's weight.
     /// A segment whose members live elsewhere (Redis) is empty here: see
-    /// [`RoutingTable::compile_with`].
+    /// [`RoutingTable::compile_with`]. Sticky cookies need keys: until
+    /// [`RoutingTable::set_cookie_keys`] a sticky release routes as one without the cookie.
     pub fn compile(config: &Config) -> RoutingTable {
         RoutingTable::compile_with(config, &|_| None)
     }
@@ -99,16 +110,37 @@ impl RoutingTable {
     /// 404). Allocates nothing.
     ///
     /// For a service with a release the checks run in this order, first hit wins: a trusted
-    /// lane naming one of its versions, the force rules, the sticky cookie, then weight
-    /// bucketing on `bucket_by` (on the client IP when that key is missing or empty).
+    /// lane naming one of its versions, the force rules, then weight bucketing. The bucket is
+    /// the `bucket_by` key's when the request has it (a header, cookie or query value), else
+    /// the signed sticky cookie's, else the client IP's when that is the key; a request with
+    /// none of these gets the client IP's bucket, or on a sticky release a random one that
+    /// [`Decision::pin`] asks the proxy to pin with a cookie.
     pub fn decide(&self, req: &RequestView<'_>) -> Option<Decision> {
         let service = self.index.find(&self.services, req)?;
-        let (version, reason) = self.services[service].choose(req);
+        let (version, reason, pin) = self.services[service].choose(req);
         Some(Decision {
             service,
             version,
             reason,
+            pin,
         })
+    }
+
+    /// Signs and verifies sticky cookies with `keys` from now on (the first signs).
+    pub fn set_cookie_keys(&mut self, keys: &CookieKeys) {
+        for svc in self.services.iter_mut() {
+            if let Some(r) = svc.release.as_mut()
+                && r.sticky_cookie.is_some()
+            {
+                r.signer = Some(Signer::new(keys, &svc.name, &r.salt));
+            }
+        }
+    }
+
+    /// The signed sticky cookie value that pins `bucket` for service `service`; `None` when its
+    /// release is not sticky or the table has no keys.
+    pub fn sticky_value(&self, service: usize, bucket: u32) -> Option<StickyValue> {
+        Some(self.release(service)?.signer.as_ref()?.sign(bucket))
     }
 
     /// The candidate's current share; zero for a service without a release.
@@ -163,13 +195,7 @@ impl RoutingTable {
     /// (or an experiment's variant). `None` for a service without a release.
     pub fn assign(&self, service: usize, key: &str) -> Option<usize> {
         let rel = self.release(service)?;
-        let bucket = rel.bucketer.bucket(key.as_bytes());
-        Some(
-            rel.ranges
-                .iter()
-                .find(|(end, _)| bucket < *end)
-                .map_or(rel.baseline, |&(_, v)| v),
-        )
+        Some(rel.version_at(rel.bucketer.bucket(key.as_bytes())))
     }
 
     /// The release's traffic split now; `None` for a service without a release.
@@ -201,12 +227,15 @@ impl RoutingTable {
                     .map_or("(unknown rule)", |t| t);
                 format!("force rule #{} matched: {text} → {version}", rule + 1)
             }
-            Reason::Sticky => {
+            Reason::Sticky { bucket, weight } => {
                 let cookie = release
                     .and_then(|r| r.sticky_cookie.as_deref())
                     .unwrap_or("(sticky cookie)");
+                let rule = range_text(release, bucket, weight);
                 format!(
-                    "sticky cookie {cookie}={version} names a version that is eligible → {version}"
+                    "signed sticky cookie {cookie} carries bucket {bucket} of {BUCKETS}{}; \
+                     it is {rule} → {version}",
+                    missing_key(release, req)
                 )
             }
             Reason::Bucket {
@@ -214,39 +243,30 @@ impl RoutingTable {
                 weight,
                 key,
             } => {
-                let threshold = weight.milli_percent();
-                let cmp = if bucket < threshold { "<" } else { "≥" };
+                let rule = range_text(release, bucket, weight);
                 let spec = release.map_or_else(
                     || "the bucket_by key".to_string(),
                     |r| r.bucket_by.to_string(),
                 );
-                // A canary reads best as bucket-vs-weight; other splits as the range hit.
-                let rule = match release.filter(|r| r.ranges.len() != 2) {
-                    None => format!("{cmp} {threshold} (weight {weight})"),
-                    Some(r) => {
-                        let mut start = 0;
-                        let mut hit = String::from("outside every share");
-                        for &(end, _) in r.ranges.iter() {
-                            if bucket >= start && bucket < end {
-                                hit = format!(
-                                    "in [{start}, {end}) ({} of the traffic)",
-                                    Weight::from_milli_percent(end - start)
-                                );
-                                break;
-                            }
-                            start = end;
-                        }
-                        hit
-                    }
+                let pinned = if decision.pin.is_some() {
+                    "; the response's sticky cookie pins this bucket"
+                } else {
+                    ""
                 };
                 match key {
-                    KeyUsed::Configured => {
-                        format!("bucket {bucket} of {BUCKETS} on {spec} is {rule} → {version}")
-                    }
+                    KeyUsed::Configured => format!(
+                        "bucket {bucket} of {BUCKETS} on {spec} is {rule} → {version}{pinned}"
+                    ),
                     KeyUsed::FallbackIp => format!(
-                        "no {spec} in the request; bucketed on the client IP {} instead: \
-                         bucket {bucket} {rule} → {version}",
+                        "{}; bucketed on the client IP {} instead: \
+                         bucket {bucket} {rule} → {version}{pinned}",
+                        missing_key(release, req).trim_start_matches(" and "),
                         req.ip()
+                    ),
+                    KeyUsed::Random => format!(
+                        "{} and no valid sticky cookie; drew the random bucket {bucket} of \
+                         {BUCKETS}, {rule} → {version}{pinned}",
+                        missing_key(release, req).trim_start_matches(" and "),
                     ),
                 }
             }
@@ -305,69 +325,67 @@ impl CompiledService {
         self.versions.get(version).map_or("?", |v| v)
     }
 
-    fn choose(&self, req: &RequestView<'_>) -> (usize, Reason) {
+    /// The version, the reason, and the bucket a sticky cookie should pin.
+    fn choose(&self, req: &RequestView<'_>) -> (usize, Reason, Option<u32>) {
         if let Some(v) = req
             .trusted_lane
             .and_then(|lane| self.version_index(lane.as_bytes()))
         {
-            return (v, Reason::Lane);
+            return (v, Reason::Lane, None);
         }
         let Some(rel) = &self.release else {
-            return (self.default_version, Reason::NoRelease);
+            return (self.default_version, Reason::NoRelease, None);
         };
         if let Some(to) = rel.routing.force_to
             && let Some(rule) = rel.force.iter().position(|m| m.matches(req))
         {
-            return (to, Reason::Forced { rule });
+            return (to, Reason::Forced { rule }, None);
         }
-        if let Some(v) = self.sticky_version(rel, req) {
-            return (v, Reason::Sticky);
-        }
-        let (bucket, key) = match req.with_key(&rel.bucket_by, |k| rel.bucketer.bucket(k)) {
-            Some(b) => (b, KeyUsed::Configured),
-            None => (
-                with_ip_text(req.ip(), |k| rel.bucketer.bucket(k)),
-                KeyUsed::FallbackIp,
-            ),
-        };
-        let version = rel
-            .ranges
-            .iter()
-            .find(|(end, _)| bucket < *end)
-            .map_or(rel.baseline, |&(_, v)| v);
         let weight = rel
             .routing
             .shares
             .first()
             .map_or(Weight::ZERO, |s| s.weight);
+        let cookie = rel.signer.as_ref().and_then(|signer| {
+            let name = rel.sticky_cookie.as_deref()?;
+            req.cookie_values(name)
+                .take(STICKY_TRIES)
+                .find_map(|v| signer.verify(v))
+        });
+        // A user id (header, cookie or query value) beats the cookie, so a user gets the same
+        // version in every browser, as events attributed by that id assume; the client IP does
+        // not: keeping a client whose address changes on its bucket is what the cookie is for.
+        let user_key = match rel.bucket_by {
+            KeySpec::ClientIp => None,
+            _ if rel.bucket_by_trusted_only && !req.trusted => None,
+            _ => req.with_key(&rel.bucket_by, |k| rel.bucketer.bucket(k)),
+        };
+        let (bucket, reason) = match (user_key, cookie) {
+            (Some(b), _) => (b, KeyUsed::Configured),
+            (None, Some(b)) => {
+                let version = rel.version_at(b);
+                return (version, Reason::Sticky { bucket: b, weight }, None);
+            }
+            (None, None) if rel.bucket_by == KeySpec::ClientIp => (
+                with_ip_text(req.ip(), |k| rel.bucketer.bucket(k)),
+                KeyUsed::Configured,
+            ),
+            (None, None) if rel.signer.is_some() => (req.random % BUCKETS, KeyUsed::Random),
+            (None, None) => (
+                with_ip_text(req.ip(), |k| rel.bucketer.bucket(k)),
+                KeyUsed::FallbackIp,
+            ),
+        };
+        let pin = (rel.signer.is_some() && cookie != Some(bucket)).then_some(bucket);
         (
-            version,
+            rel.version_at(bucket),
             Reason::Bucket {
                 bucket,
                 weight,
-                key,
+                key: reason,
             },
+            pin,
         )
-    }
-
-    /// The version the sticky cookie names, if it may still be honoured: while that version
-    /// has a share of the traffic. A canary's baseline thus keeps its users until the candidate
-    /// has everything, the candidate keeps them while it gets any (zero means it was aborted),
-    /// and a completed or switched release moves every user, cookie or not.
-    /// Only the first cookie of that name counts; browsers send the most specific one first.
-    fn sticky_version(&self, rel: &CompiledRelease, req: &RequestView<'_>) -> Option<usize> {
-        let name = rel.sticky_cookie.as_deref()?;
-        let value = req.cookie_values(name).next()?;
-        let v = self.version_index(value)?;
-        rel.ranges
-            .iter()
-            .scan(0, |start, &(end, version)| {
-                let nonempty = end > *start;
-                *start = end;
-                Some(nonempty && version == v)
-            })
-            .any(|eligible| eligible)
-            .then_some(v)
     }
 }
 
@@ -390,9 +408,57 @@ impl CompiledRelease {
                 .map(|f| describe(f, &config.segments).into_boxed_str())
                 .collect(),
             bucket_by: r.bucket_by.clone(),
+            bucket_by_trusted_only: r.bucket_by_trusted_only,
             bucketer: Bucketer::new(&s.name, &r.salt),
+            salt: r.salt.as_str().into(),
             sticky_cookie: r.sticky.as_ref().map(|st| st.cookie.as_str().into()),
+            signer: None,
         }
+    }
+
+    /// The version bucket `bucket` falls in under the current split.
+    fn version_at(&self, bucket: u32) -> usize {
+        self.ranges
+            .iter()
+            .find(|(end, _)| bucket < *end)
+            .map_or(self.baseline, |&(_, v)| v)
+    }
+}
+
+/// Where `bucket` falls, in words: a canary reads best as bucket-vs-weight, other splits as
+/// the range hit.
+fn range_text(release: Option<&CompiledRelease>, bucket: u32, weight: Weight) -> String {
+    let threshold = weight.milli_percent();
+    let cmp = if bucket < threshold { "<" } else { "≥" };
+    match release.filter(|r| r.ranges.len() != 2) {
+        None => format!("{cmp} {threshold} (weight {weight})"),
+        Some(r) => {
+            let mut start = 0;
+            for &(end, _) in r.ranges.iter() {
+                if bucket >= start && bucket < end {
+                    return format!(
+                        "in [{start}, {end}) ({} of the traffic)",
+                        Weight::from_milli_percent(end - start)
+                    );
+                }
+                start = end;
+            }
+            String::from("outside every share")
+        }
+    }
+}
+
+/// ` and no header:x-user-id in the request` (or why the one it has does not count); empty
+/// when the key is the client IP, which every request has.
+fn missing_key(release: Option<&CompiledRelease>, req: &RequestView<'_>) -> String {
+    match release {
+        Some(r) if r.bucket_by == KeySpec::ClientIp => String::new(),
+        Some(r) if r.bucket_by_trusted_only && !req.trusted => format!(
+            " and {} counts only from a trusted hop, which this client is not",
+            r.bucket_by
+        ),
+        Some(r) => format!(" and no {} in the request", r.bucket_by),
+        None => " and no bucket_by key in the request".to_string(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The decision order for a service with a release — trusted lane, force rules, sticky cookie,
-//! weight bucketing (with the client-IP fallback) — plus weights and explanations.
+//! The decision order for a service with a release — trusted lane, force rules, weight
+//! bucketing (with the client-IP fallback) — plus weights and explanations. The sticky cookie
+//! is in `sticky.rs`.
 
 mod common;
 
@@ -207,80 +208,6 @@ fn force_applies_at_weight_zero() {
 }
 
 #[test]
-fn sticky_cookie_beats_bucketing() {
-    let t = payment();
-    let stays = user_with_bucket_at_least(5_000);
-    let d = decide(
-        &t,
-        &req()
-            .header("x-user-id", &stays)
-            .header("cookie", "graylane_lane=canary"),
-    );
-    assert_eq!((d.reason, version(&t, d)), (Reason::Sticky, "canary"));
-
-    let moves = user_with_bucket_below(5_000);
-    let d = decide(
-        &t,
-        &req()
-            .header("x-user-id", &moves)
-            .header("cookie", "a=b; graylane_lane=stable"),
-    );
-    assert_eq!((d.reason, version(&t, d)), (Reason::Sticky, "stable"));
-}
-
-#[test]
-fn sticky_candidate_is_ignored_at_weight_zero() {
-    let mut t = payment();
-    t.set_weight(0, Weight::ZERO);
-    let r = req()
-        .header("x-user-id", &user_with_bucket_below(5_000))
-        .header("cookie", "graylane_lane=canary");
-    let d = decide(&t, &r);
-    assert!(matches!(d.reason, Reason::Bucket { .. }), "{:?}", d.reason);
-    assert_eq!(version(&t, d), "stable");
-    // The baseline stays sticky at weight 0.
-    let d = decide(&t, &req().header("cookie", "graylane_lane=stable"));
-    assert_eq!(d.reason, Reason::Sticky);
-}
-
-#[test]
-fn sticky_baseline_is_ignored_at_full_weight() {
-    let mut t = payment();
-    t.set_weight(0, Weight::FULL);
-    let r = req()
-        .header("x-user-id", &user_with_bucket_at_least(50_000))
-        .header("cookie", "graylane_lane=stable");
-    let d = decide(&t, &r);
-    assert!(matches!(d.reason, Reason::Bucket { .. }), "{:?}", d.reason);
-    assert_eq!(version(&t, d), "canary");
-}
-
-#[test]
-fn sticky_cookie_naming_anything_else_is_ignored() {
-    let t = payment();
-    for cookie in [
-        "graylane_lane=nope",
-        "graylane_lane=",
-        "graylane_lane=Canary",
-        "other=canary",
-        "graylane_lane",
-    ] {
-        let d = decide(&t, &req().header("cookie", cookie));
-        assert!(
-            matches!(d.reason, Reason::Bucket { .. }),
-            "{cookie}: {:?}",
-            d.reason
-        );
-    }
-    // Only the first cookie of the name counts.
-    let d = decide(
-        &t,
-        &req().header("cookie", "graylane_lane=nope; graylane_lane=canary"),
-    );
-    assert!(matches!(d.reason, Reason::Bucket { .. }));
-}
-
-#[test]
 fn trusted_lane_beats_everything() {
     let t = payment();
     let d = decide(&t, &req().lane("canary"));
@@ -378,11 +305,6 @@ fn explanations() {
         )
     );
 
-    let s = explain(&req().header("cookie", "graylane_lane=canary"));
-    assert_eq!(
-        s,
-        "sticky cookie graylane_lane=canary names a version that is eligible → canary"
-    );
     let s = explain(&req().lane("canary"));
     assert_eq!(
         s,
@@ -398,6 +320,7 @@ fn explanations() {
         service: 42,
         version: 0,
         reason: Reason::NoRelease,
+        pin: None,
     };
     assert!(
         t.explain(&req().view(), &bogus)

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Req, decide, table};
+use common::{Req, decide, keyed_table, sticky_value, table};
 use graylane_config::Weight;
 use graylane_rules::bucket::bucket;
 use graylane_rules::{KeyUsed, Reason, Routing, RoutingTable, Share};
@@ -46,8 +46,10 @@ fn checkout(user: &str) -> Req {
     Req::get("/checkout/cart").header("x-user-id", user)
 }
 
-fn with_cookie(user: &str, cookie: &str) -> Req {
-    checkout(user).header("cookie", &format!("theme=dark; graylane_lane={cookie}"))
+/// A client without a user id whose signed sticky cookie (issued by `t`) carries `bucket`.
+fn holder(t: &RoutingTable, bucket: u32) -> Req {
+    let value = sticky_value(t, 0, bucket);
+    Req::get("/checkout/cart").header("cookie", &format!("theme=dark; graylane_lane={value}"))
 }
 
 #[test]
@@ -78,22 +80,32 @@ fn blue_green_sends_testers_to_the_preview_and_everyone_else_to_active() {
     }
     // Only the exact value forces.
     assert_eq!(route(&t, &checkout("u").header("x-preview", "0")).0, "blue");
-    // A user pinned to blue stays there; a cookie naming the preview is not a way in.
-    assert_eq!(
-        route(&t, &with_cookie("u", "blue")),
-        ("blue".to_string(), Reason::Sticky)
-    );
-    let (v, reason) = route(&t, &with_cookie("u", "green"));
+    // A cookie carries a signed bucket, not a version: naming the preview is not a way in.
+    let t = keyed_table(BLUE_GREEN);
+    let forged = Req::get("/checkout/cart").header("cookie", "graylane_lane=green");
+    let (v, reason) = route(&t, &forged);
     assert_eq!(v, "blue");
     assert!(
-        matches!(reason, Reason::Bucket { .. }),
-        "the preview has no share, so its cookie is ignored: {reason:?}"
+        matches!(
+            reason,
+            Reason::Bucket {
+                key: KeyUsed::Random,
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
+    let (v, reason) = route(&t, &holder(&t, 123));
+    assert_eq!(v, "blue");
+    assert!(
+        matches!(reason, Reason::Sticky { bucket: 123, .. }),
+        "{reason:?}"
     );
 }
 
 #[test]
-fn after_the_switch_everyone_is_on_the_preview_and_old_cookies_are_ignored() {
-    let mut t = table(BLUE_GREEN);
+fn after_the_switch_everyone_is_on_the_preview_cookie_holders_too() {
+    let mut t = keyed_table(BLUE_GREEN);
     t.set_routing(0, Routing::all_to(GREEN));
     assert_eq!(t.weight(0), Weight::FULL);
     assert_eq!(t.routing(0), Some(&Routing::all_to(GREEN)));
@@ -101,95 +113,32 @@ fn after_the_switch_everyone_is_on_the_preview_and_old_cookies_are_ignored() {
     for i in 0..2_000 {
         let user = format!("user-{i}");
         assert_eq!(route(&t, &checkout(&user)).0, "green", "{user}");
-        // A cookie set while blue was active must not keep anyone on the old version.
-        let (v, reason) = route(&t, &with_cookie(&user, "blue"));
-        assert_eq!(v, "green", "{user} with a blue cookie");
-        assert!(matches!(reason, Reason::Bucket { .. }), "{reason:?}");
         // Testers keep reaching green too (now through the split, force rules being off).
         let (v, reason) = route(&t, &checkout(&user).header("x-preview", "1"));
         assert_eq!(v, "green");
         assert!(matches!(reason, Reason::Bucket { .. }), "{reason:?}");
     }
-    assert_eq!(
-        route(&t, &with_cookie("u", "green")),
-        ("green".to_string(), Reason::Sticky)
+    // A cookie issued while blue was active keeps no one on the old version: the version is
+    // recomputed from the cookie's bucket.
+    for bucket in (0..100_000).step_by(997) {
+        let (v, reason) = route(&t, &holder(&t, bucket));
+        assert_eq!(v, "green", "bucket {bucket}");
+        assert!(matches!(reason, Reason::Sticky { .. }), "{reason:?}");
+    }
+    let req = holder(&t, 4_242);
+    let text = t.explain(&req.view(), &decide(&t, &req));
+    assert!(
+        text.contains("sticky cookie graylane_lane carries bucket 4242"),
+        "{text}"
     );
-    let d = decide(&t, &with_cookie("u", "blue"));
-    let text = t.explain(&with_cookie("u", "blue").view(), &d);
     assert!(text.contains("(100% of the traffic) → green"), "{text}");
-    assert!(!text.contains("sticky"), "{text}");
 
-    // Rolling back is the same lever the other way: everyone back on blue, green cookies
-    // ignored.
+    // Rolling back is the same lever the other way: everyone back on blue.
     t.set_routing(0, Routing::all_to(BLUE));
     assert_eq!(t.weight(0), Weight::ZERO);
-    for i in 0..500 {
-        let user = format!("user-{i}");
-        assert_eq!(route(&t, &with_cookie(&user, "green")).0, "blue", "{user}");
+    for bucket in (0..100_000).step_by(997) {
+        assert_eq!(route(&t, &holder(&t, bucket)).0, "blue", "bucket {bucket}");
     }
-}
-
-#[test]
-fn force_to_none_turns_the_force_rules_off() {
-    let mut t = table(BLUE_GREEN);
-    let tester = checkout("user-1").header("x-preview", "1");
-    assert_eq!(route(&t, &tester).0, "green");
-
-    // An aborted release: force rules off, the split unchanged.
-    let shares = t.routing(0).unwrap().shares.clone();
-    t.set_routing(
-        0,
-        Routing {
-            force_to: None,
-            shares: shares.clone(),
-        },
-    );
-    let (v, reason) = route(&t, &tester);
-    assert_eq!(
-        v, "blue",
-        "the tester's header no longer forces the preview"
-    );
-    assert!(
-        matches!(
-            reason,
-            Reason::Bucket {
-                key: KeyUsed::Configured,
-                ..
-            }
-        ),
-        "{reason:?}"
-    );
-    let text = t.explain(&tester.view(), &decide(&t, &tester));
-    assert!(!text.contains("force rule"), "{text}");
-
-    // And on again.
-    t.set_routing(
-        0,
-        Routing {
-            force_to: Some(GREEN),
-            shares,
-        },
-    );
-    assert_eq!(
-        route(&t, &tester),
-        ("green".to_string(), Reason::Forced { rule: 0 })
-    );
-}
-
-#[test]
-fn force_to_none_turns_a_canarys_force_rules_off_too() {
-    let mut t = common::force_table("{ header: { name: X-Canary, equals: \"yes\" } }");
-    let forced = Req::get("/").header("x-canary", "yes");
-    assert_eq!(route(&t, &forced).0, "canary");
-    t.set_routing(
-        0,
-        Routing {
-            force_to: None,
-            ..t.routing(0).unwrap().clone()
-        },
-    );
-    assert_eq!(t.weight(0), Weight::ZERO);
-    assert_eq!(route(&t, &forced).0, "stable");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,20 +264,31 @@ fn an_experiment_explanation_names_the_range_of_the_variant() {
 }
 
 #[test]
-fn an_experiment_honours_a_cookie_only_for_a_variant_with_a_share() {
-    let mut t = table(EXPERIMENT);
+fn an_experiment_cookie_holder_follows_the_split_and_a_user_id_beats_the_cookie() {
+    let mut t = keyed_table(EXPERIMENT);
     let user = (0..)
         .map(|i| format!("user-{i}"))
         .find(|u| expected_variant(u) == "stable")
         .unwrap();
-    let with = |cookie: &str| search(&user).header("cookie", &format!("graylane_lane={cookie}"));
-    assert_eq!(route(&t, &with("v3")), ("v3".to_string(), Reason::Sticky));
+    // Bucket 85000 is in narrow's range [80000, 100000).
+    let cookie = format!("graylane_lane={}", sticky_value(&t, 0, 85_000));
+    let anonymous = Req::get("/search").header("cookie", &cookie);
+    let (v, reason) = route(&t, &anonymous);
+    assert_eq!(v, "v3");
+    assert!(
+        matches!(reason, Reason::Sticky { bucket: 85_000, .. }),
+        "{reason:?}"
+    );
+    // Once the user id is known it decides, in this browser as in any other.
+    assert_eq!(
+        route(&t, &search(&user).header("cookie", &cookie)).0,
+        "stable"
+    );
 
-    // `wide` wins: everyone on v2, a v3 cookie no longer pins anyone.
+    // `wide` wins: everyone on v2, the cookie holder too.
     t.set_routing(0, Routing::all_to(1));
-    assert_eq!(route(&t, &with("v3")).0, "v2");
+    assert_eq!(route(&t, &anonymous).0, "v2");
     assert_eq!(route(&t, &search(&user)).0, "v2");
-    assert_eq!(route(&t, &with("v2")), ("v2".to_string(), Reason::Sticky));
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use common::{Req, table};
+use common::{Req, keyed_table, sticky_value};
 use graylane_rules::{KeyUsed, Reason, RoutingTable};
 
 struct Counting;
@@ -73,7 +73,11 @@ fn the_counter_counts() {
 }
 
 fn release(force: &str, bucket_by: &str) -> RoutingTable {
-    table(&format!(
+    keyed_table(&release_yaml(force, bucket_by))
+}
+
+fn release_yaml(force: &str, bucket_by: &str) -> String {
+    format!(
         "segments:
   staff: {{ values: [u-1001, u-1002, u-1003] }}
 services:
@@ -92,7 +96,7 @@ services:
       sticky: {{ cookie: graylane_lane }}
       steps: [{{ weight: 5 }}]
 "
-    ))
+    )
 }
 
 fn req() -> Req {
@@ -179,8 +183,17 @@ fn bucketing_and_fallback() {
             }
         )
     };
-    assert_no_alloc(&t, &req().ip("203.0.113.7"), fallback);
-    assert_no_alloc(&t, &req().ip("2001:db8:85a3::8a2e:370:7334"), fallback);
+    // Without cookie keys a sticky release falls back to the client IP, formatted on the stack.
+    let unkeyed = common::table(&release_yaml(
+        "{ header: { name: x-never, exists: true } }",
+        "header:x-user-id",
+    ));
+    assert_no_alloc(&unkeyed, &req().ip("203.0.113.7"), fallback);
+    assert_no_alloc(
+        &unkeyed,
+        &req().ip("2001:db8:85a3::8a2e:370:7334"),
+        fallback,
+    );
     let t = release("{ header: { name: x-never, exists: true } }", "cookie:uid");
     assert_no_alloc(&t, &req().header("cookie", "uid=\"abc\""), |r| {
         matches!(
@@ -194,16 +207,42 @@ fn bucketing_and_fallback() {
 }
 
 #[test]
-fn sticky_and_lane() {
+fn sticky_cookie_verification_and_lane() {
     let t = release(
         "{ header: { name: x-never, exists: true } }",
         "header:x-user-id",
     );
-    assert_no_alloc(&t, &req().header("cookie", "graylane_lane=canary"), |r| {
-        r == Reason::Sticky
+    let cookie = format!("session=abc; graylane_lane={}", sticky_value(&t, 1, 1_234));
+    assert_no_alloc(&t, &req().header("cookie", &cookie), |r| {
+        matches!(r, Reason::Sticky { bucket: 1_234, .. })
+    });
+    // A forged cookie costs a failed verification, still on the stack.
+    let forged = "graylane_lane=v1.1234.00000000000000000000000000000000";
+    assert_no_alloc(&t, &req().header("cookie", forged).random(7), |r| {
+        matches!(
+            r,
+            Reason::Bucket {
+                key: KeyUsed::Random,
+                ..
+            }
+        )
     });
     assert_no_alloc(&t, &req().lane("canary"), |r| r == Reason::Lane);
     assert_no_alloc(&t, &Req::get("/other"), |r| r == Reason::NoRelease);
+}
+
+#[test]
+fn signing_a_sticky_cookie() {
+    let t = release(
+        "{ header: { name: x-never, exists: true } }",
+        "header:x-user-id",
+    );
+    std::hint::black_box(t.sticky_value(1, 5));
+    let before = ALLOCATIONS.with(Cell::get);
+    for b in 0..100 {
+        std::hint::black_box(t.sticky_value(1, std::hint::black_box(b)));
+    }
+    assert_eq!(ALLOCATIONS.with(Cell::get) - before, 0);
 }
 
 #[test]
@@ -244,7 +283,7 @@ fn thousand_service_table() {
             "  - name: s{i}\n    match: {{ path_prefix: /s/{i}/ }}\n    versions: {{ stable: {{ endpoints: [127.0.0.1:9001] }} }}\n"
         ));
     }
-    let t = table(&body);
+    let t = common::table(&body);
     assert_no_alloc(&t, &Req::get("/s/777/x"), |r| r == Reason::NoRelease);
     let miss = Req::get("/nowhere");
     assert!(t.decide(&miss.view()).is_none());

@@ -24,9 +24,14 @@ pub struct EvalArgs {
     /// The client's IP address (used by client_ip rules and as the fallback bucketing key).
     #[arg(long, default_value = "127.0.0.1")]
     pub ip: IpAddr,
-    /// Treat the client as a trusted hop, so its x-graylane-lane header is honoured.
+    /// Treat the client as a trusted hop, so its x-graylane-lane header and `trusted_only`
+    /// keys and rules are honoured.
     #[arg(long)]
     pub trusted: bool,
+    /// Where `serve` keeps its sticky-cookie key file, to verify a sticky cookie given with
+    /// -H (GRAYLANE_COOKIE_KEYS, when set, is used instead). Nothing is created.
+    #[arg(long, default_value = "graylane-data")]
+    pub data_dir: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -69,8 +74,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         client_ip: args.ip,
         now_unix_ms: now,
         trusted_lane: lane,
+        trusted: args.trusted,
+        // What the proxy draws for a new client without a bucketing key.
+        random: now.unsigned_abs() as u32,
     };
-    let table = RoutingTable::compile(&config);
+    let mut table = RoutingTable::compile(&config);
+    let env_keys = std::env::var(graylane_proxy::cookie_keys::ENV).ok();
+    let key_file = args.data_dir.join(graylane_proxy::cookie_keys::FILE);
+    if env_keys.as_deref().is_some_and(|k| !k.trim().is_empty()) || key_file.exists() {
+        table.set_cookie_keys(&graylane_proxy::cookie_keys::load(
+            env_keys.as_deref(),
+            &args.data_dir,
+        )?);
+    }
     let Some(decision) = table.decide(&view) else {
         if args.json {
             println!(
@@ -85,6 +101,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let service = table.service_name(decision.service);
     let version = table.version_name(decision.service, decision.version);
     let why = table.explain(&view, &decision);
+    // The cookie the proxy would set, so it can be replayed with `-H "Cookie: ..."`.
+    let set_cookie = decision.pin.and_then(|bucket| {
+        let value = table.sticky_value(decision.service, bucket)?;
+        let sticky = config.services[decision.service]
+            .release
+            .as_ref()?
+            .sticky
+            .as_ref()?;
+        Some(format!(
+            "{}={}",
+            sticky.cookie,
+            String::from_utf8_lossy(value.as_bytes())
+        ))
+    });
     if args.json {
         let mut out = serde_json::json!({
             "service": service,
@@ -94,6 +124,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         });
         match decision.reason {
             Reason::Forced { rule } => out["rule"] = rule.into(),
+            Reason::Sticky { bucket, weight } => {
+                out["bucket"] = bucket.into();
+                out["weight_percent"] = weight.percent().into();
+                out["key"] = "sticky_cookie".into();
+            }
             Reason::Bucket {
                 bucket,
                 weight,
@@ -104,16 +139,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 out["key"] = match key {
                     KeyUsed::Configured => "configured",
                     KeyUsed::FallbackIp => "fallback_ip",
+                    KeyUsed::Random => "random",
                 }
                 .into();
             }
             _ => {}
+        }
+        if let Some(cookie) = &set_cookie {
+            out["set_cookie"] = cookie.as_str().into();
         }
         println!("{out}");
     } else {
         println!("service: {service}");
         println!("version: {version}");
         println!("why:     {why}");
+        if let Some(cookie) = &set_cookie {
+            println!("cookie:  {cookie}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -79,8 +79,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let store = RedbStore::open(&args.data_dir)?;
+    let cookie_keys = graylane_proxy::cookie_keys::load(
+        std::env::var(graylane_proxy::cookie_keys::ENV)
+            .ok()
+            .as_deref(),
+        &args.data_dir,
+    )?;
     let mut options = GatewayOptions {
         drain_timeout: args.drain_timeout,
+        cookie_keys: Some(cookie_keys),
         ..GatewayOptions::default()
     };
     if let Some(w) = args.workers {

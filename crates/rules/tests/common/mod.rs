@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use graylane_config::Config;
-use graylane_rules::{Decision, RequestView, RoutingTable};
+use graylane_rules::{CookieKeys, Decision, RequestView, RoutingTable};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// A validated configuration from `body` (the YAML after the `listeners:` line).
@@ -20,8 +20,36 @@ pub fn config(body: &str) -> Config {
     }
 }
 
+/// [`config`] with a listener that trusts 10.0.0.0/8, for `trusted_only` keys and rules.
+pub fn config_with_trusted_hops(body: &str) -> Config {
+    let yaml =
+        format!("listeners: [{{ bind: 127.0.0.1:8080, trusted_hops: [10.0.0.0/8] }}]\n{body}");
+    match graylane_config::load_str(&yaml, "t.yaml", Path::new(".")) {
+        Ok(c) => c,
+        Err(e) => panic!("test config is invalid: {e}\n{yaml}"),
+    }
+}
+
 pub fn table(body: &str) -> RoutingTable {
     RoutingTable::compile(&config(body))
+}
+
+/// The sticky-cookie key the keyed tables sign with.
+pub const COOKIE_KEY: &str = "test-cookie-key-0123456789";
+
+/// A table whose sticky cookies are signed with [`COOKIE_KEY`].
+pub fn keyed_table(body: &str) -> RoutingTable {
+    let mut t = table(body);
+    t.set_cookie_keys(&CookieKeys::parse(COOKIE_KEY).unwrap());
+    t
+}
+
+/// The signed sticky cookie value `t` issues for `bucket` of service `service`.
+pub fn sticky_value(t: &RoutingTable, service: usize, bucket: u32) -> String {
+    let v = t
+        .sticky_value(service, bucket)
+        .expect("a sticky release with keys");
+    String::from_utf8(v.as_bytes().to_vec()).unwrap()
 }
 
 /// One service `svc` (stable + canary) whose release has the single force rule `rule` (flow
@@ -58,6 +86,8 @@ pub struct Req {
     pub ip: IpAddr,
     pub now_unix_ms: i64,
     pub lane: Option<String>,
+    pub trusted: bool,
+    pub random: u32,
 }
 
 impl Req {
@@ -71,6 +101,8 @@ impl Req {
             ip: "198.51.100.10".parse().unwrap(),
             now_unix_ms: 1_700_000_000_000,
             lane: None,
+            trusted: false,
+            random: 0,
         }
     }
 
@@ -116,6 +148,18 @@ impl Req {
         self
     }
 
+    /// From a listener's trusted hops.
+    pub fn trusted(mut self) -> Req {
+        self.trusted = true;
+        self
+    }
+
+    /// The random number the proxy would have drawn for this request.
+    pub fn random(mut self, r: u32) -> Req {
+        self.random = r;
+        self
+    }
+
     pub fn view(&self) -> RequestView<'_> {
         RequestView {
             method: &self.method,
@@ -126,6 +170,8 @@ impl Req {
             client_ip: self.ip,
             now_unix_ms: self.now_unix_ms,
             trusted_lane: self.lane.as_deref(),
+            trusted: self.trusted,
+            random: self.random,
         }
     }
 }
