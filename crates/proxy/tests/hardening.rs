@@ -323,13 +323,23 @@ async fn every_spelling_of_a_path_is_routed_and_limited_as_its_normal_form() {
         let reply = raw_request(gw, request.as_bytes()).await.unwrap();
         assert_eq!(reply.status, 200, "{path}: {}", reply.text());
     }
+    let mut h2 = Http2::connect(gw).await.unwrap();
+    for path in ["//api/payment/orders?q=1", "/x/../api/%70ayment/orders?q=1"] {
+        let reply = h2.get(path, &[]).await.unwrap();
+        assert_eq!(reply.status, 200, "h2 {path}");
+    }
+    assert_eq!(
+        h2.get("/api%2Fpayment/orders", &[]).await.unwrap().status,
+        400,
+        "h2 encoded slash"
+    );
     assert!(
         p.site.requests().is_empty(),
         "a spelling got around the payment prefix: {:?}",
         p.site.requests()
     );
     let payment = p.payment.requests();
-    assert_eq!(payment.len(), spellings.len());
+    assert_eq!(payment.len(), spellings.len() + 2);
     for r in &payment {
         assert_eq!(r.target, "/api/payment/orders?q=1", "forwarded normalised");
     }

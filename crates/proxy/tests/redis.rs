@@ -255,7 +255,11 @@ async fn ratelimit_headers_mean_the_same_for_a_local_and_a_redis_limit() {
     let row = |status: u16, remaining: &str| {
         (
             status,
-            vec!["3".to_string(), remaining.to_string(), "3;w=180".to_string()],
+            vec![
+                "3".to_string(),
+                remaining.to_string(),
+                "3;w=180".to_string(),
+            ],
         )
     };
     let want = vec![row(200, "2"), row(200, "1"), row(200, "0"), row(429, "0")];
