@@ -344,7 +344,10 @@ async fn takeover_under_load_fails_no_request_and_keeps_the_release_state() {
         old.logs(),
         new.logs()
     );
-    assert!(tally.ok > 100, "too little load to mean anything: {tally:?}");
+    assert!(
+        tally.ok > 100,
+        "too little load to mean anything: {tally:?}"
+    );
     assert!(
         old.stderr().contains("took the listeners over"),
         "{}",
@@ -390,7 +393,10 @@ async fn sigterm_under_load_answers_every_request_on_the_connections_it_had() {
         tally.failures,
         process.logs()
     );
-    assert!(tally.ok > 100, "too little load to mean anything: {tally:?}");
+    assert!(
+        tally.ok > 100,
+        "too little load to mean anything: {tally:?}"
+    );
 }
 
 /// `serve` with the site's configuration but another admin port (and its own data folder), so

@@ -193,9 +193,7 @@ impl Gateway {
             let socket = match inherited.iter().position(|(a, _)| *a == addr) {
                 Some(i) => {
                     let (_, socket) = inherited.swap_remove(i);
-                    socket
-                        .set_nonblocking(true)
-                        .map_err(StartError::Inherit)?;
+                    socket.set_nonblocking(true).map_err(StartError::Inherit)?;
                     tracing::info!(%addr, "listening on the socket taken over");
                     socket
                 }

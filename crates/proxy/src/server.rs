@@ -401,12 +401,8 @@ fn spawn_connection(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: So
     });
 }
 
-async fn serve_connection<I>(
-    io: I,
-    info: Rc<ConnInfo>,
-    ctx: &Rc<AcceptCtx>,
-    state: &Rc<ConnState>,
-) where
+async fn serve_connection<I>(io: I, info: Rc<ConnInfo>, ctx: &Rc<AcceptCtx>, state: &Rc<ConnState>)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     let service = {
@@ -427,8 +423,10 @@ async fn serve_connection<I>(
                 if http1 && draining.get() {
                     // hyper closes the connection once this response is written, so the
                     // client sends its next request on a new connection (to the successor).
-                    resp.headers_mut()
-                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
                 }
                 Ok::<_, std::convert::Infallible>(resp)
             }

@@ -320,7 +320,11 @@ pub fn run_gateway(
                 let stopped = async move {
                     let _ = admin_stopped.await;
                 };
-                Some(tokio::spawn(admin::serve(listener, Arc::clone(&state), stopped)))
+                Some(tokio::spawn(admin::serve(
+                    listener,
+                    Arc::clone(&state),
+                    stopped,
+                )))
             }
             None => None,
         };

@@ -254,8 +254,13 @@ where
     );
     stream.writable().await?;
     let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
-        rustix::net::sendmsg(&stream, &[IoSlice::new(&line)], &mut control, SendFlags::empty())
-            .map_err(std::io::Error::from)
+        rustix::net::sendmsg(
+            &stream,
+            &[IoSlice::new(&line)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .map_err(std::io::Error::from)
     })?;
     let mut stream = tokio::io::BufReader::new(stream);
     if sent < line.len() {
@@ -290,7 +295,10 @@ impl ReleasableStore {
         drop(store);
     }
 
-    fn with<T>(&self, f: impl FnOnce(&RedbStore) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&RedbStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
         match guard.as_deref() {
             Some(store) => f(store),
