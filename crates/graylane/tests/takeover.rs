@@ -465,3 +465,60 @@ async fn takeover_without_a_running_process_says_so() {
         p.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_that_fails_before_draining_leaves_the_running_process_serving() {
+    let site = Site::new("takeover-fails");
+    let mut old = site.spawn(&[]);
+    site.wait_ready(&mut old).await;
+    // The new configuration adds a listener on an address someone else holds.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap();
+    let yaml = std::fs::read_to_string(&site.file).unwrap().replace(
+        "listeners:\n",
+        &format!("listeners:\n  - bind: {busy_addr}\n"),
+    );
+    let busy_file = site.dir.join("busy.yaml");
+    write_atomic(&busy_file, &yaml);
+    let mut failed = Graylane::spawn_with_env(
+        &site.dir,
+        &[
+            "serve",
+            "--config",
+            busy_file.to_str().unwrap(),
+            "--takeover",
+        ],
+        TOKEN_ENV,
+    );
+    let status = failed.wait_exit(COMMAND_DEADLINE);
+    assert_eq!(status.code(), Some(1), "{}", failed.logs());
+    let stderr = failed.stderr().to_lowercase();
+    assert!(
+        stderr.contains(&busy_addr.to_string()) && stderr.contains("address already in use"),
+        "{}",
+        failed.logs()
+    );
+
+    // The running process never stopped accepting.
+    old.assert_running();
+    for i in 0..20 {
+        let user = format!("u-{i}");
+        let r = get(site.proxy, "/api/payment/orders", &[("X-User-Id", &user)]).await;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    }
+    site.wait_ready(&mut old).await;
+
+    // And it can still be taken over.
+    let mut new = site.spawn(&["--takeover"]);
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", old.logs());
+    site.wait_ready(&mut new).await;
+    new.signal("TERM");
+    assert_eq!(
+        new.wait_exit(Duration::from_secs(20)).code(),
+        Some(0),
+        "{}",
+        new.logs()
+    );
+    drop(busy);
+}

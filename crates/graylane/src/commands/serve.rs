@@ -118,7 +118,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let store = takeover::open_store(&args.data_dir, Duration::ZERO)?;
         (Prepared::bind(&config, options, Vec::new(), None)?, store)
     };
-    let offer = takeover::listen(&args.data_dir)?;
+    // Serving matters more than being replaceable: without the socket (a data dir path too long
+    // for one, say), serve on and say why a takeover will not work.
+    let offer = takeover::listen(&args.data_dir)
+        .inspect_err(|e| {
+            tracing::warn!("`serve --takeover` will not be able to replace this process: {e:#}")
+        })
+        .ok();
     let source = ConfigSource::File(Managed {
         path: args.config.clone(),
         interval: args.watch_interval,
@@ -177,7 +183,7 @@ pub struct Managed {
     pub store: Arc<ReleasableStore>,
     pub env: String,
     /// Where a successor can take over (`serve --takeover`).
-    pub offer: std::os::unix::net::UnixListener,
+    pub offer: Option<std::os::unix::net::UnixListener>,
 }
 
 /// The gateway as the controller's data plane.
@@ -283,7 +289,7 @@ pub fn run_gateway(
                 notifier,
                 Some((m.path, m.interval)),
                 Some(m.store),
-                Some(m.offer),
+                m.offer,
             ))
         })?,
     };

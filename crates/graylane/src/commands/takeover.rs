@@ -19,6 +19,7 @@ use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -190,6 +191,9 @@ pub fn listen(data_dir: &Path) -> anyhow::Result<std::os::unix::net::UnixListene
     }
     let listener = std::os::unix::net::UnixListener::bind(&path)
         .with_context(|| format!("cannot listen for a takeover on {}", path.display()))?;
+    // Whoever connects gets the listening sockets and can stop this process: its user only.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to this user", path.display()))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
