@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use crate::control::ControlState;
 use crate::metrics::Metrics;
 use crate::server::{
-    BoundListener, ConnectionLimit, Phase, WorkerSetup, bind_exclusive, run_worker, tls_acceptor,
+    Balancer, BoundListener, ConnectionLimit, Phase, WorkerSetup, bind_exclusive, run_worker,
+    tls_acceptor,
 };
 use crate::snapshot::Snapshot;
 
@@ -232,14 +233,17 @@ impl Gateway {
         )));
         let (phase, phase_rx) = watch::channel(Phase::Held);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (balancer, inboxes) = Balancer::new(workers);
         let mut handles = Vec::new();
-        for (id, listeners) in per_worker.into_iter().enumerate() {
+        for (id, (listeners, inbox)) in per_worker.into_iter().zip(inboxes).enumerate() {
             let setup = WorkerSetup {
                 id,
                 listeners,
                 snapshot: Arc::clone(&snapshot),
                 metrics: Arc::clone(&metrics),
                 phase: phase_rx.clone(),
+                balancer: Arc::clone(&balancer),
+                inbox,
                 drain_timeout: options.drain_timeout,
                 max_idle_per_endpoint: upstream.max_idle_per_endpoint,
                 idle_timeout: upstream.idle_timeout,

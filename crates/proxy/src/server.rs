@@ -6,7 +6,9 @@
 //! on the same address fails with "address in use" instead of silently taking half the
 //! connections. Every worker accepts from its own duplicate of that socket (one accept queue,
 //! as nginx without `reuseport`), and the same socket can be handed to a successor process
-//! (`graylane serve --takeover`) with its queue intact.
+//! (`graylane serve --takeover`) with its queue intact. With one queue, whichever worker wakes
+//! first may accept a whole burst of connections, so the [`Balancer`] hands each accepted
+//! connection to the worker with the fewest (as Envoy's exact connection balancer does).
 //!
 //! Draining ([`Phase`]): an HTTP/1.1 connection is never closed while its client may be sending
 //! a request on it. Every response after the drain begins says `Connection: close`, and only a
@@ -25,7 +27,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::deadline::Deadlines;
@@ -107,6 +109,53 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// The open connections of every worker, and a way to hand a worker a connection another one
+/// accepted. Counts include connections on their way to a worker, so a worker never stops
+/// draining with one still coming.
+pub(crate) struct Balancer {
+    open: Vec<AtomicUsize>,
+    inboxes: Vec<mpsc::UnboundedSender<Handed>>,
+}
+
+/// A connection accepted by one worker for another: its socket (off the accepting worker's
+/// runtime), its peer, and which listener (by index) it came in on.
+pub(crate) struct Handed {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+}
+
+impl Balancer {
+    /// A balancer for `workers` workers, and each worker's inbox.
+    pub(crate) fn new(workers: usize) -> (Arc<Balancer>, Vec<mpsc::UnboundedReceiver<Handed>>) {
+        let (inboxes, receivers) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let balancer = Balancer {
+            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes,
+        };
+        (Arc::new(balancer), receivers)
+    }
+
+    /// The worker that gets the next connection `me` accepts, counted for it: `me` unless
+    /// another has fewer connections.
+    fn pick(&self, me: usize) -> usize {
+        let mut best = (me, self.open[me].load(Ordering::Relaxed));
+        for (w, open) in self.open.iter().enumerate() {
+            let n = open.load(Ordering::Relaxed);
+            if n < best.1 {
+                best = (w, n);
+            }
+        }
+        self.open[best.0].fetch_add(1, Ordering::AcqRel);
+        best.0
+    }
+
+    /// Counts a connection worker `w` has finished with; true when it was its last.
+    fn closed(&self, w: usize) -> bool {
+        self.open[w].fetch_sub(1, Ordering::AcqRel) == 1
+    }
+}
+
 /// Binds the listening socket of `addr`, exclusively: no `SO_REUSEPORT`, so the bind fails with
 /// `AddrInUse` while any other socket listens there. `SO_REUSEADDR` only lets a restart bind
 /// while connections of the previous process are in TIME_WAIT.
@@ -162,6 +211,9 @@ pub(crate) struct WorkerSetup {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub phase: watch::Receiver<Phase>,
+    pub balancer: Arc<Balancer>,
+    /// Connections other workers accepted for this one.
+    pub inbox: mpsc::UnboundedReceiver<Handed>,
     pub drain_timeout: Duration,
     pub max_idle_per_endpoint: usize,
     pub idle_timeout: Duration,
@@ -219,14 +271,14 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
         cache: RefCell::new(Cache::new(Arc::clone(&setup.snapshot))),
         current: RefCell::new(current),
     });
-    let open = Rc::new(Cell::new(0usize));
     let drained = Rc::new(tokio::sync::Notify::new());
     let draining = Rc::new(Cell::new(false));
 
-    let mut accept_loops = Vec::new();
+    let mut listeners = Vec::new();
+    let mut ctxs = Vec::new();
     for bound in setup.listeners {
-        let listener = TcpListener::from_std(bound.socket)?;
-        let ctx = AcceptCtx {
+        listeners.push(TcpListener::from_std(bound.socket)?);
+        ctxs.push(Rc::new(AcceptCtx {
             builder: connection_builder(&bound.config),
             listener: Rc::new(bound.config),
             tls: bound.tls,
@@ -236,27 +288,53 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
             metrics: Arc::clone(&setup.metrics),
             phase: setup.phase.clone(),
             draining: Rc::clone(&draining),
-            open: Rc::clone(&open),
+            balancer: Arc::clone(&setup.balancer),
+            index: ctxs.len(),
             drained: Rc::clone(&drained),
-        };
-        accept_loops.push(tokio::task::spawn_local(accept_loop(listener, ctx)));
+        }));
     }
+    // Lives as long as the worker: connections handed over during the drain are served too.
+    tokio::task::spawn_local(receive_handed(setup.inbox, ctxs.clone()));
+    let accept_loops: Vec<_> = listeners
+        .into_iter()
+        .zip(&ctxs)
+        .map(|(listener, ctx)| tokio::task::spawn_local(accept_loop(listener, Rc::clone(ctx))))
+        .collect();
     for l in accept_loops {
         let _ = l.await;
     }
     // Listeners are closed now; wait for in-flight connections to finish their requests.
+    let open = || setup.balancer.open[setup.id].load(Ordering::Acquire);
     let deadline = tokio::time::sleep(setup.drain_timeout);
     tokio::pin!(deadline);
-    while open.get() > 0 {
+    while open() > 0 {
         tokio::select! {
             _ = drained.notified() => {}
             _ = &mut deadline => {
-                tracing::warn!(worker = setup.id, open = open.get(), "drain timeout: closing remaining connections");
+                tracing::warn!(worker = setup.id, open = open(), "drain timeout: closing remaining connections");
                 break;
             }
         }
     }
     Ok(())
+}
+
+/// Serves the connections other workers accepted for this one.
+async fn receive_handed(mut inbox: mpsc::UnboundedReceiver<Handed>, ctxs: Vec<Rc<AcceptCtx>>) {
+    while let Some(handed) = inbox.recv().await {
+        let Some(ctx) = ctxs.get(handed.listener) else {
+            continue;
+        };
+        match tokio::net::TcpStream::from_std(handed.stream) {
+            Ok(stream) => spawn_connection(ctx, stream, handed.peer),
+            Err(e) => {
+                tracing::warn!(peer = %handed.peer, "cannot serve a connection: {e}");
+                if ctx.balancer.closed(ctx.worker.id) {
+                    ctx.drained.notify_waiters();
+                }
+            }
+        }
+    }
 }
 
 /// The HTTP settings of one listener; built per listener because the header read timeout is
@@ -285,12 +363,14 @@ struct AcceptCtx {
     /// Set once this worker drains: HTTP/1.1 responses then carry `Connection: close`. A `Cell`
     /// so the request path reads it without the watch channel's lock.
     draining: Rc<Cell<bool>>,
-    open: Rc<Cell<usize>>,
+    balancer: Arc<Balancer>,
+    /// This listener's place in the configuration (and in every worker's list).
+    index: usize,
+    /// Notified when this worker's last connection closes.
     drained: Rc<tokio::sync::Notify>,
 }
 
-async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
-    let ctx = Rc::new(ctx);
+async fn accept_loop(listener: TcpListener, ctx: Rc<AcceptCtx>) {
     let mut phase = ctx.phase.clone();
     if phase.wait_for(|p| *p != Phase::Held).await.is_err() {
         return;
@@ -301,7 +381,7 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
             _ = phase.wait_for(|p| *p >= Phase::HandedOver) => break,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(&ctx, stream, peer),
+            Ok((stream, peer)) => dispatch(&ctx, stream, peer),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
@@ -324,7 +404,10 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpStream::from_std(stream))
         {
-            Ok(stream) => spawn_connection(&ctx, stream, peer),
+            Ok(stream) => {
+                ctx.balancer.open[ctx.worker.id].fetch_add(1, Ordering::AcqRel);
+                spawn_connection(&ctx, stream, peer);
+            }
             Err(e) => tracing::warn!(%peer, "cannot serve a queued connection: {e}"),
         }
     }
@@ -339,10 +422,47 @@ struct ConnState {
     http2: Cell<bool>,
 }
 
+/// Serves a connection this worker accepted, or hands it to a worker with fewer.
+fn dispatch(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let me = ctx.worker.id;
+    let target = ctx.balancer.pick(me);
+    if target == me {
+        return spawn_connection(ctx, stream, peer);
+    }
+    let handed = match stream.into_std() {
+        Ok(stream) => Handed {
+            stream,
+            peer,
+            listener: ctx.index,
+        },
+        Err(e) => {
+            tracing::warn!(%peer, "cannot hand a connection over: {e}");
+            ctx.balancer.closed(target);
+            return;
+        }
+    };
+    if let Err(mpsc::error::SendError(handed)) = ctx.balancer.inboxes[target].send(handed) {
+        // That worker has stopped: serve it here.
+        ctx.balancer.closed(target);
+        ctx.balancer.open[me].fetch_add(1, Ordering::AcqRel);
+        match tokio::net::TcpStream::from_std(handed.stream) {
+            Ok(stream) => spawn_connection(ctx, stream, peer),
+            Err(e) => {
+                tracing::warn!(%peer, "cannot serve a connection: {e}");
+                ctx.balancer.closed(me);
+            }
+        }
+    }
+}
+
+/// Serves a connection already counted for this worker, and uncounts it when it ends.
 fn spawn_connection(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: SocketAddr) {
     let Some(slot) = ctx.connections.try_acquire() else {
         // Logged at debug: at warn, a flood of connections would flood the log too.
         tracing::debug!(%peer, limit = ctx.listener.max_connections, "listener full: closing the new connection");
+        if ctx.balancer.closed(ctx.worker.id) {
+            ctx.drained.notify_waiters();
+        }
         return;
     };
     let _ = stream.set_nodelay(true);
@@ -357,7 +477,6 @@ fn spawn_connection(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: So
         tls: ctx.tls.is_some(),
         trusted,
     });
-    ctx.open.set(ctx.open.get() + 1);
     ctx.metrics.connection_opened();
     let ctx = Rc::clone(ctx);
     tokio::task::spawn_local(async move {
@@ -394,8 +513,7 @@ fn spawn_connection(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: So
         }
         drop(slot);
         ctx.metrics.connection_closed();
-        ctx.open.set(ctx.open.get() - 1);
-        if ctx.open.get() == 0 {
+        if ctx.balancer.closed(ctx.worker.id) {
             ctx.drained.notify_waiters();
         }
     });
