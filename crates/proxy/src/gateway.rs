@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use graylane_config::{Config, ConfigErrors, Service, Weight};
@@ -147,6 +148,7 @@ pub struct Gateway {
     /// One listening socket per listener (the workers accept from duplicates), kept to hand over
     /// to a successor process; closed when the gateway stops accepting.
     sockets: Mutex<Vec<std::net::TcpListener>>,
+    balancer: Arc<Balancer>,
     phase: watch::Sender<Phase>,
     /// Stops the health prober.
     shutdown: watch::Sender<bool>,
@@ -233,7 +235,7 @@ impl Gateway {
         )));
         let (phase, phase_rx) = watch::channel(Phase::Held);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (balancer, inboxes) = Balancer::new(workers);
+        let (balancer, inboxes) = Balancer::new(workers, config.listeners.len());
         let mut handles = Vec::new();
         for (id, (listeners, inbox)) in per_worker.into_iter().zip(inboxes).enumerate() {
             let setup = WorkerSetup {
@@ -271,6 +273,7 @@ impl Gateway {
                 generation: 1,
             }),
             local_addrs,
+            balancer,
             sockets: Mutex::new(sockets),
             phase,
             shutdown,
@@ -307,14 +310,19 @@ impl Gateway {
     }
 
     /// Stops accepting because a successor process now accepts from the same sockets: the
-    /// connections the kernel has queued are left to it. The connections already accepted are
-    /// answered and closed as in [`Gateway::shutdown`], which waits for them.
+    /// connections the kernel has queued are left to it. Returns once no worker accepts any more
+    /// (waiting a second at most). The connections already accepted are answered and closed as
+    /// in [`Gateway::shutdown`], which waits for them.
     pub fn hand_over(&self) {
         self.advance(Phase::HandedOver);
         self.sockets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        let until = Instant::now() + Duration::from_secs(1);
+        while self.balancer.accepting.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The addresses actually bound, in configuration order (useful with port 0).

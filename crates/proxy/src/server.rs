@@ -114,6 +114,8 @@ impl Drop for ConnectionSlot {
 /// draining with one still coming.
 pub(crate) struct Balancer {
     open: Vec<AtomicUsize>,
+    /// Accept loops (one per worker and listener) that may still accept.
+    pub(crate) accepting: AtomicUsize,
     inboxes: Vec<mpsc::UnboundedSender<Handed>>,
 }
 
@@ -126,11 +128,15 @@ pub(crate) struct Handed {
 }
 
 impl Balancer {
-    /// A balancer for `workers` workers, and each worker's inbox.
-    pub(crate) fn new(workers: usize) -> (Arc<Balancer>, Vec<mpsc::UnboundedReceiver<Handed>>) {
+    /// A balancer for `workers` workers serving `listeners` listeners, and each worker's inbox.
+    pub(crate) fn new(
+        workers: usize,
+        listeners: usize,
+    ) -> (Arc<Balancer>, Vec<mpsc::UnboundedReceiver<Handed>>) {
         let (inboxes, receivers) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
         let balancer = Balancer {
             open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            accepting: AtomicUsize::new(workers * listeners),
             inboxes,
         };
         (Arc::new(balancer), receivers)
@@ -293,23 +299,40 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
             drained: Rc::clone(&drained),
         }));
     }
-    // Lives as long as the worker: connections handed over during the drain are served too.
-    tokio::task::spawn_local(receive_handed(setup.inbox, ctxs.clone()));
     let accept_loops: Vec<_> = listeners
         .into_iter()
         .zip(&ctxs)
         .map(|(listener, ctx)| tokio::task::spawn_local(accept_loop(listener, Rc::clone(ctx))))
         .collect();
-    for l in accept_loops {
-        let _ = l.await;
+    let accepting = async {
+        for l in accept_loops {
+            let _ = l.await;
+        }
+    };
+    tokio::pin!(accepting);
+    let mut inbox = setup.inbox;
+    loop {
+        tokio::select! {
+            _ = &mut accepting => break,
+            Some(handed) = inbox.recv() => serve_handed(&ctxs, handed),
+        }
     }
-    // Listeners are closed now; wait for in-flight connections to finish their requests.
+    // Not accepting any more, so take no more connections from the others either (they serve
+    // what they accept themselves from now on), but serve those already sent.
+    inbox.close();
+    while let Some(handed) = inbox.recv().await {
+        serve_handed(&ctxs, handed);
+    }
+    // Wait for in-flight connections to finish their requests. The count is shared: another
+    // worker may briefly count a connection for this one before finding the inbox closed, so it
+    // is also looked at now and then, not only when a connection here closes.
     let open = || setup.balancer.open[setup.id].load(Ordering::Acquire);
     let deadline = tokio::time::sleep(setup.drain_timeout);
     tokio::pin!(deadline);
     while open() > 0 {
         tokio::select! {
             _ = drained.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             _ = &mut deadline => {
                 tracing::warn!(worker = setup.id, open = open(), "drain timeout: closing remaining connections");
                 break;
@@ -319,20 +342,16 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves the connections other workers accepted for this one.
-async fn receive_handed(mut inbox: mpsc::UnboundedReceiver<Handed>, ctxs: Vec<Rc<AcceptCtx>>) {
-    while let Some(handed) = inbox.recv().await {
-        let Some(ctx) = ctxs.get(handed.listener) else {
-            continue;
-        };
-        match tokio::net::TcpStream::from_std(handed.stream) {
-            Ok(stream) => spawn_connection(ctx, stream, handed.peer),
-            Err(e) => {
-                tracing::warn!(peer = %handed.peer, "cannot serve a connection: {e}");
-                if ctx.balancer.closed(ctx.worker.id) {
-                    ctx.drained.notify_waiters();
-                }
-            }
+/// Serves a connection another worker accepted for this one.
+fn serve_handed(ctxs: &[Rc<AcceptCtx>], handed: Handed) {
+    let Some(ctx) = ctxs.get(handed.listener) else {
+        return;
+    };
+    match tokio::net::TcpStream::from_std(handed.stream) {
+        Ok(stream) => spawn_connection(ctx, stream, handed.peer),
+        Err(e) => {
+            tracing::warn!(peer = %handed.peer, "cannot serve a connection: {e}");
+            ctx.balancer.closed(ctx.worker.id);
         }
     }
 }
@@ -372,23 +391,23 @@ struct AcceptCtx {
 
 async fn accept_loop(listener: TcpListener, ctx: Rc<AcceptCtx>) {
     let mut phase = ctx.phase.clone();
-    if phase.wait_for(|p| *p != Phase::Held).await.is_err() {
-        return;
-    }
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = phase.wait_for(|p| *p >= Phase::HandedOver) => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => dispatch(&ctx, stream, peer),
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    if phase.wait_for(|p| *p != Phase::Held).await.is_ok() {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = phase.wait_for(|p| *p >= Phase::HandedOver) => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => dispatch(&ctx, stream, peer),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     }
+    ctx.balancer.accepting.fetch_sub(1, Ordering::AcqRel);
     ctx.draining.set(true);
     if *phase.borrow() != Phase::Stopping {
         return;
@@ -442,7 +461,7 @@ fn dispatch(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: SocketAddr
         }
     };
     if let Err(mpsc::error::SendError(handed)) = ctx.balancer.inboxes[target].send(handed) {
-        // That worker has stopped: serve it here.
+        // That worker has stopped accepting: serve it here.
         ctx.balancer.closed(target);
         ctx.balancer.open[me].fetch_add(1, Ordering::AcqRel);
         match tokio::net::TcpStream::from_std(handed.stream) {

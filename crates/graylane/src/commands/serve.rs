@@ -390,7 +390,8 @@ pub fn run_gateway(
                 tracing::info!(
                     "a new process took the listeners over: closing the store, then draining in-flight requests"
                 );
-                gateway.hand_over();
+                let handing = Arc::clone(&gateway);
+                let _ = tokio::task::spawn_blocking(move || handing.hand_over()).await;
                 let _ = admin_stop.send(());
                 for task in background.drain(..) {
                     task.abort();
