@@ -256,16 +256,17 @@ where
         control.push(SendAncillaryMessage::ScmRights(&fds)),
         "too many sockets to send"
     );
-    stream.writable().await?;
-    let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
-        rustix::net::sendmsg(
-            &stream,
-            &[IoSlice::new(&line)],
-            &mut control,
-            SendFlags::empty(),
-        )
-        .map_err(std::io::Error::from)
-    })?;
+    let sent = stream
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            rustix::net::sendmsg(
+                &stream,
+                &[IoSlice::new(&line)],
+                &mut control,
+                SendFlags::empty(),
+            )
+            .map_err(std::io::Error::from)
+        })
+        .await?;
     let mut stream = tokio::io::BufReader::new(stream);
     if sent < line.len() {
         stream.get_mut().write_all(&line[sent..]).await?;
