@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use graylane_config::{Config, ConfigErrors, Service, Weight};
@@ -16,14 +17,16 @@ use tokio::sync::watch;
 use crate::control::ControlState;
 use crate::metrics::Metrics;
 use crate::server::{
-    BoundListener, ConnectionLimit, WorkerSetup, bind_reuseport, run_worker, tls_acceptor,
+    Balancer, BoundListener, ConnectionLimit, Phase, WorkerSetup, bind_exclusive, run_worker,
+    tls_acceptor,
 };
 use crate::snapshot::Snapshot;
 
 /// How the gateway runs, beyond what the configuration file says.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
-    /// Worker threads; each has its own runtime, listener sockets and upstream pool.
+    /// Worker threads; each has its own runtime and upstream pool, and accepts from every
+    /// listener.
     pub workers: usize,
     /// How long SIGTERM waits for in-flight requests before closing connections.
     pub drain_timeout: Duration,
@@ -105,6 +108,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot use a listening socket taken over from the running process: {0}")]
+    Inherit(std::io::Error),
     #[error("listener {addr}: {source}")]
     Tls {
         addr: SocketAddr,
@@ -147,6 +152,12 @@ pub struct Gateway {
     /// update; requests never touch it.
     control: Mutex<Control>,
     local_addrs: Vec<SocketAddr>,
+    /// One listening socket per listener (the workers accept from duplicates), kept to hand over
+    /// to a successor process; closed when the gateway stops accepting.
+    sockets: Mutex<Vec<std::net::TcpListener>>,
+    balancer: Arc<Balancer>,
+    phase: watch::Sender<Phase>,
+    /// Stops the health prober.
     shutdown: watch::Sender<bool>,
     workers: Mutex<Vec<JoinHandle<std::io::Result<()>>>>,
 }
@@ -154,14 +165,37 @@ pub struct Gateway {
 impl Gateway {
     /// Binds every listener and starts the workers serving `config`.
     pub fn start(config: Config, options: GatewayOptions) -> Result<Gateway, StartError> {
+        let gateway = Gateway::prepare(config, options, Vec::new())?;
+        gateway.start_accepting();
+        Ok(gateway)
+    }
+
+    /// Sets up everything [`Gateway::start`] does, but the workers do not accept until
+    /// [`Gateway::start_accepting`]: connections wait in the kernel's queue meanwhile (so a
+    /// release state can be applied before the first request is routed).
+    ///
+    /// A listener whose address is that of one of the `inherited` sockets (taken over from the
+    /// process this one replaces) serves on that socket, queued connections and all; the others
+    /// are bound here. Inherited sockets no listener asks for are closed.
+    pub fn prepare(
+        config: Config,
+        options: GatewayOptions,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> Result<Gateway, StartError> {
         let workers = options.workers.max(1);
         let cookie_keys = match options.cookie_keys {
             Some(keys) => keys,
             None => crate::cookie_keys::ephemeral()?,
         };
         let metrics = Metrics::new(workers);
+        let mut inherited = inherited
+            .into_iter()
+            .map(|socket| Ok((socket.local_addr()?, socket)))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(StartError::Inherit)?;
         let mut per_worker: Vec<Vec<BoundListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
+        let mut sockets = Vec::new();
         for listener in &config.listeners {
             let addr = listener.bind;
             let tls = match &listener.tls {
@@ -170,24 +204,35 @@ impl Gateway {
                 }
                 None => None,
             };
-            let sockets = bind_reuseport(addr, workers)
-                .map_err(|source| StartError::Bind { addr, source })?;
-            if let Some(first) = sockets.first() {
-                local_addrs.push(
-                    first
-                        .local_addr()
-                        .map_err(|source| StartError::Bind { addr, source })?,
-                );
-            }
+            let socket = match inherited.iter().position(|(a, _)| *a == addr) {
+                Some(i) => {
+                    let (_, socket) = inherited.swap_remove(i);
+                    socket.set_nonblocking(true).map_err(StartError::Inherit)?;
+                    tracing::info!(%addr, "listening on the socket taken over");
+                    socket
+                }
+                None => bind_exclusive(addr).map_err(|source| StartError::Bind { addr, source })?,
+            };
+            local_addrs.push(
+                socket
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            );
             let connections = ConnectionLimit::new(listener.max_connections);
-            for (w, socket) in sockets.into_iter().enumerate() {
-                per_worker[w].push(BoundListener {
-                    socket,
+            for worker in &mut per_worker {
+                worker.push(BoundListener {
+                    socket: socket
+                        .try_clone()
+                        .map_err(|source| StartError::Bind { addr, source })?,
                     config: listener.clone(),
                     tls: tls.clone(),
                     connections: Arc::clone(&connections),
                 });
             }
+            sockets.push(socket);
+        }
+        for (addr, _) in &inherited {
+            tracing::info!(%addr, "no listener is configured for this address any more: closing the socket taken over");
         }
         let upstream = config.upstream.clone();
         let config = Arc::new(config);
@@ -200,16 +245,19 @@ impl Gateway {
             &control_state,
             &cookie_keys,
         )));
+        let (phase, phase_rx) = watch::channel(Phase::Held);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let shutdown_rx_for_prober = shutdown_rx.clone();
+        let (balancer, inboxes) = Balancer::new(workers, config.listeners.len());
         let mut handles = Vec::new();
-        for (id, listeners) in per_worker.into_iter().enumerate() {
+        for (id, (listeners, inbox)) in per_worker.into_iter().zip(inboxes).enumerate() {
             let setup = WorkerSetup {
                 id,
                 listeners,
                 snapshot: Arc::clone(&snapshot),
                 metrics: Arc::clone(&metrics),
-                shutdown: shutdown_rx.clone(),
+                phase: phase_rx.clone(),
+                balancer: Arc::clone(&balancer),
+                inbox,
                 drain_timeout: options.drain_timeout,
                 max_idle_per_endpoint: upstream.max_idle_per_endpoint,
                 idle_timeout: upstream.idle_timeout,
@@ -224,7 +272,7 @@ impl Gateway {
             Arc::clone(&snapshot),
             Arc::clone(&control_state),
         )));
-        let prober = crate::health::spawn_prober(Arc::clone(&snapshot), shutdown_rx_for_prober)
+        let prober = crate::health::spawn_prober(Arc::clone(&snapshot), shutdown_rx)
             .map_err(StartError::Thread)?;
         handles.push(prober);
         Ok(Gateway {
@@ -238,9 +286,56 @@ impl Gateway {
                 cookie_keys,
             }),
             local_addrs,
+            balancer,
+            sockets: Mutex::new(sockets),
+            phase,
             shutdown,
             workers: Mutex::new(handles),
         })
+    }
+
+    /// Lets the workers accept (after [`Gateway::prepare`]).
+    pub fn start_accepting(&self) {
+        self.advance(Phase::Serving);
+    }
+
+    /// Moves the workers on to `next`, never back, and never from a hand-over to a stop: once
+    /// the successor has the sockets, the queued connections are its own.
+    fn advance(&self, next: Phase) {
+        self.phase.send_if_modified(|p| {
+            let moves = next > *p && *p != Phase::HandedOver;
+            if moves {
+                *p = next;
+            }
+            moves
+        });
+    }
+
+    /// Duplicates of the listening sockets, in configuration order, for handing over to a
+    /// successor process (`graylane serve --takeover`). Empty once the gateway stopped accepting.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(std::net::TcpListener::try_clone)
+            .collect()
+    }
+
+    /// Stops accepting because a successor process now accepts from the same sockets: the
+    /// connections the kernel has queued are left to it. Returns once no worker accepts any more
+    /// (waiting a second at most). The connections already accepted are answered and closed as
+    /// in [`Gateway::shutdown`], which waits for them.
+    pub fn hand_over(&self) {
+        self.advance(Phase::HandedOver);
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let until = Instant::now() + Duration::from_secs(1);
+        while self.balancer.accepting.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The addresses actually bound, in configuration order (useful with port 0).
@@ -428,9 +523,16 @@ impl Gateway {
         }
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), and joins
-    /// the workers.
+    /// Stops accepting (unless [`Gateway::hand_over`] did already: then the successor accepts),
+    /// answers the requests in flight and the ones arriving on open HTTP/1.1 connections (each
+    /// with `Connection: close`) until every connection is closed or the drain timeout is up,
+    /// and joins the workers.
     pub fn shutdown(&self) {
+        self.advance(Phase::Stopping);
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let _ = self.shutdown.send(true);
         let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         for handle in handles {

@@ -4,7 +4,7 @@
 //! The request path, from the socket in:
 //!
 //! ```text
-//! server (thread per core, SO_REUSEPORT listener, TLS)      server.rs
+//! server (thread per core, one shared listener, TLS, drain)  server.rs
 //!   └─ handler: decide → limit → pick endpoint → forward     handler.rs
 //!        │         (retry, breaker, fallback) → stamp
 //!        ├─ control: rate limits, breakers, fallbacks, …      control.rs

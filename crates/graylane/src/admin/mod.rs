@@ -38,15 +38,22 @@ pub struct AdminState {
     pub tokens: auth::Tokens,
 }
 
-/// Binds the admin listener; serving runs on the current runtime until it ends.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+/// Binds the admin listener (exclusively: a second process on the address fails).
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot bind the admin listener on {addr}: {e}"))
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    if let Err(e) = axum::serve(listener, app(state)).await {
+/// Serves until `stop` completes, then finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if let Err(e) = axum::serve(listener, app(state))
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!("the admin listener stopped: {e}");
     }
 }

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::serve::{ConfigSource, run_gateway};
+use super::serve::{ConfigSource, Prepared, run_gateway};
 use crate::logging::{self, LogFormat};
 
 #[derive(Args)]
@@ -95,7 +95,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.admin_port
     );
     println!("\nCtrl-C to stop.");
-    run_gateway(config, GatewayOptions::default(), ConfigSource::Fixed)
+    let prepared = Prepared::bind(&config, GatewayOptions::default(), Vec::new(), None)?;
+    run_gateway(prepared, config, ConfigSource::Fixed)
 }
 
 /// Starts both demo upstreams on a background thread; returns their addresses.

@@ -4,6 +4,7 @@ pub mod client;
 pub mod demo;
 pub mod eval;
 pub mod serve;
+pub mod takeover;
 pub mod validate;
 
 /// Loads a configuration file, or prints every error in it (`error: file:line:col: key: why`)

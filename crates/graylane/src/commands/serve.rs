@@ -1,5 +1,6 @@
 //! `graylane serve`: the gateway, its admin listener, and hot reload (file changes and SIGHUP).
-//! SIGTERM or Ctrl-C drains in-flight requests and exits 0.
+//! SIGTERM or Ctrl-C drains in-flight requests and exits 0; `--takeover` replaces the process
+//! running on the same data directory without losing a request ([`super::takeover`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,12 +17,21 @@ use graylane_controller::{ControlError, Controller, DataPlane, Observation, Setu
 use graylane_notify::{Notifier, WebhookTarget};
 use graylane_proxy::{Gateway, GatewayOptions};
 use graylane_rules::Routing;
-use graylane_store::{RedbStore, Store};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::auth::Tokens;
 use crate::admin::{self, AdminState};
 use crate::logging::{self, LogFormat};
+
+use super::takeover::{self, Predecessor, ReleasableStore, Successor};
+
+/// How long `--takeover` waits for the running process to close the store.
+const RELEASE_WAIT: Duration = Duration::from_secs(15);
+/// How long `--takeover` then retries opening the store while it is still locked.
+const STORE_WAIT: Duration = Duration::from_secs(10);
+/// How long a process being taken over lets its admin requests finish before it closes the
+/// store under them.
+const ADMIN_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -48,6 +58,11 @@ pub struct ServeArgs {
     /// How often the configuration file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = humantime_duration)]
     pub watch_interval: Duration,
+    /// Take the listening sockets and the store over from the graylane running with the same
+    /// --data-dir, which then answers the requests it has, closes its connections and exits 0:
+    /// an upgrade or restart that refuses no connection.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 pub fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -78,7 +93,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let store = RedbStore::open(&args.data_dir)?;
     let cookie_keys = graylane_proxy::cookie_keys::load(
         std::env::var(graylane_proxy::cookie_keys::ENV)
             .ok()
@@ -93,14 +107,71 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = args.workers {
         options.workers = w;
     }
+    // Without --takeover the store comes first: it is the lock on the data directory. With it,
+    // everything that can fail is set up before the running process is told to stop accepting;
+    // only then is the store free to open.
+    let (prepared, store) = if args.takeover {
+        let mut predecessor = Predecessor::connect(&args.data_dir)?;
+        let admin = config
+            .admin
+            .as_ref()
+            .and_then(|a| predecessor.take_admin(a.bind));
+        let listeners = std::mem::take(&mut predecessor.listeners);
+        let prepared = Prepared::bind(&config, options, listeners, admin)?;
+        predecessor.drain(RELEASE_WAIT)?;
+        tracing::info!("the running process released the store: taking over");
+        (prepared, takeover::open_store(&args.data_dir, STORE_WAIT)?)
+    } else {
+        let store = takeover::open_store(&args.data_dir, Duration::ZERO)?;
+        (Prepared::bind(&config, options, Vec::new(), None)?, store)
+    };
+    // Serving matters more than being replaceable: without the socket (a data dir path too long
+    // for one, say), serve on and say why a takeover will not work.
+    let offer = takeover::listen(&args.data_dir)
+        .inspect_err(|e| {
+            tracing::warn!("`serve --takeover` will not be able to replace this process: {e:#}")
+        })
+        .ok();
     let source = ConfigSource::File(Managed {
         path: args.config.clone(),
         interval: args.watch_interval,
         yaml,
-        store: Arc::new(store),
+        store: Arc::new(ReleasableStore::new(store, &args.data_dir)),
         env: args.env,
+        offer,
     });
-    run_gateway(config, options, source)
+    run_gateway(prepared, config, source)
+}
+
+/// The gateway and the admin listener, bound (or taken over) but not accepting yet.
+pub struct Prepared {
+    gateway: Gateway,
+    admin: Option<std::net::TcpListener>,
+    workers: usize,
+}
+
+impl Prepared {
+    /// Binds what `config` listens on, except the addresses of the sockets `listeners` and
+    /// `admin` taken over from a running process.
+    pub fn bind(
+        config: &Config,
+        options: GatewayOptions,
+        listeners: Vec<std::net::TcpListener>,
+        admin: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Prepared> {
+        let workers = options.workers;
+        let gateway = Gateway::prepare(config.clone(), options, listeners)?;
+        let admin = match (&config.admin, admin) {
+            (None, _) => None,
+            (Some(_), Some(inherited)) => Some(inherited),
+            (Some(a), None) => Some(admin::bind(a.bind)?),
+        };
+        Ok(Prepared {
+            gateway,
+            admin,
+            workers,
+        })
+    }
 }
 
 /// Where the configuration comes from, and whether a controller runs.
@@ -116,8 +187,10 @@ pub struct Managed {
     pub interval: Duration,
     /// The file's text at start.
     pub yaml: String,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<ReleasableStore>,
     pub env: String,
+    /// Where a successor can take over (`serve --takeover`).
+    pub offer: Option<std::os::unix::net::UnixListener>,
 }
 
 /// The gateway as the controller's data plane.
@@ -156,17 +229,31 @@ impl DataPlane for GatewayPlane {
     }
 }
 
-/// Runs a gateway until SIGTERM/SIGINT, then drains it. Shared by `serve` and `demo`.
+/// Why serving ends.
+enum Stop {
+    /// SIGTERM or Ctrl-C: stop accepting, drain, exit.
+    Signal,
+    /// A new process has the listening sockets: let it accept, close the store, drain, exit.
+    TakenOver(Successor),
+}
+
+/// Runs a gateway until SIGTERM/SIGINT or a takeover, then drains it. Shared by `serve` and
+/// `demo`.
 pub fn run_gateway(
+    prepared: Prepared,
     config: Config,
-    options: GatewayOptions,
     source: ConfigSource,
 ) -> anyhow::Result<ExitCode> {
-    let admin = config.admin.clone();
+    let Prepared {
+        gateway,
+        admin: admin_socket,
+        workers,
+    } = prepared;
     let webhooks = config.webhooks.clone();
-    let gateway = Arc::new(Gateway::start(config.clone(), options.clone())?);
+    let tokens = Tokens::from_env(config.admin.as_ref().map_or(&[][..], |a| &a.tokens));
+    let gateway = Arc::new(gateway);
     for addr in gateway.local_addrs() {
-        tracing::info!(%addr, workers = options.workers, "listening");
+        tracing::info!(%addr, workers, "listening");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -177,8 +264,8 @@ pub fn run_gateway(
             signal(SignalKind::interrupt())?,
         ))
     })?;
-    let (controller, notifier, path) = match source {
-        ConfigSource::Fixed => (None, None, None),
+    let (controller, notifier, path, store, offer) = match source {
+        ConfigSource::Fixed => (None, None, None, None, None),
         ConfigSource::File(m) => runtime.block_on(async {
             let notifier = (!webhooks.is_empty()).then(|| {
                 Notifier::start(
@@ -196,7 +283,7 @@ pub fn run_gateway(
             let controller = Controller::open(Setup {
                 env: m.env.clone(),
                 config_path: m.path.clone(),
-                store: m.store,
+                store: Arc::clone(&m.store) as Arc<dyn graylane_store::Store>,
                 plane: Arc::new(GatewayPlane(Arc::clone(&gateway))),
                 notifier: notifier.clone(),
                 yaml: m.yaml,
@@ -208,6 +295,8 @@ pub fn run_gateway(
                 Some(Arc::new(controller)),
                 notifier,
                 Some((m.path, m.interval)),
+                Some(m.store),
+                m.offer,
             ))
         })?,
     };
@@ -218,20 +307,40 @@ pub fn run_gateway(
             now_ms,
         }));
     }
+    // The release state is applied: the first request (and the connections queued meanwhile)
+    // is routed with it.
+    gateway.start_accepting();
     let state = Arc::new(AdminState {
         metrics: Arc::clone(gateway.metrics()),
         ready: AtomicBool::new(true),
         controller: controller.clone(),
         gateway: Arc::clone(&gateway),
-        tokens: Tokens::from_env(admin.as_ref().map_or(&[][..], |a| &a.tokens)),
+        tokens,
     });
-    let background = runtime.block_on(async {
+    // Kept to hand the admin listener over along with the others.
+    let admin_dup = admin_socket.as_ref().map(|s| s.try_clone()).transpose()?;
+    let offer_path = offer
+        .as_ref()
+        .and_then(|o| o.local_addr().ok()?.as_pathname().map(Path::to_path_buf));
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (background, admin_task, stop) = runtime.block_on(async {
         let mut tasks = Vec::new();
-        if let Some(a) = &admin {
-            let listener = admin::bind(a.bind).await?;
-            tracing::info!(addr = %a.bind, "admin listening");
-            tasks.push(tokio::spawn(admin::serve(listener, Arc::clone(&state))));
-        }
+        let admin_task = match admin_socket {
+            Some(socket) => {
+                socket.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(socket)?;
+                tracing::info!(addr = %listener.local_addr()?, "admin listening");
+                let stopped = async move {
+                    let _ = admin_stopped.await;
+                };
+                Some(tokio::spawn(admin::serve(
+                    listener,
+                    Arc::clone(&state),
+                    stopped,
+                )))
+            }
+            None => None,
+        };
         if let (Some(c), Some((path, interval))) = (&controller, &path) {
             tasks.push(tokio::spawn(tick_releases(Arc::clone(c))));
             tasks.push(tokio::spawn(watch_file(
@@ -241,11 +350,26 @@ pub fn run_gateway(
                 *interval,
             )));
         }
+        let offer = offer.map(tokio::net::UnixListener::from_std).transpose()?;
+        let successor = async {
+            match offer {
+                Some(offer) => {
+                    takeover::wait_for_successor(offer, || {
+                        let admin = admin_dup.as_ref().map(|s| s.try_clone()).transpose()?;
+                        Ok((gateway.listening_sockets()?, admin))
+                    })
+                    .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(successor);
         let mut hup = signal(SignalKind::hangup())?;
-        loop {
+        let stop = loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = term.recv() => break Stop::Signal,
+                _ = int.recv() => break Stop::Signal,
+                s = &mut successor => break Stop::TakenOver(s),
                 _ = hup.recv() => {
                     if let (Some(c), Some((path, _))) = (&controller, &path) {
                         tracing::info!("SIGHUP: reloading {}", path.display());
@@ -253,14 +377,46 @@ pub fn run_gateway(
                     }
                 }
             }
-        }
-        anyhow::Ok(tasks)
+        };
+        anyhow::Ok((tasks, admin_task, stop))
     })?;
-    tracing::info!("shutting down: draining in-flight requests");
+    drop(admin_dup);
     state.ready.store(false, Ordering::Relaxed);
-    // Drain with the runtime still running, so the admin listener keeps answering (/readyz is
-    // 503 from now on) until the gateway has stopped.
     let drained = runtime.block_on(async move {
+        let mut background = background;
+        let mut admin_task = admin_task;
+        match stop {
+            Stop::Signal => {
+                tracing::info!("shutting down: draining in-flight requests");
+                // No successor can take over a process that stops accepting.
+                if let Some(p) = &offer_path {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            Stop::TakenOver(successor) => {
+                tracing::info!(
+                    "a new process took the listeners over: closing the store, then draining in-flight requests"
+                );
+                let handing = Arc::clone(&gateway);
+                let _ = tokio::task::spawn_blocking(move || handing.hand_over()).await;
+                let _ = admin_stop.send(());
+                for task in background.drain(..) {
+                    task.abort();
+                }
+                if let Some(task) = admin_task.take()
+                    && tokio::time::timeout(ADMIN_DRAIN, task).await.is_err()
+                {
+                    tracing::warn!("admin requests still running after {ADMIN_DRAIN:?}: closing the store under them");
+                }
+                if let Some(store) = &store {
+                    let store = Arc::clone(store);
+                    let _ = tokio::task::spawn_blocking(move || store.release()).await;
+                }
+                successor.released().await;
+            }
+        }
+        // Drain with the runtime still running, so the admin listener keeps answering (/readyz
+        // is 503 from now on) until the gateway has stopped.
         let drain = tokio::task::spawn_blocking({
             let gateway = Arc::clone(&gateway);
             move || gateway.shutdown()
@@ -276,7 +432,7 @@ pub fn run_gateway(
         {
             tracing::warn!("some webhook events were not delivered before exit");
         }
-        for task in background {
+        for task in background.into_iter().chain(admin_task) {
             task.abort();
         }
         drained
