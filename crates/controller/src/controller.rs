@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use graylane_analysis::{Decision, Judgement};
-use graylane_config::{Config, Service};
+use graylane_config::{Config, SegmentSource, Service};
 use graylane_notify::Notifier;
 use graylane_rollout::{Command, Kind, Phase, Plan, Rollout, Transition};
 use graylane_rules::Routing;
@@ -37,6 +37,18 @@ pub trait DataPlane: Send + Sync {
     /// The circuit-breaker state (`closed`, `open`, `half_open`) of each version of `service`
     /// that has a breaker.
     fn circuit_states(&self, service: &str) -> BTreeMap<String, &'static str>;
+}
+
+/// What a reload of the configuration file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// Neither the file nor a segment file it names changed.
+    Unchanged,
+    /// The file changed: the revision it was recorded as.
+    Revision(u64),
+    /// Only the members of these `file:` segments changed (no new revision: the text is the
+    /// same).
+    Segments(Vec<String>),
 }
 
 /// What a person (or the analysis) asks of a release, as the API says it.
@@ -648,12 +660,15 @@ impl Controller {
 
     // ----- configuration -----
 
-    /// The file changed on disk: validates and applies it as a revision by `file`. Text equal
-    /// to the current revision (such as the API's own write) changes nothing.
-    pub fn file_changed(&self, yaml: String, now_ms: i64) -> Result<Option<u64>, ControlError> {
+    /// The file changed on disk, or a SIGHUP asked for a reload: validates and applies it as a
+    /// revision by `file`. Text equal to the current revision (such as the API's own write)
+    /// records nothing, but the segment files it names are read again: members added to or
+    /// removed from a `file:` segment take effect without an edit of the configuration. A
+    /// segment file that cannot be read rejects the reload, so the old members keep serving.
+    pub fn file_changed(&self, yaml: String, now_ms: i64) -> Result<Reloaded, ControlError> {
         let mut state = self.lock();
         if yaml == state.yaml {
-            return Ok(None);
+            return self.reread_segments(&mut state, now_ms);
         }
         let config = graylane_config::load_text_for(&yaml, &self.config_path)
             .map_err(ControlError::Invalid)?;
@@ -664,7 +679,64 @@ impl Controller {
             ("file", "file changed", RevisionSource::File),
             now_ms,
         )?;
-        Ok(Some(n))
+        Ok(Reloaded::Revision(n))
+    }
+
+    /// The files the `file:` segments of the current configuration are read from: what the
+    /// file watcher watches besides the configuration file.
+    pub fn segment_files(&self) -> Vec<PathBuf> {
+        self.lock()
+            .config
+            .segments
+            .iter()
+            .filter_map(|s| match &s.source {
+                SegmentSource::File(path) => Some(path.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reread_segments(&self, state: &mut State, now_ms: i64) -> Result<Reloaded, ControlError> {
+        if !state
+            .config
+            .segments
+            .iter()
+            .any(|s| matches!(s.source, SegmentSource::File(_)))
+        {
+            return Ok(Reloaded::Unchanged);
+        }
+        let config = graylane_config::load_text_for(&state.yaml, &self.config_path)
+            .map_err(ControlError::Invalid)?;
+        let changed: Vec<String> = config
+            .segments
+            .iter()
+            .filter(|new| {
+                state
+                    .config
+                    .segments
+                    .iter()
+                    .find(|old| old.name == new.name)
+                    .is_none_or(|old| old.members != new.members)
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        if changed.is_empty() {
+            return Ok(Reloaded::Unchanged);
+        }
+        self.store.append_audit(
+            &self.env,
+            NewAuditEntry {
+                at_ms: now_ms,
+                actor: "file".to_string(),
+                action: "segments.reloaded".to_string(),
+                target: changed.join(","),
+                reason: "segment file changed".to_string(),
+                detail: serde_json::Value::Null,
+            },
+        )?;
+        self.plane.apply(config.clone(), &routes(&state.releases));
+        state.config = Arc::new(config);
+        Ok(Reloaded::Segments(changed))
     }
 
     /// A configuration from the API: validated, written to the file, recorded, applied.

@@ -23,5 +23,7 @@ pub mod series;
 pub mod view;
 
 pub use analysis::Observation;
-pub use controller::{Action, Actor, ApplyOutcome, Controller, DataPlane, Setup, unified_diff};
+pub use controller::{
+    Action, Actor, ApplyOutcome, Controller, DataPlane, Reloaded, Setup, unified_diff,
+};
 pub use error::ControlError;
