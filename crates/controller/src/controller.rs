@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use graylane_analysis::{Decision, Judgement};
 use graylane_config::{Config, SegmentSource, Service};
-use graylane_notify::Notifier;
+use graylane_notify::{Notifier, WebhookTarget};
 use graylane_rollout::{Command, Kind, Phase, Plan, Rollout, Transition};
 use graylane_rules::Routing;
 use graylane_store::{AuditFilter, NewAuditEntry, NewRevision, RevisionSource, Store};
@@ -112,6 +112,46 @@ pub struct Controller {
     analyses: Mutex<BTreeMap<String, Runner>>,
     events: EventLog,
     series: Mutex<Series>,
+    /// The background work's errors (timed steps, verdicts), logged at a bounded rate: a full
+    /// disk fails every tick.
+    errors: ThrottledLog,
+}
+
+/// Logs an error at most once per [`ThrottledLog::WINDOW`], with a count of those held back.
+#[derive(Default)]
+struct ThrottledLog {
+    /// When the last line was logged, and how many errors were held back since.
+    state: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl ThrottledLog {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Logs `error` unless a line was logged within the window; `true` if it was logged.
+    fn log(&self, error: std::fmt::Arguments<'_>) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match &mut *state {
+            Some((last, held)) if now.duration_since(*last) < Self::WINDOW => {
+                *held += 1;
+                false
+            }
+            Some((last, held)) => {
+                tracing::error!(
+                    "{error} ({held} similar errors in the last {:?} not logged)",
+                    now.duration_since(*last)
+                );
+                *last = now;
+                *held = 0;
+                true
+            }
+            None => {
+                tracing::error!("{error}");
+                *state = Some((now, 0));
+                true
+            }
+        }
+    }
 }
 
 struct State {
@@ -150,7 +190,9 @@ impl Controller {
             config,
             now_ms,
         } = setup;
+        retain_audit(store.as_ref(), &config);
         let latest = store.latest_revision(&env)?;
+        let mut recorded = None;
         let revision = match &latest {
             Some(rev) if rev.yaml == yaml => rev.n,
             _ => {
@@ -170,6 +212,7 @@ impl Controller {
                     },
                 )?;
                 store.append_audit(&env, config_audit(&rev.n, "file", message, now_ms))?;
+                recorded = Some(message);
                 rev.n
             }
         };
@@ -197,12 +240,18 @@ impl Controller {
             analyses: Mutex::new(BTreeMap::new()),
             events: EventLog::default(),
             series: Mutex::new(Series::default()),
+            errors: ThrottledLog::default(),
         };
         {
             let mut state = controller.lock();
-            let releases = controller.reconcile(&config, Resume::Stored(stored), "file", now_ms)?;
+            let (releases, started) =
+                controller.reconcile(&config, Resume::Stored(stored), "file", now_ms)?;
             state.releases = releases;
             controller.plane.apply(config, &routes(&state.releases));
+            if let Some(message) = recorded {
+                controller.announce_config(revision, "file", message, now_ms);
+            }
+            controller.announce_starts(&state, &started);
         }
         controller.tick(now_ms);
         Ok(controller)
@@ -250,6 +299,7 @@ impl Controller {
         actor: Actor<'_>,
         now_ms: i64,
     ) -> Result<ReleaseView, ControlError> {
+        check_reason("reason", actor.reason)?;
         let mut state = self.lock();
         let m = find(&state, service)?;
         let command = match &action {
@@ -311,7 +361,9 @@ impl Controller {
             match self.commit(&mut state, &name, rollout, new) {
                 Ok(()) => moved += 1,
                 Err(e) => {
-                    tracing::error!(service = %name, "cannot record a timed step, it will be retried: {e}")
+                    self.errors.log(format_args!(
+                        "cannot record the timed step of `{name}`, it will be retried: {e}"
+                    ));
                 }
             }
         }
@@ -397,7 +449,9 @@ impl Controller {
         let judged = verdicts.len();
         for (service, step, decision, judgement) in verdicts {
             if let Err(e) = self.apply_verdict(&service, step, &decision, &judgement, now_ms) {
-                tracing::error!(%service, "cannot apply the analysis verdict: {e}");
+                self.errors.log(format_args!(
+                    "cannot apply the analysis verdict of `{service}`: {e}"
+                ));
             }
         }
         judged
@@ -749,6 +803,7 @@ impl Controller {
         dry_run: bool,
         now_ms: i64,
     ) -> Result<ApplyOutcome, ControlError> {
+        check_reason("message", message)?;
         self.propose(yaml, author, message, RevisionSource::Api, dry_run, now_ms)
     }
 
@@ -915,7 +970,8 @@ impl Controller {
         (author, message, source): (&str, &str, RevisionSource),
         now_ms: i64,
     ) -> Result<u64, ControlError> {
-        let releases = self.reconcile(
+        retain_audit(self.store.as_ref(), &config);
+        let (releases, started) = self.reconcile(
             &config,
             Resume::Running(&state.releases, &state.config),
             author,
@@ -939,29 +995,54 @@ impl Controller {
         state.yaml = yaml;
         state.revision = rev.n;
         if let Some(n) = &self.notifier {
+            // Before announcing: a webhook added by this revision hears about it.
+            n.set_targets(webhook_targets(&state.config));
+        }
+        self.announce_config(rev.n, author, message, now_ms);
+        self.announce_starts(state, &started);
+        Ok(rev.n)
+    }
+
+    fn announce_config(&self, revision: u64, author: &str, message: &str, now_ms: i64) {
+        if let Some(n) = &self.notifier {
             n.notify(serde_json::json!({
                 "event": "config.applied",
                 "env": self.env,
-                "revision": rev.n,
+                "revision": revision,
                 "author": author,
                 "message": message,
                 "at": view::rfc3339(now_ms),
             }));
         }
-        Ok(rev.n)
+    }
+
+    /// Announces the `start` transition of each release in `started`.
+    fn announce_starts(&self, state: &State, started: &[String]) {
+        let Some(n) = &self.notifier else { return };
+        for name in started {
+            let (Some(m), Some(svc)) = (state.releases.get(name), state.config.service(name))
+            else {
+                continue;
+            };
+            if let Some(t) = m.rollout.history.last() {
+                n.notify(self.transition_event(name, t, m, svc));
+            }
+        }
     }
 
     /// Matches every release of `config` with what runs (or was stored): the same release
     /// (same strategy and versions) goes on where it was; a new or changed one starts at step
     /// 0; one no longer configured is forgotten. New and dropped releases are persisted.
+    /// Returns the releases and the names of those that started here.
     fn reconcile<'a>(
         &self,
         config: &Config,
         resume: Resume<'a>,
         actor: &str,
         now_ms: i64,
-    ) -> Result<BTreeMap<String, Managed>, ControlError> {
+    ) -> Result<(BTreeMap<String, Managed>, Vec<String>), ControlError> {
         let mut out = BTreeMap::new();
+        let mut started = Vec::new();
         let mut previous: BTreeMap<String, (String, Rollout, Option<String>)> = match &resume {
             Resume::Stored(stored) => stored
                 .iter()
@@ -1029,6 +1110,7 @@ impl Controller {
                     };
                     self.persist(service, &managed, "start", actor, &reason, now_ms)?;
                     out.insert(service.name.clone(), managed);
+                    started.push(service.name.clone());
                 }
             }
         }
@@ -1046,7 +1128,7 @@ impl Controller {
                 },
             )?;
         }
-        Ok(out)
+        Ok((out, started))
     }
 
     /// Persists `rollout` as `service`'s new state, applies its routing and announces its
@@ -1156,6 +1238,47 @@ impl Controller {
             "at": view::rfc3339(t.at_ms),
         })
     }
+}
+
+/// The longest `reason` of a command (and `message` of a configuration change) accepted, in
+/// bytes: enough for a paragraph and a link, while the audit log, which keeps every reason,
+/// stays bounded.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Refuses a reason longer than [`MAX_REASON_BYTES`] rather than cutting it: a cut reason
+/// could lose exactly the part that explains the change.
+fn check_reason(field: &'static str, text: &str) -> Result<(), ControlError> {
+    if text.len() > MAX_REASON_BYTES {
+        return Err(ControlError::TooLong {
+            field,
+            len: text.len(),
+            max: MAX_REASON_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Hands `config`'s audit retention to the store.
+fn retain_audit(store: &dyn Store, config: &Config) {
+    let max_age_ms = config
+        .audit
+        .max_age
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    store.set_audit_retention(config.audit.max_entries, max_age_ms);
+}
+
+/// The receivers of `config.webhooks`, as the notifier takes them.
+pub fn webhook_targets(config: &Config) -> Vec<WebhookTarget> {
+    config
+        .webhooks
+        .iter()
+        .map(|w| WebhookTarget {
+            url: w.url.clone(),
+            timeout: w.timeout,
+            retries: w.retries,
+            backoff: WebhookTarget::DEFAULT_BACKOFF,
+        })
+        .collect()
 }
 
 /// What a reconcile starts from.
@@ -1291,4 +1414,24 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_repeated_every_tick_is_logged_once_per_window() {
+        let log = ThrottledLog::default();
+        let logged = (0..1_000)
+            .filter(|i| log.log(format_args!("disk full {i}")))
+            .count();
+        assert_eq!(logged, 1);
+        // Once the window has passed, the next one is logged again.
+        if let Some((last, _)) = log.state.lock().unwrap().as_mut() {
+            *last = last.checked_sub(ThrottledLog::WINDOW).unwrap();
+        }
+        assert!(log.log(format_args!("disk full again")));
+        assert!(!log.log(format_args!("disk full again")));
+    }
 }

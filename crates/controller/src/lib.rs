@@ -24,6 +24,7 @@ pub mod view;
 
 pub use analysis::Observation;
 pub use controller::{
-    Action, Actor, ApplyOutcome, Controller, DataPlane, Reloaded, Setup, unified_diff,
+    Action, Actor, ApplyOutcome, Controller, DataPlane, MAX_REASON_BYTES, Reloaded, Setup,
+    unified_diff, webhook_targets,
 };
 pub use error::ControlError;

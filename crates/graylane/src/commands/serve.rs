@@ -12,8 +12,10 @@ use clap::Args;
 use graylane_analysis::Histogram;
 use graylane_config::Config;
 use graylane_controller::metrics::ReleaseCollector;
-use graylane_controller::{ControlError, Controller, DataPlane, Observation, Reloaded, Setup};
-use graylane_notify::{Notifier, WebhookTarget};
+use graylane_controller::{
+    ControlError, Controller, DataPlane, Observation, Reloaded, Setup, webhook_targets,
+};
+use graylane_notify::Notifier;
 use graylane_proxy::{Gateway, GatewayOptions};
 use graylane_rules::Routing;
 use graylane_store::{RedbStore, Store};
@@ -156,7 +158,6 @@ pub fn run_gateway(
     source: ConfigSource,
 ) -> anyhow::Result<ExitCode> {
     let admin = config.admin.clone();
-    let webhooks = config.webhooks.clone();
     let gateway = Arc::new(Gateway::start(config.clone(), options.clone())?);
     for addr in gateway.local_addrs() {
         tracing::info!(%addr, workers = options.workers, "listening");
@@ -173,19 +174,8 @@ pub fn run_gateway(
     let (controller, notifier, path) = match source {
         ConfigSource::Fixed => (None, None, None),
         ConfigSource::File(m) => runtime.block_on(async {
-            let notifier = (!webhooks.is_empty()).then(|| {
-                Notifier::start(
-                    webhooks
-                        .iter()
-                        .map(|w| WebhookTarget {
-                            url: w.url.clone(),
-                            timeout: w.timeout,
-                            retries: w.retries,
-                            backoff: WebhookTarget::DEFAULT_BACKOFF,
-                        })
-                        .collect(),
-                )
-            });
+            // Always started, even with no webhooks: a reload may add some.
+            let notifier = Some(Notifier::start(webhook_targets(&config)));
             let controller = Controller::open(Setup {
                 env: m.env.clone(),
                 config_path: m.path.clone(),
