@@ -32,6 +32,10 @@ pub trait DataPlane: Send + Sync {
     fn set_routing(&self, service: &str, routing: Routing);
     /// What `version` of `service` has done since the gateway started.
     fn observe(&self, service: &str, version: &str) -> Observation;
+    /// The distinct units (bucketing keys) bucketed into each of `versions` of `service`, as
+    /// `(counts, level)`: exact counts at level 0, else counts of the same uniform 1 / 2^level
+    /// sample of units for every version (what the sample-ratio-mismatch test takes).
+    fn units(&self, service: &str, versions: &[&str]) -> (Vec<u64>, u32);
     /// The version a user with bucketing key `key` is bucketed into (business events).
     fn assign(&self, service: &str, key: &str) -> Option<String>;
     /// The circuit-breaker state (`closed`, `open`, `half_open`) of each version of `service`
@@ -693,10 +697,13 @@ impl Controller {
                 svc.release.as_ref().and_then(|r| r.analysis.clone()),
             )
         };
+        let versions: Vec<&str> = variants.iter().map(|(_, v, _)| v.as_str()).collect();
+        let units = self.plane.units(service, &versions);
         Ok(crate::experiment::results(
             service,
             &variants,
             analysis.as_ref(),
+            &units,
             |version| {
                 let codes = analysis
                     .as_ref()
@@ -883,6 +890,17 @@ impl Controller {
             now_ms,
             view::Observed {
                 exposures: |version: &str| self.plane.observe(name, version).bucketed,
+                units: match &m.plan.kind {
+                    Kind::Experiment { variants } => {
+                        let versions: Vec<&str> = variants
+                            .iter()
+                            .filter_map(|(_, v, _)| service.versions.get(*v))
+                            .map(|v| v.name.as_str())
+                            .collect();
+                        self.plane.units(name, &versions)
+                    }
+                    _ => (Vec::new(), 0),
+                },
                 analysis: self
                     .analyses
                     .lock()

@@ -82,7 +82,7 @@ pub async fn handle(
     };
     let service = &snapshot.services[decision.service];
     let version = &service.versions[decision.version];
-    version.stats.record_decision(worker.id, &decision.reason);
+    version.stats.record_decision(worker.id, &decision);
     if !service.control.limits.is_empty() {
         let now = control::nanos_at(started);
         // A limit shared through Redis may wait on it: that rare path is boxed, so the

@@ -120,7 +120,13 @@ impl Snapshot {
                                 HeaderValue::from_static("graylane_lane=invalid")
                             })
                         }),
-                        stats: metrics.route(&svc.name, &v.name),
+                        stats: {
+                            let stats = metrics.route(&svc.name, &v.name);
+                            if svc.release.is_some() {
+                                stats.count_units();
+                            }
+                            stats
+                        },
                         next: AtomicUsize::new(0),
                         control: controls.next().unwrap_or_default(),
                         fallback_header: token_header(&v.name),

@@ -10,6 +10,9 @@ pub struct Decision {
     pub service: usize,
     pub version: usize,
     pub reason: Reason,
+    /// For a bucketed request, the 64-bit hash of its bucketing key (the bucket is this modulo
+    /// 100 000): one value per user, for counting an experiment's distinct units. 0 otherwise.
+    pub unit: u64,
 }
 
 /// Why a version was chosen, in the order the checks run.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use graylane_config::{Config, KeySpec, Release, Service, Weight};
 use http::Method;
 
-use crate::bucket::{BUCKETS, Bucketer};
+use crate::bucket::{BUCKETS, Bucketer, bucket_of};
 use crate::decision::{Decision, KeyUsed, Reason};
 use crate::describe::describe;
 use crate::matcher::{LiveSegment, Matcher, Members};
@@ -103,11 +103,12 @@ impl RoutingTable {
     /// bucketing on `bucket_by` (on the client IP when that key is missing or empty).
     pub fn decide(&self, req: &RequestView<'_>) -> Option<Decision> {
         let service = self.index.find(&self.services, req)?;
-        let (version, reason) = self.services[service].choose(req);
+        let (version, reason, unit) = self.services[service].choose(req);
         Some(Decision {
             service,
             version,
             reason,
+            unit,
         })
     }
 
@@ -305,31 +306,33 @@ impl CompiledService {
         self.versions.get(version).map_or("?", |v| v)
     }
 
-    fn choose(&self, req: &RequestView<'_>) -> (usize, Reason) {
+    /// The version, why, and the unit hash of a bucketed request (0 otherwise).
+    fn choose(&self, req: &RequestView<'_>) -> (usize, Reason, u64) {
         if let Some(v) = req
             .trusted_lane
             .and_then(|lane| self.version_index(lane.as_bytes()))
         {
-            return (v, Reason::Lane);
+            return (v, Reason::Lane, 0);
         }
         let Some(rel) = &self.release else {
-            return (self.default_version, Reason::NoRelease);
+            return (self.default_version, Reason::NoRelease, 0);
         };
         if let Some(to) = rel.routing.force_to
             && let Some(rule) = rel.force.iter().position(|m| m.matches(req))
         {
-            return (to, Reason::Forced { rule });
+            return (to, Reason::Forced { rule }, 0);
         }
         if let Some(v) = self.sticky_version(rel, req) {
-            return (v, Reason::Sticky);
+            return (v, Reason::Sticky, 0);
         }
-        let (bucket, key) = match req.with_key(&rel.bucket_by, |k| rel.bucketer.bucket(k)) {
-            Some(b) => (b, KeyUsed::Configured),
+        let (hash, key) = match req.with_key(&rel.bucket_by, |k| rel.bucketer.hash(k)) {
+            Some(h) => (h, KeyUsed::Configured),
             None => (
-                with_ip_text(req.ip(), |k| rel.bucketer.bucket(k)),
+                with_ip_text(req.ip(), |k| rel.bucketer.hash(k)),
                 KeyUsed::FallbackIp,
             ),
         };
+        let bucket = bucket_of(hash);
         let version = rel
             .ranges
             .iter()
@@ -347,6 +350,7 @@ impl CompiledService {
                 weight,
                 key,
             },
+            hash,
         )
     }
 

@@ -398,6 +398,7 @@ fn explanations() {
         service: 42,
         version: 0,
         reason: Reason::NoRelease,
+        unit: 0,
     };
     assert!(
         t.explain(&req().view(), &bogus)

@@ -138,6 +138,10 @@ impl DataPlane for GatewayPlane {
         }
     }
 
+    fn units(&self, service: &str, versions: &[&str]) -> (Vec<u64>, u32) {
+        self.0.metrics().distinct_units(service, versions)
+    }
+
     fn circuit_states(&self, service: &str) -> BTreeMap<String, &'static str> {
         self.0.circuit_states(service)
     }
