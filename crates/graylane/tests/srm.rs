@@ -121,7 +121,10 @@ async fn one_heavy_user_does_not_flag_a_correctly_split_experiment() {
         .api(Method::GET, "/api/v1/releases/search", VIEWER, "")
         .await
         .json();
-    assert_eq!(release["srm"]["flagged"], false, "the release view agrees: {release}");
+    assert_eq!(
+        release["srm"]["flagged"], false,
+        "the release view agrees: {release}"
+    );
     assert_eq!(release["variants"][0]["units"], units[0], "{release}");
     served.stop().await;
 }

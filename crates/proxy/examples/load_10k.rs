@@ -96,6 +96,7 @@ fn run() -> Result<(), String> {
     let options = GatewayOptions {
         workers: 1,
         drain_timeout: Duration::from_secs(1),
+        ..GatewayOptions::default()
     };
     let gateway = Gateway::start(config, options).map_err(|e| e.to_string())?;
     let started = t.elapsed();

@@ -27,6 +27,9 @@ pub struct GatewayOptions {
     pub workers: usize,
     /// How long SIGTERM waits for in-flight requests before closing connections.
     pub drain_timeout: Duration,
+    /// Where Redis segments keep the members they last read (`serve` uses `DATA_DIR/segments`),
+    /// so a restart during a Redis outage still serves them; `None` keeps nothing.
+    pub segment_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayOptions {
@@ -34,6 +37,7 @@ impl Default for GatewayOptions {
         GatewayOptions {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             drain_timeout: Duration::from_secs(30),
+            segment_cache: None,
         }
     }
 }
@@ -180,7 +184,9 @@ impl Gateway {
         }
         let upstream = config.upstream.clone();
         let config = Arc::new(config);
-        let control_state = Arc::new(ControlState::default());
+        let control_state = Arc::new(ControlState::with_segment_cache(
+            options.segment_cache.clone(),
+        ));
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             Arc::clone(&config),
             &metrics,

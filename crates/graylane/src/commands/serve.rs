@@ -83,6 +83,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = RedbStore::open(&args.data_dir)?;
     let mut options = GatewayOptions {
         drain_timeout: args.drain_timeout,
+        segment_cache: Some(args.data_dir.join("segments")),
         ..GatewayOptions::default()
     };
     if let Some(w) = args.workers {
