@@ -91,9 +91,12 @@ impl Gateway {
             admin,
             _upstreams: (stable, canary),
         };
+        // The admin listener answers once the signal handlers are installed (SIGHUP before
+        // then would end the process).
         eventually("the gateway to answer", || async {
+            let ready = try_get(gateway.admin, "/readyz", &[]).await.ok()?;
             let r = try_get(gateway.proxy, "/api/payment/x", &[]).await.ok()?;
-            (r.status == StatusCode::OK).then_some(())
+            (ready.status == StatusCode::OK && r.status == StatusCode::OK).then_some(())
         })
         .await;
         assert_eq!(gateway.version_of("u-1").await, "canary");
