@@ -113,8 +113,8 @@ pub struct RouteStats {
     version: String,
     slots: Box<[Slot]>,
     /// The distinct units bucketed into this version, one sample per worker; set up (by
-    /// [`RouteStats::count_units`]) only for versions of a service with a release, since each
-    /// costs [`UNIT_SLOTS`] × 8 bytes.
+    /// [`RouteStats::count_units`]) only for the versions of an experiment, since each costs
+    /// [`UNIT_SLOTS`] × 8 bytes.
     units: OnceLock<Box<[UnitSample]>>,
 }
 

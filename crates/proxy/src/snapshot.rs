@@ -122,7 +122,11 @@ impl Snapshot {
                         }),
                         stats: {
                             let stats = metrics.route(&svc.name, &v.name);
-                            if svc.release.is_some() {
+                            // Only an experiment's SRM check needs its units; the tables
+                            // cost memory per version and worker.
+                            if svc.release.as_ref().is_some_and(|r| {
+                                matches!(r.strategy, graylane_config::Strategy::Experiment { .. })
+                            }) {
                                 stats.count_units();
                             }
                             stats
