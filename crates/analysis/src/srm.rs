@@ -1,5 +1,6 @@
 //! The sample-ratio-mismatch (SRM) check of an experiment: do the variants receive the shares of
-//! units they were configured for? A mismatch means the assignment or the counting is broken (a
+//! units they were configured for? A unit is a user (a distinct bucketing key), never a request:
+//! requests per user vary wildly, so one heavy user would otherwise flag a correct split. A mismatch means the assignment or the counting is broken (a
 //! variant that crashes before it logs exposure, a redirect that drops a cookie), and every
 //! comparison between the variants is then suspect, whatever its p-value.
 //!

@@ -18,6 +18,30 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub traffic_control: TrafficControl,
     pub webhooks: Vec<Webhook>,
+    pub audit: AuditRetention,
+}
+
+/// How much of the audit log the store keeps (`audit:`); older entries are pruned as new ones
+/// are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRetention {
+    /// Entries kept per environment; 0 keeps every entry.
+    pub max_entries: u64,
+    /// Entries older than this (than the newest entry) are pruned; `None` keeps them by age.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for AuditRetention {
+    fn default() -> Self {
+        AuditRetention {
+            max_entries: AuditRetention::DEFAULT_MAX_ENTRIES,
+            max_age: None,
+        }
+    }
+}
+
+impl AuditRetention {
+    pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 }
 
 impl Config {

@@ -23,6 +23,14 @@ pub struct RawConfig {
     pub upstream: Option<RawUpstream>,
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    pub audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub max_entries: Option<u64>,
+    pub max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

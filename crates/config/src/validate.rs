@@ -48,6 +48,7 @@ impl<'a> Validator<'a> {
         let declared: Vec<String> = raw.services.iter().map(|s| s.name.clone()).collect();
         let services = self.services(raw.services, &segments, &upstream);
         let webhooks = self.webhooks(&raw.webhooks);
+        let audit = self.audit(raw.audit.as_ref());
         let traffic_control = match raw.traffic_control {
             Some(tc) => self.traffic_control(tc, &services, &declared),
             None => TrafficControl::default(),
@@ -71,7 +72,26 @@ impl<'a> Validator<'a> {
             upstream,
             traffic_control,
             webhooks,
+            audit,
         })
+    }
+
+    fn audit(&mut self, raw: Option<&RawAudit>) -> AuditRetention {
+        let mut out = AuditRetention::default();
+        let Some(raw) = raw else { return out };
+        if let Some(n) = raw.max_entries {
+            out.max_entries = n;
+        }
+        if let Some(text) = &raw.max_age {
+            out.max_age = self.duration("audit.max_age", text);
+            if out.max_age.is_some_and(|d| d.is_zero()) {
+                self.fail(
+                    "audit.max_age",
+                    "`0s` would prune every entry; leave `max_age` out to keep entries of any age",
+                );
+            }
+        }
+        out
     }
 
     fn listeners(&mut self, raw: &[RawListener]) -> Vec<(String, Listener)> {

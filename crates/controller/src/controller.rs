@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use graylane_analysis::{Decision, Judgement};
-use graylane_config::{Config, Service};
-use graylane_notify::Notifier;
+use graylane_config::{Config, SegmentSource, Service};
+use graylane_notify::{Notifier, WebhookTarget};
 use graylane_rollout::{Command, Kind, Phase, Plan, Rollout, Transition};
 use graylane_rules::Routing;
 use graylane_store::{AuditFilter, NewAuditEntry, NewRevision, RevisionSource, Store};
@@ -32,11 +32,27 @@ pub trait DataPlane: Send + Sync {
     fn set_routing(&self, service: &str, routing: Routing);
     /// What `version` of `service` has done since the gateway started.
     fn observe(&self, service: &str, version: &str) -> Observation;
+    /// The distinct units (bucketing keys) bucketed into each of `versions` of `service`, as
+    /// `(counts, level)`: exact counts at level 0, else counts of the same uniform 1 / 2^level
+    /// sample of units for every version (what the sample-ratio-mismatch test takes).
+    fn units(&self, service: &str, versions: &[&str]) -> (Vec<u64>, u32);
     /// The version a user with bucketing key `key` is bucketed into (business events).
     fn assign(&self, service: &str, key: &str) -> Option<String>;
     /// The circuit-breaker state (`closed`, `open`, `half_open`) of each version of `service`
     /// that has a breaker.
     fn circuit_states(&self, service: &str) -> BTreeMap<String, &'static str>;
+}
+
+/// What a reload of the configuration file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// Neither the file nor a segment file it names changed.
+    Unchanged,
+    /// The file changed: the revision it was recorded as.
+    Revision(u64),
+    /// Only the members of these `file:` segments changed (no new revision: the text is the
+    /// same).
+    Segments(Vec<String>),
 }
 
 /// What a person (or the analysis) asks of a release, as the API says it.
@@ -100,6 +116,46 @@ pub struct Controller {
     analyses: Mutex<BTreeMap<String, Runner>>,
     events: EventLog,
     series: Mutex<Series>,
+    /// The background work's errors (timed steps, verdicts), logged at a bounded rate: a full
+    /// disk fails every tick.
+    errors: ThrottledLog,
+}
+
+/// Logs an error at most once per [`ThrottledLog::WINDOW`], with a count of those held back.
+#[derive(Default)]
+struct ThrottledLog {
+    /// When the last line was logged, and how many errors were held back since.
+    state: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl ThrottledLog {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Logs `error` unless a line was logged within the window; `true` if it was logged.
+    fn log(&self, error: std::fmt::Arguments<'_>) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match &mut *state {
+            Some((last, held)) if now.duration_since(*last) < Self::WINDOW => {
+                *held += 1;
+                false
+            }
+            Some((last, held)) => {
+                tracing::error!(
+                    "{error} ({held} similar errors in the last {:?} not logged)",
+                    now.duration_since(*last)
+                );
+                *last = now;
+                *held = 0;
+                true
+            }
+            None => {
+                tracing::error!("{error}");
+                *state = Some((now, 0));
+                true
+            }
+        }
+    }
 }
 
 struct State {
@@ -138,7 +194,9 @@ impl Controller {
             config,
             now_ms,
         } = setup;
+        retain_audit(store.as_ref(), &config);
         let latest = store.latest_revision(&env)?;
+        let mut recorded = None;
         let revision = match &latest {
             Some(rev) if rev.yaml == yaml => rev.n,
             _ => {
@@ -158,6 +216,7 @@ impl Controller {
                     },
                 )?;
                 store.append_audit(&env, config_audit(&rev.n, "file", message, now_ms))?;
+                recorded = Some(message);
                 rev.n
             }
         };
@@ -185,12 +244,18 @@ impl Controller {
             analyses: Mutex::new(BTreeMap::new()),
             events: EventLog::default(),
             series: Mutex::new(Series::default()),
+            errors: ThrottledLog::default(),
         };
         {
             let mut state = controller.lock();
-            let releases = controller.reconcile(&config, Resume::Stored(stored), "file", now_ms)?;
+            let (releases, started) =
+                controller.reconcile(&config, Resume::Stored(stored), "file", now_ms)?;
             state.releases = releases;
             controller.plane.apply(config, &routes(&state.releases));
+            if let Some(message) = recorded {
+                controller.announce_config(revision, "file", message, now_ms);
+            }
+            controller.announce_starts(&state, &started);
         }
         controller.tick(now_ms);
         Ok(controller)
@@ -238,6 +303,7 @@ impl Controller {
         actor: Actor<'_>,
         now_ms: i64,
     ) -> Result<ReleaseView, ControlError> {
+        check_reason("reason", actor.reason)?;
         let mut state = self.lock();
         let m = find(&state, service)?;
         let command = match &action {
@@ -299,7 +365,9 @@ impl Controller {
             match self.commit(&mut state, &name, rollout, new) {
                 Ok(()) => moved += 1,
                 Err(e) => {
-                    tracing::error!(service = %name, "cannot record a timed step, it will be retried: {e}")
+                    self.errors.log(format_args!(
+                        "cannot record the timed step of `{name}`, it will be retried: {e}"
+                    ));
                 }
             }
         }
@@ -385,7 +453,9 @@ impl Controller {
         let judged = verdicts.len();
         for (service, step, decision, judgement) in verdicts {
             if let Err(e) = self.apply_verdict(&service, step, &decision, &judgement, now_ms) {
-                tracing::error!(%service, "cannot apply the analysis verdict: {e}");
+                self.errors.log(format_args!(
+                    "cannot apply the analysis verdict of `{service}`: {e}"
+                ));
             }
         }
         judged
@@ -627,10 +697,13 @@ impl Controller {
                 svc.release.as_ref().and_then(|r| r.analysis.clone()),
             )
         };
+        let versions: Vec<&str> = variants.iter().map(|(_, v, _)| v.as_str()).collect();
+        let units = self.plane.units(service, &versions);
         Ok(crate::experiment::results(
             service,
             &variants,
             analysis.as_ref(),
+            &units,
             |version| {
                 let codes = analysis
                     .as_ref()
@@ -648,12 +721,15 @@ impl Controller {
 
     // ----- configuration -----
 
-    /// The file changed on disk: validates and applies it as a revision by `file`. Text equal
-    /// to the current revision (such as the API's own write) changes nothing.
-    pub fn file_changed(&self, yaml: String, now_ms: i64) -> Result<Option<u64>, ControlError> {
+    /// The file changed on disk, or a SIGHUP asked for a reload: validates and applies it as a
+    /// revision by `file`. Text equal to the current revision (such as the API's own write)
+    /// records nothing, but the segment files it names are read again: members added to or
+    /// removed from a `file:` segment take effect without an edit of the configuration. A
+    /// segment file that cannot be read rejects the reload, so the old members keep serving.
+    pub fn file_changed(&self, yaml: String, now_ms: i64) -> Result<Reloaded, ControlError> {
         let mut state = self.lock();
         if yaml == state.yaml {
-            return Ok(None);
+            return self.reread_segments(&mut state, now_ms);
         }
         let config = graylane_config::load_text_for(&yaml, &self.config_path)
             .map_err(ControlError::Invalid)?;
@@ -664,7 +740,64 @@ impl Controller {
             ("file", "file changed", RevisionSource::File),
             now_ms,
         )?;
-        Ok(Some(n))
+        Ok(Reloaded::Revision(n))
+    }
+
+    /// The files the `file:` segments of the current configuration are read from: what the
+    /// file watcher watches besides the configuration file.
+    pub fn segment_files(&self) -> Vec<PathBuf> {
+        self.lock()
+            .config
+            .segments
+            .iter()
+            .filter_map(|s| match &s.source {
+                SegmentSource::File(path) => Some(path.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reread_segments(&self, state: &mut State, now_ms: i64) -> Result<Reloaded, ControlError> {
+        if !state
+            .config
+            .segments
+            .iter()
+            .any(|s| matches!(s.source, SegmentSource::File(_)))
+        {
+            return Ok(Reloaded::Unchanged);
+        }
+        let config = graylane_config::load_text_for(&state.yaml, &self.config_path)
+            .map_err(ControlError::Invalid)?;
+        let changed: Vec<String> = config
+            .segments
+            .iter()
+            .filter(|new| {
+                state
+                    .config
+                    .segments
+                    .iter()
+                    .find(|old| old.name == new.name)
+                    .is_none_or(|old| old.members != new.members)
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        if changed.is_empty() {
+            return Ok(Reloaded::Unchanged);
+        }
+        self.store.append_audit(
+            &self.env,
+            NewAuditEntry {
+                at_ms: now_ms,
+                actor: "file".to_string(),
+                action: "segments.reloaded".to_string(),
+                target: changed.join(","),
+                reason: "segment file changed".to_string(),
+                detail: serde_json::Value::Null,
+            },
+        )?;
+        self.plane.apply(config.clone(), &routes(&state.releases));
+        state.config = Arc::new(config);
+        Ok(Reloaded::Segments(changed))
     }
 
     /// A configuration from the API: validated, written to the file, recorded, applied.
@@ -677,6 +810,7 @@ impl Controller {
         dry_run: bool,
         now_ms: i64,
     ) -> Result<ApplyOutcome, ControlError> {
+        check_reason("message", message)?;
         self.propose(yaml, author, message, RevisionSource::Api, dry_run, now_ms)
     }
 
@@ -756,6 +890,17 @@ impl Controller {
             now_ms,
             view::Observed {
                 exposures: |version: &str| self.plane.observe(name, version).bucketed,
+                units: match &m.plan.kind {
+                    Kind::Experiment { variants } => {
+                        let versions: Vec<&str> = variants
+                            .iter()
+                            .filter_map(|(_, v, _)| service.versions.get(*v))
+                            .map(|v| v.name.as_str())
+                            .collect();
+                        self.plane.units(name, &versions)
+                    }
+                    _ => (Vec::new(), 0),
+                },
                 analysis: self
                     .analyses
                     .lock()
@@ -843,7 +988,8 @@ impl Controller {
         (author, message, source): (&str, &str, RevisionSource),
         now_ms: i64,
     ) -> Result<u64, ControlError> {
-        let releases = self.reconcile(
+        retain_audit(self.store.as_ref(), &config);
+        let (releases, started) = self.reconcile(
             &config,
             Resume::Running(&state.releases, &state.config),
             author,
@@ -867,29 +1013,54 @@ impl Controller {
         state.yaml = yaml;
         state.revision = rev.n;
         if let Some(n) = &self.notifier {
+            // Before announcing: a webhook added by this revision hears about it.
+            n.set_targets(webhook_targets(&state.config));
+        }
+        self.announce_config(rev.n, author, message, now_ms);
+        self.announce_starts(state, &started);
+        Ok(rev.n)
+    }
+
+    fn announce_config(&self, revision: u64, author: &str, message: &str, now_ms: i64) {
+        if let Some(n) = &self.notifier {
             n.notify(serde_json::json!({
                 "event": "config.applied",
                 "env": self.env,
-                "revision": rev.n,
+                "revision": revision,
                 "author": author,
                 "message": message,
                 "at": view::rfc3339(now_ms),
             }));
         }
-        Ok(rev.n)
+    }
+
+    /// Announces the `start` transition of each release in `started`.
+    fn announce_starts(&self, state: &State, started: &[String]) {
+        let Some(n) = &self.notifier else { return };
+        for name in started {
+            let (Some(m), Some(svc)) = (state.releases.get(name), state.config.service(name))
+            else {
+                continue;
+            };
+            if let Some(t) = m.rollout.history.last() {
+                n.notify(self.transition_event(name, t, m, svc));
+            }
+        }
     }
 
     /// Matches every release of `config` with what runs (or was stored): the same release
     /// (same strategy and versions) goes on where it was; a new or changed one starts at step
     /// 0; one no longer configured is forgotten. New and dropped releases are persisted.
+    /// Returns the releases and the names of those that started here.
     fn reconcile<'a>(
         &self,
         config: &Config,
         resume: Resume<'a>,
         actor: &str,
         now_ms: i64,
-    ) -> Result<BTreeMap<String, Managed>, ControlError> {
+    ) -> Result<(BTreeMap<String, Managed>, Vec<String>), ControlError> {
         let mut out = BTreeMap::new();
+        let mut started = Vec::new();
         let mut previous: BTreeMap<String, (String, Rollout, Option<String>)> = match &resume {
             Resume::Stored(stored) => stored
                 .iter()
@@ -957,6 +1128,7 @@ impl Controller {
                     };
                     self.persist(service, &managed, "start", actor, &reason, now_ms)?;
                     out.insert(service.name.clone(), managed);
+                    started.push(service.name.clone());
                 }
             }
         }
@@ -974,7 +1146,7 @@ impl Controller {
                 },
             )?;
         }
-        Ok(out)
+        Ok((out, started))
     }
 
     /// Persists `rollout` as `service`'s new state, applies its routing and announces its
@@ -1084,6 +1256,47 @@ impl Controller {
             "at": view::rfc3339(t.at_ms),
         })
     }
+}
+
+/// The longest `reason` of a command (and `message` of a configuration change) accepted, in
+/// bytes: enough for a paragraph and a link, while the audit log, which keeps every reason,
+/// stays bounded.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Refuses a reason longer than [`MAX_REASON_BYTES`] rather than cutting it: a cut reason
+/// could lose exactly the part that explains the change.
+fn check_reason(field: &'static str, text: &str) -> Result<(), ControlError> {
+    if text.len() > MAX_REASON_BYTES {
+        return Err(ControlError::TooLong {
+            field,
+            len: text.len(),
+            max: MAX_REASON_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Hands `config`'s audit retention to the store.
+fn retain_audit(store: &dyn Store, config: &Config) {
+    let max_age_ms = config
+        .audit
+        .max_age
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    store.set_audit_retention(config.audit.max_entries, max_age_ms);
+}
+
+/// The receivers of `config.webhooks`, as the notifier takes them.
+pub fn webhook_targets(config: &Config) -> Vec<WebhookTarget> {
+    config
+        .webhooks
+        .iter()
+        .map(|w| WebhookTarget {
+            url: w.url.clone(),
+            timeout: w.timeout,
+            retries: w.retries,
+            backoff: WebhookTarget::DEFAULT_BACKOFF,
+        })
+        .collect()
 }
 
 /// What a reconcile starts from.
@@ -1219,4 +1432,24 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_repeated_every_tick_is_logged_once_per_window() {
+        let log = ThrottledLog::default();
+        let logged = (0..1_000)
+            .filter(|i| log.log(format_args!("disk full {i}")))
+            .count();
+        assert_eq!(logged, 1);
+        // Once the window has passed, the next one is logged again.
+        if let Some((last, _)) = log.state.lock().unwrap().as_mut() {
+            *last = last.checked_sub(ThrottledLog::WINDOW).unwrap();
+        }
+        assert!(log.log(format_args!("disk full again")));
+        assert!(!log.log(format_args!("disk full again")));
+    }
 }

@@ -39,6 +39,14 @@ pub enum ControlError {
     },
     #[error("{0}")]
     BadEvent(String),
+    #[error(
+        "`{field}` is {len} bytes long; the limit is {max} bytes: shorten it (link to details instead)"
+    )]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("`{service}` is a {strategy} release, not an experiment")]
     NotAnExperiment {
         service: String,

@@ -1,7 +1,8 @@
 //! An experiment's results: per variant its exposures, error rate, latency and business events;
 //! each variant against the control with the configured checks (or, without an analysis, the
 //! error rate and p99 latency), at a confidence split over the variants; and the
-//! sample-ratio-mismatch check of the exposures against the configured weights.
+//! sample-ratio-mismatch check of the distinct units (not requests: one heavy user is one unit)
+//! against the configured weights.
 
 use std::collections::BTreeMap;
 
@@ -23,8 +24,9 @@ pub struct ExperimentResults {
     /// The first variant, which the others are compared with.
     pub control: String,
     pub variants: Vec<VariantResult>,
-    /// Exposures against the configured weights (Pearson χ²; flagged when p < 0.001 and every
-    /// variant has at least 8 exposures).
+    /// Distinct units (bucketing keys) against the configured weights (Pearson χ²; flagged when
+    /// p < 0.001 and every variant expects at least 8 units). Beyond a few thousand units per
+    /// variant the test runs on a uniform sample of the units (see `units`).
     #[schema(value_type = Object)]
     pub srm: Srm,
 }
@@ -38,6 +40,9 @@ pub struct VariantResult {
     /// Requests bucketed into the variant (with a sticky cookie: users, since a user is
     /// bucketed once).
     pub exposures: u64,
+    /// Distinct units (users, by bucketing key) bucketed into the variant: exact up to a few
+    /// thousand per variant and worker, an estimate from a uniform sample beyond.
+    pub units: u64,
     pub requests: u64,
     pub errors: u64,
     pub error_rate: Option<f64>,
@@ -56,12 +61,14 @@ pub struct EventSummary {
     pub mean: Option<f64>,
 }
 
-/// `variants`: (name, version, weight percent) in bucket order, the control first;
+/// `variants`: (name, version, weight percent) in bucket order, the control first; `units`:
+/// the distinct units of each variant (in that order) and their sampling level;
 /// `observe(version)` gives (exposures, totals since start).
 pub(crate) fn results(
     service: &str,
     variants: &[(String, String, f64)],
     analysis: Option<&Analysis>,
+    (units, level): &(Vec<u64>, u32),
     observe: impl Fn(&str) -> (u64, Sample),
 ) -> ExperimentResults {
     let observed: Vec<(u64, Sample)> = variants.iter().map(|(_, v, _)| observe(v)).collect();
@@ -96,8 +103,10 @@ pub(crate) fn results(
             }
         }
     }
+    // On the sampled counts themselves, not the estimates: a uniform sample of units tests
+    // the split exactly as the whole would, with its own (smaller) number of units.
     let srm = sample_ratio_mismatch(
-        &observed.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+        units,
         &variants.iter().map(|(_, _, w)| *w).collect::<Vec<_>>(),
     );
     let ms = |s: &Sample, q: f64| s.latency.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
@@ -108,12 +117,14 @@ pub(crate) fn results(
             .iter()
             .zip(observed.iter())
             .zip(comparisons)
+            .enumerate()
             .map(
-                |(((name, version, weight), (exposures, s)), comparisons)| VariantResult {
+                |(i, (((name, version, weight), (exposures, s)), comparisons))| VariantResult {
                     name: name.clone(),
                     version: version.clone(),
                     weight: *weight,
                     exposures: *exposures,
+                    units: units.get(i).map_or(0, |n| n.saturating_mul(1 << level)),
                     requests: s.requests,
                     errors: s.errors,
                     error_rate: (s.requests > 0).then(|| s.errors as f64 / s.requests as f64),

@@ -23,5 +23,8 @@ pub mod series;
 pub mod view;
 
 pub use analysis::Observation;
-pub use controller::{Action, Actor, ApplyOutcome, Controller, DataPlane, Setup, unified_diff};
+pub use controller::{
+    Action, Actor, ApplyOutcome, Controller, DataPlane, MAX_REASON_BYTES, Reloaded, Setup,
+    unified_diff, webhook_targets,
+};
 pub use error::ControlError;

@@ -47,7 +47,7 @@ pub struct ReleaseView {
     pub transitions: Vec<TransitionView>,
     /// The analysis's latest decision, when the release has one and it has judged.
     pub analysis: Option<AnalysisBrief>,
-    /// Experiments: the sample-ratio-mismatch check of the exposures against the weights.
+    /// Experiments: the sample-ratio-mismatch check of the distinct units against the weights.
     #[schema(value_type = Option<Object>)]
     pub srm: Option<Srm>,
     /// Circuit-breaker state by version (`closed`, `open`, `half_open`), for versions with a
@@ -150,6 +150,9 @@ pub struct VariantView {
     pub version: String,
     pub weight: f64,
     pub exposures: u64,
+    /// Distinct units (users, by bucketing key) bucketed into the variant; an estimate from a
+    /// uniform sample beyond a few thousand per variant and worker.
+    pub units: u64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -216,6 +219,9 @@ pub fn rfc3339(ms: i64) -> String {
 pub(crate) struct Observed<F: Fn(&str) -> u64> {
     /// Requests bucketed into a version (experiment exposures).
     pub exposures: F,
+    /// An experiment's distinct units per variant, in variant order, and their sampling level
+    /// (see `DataPlane::units`).
+    pub units: (Vec<u64>, u32),
     pub analysis: Option<AnalysisBrief>,
     pub circuits: BTreeMap<String, &'static str>,
 }
@@ -229,6 +235,7 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
 ) -> ReleaseView {
     let Observed {
         exposures,
+        units: (units, level),
         analysis,
         circuits,
     } = observed;
@@ -263,10 +270,12 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
     let variants_view: Vec<VariantView> = match &plan.kind {
         Kind::Experiment { variants } => variants
             .iter()
-            .map(|(variant, version, weight)| {
+            .enumerate()
+            .map(|(i, (variant, version, weight))| {
                 let version = name(*version);
                 VariantView {
                     exposures: exposures(&version),
+                    units: units.get(i).map_or(0, |n| n.saturating_mul(1 << level)),
                     name: variant.clone(),
                     version,
                     weight: weight.percent(),
@@ -311,11 +320,10 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
             .map(transition_view)
             .collect(),
         srm: match &plan.kind {
+            // Units, not requests: one heavy user is one unit. The sampled counts, not the
+            // estimates, as in `experiment::results`.
             Kind::Experiment { variants } => Some(sample_ratio_mismatch(
-                &variants_view
-                    .iter()
-                    .map(|v| v.exposures)
-                    .collect::<Vec<_>>(),
+                &units,
                 &variants.iter().map(|v| v.2.percent()).collect::<Vec<_>>(),
             )),
             _ => None,

@@ -439,6 +439,108 @@ async fn transitions_are_posted_to_webhooks() {
 }
 
 #[tokio::test]
+async fn the_initial_configuration_and_each_release_start_are_posted_to_webhooks() {
+    let receiver = Receiver::start().await;
+    let hooks = format!("webhooks:\n  - url: http://{}/hooks", receiver.addr);
+    let s = serve("webhooks-start", &hooks).await;
+    let events = eventually("the start-up events", || async {
+        let events = receiver.events();
+        (events.len() >= 4).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0]["event"], "config.applied", "{events:?}");
+    assert_eq!(
+        (events[0]["revision"].as_u64(), events[0]["author"].as_str()),
+        (Some(1), Some("file"))
+    );
+    let mut started: Vec<&str> = events[1..]
+        .iter()
+        .filter(|e| e["event"] == "release.transition" && e["action"] == "start")
+        .filter_map(|e| e["service"].as_str())
+        .collect();
+    started.sort_unstable();
+    assert_eq!(started, ["payment", "search", "web"], "{events:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_added_by_a_reload_receives_events_without_a_restart() {
+    let receiver = Receiver::start().await;
+    let s = serve("webhooks-reload", "").await;
+    let yaml = std::fs::read_to_string(&s.file).unwrap().replacen(
+        "services:",
+        &format!(
+            "webhooks:\n  - url: http://{}/hooks\nservices:",
+            receiver.addr
+        ),
+        1,
+    );
+    write_atomic(&s.file, &yaml);
+    let applied = eventually("the reload's config.applied event", || async {
+        receiver
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "config.applied")
+    })
+    .await;
+    assert_eq!(applied["revision"], 2, "{applied}");
+    s.command("payment", "promote", json!({"reason": "hooked"}))
+        .await;
+    eventually("the promote event", || async {
+        receiver
+            .events()
+            .into_iter()
+            .find(|e| e["action"] == "promote" && e["reason"] == "hooked")
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_reason_over_1_kib_is_refused_with_the_limit_and_nothing_changes() {
+    let s = serve("reason-cap", "").await;
+    let long = "r".repeat(1025);
+    let r = s
+        .api(
+            Method::POST,
+            "/api/v1/releases/payment/promote",
+            OPERATOR,
+            &json!({ "reason": long }).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let message = r.json()["error"].as_str().unwrap_or("").to_string();
+    assert!(
+        message.contains("`reason` is 1025 bytes long; the limit is 1024 bytes"),
+        "{message}"
+    );
+    assert_eq!(s.release("payment").await["step"], 0, "nothing changed");
+
+    let yaml = std::fs::read_to_string(&s.file).unwrap();
+    let r = s
+        .api(
+            Method::PUT,
+            &format!("/api/v1/config?message={}", "m".repeat(1025)),
+            ADMIN,
+            &yaml,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(
+        r.text().contains("`message` is 1025 bytes long"),
+        "{}",
+        r.text()
+    );
+
+    // Exactly at the limit is accepted and kept whole in the audit log.
+    s.command("payment", "promote", json!({ "reason": "r".repeat(1024) }))
+        .await;
+    let entries = s.audit("action=promote").await;
+    assert_eq!(entries[0]["reason"].as_str().map(str::len), Some(1024));
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn every_call_needs_a_token_with_the_right_role() {
     let s = serve("auth", "").await;
     for open in ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"] {

@@ -10,8 +10,8 @@
 //! Receivers are plain `http://` URLs; [`WebhookTarget::parse`] rejects anything else when the
 //! configuration is read.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -147,15 +147,35 @@ impl Shared {
 }
 
 struct Queue {
-    url: Uri,
+    target: WebhookTarget,
     tx: mpsc::Sender<Bytes>,
 }
 
-/// Holds the queue senders: when the last [`Notifier`] clone is dropped, the senders close and
-/// each task delivers what is left in its queue, then ends.
+/// Holds the queue senders: when the last [`Notifier`] clone is dropped (or a target is
+/// removed by [`Notifier::set_targets`]), its sender closes and its task delivers what is left
+/// in its queue, then ends.
 struct Inner {
-    queues: Vec<Queue>,
+    /// Locked only by `notify` and `set_targets`, never on the request path.
+    queues: Mutex<Vec<Queue>>,
     shared: Arc<Shared>,
+    client: HttpClient,
+    capacity: usize,
+    /// Where delivery tasks run, so that targets added from a blocking thread (a reload) start
+    /// on the runtime the notifier was started on.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Inner {
+    fn queue(&self, target: WebhookTarget) -> Queue {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        self.runtime.spawn(deliver_queue(
+            target.clone(),
+            rx,
+            self.client.clone(),
+            self.shared.clone(),
+        ));
+        Queue { target, tx }
+    }
 }
 
 /// Sends events to every configured webhook without ever making the caller wait. Cheap to clone;
@@ -167,7 +187,8 @@ pub struct Notifier {
 
 impl Notifier {
     /// Spawns the delivery task on the current tokio runtime (one per target, with a queue of
-    /// [`DEFAULT_QUEUE_CAPACITY`] events each).
+    /// [`DEFAULT_QUEUE_CAPACITY`] events each). With no targets nothing is sent until
+    /// [`Notifier::set_targets`] adds some.
     ///
     /// # Panics
     ///
@@ -183,21 +204,35 @@ impl Notifier {
     ///
     /// Outside a tokio runtime, as [`tokio::spawn`] does.
     pub fn start_with_capacity(targets: Vec<WebhookTarget>, capacity: usize) -> Notifier {
-        let shared = Arc::new(Shared::default());
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector());
-        let queues = targets
-            .into_iter()
-            .map(|target| {
-                let (tx, rx) = mpsc::channel(capacity.max(1));
-                let url = target.url.clone();
-                tokio::spawn(deliver_queue(target, rx, client.clone(), shared.clone()));
-                Queue { url, tx }
-            })
-            .collect();
+        let inner = Inner {
+            queues: Mutex::new(Vec::new()),
+            shared: Arc::new(Shared::default()),
+            client: Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .build(connector()),
+            capacity: capacity.max(1),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let queues = targets.into_iter().map(|t| inner.queue(t)).collect();
+        *inner.queues.lock().unwrap_or_else(|e| e.into_inner()) = queues;
         Notifier {
-            inner: Arc::new(Inner { queues, shared }),
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Replaces the targets (a reloaded configuration's `webhooks`): a target that is still
+    /// configured with the same URL, timeout, retries and backoff keeps its queue, so nothing
+    /// waiting for it is lost or reordered; a new one starts receiving the next event; a removed
+    /// one delivers what it already had queued, then stops. Callable from any thread.
+    pub fn set_targets(&self, targets: Vec<WebhookTarget>) {
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut old: Vec<Option<Queue>> = queues.drain(..).map(Some).collect();
+        for target in targets {
+            let kept = old
+                .iter_mut()
+                .find(|q| q.as_ref().is_some_and(|q| q.target == target))
+                .and_then(Option::take);
+            queues.push(kept.unwrap_or_else(|| self.inner.queue(target)));
         }
     }
 
@@ -205,16 +240,18 @@ impl Notifier {
     /// queue is full, the event is dropped for that target, logged and counted.
     pub fn notify(&self, event: serde_json::Value) {
         let shared = &self.inner.shared;
+        let queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
         let body = match serde_json::to_vec(&event) {
             Ok(body) => Bytes::from(body),
             Err(e) => {
                 warn!(error = %e, "webhook event is not serializable; dropped");
-                let n = self.inner.queues.len() as u64;
-                shared.dropped.fetch_add(n, Ordering::Relaxed);
+                shared
+                    .dropped
+                    .fetch_add(queues.len() as u64, Ordering::Relaxed);
                 return;
             }
         };
-        for queue in &self.inner.queues {
+        for queue in queues.iter() {
             // Counted before sending, so the task can never see it go below zero.
             shared.pending.fetch_add(1, Ordering::AcqRel);
             if let Err(e) = queue.tx.try_send(body.clone()) {
@@ -222,7 +259,7 @@ impl Notifier {
                     mpsc::error::TrySendError::Full(_) => "queue full",
                     mpsc::error::TrySendError::Closed(_) => "delivery task gone",
                 };
-                warn!(url = %queue.url, "webhook event dropped: {why}");
+                warn!(url = %queue.target.url, "webhook event dropped: {why}");
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
                 shared.finish_one();
             }

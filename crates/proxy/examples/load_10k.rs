@@ -96,7 +96,7 @@ fn run() -> Result<(), String> {
     let options = GatewayOptions {
         workers: 1,
         drain_timeout: Duration::from_secs(1),
-        cookie_keys: None,
+        ..GatewayOptions::default()
     };
     let gateway = Gateway::start(config, options).map_err(|e| e.to_string())?;
     let started = t.elapsed();

@@ -10,6 +10,7 @@
 //! [`Snapshot`]: crate::snapshot::Snapshot
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,30 @@ pub struct ControlState {
     parts: Mutex<HashMap<String, Part>>,
     /// Where Redis clients run their connections and refreshers; started on first use.
     redis: Mutex<Option<RedisRuntime>>,
+    /// Where Redis segments keep the members they last read, for a restart during an outage.
+    segment_cache: Option<PathBuf>,
+}
+
+/// The cache file of the Redis set `key` at `url`: readable, and unique per set (a hash of both,
+/// since keys hold characters a file name cannot).
+fn cache_file_name(url: &str, key: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
+    h.write(url.as_bytes());
+    h.write_u8(0);
+    h.write(key.as_bytes());
+    let readable: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{readable}-{:016x}.members", h.finish())
 }
 
 /// A thread running a Tokio runtime for the Redis integrations (connections, segment
@@ -93,6 +118,14 @@ enum Part {
 }
 
 impl ControlState {
+    /// State whose Redis segments keep their members in files under `dir`.
+    pub fn with_segment_cache(dir: Option<PathBuf>) -> ControlState {
+        ControlState {
+            segment_cache: dir,
+            ..ControlState::default()
+        }
+    }
+
     /// The part built from `key`, created with `make` the first time (or after a change).
     fn part(&self, key: String, make: impl FnOnce() -> Option<Part>) -> Option<Part> {
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
@@ -146,12 +179,16 @@ impl ControlState {
         let id = format!("segment:{url}:{key}:{refresh:?}:{max_staleness:?}");
         let part = self.part(id, || {
             self.in_redis(|| match Client::open(url) {
-                Ok(client) => Some(Part::Segment(Arc::new(RedisSegment::start(
-                    client,
-                    key,
-                    refresh,
-                    max_staleness,
-                )))),
+                Ok(client) => Some(Part::Segment(Arc::new(match &self.segment_cache {
+                    Some(dir) => RedisSegment::start_cached(
+                        client,
+                        key,
+                        refresh,
+                        max_staleness,
+                        dir.join(cache_file_name(url, key)),
+                    ),
+                    None => RedisSegment::start(client, key, refresh, max_staleness),
+                }))),
                 Err(e) => {
                     tracing::error!("Redis segment `{key}` unavailable: {e}");
                     None
@@ -711,7 +748,7 @@ impl prometheus_client::collector::Collector for BreakerCollector {
         ConstCounter::new(errors).encode(redis_errors)?;
         let mut stale_gauge = encoder.encode_descriptor(
             "graylane_segment_stale",
-            "1 while a Redis segment could not be refreshed for max_staleness (it counts as empty)",
+            "1 while a Redis segment's members are not known to be current: not read since the start (the members cached in the data dir are served), or not for max_staleness (it counts as empty)",
             None,
             MetricType::Gauge,
         )?;

@@ -33,6 +33,9 @@ pub struct GatewayOptions {
     /// The keys that sign sticky cookies (see [`crate::cookie_keys`]); `None`: random keys for
     /// this process only, so cookies stop verifying after a restart.
     pub cookie_keys: Option<CookieKeys>,
+    /// Where Redis segments keep the members they last read (`serve` uses `DATA_DIR/segments`),
+    /// so a restart during a Redis outage still serves them; `None` keeps nothing.
+    pub segment_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayOptions {
@@ -41,6 +44,7 @@ impl Default for GatewayOptions {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             drain_timeout: Duration::from_secs(30),
             cookie_keys: None,
+            segment_cache: None,
         }
     }
 }
@@ -236,7 +240,9 @@ impl Gateway {
         }
         let upstream = config.upstream.clone();
         let config = Arc::new(config);
-        let control_state = Arc::new(ControlState::default());
+        let control_state = Arc::new(ControlState::with_segment_cache(
+            options.segment_cache.clone(),
+        ));
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             Arc::clone(&config),
             &metrics,

@@ -110,7 +110,7 @@ pub async fn handle(
     };
     let service = &snapshot.services[decision.service];
     let version = &service.versions[decision.version];
-    version.stats.record_decision(worker.id, &decision.reason);
+    version.stats.record_decision(worker.id, &decision);
     let mut limit_headers = None;
     if !service.control.limits.is_empty() {
         let now = control::nanos_at(started);

@@ -6,12 +6,12 @@
 //! slots. Counters live in [`Metrics`] (not in the snapshot), so they survive reloads.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use graylane_analysis::histogram;
-use graylane_rules::Reason;
+use graylane_rules::{Decision, Reason};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -150,6 +150,10 @@ pub struct RouteStats {
     service: String,
     version: String,
     slots: Box<[Slot]>,
+    /// The distinct units bucketed into this version, one sample per worker; set up (by
+    /// [`RouteStats::count_units`]) only for the versions of an experiment, since each costs
+    /// [`UNIT_SLOTS`] × 8 bytes.
+    units: OnceLock<Box<[UnitSample]>>,
 }
 
 impl RouteStats {
@@ -157,8 +161,21 @@ impl RouteStats {
         &self.slots[worker % self.slots.len()]
     }
 
-    pub fn record_decision(&self, worker: usize, reason: &Reason) {
-        self.slot(worker).decisions[reason.label_index()].fetch_add(1, Relaxed);
+    /// Counts the request's decision, and for a bucketed one its unit (`decision.unit`, the
+    /// bucketing key's hash): no lock, no allocation.
+    pub fn record_decision(&self, worker: usize, decision: &Decision) {
+        self.slot(worker).decisions[decision.reason.label_index()].fetch_add(1, Relaxed);
+        if matches!(decision.reason, Reason::Bucket { .. })
+            && let Some(units) = self.units.get()
+        {
+            units[worker % units.len()].insert(decision.unit);
+        }
+    }
+
+    /// Starts counting the distinct units bucketed into this version (idempotent).
+    pub fn count_units(&self) {
+        self.units
+            .get_or_init(|| (0..self.slots.len()).map(|_| UnitSample::new()).collect());
     }
 
     /// The answer a client received from (or on behalf of) this version.
@@ -283,6 +300,143 @@ impl Slot {
     }
 }
 
+/// Slots of one worker's unit table: 128 KiB.
+const UNIT_SLOTS: usize = 1 << 14;
+/// Units a table holds before it keeps only half of the hash space (three quarters full keeps
+/// the linear probing short).
+const UNIT_MAX: usize = UNIT_SLOTS / 4 * 3;
+
+/// The distinct units one worker saw for one version: an open-addressing set of unit hashes,
+/// written by that worker alone and read by scrapes. Exact until it holds [`UNIT_MAX`] hashes;
+/// then it raises `level` and keeps only the hashes whose top `level` bits are zero (adaptive
+/// sampling), so its memory is fixed however many units come, and what it keeps is a uniform
+/// sample of them (the hash's top bits are independent of the bucket, its remainder).
+struct UnitSample {
+    /// A sequence lock: odd while the worker rebuilds the table; readers retry.
+    seq: AtomicU64,
+    level: AtomicU32,
+    len: AtomicUsize,
+    /// 0 is an empty slot (a unit hashing to 0 is stored as 1).
+    table: Box<[AtomicU64]>,
+}
+
+impl UnitSample {
+    fn new() -> UnitSample {
+        UnitSample {
+            seq: AtomicU64::new(0),
+            level: AtomicU32::new(0),
+            len: AtomicUsize::new(0),
+            table: (0..UNIT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn kept(hash: u64, level: u32) -> bool {
+        level == 0 || hash >> (64 - level) == 0
+    }
+
+    /// Where probing for `hash` starts: bits that neither choose the bucket (the low ones) nor
+    /// the sample (the top ones).
+    fn home(hash: u64) -> usize {
+        (hash >> 24) as usize & (UNIT_SLOTS - 1)
+    }
+
+    /// Adds `hash`; only the owning worker calls this.
+    fn insert(&self, hash: u64) {
+        let hash = hash.max(1);
+        if !Self::kept(hash, self.level.load(Relaxed)) || !self.put(hash) {
+            return;
+        }
+        if self.len.fetch_add(1, Relaxed) + 1 > UNIT_MAX {
+            self.halve();
+        }
+    }
+
+    /// Stores `hash` unless present; `true` if it was new.
+    fn put(&self, hash: u64) -> bool {
+        let mut i = Self::home(hash);
+        loop {
+            match self.table[i].load(Relaxed) {
+                0 => {
+                    self.table[i].store(hash, Relaxed);
+                    return true;
+                }
+                h if h == hash => return false,
+                _ => i = (i + 1) & (UNIT_SLOTS - 1),
+            }
+        }
+    }
+
+    /// Raises the level until the table is back under [`UNIT_MAX`], rehashing in place.
+    fn halve(&self) {
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq + 1, Relaxed);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        let mut level = self.level.load(Relaxed);
+        let mut len = self.len.load(Relaxed);
+        while len > UNIT_MAX / 2 && level < 63 {
+            level += 1;
+            len = 0;
+            for slot in self.table.iter() {
+                let h = slot.load(Relaxed);
+                if h != 0 && Self::kept(h, level) {
+                    len += 1;
+                }
+            }
+        }
+        self.level.store(level, Relaxed);
+        for slot in self.table.iter() {
+            if !Self::kept(slot.load(Relaxed), level) {
+                slot.store(0, Relaxed);
+            }
+        }
+        // Re-placing every survivor in table order, starting after an empty slot, leaves each
+        // reachable from its home slot again (the removals above broke probe chains).
+        let empty = self
+            .table
+            .iter()
+            .position(|s| s.load(Relaxed) == 0)
+            .unwrap_or(0);
+        for k in 1..=UNIT_SLOTS {
+            let i = (empty + k) & (UNIT_SLOTS - 1);
+            let h = self.table[i].load(Relaxed);
+            if h != 0 {
+                self.table[i].store(0, Relaxed);
+                self.put(h);
+            }
+        }
+        self.len.store(len, Relaxed);
+        self.seq
+            .store(seq + 2, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Appends the hashes held to `out` and returns their level; a read that overlapped a
+    /// rebuild is retried (a few times, then taken as it is: a scrape is not worth a wait).
+    fn read_into(&self, out: &mut Vec<u64>) -> u32 {
+        use std::sync::atomic::Ordering::Acquire;
+        let start = out.len();
+        for _ in 0..64 {
+            let before = self.seq.load(Acquire);
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            out.truncate(start);
+            let level = self.level.load(Relaxed);
+            out.extend(
+                self.table
+                    .iter()
+                    .map(|s| s.load(Relaxed))
+                    .filter(|h| *h != 0),
+            );
+            std::sync::atomic::fence(Acquire);
+            if self.seq.load(Relaxed) == before {
+                return level;
+            }
+        }
+        self.level.load(Relaxed)
+    }
+}
+
 type ReloadFamily = Family<[(&'static str, &'static str); 1], Counter>;
 
 /// Every metric graylane exports. Cheap to share (`Arc`).
@@ -332,6 +486,7 @@ impl Metrics {
                     service: service.to_string(),
                     version: version.to_string(),
                     slots: (0..self.workers).map(|_| Slot::default()).collect(),
+                    units: OnceLock::new(),
                 })
             })
             .clone()
@@ -366,6 +521,44 @@ impl Metrics {
         routes
             .get(&(service.to_string(), version.to_string()))
             .map_or(0, |r| r.bucketed())
+    }
+
+    /// The distinct units (bucketing keys: users) bucketed into each of `versions` of `service`
+    /// since the gateway started, as `(counts, level)`. Up to a few thousand units per version
+    /// and worker the counts are exact (`level` 0); beyond that each count is of the units whose
+    /// key hash falls in the same 1 / 2^`level` share of the hash space, a uniform sample of
+    /// the units, the same for every version — so the counts compare with each other (the
+    /// sample-ratio-mismatch test) exactly as the full counts would, and `count << level`
+    /// estimates the full one. A user who sends many requests counts once.
+    pub fn distinct_units(&self, service: &str, versions: &[&str]) -> (Vec<u64>, u32) {
+        let routes: Vec<Option<Arc<RouteStats>>> = {
+            let map = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            versions
+                .iter()
+                .map(|v| map.get(&(service.to_string(), v.to_string())).cloned())
+                .collect()
+        };
+        let mut level = 0;
+        let mut hashes: Vec<Vec<u64>> = Vec::with_capacity(routes.len());
+        for route in &routes {
+            let mut seen = Vec::new();
+            if let Some(samples) = route.as_ref().and_then(|r| r.units.get()) {
+                for sample in samples.iter() {
+                    level = level.max(sample.read_into(&mut seen));
+                }
+            }
+            hashes.push(seen);
+        }
+        let counts = hashes
+            .into_iter()
+            .map(|mut seen| {
+                seen.retain(|h| UnitSample::kept(*h, level));
+                seen.sort_unstable();
+                seen.dedup();
+                seen.len() as u64
+            })
+            .collect();
+        (counts, level)
     }
 
     /// Adds metrics that another part computes at scrape time.
@@ -605,5 +798,72 @@ impl Collector for RouteCollector {
                 .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Well-spread 64-bit hashes, as the bucketing hash gives.
+    fn hash(i: u64) -> u64 {
+        // splitmix64's finalizer.
+        let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn count(sample: &UnitSample) -> (usize, u32) {
+        let mut seen = Vec::new();
+        let level = sample.read_into(&mut seen);
+        let n = seen.len();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), n, "no unit is held twice");
+        (n, level)
+    }
+
+    #[test]
+    fn units_are_counted_exactly_once_each_below_the_capacity() {
+        let sample = UnitSample::new();
+        for round in 0..5 {
+            for i in 0..5_000 {
+                sample.insert(hash(i));
+            }
+            assert_eq!(count(&sample), (5_000, 0), "round {round}");
+        }
+        sample.insert(0);
+        sample.insert(1);
+        assert_eq!(
+            count(&sample).0,
+            5_001,
+            "0 and 1 are one unit (0 marks empty)"
+        );
+    }
+
+    #[test]
+    fn beyond_the_capacity_a_uniform_sample_estimates_the_count_in_fixed_memory() {
+        let sample = UnitSample::new();
+        let units = 200_000u64;
+        for i in 0..units {
+            sample.insert(hash(i));
+            // Repeats of earlier units change nothing.
+            sample.insert(hash(i / 2));
+        }
+        let (held, level) = count(&sample);
+        assert!(level >= 3, "level {level}");
+        assert!(held <= UNIT_MAX, "{held}");
+        let estimate = (held as f64) * f64::from(1u32 << level);
+        assert!(
+            (estimate / units as f64 - 1.0).abs() < 0.05,
+            "estimate {estimate} for {units}"
+        );
+        // Every held unit is still found (the rehash kept the probe chains whole).
+        let mut seen = Vec::new();
+        sample.read_into(&mut seen);
+        for h in seen {
+            assert!(!sample.put(h), "held hash {h} not found again");
+        }
     }
 }

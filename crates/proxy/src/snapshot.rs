@@ -118,7 +118,17 @@ impl Snapshot {
                             .collect(),
                         version_header: token_header(&v.name),
                         lane_header: token_header(&v.name),
-                        stats: metrics.route(&svc.name, &v.name),
+                        stats: {
+                            let stats = metrics.route(&svc.name, &v.name);
+                            // Only an experiment's SRM check needs its units; the tables
+                            // cost memory per version and worker.
+                            if svc.release.as_ref().is_some_and(|r| {
+                                matches!(r.strategy, graylane_config::Strategy::Experiment { .. })
+                            }) {
+                                stats.count_units();
+                            }
+                            stats
+                        },
                         next: AtomicUsize::new(0),
                         control: controls.next().unwrap_or_default(),
                         fallback_header: token_header(&v.name),

@@ -161,3 +161,114 @@ async fn a_segment_started_while_redis_is_down_is_empty_then_fills() {
     .await
     .expect("fills once Redis is up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_never_read_is_stale_from_the_start() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    drop(redis);
+    // max_staleness is a minute: staleness must not wait for it when nothing was ever read.
+    let segment = RedisSegment::start(
+        Client::open(&url).expect("a client does not need the server yet"),
+        "seg:never",
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+    );
+    assert!(segment.is_stale(), "stale before any read");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(segment.is_stale(), "still stale while Redis is down");
+}
+
+fn cache_path(test: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("segment-cache-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.join("segments").join("vip.members")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_a_redis_outage_serves_the_members_read_last() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let cache = cache_path("restart");
+    let start = |url: &str| {
+        RedisSegment::start_cached(
+            Client::open(url).expect("client"),
+            "seg:vip",
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+            cache.clone(),
+        )
+    };
+    let url = redis.url();
+    let segment = start(&url);
+    sadd(&redis, "seg:vip", &["alice", "bob"]).await;
+    eventually(Duration::from_secs(5), || {
+        segment.contains("alice") && segment.contains("bob")
+    })
+    .await
+    .expect("alice and bob read");
+    eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&cache).is_ok_and(|t| t.contains("bob"))
+    })
+    .await
+    .expect("the members are kept on disk");
+
+    // The gateway stops, Redis goes down, the gateway starts again.
+    drop(segment);
+    redis.kill();
+    let restarted = start(&url);
+    assert!(
+        restarted.contains("alice") && restarted.contains("bob"),
+        "the members read last are served at once: {restarted:?}"
+    );
+    assert!(!restarted.contains("carol"));
+    assert!(restarted.is_stale(), "but they are not known to be current");
+
+    // Redis back, with other members: they replace the cached ones.
+    let redis = RedisServer::start_on(port);
+    sadd(&redis, "seg:vip", &["carol"]).await;
+    eventually(Duration::from_secs(5), || {
+        !restarted.is_stale() && restarted.contains("carol") && !restarted.contains("alice")
+    })
+    .await
+    .expect("fresh members once Redis answers");
+    let _ = std::fs::remove_dir_all(cache.parent().unwrap().parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_members_older_than_max_staleness_or_of_another_set_are_not_served() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    drop(redis);
+    let cache = cache_path("old");
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    let old = "# graylane segment cache v1 key=\"seg:vip\" read_at_ms=1000\nalice\n";
+    std::fs::write(&cache, old).unwrap();
+    let segment = RedisSegment::start_cached(
+        Client::open(&url).expect("client"),
+        "seg:vip",
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+        cache.clone(),
+    );
+    assert!(!segment.contains("alice"), "read in 1970: too old");
+    drop(segment);
+
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let other =
+        format!("# graylane segment cache v1 key=\"seg:other\" read_at_ms={now_ms}\nalice\n");
+    std::fs::write(&cache, other).unwrap();
+    let segment = RedisSegment::start_cached(
+        Client::open(&url).expect("client"),
+        "seg:vip",
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+        cache.clone(),
+    );
+    assert!(!segment.contains("alice"), "another set's members");
+    let _ = std::fs::remove_dir_all(cache.parent().unwrap().parent().unwrap());
+}

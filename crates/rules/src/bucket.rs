@@ -35,11 +35,22 @@ impl Bucketer {
     }
 
     pub(crate) fn bucket(&self, key: &[u8]) -> u32 {
+        bucket_of(self.hash(key))
+    }
+
+    /// The full 64-bit hash a bucket is taken from: it names the unit (user) for counting
+    /// distinct units, which the 100 000 buckets are too few to do.
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         let mut state = self.prefix.clone();
         state.update(key);
-        // The remainder is below 100_000, so the narrowing cannot truncate.
-        (state.digest() % u64::from(BUCKETS)) as u32
+        state.digest()
     }
+}
+
+/// The bucket of a hash from [`Bucketer::hash`].
+pub(crate) fn bucket_of(hash: u64) -> u32 {
+    // The remainder is below 100_000, so the narrowing cannot truncate.
+    (hash % u64::from(BUCKETS)) as u32
 }
 
 impl std::fmt::Debug for Bucketer {

@@ -13,6 +13,11 @@ pub struct Decision {
     /// The bucket the response's sticky cookie should carry: set for a bucketed decision on a
     /// sticky release whose request had no valid cookie with that bucket.
     pub pin: Option<u32>,
+    /// For a bucketed or sticky request, one value per user, for counting an experiment's
+    /// distinct units: the 64-bit hash of its bucketing key (the bucket is this modulo
+    /// 100 000), or for a user known only by a cookie's or a random bucket, that bucket spread
+    /// over 64 bits. 0 otherwise.
+    pub unit: u64,
 }
 
 /// Why a version was chosen, in the order the checks run.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use graylane_config::{Config, KeySpec, Release, Service, Weight};
 use http::Method;
 
-use crate::bucket::{BUCKETS, Bucketer};
+use crate::bucket::{BUCKETS, Bucketer, bucket_of};
 use crate::decision::{Decision, KeyUsed, Reason};
 use crate::describe::describe;
 use crate::matcher::{LiveSegment, Matcher, Members};
@@ -117,12 +117,18 @@ impl RoutingTable {
     /// [`Decision::pin`] asks the proxy to pin with a cookie.
     pub fn decide(&self, req: &RequestView<'_>) -> Option<Decision> {
         let service = self.index.find(&self.services, req)?;
-        let (version, reason, pin) = self.services[service].choose(req);
+        let Chosen {
+            version,
+            reason,
+            pin,
+            unit,
+        } = self.services[service].choose(req);
         Some(Decision {
             service,
             version,
             reason,
             pin,
+            unit,
         })
     }
 
@@ -291,6 +297,32 @@ impl RoutingTable {
     }
 }
 
+/// What [`CompiledService::choose`] decided for a request.
+struct Chosen {
+    version: usize,
+    reason: Reason,
+    pin: Option<u32>,
+    unit: u64,
+}
+
+impl Chosen {
+    /// A decision that bucketing had no part in: no cookie to pin, no unit to count.
+    fn unbucketed(version: usize, reason: Reason) -> Chosen {
+        Chosen {
+            version,
+            reason,
+            pin: None,
+            unit: 0,
+        }
+    }
+}
+
+/// A bucket (from a cookie or a random draw) spread over 64 bits as a unit: distinct buckets
+/// stay distinct and none is 0, the "no unit" value.
+fn spread(bucket: u32) -> u64 {
+    (u64::from(bucket) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 impl CompiledService {
     fn compile(s: &Service, config: &Config, segments: &[Members]) -> CompiledService {
         CompiledService {
@@ -325,21 +357,21 @@ impl CompiledService {
         self.versions.get(version).map_or("?", |v| v)
     }
 
-    /// The version, the reason, and the bucket a sticky cookie should pin.
-    fn choose(&self, req: &RequestView<'_>) -> (usize, Reason, Option<u32>) {
+    /// The version, why, the bucket a sticky cookie should pin, and the user's unit.
+    fn choose(&self, req: &RequestView<'_>) -> Chosen {
         if let Some(v) = req
             .trusted_lane
             .and_then(|lane| self.version_index(lane.as_bytes()))
         {
-            return (v, Reason::Lane, None);
+            return Chosen::unbucketed(v, Reason::Lane);
         }
         let Some(rel) = &self.release else {
-            return (self.default_version, Reason::NoRelease, None);
+            return Chosen::unbucketed(self.default_version, Reason::NoRelease);
         };
         if let Some(to) = rel.routing.force_to
             && let Some(rule) = rel.force.iter().position(|m| m.matches(req))
         {
-            return (to, Reason::Forced { rule }, None);
+            return Chosen::unbucketed(to, Reason::Forced { rule });
         }
         let weight = rel
             .routing
@@ -358,34 +390,38 @@ impl CompiledService {
         let user_key = match rel.bucket_by {
             KeySpec::ClientIp => None,
             _ if rel.bucket_by_trusted_only && !req.trusted => None,
-            _ => req.with_key(&rel.bucket_by, |k| rel.bucketer.bucket(k)),
+            _ => req.with_key(&rel.bucket_by, |k| rel.bucketer.hash(k)),
         };
-        let (bucket, reason) = match (user_key, cookie) {
-            (Some(b), _) => (b, KeyUsed::Configured),
+        let ip_hash = || with_ip_text(req.ip(), |k| rel.bucketer.hash(k));
+        let (hash, key) = match (user_key, cookie) {
+            (Some(h), _) => (h, KeyUsed::Configured),
             (None, Some(b)) => {
-                let version = rel.version_at(b);
-                return (version, Reason::Sticky { bucket: b, weight }, None);
+                return Chosen {
+                    version: rel.version_at(b),
+                    reason: Reason::Sticky { bucket: b, weight },
+                    pin: None,
+                    unit: spread(b),
+                };
             }
-            (None, None) if rel.bucket_by == KeySpec::ClientIp => (
-                with_ip_text(req.ip(), |k| rel.bucketer.bucket(k)),
-                KeyUsed::Configured,
-            ),
-            (None, None) if rel.signer.is_some() => (req.random % BUCKETS, KeyUsed::Random),
-            (None, None) => (
-                with_ip_text(req.ip(), |k| rel.bucketer.bucket(k)),
-                KeyUsed::FallbackIp,
-            ),
+            (None, None) if rel.bucket_by == KeySpec::ClientIp => (ip_hash(), KeyUsed::Configured),
+            (None, None) if rel.signer.is_some() => (spread(req.random % BUCKETS), KeyUsed::Random),
+            (None, None) => (ip_hash(), KeyUsed::FallbackIp),
+        };
+        let bucket = match key {
+            KeyUsed::Random => req.random % BUCKETS,
+            _ => bucket_of(hash),
         };
         let pin = (rel.signer.is_some() && cookie != Some(bucket)).then_some(bucket);
-        (
-            rel.version_at(bucket),
-            Reason::Bucket {
+        Chosen {
+            version: rel.version_at(bucket),
+            reason: Reason::Bucket {
                 bucket,
                 weight,
-                key: reason,
+                key,
             },
             pin,
-        )
+            unit: hash,
+        }
     }
 }
 

@@ -321,6 +321,7 @@ fn explanations() {
         version: 0,
         reason: Reason::NoRelease,
         pin: None,
+        unit: 0,
     };
     assert!(
         t.explain(&req().view(), &bogus)

@@ -126,6 +126,11 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
 
+    /// Sets how much of each environment's audit log is kept: at most `max_entries` entries
+    /// (0: no limit) no older than `max_age_ms` (0: no limit) before the newest one. Entries
+    /// beyond it are removed as new ones are appended (a bounded number per append, so lowering
+    /// the limit on a long log prunes it over several appends).
+    fn set_audit_retention(&self, max_entries: u64, max_age_ms: i64);
     /// The environments that have any data, sorted, so an operator can see what a data
     /// directory holds before picking `--env`.
     fn environments(&self) -> Result<Vec<String>, StoreError>;

@@ -3,6 +3,8 @@ use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::backends::FileBackend;
 use redb::{
@@ -49,9 +51,36 @@ const CACHE_BYTES: usize = 64 << 20;
 /// It holds an exclusive lock on the file while it is open, so a second `graylane serve` on the
 /// same data directory fails with [`StoreError::Locked`] instead of both writing release state.
 pub struct RedbStore {
-    db: Database,
+    /// `None` only between dropping a database that failed a write and opening it again.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// Set by an I/O error (a full disk): redb refuses every later transaction of that
+    /// `Database` (`PreviousIo`), so the next operation opens the file again, and keeps trying
+    /// until that works, so the store recovers by itself once space is freed.
+    broken: AtomicBool,
+    /// Audit entries older than this are pruned; 0 keeps them all.
+    max_audit_age_ms: AtomicI64,
+    /// Audit entries kept per environment; 0 keeps them all.
+    max_audit_entries: AtomicU64,
 }
+
+/// An open transaction together with the lock that keeps its database from being reopened
+/// under it.
+struct Held<'a, T> {
+    txn: T,
+    _db: RwLockReadGuard<'a, Option<Database>>,
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.txn
+    }
+}
+
+/// Pruning work done by one append at most, so that lowering the retention on a long log
+/// costs several writes a little each rather than one write a lot.
+const PRUNE_BATCH: usize = 64;
 
 impl fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -82,36 +111,48 @@ impl RedbStore {
             cause: source,
         })?;
         let path = dir.join(FILE_NAME);
-        // Opened here rather than by redb so that failing to open the file (permissions, a
-        // directory in its place) is told apart from failing to read a database out of it.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                cause: source,
-            })?;
-        let op = Op::new(&path, "opening the database", None);
-        let backend = FileBackend::new(file).map_err(|e| op.open_failed(e.into()))?;
-        // redb trusts a cleanly closed file and may panic on one damaged since; the check turns
-        // that damage into an error. It reads the whole file, which is small here.
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
-            .set_cache_size(CACHE_BYTES)
-            .create_with_backend(backend)
-            .map_err(|e| op.open_failed(e.into()))?;
-        let store = RedbStore { db, path };
+        let db = open_database(&path)?;
+        let store = RedbStore {
+            db: RwLock::new(Some(db)),
+            path,
+            broken: AtomicBool::new(false),
+            max_audit_age_ms: AtomicI64::new(0),
+            max_audit_entries: AtomicU64::new(0),
+        };
         store.check_schema()?;
         Ok(store)
+    }
+
+    /// The database, opened again first if an earlier write failed on I/O.
+    fn db(&self, op: &Op<'_>) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+            if self.broken.load(Ordering::Acquire) {
+                // The old handle holds the file lock: drop it before opening again.
+                *db = None;
+                *db = Some(open_database(&self.path)?);
+                self.broken.store(false, Ordering::Release);
+            }
+        }
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if db.is_none() {
+            return Err(op.fail(redb::Error::PreviousIo));
+        }
+        Ok(db)
+    }
+
+    /// Remembers an I/O failure, so the next operation reopens the database.
+    fn note<T>(&self, out: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Io { .. }) = &out {
+            self.broken.store(true, Ordering::Release);
+        }
+        out
     }
 
     /// Accepts a file at [`SCHEMA_VERSION`], sets up a new one, and refuses anything else.
     fn check_schema(&self) -> Result<(), StoreError> {
         let op = Op::new(&self.path, "reading the schema version", None);
-        let txn = self.db.begin_read().or_fail(&op)?;
+        let txn = self.read(&op)?;
         let found = match txn.open_table(META) {
             Ok(meta) => meta
                 .get(SCHEMA_VERSION_KEY)
@@ -146,7 +187,7 @@ impl RedbStore {
     /// treating a missing one as empty, and so a file always says which layout it has.
     fn initialize(&self) -> Result<(), StoreError> {
         let op = Op::new(&self.path, "creating an empty store", None);
-        let txn = self.begin_write(&op)?;
+        let Held { txn, _db } = self.begin_write(&op)?;
         txn.open_table(META)
             .or_fail(&op)?
             .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
@@ -159,8 +200,12 @@ impl RedbStore {
         txn.commit().or_fail(&op)
     }
 
-    fn begin_write(&self, op: &Op<'_>) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().or_fail(op)?;
+    fn begin_write(&self, op: &Op<'_>) -> Result<Held<'_, WriteTransaction>, StoreError> {
+        let db = self.note(self.db(op))?;
+        let Some(handle) = db.as_ref() else {
+            return Err(op.fail(redb::Error::PreviousIo));
+        };
+        let mut txn = self.note(handle.begin_write().or_fail(op))?;
         // Immediate is redb's default; set anyway, since `kill -9` losing nothing that was
         // acknowledged rests on it.
         txn.set_durability(Durability::Immediate).or_fail(op)?;
@@ -169,7 +214,7 @@ impl RedbStore {
         // commit (one more fsync) leaves only the second, which the open then reports as
         // corruption instead of silently dropping an acknowledged write.
         txn.set_two_phase_commit(true);
-        Ok(txn)
+        Ok(Held { txn, _db: db })
     }
 
     /// Runs `body` in one write transaction for `env` and commits it durably; an error from
@@ -180,18 +225,28 @@ impl RedbStore {
         env: &str,
         body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.begin_write(op)?;
-        txn.open_table(ENVIRONMENTS)
-            .or_fail(op)?
-            .insert(env, ())
-            .or_fail(op)?;
-        let out = body(&txn)?;
-        txn.commit().or_fail(op)?;
+        let held = self.begin_write(op)?;
+        let out = (|| {
+            held.txn
+                .open_table(ENVIRONMENTS)
+                .or_fail(op)?
+                .insert(env, ())
+                .or_fail(op)?;
+            body(&held.txn)
+        })();
+        let out = self.note(out)?;
+        let Held { txn, _db } = held;
+        self.note(txn.commit().or_fail(op))?;
         Ok(out)
     }
 
-    fn read(&self, op: &Op<'_>) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().or_fail(op)
+    fn read(&self, op: &Op<'_>) -> Result<Held<'_, ReadTransaction>, StoreError> {
+        let db = self.note(self.db(op))?;
+        let Some(handle) = db.as_ref() else {
+            return Err(op.fail(redb::Error::PreviousIo));
+        };
+        let txn = self.note(handle.begin_read().or_fail(op))?;
+        Ok(Held { txn, _db: db })
     }
 
     fn read_revision(
@@ -258,7 +313,56 @@ impl RedbStore {
         audit
             .insert((env, seq), encode(op, &entry)?.as_slice())
             .or_fail(op)?;
+        self.prune_audit(op, &mut audit, env, seq, entry.at_ms)?;
         Ok(entry)
+    }
+
+    /// Removes up to [`PRUNE_BATCH`] of `env`'s oldest audit entries that the retention no
+    /// longer keeps, now that `newest_seq` (written at `newest_ms`) was appended.
+    fn prune_audit(
+        &self,
+        op: &Op<'_>,
+        audit: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+        env: &str,
+        newest_seq: u64,
+        newest_ms: i64,
+    ) -> Result<(), StoreError> {
+        let max_entries = self.max_audit_entries.load(Ordering::Relaxed);
+        let max_age_ms = self.max_audit_age_ms.load(Ordering::Relaxed);
+        if max_entries == 0 && max_age_ms == 0 {
+            return Ok(());
+        }
+        let keep_from = if max_entries > 0 {
+            newest_seq.saturating_sub(max_entries - 1)
+        } else {
+            0
+        };
+        let cutoff_ms = (max_age_ms > 0).then(|| newest_ms.saturating_sub(max_age_ms));
+        let mut doomed = Vec::new();
+        for row in audit.range((env, 0)..(env, newest_seq)).or_fail(op)? {
+            if doomed.len() == PRUNE_BATCH {
+                break;
+            }
+            let (key, value) = row.or_fail(op)?;
+            let seq = key.value().1;
+            let too_many = seq < keep_from;
+            let too_old = match cutoff_ms {
+                Some(cutoff) => {
+                    let at: AtMs =
+                        self.decode("audit", || format!("({env:?}, {seq})"), value.value())?;
+                    at.at_ms < cutoff
+                }
+                None => false,
+            };
+            if !(too_many || too_old) {
+                break;
+            }
+            doomed.push(seq);
+        }
+        for seq in doomed {
+            audit.remove((env, seq)).or_fail(op)?;
+        }
+        Ok(())
     }
 
     /// One past the largest number `env` has in `table` (1 for none): per-environment numbering
@@ -305,6 +409,12 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
+    fn set_audit_retention(&self, max_entries: u64, max_age_ms: i64) {
+        self.max_audit_entries.store(max_entries, Ordering::Relaxed);
+        self.max_audit_age_ms
+            .store(max_age_ms.max(0), Ordering::Relaxed);
+    }
+
     fn add_revision(&self, env: &str, new: NewRevision) -> Result<Revision, StoreError> {
         let op = Op::new(&self.path, "adding a revision", Some(env));
         self.write(&op, env, |txn| {
@@ -484,6 +594,37 @@ struct AuditKeys<'a> {
     action: Cow<'a, str>,
 }
 
+/// Opens the database file at `path`, checking every page against its checksum.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    // Opened here rather than by redb so that failing to open the file (permissions, a
+    // directory in its place) is told apart from failing to read a database out of it.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            cause: source,
+        })?;
+    let op = Op::new(path, "opening the database", None);
+    let backend = FileBackend::new(file).map_err(|e| op.open_failed(e.into()))?;
+    // redb trusts a cleanly closed file and may panic on one damaged since; the check turns
+    // that damage into an error. It reads the whole file, which is small here.
+    Database::builder()
+        .set_check_integrity_on_open(true)
+        .set_cache_size(CACHE_BYTES)
+        .create_with_backend(backend)
+        .map_err(|e| op.open_failed(e.into()))
+}
+
+/// The time of a stored audit entry, read without the rest of it.
+#[derive(Deserialize)]
+struct AtMs {
+    at_ms: i64,
+}
+
 /// What the store was doing, for the context of an error; formatted only when one happens.
 struct Op<'a> {
     path: &'a Path,
@@ -529,6 +670,13 @@ impl<'a> Op<'a> {
                 path,
                 context: self.context(),
                 cause: source,
+            },
+            redb::Error::PreviousIo => StoreError::Io {
+                path,
+                context: self.context(),
+                cause: io::Error::other(
+                    "an earlier write failed; the store opens the database again at the next operation",
+                ),
             },
             other => StoreError::Storage {
                 path,

@@ -112,7 +112,8 @@ impl From<ControlError> for ApiError {
             }
             ControlError::UnknownVariant { .. }
             | ControlError::BadWeight { .. }
-            | ControlError::BadEvent(_) => ApiError::bad_request(text),
+            | ControlError::BadEvent(_)
+            | ControlError::TooLong { .. } => ApiError::bad_request(text),
             ControlError::NotAnExperiment { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "not_allowed", text)
             }

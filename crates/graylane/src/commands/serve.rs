@@ -13,8 +13,10 @@ use clap::Args;
 use graylane_analysis::Histogram;
 use graylane_config::Config;
 use graylane_controller::metrics::ReleaseCollector;
-use graylane_controller::{ControlError, Controller, DataPlane, Observation, Setup};
-use graylane_notify::{Notifier, WebhookTarget};
+use graylane_controller::{
+    ControlError, Controller, DataPlane, Observation, Reloaded, Setup, webhook_targets,
+};
+use graylane_notify::Notifier;
 use graylane_proxy::{Gateway, GatewayOptions};
 use graylane_rules::Routing;
 use tokio::signal::unix::{SignalKind, signal};
@@ -102,6 +104,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut options = GatewayOptions {
         drain_timeout: args.drain_timeout,
         cookie_keys: Some(cookie_keys),
+        segment_cache: Some(args.data_dir.join("segments")),
         ..GatewayOptions::default()
     };
     if let Some(w) = args.workers {
@@ -216,6 +219,10 @@ impl DataPlane for GatewayPlane {
         }
     }
 
+    fn units(&self, service: &str, versions: &[&str]) -> (Vec<u64>, u32) {
+        self.0.metrics().distinct_units(service, versions)
+    }
+
     fn circuit_states(&self, service: &str) -> BTreeMap<String, &'static str> {
         self.0.circuit_states(service)
     }
@@ -249,7 +256,6 @@ pub fn run_gateway(
         admin: admin_socket,
         workers,
     } = prepared;
-    let webhooks = config.webhooks.clone();
     let tokens = Tokens::from_env(config.admin.as_ref().map_or(&[][..], |a| &a.tokens));
     let gateway = Arc::new(gateway);
     for addr in gateway.local_addrs() {
@@ -267,19 +273,8 @@ pub fn run_gateway(
     let (controller, notifier, path, store, offer) = match source {
         ConfigSource::Fixed => (None, None, None, None, None),
         ConfigSource::File(m) => runtime.block_on(async {
-            let notifier = (!webhooks.is_empty()).then(|| {
-                Notifier::start(
-                    webhooks
-                        .iter()
-                        .map(|w| WebhookTarget {
-                            url: w.url.clone(),
-                            timeout: w.timeout,
-                            retries: w.retries,
-                            backoff: WebhookTarget::DEFAULT_BACKOFF,
-                        })
-                        .collect(),
-                )
-            });
+            // Always started, even with no webhooks: a reload may add some.
+            let notifier = Some(Notifier::start(webhook_targets(&config)));
             let controller = Controller::open(Setup {
                 env: m.env.clone(),
                 config_path: m.path.clone(),
@@ -483,7 +478,7 @@ async fn reload(controller: &Arc<Controller>, gateway: &Gateway, path: &Path) {
     let c = Arc::clone(controller);
     let outcome = tokio::task::spawn_blocking(move || c.file_changed(text, now_ms())).await;
     match outcome {
-        Ok(Ok(Some(revision))) => {
+        Ok(Ok(Reloaded::Revision(revision))) => {
             gateway.metrics().record_reload(true);
             tracing::info!(
                 revision,
@@ -492,7 +487,15 @@ async fn reload(controller: &Arc<Controller>, gateway: &Gateway, path: &Path) {
                 path.display()
             );
         }
-        Ok(Ok(None)) => tracing::info!("{} is unchanged", path.display()),
+        Ok(Ok(Reloaded::Segments(names))) => {
+            gateway.metrics().record_reload(true);
+            tracing::info!(
+                segments = %names.join(", "),
+                generation = gateway.snapshot().generation,
+                "segment members reloaded from their files"
+            );
+        }
+        Ok(Ok(Reloaded::Unchanged)) => tracing::debug!("{} is unchanged", path.display()),
         Ok(Err(ControlError::Invalid(errors))) => {
             gateway.metrics().record_reload(false);
             for e in &errors.errors {
@@ -507,35 +510,51 @@ async fn reload(controller: &Arc<Controller>, gateway: &Gateway, path: &Path) {
     }
 }
 
-/// Reloads when the file's contents change. Polling (rather than inotify) also catches
-/// editors and config-management tools that replace the file by renaming over it.
+/// Reloads when the file, or a segment file it names, changes. Polling (rather than inotify)
+/// also catches editors and config-management tools that replace a file by renaming over it.
 async fn watch_file(
     controller: Arc<Controller>,
     gateway: Arc<Gateway>,
     path: PathBuf,
     interval: Duration,
 ) {
-    let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
-        let m = std::fs::metadata(p).ok()?;
-        Some((m.modified().ok()?, m.len()))
+    let stamps = |paths: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
+        paths
+            .iter()
+            .map(|p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            })
+            .collect()
     };
-    let mut last_stamp = stamp(&path);
-    let mut last_text = std::fs::read(&path).ok();
+    let watched = |c: &Controller| -> Vec<PathBuf> {
+        std::iter::once(path.clone())
+            .chain(c.segment_files())
+            .collect()
+    };
+    // Nothing seen yet: the first tick reloads, which records nothing unless the files changed
+    // between the start-up read and now (a change in that window would otherwise be missed).
+    let mut last_paths = Vec::new();
+    let mut last_stamps = Vec::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let now = stamp(&path);
-        if now == last_stamp {
+        let paths = watched(&controller);
+        let now = stamps(&paths);
+        if paths == last_paths && now == last_stamps {
             continue;
         }
-        last_stamp = now;
-        let text = std::fs::read(&path).ok();
-        if text.is_none() || text == last_text {
+        let Some(Some(_)) = now.first() else {
+            // The configuration file is missing for a moment (being replaced): wait for it.
             continue;
+        };
+        let first = last_paths.is_empty();
+        last_paths = paths;
+        last_stamps = now;
+        if !first {
+            tracing::info!("{} or a segment file changed: reloading", path.display());
         }
-        last_text = text;
-        tracing::info!("{} changed: reloading", path.display());
         reload(&controller, &gateway, &path).await;
     }
 }

@@ -367,6 +367,14 @@ impl Store for ReleasableStore {
         self.with(|s| s.audit_matching(env, filter, limit))
     }
 
+    fn set_audit_retention(&self, max_entries: u64, max_age_ms: i64) {
+        // A released store takes no more writes, so it has nothing left to prune.
+        let _ = self.with(|s| {
+            s.set_audit_retention(max_entries, max_age_ms);
+            Ok(())
+        });
+    }
+
     fn environments(&self) -> Result<Vec<String>, StoreError> {
         self.with(|s| s.environments())
     }

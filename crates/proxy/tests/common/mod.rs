@@ -255,7 +255,7 @@ pub fn start_gateway_with(config: Config, drain_timeout: Duration) -> Gateway {
         GatewayOptions {
             workers: 2,
             drain_timeout,
-            cookie_keys: None,
+            ..GatewayOptions::default()
         },
     )
     .expect("the gateway starts")
