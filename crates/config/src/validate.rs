@@ -84,25 +84,16 @@ impl<'a> Validator<'a> {
                 .enumerate()
                 .filter_map(|(j, c)| self.cidr(&format!("{path}.trusted_hops[{j}]"), c))
                 .collect();
-            let mut header_read_timeout = Listener::DEFAULT_HEADER_READ_TIMEOUT;
-            if let Some(d) = &l.header_read_timeout {
-                let key = format!("{path}.header_read_timeout");
-                match self.duration(&key, d) {
-                    // Zero would close every connection before its first request.
-                    Some(Duration::ZERO) => self.fail(key, "must be more than 0"),
-                    Some(d) => header_read_timeout = d,
-                    None => {}
-                }
-            }
-            let max_connections = l
-                .max_connections
-                .unwrap_or(Listener::DEFAULT_MAX_CONNECTIONS);
-            if max_connections == 0 {
-                self.fail(
-                    format!("{path}.max_connections"),
-                    "must be at least 1: 0 would refuse every client",
-                );
-            }
+            let header_read_timeout = self.positive_duration(
+                &format!("{path}.header_read_timeout"),
+                l.header_read_timeout.as_deref(),
+                Listener::DEFAULT_HEADER_READ_TIMEOUT,
+            );
+            let max_connections = self.max_connections(
+                &format!("{path}.max_connections"),
+                l.max_connections,
+                Listener::DEFAULT_MAX_CONNECTIONS,
+            );
             if let Some(bind) = bind {
                 out.push((
                     path,
@@ -117,6 +108,29 @@ impl<'a> Validator<'a> {
             }
         }
         out
+    }
+
+    /// A connection timeout: `default` when absent; zero would close every connection at once.
+    fn positive_duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
+        let Some(d) = raw else {
+            return default;
+        };
+        match self.duration(key, d) {
+            Some(Duration::ZERO) => {
+                self.fail(key, "must be more than 0");
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    }
+
+    fn max_connections(&mut self, key: &str, raw: Option<usize>, default: usize) -> usize {
+        let max = raw.unwrap_or(default);
+        if max == 0 {
+            self.fail(key, "must be at least 1: 0 would refuse every client");
+        }
+        max
     }
 
     fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
@@ -167,7 +181,25 @@ impl<'a> Validator<'a> {
                 role,
             });
         }
-        Some(Admin { bind, tokens })
+        Some(Admin {
+            bind,
+            tokens,
+            header_read_timeout: self.positive_duration(
+                "admin.header_read_timeout",
+                raw.header_read_timeout.as_deref(),
+                Admin::DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            idle_timeout: self.positive_duration(
+                "admin.idle_timeout",
+                raw.idle_timeout.as_deref(),
+                Admin::DEFAULT_IDLE_TIMEOUT,
+            ),
+            max_connections: self.max_connections(
+                "admin.max_connections",
+                raw.max_connections,
+                Admin::DEFAULT_MAX_CONNECTIONS,
+            ),
+        })
     }
 
     fn env_var_name(&mut self, path: &str, var: &str) {

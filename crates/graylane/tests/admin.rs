@@ -1,0 +1,251 @@
+//! The admin listener against hostile or careless clients, through a real `graylane serve`:
+//! slow and idle connections, the connection limit, a configuration nested to exhaust the
+//! parsers, and what it documents and answers for paths and methods it does not serve.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const VIEWER: &str = "viewer-secret";
+const ADMIN: &str = "admin-secret";
+
+const CONFIG: &str = r#"
+listeners:
+  - bind: 127.0.0.1:{port}
+admin:
+  bind: 127.0.0.1:{admin}
+  tokens:
+    - { name: vera, env: TEST_TOKEN_VIEWER, role: viewer }
+    - { name: ada, env: TEST_TOKEN_ADMIN, role: admin }
+{limits}
+services:
+  - name: payment
+    match: { path_prefix: /api/payment }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: "header:X-User-Id"
+      steps:
+        - weight: 0
+          pause: manual
+        - weight: 100
+"#;
+
+async fn serve(test: &str, limits: &str) -> Served {
+    Served::start(
+        test,
+        CONFIG,
+        &[("limits", limits.to_string())],
+        &[("TEST_TOKEN_VIEWER", VIEWER), ("TEST_TOKEN_ADMIN", ADMIN)],
+    )
+    .await
+}
+
+/// Reads until the peer closes (Ok) or `limit` passes (Err); what was read is returned either way.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return Err(got),
+            Ok(Ok(0) | Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slowloris_client_on_the_admin_port_is_closed_after_the_header_read_timeout() {
+    let s = serve(
+        "slowloris",
+        "  header_read_timeout: 1s\n  idle_timeout: 30s\n",
+    )
+    .await;
+    let mut slow = TcpStream::connect(s.admin).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    // A header line every 200 ms: never idle, never done.
+    let mut closed = false;
+    for i in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if slow
+            .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(closed, "the slow client was still connected after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}, not about the 1s header read timeout"
+    );
+    // The admin API still answers everyone else.
+    assert_eq!(get(s.admin, "/healthz", &[]).await.status, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    let s = serve("silent", "  header_read_timeout: 1s\n").await;
+    let mut silent = TcpStream::connect(s.admin).await.unwrap();
+    let started = Instant::now();
+    let read = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(read.is_ok(), "still open after 5s");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_whose_body_stops_midway_is_closed_after_the_idle_timeout() {
+    let s = serve(
+        "idle",
+        "  header_read_timeout: 5s\n  idle_timeout: 1s\n",
+    )
+    .await;
+    let mut stalled = TcpStream::connect(s.admin).await.unwrap();
+    // Headers done in time; the promised body never comes.
+    stalled
+        .write_all(
+            format!(
+                "PUT /api/v1/config?dry_run=true HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN}\r\ncontent-length: 100\r\n\r\nlist"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let read = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
+    assert!(read.is_ok(), "a stalled request body kept its connection for 5s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}, not about the 1s idle timeout"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_admin_limit_are_closed_while_the_limit_holds() {
+    let s = serve(
+        "limit",
+        "  max_connections: 2\n  header_read_timeout: 30s\n",
+    )
+    .await;
+    // Two connections hold the listener's two places: each has its connection task running
+    // once it answered a request, and keeps it open with keep-alive.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.admin).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(REQUEST_TIMEOUT, c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        held.push(c);
+    }
+    for _ in 0..3 {
+        let mut extra = TcpStream::connect(s.admin).await.unwrap();
+        let _ = extra
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let read = read_until_closed(&mut extra, Duration::from_secs(5)).await;
+        assert_eq!(
+            read,
+            Ok(Vec::new()),
+            "a connection beyond the limit is closed without an answer"
+        );
+    }
+    // A place freed is a place for the next client.
+    drop(held.pop());
+    eventually("a freed place to serve a new connection", || async {
+        let r = try_get(s.admin, "/healthz", &[]).await.ok()?;
+        (r.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    drop(held);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn admin_limits_out_of_range_are_refused_with_their_key() {
+    let dir = temp_dir("admin-limits");
+    let file = dir.join("graylane.yaml");
+    std::fs::write(
+        &file,
+        "listeners: [{ bind: 127.0.0.1:8080 }]\n\
+         admin:\n  bind: 127.0.0.1:9090\n  header_read_timeout: 0s\n  idle_timeout: soon\n  max_connections: 0\n",
+    )
+    .unwrap();
+    let out = run(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let shown = file.display();
+    for (line, key, says) in [
+        (4, "admin.header_read_timeout", "must be more than 0"),
+        (5, "admin.idle_timeout", "soon"),
+        (6, "admin.max_connections", "must be at least 1"),
+    ] {
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("error: {shown}:{line}:"))
+                    && l.contains(&format!(": {key}: "))
+                    && l.contains(says)),
+            "{key}: {}",
+            out.stderr
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_deeply_nested_configuration_is_refused_by_the_api_at_once() {
+    let s = serve("deep", "").await;
+    let depth = 100_000;
+    let deep = format!("listeners: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    let started = Instant::now();
+    let r = s.api(Method::PUT, "/api/v1/config", ADMIN, &deep).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    let errors = r.json()["errors"].clone();
+    assert!(
+        errors[0]
+            .as_str()
+            .is_some_and(|e| e.contains(":1:139: the document nests more than 128 levels deep")),
+        "{errors}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // The dry run takes the same path.
+    let r = s
+        .api(Method::PUT, "/api/v1/config?dry_run=true", ADMIN, &deep)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    let r = s.api(Method::GET, "/api/v1/releases", VIEWER, "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    s.stop().await;
+}
