@@ -23,12 +23,14 @@ mod error;
 mod locate;
 pub mod model;
 pub mod raw;
+mod redact;
 mod validate;
 
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use redact::redact_url;
 
 /// Reads and validates the configuration file at `path`. Relative paths inside it (segment
 /// files, TLS keys) are resolved against the file's folder.

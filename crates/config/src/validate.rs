@@ -9,6 +9,7 @@ use http::HeaderName;
 use ipnet::IpNet;
 
 use crate::error::did_you_mean;
+use crate::redact::redact_url;
 use crate::model::*;
 use crate::raw::*;
 
@@ -220,7 +221,7 @@ impl<'a> Validator<'a> {
                 Ok(u) if u.scheme_str() == Some("https") => {
                     self.fail(
                         format!("{path}.url"),
-                        format!("`{}`: https webhooks are not supported yet; use http (e.g. to a local relay)", w.url),
+                        format!("`{}`: https webhooks are not supported yet; use http (e.g. to a local relay)", redact_url(&w.url)),
                     );
                     None
                 }
@@ -229,7 +230,7 @@ impl<'a> Validator<'a> {
                         format!("{path}.url"),
                         format!(
                             "`{}` is not an http URL like http://127.0.0.1:7000/hooks",
-                            w.url
+                            redact_url(&w.url)
                         ),
                     );
                     None
@@ -1029,7 +1030,10 @@ impl<'a> Validator<'a> {
             _ => {
                 self.fail(
                     path,
-                    format!("`{text}` is not an http URL like http://127.0.0.1:9090"),
+                    format!(
+                        "`{}` is not an http URL like http://127.0.0.1:9090",
+                        redact_url(text)
+                    ),
                 );
                 None
             }
@@ -1819,7 +1823,10 @@ impl<'a> Validator<'a> {
         if !ok {
             self.fail(
                 path,
-                format!("`{url}` is not a Redis URL like redis://127.0.0.1:6379"),
+                format!(
+                    "`{}` is not a Redis URL like redis://127.0.0.1:6379",
+                    redact_url(url)
+                ),
             );
             return None;
         }

@@ -249,3 +249,113 @@ async fn a_deeply_nested_configuration_is_refused_by_the_api_at_once() {
     assert_eq!(r.status, StatusCode::OK);
     s.stop().await;
 }
+
+/// A `redis-server` that wants a password, on a free loopback port; killed on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(password: &str) -> Redis {
+        // Bound by the kernel's choice, then released for redis-server, which takes a port number.
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--requirepass", password])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/deps installs it)");
+        let redis = Redis { child, port };
+        for _ in 0..200 {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "--no-auth-warning", "-a", password, "PING"])
+                .output()
+                .expect("redis-cli (Debian package redis-tools)");
+            if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not answer on port {port}");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SECRETS: &str = r#"
+listeners:
+  - bind: 127.0.0.1:{port}
+admin:
+  bind: 127.0.0.1:{admin}
+  tokens:
+    - { name: ada, env: TEST_TOKEN_ADMIN, role: admin }
+webhooks:
+  - { url: "http://127.0.0.1:{dead}/hooks?token=hook-s3cret", timeout: 200ms, retries: 0 }
+segments:
+  beta: { source: redis, url: "redis://:{password}@127.0.0.1:{redis}", key: graylane:beta, refresh: 100ms, max_staleness: 300ms }
+services:
+  - name: payment
+    match: { path_prefix: /api/payment }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      force:
+        - segment: { name: beta, key: "header:X-User-Id" }
+      steps:
+        - weight: 0
+          pause: manual
+        - weight: 100
+"#;
+
+#[tokio::test]
+async fn metrics_and_logs_name_redis_segments_and_webhooks_without_their_secrets() {
+    let password = "redis-s3cret-pw";
+    let redis = Redis::start(password);
+    // Nothing listens on the webhook's port: its delivery fails and is logged.
+    let dead = free_port();
+    let s = Served::start(
+        "secrets",
+        SECRETS,
+        &[
+            ("password", password.to_string()),
+            ("redis", redis.port.to_string()),
+            ("dead", dead.to_string()),
+        ],
+        &[("TEST_TOKEN_ADMIN", ADMIN)],
+    )
+    .await;
+    let r = s
+        .api(Method::POST, "/api/v1/releases/payment/promote", ADMIN, "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Redis goes away: the segment goes stale, and the reconnection attempts are logged.
+    drop(redis);
+    let metrics = eventually("the segment to be reported stale", || async {
+        let text = get(s.admin, "/metrics", &[]).await.text();
+        (metric_value(&text, "graylane_segment_stale{segment=\"beta\"}") == Some(1.0))
+            .then_some(text)
+    })
+    .await;
+    assert!(!metrics.contains(password), "{metrics}");
+    assert!(!metrics.contains("redis://"), "{metrics}");
+    eventually("the failed webhook delivery to be logged", || async {
+        s.process.logs().contains("webhook delivery failed").then_some(())
+    })
+    .await;
+    let logs = s.process.logs();
+    assert!(!logs.contains(password), "{logs}");
+    assert!(!logs.contains("hook-s3cret"), "{logs}");
+    assert!(logs.contains("/hooks?token=***"), "{logs}");
+    s.stop().await;
+}
