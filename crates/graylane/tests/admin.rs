@@ -359,3 +359,97 @@ async fn metrics_and_logs_name_redis_segments_and_webhooks_without_their_secrets
     assert!(logs.contains("/hooks?token=***"), "{logs}");
     s.stop().await;
 }
+
+/// `graylane eval` against the served gateway's file or, with `--admin`, its admin API.
+fn eval_json(s: &Served, live: bool, user: &str) -> serde_json::Value {
+    let admin = format!("http://{}", s.admin);
+    let file = s.file.to_str().unwrap().to_string();
+    let mut args = vec!["eval"];
+    if live {
+        args.extend(["--admin", admin.as_str()]);
+    } else {
+        args.extend(["--config", file.as_str()]);
+    }
+    let header = format!("X-User-Id: {user}");
+    args.extend(["GET", "/api/payment/orders", "-H", header.as_str(), "--json"]);
+    let out = run_with_env(&args, &[("GRAYLANE_TOKEN", VIEWER)]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", out.stdout))
+}
+
+#[tokio::test]
+async fn eval_with_admin_sees_the_live_weight_where_eval_with_config_sees_the_file() {
+    let s = serve("eval-live", "").await;
+    let user = "u-42";
+    let before = eval_json(&s, true, user);
+    assert_eq!(
+        (&before["version"], &before["reason"]),
+        (&"stable".into(), &"bucket".into()),
+        "{before}"
+    );
+    let r = s
+        .api(
+            Method::POST,
+            "/api/v1/releases/payment/weight",
+            ADMIN,
+            r#"{"weight": 100}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    let live = eval_json(&s, true, user);
+    assert_eq!(live["service"], "payment", "{live}");
+    assert_eq!(live["version"], "canary", "{live}");
+    assert_eq!(live["weight_percent"], 100.0, "{live}");
+    let file = eval_json(&s, false, user);
+    assert_eq!(file["version"], "stable", "the file's first step: {file}");
+    assert_eq!(file["weight_percent"], 0.0, "{file}");
+    // And the request itself agrees with the live answer.
+    let reply = get(s.proxy, "/api/payment/orders", &[("x-user-id", user)]).await;
+    assert_eq!(reply.version(), Some("canary"));
+
+    // The text form, and a request no service takes.
+    let admin = format!("http://{}", s.admin);
+    let out = run_with_env(
+        &["eval", "--admin", &admin, "GET", "/nothing"],
+        &[("GRAYLANE_TOKEN", VIEWER)],
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("no service matches GET /nothing"), "{out:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_eval_api_is_for_viewers_and_names_what_is_wrong_with_a_request() {
+    let s = serve("eval-api", "").await;
+    let r = s
+        .api(
+            Method::POST,
+            "/api/v1/eval",
+            VIEWER,
+            r#"{"method": "GET", "target": "/api/payment", "headers": ["X-User-Id: u-1"], "ip": "203.0.113.7"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["version"], "stable");
+    let r = s
+        .api(Method::POST, "/api/v1/eval", "", r#"{"method": "GET", "target": "/"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    for (body, says) in [
+        (r#"{"method": "GET"}"#, "missing field `target`"),
+        (r#"{"method": "GET", "target": "api"}"#, "must start with `/`"),
+        (
+            r#"{"method": "GET", "target": "/", "headers": ["no colon"]}"#,
+            "must look like `Name: value`",
+        ),
+        (r#"{"method": "GET", "target": "/", "ip": "nope"}"#, "invalid IP address"),
+    ] {
+        let r = s.api(Method::POST, "/api/v1/eval", VIEWER, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+        let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(says), "{body}: {error}");
+    }
+    s.stop().await;
+}

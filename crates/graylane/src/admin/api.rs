@@ -22,6 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AdminState;
+use crate::commands::eval::{EvalAnswer, EvalRequest, evaluate};
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 
@@ -70,6 +71,7 @@ pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_analysis))
         .routes(routes!(get_series))
         .routes(routes!(whoami))
+        .routes(routes!(eval))
         .routes(routes!(post_events))
         .routes(routes!(experiment_results))
         .routes(routes!(edit_segment))
@@ -350,6 +352,30 @@ async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
         name: caller.name,
         role: caller.role.as_str(),
     })
+}
+
+/// Which service and version a request would get from this gateway now, and why: its live
+/// routing (the release's current step, `set-weight` overrides, Redis segment members), where
+/// `graylane eval --config` sees only the file.
+#[utoipa::path(post, path = "/api/v1/eval", tag = "eval",
+    request_body(content = EvalRequest, description = "The imaginary request"),
+    responses(
+        (status = 200, description = "The decision; `service` is null when no service matches", body = EvalAnswer),
+        (status = 400, description = "The body is not a valid request", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody)))]
+async fn eval(
+    State(state): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Result<Json<EvalAnswer>, ApiError> {
+    let request: EvalRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be a request like {{\"method\": \"GET\", \"target\": \"/api/payment\", \"headers\": [\"X-User-Id: u-1\"], \"ip\": \"203.0.113.7\"}}: {e}"
+        ))
+    })?;
+    let snapshot = state.gateway.snapshot();
+    evaluate(&snapshot.table, &request, now_ms())
+        .map(Json)
+        .map_err(|e| ApiError::bad_request(format!("{e:#}")))
 }
 
 /// One business event, or a list of them.
