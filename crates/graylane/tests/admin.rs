@@ -453,3 +453,65 @@ async fn the_eval_api_is_for_viewers_and_names_what_is_wrong_with_a_request() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_passes_openapi_spec_validator() {
+    let s = serve("openapi", "").await;
+    let doc = get(s.admin, "/api/v1/openapi.json", &[]).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let file = s.dir.join("openapi.json");
+    std::fs::write(&file, &doc.body).unwrap();
+    let out = std::process::Command::new("openapi-spec-validator")
+        .arg(&file)
+        .output()
+        .expect("openapi-spec-validator on PATH (scripts/deps installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = doc.json();
+    for path in ["/metrics", "/healthz", "/readyz", "/api/v1/eval"] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+    }
+    // Every response says what it means.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let description = response["description"].as_str().unwrap_or_default();
+                assert!(
+                    !description.trim().is_empty(),
+                    "{method} {path} {status} has no description"
+                );
+            }
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_on_an_api_path_gets_a_json_405() {
+    let s = serve("405", "").await;
+    for (method, path) in [
+        (Method::DELETE, "/api/v1/releases"),
+        (Method::GET, "/api/v1/releases/payment/promote"),
+        (Method::PATCH, "/api/v1/config"),
+    ] {
+        let r = s.api(method.clone(), path, VIEWER, "").await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(
+            r.headers[http::header::CONTENT_TYPE],
+            "application/json",
+            "{method} {path}"
+        );
+        let body = r.json();
+        assert_eq!(body["code"], "method_not_allowed", "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(path),
+            "{method} {path}: {body}"
+        );
+        assert!(r.headers.contains_key(http::header::ALLOW), "{method} {path}");
+    }
+    s.stop().await;
+}

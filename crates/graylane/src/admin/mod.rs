@@ -220,6 +220,7 @@ pub fn app(state: Arc<AdminState>) -> Router {
         .merge(api)
         .merge(dashboard::router())
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -248,6 +249,14 @@ async fn fallback(uri: http::Uri) -> Response {
             StatusCode::NOT_FOUND,
             "not found: try /metrics, /healthz, /readyz or /api/v1/openapi.json\n",
         )
+    }
+}
+
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        api::method_not_allowed(method, uri).await.into_response()
+    } else {
+        text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET\n")
     }
 }
 
