@@ -39,7 +39,7 @@ pub enum ControlError {
     },
     #[error("{0}")]
     BadEvent(String),
-    #[error("`{service}` is a {strategy} release, not an experiment")]
+    #[error("`{service}` is {} release, not an experiment", graylane_rollout::with_article(strategy))]
     NotAnExperiment {
         service: String,
         strategy: &'static str,

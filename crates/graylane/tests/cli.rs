@@ -27,6 +27,21 @@ fn validate_accepts_the_briefs_example_with_a_one_line_summary() {
     assert!(out.stderr.is_empty(), "{:?}", out.stderr);
 }
 
+#[test]
+fn validate_summarises_each_strategy_in_its_own_terms() {
+    let file = fixture("three_strategies.yaml");
+    let out = run(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{}: ok: 1 listener, 3 services, 0 segments; releases: payment: stable → canary at 5%, \
+             web: blue-green blue → green, search: experiment control (a) 70% · treatment (b) 30%\n",
+            file.display()
+        )
+    );
+}
+
 /// A bad file, the line and key path its error must name, part of the message, and a piece
 /// of text on that line of the file (so the expectation itself is checked against the file).
 struct Bad {
@@ -501,4 +516,10 @@ fn set_weight_needs_a_number() {
     assert_eq!(out.code(), Some(2), "a usage error: {out:?}");
     assert!(out.stderr.contains("invalid value 'abc'"), "{}", out.stderr);
     assert!(out.stderr.contains("<WEIGHT>"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("give a percentage from 0 to 100 with at most three decimals"),
+        "the error says what a weight may be: {}",
+        out.stderr
+    );
 }
