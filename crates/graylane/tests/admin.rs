@@ -515,3 +515,31 @@ async fn a_wrong_method_on_an_api_path_gets_a_json_405() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn refusals_name_commands_as_the_cli_spells_them() {
+    let s = serve("refusals", "").await;
+    let r = s
+        .api(Method::GET, "/api/v1/experiments/payment/results", VIEWER, "")
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(
+        r.json()["error"],
+        "`payment` is a canary release, not an experiment"
+    );
+    let admin = format!("http://{}", s.admin);
+    let out = run_with_env(
+        &["resume", "payment", "--admin", &admin],
+        &[("GRAYLANE_TOKEN", ADMIN)],
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "`resume` makes no sense for a release that is progressing; \
+             allowed now: promote, promote --full, pause, abort, set-weight"
+        ),
+        "{}",
+        out.stderr
+    );
+    s.stop().await;
+}
