@@ -113,9 +113,9 @@ fn raw_config(
     file: &str,
 ) -> Result<(raw::RawConfig, Vec<ConfigError>), Vec<ConfigError>> {
     let deserialize = |text: &str| {
-        serde_path_to_error::deserialize::<_, raw::RawConfig>(serde_yaml_ng::Deserializer::from_str(
-            text,
-        ))
+        serde_path_to_error::deserialize::<_, raw::RawConfig>(
+            serde_yaml_ng::Deserializer::from_str(text),
+        )
     };
     let mut failure = match deserialize(text) {
         Ok(raw) => return Ok((raw, Vec::new())),
@@ -134,7 +134,11 @@ fn raw_config(
             break;
         };
         failure = match deserialize(&rest) {
-            Ok(raw) if errors.iter().all(|e| e.message.starts_with("unknown field")) => {
+            Ok(raw)
+                if errors
+                    .iter()
+                    .all(|e| e.message.starts_with("unknown field")) =>
+            {
                 return Ok((raw, errors));
             }
             Ok(_) => break,

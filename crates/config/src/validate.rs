@@ -9,9 +9,9 @@ use http::HeaderName;
 use ipnet::IpNet;
 
 use crate::error::did_you_mean;
-use crate::redact::redact_url;
 use crate::model::*;
 use crate::raw::*;
+use crate::redact::redact_url;
 
 /// Deepest nesting of `all` / `any` / `not` accepted, so a hostile file cannot exhaust the stack.
 const MAX_RULE_DEPTH: usize = 32;

@@ -39,7 +39,10 @@ pub enum ControlError {
     },
     #[error("{0}")]
     BadEvent(String),
-    #[error("`{service}` is {} release, not an experiment", graylane_rollout::with_article(strategy))]
+    #[error(
+        "`{service}` is {} release, not an experiment",
+        graylane_rollout::with_article(strategy)
+    )]
     NotAnExperiment {
         service: String,
         strategy: &'static str,

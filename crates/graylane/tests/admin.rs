@@ -119,11 +119,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout
 
 #[tokio::test]
 async fn a_request_whose_body_stops_midway_is_closed_after_the_idle_timeout() {
-    let s = serve(
-        "idle",
-        "  header_read_timeout: 5s\n  idle_timeout: 1s\n",
-    )
-    .await;
+    let s = serve("idle", "  header_read_timeout: 5s\n  idle_timeout: 1s\n").await;
     let mut stalled = TcpStream::connect(s.admin).await.unwrap();
     // Headers done in time; the promised body never comes.
     stalled
@@ -137,7 +133,10 @@ async fn a_request_whose_body_stops_midway_is_closed_after_the_idle_timeout() {
         .unwrap();
     let started = Instant::now();
     let read = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
-    assert!(read.is_ok(), "a stalled request body kept its connection for 5s");
+    assert!(
+        read.is_ok(),
+        "a stalled request body kept its connection for 5s"
+    );
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
@@ -262,7 +261,14 @@ impl Redis {
         let port = free_port();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--requirepass", password])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                password,
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -270,7 +276,14 @@ impl Redis {
         let redis = Redis { child, port };
         for _ in 0..200 {
             let out = std::process::Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "--no-auth-warning", "-a", password, "PING"])
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "--no-auth-warning",
+                    "-a",
+                    password,
+                    "PING",
+                ])
                 .output()
                 .expect("redis-cli (Debian package redis-tools)");
             if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
@@ -350,7 +363,10 @@ async fn metrics_and_logs_name_redis_segments_and_webhooks_without_their_secrets
     assert!(!metrics.contains(password), "{metrics}");
     assert!(!metrics.contains("redis://"), "{metrics}");
     eventually("the failed webhook delivery to be logged", || async {
-        s.process.logs().contains("webhook delivery failed").then_some(())
+        s.process
+            .logs()
+            .contains("webhook delivery failed")
+            .then_some(())
     })
     .await;
     let logs = s.process.logs();
@@ -371,7 +387,13 @@ fn eval_json(s: &Served, live: bool, user: &str) -> serde_json::Value {
         args.extend(["--config", file.as_str()]);
     }
     let header = format!("X-User-Id: {user}");
-    args.extend(["GET", "/api/payment/orders", "-H", header.as_str(), "--json"]);
+    args.extend([
+        "GET",
+        "/api/payment/orders",
+        "-H",
+        header.as_str(),
+        "--json",
+    ]);
     let out = run_with_env(&args, &[("GRAYLANE_TOKEN", VIEWER)]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     serde_json::from_str(out.stdout.trim())
@@ -416,7 +438,10 @@ async fn eval_with_admin_sees_the_live_weight_where_eval_with_config_sees_the_fi
         &[("GRAYLANE_TOKEN", VIEWER)],
     );
     assert_eq!(out.code(), Some(1), "{out:?}");
-    assert!(out.stdout.contains("no service matches GET /nothing"), "{out:?}");
+    assert!(
+        out.stdout.contains("no service matches GET /nothing"),
+        "{out:?}"
+    );
     s.stop().await;
 }
 
@@ -434,17 +459,28 @@ async fn the_eval_api_is_for_viewers_and_names_what_is_wrong_with_a_request() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["version"], "stable");
     let r = s
-        .api(Method::POST, "/api/v1/eval", "", r#"{"method": "GET", "target": "/"}"#)
+        .api(
+            Method::POST,
+            "/api/v1/eval",
+            "",
+            r#"{"method": "GET", "target": "/"}"#,
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
     for (body, says) in [
         (r#"{"method": "GET"}"#, "missing field `target`"),
-        (r#"{"method": "GET", "target": "api"}"#, "must start with `/`"),
+        (
+            r#"{"method": "GET", "target": "api"}"#,
+            "must start with `/`",
+        ),
         (
             r#"{"method": "GET", "target": "/", "headers": ["no colon"]}"#,
             "must look like `Name: value`",
         ),
-        (r#"{"method": "GET", "target": "/", "ip": "nope"}"#, "invalid IP address"),
+        (
+            r#"{"method": "GET", "target": "/", "ip": "nope"}"#,
+            "invalid IP address",
+        ),
     ] {
         let r = s.api(Method::POST, "/api/v1/eval", VIEWER, body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
@@ -511,7 +547,10 @@ async fn a_wrong_method_on_an_api_path_gets_a_json_405() {
             body["error"].as_str().unwrap().contains(path),
             "{method} {path}: {body}"
         );
-        assert!(r.headers.contains_key(http::header::ALLOW), "{method} {path}");
+        assert!(
+            r.headers.contains_key(http::header::ALLOW),
+            "{method} {path}"
+        );
     }
     s.stop().await;
 }
@@ -520,7 +559,12 @@ async fn a_wrong_method_on_an_api_path_gets_a_json_405() {
 async fn refusals_name_commands_as_the_cli_spells_them() {
     let s = serve("refusals", "").await;
     let r = s
-        .api(Method::GET, "/api/v1/experiments/payment/results", VIEWER, "")
+        .api(
+            Method::GET,
+            "/api/v1/experiments/payment/results",
+            VIEWER,
+            "",
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
     assert_eq!(

@@ -226,11 +226,20 @@ fn validate_errors(path: &std::path::Path) -> (String, Vec<String>) {
     (out.stderr, errors)
 }
 
-fn assert_reported(stderr: &str, errors: &[String], shown: &str, line: usize, key: &str, says: &str) {
+fn assert_reported(
+    stderr: &str,
+    errors: &[String],
+    shown: &str,
+    line: usize,
+    key: &str,
+    says: &str,
+) {
     assert!(
-        errors.iter().any(|e| e.starts_with(&format!("error: {shown}:{line}:"))
-            && e.contains(&format!(": {key}: "))
-            && e.contains(says)),
+        errors
+            .iter()
+            .any(|e| e.starts_with(&format!("error: {shown}:{line}:"))
+                && e.contains(&format!(": {key}: "))
+                && e.contains(says)),
         "no error at line {line} for {key} saying {says:?}:\n{stderr}"
     );
 }
@@ -241,16 +250,31 @@ fn validate_reports_the_errors_after_an_unknown_key_too() {
     let shown = path.display().to_string();
     let (stderr, errors) = validate_errors(&path);
     let expected = [
-        (3, "listeners[0].max_conections", "did you mean `max_connections`?"),
-        (17, "services[0].release.bukcet_by", "did you mean `bucket_by`?"),
-        (19, "services[0].release.force[0].segment.name", "did you mean `staff`?"),
+        (
+            3,
+            "listeners[0].max_conections",
+            "did you mean `max_connections`?",
+        ),
+        (
+            17,
+            "services[0].release.bukcet_by",
+            "did you mean `bucket_by`?",
+        ),
+        (
+            19,
+            "services[0].release.force[0].segment.name",
+            "did you mean `staff`?",
+        ),
         (22, "services[0].release.steps[1].weight", "weight 101"),
     ];
     assert_eq!(errors.len(), expected.len(), "{stderr}");
     for (line, key, says) in expected {
         assert_reported(&stderr, &errors, &shown, line, key, says);
     }
-    assert!(stderr.ends_with(&format!("{shown}: 4 errors\n")), "{stderr}");
+    assert!(
+        stderr.ends_with(&format!("{shown}: 4 errors\n")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -259,8 +283,16 @@ fn validate_reports_every_wrongly_typed_value_and_unknown_key() {
     let shown = path.display().to_string();
     let (stderr, errors) = validate_errors(&path);
     let expected = [
-        (3, "listeners[0].max_connections", "invalid type: string \"many\""),
-        (7, "services[0].versions.stable.weight", "unknown field `weight`"),
+        (
+            3,
+            "listeners[0].max_connections",
+            "invalid type: string \"many\"",
+        ),
+        (
+            7,
+            "services[0].versions.stable.weight",
+            "unknown field `weight`",
+        ),
         (8, "services[0].load_balancing", "invalid type: sequence"),
     ];
     assert_eq!(errors.len(), expected.len(), "{stderr}");

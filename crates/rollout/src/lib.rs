@@ -250,13 +250,20 @@ pub struct Transition {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
     /// `allowed` lists the commands as the command line spells them.
-    #[error("`{}` makes no sense for a release that is {phase}; allowed now: {allowed}", as_typed(command))]
+    #[error(
+        "`{}` makes no sense for a release that is {phase}; allowed now: {allowed}",
+        as_typed(command)
+    )]
     NotAllowed {
         command: &'static str,
         phase: &'static str,
         allowed: String,
     },
-    #[error("`{}` does not apply to {} release: {hint}", as_typed(command), with_article(strategy))]
+    #[error(
+        "`{}` does not apply to {} release: {hint}",
+        as_typed(command),
+        with_article(strategy)
+    )]
     NotForStrategy {
         command: &'static str,
         strategy: &'static str,

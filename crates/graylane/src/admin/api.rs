@@ -23,9 +23,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AdminState;
-use crate::commands::eval::{EvalAnswer, EvalRequest, evaluate};
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use crate::commands::eval::{EvalAnswer, EvalRequest, evaluate};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -108,10 +108,17 @@ fn describe_responses(doc: &mut utoipa::openapi::OpenApi) {
                     r.description = match status.as_str() {
                         "400" => "The request is not valid; `error` says what is wrong".to_string(),
                         "401" => "No token, or one that is not configured".to_string(),
-                        "403" => "The token's role is too low; `required_role` names the one needed".to_string(),
+                        "403" => {
+                            "The token's role is too low; `required_role` names the one needed"
+                                .to_string()
+                        }
                         "404" => "Not found; `error` names what exists".to_string(),
-                        "409" => "Not allowed now; `allowed` lists the commands that are".to_string(),
-                        "422" => "The configuration is invalid; `errors` lists every problem".to_string(),
+                        "409" => {
+                            "Not allowed now; `allowed` lists the commands that are".to_string()
+                        }
+                        "422" => {
+                            "The configuration is invalid; `errors` lists every problem".to_string()
+                        }
                         _ => summary.trim_end_matches('.').to_string(),
                     };
                 }
@@ -175,7 +182,10 @@ fn add_open_endpoints(doc: &mut utoipa::openapi::OpenApi) {
             "Readiness: the gateway accepts traffic (no token)",
             vec![
                 ("200", text(plain, "`ready`")),
-                ("503", text(plain, "`draining`: shutting down, send traffic elsewhere")),
+                (
+                    "503",
+                    text(plain, "`draining`: shutting down, send traffic elsewhere"),
+                ),
             ],
         ),
     );

@@ -183,10 +183,7 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -256,7 +253,10 @@ async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Response {
     if uri.path().starts_with("/api/") {
         api::method_not_allowed(method, uri).await.into_response()
     } else {
-        text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET\n")
+        text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: use GET\n",
+        )
     }
 }
 

@@ -223,7 +223,11 @@ pub fn run_gateway(
         if let Some(a) = &admin {
             let listener = admin::bind(a.bind).await?;
             tracing::info!(addr = %a.bind, "admin listening");
-            tasks.push(tokio::spawn(admin::serve(listener, Arc::clone(&state), a.into())));
+            tasks.push(tokio::spawn(admin::serve(
+                listener,
+                Arc::clone(&state),
+                a.into(),
+            )));
         }
         if let (Some(c), Some((path, interval))) = (&controller, &path) {
             tasks.push(tokio::spawn(tick_releases(Arc::clone(c))));

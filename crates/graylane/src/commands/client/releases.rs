@@ -314,7 +314,11 @@ fn detail(r: &Release) -> String {
     if r.allowed.is_empty() {
         out.push_str("allowed now: nothing\n");
     } else {
-        let allowed: Vec<&str> = r.allowed.iter().map(|a| graylane_rollout::as_typed(a)).collect();
+        let allowed: Vec<&str> = r
+            .allowed
+            .iter()
+            .map(|a| graylane_rollout::as_typed(a))
+            .collect();
         out.push_str(&format!("allowed now: {}\n", allowed.join(", ")));
     }
     out.push('\n');
