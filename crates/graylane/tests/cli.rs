@@ -555,3 +555,20 @@ fn set_weight_needs_a_number() {
         out.stderr
     );
 }
+
+#[test]
+fn an_admin_address_with_a_password_is_named_without_it() {
+    // Bound by the kernel's choice, then released: nothing listens there.
+    let port = free_port();
+    let admin = format!("http://ops:s3cret-pw@127.0.0.1:{port}");
+    let out = run(&["status", "--admin", &admin]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot reach the admin API at http://ops:***@127.0.0.1:{port}: "
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("s3cret-pw"), "{}", out.stderr);
+}
