@@ -7,6 +7,9 @@
 //!   a bearer token whose role ([`auth`]) decides what it may do. Errors are JSON ([`error`]).
 //! * `/` and `/dashboard/...` ([`dashboard`]) — the web dashboard, a page embedded in the binary
 //!   that drives the same API with the token a person signs in with.
+//!
+//! [`serve`] bounds what a client may hold ([`Limits`]): the time to send a request's headers,
+//! the time a connection may move no byte, and the number of open connections.
 
 pub mod api;
 pub mod auth;
