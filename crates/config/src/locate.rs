@@ -74,7 +74,7 @@ impl Builder {
     }
 }
 
-fn join_key(parent: &str, key: &str) -> String {
+pub(crate) fn join_key(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
     } else {

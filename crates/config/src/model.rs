@@ -121,6 +121,19 @@ pub struct Admin {
     /// API tokens, by the environment variable that holds each (`token_env` is one named
     /// `admin` with the admin role).
     pub tokens: Vec<ApiToken>,
+    /// How long a client may take to send a request's headers, and to send its first request.
+    pub header_read_timeout: Duration,
+    /// A connection that neither sends nor receives a byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections served at once; one more is accepted and closed at once.
+    pub max_connections: usize,
+}
+
+impl Admin {
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Operators, scrapers and dashboards: far fewer clients than the proxy listeners see.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

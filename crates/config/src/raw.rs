@@ -75,6 +75,9 @@ pub struct RawAdmin {
     pub token_env: Option<String>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

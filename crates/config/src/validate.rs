@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use crate::error::did_you_mean;
 use crate::model::*;
 use crate::raw::*;
+use crate::redact::redact_url;
 
 /// Deepest nesting of `all` / `any` / `not` accepted, so a hostile file cannot exhaust the stack.
 const MAX_RULE_DEPTH: usize = 32;
@@ -115,25 +116,16 @@ impl<'a> Validator<'a> {
                 .enumerate()
                 .filter_map(|(j, c)| self.cidr(&format!("{path}.trusted_hops[{j}]"), c))
                 .collect();
-            let mut header_read_timeout = Listener::DEFAULT_HEADER_READ_TIMEOUT;
-            if let Some(d) = &l.header_read_timeout {
-                let key = format!("{path}.header_read_timeout");
-                match self.duration(&key, d) {
-                    // Zero would close every connection before its first request.
-                    Some(Duration::ZERO) => self.fail(key, "must be more than 0"),
-                    Some(d) => header_read_timeout = d,
-                    None => {}
-                }
-            }
-            let max_connections = l
-                .max_connections
-                .unwrap_or(Listener::DEFAULT_MAX_CONNECTIONS);
-            if max_connections == 0 {
-                self.fail(
-                    format!("{path}.max_connections"),
-                    "must be at least 1: 0 would refuse every client",
-                );
-            }
+            let header_read_timeout = self.positive_duration(
+                &format!("{path}.header_read_timeout"),
+                l.header_read_timeout.as_deref(),
+                Listener::DEFAULT_HEADER_READ_TIMEOUT,
+            );
+            let max_connections = self.max_connections(
+                &format!("{path}.max_connections"),
+                l.max_connections,
+                Listener::DEFAULT_MAX_CONNECTIONS,
+            );
             let paths = self.path_policy(&path, l.paths.as_ref());
             let headers_with_underscores = match l.headers_with_underscores.as_deref() {
                 None | Some("drop") => UnderscoreHeaders::Drop,
@@ -189,6 +181,29 @@ impl<'a> Validator<'a> {
         policy
     }
 
+    /// A connection timeout: `default` when absent; zero would close every connection at once.
+    fn positive_duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
+        let Some(d) = raw else {
+            return default;
+        };
+        match self.duration(key, d) {
+            Some(Duration::ZERO) => {
+                self.fail(key, "must be more than 0");
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    }
+
+    fn max_connections(&mut self, key: &str, raw: Option<usize>, default: usize) -> usize {
+        let max = raw.unwrap_or(default);
+        if max == 0 {
+            self.fail(key, "must be at least 1: 0 would refuse every client");
+        }
+        max
+    }
+
     fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
         let bind = self.socket_addr("admin.bind", &raw.bind)?;
         let mut tokens = Vec::new();
@@ -237,7 +252,25 @@ impl<'a> Validator<'a> {
                 role,
             });
         }
-        Some(Admin { bind, tokens })
+        Some(Admin {
+            bind,
+            tokens,
+            header_read_timeout: self.positive_duration(
+                "admin.header_read_timeout",
+                raw.header_read_timeout.as_deref(),
+                Admin::DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            idle_timeout: self.positive_duration(
+                "admin.idle_timeout",
+                raw.idle_timeout.as_deref(),
+                Admin::DEFAULT_IDLE_TIMEOUT,
+            ),
+            max_connections: self.max_connections(
+                "admin.max_connections",
+                raw.max_connections,
+                Admin::DEFAULT_MAX_CONNECTIONS,
+            ),
+        })
     }
 
     fn env_var_name(&mut self, path: &str, var: &str) {
@@ -258,7 +291,7 @@ impl<'a> Validator<'a> {
                 Ok(u) if u.scheme_str() == Some("https") => {
                     self.fail(
                         format!("{path}.url"),
-                        format!("`{}`: https webhooks are not supported yet; use http (e.g. to a local relay)", w.url),
+                        format!("`{}`: https webhooks are not supported yet; use http (e.g. to a local relay)", redact_url(&w.url)),
                     );
                     None
                 }
@@ -267,7 +300,7 @@ impl<'a> Validator<'a> {
                         format!("{path}.url"),
                         format!(
                             "`{}` is not an http URL like http://127.0.0.1:7000/hooks",
-                            w.url
+                            redact_url(&w.url)
                         ),
                     );
                     None
@@ -1083,7 +1116,10 @@ impl<'a> Validator<'a> {
             _ => {
                 self.fail(
                     path,
-                    format!("`{text}` is not an http URL like http://127.0.0.1:9090"),
+                    format!(
+                        "`{}` is not an http URL like http://127.0.0.1:9090",
+                        redact_url(text)
+                    ),
                 );
                 None
             }
@@ -1923,7 +1959,10 @@ impl<'a> Validator<'a> {
         if !ok {
             self.fail(
                 path,
-                format!("`{url}` is not a Redis URL like redis://127.0.0.1:6379"),
+                format!(
+                    "`{}` is not a Redis URL like redis://127.0.0.1:6379",
+                    redact_url(url)
+                ),
             );
             return None;
         }

@@ -47,7 +47,10 @@ pub enum ControlError {
         len: usize,
         max: usize,
     },
-    #[error("`{service}` is a {strategy} release, not an experiment")]
+    #[error(
+        "`{service}` is {} release, not an experiment",
+        graylane_rollout::with_article(strategy)
+    )]
     NotAnExperiment {
         service: String,
         strategy: &'static str,

@@ -80,7 +80,7 @@ impl QuerySource for Prometheus {
             .query("query", promql)
             .call()
             .map_err(|e| QueryError::Unreachable {
-                url: self.base.clone(),
+                url: graylane_config::redact_url(&self.base),
                 detail: e.to_string(),
             })?;
         let status = resp.status().as_u16();
@@ -88,7 +88,7 @@ impl QuerySource for Prometheus {
             .body_mut()
             .read_to_string()
             .map_err(|e| QueryError::Unreachable {
-                url: self.base.clone(),
+                url: graylane_config::redact_url(&self.base),
                 detail: e.to_string(),
             })?;
         let answer: Answer = serde_json::from_str(&body)

@@ -27,6 +27,21 @@ fn validate_accepts_the_briefs_example_with_a_one_line_summary() {
     assert!(out.stderr.is_empty(), "{:?}", out.stderr);
 }
 
+#[test]
+fn validate_summarises_each_strategy_in_its_own_terms() {
+    let file = fixture("three_strategies.yaml");
+    let out = run(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{}: ok: 1 listener, 3 services, 0 segments; releases: payment: stable → canary at 5%, \
+             web: blue-green blue → green, search: experiment control (a) 70% · treatment (b) 30%\n",
+            file.display()
+        )
+    );
+}
+
 /// A bad file, the line and key path its error must name, part of the message, and a piece
 /// of text on that line of the file (so the expectation itself is checked against the file).
 struct Bad {
@@ -196,6 +211,121 @@ fn validate_reports_every_error_of_a_file_at_once() {
         "{}",
         out.stderr
     );
+}
+
+/// The `error: ` lines of a failed `validate`.
+fn validate_errors(path: &std::path::Path) -> (String, Vec<String>) {
+    let out = run(&["validate", path.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let errors = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .map(str::to_string)
+        .collect();
+    (out.stderr, errors)
+}
+
+fn assert_reported(
+    stderr: &str,
+    errors: &[String],
+    shown: &str,
+    line: usize,
+    key: &str,
+    says: &str,
+) {
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(&format!("error: {shown}:{line}:"))
+                && e.contains(&format!(": {key}: "))
+                && e.contains(says)),
+        "no error at line {line} for {key} saying {says:?}:\n{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_the_errors_after_an_unknown_key_too() {
+    let path = fixture("bad/unknown_keys_and_more.yaml");
+    let shown = path.display().to_string();
+    let (stderr, errors) = validate_errors(&path);
+    let expected = [
+        (
+            3,
+            "listeners[0].max_conections",
+            "did you mean `max_connections`?",
+        ),
+        (
+            17,
+            "services[0].release.bukcet_by",
+            "did you mean `bucket_by`?",
+        ),
+        (
+            19,
+            "services[0].release.force[0].segment.name",
+            "did you mean `staff`?",
+        ),
+        (22, "services[0].release.steps[1].weight", "weight 101"),
+    ];
+    assert_eq!(errors.len(), expected.len(), "{stderr}");
+    for (line, key, says) in expected {
+        assert_reported(&stderr, &errors, &shown, line, key, says);
+    }
+    assert!(
+        stderr.ends_with(&format!("{shown}: 4 errors\n")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_every_wrongly_typed_value_and_unknown_key() {
+    let path = fixture("bad/wrong_types.yaml");
+    let shown = path.display().to_string();
+    let (stderr, errors) = validate_errors(&path);
+    let expected = [
+        (
+            3,
+            "listeners[0].max_connections",
+            "invalid type: string \"many\"",
+        ),
+        (
+            7,
+            "services[0].versions.stable.weight",
+            "unknown field `weight`",
+        ),
+        (8, "services[0].load_balancing", "invalid type: sequence"),
+    ];
+    assert_eq!(errors.len(), expected.len(), "{stderr}");
+    for (line, key, says) in expected {
+        assert_reported(&stderr, &errors, &shown, line, key, says);
+    }
+}
+
+#[test]
+fn validate_refuses_a_deeply_nested_file_at_once() {
+    let dir = temp_dir("deep");
+    let path = dir.join("deep.yaml");
+    // 200 KB nested 100,000 deep: minutes of parsing without the limit.
+    let depth = 100_000;
+    std::fs::write(
+        &path,
+        format!("listeners: {}{}\n", "[".repeat(depth), "]".repeat(depth)),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&["validate", path.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: {}:1:139: the document nests more than 128 levels deep",
+            path.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -458,4 +588,27 @@ fn set_weight_needs_a_number() {
     assert_eq!(out.code(), Some(2), "a usage error: {out:?}");
     assert!(out.stderr.contains("invalid value 'abc'"), "{}", out.stderr);
     assert!(out.stderr.contains("<WEIGHT>"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("give a percentage from 0 to 100 with at most three decimals"),
+        "the error says what a weight may be: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_admin_address_with_a_password_is_named_without_it() {
+    // Bound by the kernel's choice, then released: nothing listens there.
+    let port = free_port();
+    let admin = format!("http://ops:s3cret-pw@127.0.0.1:{port}");
+    let out = run(&["status", "--admin", &admin]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot reach the admin API at http://ops:***@127.0.0.1:{port}: "
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("s3cret-pw"), "{}", out.stderr);
 }

@@ -2,7 +2,8 @@
 //! (tests/dashboard/drive.mjs), against a real `graylane serve` with two real upstreams and
 //! background traffic from distinct users. The script signs in with each role, watches the
 //! charts fill, promotes, sets a weight with the slider, meets a refused action, aborts, sees
-//! the "connection lost" banner while this test restarts the server, compares and reverts
+//! the "connection lost" banner (and the actions held) while this test restarts the server,
+//! watches the error-rate axis stop at 100% when the canary fails everything, compares and reverts
 //! configuration revisions and filters the audit log; it checks the real traffic split
 //! through the proxy after each step. Screenshots land under the target's temporary folder.
 //!
@@ -371,6 +372,10 @@ fn the_dashboard_watches_and_steers_a_release_in_a_real_browser() {
                     "@@start-server" => {
                         rt.block_on(start_server(&mut s));
                         writeln!(to_node, "started").unwrap();
+                    }
+                    "@@fail-canary" => {
+                        s.canary.fail_every(1);
+                        writeln!(to_node, "failing").unwrap();
                     }
                     _ => {}
                 }

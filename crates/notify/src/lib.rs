@@ -93,16 +93,17 @@ impl WebhookTarget {
     }
 }
 
+/// The URL as logs and errors show it: userinfo and query values may carry a receiver's token.
+fn shown(url: &Uri) -> String {
+    graylane_config::redact_url(&url.to_string())
+}
+
 fn check_url(url: &Uri) -> Result<(), WebhookError> {
     if url.scheme() == Some(&http::uri::Scheme::HTTPS) {
-        return Err(WebhookError::Https {
-            url: url.to_string(),
-        });
+        return Err(WebhookError::Https { url: shown(url) });
     }
     if url.scheme() != Some(&http::uri::Scheme::HTTP) || url.host().is_none_or(str::is_empty) {
-        return Err(WebhookError::NotHttp {
-            url: url.to_string(),
-        });
+        return Err(WebhookError::NotHttp { url: shown(url) });
     }
     Ok(())
 }
@@ -148,6 +149,8 @@ impl Shared {
 
 struct Queue {
     target: WebhookTarget,
+    /// As logs show it.
+    url: String,
     tx: mpsc::Sender<Bytes>,
 }
 
@@ -174,7 +177,11 @@ impl Inner {
             self.client.clone(),
             self.shared.clone(),
         ));
-        Queue { target, tx }
+        Queue {
+            url: shown(&target.url),
+            target,
+            tx,
+        }
     }
 }
 
@@ -259,7 +266,7 @@ impl Notifier {
                     mpsc::error::TrySendError::Full(_) => "queue full",
                     mpsc::error::TrySendError::Closed(_) => "delivery task gone",
                 };
-                warn!(url = %queue.target.url, "webhook event dropped: {why}");
+                warn!(url = %queue.url, "webhook event dropped: {why}");
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
                 shared.finish_one();
             }
@@ -318,12 +325,12 @@ async fn deliver_queue(
     // count its events as failed instead of retrying something that cannot work.
     let unusable = check_url(&target.url).err();
     if let Some(e) = &unusable {
-        error!(url = %target.url, error = %e, "webhook target unusable; its events will fail");
+        error!(url = %shown(&target.url), error = %e, "webhook target unusable; its events will fail");
     }
     while let Some(body) = rx.recv().await {
         let counter = match &unusable {
             Some(e) => {
-                warn!(url = %target.url, error = %e, "webhook event not sent");
+                warn!(url = %shown(&target.url), error = %e, "webhook event not sent");
                 &shared.failed
             }
             None if deliver(&target, &client, &body, &shared).await => &shared.delivered,
@@ -356,21 +363,21 @@ async fn deliver(
     loop {
         let error = match try_once(target, client, body).await {
             Attempt::Delivered => {
-                debug!(url = %target.url, attempt, "webhook event delivered");
+                debug!(url = %shown(&target.url), attempt, "webhook event delivered");
                 return true;
             }
             Attempt::GiveUp(error) => {
-                warn!(url = %target.url, attempt, %error, "webhook event rejected; not retried");
+                warn!(url = %shown(&target.url), attempt, %error, "webhook event rejected; not retried");
                 return false;
             }
             Attempt::Retry(error) => error,
         };
         if attempt >= attempts {
-            warn!(url = %target.url, attempt, %error, "webhook delivery failed; giving up");
+            warn!(url = %shown(&target.url), attempt, %error, "webhook delivery failed; giving up");
             return false;
         }
         let delay = backoff(target.backoff, attempt);
-        warn!(url = %target.url, attempt, %error, "webhook delivery failed; retrying in {delay:?}");
+        warn!(url = %shown(&target.url), attempt, %error, "webhook delivery failed; retrying in {delay:?}");
         tokio::time::sleep(delay).await;
         attempt += 1;
         shared.retried.fetch_add(1, Ordering::Relaxed);

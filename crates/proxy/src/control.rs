@@ -176,8 +176,7 @@ impl ControlState {
         refresh: Duration,
         max_staleness: Duration,
     ) -> Option<Arc<RedisSegment>> {
-        let id = format!("segment:{url}:{key}:{refresh:?}:{max_staleness:?}");
-        let part = self.part(id, || {
+        let part = self.part(segment_id(url, key, refresh, max_staleness), || {
             self.in_redis(|| match Client::open(url) {
                 Ok(client) => Some(Part::Segment(Arc::new(match &self.segment_cache {
                     Some(dir) => RedisSegment::start_cached(
@@ -208,24 +207,50 @@ impl ControlState {
         parts.retain(|k, _| k.starts_with("segment:") || keys.contains(k));
     }
 
-    /// Redis errors of the global limits and the staleness of the Redis segments, for metrics.
-    fn redis_health(&self) -> (u64, Vec<(String, bool)>) {
+    /// Redis errors of the global limits, for metrics.
+    fn redis_errors(&self) -> u64 {
         let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        let mut errors = 0;
-        let mut stale = Vec::new();
-        for (key, part) in parts.iter() {
-            match part {
-                Part::Limiter(l) => {
-                    if let Limiter::Global(g) = &**l {
-                        errors += g.redis_errors();
-                    }
-                }
-                Part::Segment(s) => stale.push((key.clone(), s.is_stale())),
-                _ => {}
-            }
-        }
-        (errors, stale)
+        parts
+            .values()
+            .map(|part| match part {
+                Part::Limiter(l) => match &**l {
+                    Limiter::Global(g) => g.redis_errors(),
+                    _ => 0,
+                },
+                _ => 0,
+            })
+            .sum()
     }
+
+    /// Whether each Redis segment of `config` that has a mirror is stale, by segment name (the
+    /// mirror's own key holds the URL, password included).
+    fn stale_segments<'c>(&self, config: &'c Config) -> Vec<(&'c str, bool)> {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        config
+            .segments
+            .iter()
+            .filter_map(|segment| {
+                let SegmentSource::Redis {
+                    url,
+                    key,
+                    refresh,
+                    max_staleness,
+                } = &segment.source
+                else {
+                    return None;
+                };
+                match parts.get(&segment_id(url, key, *refresh, *max_staleness))? {
+                    Part::Segment(s) => Some((segment.name.as_str(), s.is_stale())),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The key of a Redis segment's mirror: segments with the same source share one.
+fn segment_id(url: &str, key: &str, refresh: Duration, max_staleness: Duration) -> String {
+    format!("segment:{url}:{key}:{refresh:?}:{max_staleness:?}")
 }
 
 /// A rate limit as the request path checks it.
@@ -738,7 +763,8 @@ impl prometheus_client::collector::Collector for BreakerCollector {
                 ConstCounter::new(b.transitions()).encode(transitions.encode_family(&labels)?)?;
             }
         }
-        let (errors, stale) = self.1.redis_health();
+        let errors = self.1.redis_errors();
+        let stale = self.1.stale_segments(&snapshot.config);
         let redis_errors = encoder.encode_descriptor(
             "graylane_ratelimit_redis_errors",
             "Global rate-limit checks Redis could not answer (on_redis_error applied)",
@@ -752,8 +778,8 @@ impl prometheus_client::collector::Collector for BreakerCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (key, is_stale) in &stale {
-            let labels = [("segment", key.as_str())];
+        for (name, is_stale) in &stale {
+            let labels = [("segment", *name)];
             ConstGauge::new(i64::from(*is_stale)).encode(stale_gauge.encode_family(&labels)?)?;
         }
         Ok(())

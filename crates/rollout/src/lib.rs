@@ -85,6 +85,27 @@ impl Kind {
     }
 }
 
+/// A strategy as [`Kind::as_str`] names it, as a sentence says it: `an experiment`,
+/// `a blue-green`, `a canary`.
+pub fn with_article(strategy: &str) -> String {
+    match strategy {
+        "experiment" => "an experiment".to_string(),
+        "blue_green" => "a blue-green".to_string(),
+        other => format!("a {other}"),
+    }
+}
+
+/// A command as the API names it (`promote_full`), as `graylane` spells it on its command line
+/// (`promote --full`): refusals are read by people, who type the latter.
+pub fn as_typed(command: &str) -> &str {
+    match command {
+        "promote_full" => "promote --full",
+        "promote_variant" => "promote --variant",
+        "set_weight" => "set-weight",
+        other => other,
+    }
+}
+
 const MANUAL_GATE: Step = Step {
     weight: Weight::ZERO,
     pause: Pause::Manual,
@@ -228,13 +249,21 @@ pub struct Transition {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
-    #[error("`{command}` makes no sense for a release that is {phase}; allowed now: {allowed}")]
+    /// `allowed` lists the commands as the command line spells them.
+    #[error(
+        "`{}` makes no sense for a release that is {phase}; allowed now: {allowed}",
+        as_typed(command)
+    )]
     NotAllowed {
         command: &'static str,
         phase: &'static str,
         allowed: String,
     },
-    #[error("`{command}` does not apply to a {strategy} release: {hint}")]
+    #[error(
+        "`{}` does not apply to {} release: {hint}",
+        as_typed(command),
+        with_article(strategy)
+    )]
     NotForStrategy {
         command: &'static str,
         strategy: &'static str,
@@ -425,7 +454,12 @@ impl Rollout {
             return Err(CommandError::NotAllowed {
                 command: command.as_str(),
                 phase: from.as_str(),
-                allowed: self.allowed(plan).join(", "),
+                allowed: self
+                    .allowed(plan)
+                    .iter()
+                    .map(|c| as_typed(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         self.record(command.as_str(), actor, reason, from, now_ms);

@@ -466,3 +466,52 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn refusals_spell_commands_and_strategies_as_people_type_and_say_them() {
+    let canary = plan();
+    let mut r = Rollout::start(&canary, 0);
+    let err = r.apply(&canary, Command::Resume, "a", "", 5).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`resume` makes no sense for a release that is progressing; \
+         allowed now: promote, promote --full, pause, abort, set-weight"
+    );
+    let one_step = vec![Step {
+        weight: Weight::ZERO,
+        pause: Pause::Manual,
+    }];
+    let with = |kind| Plan {
+        kind,
+        steps: one_step.clone(),
+        baseline: 0,
+        candidate: 1,
+        skip_rollback: false,
+        gated: false,
+    };
+    let experiment = with(Kind::Experiment {
+        variants: vec![
+            ("a".to_string(), 0, pct(50.0)),
+            ("b".to_string(), 1, pct(50.0)),
+        ],
+    });
+    let err = Rollout::start(&experiment, 0)
+        .apply(&experiment, Command::SetWeight(pct(10.0)), "a", "", 0)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("`set-weight` does not apply to an experiment release: "),
+        "{err}"
+    );
+    let blue_green = with(Kind::BlueGreen {
+        keep_previous_ms: MIN,
+    });
+    let err = Rollout::start(&blue_green, 0)
+        .apply(&blue_green, Command::PromoteVariant(1), "a", "", 0)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("`promote --variant` does not apply to a blue-green release: "),
+        "{err}"
+    );
+}

@@ -17,6 +17,7 @@ use graylane_controller::{Action, Actor, ApplyOutcome, ControlError, Controller}
 use graylane_store::AuditFilter;
 use http::{HeaderValue, header};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -24,6 +25,7 @@ use utoipa_axum::routes;
 use super::AdminState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use crate::commands::eval::{EvalAnswer, EvalRequest, evaluate};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -57,7 +59,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// The API's routes (relative to the admin listener's root) and their OpenAPI document.
 pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(list_releases))
         .routes(routes!(get_release))
         .routes(routes!(promote))
@@ -70,6 +72,7 @@ pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_analysis))
         .routes(routes!(get_series))
         .routes(routes!(whoami))
+        .routes(routes!(eval))
         .routes(routes!(post_events))
         .routes(routes!(experiment_results))
         .routes(routes!(edit_segment))
@@ -79,7 +82,113 @@ pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(diff))
         .routes(routes!(revert))
         .routes(routes!(audit))
-        .split_for_parts()
+        .split_for_parts();
+    describe_responses(&mut doc);
+    add_open_endpoints(&mut doc);
+    (router, doc)
+}
+
+/// Gives every response without a description one: the operation's summary for a success,
+/// what the status means in this API for an error (the error body says the rest).
+fn describe_responses(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let summary = op.summary.clone().unwrap_or_default();
+            for (status, response) in &mut op.responses.responses {
+                if let RefOr::T(r) = response
+                    && r.description.trim().is_empty()
+                {
+                    r.description = match status.as_str() {
+                        "400" => "The request is not valid; `error` says what is wrong".to_string(),
+                        "401" => "No token, or one that is not configured".to_string(),
+                        "403" => {
+                            "The token's role is too low; `required_role` names the one needed"
+                                .to_string()
+                        }
+                        "404" => "Not found; `error` names what exists".to_string(),
+                        "409" => {
+                            "Not allowed now; `allowed` lists the commands that are".to_string()
+                        }
+                        "422" => {
+                            "The configuration is invalid; `errors` lists every problem".to_string()
+                        }
+                        _ => summary.trim_end_matches('.').to_string(),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// `/metrics`, `/healthz` and `/readyz`: served by the admin listener without a token, so
+/// documented here with no security requirement.
+fn add_open_endpoints(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::{ContentBuilder, ObjectBuilder, ResponseBuilder, Type};
+    let text = |content_type: &str, description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                content_type,
+                ContentBuilder::new()
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                    .build(),
+            )
+            .build()
+    };
+    let plain = "text/plain; charset=utf-8";
+    let open = |summary: &str, responses: Vec<(&str, utoipa::openapi::Response)>| {
+        let mut op = OperationBuilder::new()
+            .tag("probes")
+            .summary(Some(summary))
+            .security(SecurityRequirement::default());
+        for (status, response) in responses {
+            op = op.response(status, response);
+        }
+        PathItem::new(HttpMethod::Get, op.build())
+    };
+    let paths = &mut doc.paths.paths;
+    paths.insert(
+        "/metrics".to_string(),
+        open(
+            "Prometheus metrics of the proxy, the releases and the webhooks (no token)",
+            vec![(
+                "200",
+                text(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    "The metrics in the OpenMetrics text format",
+                ),
+            )],
+        ),
+    );
+    paths.insert(
+        "/healthz".to_string(),
+        open(
+            "Liveness: the process is up (no token)",
+            vec![("200", text(plain, "`ok`"))],
+        ),
+    );
+    paths.insert(
+        "/readyz".to_string(),
+        open(
+            "Readiness: the gateway accepts traffic (no token)",
+            vec![
+                ("200", text(plain, "`ready`")),
+                (
+                    "503",
+                    text(plain, "`draining`: shutting down, send traffic elsewhere"),
+                ),
+            ],
+        ),
+    );
 }
 
 fn controller(state: &AdminState) -> Result<Arc<Controller>, ApiError> {
@@ -350,6 +459,30 @@ async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
         name: caller.name,
         role: caller.role.as_str(),
     })
+}
+
+/// Which service and version a request would get from this gateway now, and why: its live
+/// routing (the release's current step, `set-weight` overrides, Redis segment members), where
+/// `graylane eval --config` sees only the file.
+#[utoipa::path(post, path = "/api/v1/eval", tag = "eval",
+    request_body(content = EvalRequest, description = "The imaginary request"),
+    responses(
+        (status = 200, description = "The decision; `service` is null when no service matches", body = EvalAnswer),
+        (status = 400, description = "The body is not a valid request", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody)))]
+async fn eval(
+    State(state): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Result<Json<EvalAnswer>, ApiError> {
+    let request: EvalRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be a request like {{\"method\": \"GET\", \"target\": \"/api/payment\", \"headers\": [\"X-User-Id: u-1\"], \"ip\": \"203.0.113.7\"}}: {e}"
+        ))
+    })?;
+    let snapshot = state.gateway.snapshot();
+    evaluate(&snapshot.table, &snapshot.config, &request, now_ms())
+        .map(Json)
+        .map_err(|e| ApiError::bad_request(format!("{e:#}")))
 }
 
 /// One business event, or a list of them.
@@ -737,6 +870,14 @@ async fn audit(
 }
 
 /// The answer to a path under `/api/v1` that does not exist.
+pub async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
+    ApiError::method_not_allowed(format!(
+        "{method} is not served on {}: the `Allow` header lists the methods that are, and \
+         /api/v1/openapi.json what each does",
+        uri.path()
+    ))
+}
+
 pub async fn not_found(uri: http::Uri) -> ApiError {
     ApiError::not_found(format!(
         "no such API path: {}; the paths are listed in /api/v1/openapi.json",

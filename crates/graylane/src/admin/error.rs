@@ -17,8 +17,8 @@ use super::auth::Caller;
 pub struct ErrorBody {
     /// What went wrong and what would work, in one sentence.
     pub error: String,
-    /// `unauthorized`, `forbidden`, `not_found`, `unknown_service`, `not_allowed`,
-    /// `bad_request`, `invalid_config`, `store`, `write_failed` or `unavailable`.
+    /// `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `unknown_service`,
+    /// `not_allowed`, `bad_request`, `invalid_config`, `store`, `write_failed` or `unavailable`.
     pub code: &'static str,
     /// `forbidden`/`unauthorized`: the role the call needs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,6 +62,10 @@ impl ApiError {
 
     pub fn not_found(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", error)
+    }
+
+    pub fn method_not_allowed(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", error)
     }
 
     pub fn conflict(error: impl Into<String>) -> ApiError {

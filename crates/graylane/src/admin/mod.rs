@@ -7,6 +7,9 @@
 //!   a bearer token whose role ([`auth`]) decides what it may do. Errors are JSON ([`error`]).
 //! * `/` and `/dashboard/...` ([`dashboard`]) — the web dashboard, a page embedded in the binary
 //!   that drives the same API with the token a person signs in with.
+//!
+//! [`serve`] bounds what a client may hold ([`Limits`]): the time to send a request's headers,
+//! the time a connection may move no byte, and the number of open connections.
 
 pub mod api;
 pub mod auth;
@@ -14,8 +17,11 @@ pub mod dashboard;
 pub mod error;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -26,7 +32,12 @@ use bytes::Bytes;
 use graylane_controller::Controller;
 use graylane_proxy::Metrics;
 use http::{HeaderValue, StatusCode, header};
-use tokio::net::TcpListener;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
@@ -44,17 +55,162 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot bind the admin listener on {addr}: {e}"))
 }
 
-/// Serves until `stop` completes, then finishes the requests in flight.
+/// What the admin listener allows a client: `admin.header_read_timeout`, `idle_timeout` and
+/// `max_connections`, as the proxy listeners have (the admin port is as reachable a target).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl From<&graylane_config::Admin> for Limits {
+    fn from(a: &graylane_config::Admin) -> Limits {
+        Limits {
+            header_read_timeout: a.header_read_timeout,
+            idle_timeout: a.idle_timeout,
+            max_connections: a.max_connections,
+        }
+    }
+}
+
+/// Serves until `stop` completes, then lets every connection finish the request in flight
+/// (idle keep-alive connections are closed) and returns once they have.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    limits: Limits,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    if let Err(e) = axum::serve(listener, app(state))
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!("the admin listener stopped: {e}");
+    let service = TowerToHyperService::new(app(state));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("admin accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Beyond the limit a connection is accepted and closed at once, as on the proxy
+        // listeners: left in the backlog, the client would see a hang instead of an error.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, limit = limits.max_connections, "admin listener full: closing the new connection");
+            continue;
+        };
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Watched {
+            io: stream,
+            activity: Arc::clone(&activity),
+        });
+        let connection = http.serve_connection(io, service.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = activity.idle_for(limits.idle_timeout) => {
+                    tracing::debug!(%peer, "admin connection idle: closing");
+                }
+                // The channel's guard must not outlive this branch's condition.
+                () = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(limits.idle_timeout, connection).await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    let _ = stopping.send(true);
+    // Every connection gives its slot back when it ends.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+}
+
+/// When a connection last moved a byte, in milliseconds since it opened.
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Ready once no byte has moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// A connection that records its [`Activity`] on every read and write that moves bytes.
+struct Watched {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -87,6 +243,7 @@ pub fn app(state: Arc<AdminState>) -> Router {
         .merge(api)
         .merge(dashboard::router())
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -114,6 +271,17 @@ async fn fallback(uri: http::Uri) -> Response {
         text(
             StatusCode::NOT_FOUND,
             "not found: try /metrics, /healthz, /readyz or /api/v1/openapi.json\n",
+        )
+    }
+}
+
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        api::method_not_allowed(method, uri).await.into_response()
+    } else {
+        text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: use GET\n",
         )
     }
 }

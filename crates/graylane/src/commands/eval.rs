@@ -1,19 +1,32 @@
-//! `graylane eval`: route one imaginary request with the real rule engine and say why.
+//! `graylane eval`: route one imaginary request with the real rule engine and say why — against
+//! a configuration file (its releases at their first step), or with `--admin` against a running
+//! gateway's live state (current weights, `set-weight` overrides, Redis segment members) through
+//! `POST /api/v1/eval`. [`evaluate`] is the one implementation both use.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use graylane_config::{Config, EscapedSlashes};
 use graylane_rules::{KeyUsed, Reason, RequestView, RoutingTable};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::client::{AdminArgs, Client};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// The configuration file.
+    /// The configuration file (ignored with --admin).
     #[arg(short, long, default_value = "graylane.yaml")]
     pub config: PathBuf,
+    /// Ask a running gateway's admin API instead, e.g. http://127.0.0.1:9900: the answer
+    /// reflects its live weights, overrides and segment members. A token is read from
+    /// GRAYLANE_TOKEN (role viewer).
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
     /// HTTP method, e.g. GET.
     pub method: String,
     /// Path with optional query, e.g. /api/payment/orders?x=1
@@ -29,7 +42,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub trusted: bool,
     /// Where `serve` keeps its sticky-cookie key file, to verify a sticky cookie given with
-    /// -H (GRAYLANE_COOKIE_KEYS, when set, is used instead). Nothing is created.
+    /// -H (GRAYLANE_COOKIE_KEYS, when set, is used instead). Nothing is created. Ignored with
+    /// --admin, where the gateway's own keys are used.
     #[arg(long, default_value = "graylane-data")]
     pub data_dir: PathBuf,
     /// Print JSON instead of text.
@@ -37,70 +51,183 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+/// One imaginary request: what `eval` takes on its command line and `POST /api/v1/eval` in its
+/// body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvalRequest {
+    /// HTTP method, e.g. `GET`.
+    pub method: String,
+    /// Path with optional query, e.g. `/api/payment/orders?x=1`.
+    pub target: String,
+    /// Request headers, each `Name: value`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// The client's IP address (client_ip rules, and the fallback bucketing key); 127.0.0.1
+    /// when absent.
+    #[serde(default = "loopback")]
+    #[schema(value_type = String, example = "203.0.113.7")]
+    pub ip: IpAddr,
+    /// Treat the client as a trusted hop, so its `x-graylane-lane` header and `trusted_only`
+    /// keys and rules are honoured.
+    #[serde(default)]
+    pub trusted: bool,
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// Which service and version the request gets, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EvalAnswer {
+    /// `null` when no service matches.
+    pub service: Option<String>,
+    pub version: Option<String>,
+    /// `no_route`, `no_release`, `lane`, `forced`, `sticky`, `bucket` or `fallback_key`.
+    pub reason: String,
+    /// The decision in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
+    /// For `forced`: the index of the matching `release.force` rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+    /// For a bucket or sticky decision: the request's bucket (0–99,999)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<u32>,
+    /// ...the candidate's weight it was compared with...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_percent: Option<f64>,
+    /// ...and where it came from: `configured`, `fallback_ip`, `random` or `sticky_cookie`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The sticky cookie the gateway would set (`name=value`), to replay with
+    /// `-H "Cookie: ..."`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_cookie: Option<String>,
+}
+
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let Some(config) = super::load_or_report(&args.config) else {
-        return Ok(ExitCode::FAILURE);
+    let request = EvalRequest {
+        method: args.method.clone(),
+        target: args.target.clone(),
+        headers: args.headers.clone(),
+        ip: args.ip,
+        trusted: args.trusted,
     };
-    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
-        .with_context(|| format!("`{}` is not an HTTP method", args.method))?;
-    let headers = parse_headers(&args.headers)?;
-    let (path, query) = match args.target.split_once('?') {
+    let answer = match &args.admin {
+        Some(url) => {
+            let client = Client::new(&AdminArgs {
+                url: url.clone(),
+                json: args.json,
+            });
+            let body = serde_json::to_value(&request)?;
+            serde_json::from_value(client.post("/api/v1/eval", &[], Some(&body))?)
+                .context("the admin API answered eval in a shape this graylane does not know")?
+        }
+        None => {
+            let Some(config) = super::load_or_report(&args.config) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let mut table = RoutingTable::compile(&config);
+            let env_keys = std::env::var(graylane_proxy::cookie_keys::ENV).ok();
+            let key_file = args.data_dir.join(graylane_proxy::cookie_keys::FILE);
+            if env_keys.as_deref().is_some_and(|k| !k.trim().is_empty()) || key_file.exists() {
+                table.set_cookie_keys(&graylane_proxy::cookie_keys::load(
+                    env_keys.as_deref(),
+                    &args.data_dir,
+                )?);
+            }
+            evaluate(&table, &config, &request, now_ms())?
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&answer)?);
+    } else {
+        match (&answer.service, &answer.version) {
+            (Some(service), Some(version)) => {
+                println!("service: {service}");
+                println!("version: {version}");
+                println!("why:     {}", answer.explanation.as_deref().unwrap_or(""));
+                if let Some(cookie) = &answer.set_cookie {
+                    println!("cookie:  {cookie}");
+                }
+            }
+            _ => println!(
+                "no service matches {} {}",
+                request.method.to_ascii_uppercase(),
+                request.target
+            ),
+        }
+    }
+    Ok(if answer.service.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn now_ms() -> i64 {
+    crate::admin::api::now_ms()
+}
+
+/// Routes `request` with `table` (compiled from `config`) at `now_unix_ms`, seeing its path in
+/// the normal form the proxy matches on; an error says which part of the request is not valid.
+pub fn evaluate(
+    table: &RoutingTable,
+    config: &Config,
+    request: &EvalRequest,
+    now_unix_ms: i64,
+) -> anyhow::Result<EvalAnswer> {
+    let method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
+        .with_context(|| format!("`{}` is not an HTTP method", request.method))?;
+    let headers = parse_headers(&request.headers)?;
+    let (path, query) = match request.target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
-        None => (args.target.as_str(), None),
+        None => (request.target.as_str(), None),
     };
     if !path.starts_with('/') {
-        bail!("the target `{}` must start with `/`", args.target);
+        bail!("the target `{}` must start with `/`", request.target);
     }
+    let path = graylane_rules::path::normalize(path, EscapedSlashes::Reject)
+        .map_err(|e| anyhow::anyhow!("the gateway would refuse this path: {}", e.describe()))?;
     let host = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(|h| h.split(':').next().unwrap_or(h));
-    let lane = if args.trusted {
+    let lane = if request.trusted {
         headers
             .get(graylane_proxy::X_GRAYLANE_LANE.clone())
             .and_then(|v| v.to_str().ok())
     } else {
         None
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let view = RequestView {
         method: &method,
         host,
-        path,
+        path: &path,
         query,
         headers: &headers,
-        client_ip: args.ip,
-        now_unix_ms: now,
+        client_ip: request.ip,
+        now_unix_ms,
         trusted_lane: lane,
-        trusted: args.trusted,
+        trusted: request.trusted,
         // What the proxy draws for a new client without a bucketing key.
-        random: now.unsigned_abs() as u32,
+        random: now_unix_ms.unsigned_abs() as u32,
     };
-    let mut table = RoutingTable::compile(&config);
-    let env_keys = std::env::var(graylane_proxy::cookie_keys::ENV).ok();
-    let key_file = args.data_dir.join(graylane_proxy::cookie_keys::FILE);
-    if env_keys.as_deref().is_some_and(|k| !k.trim().is_empty()) || key_file.exists() {
-        table.set_cookie_keys(&graylane_proxy::cookie_keys::load(
-            env_keys.as_deref(),
-            &args.data_dir,
-        )?);
-    }
     let Some(decision) = table.decide(&view) else {
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({ "service": null, "version": null, "reason": "no_route" })
-            );
-        } else {
-            println!("no service matches {method} {}", args.target);
-        }
-        return Ok(ExitCode::FAILURE);
+        return Ok(EvalAnswer {
+            service: None,
+            version: None,
+            reason: "no_route".to_string(),
+            explanation: None,
+            rule: None,
+            bucket: None,
+            weight_percent: None,
+            key: None,
+            set_cookie: None,
+        });
     };
-    let service = table.service_name(decision.service);
-    let version = table.version_name(decision.service, decision.version);
-    let why = table.explain(&view, &decision);
     // The cookie the proxy would set, so it can be replayed with `-H "Cookie: ..."`.
     let set_cookie = decision.pin.and_then(|bucket| {
         let value = table.sticky_value(decision.service, bucket)?;
@@ -115,49 +242,47 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             String::from_utf8_lossy(value.as_bytes())
         ))
     });
-    if args.json {
-        let mut out = serde_json::json!({
-            "service": service,
-            "version": version,
-            "reason": decision.reason.label(),
-            "explanation": why,
-        });
-        match decision.reason {
-            Reason::Forced { rule } => out["rule"] = rule.into(),
-            Reason::Sticky { bucket, weight } => {
-                out["bucket"] = bucket.into();
-                out["weight_percent"] = weight.percent().into();
-                out["key"] = "sticky_cookie".into();
-            }
-            Reason::Bucket {
-                bucket,
-                weight,
-                key,
-            } => {
-                out["bucket"] = bucket.into();
-                out["weight_percent"] = weight.percent().into();
-                out["key"] = match key {
+    let mut answer = EvalAnswer {
+        service: Some(table.service_name(decision.service).to_string()),
+        version: Some(
+            table
+                .version_name(decision.service, decision.version)
+                .to_string(),
+        ),
+        reason: decision.reason.label().to_string(),
+        explanation: Some(table.explain(&view, &decision)),
+        rule: None,
+        bucket: None,
+        weight_percent: None,
+        key: None,
+        set_cookie,
+    };
+    match decision.reason {
+        Reason::Forced { rule } => answer.rule = Some(rule),
+        Reason::Sticky { bucket, weight } => {
+            answer.bucket = Some(bucket);
+            answer.weight_percent = Some(weight.percent());
+            answer.key = Some("sticky_cookie".to_string());
+        }
+        Reason::Bucket {
+            bucket,
+            weight,
+            key,
+        } => {
+            answer.bucket = Some(bucket);
+            answer.weight_percent = Some(weight.percent());
+            answer.key = Some(
+                match key {
                     KeyUsed::Configured => "configured",
                     KeyUsed::FallbackIp => "fallback_ip",
                     KeyUsed::Random => "random",
                 }
-                .into();
-            }
-            _ => {}
+                .to_string(),
+            );
         }
-        if let Some(cookie) = &set_cookie {
-            out["set_cookie"] = cookie.as_str().into();
-        }
-        println!("{out}");
-    } else {
-        println!("service: {service}");
-        println!("version: {version}");
-        println!("why:     {why}");
-        if let Some(cookie) = &set_cookie {
-            println!("cookie:  {cookie}");
-        }
+        _ => {}
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(answer)
 }
 
 fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {

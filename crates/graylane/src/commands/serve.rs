@@ -257,6 +257,7 @@ pub fn run_gateway(
         workers,
     } = prepared;
     let tokens = Tokens::from_env(config.admin.as_ref().map_or(&[][..], |a| &a.tokens));
+    let admin_limits = config.admin.as_ref().map(admin::Limits::from);
     let gateway = Arc::new(gateway);
     for addr in gateway.local_addrs() {
         tracing::info!(%addr, workers, "listening");
@@ -320,8 +321,8 @@ pub fn run_gateway(
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let (background, admin_task, stop) = runtime.block_on(async {
         let mut tasks = Vec::new();
-        let admin_task = match admin_socket {
-            Some(socket) => {
+        let admin_task = match (admin_socket, admin_limits) {
+            (Some(socket), Some(limits)) => {
                 socket.set_nonblocking(true)?;
                 let listener = tokio::net::TcpListener::from_std(socket)?;
                 tracing::info!(addr = %listener.local_addr()?, "admin listening");
@@ -331,10 +332,11 @@ pub fn run_gateway(
                 Some(tokio::spawn(admin::serve(
                     listener,
                     Arc::clone(&state),
+                    limits,
                     stopped,
                 )))
             }
-            None => None,
+            _ => None,
         };
         if let (Some(c), Some((path, interval))) = (&controller, &path) {
             tasks.push(tokio::spawn(tick_releases(Arc::clone(c))));

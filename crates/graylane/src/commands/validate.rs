@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use graylane_config::Config;
+use graylane_config::{Config, Strategy};
 
 #[derive(Args)]
 pub struct ValidateArgs {
@@ -41,13 +41,32 @@ pub fn summary(config: &Config) -> String {
         .iter()
         .filter_map(|s| {
             let r = s.release.as_ref()?;
-            Some(format!(
-                "{}: {} → {} at {}",
-                s.name,
-                s.versions[r.baseline].name,
-                s.versions[r.candidate].name,
-                r.initial_weight()
-            ))
+            let version = |i: usize| s.versions[i].name.as_str();
+            Some(match &r.strategy {
+                Strategy::Canary => format!(
+                    "{}: {} → {} at {}",
+                    s.name,
+                    version(r.baseline),
+                    version(r.candidate),
+                    r.initial_weight()
+                ),
+                Strategy::BlueGreen { .. } => format!(
+                    "{}: blue-green {} → {}",
+                    s.name,
+                    version(r.baseline),
+                    version(r.candidate)
+                ),
+                // An experiment splits by its variants' weights; it has no steps.
+                Strategy::Experiment { variants } => format!(
+                    "{}: experiment {}",
+                    s.name,
+                    variants
+                        .iter()
+                        .map(|v| format!("{} ({}) {}", v.name, version(v.version), v.weight))
+                        .collect::<Vec<_>>()
+                        .join(" · ")
+                ),
+            })
         })
         .collect();
     let mut line = format!(

@@ -361,12 +361,17 @@ try {
     await expectText('#transitions', 'dashboard abort');
   });
 
-  await check('when the admin API stops, a banner says so; the page recovers by itself', async () => {
+  await check('when the admin API stops, a banner says so and the actions wait; the page recovers by itself', async () => {
+    assert(await $('button[data-action="retry"]').isEnabled(), 'retry can be clicked');
     await ask('stop-server', 'stopped');
     await until('the connection-lost banner', async () => (await $('#banner').isVisible())
       && (await textOf('#banner')).includes('Connection to the admin API lost'));
+    assert(await $('button[data-action="retry"]').isDisabled(), 'no action while the API is gone');
+    assert((await $('button[data-action="retry"]').getAttribute('title')).includes('does not answer'),
+      'the disabled button says why');
     await ask('start-server', 'started');
     await until('the banner to go away', async () => $('#banner').isHidden(), 20000);
+    await until('retry to be offered again', async () => $('button[data-action="retry"]').isEnabled());
     const before = await points('chart-rps');
     await until('the charts to update again', async () => (await points('chart-rps')) !== before, 10000);
     await expectText('#release-summary', 'aborted');
@@ -459,6 +464,19 @@ try {
       assert(seen.some((s) => s.includes(`:${name}:`)), `Tab reaches ${name}: ${seen.join(' | ')}`);
     }
     assert(seen.filter((s) => s.startsWith('A:')).every((s) => !s.endsWith(':none')), `focus is visible: ${seen.join(' | ')}`);
+  });
+
+  await check('an error rate of 100% tops the error-rate axis at 100%', async () => {
+    await ask('fail-canary', 'failing');
+    await openRelease('search');
+    // Version b of the experiment is the canary upstream, which now answers every request
+    // with a 500.
+    await until('the chart to show b failing every request', async () => {
+      const legend = await textOf('#chart-errors .legend');
+      return /b\s*100%/.test(legend);
+    }, 20000);
+    const top = await $('#chart-errors').getAttribute('data-top');
+    assert(top === '1', `the error-rate axis tops at 100%, not ${Number(top) * 100}%`);
   });
 
   await check('no script error on any page', async () => {

@@ -25,8 +25,14 @@ export function setToken(value) {
   else sessionStorage.removeItem(TOKEN_KEY);
 }
 
-/** `fn(connected: boolean)` on every change of the link's state. */
-export function onConnection(fn) { connectionListeners.add(fn); }
+/** `fn(connected: boolean)` on every change of the link's state; returns the unsubscribe. */
+export function onConnection(fn) {
+  connectionListeners.add(fn);
+  return () => connectionListeners.delete(fn);
+}
+
+/** Whether the admin API answered the latest call. */
+export function isConnected() { return connected; }
 
 /** `fn(error: ApiError)` when a call is refused with 401 while signed in. */
 export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }

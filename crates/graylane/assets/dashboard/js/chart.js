@@ -12,12 +12,13 @@ export const WINDOW_MS = 15 * 60 * 1000;
 export class LineChart {
   /**
    * title: heading; format(v): a value as text; minMax: the y axis's smallest top (so a flat
-   * zero line is not stretched over the whole height).
+   * zero line is not stretched over the whole height); maxTop: its largest (a rate's 100%).
    */
-  constructor({ title, format, minMax = 1, id }) {
+  constructor({ title, format, minMax = 1, maxTop = Infinity, id }) {
     this.title = title;
     this.format = format;
     this.minMax = minMax;
+    this.maxTop = maxTop;
     this.canvas = h('canvas', { role: 'img', 'aria-label': `${title}: no data yet`, class: 'chart-canvas' });
     this.legend = h('ul', { class: 'legend' });
     this.el = h('figure', { class: 'chart', id, dataset: { points: '0' } },
@@ -85,7 +86,9 @@ export class LineChart {
         if (t >= start && v !== null && v !== undefined && v > max) max = v;
       }
     }
-    const top = niceCeil(Math.max(max * 1.1, this.minMax));
+    // Headroom above the highest point, but a rate's axis never goes past 100%.
+    const top = Math.min(niceCeil(Math.max(max * 1.1, this.minMax)), this.maxTop);
+    this.el.dataset.top = String(top);
     ctx.font = font;
     const labelWidth = Math.max(...[0, top / 2, top].map((v) => ctx.measureText(this.format(v)).width), 24);
     const pad = { left: labelWidth + 10, right: 8, top: 8, bottom: 20 };
@@ -226,7 +229,7 @@ export class SeriesBuffer {
 export function releaseCharts() {
   const charts = {
     rps: new LineChart({ title: 'Requests per second', id: 'chart-rps', format: (v) => fmtNum(v, '/s'), minMax: 1 }),
-    error_rate: new LineChart({ title: 'Error rate', id: 'chart-errors', format: (v) => `${fmtNum(v * 100)}%`, minMax: 0.01 }),
+    error_rate: new LineChart({ title: 'Error rate', id: 'chart-errors', format: (v) => `${fmtNum(v * 100)}%`, minMax: 0.01, maxTop: 1 }),
     p50_ms: new LineChart({ title: 'Latency p50', id: 'chart-p50', format: (v) => fmtNum(v, ' ms'), minMax: 1 }),
     p99_ms: new LineChart({ title: 'Latency p99', id: 'chart-p99', format: (v) => fmtNum(v, ' ms'), minMax: 1 }),
   };

@@ -2,7 +2,7 @@
 // (for admins) a revert that first shows what it would change (a dry run) and applies only
 // after confirmation. The file stays the source of truth: a revert writes it, as the CLI does.
 
-import { get, post, ApiError, ConnectionError, atLeast } from './api.js';
+import { get, post, ApiError, ConnectionError, atLeast, onConnection, isConnected } from './api.js';
 import { h, fill, setText, table, timeEl } from './dom.js';
 import { confirmAction, renderDiff } from './confirm.js';
 
@@ -94,7 +94,17 @@ export function mount(root, ctx) {
     to.value = ns.includes(keep[1]) ? keep[1] : (ns[0] ?? '');
   }
 
+  // While the admin API does not answer, a revert could not be sent: its buttons wait.
+  const lockReverts = (up) => {
+    for (const b of revisions.tbody.querySelectorAll('button[data-revert]')) {
+      b.disabled = !up;
+      b.title = up ? '' : 'The admin API does not answer: reverting waits until it does.';
+    }
+  };
+  ctx.onStop(onConnection(lockReverts));
+
   async function revert(n) {
+    if (!isConnected()) return;
     fill(result);
     let preview;
     try {

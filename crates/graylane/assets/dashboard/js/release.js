@@ -6,7 +6,7 @@
 // never moves keyboard focus, never resets the weight slider while a person holds it, and
 // never hides the result of the last action.
 
-import { get, post, seg, ApiError, ConnectionError, atLeast } from './api.js';
+import { get, post, seg, ApiError, ConnectionError, atLeast, onConnection, isConnected } from './api.js';
 import {
   h, fill, setText, table, badge, stateBadge, verdictBadge, checkBadge, weightBar, versionOrder,
   trim, pct, ratePct, ms, timeEl,
@@ -226,14 +226,18 @@ export function mount(root, ctx, service) {
       sliderLabel, h('div', { class: 'weight-inputs' }, slider, number, h('span', { 'aria-hidden': 'true', text: '%' }), apply));
 
     let busy = false;
+    // While the admin API does not answer, an action could not be sent, nor its outcome known:
+    // the buttons wait, and say why.
+    let offline = !isConnected();
+    ctx.onStop(onConnection((up) => { offline = !up; lockButtons(); }));
     async function act(action, extra) {
-      if (!current || busy) return;
+      if (!current || busy || offline) return;
       const r = current;
       const what = describe(action, r, extra);
       const answer = await confirmAction(what);
       if (!answer) return;
       busy = true;
-      setBusy(true);
+      lockButtons();
       const body = { ...extra };
       if (answer.reason) body.reason = answer.reason;
       let command = action;
@@ -254,13 +258,17 @@ export function mount(root, ctx, service) {
         }
       } finally {
         busy = false;
-        setBusy(false);
+        lockButtons();
       }
     }
 
-    function setBusy(on) {
-      for (const b of [...buttons.values(), apply, ...winners.querySelectorAll('button')]) b.disabled = on;
-      result.setAttribute('aria-busy', on ? 'true' : 'false');
+    function lockButtons() {
+      const why = offline ? 'The admin API does not answer: actions wait until it does.' : '';
+      for (const b of [...buttons.values(), apply, ...winners.querySelectorAll('button')]) {
+        b.disabled = busy || offline;
+        b.title = why;
+      }
+      result.setAttribute('aria-busy', busy ? 'true' : 'false');
     }
 
     function showResult(ok, sentence, release = null) {
@@ -291,6 +299,7 @@ export function mount(root, ctx, service) {
             text: `Pick ${v.name} as winner`,
             onclick: () => act('promote_variant', { variant: v.name }),
           })) : []);
+          lockButtons();
         }
         weightBox.hidden = !allowed.has('set_weight');
         setText(sliderLabel, `Weight of ${r.candidate} (now ${pct(r.weights?.[r.candidate] ?? 0, 3)})`);

@@ -52,8 +52,10 @@ type Query<'a> = &'a [(&'a str, String)];
 
 pub struct Client {
     agent: ureq::Agent,
-    /// The admin URL as given, without a trailing `/`; also how messages name the server.
+    /// The admin URL as given, without a trailing `/`.
     base: String,
+    /// `base` as messages show it: without a password or query values it may carry.
+    shown: String,
     token: Option<String>,
     json: bool,
 }
@@ -69,6 +71,7 @@ impl Client {
         Client {
             agent: config.into(),
             base: args.url.trim_end_matches('/').to_string(),
+            shown: graylane_config::redact_url(args.url.trim_end_matches('/')),
             token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
             json: args.json,
         }
@@ -113,7 +116,7 @@ impl Client {
             format!(
                 "the admin API at {} answered in a shape this graylane does not know \
                  (is it the same version?)",
-                self.base
+                self.shown
             )
         })
     }
@@ -141,7 +144,7 @@ impl Client {
             .map_err(|e| self.unreachable(e))?;
         if !(200..300).contains(&status) {
             return Err(anyhow!(error_message(
-                &self.base,
+                &self.shown,
                 status,
                 &body,
                 self.token.is_some()
@@ -150,7 +153,7 @@ impl Client {
         serde_json::from_str(&body).map_err(|_| {
             anyhow!(
                 "the admin API at {} answered {status} with something that is not JSON: {}",
-                self.base,
+                self.shown,
                 first_chars(&body)
             )
         })
@@ -162,14 +165,14 @@ impl Client {
                 return anyhow!(
                     "`{}` is not a usable admin API address ({error}); \
                      expected something like http://127.0.0.1:9900",
-                    self.base
+                    self.shown
                 );
             }
             // Built without TLS: the admin listener serves plain HTTP.
             ureq::Error::TlsRequired => {
                 return anyhow!(
                     "`{}`: this graylane talks plain HTTP to the admin API; use http://",
-                    self.base
+                    self.shown
                 );
             }
             ureq::Error::Io(e) => e.to_string(),
@@ -179,7 +182,7 @@ impl Client {
         anyhow!(
             "cannot reach the admin API at {}: {reason} \
              (is `graylane serve` running? set --admin or GRAYLANE_ADMIN)",
-            self.base
+            self.shown
         )
     }
 }

@@ -62,8 +62,10 @@ pub struct SetWeightArgs {
 fn finite(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(n) if n.is_finite() => Ok(n),
-        Ok(_) => Err("the weight must be a finite number".to_string()),
-        Err(e) => Err(e.to_string()),
+        _ => Err(format!(
+            "`{text}` is not a weight: give a percentage from 0 to 100 with at most three \
+             decimals, e.g. 12.5"
+        )),
     }
 }
 
@@ -312,7 +314,11 @@ fn detail(r: &Release) -> String {
     if r.allowed.is_empty() {
         out.push_str("allowed now: nothing\n");
     } else {
-        let allowed: Vec<&str> = r.allowed.iter().map(|a| as_typed(a)).collect();
+        let allowed: Vec<&str> = r
+            .allowed
+            .iter()
+            .map(|a| graylane_rollout::as_typed(a))
+            .collect();
         out.push_str(&format!("allowed now: {}\n", allowed.join(", ")));
     }
     out.push('\n');
@@ -348,15 +354,6 @@ fn detail(r: &Release) -> String {
         &rows,
     ));
     out
-}
-
-/// An API command name as it is typed on this command line.
-fn as_typed(command: &str) -> &str {
-    match command {
-        "promote_full" => "promote --full",
-        "set_weight" => "set-weight",
-        other => other,
-    }
 }
 
 /// One line after a command: where the release stands now.
@@ -421,11 +418,21 @@ fn weights(r: &Release) -> String {
     parts.join(" · ")
 }
 
+/// The current step's pause while the release runs: the time left of a timed one (frozen while
+/// the release is paused), `manual`, or `-`. A finished release waits for nothing.
 fn pause(r: &Release) -> String {
+    if !matches!(r.state.as_str(), "progressing" | "paused") {
+        return "-".to_string();
+    }
     match (r.pause_remaining_s, &r.pause) {
         (Some(seconds), _) => {
             let whole = Duration::from_secs(seconds.max(0.0) as u64);
-            format!("{} left", humantime::format_duration(whole))
+            let left = format!("{} left", humantime::format_duration(whole));
+            if r.state == "paused" {
+                format!("{left} once resumed")
+            } else {
+                left
+            }
         }
         (None, Some(pause)) => pause.clone(),
         (None, None) => "-".to_string(),
@@ -481,10 +488,23 @@ mod tests {
         assert_eq!(
             overview(&list.releases),
             "SERVICE  STRATEGY    STATE      STEP  WEIGHTS                 STABLE  PAUSE\n\
-             payment  canary      paused     2/4   stable 95% · canary 5%  stable  4m 1s left\n\
+             payment  canary      paused     2/4   stable 95% · canary 5%  stable  4m 1s left once resumed\n\
              search   blue_green  completed  -     blue 0% · green 100%    green   -\n"
         );
         assert_eq!(overview(&[]), "no releases\n");
+    }
+
+    #[test]
+    fn the_pause_column_counts_down_only_while_the_release_runs() {
+        let mut value = payment();
+        value["state"] = json!("progressing");
+        assert_eq!(pause(&release(value.clone())), "4m 1s left");
+        value["pause_remaining_s"] = Value::Null;
+        value["pause"] = json!("manual");
+        assert_eq!(pause(&release(value.clone())), "manual");
+        // An aborted release is not waiting for its step's pause any more.
+        value["state"] = json!("aborted");
+        assert_eq!(pause(&release(value)), "-");
     }
 
     #[test]
@@ -525,7 +545,7 @@ mod tests {
         assert_eq!(
             detail(&release(payment())),
             "SERVICE  STRATEGY  STATE   STEP  WEIGHTS                 STABLE  PAUSE\n\
-             payment  canary    paused  2/4   stable 95% · canary 5%  stable  4m 1s left\n\
+             payment  canary    paused  2/4   stable 95% · canary 5%  stable  4m 1s left once resumed\n\
              \n\
              allowed now: resume, promote, promote --full, abort, set-weight\n\
              \n\
@@ -606,7 +626,10 @@ mod tests {
     fn a_weight_must_be_a_finite_number() {
         assert_eq!(finite("12.5"), Ok(12.5));
         assert_eq!(finite("-3"), Ok(-3.0));
-        assert!(finite("abc").is_err());
+        assert_eq!(
+            finite("abc"),
+            Err("`abc` is not a weight: give a percentage from 0 to 100 with at most three decimals, e.g. 12.5".to_string())
+        );
         assert!(finite("NaN").is_err());
         assert!(finite("inf").is_err());
     }

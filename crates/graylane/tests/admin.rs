@@ -1,0 +1,589 @@
+//! The admin listener against hostile or careless clients, through a real `graylane serve`:
+//! slow and idle connections, the connection limit, a configuration nested to exhaust the
+//! parsers, and what it documents and answers for paths and methods it does not serve.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const VIEWER: &str = "viewer-secret";
+const ADMIN: &str = "admin-secret";
+
+const CONFIG: &str = r#"
+listeners:
+  - bind: 127.0.0.1:{port}
+admin:
+  bind: 127.0.0.1:{admin}
+  tokens:
+    - { name: vera, env: TEST_TOKEN_VIEWER, role: viewer }
+    - { name: ada, env: TEST_TOKEN_ADMIN, role: admin }
+{limits}
+services:
+  - name: payment
+    match: { path_prefix: /api/payment }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: "header:X-User-Id"
+      steps:
+        - weight: 0
+          pause: manual
+        - weight: 100
+"#;
+
+async fn serve(test: &str, limits: &str) -> Served {
+    Served::start(
+        test,
+        CONFIG,
+        &[("limits", limits.to_string())],
+        &[("TEST_TOKEN_VIEWER", VIEWER), ("TEST_TOKEN_ADMIN", ADMIN)],
+    )
+    .await
+}
+
+/// Reads until the peer closes (Ok) or `limit` passes (Err); what was read is returned either way.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return Err(got),
+            Ok(Ok(0) | Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slowloris_client_on_the_admin_port_is_closed_after_the_header_read_timeout() {
+    let s = serve(
+        "slowloris",
+        "  header_read_timeout: 1s\n  idle_timeout: 30s\n",
+    )
+    .await;
+    let mut slow = TcpStream::connect(s.admin).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    // A header line every 200 ms: never idle, never done.
+    let mut closed = false;
+    for i in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if slow
+            .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(closed, "the slow client was still connected after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}, not about the 1s header read timeout"
+    );
+    // The admin API still answers everyone else.
+    assert_eq!(get(s.admin, "/healthz", &[]).await.status, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    let s = serve("silent", "  header_read_timeout: 1s\n").await;
+    let mut silent = TcpStream::connect(s.admin).await.unwrap();
+    let started = Instant::now();
+    let read = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(read.is_ok(), "still open after 5s");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_whose_body_stops_midway_is_closed_after_the_idle_timeout() {
+    let s = serve("idle", "  header_read_timeout: 5s\n  idle_timeout: 1s\n").await;
+    let mut stalled = TcpStream::connect(s.admin).await.unwrap();
+    // Headers done in time; the promised body never comes.
+    stalled
+        .write_all(
+            format!(
+                "PUT /api/v1/config?dry_run=true HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN}\r\ncontent-length: 100\r\n\r\nlist"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let read = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
+    assert!(
+        read.is_ok(),
+        "a stalled request body kept its connection for 5s"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}, not about the 1s idle timeout"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_admin_limit_are_closed_while_the_limit_holds() {
+    let s = serve(
+        "limit",
+        "  max_connections: 2\n  header_read_timeout: 30s\n",
+    )
+    .await;
+    // Two connections hold the listener's two places: each has its connection task running
+    // once it answered a request, and keeps it open with keep-alive.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.admin).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(REQUEST_TIMEOUT, c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        held.push(c);
+    }
+    for _ in 0..3 {
+        let mut extra = TcpStream::connect(s.admin).await.unwrap();
+        let _ = extra
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let read = read_until_closed(&mut extra, Duration::from_secs(5)).await;
+        assert_eq!(
+            read,
+            Ok(Vec::new()),
+            "a connection beyond the limit is closed without an answer"
+        );
+    }
+    // A place freed is a place for the next client.
+    drop(held.pop());
+    eventually("a freed place to serve a new connection", || async {
+        let r = try_get(s.admin, "/healthz", &[]).await.ok()?;
+        (r.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    drop(held);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn admin_limits_out_of_range_are_refused_with_their_key() {
+    let dir = temp_dir("admin-limits");
+    let file = dir.join("graylane.yaml");
+    std::fs::write(
+        &file,
+        "listeners: [{ bind: 127.0.0.1:8080 }]\n\
+         admin:\n  bind: 127.0.0.1:9090\n  header_read_timeout: 0s\n  idle_timeout: soon\n  max_connections: 0\n",
+    )
+    .unwrap();
+    let out = run(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let shown = file.display();
+    for (line, key, says) in [
+        (4, "admin.header_read_timeout", "must be more than 0"),
+        (5, "admin.idle_timeout", "soon"),
+        (6, "admin.max_connections", "must be at least 1"),
+    ] {
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("error: {shown}:{line}:"))
+                    && l.contains(&format!(": {key}: "))
+                    && l.contains(says)),
+            "{key}: {}",
+            out.stderr
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_deeply_nested_configuration_is_refused_by_the_api_at_once() {
+    let s = serve("deep", "").await;
+    let depth = 100_000;
+    let deep = format!("listeners: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    let started = Instant::now();
+    let r = s.api(Method::PUT, "/api/v1/config", ADMIN, &deep).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    let errors = r.json()["errors"].clone();
+    assert!(
+        errors[0]
+            .as_str()
+            .is_some_and(|e| e.contains(":1:139: the document nests more than 128 levels deep")),
+        "{errors}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // The dry run takes the same path.
+    let r = s
+        .api(Method::PUT, "/api/v1/config?dry_run=true", ADMIN, &deep)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    let r = s.api(Method::GET, "/api/v1/releases", VIEWER, "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    s.stop().await;
+}
+
+/// A `redis-server` that wants a password, on a free loopback port; killed on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(password: &str) -> Redis {
+        // Bound by the kernel's choice, then released for redis-server, which takes a port number.
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                password,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/deps installs it)");
+        let redis = Redis { child, port };
+        for _ in 0..200 {
+            let out = std::process::Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "--no-auth-warning",
+                    "-a",
+                    password,
+                    "PING",
+                ])
+                .output()
+                .expect("redis-cli (Debian package redis-tools)");
+            if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not answer on port {port}");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SECRETS: &str = r#"
+listeners:
+  - bind: 127.0.0.1:{port}
+admin:
+  bind: 127.0.0.1:{admin}
+  tokens:
+    - { name: ada, env: TEST_TOKEN_ADMIN, role: admin }
+webhooks:
+  - { url: "http://127.0.0.1:{dead}/hooks?token=hook-s3cret", timeout: 200ms, retries: 0 }
+segments:
+  beta: { source: redis, url: "redis://:{password}@127.0.0.1:{redis}", key: graylane:beta, refresh: 100ms, max_staleness: 300ms }
+services:
+  - name: payment
+    match: { path_prefix: /api/payment }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      force:
+        - segment: { name: beta, key: "header:X-User-Id" }
+      steps:
+        - weight: 0
+          pause: manual
+        - weight: 100
+"#;
+
+#[tokio::test]
+async fn metrics_and_logs_name_redis_segments_and_webhooks_without_their_secrets() {
+    let password = "redis-s3cret-pw";
+    let redis = Redis::start(password);
+    // Nothing listens on the webhook's port: its delivery fails and is logged.
+    let dead = free_port();
+    let s = Served::start(
+        "secrets",
+        SECRETS,
+        &[
+            ("password", password.to_string()),
+            ("redis", redis.port.to_string()),
+            ("dead", dead.to_string()),
+        ],
+        &[("TEST_TOKEN_ADMIN", ADMIN)],
+    )
+    .await;
+    let r = s
+        .api(Method::POST, "/api/v1/releases/payment/promote", ADMIN, "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Redis goes away: the segment goes stale, and the reconnection attempts are logged.
+    drop(redis);
+    let metrics = eventually("the segment to be reported stale", || async {
+        let text = get(s.admin, "/metrics", &[]).await.text();
+        (metric_value(&text, "graylane_segment_stale{segment=\"beta\"}") == Some(1.0))
+            .then_some(text)
+    })
+    .await;
+    assert!(!metrics.contains(password), "{metrics}");
+    assert!(!metrics.contains("redis://"), "{metrics}");
+    eventually("the failed webhook delivery to be logged", || async {
+        s.process
+            .logs()
+            .contains("webhook delivery failed")
+            .then_some(())
+    })
+    .await;
+    let logs = s.process.logs();
+    assert!(!logs.contains(password), "{logs}");
+    assert!(!logs.contains("hook-s3cret"), "{logs}");
+    assert!(logs.contains("/hooks?token=***"), "{logs}");
+    s.stop().await;
+}
+
+/// `graylane eval` against the served gateway's file or, with `--admin`, its admin API.
+fn eval_json(s: &Served, live: bool, user: &str) -> serde_json::Value {
+    let admin = format!("http://{}", s.admin);
+    let file = s.file.to_str().unwrap().to_string();
+    let mut args = vec!["eval"];
+    if live {
+        args.extend(["--admin", admin.as_str()]);
+    } else {
+        args.extend(["--config", file.as_str()]);
+    }
+    let header = format!("X-User-Id: {user}");
+    args.extend([
+        "GET",
+        "/api/payment/orders",
+        "-H",
+        header.as_str(),
+        "--json",
+    ]);
+    let out = run_with_env(&args, &[("GRAYLANE_TOKEN", VIEWER)]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", out.stdout))
+}
+
+#[tokio::test]
+async fn eval_with_admin_sees_the_live_weight_where_eval_with_config_sees_the_file() {
+    let s = serve("eval-live", "").await;
+    let user = "u-42";
+    let before = eval_json(&s, true, user);
+    assert_eq!(
+        (&before["version"], &before["reason"]),
+        (&"stable".into(), &"bucket".into()),
+        "{before}"
+    );
+    let r = s
+        .api(
+            Method::POST,
+            "/api/v1/releases/payment/weight",
+            ADMIN,
+            r#"{"weight": 100}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    let live = eval_json(&s, true, user);
+    assert_eq!(live["service"], "payment", "{live}");
+    assert_eq!(live["version"], "canary", "{live}");
+    assert_eq!(live["weight_percent"], 100.0, "{live}");
+    let file = eval_json(&s, false, user);
+    assert_eq!(file["version"], "stable", "the file's first step: {file}");
+    assert_eq!(file["weight_percent"], 0.0, "{file}");
+    // And the request itself agrees with the live answer.
+    let reply = get(s.proxy, "/api/payment/orders", &[("x-user-id", user)]).await;
+    assert_eq!(reply.version(), Some("canary"));
+
+    // The text form, and a request no service takes.
+    let admin = format!("http://{}", s.admin);
+    let out = run_with_env(
+        &["eval", "--admin", &admin, "GET", "/nothing"],
+        &[("GRAYLANE_TOKEN", VIEWER)],
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stdout.contains("no service matches GET /nothing"),
+        "{out:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_eval_api_is_for_viewers_and_names_what_is_wrong_with_a_request() {
+    let s = serve("eval-api", "").await;
+    let r = s
+        .api(
+            Method::POST,
+            "/api/v1/eval",
+            VIEWER,
+            r#"{"method": "GET", "target": "/api/payment", "headers": ["X-User-Id: u-1"], "ip": "203.0.113.7"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["version"], "stable");
+    let r = s
+        .api(
+            Method::POST,
+            "/api/v1/eval",
+            "",
+            r#"{"method": "GET", "target": "/"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    for (body, says) in [
+        (r#"{"method": "GET"}"#, "missing field `target`"),
+        (
+            r#"{"method": "GET", "target": "api"}"#,
+            "must start with `/`",
+        ),
+        (
+            r#"{"method": "GET", "target": "/", "headers": ["no colon"]}"#,
+            "must look like `Name: value`",
+        ),
+        (
+            r#"{"method": "GET", "target": "/", "ip": "nope"}"#,
+            "invalid IP address",
+        ),
+    ] {
+        let r = s.api(Method::POST, "/api/v1/eval", VIEWER, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+        let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(says), "{body}: {error}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_passes_openapi_spec_validator() {
+    let s = serve("openapi", "").await;
+    let doc = get(s.admin, "/api/v1/openapi.json", &[]).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let file = s.dir.join("openapi.json");
+    std::fs::write(&file, &doc.body).unwrap();
+    let out = std::process::Command::new("openapi-spec-validator")
+        .arg(&file)
+        .output()
+        .expect("openapi-spec-validator on PATH (scripts/deps installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = doc.json();
+    for path in ["/metrics", "/healthz", "/readyz", "/api/v1/eval"] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+    }
+    // Every response says what it means.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let description = response["description"].as_str().unwrap_or_default();
+                assert!(
+                    !description.trim().is_empty(),
+                    "{method} {path} {status} has no description"
+                );
+            }
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_on_an_api_path_gets_a_json_405() {
+    let s = serve("405", "").await;
+    for (method, path) in [
+        (Method::DELETE, "/api/v1/releases"),
+        (Method::GET, "/api/v1/releases/payment/promote"),
+        (Method::PATCH, "/api/v1/config"),
+    ] {
+        let r = s.api(method.clone(), path, VIEWER, "").await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(
+            r.headers[http::header::CONTENT_TYPE],
+            "application/json",
+            "{method} {path}"
+        );
+        let body = r.json();
+        assert_eq!(body["code"], "method_not_allowed", "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(path),
+            "{method} {path}: {body}"
+        );
+        assert!(
+            r.headers.contains_key(http::header::ALLOW),
+            "{method} {path}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_name_commands_as_the_cli_spells_them() {
+    let s = serve("refusals", "").await;
+    let r = s
+        .api(
+            Method::GET,
+            "/api/v1/experiments/payment/results",
+            VIEWER,
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(
+        r.json()["error"],
+        "`payment` is a canary release, not an experiment"
+    );
+    let admin = format!("http://{}", s.admin);
+    let out = run_with_env(
+        &["resume", "payment", "--admin", &admin],
+        &[("GRAYLANE_TOKEN", ADMIN)],
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "`resume` makes no sense for a release that is progressing; \
+             allowed now: promote, promote --full, pause, abort, set-weight"
+        ),
+        "{}",
+        out.stderr
+    );
+    s.stop().await;
+}
