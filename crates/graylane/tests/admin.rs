@@ -249,59 +249,6 @@ async fn a_deeply_nested_configuration_is_refused_by_the_api_at_once() {
     s.stop().await;
 }
 
-/// A `redis-server` that wants a password, on a free loopback port; killed on drop.
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(password: &str) -> Redis {
-        // Bound by the kernel's choice, then released for redis-server, which takes a port number.
-        let port = free_port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                password,
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/deps installs it)");
-        let redis = Redis { child, port };
-        for _ in 0..200 {
-            let out = std::process::Command::new("redis-cli")
-                .args([
-                    "-p",
-                    &port.to_string(),
-                    "--no-auth-warning",
-                    "-a",
-                    password,
-                    "PING",
-                ])
-                .output()
-                .expect("redis-cli (Debian package redis-tools)");
-            if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server did not answer on port {port}");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const SECRETS: &str = r#"
 listeners:
   - bind: 127.0.0.1:{port}
@@ -334,7 +281,7 @@ services:
 #[tokio::test]
 async fn metrics_and_logs_name_redis_segments_and_webhooks_without_their_secrets() {
     let password = "redis-s3cret-pw";
-    let redis = Redis::start(password);
+    let redis = RedisServer::start(free_port(), Some(password));
     // Nothing listens on the webhook's port: its delivery fails and is logged.
     let dead = free_port();
     let s = Served::start(

@@ -5,39 +5,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-
-/// A `redis-server` on a free loopback port keeping nothing on disk; killed on drop.
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis(port: u16) -> Redis {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--bind", "127.0.0.1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (scripts/deps installs it)");
-    Redis(child)
-}
 
 const CONFIG: &str = r#"
 listeners:
@@ -63,7 +34,7 @@ traffic_control:
 #[tokio::test]
 async fn two_gateway_processes_share_one_limit_through_redis() {
     let redis_port = free_port();
-    let _redis = start_redis(redis_port);
+    let _redis = RedisServer::start(redis_port, None);
     let extra = [("redis", redis_port.to_string())];
     let a = Served::start("global-limit-a", CONFIG, &extra, &[]).await;
     let b = Served::start("global-limit-b", CONFIG, &extra, &[]).await;

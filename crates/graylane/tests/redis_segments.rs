@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -39,34 +38,6 @@ services:
           pause: manual
 "#;
 
-/// A `redis-server` keeping nothing on disk; killed on drop.
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis(port: u16) -> Redis {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--bind", "127.0.0.1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (scripts/deps installs it)");
-    Redis(child)
-}
-
 async fn version_of(proxy: std::net::SocketAddr, user: &str) -> Option<String> {
     let r = try_get(proxy, "/api/payment/x", &[("X-User-Id", user)])
         .await
@@ -86,7 +57,7 @@ async fn stale(admin: std::net::SocketAddr) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restarted_while_redis_is_down_still_serves_the_segment_and_says_it_is_stale() {
     let redis_port = free_port();
-    let redis = start_redis(redis_port);
+    let redis = RedisServer::start(redis_port, None);
     let mut served = Served::start(
         "redis-segment-restart",
         CONFIG,

@@ -95,15 +95,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let cookie_keys = graylane_proxy::cookie_keys::load(
-        std::env::var(graylane_proxy::cookie_keys::ENV)
-            .ok()
-            .as_deref(),
-        &args.data_dir,
-    )?;
+    // The key file is written next to the store, so it is only made once the store opened:
+    // a data dir that is refused is left as it was.
+    let cookie_keys = || {
+        graylane_proxy::cookie_keys::load(
+            std::env::var(graylane_proxy::cookie_keys::ENV)
+                .ok()
+                .as_deref(),
+            &args.data_dir,
+        )
+        .map(Some)
+    };
     let mut options = GatewayOptions {
         drain_timeout: args.drain_timeout,
-        cookie_keys: Some(cookie_keys),
         segment_cache: Some(args.data_dir.join("segments")),
         ..GatewayOptions::default()
     };
@@ -114,6 +118,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // everything that can fail is set up before the running process is told to stop accepting;
     // only then is the store free to open.
     let (prepared, store) = if args.takeover {
+        // The running process made the key file already.
+        options.cookie_keys = cookie_keys()?;
         let mut predecessor = Predecessor::connect(&args.data_dir)?;
         let admin = config
             .admin
@@ -126,6 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (prepared, takeover::open_store(&args.data_dir, STORE_WAIT)?)
     } else {
         let store = takeover::open_store(&args.data_dir, Duration::ZERO)?;
+        options.cookie_keys = cookie_keys()?;
         (Prepared::bind(&config, options, Vec::new(), None)?, store)
     };
     // Serving matters more than being replaceable: without the socket (a data dir path too long

@@ -589,3 +589,51 @@ impl Served {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `redis-server` on loopback `port`, keeping nothing on disk, with a password when given;
+/// ready (it answers `PING`) when `start` returns, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start(port: u16, password: Option<&str>) -> RedisServer {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some(password) = password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/deps installs it)");
+        let redis = RedisServer { child, port };
+        for _ in 0..200 {
+            let mut ping = Command::new("redis-cli");
+            ping.args(["-p", &port.to_string()]);
+            if let Some(password) = password {
+                ping.args(["--no-auth-warning", "-a", password]);
+            }
+            let out = ping
+                .arg("PING")
+                .output()
+                .expect("redis-cli (Debian package redis-tools, with redis-server)");
+            if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not answer on port {port}");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
