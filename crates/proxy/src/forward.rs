@@ -47,6 +47,9 @@ pub struct Forwarding<'a> {
     pub path: Option<&'a str>,
     /// The listener's policy for header names with `_`.
     pub underscores: UnderscoreHeaders,
+    /// The client is a trusted hop: its forwarding details (`Forwarded`, `X-Forwarded-Host`,
+    /// …) are passed on.
+    pub trusted: bool,
 }
 
 impl Forwarding<'_> {
@@ -75,18 +78,29 @@ impl Forwarding<'_> {
         let trace = incoming_trace(headers);
         let mut forwarded_for = false;
         for (name, value) in headers {
+            if name == TRACEPARENT {
+                if let Trace::Valid(ids) = trace {
+                    // A later version's extra fields are dropped: version 00 is what this hop
+                    // speaks (W3C Trace Context §4.3).
+                    out.extend_from_slice(b"traceparent: 00");
+                    out.extend_from_slice(ids);
+                    out.extend_from_slice(b"\r\n");
+                }
+                continue;
+            }
             let keep = if name == header::HOST {
                 authority.is_none()
-            } else if name == TRACEPARENT || name == TRACESTATE {
-                trace != Trace::Invalid
+            } else if name == TRACESTATE {
+                matches!(trace, Trace::Valid(_)) && value.len() <= MAX_TRACESTATE
             } else if name == X_FORWARDED_FOR {
                 forwarded_for = true;
                 false
             } else {
                 !(is_hop_by_hop(name)
                     || name == header::CONTENT_LENGTH
-                    || name == X_GRAYLANE_LANE
                     || name == X_FORWARDED_PROTO
+                    || name.as_str().starts_with(GRAYLANE_PREFIX)
+                    || (!self.trusted && is_forwarding_detail(name))
                     || (name.as_str().contains('_') && !self.underscore_allowed(name))
                     || (connection.is_some() && listed(name) && name != header::VIA))
             };
@@ -111,7 +125,7 @@ impl Forwarding<'_> {
         line(out, b"x-forwarded-proto", proto);
         // After any `Via` the client sent: the list stays in the order of the hops.
         line(out, b"via", VIA_VALUE);
-        if trace != Trace::Valid {
+        if !matches!(trace, Trace::Valid(_)) {
             line(out, b"traceparent", &new_traceparent());
         }
     }
@@ -150,20 +164,43 @@ pub fn reads_as_gateway_header(name: &str) -> bool {
 
 /// The client's W3C trace context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trace {
+enum Trace<'a> {
+    /// None: a new trace is started, and a `tracestate` alone is dropped.
     Absent,
-    /// One well-formed `traceparent`: forwarded with its `tracestate`.
-    Valid,
+    /// One well-formed `traceparent`: `-traceid-parentid-flags` of it, forwarded as version
+    /// 00, with its `tracestate` (up to [`MAX_TRACESTATE`] bytes).
+    Valid(&'a [u8]),
     /// Malformed or repeated: dropped with its `tracestate`, and a new trace is started (W3C
     /// Trace Context §4.3), so a client cannot make every hop log garbage or a chosen id.
     Invalid,
 }
 
-fn incoming_trace(headers: &HeaderMap) -> Trace {
+/// Longest `tracestate` passed on: W3C Trace Context §3.3.1.5 lets a hop drop one longer than
+/// 512 characters, and a client should not be able to make every hop log kilobytes.
+const MAX_TRACESTATE: usize = 512;
+
+/// The prefix of graylane's own headers: a client's never reach an upstream (the lane is
+/// written afresh), an upstream's never reach a client (graylane stamps its own).
+pub const GRAYLANE_PREFIX: &str = "x-graylane-";
+
+/// Headers that tell an upstream about the client's connection besides `X-Forwarded-For`
+/// and `X-Forwarded-Proto` (which graylane writes): believed only from a trusted hop, since an
+/// upstream that honours `X-Forwarded-Host` would see a host graylane did not route on.
+fn is_forwarding_detail(name: &HeaderName) -> bool {
+    const DETAILS: [&str; 4] = [
+        "forwarded",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-real-ip",
+    ];
+    DETAILS.contains(&name.as_str())
+}
+
+fn incoming_trace(headers: &HeaderMap) -> Trace<'_> {
     let mut values = headers.get_all(&TRACEPARENT).iter();
     match (values.next(), values.next()) {
         (None, _) => Trace::Absent,
-        (Some(v), None) if valid_traceparent(v.as_bytes()) => Trace::Valid,
+        (Some(v), None) if valid_traceparent(v.as_bytes()) => Trace::Valid(&v.as_bytes()[2..55]),
         _ => Trace::Invalid,
     }
 }
@@ -288,6 +325,7 @@ mod tests {
             tls,
             path: None,
             underscores,
+            trusted: false,
         };
         let mut out = Vec::new();
         forwarding.write_headers(&uri.parse().unwrap(), &map, &mut out);

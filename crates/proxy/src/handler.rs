@@ -84,6 +84,7 @@ pub async fn handle(
         }
     };
     let forward_path = normalized.as_deref().filter(|_| !conn.paths.forward_raw);
+    let matched_path = path::without_parameters(normalized.as_deref().unwrap_or(req.uri().path()));
     let lane = if conn.trusted {
         req.headers()
             .get(&X_GRAYLANE_LANE)
@@ -95,7 +96,7 @@ pub async fn handle(
     let view = RequestView {
         method: req.method(),
         host: request_host(&req),
-        path: normalized.as_deref().unwrap_or(req.uri().path()),
+        path: &matched_path,
         query: req.uri().query(),
         headers: req.headers(),
         client_ip: conn.peer.ip(),
@@ -648,13 +649,9 @@ impl Attempts<'_> {
                 && retry.is_some_and(|r| {
                     retries < r.attempts
                         && outcome.fails(&r.retry_on)
-                        && parts.as_ref().is_some_and(|head| {
-                            graylane_traffic::retry::is_retryable(
-                                &head.method,
-                                outcome.reached_upstream(),
-                                false,
-                            )
-                        })
+                        && parts
+                            .as_ref()
+                            .is_some_and(|head| may_send_again(head, outcome))
                 });
             if retryable {
                 // This request's previous retry (if any) has ended: it no longer counts.
@@ -677,13 +674,9 @@ impl Attempts<'_> {
             // acted on is sent again only when that is harmless (or allowed by the breaker).
             let may_replay = replay.is_some()
                 && (ctl.fallback_non_idempotent
-                    || parts.as_ref().is_some_and(|head| {
-                        graylane_traffic::retry::is_retryable(
-                            &head.method,
-                            outcome.reached_upstream(),
-                            false,
-                        )
-                    }));
+                    || parts
+                        .as_ref()
+                        .is_some_and(|head| may_send_again(head, outcome)));
             match (&ctl.fallback, fell_back) {
                 (Some(FallbackRoute::Version(v)), false) if may_replay && *v != current => {
                     let stats = &version.stats;
@@ -837,6 +830,29 @@ impl Attempts<'_> {
     }
 }
 
+/// Whether a failed attempt may be sent again, as a retry or to a fallback version: it never
+/// reached the upstream, or its method is idempotent — the method a framework will act on,
+/// so a `GET` carrying `X-HTTP-Method-Override: POST` (or `X-HTTP-Method`,
+/// `X-Method-Override`) counts as the `POST` it will be served as.
+fn may_send_again(head: &http::request::Parts, outcome: AttemptOutcome) -> bool {
+    const OVERRIDES: [&str; 3] = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ];
+    let overridden = OVERRIDES.iter().any(|name| {
+        head.headers.get(*name).is_some_and(|v| {
+            http::Method::from_bytes(v.as_bytes()).map_or(true, |m| !m.is_idempotent())
+        })
+    });
+    let method = if overridden {
+        &http::Method::POST
+    } else {
+        &head.method
+    };
+    graylane_traffic::retry::is_retryable(method, outcome.reached_upstream(), false)
+}
+
 fn static_response(page: &graylane_config::StaticResponse) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(page.body.clone()));
     *resp.status_mut() = page.status;
@@ -928,6 +944,7 @@ fn forwarding<'a>(
         tls: conn.tls,
         path,
         underscores: conn.underscores,
+        trusted: conn.trusted,
     }
 }
 
@@ -963,6 +980,28 @@ fn refusal<B>(req: &Request<B>, conn: &ConnInfo) -> Option<Response<ProxyBody>> 
         }
         _ => {}
     }
+    // An absolute-form target or an HTTP/2 `:authority` stands in for `Host`: the same rules,
+    // and no userinfo (`http://internal.example:80@a/` must not name two hosts at once).
+    if let Some(authority) = req.uri().authority()
+        && !valid_host(authority.as_str().as_bytes())
+    {
+        return Some(refuse(
+            StatusCode::BAD_REQUEST,
+            "the request target's authority is not a valid host",
+            "a host name or address, optionally with :port, and no user name",
+        ));
+    }
+    if req
+        .uri()
+        .scheme_str()
+        .is_some_and(|s| !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https"))
+    {
+        return Some(refuse(
+            StatusCode::BAD_REQUEST,
+            "the request target's scheme is not http or https",
+            "send an origin-form target, or an http:// or https:// one",
+        ));
+    }
     if req.version() <= http::Version::HTTP_11 && headers.contains_key(header::TRANSFER_ENCODING) {
         let mut codings = headers
             .get_all(header::TRANSFER_ENCODING)
@@ -993,34 +1032,44 @@ fn refusal<B>(req: &Request<B>, conn: &ConnInfo) -> Option<Response<ProxyBody>> 
     None
 }
 
-/// A `Host` value: a registered name, an IPv4 address or a bracketed IPv6 literal, with an
-/// optional port; no userinfo, path or whitespace.
+/// A `Host` (or a target's authority): a registered name or IPv4 address of letters, digits,
+/// `-`, `.`, `_` and `~`, or a bracketed IPv6 literal, with an optional numeric port. Nothing
+/// else — no userinfo, no `%`, `,` or `;` — so no upstream can read another host in it than
+/// the one graylane routed on.
 fn valid_host(host: &[u8]) -> bool {
-    !host.is_empty()
-        && host.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b':'
-                        | b'%'
-                        | b'['
-                        | b']'
-                )
-        })
+    let (name, port) = match host.first() {
+        Some(b'[') => match host.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !ok {
+                    return false;
+                }
+                (&host[..=end], &host[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match host.iter().position(|&b| b == b':') {
+            Some(colon) => (&host[..colon], &host[colon..]),
+            None => (host, &host[host.len()..]),
+        },
+    };
+    let name_ok = !name.is_empty()
+        && (name[0] == b'['
+            || name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => {
+            !digits.is_empty() && digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit)
+        }
+        Some(_) => false,
+    };
+    name_ok && port_ok
 }
 
 /// A request refused before it is routed, for what its head says: a JSON error, and the

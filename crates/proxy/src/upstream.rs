@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::forward::Forwarding;
+use crate::forward::{Forwarding, GRAYLANE_PREFIX};
 use crate::metrics::UpstreamErrorKind;
 
 /// Most headers a response head may have (Envoy's default is 100).
@@ -568,6 +568,15 @@ fn parse_head(
                 CONTENT_LENGTH
             }
             Field::Known(name) => name,
+            // graylane stamps its own (`X-Graylane-Version`, `-Fallback`); an upstream's would
+            // tell the client something graylane did not decide.
+            Field::Other
+                if raw_name
+                    .get(..GRAYLANE_PREFIX.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(GRAYLANE_PREFIX.as_bytes())) =>
+            {
+                continue;
+            }
             Field::Other => HeaderName::from_bytes(raw_name).map_err(|_| {
                 ExchangeError::Protocol("invalid header name in the response".into())
             })?,
@@ -1042,6 +1051,7 @@ mod tests {
             tls: false,
             path: None,
             underscores: graylane_config::UnderscoreHeaders::Drop,
+            trusted: false,
         };
         assert_eq!(
             encode_head(&parts, &forwarding, true, None, &mut out),

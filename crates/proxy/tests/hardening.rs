@@ -931,3 +931,209 @@ async fn requests_count_what_clients_received_and_attempts_count_every_exchange(
     assert_eq!(observed.codes.get(&503), Some(&10));
     shutdown(gateway).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_parameters_do_not_get_around_a_path_prefix_or_its_limit() {
+    let p = paths_setup("");
+    let gw = addr(&p.gateway);
+    for path in [
+        "/api;x/payment/orders",
+        "/;/api/payment/orders",
+        "/api/payment;v=1/orders",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let reply = raw_request(gw, request.as_bytes()).await.unwrap();
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    }
+    assert!(
+        p.site.requests().is_empty(),
+        "a ;parameter got around the payment prefix: {:?}",
+        p.site.requests()
+    );
+    // The upstream still gets the parameters it may use.
+    let targets: Vec<String> = p.payment.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        targets,
+        [
+            "/api;x/payment/orders",
+            "/;/api/payment/orders",
+            "/api/payment;v=1/orders"
+        ]
+    );
+    assert_eq!(get(gw, "/api/payment/admin", &[]).await.status, 200);
+    for path in ["/api;x/payment/admin", "/api/payment;/admin;jsessionid=1"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let reply = raw_request(gw, request.as_bytes()).await.unwrap();
+        assert_eq!(reply.status, 429, "{path} dodged the limit");
+    }
+    shutdown(p.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_authorities_that_could_name_another_host_are_refused() {
+    let (gateway, upstream) = one_upstream();
+    let gw = addr(&gateway);
+    for (what, request) in [
+        (
+            "userinfo in an absolute target",
+            "GET http://internal.example:80@a/x HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "credentials in an absolute target",
+            "GET http://user:pw@a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        ),
+        (
+            "another scheme",
+            "GET ftp://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        ),
+        (
+            "two ports",
+            "GET /x HTTP/1.1\r\nHost: a:1:internal.example\r\n\r\n",
+        ),
+        (
+            "a list",
+            "GET /x HTTP/1.1\r\nHost: a,internal.example\r\n\r\n",
+        ),
+        (
+            "parameters",
+            "GET /x HTTP/1.1\r\nHost: internal.example;x\r\n\r\n",
+        ),
+        (
+            "an escape",
+            "GET /x HTTP/1.1\r\nHost: internal%2eexample\r\n\r\n",
+        ),
+        (
+            "a word for a port",
+            "GET /x HTTP/1.1\r\nHost: internal.example:abc\r\n\r\n",
+        ),
+        (
+            "a port too long",
+            "GET /x HTTP/1.1\r\nHost: a.example:123456\r\n\r\n",
+        ),
+        ("a bad literal", "GET /x HTTP/1.1\r\nHost: [::1x]\r\n\r\n"),
+    ] {
+        let reply = raw_request(gw, request.as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(reply.status, 400, "{what}: {}", reply.text());
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    for host in [
+        "a.example:8080",
+        "[::1]:80",
+        "127.0.0.1",
+        "my_host.internal",
+    ] {
+        let request = format!("GET /ok HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let reply = raw_request(gw, request.as_bytes()).await.unwrap();
+        assert_eq!(reply.status, 200, "{host}: {}", reply.text());
+    }
+    shutdown(gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graylane_and_forwarding_headers_are_the_gateways_in_both_directions() {
+    // An upstream that tries to speak for graylane in its answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let record = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let record = std::sync::Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16 * 1024];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                record
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&head));
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nX-Graylane-Fallback: forged\r\nX-Graylane-Anything: 1\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let yaml = fill(SLOW_BODY, &[("upstream", upstream_addr.to_string())]);
+    let gateway = start_gateway(config(&yaml));
+    let gw = addr(&gateway);
+    let reply = get(
+        gw,
+        "/x",
+        &[
+            ("x-graylane-version", "forged"),
+            ("x-graylane-fallback", "forged"),
+            ("x-graylane-anything", "1"),
+            ("x-forwarded-host", "internal.example"),
+            ("x-forwarded-port", "8443"),
+            ("forwarded", "host=internal.example;for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            (
+                "traceparent",
+                "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra-fields",
+            ),
+            ("tracestate", &"a=".repeat(400)),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.headers.get("x-graylane-fallback").is_none()
+            && reply.headers.get("x-graylane-anything").is_none(),
+        "the upstream's x-graylane-* reached the client: {:?}",
+        reply.headers
+    );
+    assert_eq!(reply.version(), Some("stable"));
+    let text = seen.lock().unwrap().to_ascii_lowercase();
+    for forged in [
+        "forged",
+        "x-graylane-anything",
+        "internal.example",
+        "8443",
+        "6.6.6.6",
+        "extra-fields",
+        "tracestate",
+    ] {
+        assert!(
+            !text.contains(forged),
+            "{forged} reached the upstream:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"),
+        "a later version is passed on as version 00:\n{text}"
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_override_to_post_is_not_replayed_on_the_fallback() {
+    let canary = Upstream::start("canary");
+    canary.set_status(503);
+    let (gateway, stable) = failing_canary(&canary.addr.to_string(), "");
+    let gw = addr(&gateway);
+    for header in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        let r = get(gw, "/charge", &[(header, "POST")]).await;
+        assert_eq!(r.status, 503, "{header}: the canary's answer");
+        assert_eq!(r.version(), Some("canary"));
+    }
+    assert!(stable.requests().is_empty(), "{:?}", stable.requests());
+    let r = get(gw, "/charge", &[("x-http-method-override", "DELETE")]).await;
+    assert_eq!(
+        r.version(),
+        Some("stable"),
+        "an idempotent override may fall back"
+    );
+    shutdown(gateway).await;
+}

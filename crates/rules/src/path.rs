@@ -12,6 +12,10 @@
 //! with parameters (`/..;/`, which Tomcat and Jetty resolve as `..`), and a `%` that does not
 //! start a valid escape.
 //!
+//! Rules then match on [`without_parameters`] of it: Java servlet containers drop a segment's
+//! `;parameters` before they route, so graylane must not let `/api;x/admin` pass for another
+//! path than `/api/admin`.
+//!
 //! A path already in normal form (nearly every request) is returned borrowed, after one scan.
 
 use std::borrow::Cow;
@@ -42,6 +46,30 @@ impl PathError {
             PathError::BadPercentEncoding => "the path contains a % not followed by two hex digits",
         }
     }
+}
+
+/// The path routing rules and limits see: a normal path (from [`normalize`]) with every
+/// segment's parameters (`;…`) removed, as Tomcat, Jetty and Spring remove them before they
+/// route, so `/api;x/admin` is matched as the `/api/admin` those upstreams will serve. The
+/// upstream still gets the parameters. Borrowed when the path has no `;`.
+pub fn without_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut ends_with_slash = false;
+    for segment in path.split('/').skip(1) {
+        let segment = segment.split(';').next().unwrap_or_default();
+        ends_with_slash = segment.is_empty();
+        if !segment.is_empty() {
+            out.push('/');
+            out.push_str(segment);
+        }
+    }
+    if ends_with_slash || out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
 }
 
 /// `path` in normal form (see the module documentation); borrowed when it already is.
@@ -249,5 +277,20 @@ mod tests {
         assert_eq!(kept, "/a%2Fb/c");
         let kept = normalize("/a\\b", EscapedSlashes::Keep).unwrap();
         assert_eq!(kept, "/a\\b");
+    }
+
+    #[test]
+    fn routing_sees_paths_without_segment_parameters() {
+        for (path, want) in [
+            ("/api;x/admin", "/api/admin"),
+            ("/api;/admin", "/api/admin"),
+            ("/;/api/admin", "/api/admin"),
+            ("/api/admin;jsessionid=1", "/api/admin"),
+            ("/a;b/", "/a/"),
+            ("/;x", "/"),
+        ] {
+            assert_eq!(without_parameters(path), want, "{path}");
+        }
+        assert!(matches!(without_parameters("/api/admin"), Cow::Borrowed(_)));
     }
 }
