@@ -83,9 +83,9 @@ pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<Config, Confi
                 column: Some(column),
                 key: String::new(),
                 message: format!(
-                    "with this alias, the document's aliases (`*name`) repeat more than {} bytes of what their anchors hold; \
+                    "with this alias, the document's aliases (`*name`) repeat more than {} MiB of what their anchors hold; \
                      a configuration does not need them to repeat that much",
-                    aliases::MAX_ALIAS_EXPANSION
+                    aliases::MAX_ALIAS_EXPANSION >> 20
                 ),
             }],
         });

@@ -2502,9 +2502,18 @@ mod tests {
             )
         };
         for (url, why) in [
-            ("redis://:Sec/ret1@127.0.0.1:16379", "must be percent-encoded"),
-            ("redis://:Sec#ret1@127.0.0.1:16379", "must be percent-encoded"),
-            ("redis://:Sec?ret1@127.0.0.1:16379", "must be percent-encoded"),
+            (
+                "redis://:Sec/ret1@127.0.0.1:16379",
+                "must be percent-encoded",
+            ),
+            (
+                "redis://:Sec#ret1@127.0.0.1:16379",
+                "must be percent-encoded",
+            ),
+            (
+                "redis://:Sec?ret1@127.0.0.1:16379",
+                "must be percent-encoded",
+            ),
             (
                 "redis://tokSEC#ret1@127.0.0.1:16379",
                 "an `@` after its host",
