@@ -18,6 +18,7 @@
 //! assert!(err.to_string().contains("did you mean `name`?"));
 //! ```
 
+mod aliases;
 mod depth;
 mod error;
 mod locate;
@@ -30,7 +31,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use redact::redact_url;
+pub use redact::{redact_url, redact_urls_in};
 
 /// Reads and validates the configuration file at `path`. Relative paths inside it (segment
 /// files, TLS keys) are resolved against the file's folder.
@@ -70,6 +71,21 @@ pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<Config, Confi
                 message: format!(
                     "the document nests more than {} levels deep here; a configuration needs a handful",
                     depth::MAX_NESTING
+                ),
+            }],
+        });
+    }
+    if let Some((line, column)) = aliases::too_much_expansion(text) {
+        return Err(ConfigErrors {
+            errors: vec![ConfigError {
+                file: file.to_string(),
+                line: Some(line),
+                column: Some(column),
+                key: String::new(),
+                message: format!(
+                    "with this alias, the document's aliases (`*name`) repeat more than {} MiB of what their anchors hold; \
+                     a configuration does not need them to repeat that much",
+                    aliases::MAX_ALIAS_EXPANSION >> 20
                 ),
             }],
         });

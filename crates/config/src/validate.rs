@@ -1966,6 +1966,16 @@ impl<'a> Validator<'a> {
             );
             return None;
         }
+        if let Err(reason) = redis_client_reads(url) {
+            self.fail(
+                path,
+                format!(
+                    "`{}` is not a Redis URL the Redis client can use: {reason}",
+                    redact_url(url)
+                ),
+            );
+            return None;
+        }
         Some(url.to_string())
     }
 
@@ -2441,6 +2451,30 @@ pub(crate) fn resolve_base_dir(file: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Whether the Redis client reads `url` as written, and why not. An `@` after the authority is
+/// refused even where the client would accept it (`redis://tok#en@host` connects to `tok`): it
+/// is a password with an unencoded `/`, `?` or `#`, and the client would not send it.
+fn redis_client_reads(url: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    const ENCODE: &str = "a password with `/`, `?`, `#`, `@` or `%` must be percent-encoded \
+                          (`%2F`, `%3F`, `%23`, `%40`, `%25`)";
+    url::Url::parse(url).map_err(|e| format!("{e}; {ENCODE}"))?;
+    let authority = &url["redis://".len()..];
+    let authority_end = authority.find(['/', '?', '#']).unwrap_or(authority.len());
+    if authority[authority_end..].contains('@') {
+        return Err(format!(
+            "it has an `@` after its host, in the path, query or fragment; {ENCODE}"
+        ));
+    }
+    url.into_connection_info().map(drop).map_err(|e| {
+        let text = e.to_string();
+        match text.split_once("- ") {
+            Some((reason, _kind)) => reason.to_string(),
+            None => text,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2459,6 +2493,47 @@ mod tests {
 
     const SERVICE: &str =
         "services:\n  - name: web\n    versions: { stable: { endpoints: [127.0.0.1:9001] } }\n";
+
+    #[test]
+    fn redis_urls_the_client_cannot_read_are_refused_without_their_secret() {
+        let yaml = |url: &str| {
+            format!(
+                "listeners: [{{ bind: 127.0.0.1:8080 }}]\nsegments:\n  beta: {{ source: redis, url: \"{url}\", key: k }}\n{SERVICE}"
+            )
+        };
+        for (url, why) in [
+            (
+                "redis://:Sec/ret1@127.0.0.1:16379",
+                "must be percent-encoded",
+            ),
+            (
+                "redis://:Sec#ret1@127.0.0.1:16379",
+                "must be percent-encoded",
+            ),
+            (
+                "redis://:Sec?ret1@127.0.0.1:16379",
+                "must be percent-encoded",
+            ),
+            (
+                "redis://tokSEC#ret1@127.0.0.1:16379",
+                "an `@` after its host",
+            ),
+            ("redis://SEC/ret1@127.0.0.1:16379", "an `@` after its host"),
+            ("redis://127.0.0.1:6379/zero", "Invalid database number"),
+            ("redis://0.0.0.0:6379", "wildcard address"),
+        ] {
+            let err = crate::load_str(&yaml(url), "g.yaml", Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("g.yaml:3:") && err.contains("segments.beta.url") && err.contains(why),
+                "{url}: {err}"
+            );
+            assert!(!err.contains("Sec") && !err.contains("ret1"), "{err}");
+        }
+        let encoded = "redis://:Sec%2Fret1@127.0.0.1:16379";
+        assert!(crate::load_str(&yaml(encoded), "g.yaml", Path::new(".")).is_ok());
+    }
 
     #[test]
     fn listener_limits_default_and_parse() {

@@ -323,6 +323,283 @@ async fn metrics_and_logs_name_redis_segments_and_webhooks_without_their_secrets
     s.stop().await;
 }
 
+const LEAKY: &str = r#"
+listeners:
+  - bind: 127.0.0.1:{port}
+admin:
+  bind: 127.0.0.1:{admin}
+  tokens:
+    - { name: vera, env: TEST_TOKEN_VIEWER, role: viewer }
+    - { name: otto, env: TEST_TOKEN_OPERATOR, role: operator }
+    - { name: ada, env: TEST_TOKEN_ADMIN, role: admin }
+webhooks:
+  - url: http://127.0.0.1:{dead}/hooks?token={hook}
+    timeout: 200ms
+    retries: 0
+segments:
+  beta: { source: redis, url: "redis://:S3cretPW@127.0.0.1:{redis}", key: graylane:beta, refresh: 100ms, max_staleness: 300ms }
+  bare: { source: redis, url: "redis://tokenSECRET@127.0.0.1:{redis}", key: graylane:bare, refresh: 100ms, max_staleness: 300ms }
+  query: { source: redis, url: "redis://127.0.0.1:{redis}/0?password=QSECRET", key: graylane:query, refresh: 100ms, max_staleness: 300ms }
+services:
+  - name: payment
+    match: { path_prefix: /api/payment }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      force:
+        - segment: { name: beta, key: "header:X-User-Id" }
+        - segment: { name: bare, key: "header:X-User-Id" }
+        - segment: { name: query, key: "header:X-User-Id" }
+      steps:
+        - weight: 0
+          pause: manual
+        - weight: 100
+"#;
+
+const OPERATOR: &str = "operator-secret";
+const LEAKED: [&str; 5] = ["S3cretPW", "tokenSECRET", "QSECRET", "HOOKSECRET", "ret1"];
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in LEAKED {
+        assert!(!text.contains(secret), "{what} shows `{secret}`: {text}");
+    }
+}
+
+#[tokio::test]
+async fn below_admin_the_configuration_its_revisions_and_diffs_show_urls_without_their_secrets() {
+    let redis = RedisServer::start(free_port(), Some("S3cretPW"));
+    let s = Served::start(
+        "leaky",
+        LEAKY,
+        &[
+            ("redis", redis.port.to_string()),
+            ("dead", free_port().to_string()),
+            ("hook", "HOOKSECRET".to_string()),
+        ],
+        &[
+            ("TEST_TOKEN_VIEWER", VIEWER),
+            ("TEST_TOKEN_OPERATOR", OPERATOR),
+            ("TEST_TOKEN_ADMIN", ADMIN),
+        ],
+    )
+    .await;
+    // A second revision that changes the webhook's token.
+    let text = std::fs::read_to_string(&s.file).unwrap();
+    let r = s
+        .api(
+            Method::PUT,
+            "/api/v1/config",
+            ADMIN,
+            &text.replace("HOOKSECRET", "HOOKSECRET2"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // The admin reads the exact text: they may write it anyway.
+    let exact = s.api(Method::GET, "/api/v1/config", ADMIN, "").await.text();
+    assert!(exact.contains("redis://:S3cretPW@127.0.0.1:"), "{exact}");
+    let second = s
+        .api(Method::GET, "/api/v1/config/revisions/2", ADMIN, "")
+        .await
+        .json();
+    assert!(
+        second["yaml"]
+            .as_str()
+            .unwrap()
+            .contains("?token=HOOKSECRET2"),
+        "{second}"
+    );
+    let diff = s
+        .api(Method::GET, "/api/v1/config/diff?from=1&to=2", ADMIN, "")
+        .await
+        .json();
+    assert!(
+        diff["diff"].as_str().unwrap().contains("HOOKSECRET2"),
+        "{diff}"
+    );
+
+    for token in [VIEWER, OPERATOR] {
+        let r = s.api(Method::GET, "/api/v1/config", token, "").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let shown = r.text();
+        assert_no_secret("GET /api/v1/config", &shown);
+        for redacted in [
+            "redis://:***@127.0.0.1:",
+            "redis://***@127.0.0.1:",
+            "/0?password=***",
+            "/hooks?token=***",
+        ] {
+            assert!(shown.contains(redacted), "{redacted}: {shown}");
+        }
+        // Everything else is the text itself.
+        assert!(
+            shown.contains("key: graylane:beta, refresh: 100ms"),
+            "{shown}"
+        );
+
+        let r = s
+            .api(Method::GET, "/api/v1/config/revisions/1", token, "")
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let yaml = r.json()["yaml"].as_str().unwrap().to_string();
+        assert_no_secret("GET /api/v1/config/revisions/1", &yaml);
+        assert!(yaml.contains("redis://:***@127.0.0.1:"), "{yaml}");
+
+        let r = s
+            .api(Method::GET, "/api/v1/config/diff?from=1&to=2", token, "")
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let diff = r.json()["diff"].as_str().unwrap().to_string();
+        assert_no_secret("GET /api/v1/config/diff", &diff);
+        assert!(diff.contains("-  - url: http://127.0.0.1:"), "{diff}");
+        assert!(diff.contains("/hooks?token=***\n+"), "{diff}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn redis_secrets_in_any_url_form_reach_no_log_metric_or_error() {
+    let redis = RedisServer::start(free_port(), Some("S3cretPW"));
+    let s = Served::start(
+        "leaky-logs",
+        LEAKY,
+        &[
+            ("redis", redis.port.to_string()),
+            ("dead", free_port().to_string()),
+            ("hook", "HOOKSECRET".to_string()),
+        ],
+        &[("TEST_TOKEN_ADMIN", ADMIN)],
+    )
+    .await;
+    // The segments whose URL carries no usable password are refused (NOAUTH) and go stale; the
+    // log says so, naming their Redis.
+    let metrics = eventually("the NOAUTH segments to be reported stale", || async {
+        let text = get(s.admin, "/metrics", &[]).await.text();
+        (metric_value(&text, "graylane_segment_stale{segment=\"bare\"}") == Some(1.0)
+            && metric_value(&text, "graylane_segment_stale{segment=\"query\"}") == Some(1.0))
+        .then_some(text)
+    })
+    .await;
+    assert_no_secret("/metrics", &metrics);
+    eventually("both stale segments to be logged", || async {
+        let logs = s.process.logs();
+        (logs.matches("segment: no successful read").count() >= 2).then_some(())
+    })
+    .await;
+    let logs = s.process.logs();
+    assert_no_secret("the logs", &logs);
+    assert!(logs.contains("redis://***@127.0.0.1:"), "{logs}");
+    assert!(logs.contains("/0?password=***"), "{logs}");
+
+    // A password with an unencoded `/` is refused, by the API and by `graylane validate`,
+    // naming the key and not the password.
+    let text = std::fs::read_to_string(&s.file).unwrap();
+    let unencoded = text.replace("redis://:S3cretPW@", "redis://:Sec/ret1@");
+    let r = s
+        .api(
+            Method::PUT,
+            "/api/v1/config?dry_run=true",
+            ADMIN,
+            &unencoded,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    let errors = r.json()["errors"].to_string();
+    assert_no_secret("the API's refusal", &errors);
+    assert!(
+        errors.contains("segments.beta.url: `redis://***@127.0.0.1:")
+            && errors.contains("must be percent-encoded"),
+        "{errors}"
+    );
+    let file = s.dir.join("unencoded.yaml");
+    std::fs::write(&file, &unencoded).unwrap();
+    let out = run(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert_no_secret(
+        "graylane validate",
+        &format!("{}{}", out.stdout, out.stderr),
+    );
+    assert!(
+        out.stderr.contains(&format!("{}:15:", file.display()))
+            && out.stderr.contains("segments.beta.url"),
+        "{}",
+        out.stderr
+    );
+
+    assert_no_secret("the logs", &s.process.logs());
+    s.stop().await;
+}
+
+/// The size of the largest resident set `pid` has had, in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb * 1024
+}
+
+/// A 100,000-character anchor and 6,000 aliases to it: 119 KB standing for 600 MB.
+fn alias_bomb() -> String {
+    let mut text = format!("a: &s {}\nb:\n", "x".repeat(100_000));
+    for _ in 0..6000 {
+        text.push_str("  - *s\n");
+    }
+    text
+}
+
+#[tokio::test]
+async fn an_alias_bomb_is_refused_at_once_and_in_little_memory_by_validate_and_the_api() {
+    let bomb = alias_bomb();
+    let says = ":13:5: with this alias, the document's aliases (`*name`) repeat more than 1 MiB";
+
+    let dir = temp_dir("alias-bomb-cli");
+    let file = dir.join("bomb.yaml");
+    std::fs::write(&file, &bomb).unwrap();
+    let started = Instant::now();
+    let out = run(&["validate", file.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains(says), "{}", out.stderr);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let s = serve("alias-bomb", "").await;
+    let before = peak_memory(s.process.pid());
+    let started = Instant::now();
+    let r = s
+        .api(Method::PUT, "/api/v1/config?dry_run=true", ADMIN, &bomb)
+        .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    assert!(
+        r.json()["errors"][0].as_str().unwrap().contains(says),
+        "{}",
+        r.text()
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let grown = peak_memory(s.process.pid()).saturating_sub(before);
+    assert!(grown < 64 << 20, "peak memory grew by {} MB", grown >> 20);
+
+    // A body over 1 MiB is refused before it is read whole.
+    let huge = format!("# {}\n", "x".repeat(1 << 20));
+    let started = Instant::now();
+    let r = s.api(Method::PUT, "/api/v1/config", ADMIN, &huge).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    assert_eq!(r.json()["code"], "too_large", "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("over 1 MiB"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let r = s.api(Method::GET, "/api/v1/releases", VIEWER, "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    s.stop().await;
+}
+
 /// `graylane eval` against the served gateway's file or, with `--admin`, its admin API.
 fn eval_json(s: &Served, live: bool, user: &str) -> serde_json::Value {
     let admin = format!("http://{}", s.admin);

@@ -89,7 +89,7 @@ impl Client {
 
     /// A client for `url` with `options`; see [`Client::open`].
     pub fn with_options(url: &str, options: ClientOptions) -> Result<Client, Error> {
-        let shown = redact(url);
+        let shown = graylane_config::redact_url(url);
         if !url.starts_with("redis://") {
             return Err(Error::InvalidUrl {
                 url: shown,
@@ -332,39 +332,4 @@ fn is_connection_error(e: &RedisError) -> bool {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`, for errors and logs.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let (userinfo, host) = authority.split_at(at);
-    let user = match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
-        None => userinfo.to_string(),
-    };
-    format!("{scheme}://{user}{host}{tail}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("redis://u:pw@h:1/0"),
-            "redis://u:***@h:1/0".to_string()
-        );
-        assert_eq!(redact("redis://:pw@h"), "redis://:***@h".to_string());
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379".to_string());
-        assert_eq!(redact("redis://u@h"), "redis://u@h".to_string());
-        assert_eq!(redact("nonsense"), "nonsense".to_string());
-    }
 }

@@ -28,6 +28,36 @@ async fn unusable_urls_are_rejected_naming_the_url() {
 }
 
 #[tokio::test]
+async fn every_secret_a_url_can_carry_is_hidden_in_what_the_client_shows() {
+    for (url, shown) in [
+        (
+            "redis://tokenSECRET@127.0.0.1:6379",
+            "redis://***@127.0.0.1:6379",
+        ),
+        (
+            "redis://127.0.0.1:6379/0?password=QSECRET",
+            "redis://127.0.0.1:6379/0?password=***",
+        ),
+        (
+            "redis://app:SECRET@127.0.0.1:6379",
+            "redis://app:***@127.0.0.1:6379",
+        ),
+    ] {
+        let client = Client::open(url).expect(url);
+        assert_eq!(client.url(), shown);
+        assert!(!format!("{client:?}").contains("SECRET"), "{client:?}");
+    }
+    for url in [
+        "redis://:Sec/retSECRET@127.0.0.1:6379",
+        "redis://:Sec#retSECRET@127.0.0.1:6379",
+        "redis://:Sec?retSECRET@127.0.0.1:6379",
+    ] {
+        let err = Client::open(url).expect_err(url);
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn zero_timeouts_are_rejected_naming_the_field() {
     let options = ClientOptions {
         command_timeout: Duration::ZERO,

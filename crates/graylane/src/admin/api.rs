@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
+use graylane_config::Role;
 use graylane_controller::experiment::ExperimentResults;
 use graylane_controller::series::SeriesView;
 use graylane_controller::view::{
@@ -16,6 +18,7 @@ use graylane_controller::view::{
 use graylane_controller::{Action, Actor, ApplyOutcome, ControlError, Controller};
 use graylane_store::AuditFilter;
 use http::{HeaderValue, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -646,12 +649,26 @@ async fn edit_segment(
 
 // ----- configuration -----
 
+/// What a caller may read of a configuration text: an admin (who may write it anyway) the exact
+/// text; anyone else every URL in it without its password, bare userinfo or query values.
+fn shown_to(caller: &Caller, text: String) -> String {
+    if caller.role >= Role::Admin {
+        text
+    } else {
+        graylane_config::redact_urls_in(&text)
+    }
+}
+
 /// The configuration in effect, as YAML; `X-Graylane-Revision` says which revision it is.
+/// Below the admin role, the secrets in its URLs are shown as `***`.
 #[utoipa::path(get, path = "/api/v1/config", tag = "config",
     responses((status = 200, description = "The YAML text", content_type = "text/yaml", body = String)))]
-async fn get_config(State(state): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+async fn get_config(
+    State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let (revision, yaml) = controller(&state)?.current();
-    let mut resp = yaml.into_response();
+    let mut resp = shown_to(&caller, yaml).into_response();
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -672,21 +689,39 @@ struct ChangeQuery {
     message: Option<String>,
 }
 
+/// The largest configuration `PUT /api/v1/config` takes; real ones are a few kilobytes.
+const MAX_CONFIG_BYTES: usize = 1 << 20;
+
 /// Validate, write to the file, record as a revision and apply (`dry_run`: only validate and
-/// diff). Invalid YAML changes nothing.
+/// diff). Invalid YAML changes nothing. A body over 1 MiB is refused unread.
 #[utoipa::path(put, path = "/api/v1/config", tag = "config",
     params(ChangeQuery),
     request_body(content = String, content_type = "application/yaml"),
     responses(
         (status = 200, body = ApplyOutcome),
+        (status = 413, description = "The body is over 1 MiB", body = ErrorBody),
         (status = 422, description = "Invalid configuration: every error with its location", body = ErrorBody)))]
 async fn put_config(
     State(state): State<Arc<AdminState>>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<ChangeQuery>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<ApplyOutcome>, ApiError> {
     let c = controller(&state)?;
+    let body = Limited::new(body, MAX_CONFIG_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ApiError::too_large(format!(
+                    "the configuration is over {} MiB; a configuration needs a few kilobytes",
+                    MAX_CONFIG_BYTES >> 20
+                ))
+            } else {
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+            }
+        })?
+        .to_bytes();
     let yaml = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the configuration must be UTF-8 text"))?;
     let message = query
@@ -724,17 +759,20 @@ async fn list_revisions(
     }))
 }
 
-/// One revision with its YAML.
+/// One revision with its YAML (below the admin role, the secrets in its URLs as `***`).
 #[utoipa::path(get, path = "/api/v1/config/revisions/{n}", tag = "config",
     params(("n" = u64, Path, description = "Revision number")),
     responses((status = 200, body = RevisionView), (status = 404, body = ErrorBody)))]
 async fn get_revision(
     State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
     Path(n): Path<String>,
 ) -> Result<Json<RevisionView>, ApiError> {
     let n = revision_number(&n)?;
     let c = controller(&state)?;
-    Ok(Json(blocking(move || c.revision(n)).await?))
+    let mut view = blocking(move || c.revision(n)).await?;
+    view.yaml = view.yaml.map(|yaml| shown_to(&caller, yaml));
+    Ok(Json(view))
 }
 
 fn revision_number(text: &str) -> Result<u64, ApiError> {
@@ -760,12 +798,13 @@ struct DiffView {
     diff: String,
 }
 
-/// Unified diff between two revisions.
+/// Unified diff between two revisions (below the admin role, the secrets in its URLs as `***`).
 #[utoipa::path(get, path = "/api/v1/config/diff", tag = "config",
     params(DiffQuery),
     responses((status = 200, body = DiffView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn diff(
     State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<DiffQuery>,
 ) -> Result<Json<DiffView>, ApiError> {
     let (Some(from), Some(to)) = (&query.from, &query.to) else {
@@ -775,7 +814,7 @@ async fn diff(
     };
     let (from, to) = (revision_number(from)?, revision_number(to)?);
     let c = controller(&state)?;
-    let diff = blocking(move || c.diff(from, to)).await?;
+    let diff = shown_to(&caller, blocking(move || c.diff(from, to)).await?);
     Ok(Json(DiffView { from, to, diff }))
 }
 

@@ -18,7 +18,8 @@ pub struct ErrorBody {
     /// What went wrong and what would work, in one sentence.
     pub error: String,
     /// `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `unknown_service`,
-    /// `not_allowed`, `bad_request`, `invalid_config`, `store`, `write_failed` or `unavailable`.
+    /// `not_allowed`, `bad_request`, `too_large`, `invalid_config`, `store`, `write_failed` or
+    /// `unavailable`.
     pub code: &'static str,
     /// `forbidden`/`unauthorized`: the role the call needs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,6 +59,10 @@ impl ApiError {
 
     pub fn bad_request(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", error)
+    }
+
+    pub fn too_large(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", error)
     }
 
     pub fn not_found(error: impl Into<String>) -> ApiError {
