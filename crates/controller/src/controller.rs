@@ -726,8 +726,16 @@ impl Controller {
     /// records nothing, but the segment files it names are read again: members added to or
     /// removed from a `file:` segment take effect without an edit of the configuration. A
     /// segment file that cannot be read rejects the reload, so the old members keep serving.
-    pub fn file_changed(&self, yaml: String, now_ms: i64) -> Result<Reloaded, ControlError> {
+    ///
+    /// The file is read under the same lock the API's writes of it hold: text read before an
+    /// API write and applied after it would bring the configuration it replaced back.
+    pub fn file_changed(&self, now_ms: i64) -> Result<Reloaded, ControlError> {
         let mut state = self.lock();
+        let yaml =
+            std::fs::read_to_string(&self.config_path).map_err(|source| ControlError::Read {
+                path: self.config_path.display().to_string(),
+                source,
+            })?;
         if yaml == state.yaml {
             return self.reread_segments(&mut state, now_ms);
         }

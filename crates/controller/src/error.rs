@@ -37,6 +37,11 @@ pub enum ControlError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     BadEvent(String),
     #[error(

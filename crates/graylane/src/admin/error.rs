@@ -141,7 +141,7 @@ impl From<ControlError> for ApiError {
                 api.body.errors = Some(errors.errors.iter().map(|e| e.to_string()).collect());
                 api
             }
-            ControlError::Write { .. } => {
+            ControlError::Write { .. } | ControlError::Read { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", text)
             }
             ControlError::Store(_) | ControlError::CorruptState { .. } => {

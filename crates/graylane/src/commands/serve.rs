@@ -473,19 +473,8 @@ async fn tick_releases(controller: Arc<Controller>) {
 }
 
 async fn reload(controller: &Arc<Controller>, gateway: &Gateway, path: &Path) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            gateway.metrics().record_reload(false);
-            tracing::error!(
-                "reload rejected, the previous configuration keeps serving: cannot read {}: {e}",
-                path.display()
-            );
-            return;
-        }
-    };
     let c = Arc::clone(controller);
-    let outcome = tokio::task::spawn_blocking(move || c.file_changed(text, now_ms())).await;
+    let outcome = tokio::task::spawn_blocking(move || c.file_changed(now_ms())).await;
     match outcome {
         Ok(Ok(Reloaded::Revision(revision))) => {
             gateway.metrics().record_reload(true);
