@@ -56,12 +56,14 @@ impl Forwarding<'_> {
     /// Writes the header lines of the request head (`name: value\r\n` each) into `out`, all
     /// but the framing line.
     pub fn write_headers(&self, uri: &Uri, headers: &HeaderMap, out: &mut Vec<u8>) {
-        // A `Connection` header is rare on requests that reach a proxy; only then is every
-        // name also checked against the ones it lists.
-        let connection = headers
-            .keys()
-            .any(|k| k == header::CONNECTION)
-            .then(|| headers.get_all(header::CONNECTION));
+        // A `Connection` header and trace context are rare on requests that reach a proxy: one
+        // pass over the names finds whether either is there, and only then is it looked up.
+        let (mut has_connection, mut has_trace) = (false, false);
+        for name in headers.keys() {
+            has_connection |= name == header::CONNECTION;
+            has_trace |= name == TRACEPARENT;
+        }
+        let connection = has_connection.then(|| headers.get_all(header::CONNECTION));
         let listed = |name: &HeaderName| {
             connection.as_ref().is_some_and(|values| {
                 values.iter().any(|v| {
@@ -75,7 +77,11 @@ impl Forwarding<'_> {
         // An authority in the target (absolute form, or HTTP/2's `:authority`) replaces any
         // `Host` (RFC 9112 §3.2.2): routing used it, so the upstream must get the same host.
         let authority = uri.authority();
-        let trace = incoming_trace(headers);
+        let trace = if has_trace {
+            incoming_trace(headers)
+        } else {
+            Trace::Absent
+        };
         let mut forwarded_for = false;
         for (name, value) in headers {
             if name == TRACEPARENT {
