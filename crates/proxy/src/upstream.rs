@@ -419,7 +419,6 @@ fn encode_head(
     exact_length: Option<u64>,
     out: &mut Vec<u8>,
 ) -> RequestFraming {
-    use std::io::Write as _;
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -438,7 +437,6 @@ fn encode_head(
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     forwarding.write_headers(&parts.uri, &parts.headers, out);
-    // Writing into a Vec cannot fail.
     let framing = if !has_body {
         // An empty body the client framed with a length keeps `Content-Length: 0`, which some
         // upstreams require on a POST.
@@ -447,7 +445,9 @@ fn encode_head(
         }
         RequestFraming::Empty
     } else if let Some(n) = exact_length {
-        let _ = write!(out, "content-length: {n}\r\n");
+        out.extend_from_slice(b"content-length: ");
+        push_decimal(out, n);
+        out.extend_from_slice(b"\r\n");
         RequestFraming::Length
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -455,6 +455,21 @@ fn encode_head(
     };
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+/// `n` in decimal, without the formatting machinery (every request with a body writes one).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1066,5 +1081,14 @@ mod tests {
             text.ends_with("transfer-encoding: chunked\r\n\r\n"),
             "{text}"
         );
+        for n in [1, 9, 10, 1234, 18_446_744_073_709_551_615] {
+            let mut out = Vec::new();
+            encode_head(&parts, &forwarding, true, Some(n), &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.ends_with(&format!("content-length: {n}\r\n\r\n")),
+                "{text}"
+            );
+        }
     }
 }
