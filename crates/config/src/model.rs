@@ -621,6 +621,9 @@ pub struct RateLimit {
     pub backend: LimitBackend,
     /// `RateLimit-*` headers on allowed responses too, not only on the `429`.
     pub headers_on_allowed: bool,
+    /// The key counts only from a trusted hop; anyone else is limited by client IP, so a
+    /// client cannot get a fresh allowance by sending another user id.
+    pub key_trusted_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -358,7 +358,7 @@ pub struct RawTrafficControl {
 pub struct RawRateLimit {
     pub service: String,
     pub path_prefix: Option<String>,
-    pub key: Option<String>,
+    pub key: Option<RawKey>,
     pub rate: String,
     pub burst: Option<u32>,
     pub backend: Option<String>,

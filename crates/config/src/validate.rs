@@ -157,6 +157,28 @@ impl<'a> Validator<'a> {
         out
     }
 
+    /// A key written `header:X-User-Id` or `{ key: "header:X-User-Id", trusted_only: true }`,
+    /// at `at`: the key, and whether it counts only from trusted hops.
+    fn trusted_key(&mut self, at: &str, raw: &RawKey) -> (Option<KeySpec>, bool) {
+        match raw {
+            RawKey::Plain(k) => (self.key_spec(at, k), false),
+            RawKey::Full(k) => {
+                let spec = self.key_spec(&format!("{at}.key"), &k.key);
+                let trusted_only = k.trusted_only == Some(true);
+                if trusted_only {
+                    if spec == Some(KeySpec::ClientIp) {
+                        self.fail(
+                            format!("{at}.trusted_only"),
+                            "the client IP is not sent by anyone, so `trusted_only` does not apply to it",
+                        );
+                    }
+                    self.trusted_only_at.push(format!("{at}.trusted_only"));
+                }
+                (spec, trusted_only)
+            }
+        }
+    }
+
     fn path_policy(&mut self, path: &str, raw: Option<&RawPaths>) -> PathPolicy {
         let mut policy = PathPolicy::default();
         let Some(raw) = raw else {
@@ -696,22 +718,7 @@ impl<'a> Validator<'a> {
             .filter_map(|(i, r)| self.rule(&format!("{path}.force[{i}]"), r, segments, 0))
             .collect();
         let (bucket_by, bucket_by_trusted_only) = match &raw.bucket_by {
-            Some(RawKey::Plain(k)) => (self.key_spec(&format!("{path}.bucket_by"), k), false),
-            Some(RawKey::Full(k)) => {
-                let at = format!("{path}.bucket_by");
-                let spec = self.key_spec(&format!("{at}.key"), &k.key);
-                let trusted_only = k.trusted_only == Some(true);
-                if trusted_only {
-                    if spec == Some(KeySpec::ClientIp) {
-                        self.fail(
-                            format!("{at}.trusted_only"),
-                            "the client IP is not sent by anyone, so `trusted_only` does not apply to it",
-                        );
-                    }
-                    self.trusted_only_at.push(format!("{at}.trusted_only"));
-                }
-                (spec, trusted_only)
-            }
+            Some(key) => self.trusted_key(&format!("{path}.bucket_by"), key),
             None => (Some(KeySpec::ClientIp), false),
         };
         if let Some(salt) = &raw.salt
@@ -1852,9 +1859,12 @@ impl<'a> Validator<'a> {
         declared: &[String],
     ) -> Option<RateLimit> {
         let service = self.service_ref(&format!("{path}.service"), &rl.service, services, declared);
-        let key = match &rl.key {
-            Some(k) => self.key_spec(&format!("{path}.key"), k).map(Some),
-            None => Some(None),
+        let (key, key_trusted_only) = match &rl.key {
+            Some(k) => {
+                let (spec, trusted_only) = self.trusted_key(&format!("{path}.key"), k);
+                (spec.map(Some), trusted_only)
+            }
+            None => (Some(None), false),
         };
         let rate = self.rate(&format!("{path}.rate"), &rl.rate);
         let headers_on_allowed = match rl.headers.as_deref() {
@@ -1949,6 +1959,7 @@ impl<'a> Validator<'a> {
             burst: rl.burst.unwrap_or(requests).max(1),
             backend: backend?,
             headers_on_allowed,
+            key_trusted_only,
         })
     }
 

@@ -302,6 +302,21 @@ pub async fn check_global(g: &GlobalLimiter, key: &[u8]) -> LimitAnswer {
     }
 }
 
+/// The key a `trusted_only` limit counts an untrusted client under.
+static CLIENT_IP: KeySpec = KeySpec::ClientIp;
+
+impl LimitRoute {
+    /// The key this request is counted under: the configured one, or the client IP for a
+    /// `trusted_only` key sent by a client that is not a trusted hop.
+    pub fn key_for(&self, trusted: bool) -> Option<&KeySpec> {
+        if self.key_trusted_only && !trusted {
+            Some(&CLIENT_IP)
+        } else {
+            self.key.as_ref()
+        }
+    }
+}
+
 pub struct LimitRoute {
     pub path_prefix: Option<Box<str>>,
     pub key: Option<KeySpec>,
@@ -313,6 +328,8 @@ pub struct LimitRoute {
     pub policy: http::HeaderValue,
     /// Send the `RateLimit-*` headers on allowed responses too.
     pub headers_on_allowed: bool,
+    /// See [`graylane_config::RateLimit::key_trusted_only`].
+    pub key_trusted_only: bool,
     /// `100/s per header:x-user-id`, for the `429` body.
     pub describe: Box<str>,
 }
@@ -521,6 +538,7 @@ pub fn compile(
                 policy: http::HeaderValue::try_from(policy)
                     .unwrap_or_else(|_| http::HeaderValue::from_static("0")),
                 headers_on_allowed: rl.headers_on_allowed,
+                key_trusted_only: rl.key_trusted_only,
                 describe: format!(
                     "{} requests per {}{per_key} (burst {})",
                     rl.requests,

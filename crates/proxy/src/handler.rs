@@ -351,7 +351,7 @@ fn stamp_limits(
 fn check_rate_limits(service: &ServiceRoute, view: &RequestView<'_>, now: u64) -> LimitVerdict {
     let mut headers = None;
     for limit in applicable_limits(service, view.path) {
-        let answer = view.with_policy_key(limit.key.as_ref(), |key| {
+        let answer = view.with_policy_key(limit.key_for(view.trusted), |key| {
             limit.limiter.check_local(key, now)
         });
         if let Ok(answer) = answer {
@@ -374,7 +374,7 @@ async fn check_rate_limits_global(
 ) -> LimitVerdict {
     let mut headers = None;
     for limit in applicable_limits(service, view.path) {
-        let answer = match view.with_policy_key(limit.key.as_ref(), |key| {
+        let answer = match view.with_policy_key(limit.key_for(view.trusted), |key| {
             limit
                 .limiter
                 .check_local(key, now)

@@ -1137,3 +1137,51 @@ async fn a_method_override_to_post_is_not_replayed_on_the_fallback() {
     );
     shutdown(gateway).await;
 }
+
+const TRUSTED_KEY_LIMIT: &str = r#"
+listeners:
+  - bind: 127.0.0.1:0
+    trusted_hops: ["{hops}"]
+services:
+  - name: pay
+    match: { path_prefix: / }
+    versions:
+      stable: { endpoints: ["{upstream}"] }
+traffic_control:
+  rate_limits:
+    - { service: pay, key: { key: "header:X-User-Id", trusted_only: true }, rate: 1/m, burst: 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_only_limit_key_from_an_untrusted_client_limits_its_address() {
+    let upstream = RecordingUpstream::start();
+    let statuses = |hops: &'static str| {
+        let yaml = fill(
+            TRUSTED_KEY_LIMIT,
+            &[
+                ("hops", hops.to_string()),
+                ("upstream", upstream.addr.to_string()),
+            ],
+        );
+        async move {
+            let gateway = start_gateway(config(&yaml));
+            let mut seen = Vec::new();
+            for user in ["u-1", "u-2", "u-3"] {
+                let r = get(addr(&gateway), "/pay", &[("x-user-id", user)]).await;
+                seen.push(r.status.as_u16());
+            }
+            shutdown(gateway).await;
+            seen
+        }
+    };
+    assert_eq!(
+        statuses("10.0.0.0/8").await,
+        [200, 429, 429],
+        "another user id from the same untrusted client is no fresh allowance"
+    );
+    assert_eq!(
+        statuses("127.0.0.0/8").await,
+        [200, 200, 200],
+        "from a trusted hop the key counts: one allowance per user"
+    );
+}
