@@ -125,6 +125,9 @@ pub struct Admin {
     pub header_read_timeout: Duration,
     /// A connection that neither sends nor receives a byte for this long is closed.
     pub idle_timeout: Duration,
+    /// The most one request may take, its body included: a body trickled in faster than the
+    /// idle timeout still ends here.
+    pub request_timeout: Duration,
     /// Open connections served at once; one more is accepted and closed at once.
     pub max_connections: usize,
 }
@@ -132,6 +135,7 @@ pub struct Admin {
 impl Admin {
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     /// Operators, scrapers and dashboards: far fewer clients than the proxy listeners see.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 }

@@ -77,6 +77,7 @@ pub struct RawAdmin {
     pub tokens: Vec<RawToken>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub request_timeout: Option<String>,
     pub max_connections: Option<usize>,
 }
 

@@ -287,6 +287,11 @@ impl<'a> Validator<'a> {
                 raw.idle_timeout.as_deref(),
                 Admin::DEFAULT_IDLE_TIMEOUT,
             ),
+            request_timeout: self.positive_duration(
+                "admin.request_timeout",
+                raw.request_timeout.as_deref(),
+                Admin::DEFAULT_REQUEST_TIMEOUT,
+            ),
             max_connections: self.max_connections(
                 "admin.max_connections",
                 raw.max_connections,

@@ -146,6 +146,55 @@ async fn a_request_whose_body_stops_midway_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_body_trickled_in_faster_than_the_idle_timeout_ends_at_the_request_timeout() {
+    let s = serve(
+        "trickle",
+        "  header_read_timeout: 5s\n  idle_timeout: 2s\n  request_timeout: 1s\n",
+    )
+    .await;
+    let stream = TcpStream::connect(s.admin).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(
+            format!(
+                "PUT /api/v1/config?dry_run=true HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN}\r\ncontent-length: 1000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // A byte every 300 ms: never idle for the 2 s idle timeout, never finished either.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            if writer.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(8), reader.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let took = started.elapsed();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the trickled request held its connection for {took:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn connections_beyond_the_admin_limit_are_closed_while_the_limit_holds() {
     let s = serve(
         "limit",

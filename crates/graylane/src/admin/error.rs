@@ -43,7 +43,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, error: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        error: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             body: Box::new(ErrorBody {

@@ -61,6 +61,7 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub request_timeout: Duration,
     pub max_connections: usize,
 }
 
@@ -69,6 +70,7 @@ impl From<&graylane_config::Admin> for Limits {
         Limits {
             header_read_timeout: a.header_read_timeout,
             idle_timeout: a.idle_timeout,
+            request_timeout: a.request_timeout,
             max_connections: a.max_connections,
         }
     }
@@ -82,7 +84,29 @@ pub async fn serve(
     limits: Limits,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let service = TowerToHyperService::new(app(state));
+    // A request (its body included) must end within `request_timeout`: the idle timeout alone
+    // lets a client that sends a byte now and then hold a connection for ever.
+    let deadline = limits.request_timeout;
+    let app = app(state).layer(middleware::from_fn(
+        move |req: axum::extract::Request, next: middleware::Next| async move {
+            match tokio::time::timeout(deadline, next.run(req)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    let mut response = error::ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!("the request did not complete within {deadline:?} (admin.request_timeout)"),
+                    )
+                    .into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    response
+                }
+            }
+        },
+    ));
+    let service = TowerToHyperService::new(app);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
