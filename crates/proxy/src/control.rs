@@ -264,7 +264,6 @@ pub enum Limiter {
 /// The answer of any limiter, as the `429` needs it.
 pub struct LimitAnswer {
     pub allowed: bool,
-    pub limit: u32,
     pub remaining: u32,
     pub reset_secs: u64,
     pub retry_after_secs: Option<u64>,
@@ -281,7 +280,6 @@ impl Limiter {
         };
         Ok(LimitAnswer {
             allowed: d.allowed,
-            limit: d.limit,
             remaining: d.remaining,
             reset_secs: d.reset_secs(),
             retry_after_secs: d.retry_after_secs(),
@@ -295,7 +293,6 @@ pub async fn check_global(g: &GlobalLimiter, key: &[u8]) -> LimitAnswer {
     let secs = |t: Duration| t.as_secs() + u64::from(t.subsec_nanos() > 0);
     LimitAnswer {
         allowed: d.allowed,
-        limit: d.limit,
         remaining: d.remaining,
         reset_secs: secs(d.reset_after),
         retry_after_secs: (!d.allowed).then(|| secs(d.retry_after).max(1)),

@@ -203,7 +203,8 @@ pub async fn handle(
         () = &mut deadline => Err(()),
     };
     version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
-    if let Some(fault) = client_fault(progress.as_deref(), &result) {
+    let (timed_out, failed) = (result.is_err(), matches!(result, Ok(Err(_))));
+    if let Some(fault) = client_fault(progress.as_deref(), timed_out, failed) {
         return client_body_failure(fault, service, version, &worker, started, &conn);
     }
 
@@ -252,14 +253,7 @@ pub async fn handle(
 /// body stopped arriving before the request's time ran out (`408`), or its connection broke
 /// off mid-body (`400`). Such a failure is not the version's: it must not count as an upstream
 /// error, or a client could push a canary into rollback by sending slowly.
-fn client_fault<T, E>(
-    progress: Option<&Cell<ClientBody>>,
-    result: &Result<Result<T, E>, ()>,
-) -> Option<StatusCode> {
-    client_fault_of(progress, result.is_err(), matches!(result, Ok(Err(_))))
-}
-
-fn client_fault_of(
+fn client_fault(
     progress: Option<&Cell<ClientBody>>,
     timed_out: bool,
     failed: bool,
@@ -599,7 +593,7 @@ impl Attempts<'_> {
             version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
             let timed_out = result.is_none();
             let failed = matches!(result, Some(Err(_)));
-            if let Some(fault) = client_fault_of(progress.as_deref(), timed_out, failed) {
+            if let Some(fault) = client_fault(progress.as_deref(), timed_out, failed) {
                 // Not the version's failure: the breaker's call and the endpoint's record are
                 // left out (dropping the token counts nothing).
                 drop(token);
