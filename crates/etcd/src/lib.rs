@@ -1,0 +1,5 @@
+//! Fleet mode on etcd v3: many `graylane serve --etcd URL` nodes sharing one configuration and
+//! one release state.
+
+#[cfg(feature = "testing")]
+pub mod testing;
