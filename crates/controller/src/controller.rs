@@ -11,7 +11,9 @@ use graylane_config::{Config, SegmentSource, Service};
 use graylane_notify::{Notifier, WebhookTarget};
 use graylane_rollout::{Command, Kind, Phase, Plan, Rollout, Transition};
 use graylane_rules::Routing;
-use graylane_store::{AuditFilter, NewAuditEntry, NewRevision, RevisionSource, Store};
+use graylane_store::{
+    AuditFilter, Expect, NewAuditEntry, NewRevision, RevisionSource, Store, StoreError,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Observation, Runner, Subject, totals};
@@ -93,8 +95,14 @@ pub struct ApplyOutcome {
 /// How the controller starts.
 pub struct Setup {
     pub env: String,
-    /// The file the configuration lives in; changes made through the API are written there.
+    /// The file the configuration lives in; changes made through the API are written there
+    /// (unless `fleet`). Relative segment file paths are resolved from its folder.
     pub config_path: PathBuf,
+    /// A fleet node: the store is shared with other nodes, which change releases and the
+    /// configuration too ([`Controller::revision_changed`], [`Controller::release_changed`]).
+    /// The store, not the file, is the configuration's home, so API changes are not written to
+    /// the file.
+    pub fleet: bool,
     pub store: Arc<dyn Store>,
     pub plane: Arc<dyn DataPlane>,
     pub notifier: Option<Notifier>,
@@ -107,6 +115,7 @@ pub struct Setup {
 pub struct Controller {
     env: String,
     config_path: PathBuf,
+    fleet: bool,
     store: Arc<dyn Store>,
     plane: Arc<dyn DataPlane>,
     notifier: Option<Notifier>,
@@ -169,6 +178,12 @@ struct Managed {
     identity: String,
     plan: Plan,
     rollout: Rollout,
+    /// The store's version of this state (0: not stored yet, or a single-writer store): a
+    /// change is saved only if it is still the stored one.
+    version: u64,
+    /// Started in memory by a fleet node following another's revision, and not saved yet:
+    /// the leader saves it ([`Controller::save_pending`]).
+    pending: bool,
 }
 
 /// A release as stored: versions by name, so a reordered configuration still resumes it.
@@ -187,6 +202,7 @@ impl Controller {
         let Setup {
             env,
             config_path,
+            fleet,
             store,
             plane,
             notifier,
@@ -220,18 +236,11 @@ impl Controller {
                 rev.n
             }
         };
-        let mut stored = BTreeMap::new();
-        for (service, bytes) in store.releases(&env)? {
-            let persisted: Persisted =
-                serde_json::from_slice(&bytes).map_err(|e| ControlError::CorruptState {
-                    service: service.clone(),
-                    detail: e.to_string(),
-                })?;
-            stored.insert(service, persisted);
-        }
+        let stored = stored_releases(store.as_ref(), &env)?;
         let controller = Controller {
             env,
             config_path,
+            fleet,
             store,
             plane,
             notifier,
@@ -249,7 +258,7 @@ impl Controller {
         {
             let mut state = controller.lock();
             let (releases, started) =
-                controller.reconcile(&config, Resume::Stored(stored), "file", now_ms)?;
+                controller.reconcile(&config, Resume::Stored(stored), "file", true, now_ms)?;
             state.releases = releases;
             controller.plane.apply(config, &routes(&state.releases));
             if let Some(message) = recorded {
@@ -340,8 +349,19 @@ impl Controller {
             Action::AnalysisFailed => Command::AnalysisFailed,
         };
         let mut rollout = m.rollout.clone();
-        rollout.apply(&m.plan, command, actor.name, actor.reason, now_ms)?;
-        self.commit(&mut state, service, rollout, 1)?;
+        rollout.apply(&m.plan, command.clone(), actor.name, actor.reason, now_ms)?;
+        match self.commit(&mut state, service, rollout, 1, false) {
+            // Another node changed the release after this one last heard of it: decide again
+            // on the stored state, which is what the person was looking at anyway.
+            Err(ControlError::Store(StoreError::Conflict { .. })) => {
+                self.refresh(&mut state, service)?;
+                let m = find(&state, service)?;
+                let mut rollout = m.rollout.clone();
+                rollout.apply(&m.plan, command, actor.name, actor.reason, now_ms)?;
+                self.commit(&mut state, service, rollout, 1, false)?;
+            }
+            other => other?,
+        }
         let m = find(&state, service)?;
         self.view(&state, service, m, now_ms)
             .ok_or_else(|| unknown_service(&state, service))
@@ -362,7 +382,7 @@ impl Controller {
                 continue;
             }
             let new = rollout.history.len() - before;
-            match self.commit(&mut state, &name, rollout, new) {
+            match self.commit(&mut state, &name, rollout, new, true) {
                 Ok(()) => moved += 1,
                 Err(e) => {
                     self.errors.log(format_args!(
@@ -518,7 +538,7 @@ impl Controller {
         let before = rollout.history.len();
         rollout.tick(&m.plan, now_ms);
         let new = 1 + rollout.history.len() - before;
-        self.commit(&mut state, service, rollout, new)
+        self.commit(&mut state, service, rollout, new, true)
     }
 
     /// The latest judgements of `service`'s analysis, oldest first.
@@ -883,6 +903,147 @@ impl Controller {
             .collect())
     }
 
+    // ----- fleet -----
+
+    /// Another fleet node saved `service`'s release (the store's watch saw it): takes the saved
+    /// state if it is newer than the one here and of the same release, and routes by it. A
+    /// state of another release (a changed candidate) waits for the revision that configures it
+    /// ([`Controller::revision_changed`]). Returns whether anything changed here.
+    pub fn release_changed(
+        &self,
+        service: &str,
+        saved: &[u8],
+        version: u64,
+    ) -> Result<bool, ControlError> {
+        let persisted: Persisted =
+            serde_json::from_slice(saved).map_err(|e| ControlError::CorruptState {
+                service: service.to_string(),
+                detail: e.to_string(),
+            })?;
+        let mut state = self.lock();
+        let config = Arc::clone(&state.config);
+        let Some(svc) = config.service(service) else {
+            return Ok(false);
+        };
+        let Some(m) = state.releases.get_mut(service) else {
+            return Ok(false);
+        };
+        if m.identity != persisted.identity || version <= m.version {
+            return Ok(false);
+        }
+        let mut rollout = persisted.rollout;
+        rollout.winner = persisted.winner.and_then(|w| svc.version_index(&w));
+        follow_new_steps(&mut rollout, &m.plan);
+        m.rollout = rollout;
+        m.version = version;
+        m.pending = false;
+        self.plane
+            .set_routing(service, m.rollout.routing(&m.plan));
+        Ok(true)
+    }
+
+    /// Another fleet node recorded revision `n` (the store's watch saw it): if it is newer than
+    /// the one here, reads it, validates it and applies it with the stored releases, as a file
+    /// reload does, but writes nothing: the node that recorded it saved what it changed.
+    /// Returns whether it was applied. A revision this build cannot validate is refused, and
+    /// the current configuration keeps serving.
+    pub fn revision_changed(&self, n: u64, now_ms: i64) -> Result<bool, ControlError> {
+        let mut state = self.lock();
+        if n <= state.revision {
+            return Ok(false);
+        }
+        let Some(rev) = self.store.revision(&self.env, n)? else {
+            return Ok(false);
+        };
+        let config = graylane_config::load_text_for(&rev.yaml, &self.config_path)
+            .map_err(ControlError::Invalid)?;
+        let stored = stored_releases(self.store.as_ref(), &self.env)?;
+        let (releases, _) =
+            self.reconcile(&config, Resume::Stored(stored), &rev.author, false, now_ms)?;
+        retain_audit(self.store.as_ref(), &config);
+        self.plane.apply(config.clone(), &routes(&releases));
+        state.releases = releases;
+        state.config = Arc::new(config);
+        state.yaml = rev.yaml;
+        state.revision = rev.n;
+        if let Some(notifier) = &self.notifier {
+            notifier.set_targets(webhook_targets(&state.config));
+        }
+        Ok(true)
+    }
+
+    /// Saves (as the leader) the releases this node started in memory while following another
+    /// node's revision, which that node did not save (it stopped first, say). Returns how many
+    /// were saved; one saved meanwhile by another node is read back instead.
+    pub fn save_pending(&self, now_ms: i64) -> usize {
+        let mut state = self.lock();
+        let pending: Vec<String> = state
+            .releases
+            .iter()
+            .filter(|(_, m)| m.pending)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let config = Arc::clone(&state.config);
+        let mut saved = 0;
+        for name in pending {
+            let (Some(svc), Some(m)) = (config.service(&name), state.releases.get(&name)) else {
+                continue;
+            };
+            let expect = Expect {
+                version: m.version,
+                leader: true,
+            };
+            let reason = "started by the revision that configured it";
+            match self.persist(svc, m, expect, (("start", "leader", reason), now_ms)) {
+                Ok(version) => {
+                    if let Some(m) = state.releases.get_mut(&name) {
+                        m.version = version;
+                        m.pending = false;
+                    }
+                    saved += 1;
+                }
+                Err(ControlError::Store(StoreError::Conflict { .. })) => {
+                    if let Err(e) = self.refresh(&mut state, &name) {
+                        self.errors
+                            .log(format_args!("cannot read release `{name}` back: {e}"));
+                    }
+                }
+                Err(e) => {
+                    self.errors
+                        .log(format_args!("cannot save the start of `{name}`: {e}"));
+                }
+            }
+        }
+        saved
+    }
+
+    /// Reads `service`'s stored state into the running release (after a conditional write
+    /// found it changed elsewhere).
+    fn refresh(&self, state: &mut State, service: &str) -> Result<(), ControlError> {
+        let stored = stored_releases(self.store.as_ref(), &self.env)?;
+        let config = Arc::clone(&state.config);
+        let (Some(svc), Some(m)) = (config.service(service), state.releases.get_mut(service))
+        else {
+            return Err(unknown_service(state, service));
+        };
+        match stored.get(service) {
+            Some((p, version)) if p.identity == m.identity => {
+                let mut rollout = p.rollout.clone();
+                rollout.winner = p.winner.clone().and_then(|w| svc.version_index(&w));
+                follow_new_steps(&mut rollout, &m.plan);
+                m.rollout = rollout;
+                m.version = *version;
+                m.pending = false;
+            }
+            // Another release's state, or none: the next write replaces exactly that.
+            Some((_, version)) => m.version = *version,
+            None => m.version = 0,
+        }
+        self.plane
+            .set_routing(service, m.rollout.routing(&m.plan));
+        Ok(())
+    }
+
     // ----- internals -----
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -963,10 +1124,12 @@ impl Controller {
                 diff,
             });
         }
-        write_atomically(&self.config_path, yaml).map_err(|source| ControlError::Write {
-            path: self.config_path.display().to_string(),
-            source,
-        })?;
+        if !self.fleet {
+            write_atomically(&self.config_path, yaml).map_err(|source| ControlError::Write {
+                path: self.config_path.display().to_string(),
+                source,
+            })?;
+        }
         let n = self.apply_config(
             &mut state,
             config,
@@ -1001,6 +1164,7 @@ impl Controller {
             &config,
             Resume::Running(&state.releases, &state.config),
             author,
+            true,
             now_ms,
         )?;
         let rev = self.store.add_revision(
@@ -1058,24 +1222,33 @@ impl Controller {
 
     /// Matches every release of `config` with what runs (or was stored): the same release
     /// (same strategy and versions) goes on where it was; a new or changed one starts at step
-    /// 0; one no longer configured is forgotten. New and dropped releases are persisted.
+    /// 0; one no longer configured is forgotten. With `write`, new and dropped releases are
+    /// persisted; without (a fleet node following a revision another node wrote, which writes
+    /// them), a new one starts in memory only, [`Managed::pending`] until the leader saves it.
     /// Returns the releases and the names of those that started here.
     fn reconcile<'a>(
         &self,
         config: &Config,
         resume: Resume<'a>,
         actor: &str,
+        write: bool,
         now_ms: i64,
     ) -> Result<(BTreeMap<String, Managed>, Vec<String>), ControlError> {
         let mut out = BTreeMap::new();
         let mut started = Vec::new();
-        let mut previous: BTreeMap<String, (String, Rollout, Option<String>)> = match &resume {
+        let mut previous: BTreeMap<String, Previous> = match &resume {
             Resume::Stored(stored) => stored
                 .iter()
-                .map(|(k, p)| {
+                .map(|(k, (p, version))| {
                     (
                         k.clone(),
-                        (p.identity.clone(), p.rollout.clone(), p.winner.clone()),
+                        Previous {
+                            identity: p.identity.clone(),
+                            rollout: p.rollout.clone(),
+                            winner: p.winner.clone(),
+                            version: *version,
+                            pending: false,
+                        },
                     )
                 })
                 .collect(),
@@ -1087,7 +1260,16 @@ impl Controller {
                             .and_then(|s| s.versions.get(w))
                             .map(|v| v.name.clone())
                     });
-                    (k.clone(), (m.identity.clone(), m.rollout.clone(), winner))
+                    (
+                        k.clone(),
+                        Previous {
+                            identity: m.identity.clone(),
+                            rollout: m.rollout.clone(),
+                            winner,
+                            version: m.version,
+                            pending: m.pending,
+                        },
+                    )
                 })
                 .collect(),
         };
@@ -1097,8 +1279,15 @@ impl Controller {
             };
             let plan = Plan::from_release(release);
             let identity = identity(service);
-            match previous.remove(&service.name) {
-                Some((id, mut rollout, winner)) if id == identity => {
+            let prev = previous.remove(&service.name);
+            match prev {
+                Some(Previous {
+                    identity: id,
+                    mut rollout,
+                    winner,
+                    version,
+                    pending,
+                }) if id == identity => {
                     rollout.winner = winner.and_then(|w| service.version_index(&w));
                     follow_new_steps(&mut rollout, &plan);
                     out.insert(
@@ -1107,10 +1296,12 @@ impl Controller {
                             identity,
                             plan,
                             rollout,
+                            version,
+                            pending,
                         },
                     );
                 }
-                _ => {
+                prev => {
                     let mut rollout = Rollout::start(&plan, now_ms);
                     let reason = format!(
                         "{} release of {}: {} → {}",
@@ -1129,21 +1320,43 @@ impl Controller {
                         step: 0,
                         weight: rollout.weight,
                     });
-                    let managed = Managed {
+                    // The state this one replaces, if any: what a conditional write expects.
+                    let replaced = prev.map_or(0, |p| p.version);
+                    let mut managed = Managed {
                         identity,
                         plan,
                         rollout,
+                        version: replaced,
+                        pending: !write,
                     };
-                    self.persist(service, &managed, "start", actor, &reason, now_ms)?;
+                    if write {
+                        managed.version = self.persist(
+                            service,
+                            &managed,
+                            Expect {
+                                version: replaced,
+                                leader: false,
+                            },
+                            (("start", actor, &reason), now_ms),
+                        )?;
+                        started.push(service.name.clone());
+                    }
                     out.insert(service.name.clone(), managed);
-                    started.push(service.name.clone());
                 }
             }
         }
-        for gone in previous.keys() {
-            self.store.delete_release(
+        if !write {
+            return Ok((out, started));
+        }
+        for (gone, prev) in &previous {
+            let expect = Expect {
+                version: prev.version,
+                leader: false,
+            };
+            self.store.delete_release_if(
                 &self.env,
                 gone,
+                expect,
                 NewAuditEntry {
                     at_ms: now_ms,
                     actor: actor.to_string(),
@@ -1157,14 +1370,16 @@ impl Controller {
         Ok((out, started))
     }
 
-    /// Persists `rollout` as `service`'s new state, applies its routing and announces its
-    /// `new` latest transitions.
+    /// Persists `rollout` as `service`'s new state (only if the stored state is still the one
+    /// it was computed from, and, for the leader's own changes, only while this node leads),
+    /// applies its routing and announces its `new` latest transitions.
     fn commit(
         &self,
         state: &mut State,
         service: &str,
         rollout: Rollout,
         new: usize,
+        by_leader: bool,
     ) -> Result<(), ControlError> {
         let config = Arc::clone(&state.config);
         let svc = config
@@ -1173,10 +1388,16 @@ impl Controller {
         let Some(m) = state.releases.get_mut(service) else {
             return Err(unknown_service(state, service));
         };
-        let candidate = Managed {
+        let mut candidate = Managed {
             identity: m.identity.clone(),
             plan: m.plan.clone(),
             rollout,
+            version: m.version,
+            pending: false,
+        };
+        let expect = Expect {
+            version: m.version,
+            leader: by_leader,
         };
         let transitions = &candidate.rollout.history[candidate.rollout.history.len() - new..];
         for (i, t) in transitions.iter().enumerate() {
@@ -1187,13 +1408,11 @@ impl Controller {
             }
         }
         if let Some(last) = transitions.last() {
-            self.persist(
+            candidate.version = self.persist(
                 svc,
                 &candidate,
-                &last.what,
-                &last.actor,
-                &last.reason,
-                last.at_ms,
+                expect,
+                ((&last.what, &last.actor, &last.reason), last.at_ms),
             )?;
         }
         self.plane
@@ -1207,15 +1426,15 @@ impl Controller {
         Ok(())
     }
 
+    /// Saves `m` as `service`'s state if `expect` holds, with an audit entry of
+    /// `(action, actor, reason)`; returns the new version.
     fn persist(
         &self,
         service: &Service,
         m: &Managed,
-        action: &str,
-        actor: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> Result<(), ControlError> {
+        expect: Expect,
+        ((action, actor, reason), now_ms): ((&str, &str, &str), i64),
+    ) -> Result<u64, ControlError> {
         let winner = m
             .rollout
             .winner
@@ -1238,9 +1457,10 @@ impl Controller {
         if let Some(t) = m.rollout.history.last() {
             audit.detail = transition_audit(&service.name, t, m, service).detail;
         }
-        self.store
-            .record_release(&self.env, &service.name, &bytes, audit)?;
-        Ok(())
+        let recorded =
+            self.store
+                .record_release_if(&self.env, &service.name, &bytes, expect, audit)?;
+        Ok(recorded.version)
     }
 
     fn transition_event(
@@ -1309,10 +1529,38 @@ pub fn webhook_targets(config: &Config) -> Vec<WebhookTarget> {
 
 /// What a reconcile starts from.
 enum Resume<'a> {
-    /// Releases read from the store at start.
-    Stored(BTreeMap<String, Persisted>),
+    /// Releases read from the store, with their versions.
+    Stored(BTreeMap<String, (Persisted, u64)>),
     /// The running releases and the configuration they were built for.
     Running(&'a BTreeMap<String, Managed>, &'a Config),
+}
+
+/// A release as a reconcile found it.
+struct Previous {
+    identity: String,
+    rollout: Rollout,
+    winner: Option<String>,
+    version: u64,
+    pending: bool,
+}
+
+/// Every stored release of `env`, decoded, with its version.
+fn stored_releases(
+    store: &dyn Store,
+    env: &str,
+) -> Result<BTreeMap<String, (Persisted, u64)>, ControlError> {
+    store
+        .release_versions(env)?
+        .into_iter()
+        .map(|r| {
+            let persisted: Persisted =
+                serde_json::from_slice(&r.state).map_err(|e| ControlError::CorruptState {
+                    service: r.service.clone(),
+                    detail: e.to_string(),
+                })?;
+            Ok((r.service, (persisted, r.version)))
+        })
+        .collect()
 }
 
 /// A release is "the same" while its strategy and versions are: a changed candidate is a new

@@ -103,4 +103,43 @@ pub enum StoreError {
         /// What the decoder said.
         detail: String,
     },
+
+    /// A conditional write found the release changed since the state it was computed from:
+    /// another node changed it first. Nothing was written; read it again and retry.
+    #[error(
+        "release `{service}` was changed on another node while this change was being made; nothing was written: look at its state again and retry"
+    )]
+    Conflict {
+        /// The release's service.
+        service: String,
+    },
+
+    /// A change only the leader makes (a timed step, an analysis verdict) was attempted by a
+    /// node that no longer leads. Nothing was written; the new leader makes it.
+    #[error("this node is no longer the fleet's leader; the change was left to the new leader")]
+    NotLeader,
+
+    /// The shared store did not answer (down, unreachable, or slower than the timeout). Nothing
+    /// is known to have been written; the request can be retried once it is back.
+    #[error(
+        "the configuration store (etcd at {endpoints}) is unavailable while {context}: {cause}; the gateway keeps serving its last configuration: retry once etcd is back"
+    )]
+    Unavailable {
+        /// The etcd endpoints, as given to `--etcd`.
+        endpoints: String,
+        /// What the store was doing.
+        context: String,
+        /// What the client said.
+        cause: String,
+    },
+
+    /// The shared store holds data this build cannot use: another schema, another environment's
+    /// data under this one's keys, or keys graylane did not write. Nothing was changed.
+    #[error("refusing to use etcd at {endpoints}: {detail}; nothing was changed")]
+    Foreign {
+        /// The etcd endpoints, as given to `--etcd`.
+        endpoints: String,
+        /// What was found, and where.
+        detail: String,
+    },
 }

@@ -61,11 +61,18 @@ pub use redb_store::RedbStore;
 
 use serde::{Deserialize, Serialize};
 
-/// What the controller needs from storage. A trait so that another backend (etcd, later) can
-/// replace the embedded redb one without the controller changing.
+/// What the controller needs from storage: the embedded redb store on one node, etcd in a fleet
+/// (`graylane-etcd`), without the controller changing.
 ///
 /// Every method that writes commits durably before it returns `Ok`, and writes either all of
 /// its changes or none of them.
+///
+/// **Conditional writes.** In a fleet several nodes write the same release, so a change is
+/// computed from a version of its state and saved only if that version is still the stored one
+/// ([`Store::record_release_if`], [`Expect`]); the leader's own changes (timed steps, analysis
+/// verdicts) are saved only while it still leads. A store with a single writer, as the embedded
+/// one is (its file lock admits one process, and the controller writes under its own lock), has
+/// nothing to compare: its default methods write unconditionally and report version 0.
 pub trait Store: Send + Sync {
     /// Saves a new configuration revision for `env`, numbered one past the newest one (the
     /// first is 1), so that revision numbers are a gap-free history operators can name.
@@ -104,6 +111,47 @@ pub trait Store: Send + Sync {
         audit: NewAuditEntry,
     ) -> Result<AuditEntry, StoreError>;
 
+    /// Every release of `env` with the version of its state that a conditional write names.
+    fn release_versions(&self, env: &str) -> Result<Vec<StoredRelease>, StoreError> {
+        Ok(self
+            .releases(env)?
+            .into_iter()
+            .map(|(service, state)| StoredRelease {
+                service,
+                state,
+                version: 0,
+            })
+            .collect())
+    }
+
+    /// [`Store::record_release`], only if `expect` still holds; returns the entry and the new
+    /// version of the state. Otherwise [`StoreError::Conflict`] (another node changed the
+    /// release) or [`StoreError::NotLeader`], and nothing is written.
+    fn record_release_if(
+        &self,
+        env: &str,
+        service: &str,
+        state: &[u8],
+        expect: Expect,
+        audit: NewAuditEntry,
+    ) -> Result<Recorded, StoreError> {
+        let _ = expect;
+        let entry = self.record_release(env, service, state, audit)?;
+        Ok(Recorded { entry, version: 0 })
+    }
+
+    /// [`Store::delete_release`], only if `expect` still holds (as [`Store::record_release_if`]).
+    fn delete_release_if(
+        &self,
+        env: &str,
+        service: &str,
+        expect: Expect,
+        audit: NewAuditEntry,
+    ) -> Result<AuditEntry, StoreError> {
+        let _ = expect;
+        self.delete_release(env, service, audit)
+    }
+
     /// Appends an audit entry that goes with no state change (a login, a refused command, a
     /// configuration reload), numbered one past the newest entry of `env`.
     fn append_audit(&self, env: &str, entry: NewAuditEntry) -> Result<AuditEntry, StoreError>;
@@ -134,6 +182,38 @@ pub trait Store: Send + Sync {
     /// The environments that have any data, sorted, so an operator can see what a data
     /// directory holds before picking `--env`.
     fn environments(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// A release's saved state, with its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRelease {
+    /// The service the release is of.
+    pub service: String,
+    /// The controller's encoding of the release.
+    pub state: Vec<u8>,
+    /// Changes whenever the state is written (etcd's modification revision of the key); 0 from
+    /// a store with a single writer.
+    pub version: u64,
+}
+
+/// What must still hold for a conditional release write to go ahead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// The version of the state the change was computed from; 0: the release must have no
+    /// stored state yet.
+    pub version: u64,
+    /// The change is the leader's own (a timed step, an analysis verdict): refused once this
+    /// node no longer leads, so a deposed leader can never move a release.
+    pub leader: bool,
+}
+
+/// A conditional write's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// The audit entry written with the state.
+    pub entry: AuditEntry,
+    /// The state's new version, for the next conditional write.
+    pub version: u64,
 }
 
 /// A configuration revision to save; the store assigns its number.

@@ -286,6 +286,7 @@ pub fn run_gateway(
             let controller = Controller::open(Setup {
                 env: m.env.clone(),
                 config_path: m.path.clone(),
+                fleet: false,
                 store: Arc::clone(&m.store) as Arc<dyn graylane_store::Store>,
                 plane: Arc::new(GatewayPlane(Arc::clone(&gateway))),
                 notifier: notifier.clone(),
