@@ -937,8 +937,7 @@ impl Controller {
         m.rollout = rollout;
         m.version = version;
         m.pending = false;
-        self.plane
-            .set_routing(service, m.rollout.routing(&m.plan));
+        self.plane.set_routing(service, m.rollout.routing(&m.plan));
         Ok(true)
     }
 
@@ -1039,8 +1038,7 @@ impl Controller {
             Some((_, version)) => m.version = *version,
             None => m.version = 0,
         }
-        self.plane
-            .set_routing(service, m.rollout.routing(&m.plan));
+        self.plane.set_routing(service, m.rollout.routing(&m.plan));
         Ok(())
     }
 

@@ -1,5 +1,20 @@
 //! Fleet mode on etcd v3: many `graylane serve --etcd URL` nodes sharing one configuration and
 //! one release state.
+//!
+//! - [`connect`]: the client, on a runtime of its own, with a timeout on every call.
+//! - [`keys`]: where everything lives in etcd (the layout other tools may read).
+//! - [`store`]: [`EtcdStore`], the controller's [`graylane_store::Store`] on etcd, with
+//!   conditional (fenced) release writes.
+//! - [`fleet`]: a node's membership (under a lease), leader election, and the watch that
+//!   tells the node what other nodes changed.
 
+pub mod connect;
+pub mod fleet;
+pub mod keys;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use connect::{Etcd, EtcdOptions};
+pub use fleet::{Fleet, FleetEvent, Member, NodeInfo};
+pub use store::EtcdStore;

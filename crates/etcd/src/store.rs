@@ -1,0 +1,728 @@
+//! [`EtcdStore`]: the controller's [`Store`] on etcd, shared by every node of a fleet.
+//!
+//! Every write is one etcd transaction. An audit entry is numbered by comparing the audit
+//! counter's modification revision, so concurrent writers on several nodes each get their own
+//! number (a writer that lost the race reads the counter again and retries). A release write
+//! also compares the release key's modification revision with the version the change was
+//! computed from ([`Expect::version`]), and a leader's write compares the leader key's lease
+//! with this node's ([`Expect::leader`]): a deposed leader, or a node that missed another's
+//! change, writes nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use graylane_store::{
+    AuditEntry, AuditFilter, Expect, NewAuditEntry, NewRevision, Recorded, Revision, RevisionMeta,
+    Store, StoreError, StoredRelease,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::connect::Etcd;
+use crate::keys::{Keys, SCHEMA};
+
+/// How many times a write retries when only the audit counter moved under it.
+const RACES: usize = 32;
+/// Audit entries read per page when filtering.
+const PAGE: i64 = 256;
+
+/// The [`Store`] of a fleet node.
+pub struct EtcdStore {
+    etcd: Etcd,
+    /// The lease this node leads under, 0 while it does not lead: what a leader's write
+    /// compares the leader key with. Set by [`crate::Fleet`].
+    leading: Arc<AtomicI64>,
+    max_audit_age_ms: AtomicI64,
+    max_audit_entries: AtomicU64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SchemaRecord {
+    graylane_schema: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnvRecord {
+    env: String,
+}
+
+/// A write's release part.
+struct ReleaseWrite<'a> {
+    service: &'a str,
+    /// `None`: delete it.
+    state: Option<&'a [u8]>,
+    /// `None`: unconditional.
+    expect: Option<Expect>,
+}
+
+impl EtcdStore {
+    /// Opens `env`'s keys under the connection's prefix: checks that what is there is
+    /// graylane's, of this schema and of this environment (or writes the markers on an empty
+    /// prefix). Anything else is refused with [`StoreError::Foreign`] and left untouched.
+    pub fn open(etcd: Etcd, env: &str) -> Result<EtcdStore, StoreError> {
+        let keys = Keys::new(etcd.prefix(), env);
+        let foreign = |detail: String| StoreError::Foreign {
+            endpoints: etcd.endpoints().to_string(),
+            detail,
+        };
+        let schema_key = keys.schema();
+        let prefix = format!("{}/", keys.prefix());
+        let (schema, any) = etcd.call("checking the schema", {
+            let (schema_key, prefix) = (schema_key.clone(), prefix.clone());
+            |mut c| async move {
+                let schema = c.get(schema_key, None).await?;
+                let any = c
+                    .get(
+                        prefix,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_keys_only()
+                                .with_limit(1),
+                        ),
+                    )
+                    .await?;
+                Ok((
+                    schema.kvs().first().map(|kv| kv.value().to_vec()),
+                    any.kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+                ))
+            }
+        })?;
+        match schema {
+            Some(bytes) => match serde_json::from_slice::<SchemaRecord>(&bytes) {
+                Ok(r) if r.graylane_schema == SCHEMA => {}
+                Ok(r) => {
+                    return Err(foreign(format!(
+                        "{schema_key} says schema {}, but this graylane reads schema {SCHEMA}: run a graylane release that reads it, or use another --etcd-prefix",
+                        r.graylane_schema
+                    )));
+                }
+                Err(_) => {
+                    return Err(foreign(format!(
+                        "{schema_key} holds `{}`, not a graylane schema marker: the prefix is used by something else; pass another --etcd-prefix",
+                        String::from_utf8_lossy(&bytes)
+                    )));
+                }
+            },
+            None => {
+                if let Some(key) = any {
+                    return Err(foreign(format!(
+                        "{prefix} holds keys graylane did not write (such as {key}) and no schema marker; pass another --etcd-prefix"
+                    )));
+                }
+                let marker = serde_json::to_vec(&SchemaRecord {
+                    graylane_schema: SCHEMA,
+                })
+                .unwrap_or_default();
+                etcd.call("writing the schema marker", {
+                    let schema_key = schema_key.clone();
+                    |mut c| async move {
+                        c.txn(
+                            Txn::new()
+                                .when([Compare::create_revision(
+                                    schema_key.clone(),
+                                    CompareOp::Equal,
+                                    0,
+                                )])
+                                .and_then([TxnOp::put(schema_key, marker, None)]),
+                        )
+                        .await
+                        .map(|_| ())
+                    }
+                })?;
+            }
+        }
+        let meta_key = keys.meta();
+        let env_prefix = keys.env().to_string();
+        let (meta, any) = etcd.call("checking the environment", {
+            let (meta_key, env_prefix) = (meta_key.clone(), env_prefix.clone());
+            |mut c| async move {
+                let meta = c.get(meta_key, None).await?;
+                let any = c
+                    .get(
+                        env_prefix,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_keys_only()
+                                .with_limit(1),
+                        ),
+                    )
+                    .await?;
+                Ok((
+                    meta.kvs().first().map(|kv| kv.value().to_vec()),
+                    any.kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+                ))
+            }
+        })?;
+        match meta {
+            Some(bytes) => match serde_json::from_slice::<EnvRecord>(&bytes) {
+                Ok(r) if r.env == env => {}
+                Ok(r) => {
+                    return Err(foreign(format!(
+                        "{meta_key} belongs to environment `{}`, not `{env}`: its keys were copied or written by hand; nothing of it will be used",
+                        r.env
+                    )));
+                }
+                Err(_) => {
+                    return Err(foreign(format!(
+                        "{meta_key} holds `{}`, not graylane's environment record",
+                        String::from_utf8_lossy(&bytes)
+                    )));
+                }
+            },
+            None => {
+                if let Some(key) = any {
+                    return Err(foreign(format!(
+                        "{env_prefix} holds keys (such as {key}) but no environment record ({meta_key}): they were not written by graylane"
+                    )));
+                }
+                let record = serde_json::to_vec(&EnvRecord {
+                    env: env.to_string(),
+                })
+                .unwrap_or_default();
+                etcd.call("writing the environment record", {
+                    let meta_key = meta_key.clone();
+                    |mut c| async move {
+                        c.txn(
+                            Txn::new()
+                                .when([Compare::create_revision(
+                                    meta_key.clone(),
+                                    CompareOp::Equal,
+                                    0,
+                                )])
+                                .and_then([TxnOp::put(meta_key, record, None)]),
+                        )
+                        .await
+                        .map(|_| ())
+                    }
+                })?;
+            }
+        }
+        Ok(EtcdStore {
+            etcd,
+            leading: Arc::new(AtomicI64::new(0)),
+            max_audit_age_ms: AtomicI64::new(0),
+            max_audit_entries: AtomicU64::new(0),
+        })
+    }
+
+    /// The connection.
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// Where the fleet sets the lease this node leads under (0: not leading).
+    pub fn leading(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.leading)
+    }
+
+    fn keys(&self, env: &str) -> Keys {
+        Keys::new(self.etcd.prefix(), env)
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Foreign {
+            endpoints: self.etcd.endpoints().to_string(),
+            detail: format!("the value at {key} cannot be read ({e}): it was written by an incompatible graylane or by hand"),
+        })
+    }
+
+    /// Reads a decimal counter: its value and modification revision (0, 0 when absent).
+    fn counter(&self, key: &str, context: &str) -> Result<(u64, i64), StoreError> {
+        let key = key.to_string();
+        let got = self.etcd.call(context, |mut c| async move {
+            let r = c.get(key, None).await?;
+            Ok(r.kvs()
+                .first()
+                .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+        })?;
+        match got {
+            None => Ok((0, 0)),
+            Some((bytes, rev)) => {
+                let n = std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StoreError::Foreign {
+                        endpoints: self.etcd.endpoints().to_string(),
+                        detail: format!("the counter at {context} is not a number"),
+                    })?;
+                Ok((n, rev))
+            }
+        }
+    }
+
+    /// Appends `audit` with the release change `release`, in one transaction, retrying while
+    /// only the audit counter moved. Returns the entry and the revision the write made.
+    fn write(
+        &self,
+        env: &str,
+        release: Option<ReleaseWrite<'_>>,
+        audit: NewAuditEntry,
+        context: &str,
+    ) -> Result<(AuditEntry, u64), StoreError> {
+        let keys = self.keys(env);
+        for _ in 0..RACES {
+            let (seq, seq_rev) = self.counter(&keys.audit_seq(), context)?;
+            let entry = AuditEntry {
+                seq: seq + 1,
+                at_ms: audit.at_ms,
+                actor: audit.actor.clone(),
+                action: audit.action.clone(),
+                target: audit.target.clone(),
+                reason: audit.reason.clone(),
+                detail: audit.detail.clone(),
+            };
+            let mut when = vec![Compare::mod_revision(
+                keys.audit_seq(),
+                CompareOp::Equal,
+                seq_rev,
+            )];
+            let mut then = vec![
+                TxnOp::put(keys.audit_seq(), entry.seq.to_string(), None),
+                TxnOp::put(
+                    keys.audit(entry.seq),
+                    serde_json::to_vec(&entry).unwrap_or_default(),
+                    None,
+                ),
+            ];
+            let mut lease = 0;
+            if let Some(r) = &release {
+                let key = keys.release(r.service);
+                if let Some(expect) = r.expect {
+                    when.push(Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        expect.version as i64,
+                    ));
+                    if expect.leader {
+                        lease = self.leading.load(Ordering::Acquire);
+                        if lease == 0 {
+                            return Err(StoreError::NotLeader);
+                        }
+                        when.push(Compare::lease(keys.leader(), CompareOp::Equal, lease));
+                    }
+                }
+                then.push(match r.state {
+                    Some(state) => TxnOp::put(key, state.to_vec(), None),
+                    None => TxnOp::delete(key, None),
+                });
+            }
+            let release_key = release.as_ref().map(|r| keys.release(r.service));
+            let leader_key = keys.leader();
+            let outcome = self.etcd.call(context, move |mut c| async move {
+                let mut otherwise = vec![TxnOp::get(leader_key, None)];
+                if let Some(k) = release_key {
+                    otherwise.push(TxnOp::get(k, None));
+                }
+                let r = c
+                    .txn(Txn::new().when(when).and_then(then).or_else(otherwise))
+                    .await?;
+                let revision = r.header().map_or(0, |h| h.revision());
+                let mut leader_lease = 0;
+                let mut release_rev = 0;
+                for (i, op) in r.op_responses().into_iter().enumerate() {
+                    if let etcd_client::TxnOpResponse::Get(g) = op {
+                        let kv = g.kvs().first();
+                        if i == 0 {
+                            leader_lease = kv.map_or(0, |kv| kv.lease());
+                        } else {
+                            release_rev = kv.map_or(0, |kv| kv.mod_revision());
+                        }
+                    }
+                }
+                Ok((r.succeeded(), revision, leader_lease, release_rev))
+            })?;
+            match outcome {
+                (true, revision, _, _) => {
+                    self.prune(env, &keys, entry.seq);
+                    return Ok((entry, revision as u64));
+                }
+                (false, _, leader_lease, release_rev) => {
+                    if let Some(r) = &release
+                        && let Some(expect) = r.expect
+                    {
+                        if expect.leader && leader_lease != lease {
+                            return Err(StoreError::NotLeader);
+                        }
+                        if release_rev as u64 != expect.version {
+                            return Err(StoreError::Conflict {
+                                service: r.service.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Err(self.etcd.unavailable(
+            context,
+            format!("the audit counter kept moving ({RACES} tries)"),
+        ))
+    }
+
+    /// Removes audit entries beyond the retention, best effort: a failure leaves them for the
+    /// next append.
+    fn prune(&self, env: &str, keys: &Keys, newest: u64) {
+        let max_entries = self.max_audit_entries.load(Ordering::Relaxed);
+        if max_entries > 0 && newest > max_entries {
+            let (from, to) = (keys.audit(0), keys.audit(newest - max_entries + 1));
+            let _ = self.etcd.call("pruning the audit log", |mut c| async move {
+                c.delete(from, Some(etcd_client::DeleteOptions::new().with_range(to)))
+                    .await
+                    .map(|_| ())
+            });
+        }
+        let max_age = self.max_audit_age_ms.load(Ordering::Relaxed);
+        if max_age > 0 && newest.is_multiple_of(16) {
+            let (from, end) = (keys.audits(), prefix_end(&keys.audits()));
+            let oldest = self.etcd.call("pruning the audit log", |mut c| async move {
+                let r = c
+                    .get(from, Some(GetOptions::new().with_range(end).with_limit(32)))
+                    .await?;
+                Ok(r.kvs()
+                    .iter()
+                    .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+                    .collect::<Vec<_>>())
+            });
+            let Ok(oldest) = oldest else { return };
+            let newest_at = self
+                .audit_matching(env, &AuditFilter::default(), 1)
+                .ok()
+                .and_then(|v| v.first().map(|e| e.at_ms));
+            let Some(newest_at) = newest_at else { return };
+            for (key, value) in oldest {
+                let Ok(entry) = serde_json::from_slice::<AuditEntry>(&value) else {
+                    continue;
+                };
+                if newest_at - entry.at_ms <= max_age {
+                    break;
+                }
+                let _ = self.etcd.call("pruning the audit log", |mut c| async move {
+                    c.delete(key, None).await.map(|_| ())
+                });
+            }
+        }
+    }
+
+    fn revision_at(&self, env: &str, n: u64) -> Result<Option<Revision>, StoreError> {
+        let keys = self.keys(env);
+        let (meta_key, doc_key) = (keys.revision(n), keys.document(n));
+        let got = self.etcd.call("reading a revision", {
+            let (meta_key, doc_key) = (meta_key.clone(), doc_key.clone());
+            |mut c| async move {
+                let meta = c.get(meta_key, None).await?;
+                let doc = c.get(doc_key, None).await?;
+                Ok((
+                    meta.kvs().first().map(|kv| kv.value().to_vec()),
+                    doc.kvs().first().map(|kv| kv.value().to_vec()),
+                ))
+            }
+        })?;
+        let (Some(meta), Some(doc)) = got else {
+            return Ok(None);
+        };
+        let meta: RevisionMeta = self.decode(&meta_key, &meta)?;
+        let yaml = String::from_utf8(doc).map_err(|_| StoreError::Foreign {
+            endpoints: self.etcd.endpoints().to_string(),
+            detail: format!("{doc_key} is not UTF-8 text"),
+        })?;
+        Ok(Some(Revision {
+            n: meta.n,
+            at_ms: meta.at_ms,
+            author: meta.author,
+            message: meta.message,
+            source: meta.source,
+            yaml,
+        }))
+    }
+
+    /// Every key-value under `prefix`, with modification revisions.
+    fn range(
+        &self,
+        prefix: String,
+        context: &str,
+    ) -> Result<Vec<(String, Vec<u8>, i64)>, StoreError> {
+        self.etcd.call(context, |mut c| async move {
+            let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
+            Ok(r.kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        kv.value().to_vec(),
+                        kv.mod_revision(),
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// The first key after every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Store for EtcdStore {
+    fn add_revision(&self, env: &str, new: NewRevision) -> Result<Revision, StoreError> {
+        let keys = self.keys(env);
+        for _ in 0..RACES {
+            let (latest, latest_rev) =
+                self.counter(&keys.latest_revision(), "adding a revision")?;
+            let n = latest + 1;
+            let meta = RevisionMeta {
+                n,
+                at_ms: new.at_ms,
+                author: new.author.clone(),
+                message: new.message.clone(),
+                source: new.source.clone(),
+            };
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    keys.latest_revision(),
+                    CompareOp::Equal,
+                    latest_rev,
+                )])
+                .and_then([
+                    TxnOp::put(
+                        keys.revision(n),
+                        serde_json::to_vec(&meta).unwrap_or_default(),
+                        None,
+                    ),
+                    TxnOp::put(keys.document(n), new.yaml.clone(), None),
+                    TxnOp::put(keys.latest_revision(), n.to_string(), None),
+                ]);
+            let ok = self.etcd.call("adding a revision", |mut c| async move {
+                c.txn(txn).await.map(|r| r.succeeded())
+            })?;
+            if ok {
+                return Ok(Revision {
+                    n,
+                    at_ms: new.at_ms,
+                    author: new.author,
+                    message: new.message,
+                    source: new.source,
+                    yaml: new.yaml,
+                });
+            }
+        }
+        Err(self.etcd.unavailable(
+            "adding a revision",
+            format!("the revision counter kept moving ({RACES} tries)"),
+        ))
+    }
+
+    fn revision(&self, env: &str, n: u64) -> Result<Option<Revision>, StoreError> {
+        self.revision_at(env, n)
+    }
+
+    fn latest_revision(&self, env: &str) -> Result<Option<Revision>, StoreError> {
+        let (n, _) = self.counter(
+            &self.keys(env).latest_revision(),
+            "reading the newest revision",
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.revision_at(env, n)
+    }
+
+    fn revisions(&self, env: &str) -> Result<Vec<RevisionMeta>, StoreError> {
+        let mut out = Vec::new();
+        for (key, value, _) in self.range(self.keys(env).revisions(), "listing revisions")? {
+            out.push(self.decode::<RevisionMeta>(&key, &value)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn releases(&self, env: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .release_versions(env)?
+            .into_iter()
+            .map(|r| (r.service, r.state))
+            .collect())
+    }
+
+    fn release_versions(&self, env: &str) -> Result<Vec<StoredRelease>, StoreError> {
+        let prefix = self.keys(env).releases();
+        Ok(self
+            .range(prefix.clone(), "listing releases")?
+            .into_iter()
+            .map(|(key, state, rev)| StoredRelease {
+                service: key[prefix.len()..].to_string(),
+                state,
+                version: rev as u64,
+            })
+            .collect())
+    }
+
+    fn record_release(
+        &self,
+        env: &str,
+        service: &str,
+        state: &[u8],
+        audit: NewAuditEntry,
+    ) -> Result<AuditEntry, StoreError> {
+        let release = ReleaseWrite {
+            service,
+            state: Some(state),
+            expect: None,
+        };
+        Ok(self
+            .write(env, Some(release), audit, "recording a release")?
+            .0)
+    }
+
+    fn record_release_if(
+        &self,
+        env: &str,
+        service: &str,
+        state: &[u8],
+        expect: Expect,
+        audit: NewAuditEntry,
+    ) -> Result<Recorded, StoreError> {
+        let release = ReleaseWrite {
+            service,
+            state: Some(state),
+            expect: Some(expect),
+        };
+        let (entry, version) = self.write(env, Some(release), audit, "recording a release")?;
+        Ok(Recorded { entry, version })
+    }
+
+    fn delete_release(
+        &self,
+        env: &str,
+        service: &str,
+        audit: NewAuditEntry,
+    ) -> Result<AuditEntry, StoreError> {
+        let release = ReleaseWrite {
+            service,
+            state: None,
+            expect: None,
+        };
+        Ok(self
+            .write(env, Some(release), audit, "deleting a release")?
+            .0)
+    }
+
+    fn delete_release_if(
+        &self,
+        env: &str,
+        service: &str,
+        expect: Expect,
+        audit: NewAuditEntry,
+    ) -> Result<AuditEntry, StoreError> {
+        let release = ReleaseWrite {
+            service,
+            state: None,
+            expect: Some(expect),
+        };
+        Ok(self
+            .write(env, Some(release), audit, "deleting a release")?
+            .0)
+    }
+
+    fn append_audit(&self, env: &str, entry: NewAuditEntry) -> Result<AuditEntry, StoreError> {
+        Ok(self
+            .write(env, None, entry, "appending to the audit log")?
+            .0)
+    }
+
+    fn audit_matching(
+        &self,
+        env: &str,
+        filter: &AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = self.keys(env).audits();
+        let mut end = prefix_end(&start);
+        loop {
+            let page = self.etcd.call("reading the audit log", {
+                let (start, end) = (start.clone(), end.clone());
+                |mut c| async move {
+                    let r = c
+                        .get(
+                            start,
+                            Some(
+                                GetOptions::new()
+                                    .with_range(end)
+                                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                                    .with_limit(PAGE),
+                            ),
+                        )
+                        .await?;
+                    Ok(r.kvs()
+                        .iter()
+                        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+                        .collect::<Vec<_>>())
+                }
+            })?;
+            let full = page.len() as i64 == PAGE;
+            for (key, value) in &page {
+                let entry: AuditEntry = self.decode(&String::from_utf8_lossy(key), value)?;
+                if filter.matches(&entry.target, &entry.actor, &entry.action) {
+                    out.push(entry);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match page.last() {
+                Some((key, _)) if full => end = key.clone(),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn set_audit_retention(&self, max_entries: u64, max_age_ms: i64) {
+        self.max_audit_entries.store(max_entries, Ordering::Relaxed);
+        self.max_audit_age_ms.store(max_age_ms, Ordering::Relaxed);
+    }
+
+    fn environments(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = Keys::new(self.etcd.prefix(), "").envs();
+        let keys = self.etcd.call("listing environments", {
+            let prefix = prefix.clone();
+            |mut c| async move {
+                let r = c
+                    .get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_keys_only()),
+                    )
+                    .await?;
+                Ok(r.kvs()
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                    .collect::<Vec<_>>())
+            }
+        })?;
+        let mut envs: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k[prefix.len()..].split('/').next().map(str::to_string))
+            .collect();
+        envs.sort();
+        envs.dedup();
+        Ok(envs)
+    }
+}
