@@ -279,6 +279,11 @@ impl Controller {
         Arc::clone(&self.lock().config)
     }
 
+    /// The current revision's number.
+    pub fn current_revision(&self) -> u64 {
+        self.lock().revision
+    }
+
     /// The current revision's number and text.
     pub fn current(&self) -> (u64, String) {
         let state = self.lock();
@@ -349,7 +354,7 @@ impl Controller {
             Action::AnalysisFailed => Command::AnalysisFailed,
         };
         let mut rollout = m.rollout.clone();
-        rollout.apply(&m.plan, command.clone(), actor.name, actor.reason, now_ms)?;
+        rollout.apply(&m.plan, command, actor.name, actor.reason, now_ms)?;
         match self.commit(&mut state, service, rollout, 1, false) {
             // Another node changed the release after this one last heard of it: decide again
             // on the stored state, which is what the person was looking at anyway.

@@ -11,6 +11,7 @@
 pub mod connect;
 pub mod fleet;
 pub mod keys;
+pub mod shared;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

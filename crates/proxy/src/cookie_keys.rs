@@ -77,8 +77,8 @@ pub fn ephemeral() -> Result<CookieKeys, CookieKeysError> {
     CookieKeys::parse(&key).map_err(CookieKeysError::Env)
 }
 
-/// 32 random bytes in hex.
-fn random_key() -> Result<String, CookieKeysError> {
+/// A fresh key: 32 random bytes in hex (what a fleet stores once for all its nodes).
+pub fn random_key() -> Result<String, CookieKeysError> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)

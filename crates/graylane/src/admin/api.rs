@@ -75,6 +75,7 @@ pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_analysis))
         .routes(routes!(get_series))
         .routes(routes!(whoami))
+        .routes(routes!(cluster))
         .routes(routes!(eval))
         .routes(routes!(post_events))
         .routes(routes!(experiment_results))
@@ -444,6 +445,85 @@ async fn get_series(
     Ok(Json(
         controller(&state)?.series(&service, query.since_ms.unwrap_or(0))?,
     ))
+}
+
+/// The fleet as this node sees it.
+#[derive(Serialize, ToSchema)]
+struct Cluster {
+    /// `fleet` (on etcd) or `single` (one node with its own store: no members, no leader).
+    mode: &'static str,
+    /// This node's name (`--node`).
+    node: Option<String>,
+    /// The node that advances releases and runs the analyses.
+    leader: Option<String>,
+    /// The newest configuration revision in the store, as far as this node has heard.
+    latest_revision: Option<u64>,
+    /// Whether this node hears from etcd. `false`: it serves its last configuration and state,
+    /// which may be stale.
+    store_reachable: bool,
+    members: Vec<ClusterMember>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ClusterMember {
+    name: String,
+    /// Its admin listener.
+    admin: Option<String>,
+    /// The configuration revision it serves.
+    config_revision: u64,
+    /// Whether it takes traffic (`/readyz`).
+    ready: bool,
+    /// When it last reported (RFC 3339).
+    last_seen: String,
+    /// It serves an older revision than the newest.
+    lagging: bool,
+    /// It has not reported for longer than three heartbeats (it may be cut off from etcd).
+    stale: bool,
+}
+
+/// The fleet: its leader and members, each with the revision it serves and when it was last
+/// seen. A member behind the newest revision is `lagging`; one silent for three heartbeats is
+/// `stale`; this node says whether it still hears from etcd.
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster",
+    responses((status = 200, body = Cluster), (status = 401, body = ErrorBody)))]
+async fn cluster(State(state): State<Arc<AdminState>>) -> Json<Cluster> {
+    let Some(fleet) = &state.fleet else {
+        return Json(Cluster {
+            mode: "single",
+            node: None,
+            leader: None,
+            latest_revision: state.controller.as_ref().map(|c| c.current_revision()),
+            store_reachable: true,
+            members: Vec::new(),
+        });
+    };
+    let view = fleet.cluster();
+    let now = now_ms();
+    let members = view
+        .members
+        .iter()
+        .map(|m| ClusterMember {
+            name: m.name.clone(),
+            admin: m.admin.clone(),
+            config_revision: m.config_revision,
+            ready: m.ready,
+            last_seen: graylane_controller::view::rfc3339(m.seen_ms),
+            lagging: m.config_revision < view.latest_revision,
+            stale: if m.name == view.node {
+                !view.store_reachable
+            } else {
+                now - m.seen_ms > 3 * graylane_etcd::fleet::HEARTBEAT.as_millis() as i64
+            },
+        })
+        .collect();
+    Json(Cluster {
+        mode: "fleet",
+        node: Some(view.node),
+        leader: view.leader,
+        latest_revision: Some(view.latest_revision),
+        store_reachable: view.store_reachable,
+        members,
+    })
 }
 
 #[derive(Serialize, ToSchema)]

@@ -47,6 +47,8 @@ pub struct AdminState {
     /// The data plane, for what only it holds (the mirrors of Redis segments).
     pub gateway: Arc<graylane_proxy::Gateway>,
     pub tokens: auth::Tokens,
+    /// A fleet node's membership (`GET /api/v1/cluster`); `None` on a single node.
+    pub fleet: Option<Arc<graylane_etcd::Fleet>>,
 }
 
 /// Binds the admin listener (exclusively: a second process on the address fails).

@@ -37,9 +37,11 @@ const ADMIN_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The configuration file.
-    #[arg(short, long, default_value = "graylane.yaml")]
-    pub config: PathBuf,
+    /// The configuration file (default graylane.yaml). With --etcd it is optional: given, it is
+    /// pushed to the fleet as a new revision whenever it changes; without it, the node serves
+    /// the revision etcd holds.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
     /// Where revisions, release state and the audit log are kept (created if missing).
     #[arg(long, default_value = "graylane-data")]
     pub data_dir: PathBuf,
@@ -65,6 +67,8 @@ pub struct ServeArgs {
     /// an upgrade or restart that refuses no connection.
     #[arg(long)]
     pub takeover: bool,
+    #[command(flatten)]
+    pub fleet: super::fleet::FleetArgs,
 }
 
 pub fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -73,20 +77,19 @@ pub fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, &args.log_level);
-    if args.env.is_empty()
-        || !args
-            .env
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        anyhow::bail!(
-            "--env `{}` is not a valid environment name: use letters, digits, `-`, `_` and `.`",
-            args.env
-        );
+    if !args.fleet.etcd.is_empty() {
+        check_env(&args.env)?;
+        return super::fleet::run(args);
     }
-    let yaml = std::fs::read_to_string(&args.config)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.config.display()))?;
-    let config = match graylane_config::load_text_for(&yaml, &args.config) {
+    check_env(&args.env)?;
+    args.fleet.refuse_without_etcd()?;
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("graylane.yaml"));
+    let yaml = std::fs::read_to_string(&config_path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config_path.display()))?;
+    let config = match graylane_config::load_text_for(&yaml, &config_path) {
         Ok(config) => config,
         Err(errors) => {
             for e in &errors.errors {
@@ -142,15 +145,33 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!("`serve --takeover` will not be able to replace this process: {e:#}")
         })
         .ok();
+    let store = Arc::new(ReleasableStore::new(store, &args.data_dir));
     let source = ConfigSource::File(Managed {
-        path: args.config.clone(),
+        path: config_path,
+        watched: true,
         interval: args.watch_interval,
         yaml,
-        store: Arc::new(ReleasableStore::new(store, &args.data_dir)),
+        store: Arc::clone(&store) as Arc<dyn graylane_store::Store>,
+        releasable: Some(store),
         env: args.env,
         offer,
+        fleet: None,
     });
     run_gateway(prepared, config, source)
+}
+
+/// Refuses an environment name that could not be a key in the store.
+fn check_env(env: &str) -> anyhow::Result<()> {
+    if env.is_empty()
+        || !env
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        anyhow::bail!(
+            "--env `{env}` is not a valid environment name: use letters, digits, `-`, `_` and `.`"
+        );
+    }
+    Ok(())
 }
 
 /// The gateway and the admin listener, bound (or taken over) but not accepting yet.
@@ -193,32 +214,44 @@ pub enum ConfigSource {
 }
 
 pub struct Managed {
+    /// The configuration file; relative segment files are found from its folder.
     pub path: PathBuf,
+    /// Whether the file is watched and reloaded (a fleet node without `--config` has none).
+    pub watched: bool,
     pub interval: Duration,
-    /// The file's text at start.
+    /// The configuration's text at start.
     pub yaml: String,
-    pub store: Arc<ReleasableStore>,
+    pub store: Arc<dyn graylane_store::Store>,
+    /// The embedded store, which a `--takeover` successor asks to be closed.
+    pub releasable: Option<Arc<ReleasableStore>>,
     pub env: String,
     /// Where a successor can take over (`serve --takeover`).
     pub offer: Option<std::os::unix::net::UnixListener>,
+    /// A fleet node's membership and what it hears from the other nodes.
+    pub fleet: Option<super::fleet::FleetNode>,
 }
 
 /// The gateway as the controller's data plane.
-struct GatewayPlane(Arc<Gateway>);
+pub struct GatewayPlane {
+    pub gateway: Arc<Gateway>,
+    /// What differs on this node from the configuration every node shares.
+    pub local: super::fleet::NodeLocal,
+}
 
 impl DataPlane for GatewayPlane {
     fn apply(&self, config: Config, routes: &BTreeMap<String, Routing>) {
-        self.0.apply_with_routes(config, routes);
+        self.gateway
+            .apply_with_routes(self.local.adjust(config), routes);
     }
 
     fn set_routing(&self, service: &str, routing: Routing) {
-        if let Err(e) = self.0.set_routing(service, routing) {
+        if let Err(e) = self.gateway.set_routing(service, routing) {
             tracing::error!("cannot route the release: {e}");
         }
     }
 
     fn observe(&self, service: &str, version: &str) -> Observation {
-        let o = self.0.metrics().observe(service, version);
+        let o = self.gateway.metrics().observe(service, version);
         Observation {
             codes: o.codes,
             latency: Histogram::from_counts(&o.latency),
@@ -227,15 +260,15 @@ impl DataPlane for GatewayPlane {
     }
 
     fn units(&self, service: &str, versions: &[&str]) -> (Vec<u64>, u32) {
-        self.0.metrics().distinct_units(service, versions)
+        self.gateway.metrics().distinct_units(service, versions)
     }
 
     fn circuit_states(&self, service: &str) -> BTreeMap<String, &'static str> {
-        self.0.circuit_states(service)
+        self.gateway.circuit_states(service)
     }
 
     fn assign(&self, service: &str, key: &str) -> Option<String> {
-        let snapshot = self.0.snapshot();
+        let snapshot = self.gateway.snapshot();
         let table = &snapshot.table;
         let s = table.service_index(service)?;
         let v = table.assign(s, key)?;
@@ -278,31 +311,47 @@ pub fn run_gateway(
             signal(SignalKind::interrupt())?,
         ))
     })?;
-    let (controller, notifier, path, store, offer) = match source {
-        ConfigSource::Fixed => (None, None, None, None, None),
+    let (controller, notifier, path, store, offer, fleet) = match source {
+        ConfigSource::Fixed => (None, None, None, None, None, None),
         ConfigSource::File(m) => runtime.block_on(async {
             // Always started, even with no webhooks: a reload may add some.
             let notifier = Some(Notifier::start(webhook_targets(&config)));
+            let local = m
+                .fleet
+                .as_ref()
+                .map(|f| f.local.clone())
+                .unwrap_or_default();
             let controller = Controller::open(Setup {
                 env: m.env.clone(),
                 config_path: m.path.clone(),
-                fleet: false,
-                store: Arc::clone(&m.store) as Arc<dyn graylane_store::Store>,
-                plane: Arc::new(GatewayPlane(Arc::clone(&gateway))),
+                fleet: m.fleet.is_some(),
+                store: Arc::clone(&m.store),
+                plane: super::fleet::plane(
+                    GatewayPlane {
+                        gateway: Arc::clone(&gateway),
+                        local,
+                    },
+                    m.fleet.as_ref(),
+                ),
                 notifier: notifier.clone(),
                 yaml: m.yaml,
                 config,
                 now_ms: now_ms(),
             })?;
-            tracing::info!(env = %m.env, revision = controller.current().0, "controller ready");
+            tracing::info!(env = %m.env, revision = controller.current_revision(), "controller ready");
             anyhow::Ok((
                 Some(Arc::new(controller)),
                 notifier,
-                Some((m.path, m.interval)),
-                Some(m.store),
+                m.watched.then_some((m.path, m.interval)),
+                m.releasable,
                 m.offer,
+                m.fleet,
             ))
         })?,
+    };
+    let (fleet, fleet_events) = match fleet {
+        Some(node) => (Some(node.fleet), Some(node.events)),
+        None => (None, None),
     };
     if let Some(c) = &controller {
         gateway.metrics().add_collector(Arc::new(ReleaseCollector {
@@ -320,6 +369,7 @@ pub fn run_gateway(
         controller: controller.clone(),
         gateway: Arc::clone(&gateway),
         tokens,
+        fleet: fleet.clone(),
     });
     // Kept to hand the admin listener over along with the others.
     let admin_dup = admin_socket.as_ref().map(|s| s.try_clone()).transpose()?;
@@ -346,8 +396,19 @@ pub fn run_gateway(
             }
             _ => None,
         };
+        if let Some(c) = &controller {
+            tasks.push(tokio::spawn(tick_releases(Arc::clone(c), fleet.clone())));
+        }
+        if let (Some(c), Some(f), Some(events)) = (&controller, &fleet, fleet_events) {
+            tasks.push(tokio::spawn(super::fleet::follow(Arc::clone(c), events)));
+            tasks.push(tokio::spawn(super::fleet::publish(
+                Arc::clone(c),
+                Arc::clone(f),
+                Arc::clone(&gateway),
+                Arc::clone(&state),
+            )));
+        }
         if let (Some(c), Some((path, interval))) = (&controller, &path) {
-            tasks.push(tokio::spawn(tick_releases(Arc::clone(c))));
             tasks.push(tokio::spawn(watch_file(
                 Arc::clone(c),
                 Arc::clone(&gateway),
@@ -387,6 +448,10 @@ pub fn run_gateway(
     })?;
     drop(admin_dup);
     state.ready.store(false, Ordering::Relaxed);
+    if let Some(f) = &fleet {
+        // Leaving at once lets another node lead now rather than after the lease's TTL.
+        f.leave();
+    }
     let drained = runtime.block_on(async move {
         let mut background = background;
         let mut admin_task = admin_task;
@@ -457,16 +522,23 @@ pub fn now_ms() -> i64 {
 
 /// Moves releases whose timed pause is over and runs the analyses whose interval is up. A short
 /// period keeps a step's start (and a verdict) within a fraction of a second of its due time
-/// without a timer per release.
-async fn tick_releases(controller: Arc<Controller>) {
+/// without a timer per release. In a fleet only the leader does this.
+async fn tick_releases(controller: Arc<Controller>, fleet: Option<Arc<graylane_etcd::Fleet>>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let c = Arc::clone(&controller);
+        let fleet = fleet.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            c.tick(now_ms());
-            c.analyze(now_ms());
+            let leads = fleet.as_ref().is_none_or(|f| f.is_leader());
+            if leads {
+                if fleet.is_some() {
+                    c.save_pending(now_ms());
+                }
+                c.tick(now_ms());
+                c.analyze(now_ms());
+            }
             c.sample_series(now_ms());
         })
         .await;

@@ -1,0 +1,327 @@
+//! `graylane serve --etcd URL`: a fleet node. etcd holds the environment's configuration
+//! revisions, release state, audit log and cookie keys; every node serves traffic and the admin
+//! API from a local copy it keeps current by watching etcd, and one elected leader advances
+//! timed steps and runs the analyses (`graylane_etcd::fleet`).
+//!
+//! Who writes what: a node that is sent a command or a configuration (admin API, or its
+//! `--config` file changing) writes it to etcd with a conditional transaction and applies it
+//! at once; the others apply it when their watch sees it. Only the leader writes timed steps
+//! and verdicts, fenced by its lease.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::Args;
+use graylane_config::Config;
+use graylane_controller::{ControlError, Controller, DataPlane};
+use graylane_etcd::{Etcd, EtcdOptions, EtcdStore, Fleet, FleetEvent, NodeInfo};
+use graylane_proxy::{Gateway, GatewayOptions};
+use graylane_store::{RevisionSource, Store};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::serve::{ConfigSource, GatewayPlane, Managed, Prepared, ServeArgs, now_ms};
+use crate::admin::AdminState;
+
+/// The environment variable that holds `--etcd-user`'s password.
+pub const PASSWORD_ENV: &str = "GRAYLANE_ETCD_PASSWORD";
+
+#[derive(Args, Default)]
+pub struct FleetArgs {
+    /// Run as a node of a fleet sharing etcd (comma-separated endpoints, e.g.
+    /// http://10.0.0.5:2379,http://10.0.0.6:2379): etcd holds the configuration, release state
+    /// and audit log of the environment.
+    #[arg(long, value_delimiter = ',', env = "GRAYLANE_ETCD")]
+    pub etcd: Vec<String>,
+    /// Where graylane's keys live in etcd.
+    #[arg(long, default_value = "/graylane")]
+    pub etcd_prefix: String,
+    /// The CA certificate (PEM) that signed etcd's certificate, for https:// endpoints.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd user name; the password is read from GRAYLANE_ETCD_PASSWORD.
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    /// How long a node that stopped answering keeps its membership and leadership: another
+    /// node leads at most this long after the leader dies.
+    #[arg(long, default_value = "10s", value_parser = super::serve::humantime_duration)]
+    pub etcd_lease_ttl: Duration,
+    /// This node's name in the fleet (unique; default: the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// This node's address for the first listener, replacing the configuration's.
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// This node's admin listener address, replacing the configuration's.
+    #[arg(long)]
+    pub admin_bind: Option<SocketAddr>,
+}
+
+impl FleetArgs {
+    /// A fleet flag without `--etcd` is a mistake worth saying rather than ignoring.
+    pub fn refuse_without_etcd(&self) -> anyhow::Result<()> {
+        let given = [
+            ("--node", self.node.is_some()),
+            ("--bind", self.bind.is_some()),
+            ("--admin-bind", self.admin_bind.is_some()),
+            ("--etcd-ca", self.etcd_ca.is_some()),
+            ("--etcd-user", self.etcd_user.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            anyhow::bail!("{flag} is a fleet option: it needs --etcd URL");
+        }
+        Ok(())
+    }
+}
+
+/// What differs on this node from the configuration every node shares.
+#[derive(Debug, Clone, Default)]
+pub struct NodeLocal {
+    bind: Option<SocketAddr>,
+    admin_bind: Option<SocketAddr>,
+}
+
+impl NodeLocal {
+    /// `config` as this node serves it.
+    pub fn adjust(&self, mut config: Config) -> Config {
+        if let (Some(bind), Some(first)) = (self.bind, config.listeners.first_mut()) {
+            first.bind = bind;
+        }
+        if let (Some(bind), Some(admin)) = (self.admin_bind, config.admin.as_mut()) {
+            admin.bind = bind;
+        }
+        config
+    }
+}
+
+/// A fleet node's membership and what it hears from the other nodes.
+pub struct FleetNode {
+    pub fleet: Arc<Fleet>,
+    pub events: UnboundedReceiver<FleetEvent>,
+    pub local: NodeLocal,
+}
+
+/// The controller's data plane on this node.
+pub fn plane(gateway: GatewayPlane, _fleet: Option<&FleetNode>) -> Arc<dyn DataPlane> {
+    Arc::new(gateway)
+}
+
+/// How often a node waiting for its first configuration looks again, and says so.
+const WAIT_FOR_CONFIG: Duration = Duration::from_secs(1);
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let f = &args.fleet;
+    let node = match &f.node {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--node NAME is required (the host name is unknown)"))?,
+    };
+    if node.is_empty()
+        || !node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        anyhow::bail!(
+            "--node `{node}` is not a valid node name: use letters, digits, `-`, `_` and `.`"
+        );
+    }
+    let password = match &f.etcd_user {
+        Some(user) => Some((
+            user.clone(),
+            std::env::var(PASSWORD_ENV).map_err(|_| {
+                anyhow::anyhow!("--etcd-user {user}: set the password in {PASSWORD_ENV}")
+            })?,
+        )),
+        None => None,
+    };
+    let options = EtcdOptions {
+        endpoints: f.etcd.clone(),
+        prefix: f.etcd_prefix.clone(),
+        ca: f.etcd_ca.clone(),
+        user: password,
+        timeout: Duration::from_secs(2),
+    };
+    let etcd = Etcd::connect(&options)?;
+    let store = Arc::new(EtcdStore::open(etcd.clone(), &args.env)?);
+    let local = NodeLocal {
+        bind: f.bind,
+        admin_bind: f.admin_bind,
+    };
+    let (path, yaml) = choose_config(&args, store.as_ref())?;
+    let shared = match graylane_config::load_text_for(&yaml, &path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for e in &errors.errors {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let config = local.adjust(shared.clone());
+    let admin = config.admin.as_ref().map(|a| a.bind.to_string());
+    let (fleet, events) = Fleet::join(
+        store.as_ref(),
+        &args.env,
+        NodeInfo {
+            name: node.clone(),
+            admin,
+        },
+        f.etcd_lease_ttl,
+    )?;
+    let cookie_keys = match std::env::var(graylane_proxy::cookie_keys::ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        Some(text) => text,
+        None => graylane_etcd::shared::cookie_keys(&etcd, &args.env, || {
+            graylane_proxy::cookie_keys::random_key().unwrap_or_default()
+        })?,
+    };
+    let mut options = GatewayOptions {
+        drain_timeout: args.drain_timeout,
+        cookie_keys: Some(
+            graylane_rules::CookieKeys::parse(&cookie_keys)
+                .map_err(|e| anyhow::anyhow!("the fleet's cookie keys: {e}"))?,
+        ),
+        ..GatewayOptions::default()
+    };
+    if let Some(w) = args.workers {
+        options.workers = w;
+    }
+    let prepared = match Prepared::bind(&config, options, Vec::new(), None) {
+        Ok(p) => p,
+        Err(e) => {
+            fleet.leave();
+            return Err(e);
+        }
+    };
+    tracing::info!(node = %node, env = %args.env, etcd = %etcd.endpoints(), "fleet node joined");
+    let source = ConfigSource::File(Managed {
+        path,
+        watched: args.config.is_some(),
+        interval: args.watch_interval,
+        yaml,
+        store: store as Arc<dyn Store>,
+        releasable: None,
+        env: args.env,
+        offer: None,
+        fleet: Some(FleetNode {
+            fleet,
+            events,
+            local,
+        }),
+    });
+    super::serve::run_gateway(prepared, shared, source)
+}
+
+/// The configuration to start with: the `--config` file if it is new to the fleet (it is then
+/// pushed as a revision), else the newest revision in etcd, waiting for one if there is none.
+///
+/// A file equal to the newest revision pushed from a file is not pushed again even when a
+/// later revision (an API edit) differs from it: restarting a node must not undo what was
+/// changed through the API since the file last changed.
+fn choose_config(args: &ServeArgs, store: &EtcdStore) -> anyhow::Result<(PathBuf, String)> {
+    let env = &args.env;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let latest = store.latest_revision(env)?;
+        let Some(latest) = latest else {
+            return Ok((path.clone(), text));
+        };
+        if latest.yaml == text {
+            return Ok((path.clone(), text));
+        }
+        let from_file = store
+            .revisions(env)?
+            .into_iter()
+            .find(|r| r.source == RevisionSource::File);
+        if let Some(meta) = from_file
+            && let Some(rev) = store.revision(env, meta.n)?
+            && rev.yaml == text
+        {
+            tracing::info!(
+                revision = latest.n,
+                "{} is unchanged since it was last pushed: serving the newer revision {}",
+                path.display(),
+                latest.n
+            );
+            return Ok((path.clone(), latest.yaml));
+        }
+        return Ok((path.clone(), text));
+    }
+    let mut waited = 0u64;
+    loop {
+        if let Some(latest) = store.latest_revision(env)? {
+            return Ok((PathBuf::from("graylane.yaml"), latest.yaml));
+        }
+        if waited % 10 == 0 {
+            tracing::warn!(
+                "etcd holds no configuration for environment `{env}` yet: waiting for one (push one with `graylane serve --etcd ... --config FILE` or the admin API of a node that has one)"
+            );
+        }
+        waited += 1;
+        std::thread::sleep(WAIT_FOR_CONFIG);
+    }
+}
+
+/// Applies what other nodes changed, as the watch reports it.
+pub async fn follow(controller: Arc<Controller>, mut events: UnboundedReceiver<FleetEvent>) {
+    while let Some(event) = events.recv().await {
+        let c = Arc::clone(&controller);
+        let outcome = tokio::task::spawn_blocking(move || match event {
+            FleetEvent::Revision(n) => c.revision_changed(n, now_ms()).map(|applied| {
+                if applied {
+                    tracing::info!(
+                        revision = n,
+                        "applied the fleet's new configuration revision"
+                    );
+                }
+            }),
+            FleetEvent::Release {
+                service,
+                state,
+                version,
+            } => c.release_changed(&service, &state, version).map(|_| ()),
+            FleetEvent::Report { .. } | FleetEvent::ReportGone(_) => Ok(()),
+            FleetEvent::Resynced => Ok(()),
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(ControlError::Invalid(errors))) => {
+                for e in &errors.errors {
+                    tracing::error!(
+                        "a revision from the fleet was rejected, the previous configuration keeps serving: {e}"
+                    );
+                }
+            }
+            Ok(Err(e)) => tracing::error!("cannot apply a change from the fleet: {e}"),
+            Err(e) => tracing::error!("applying a change from the fleet did not finish: {e}"),
+        }
+    }
+}
+
+/// Publishes, once a second, which revision this node serves and whether it is ready.
+pub async fn publish(
+    controller: Arc<Controller>,
+    fleet: Arc<Fleet>,
+    _gateway: Arc<Gateway>,
+    state: Arc<AdminState>,
+) {
+    let mut ticker = tokio::time::interval(graylane_etcd::fleet::HEARTBEAT);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        fleet.set_status(
+            controller.current_revision(),
+            state.ready.load(Ordering::Relaxed),
+        );
+    }
+}
