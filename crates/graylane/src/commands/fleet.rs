@@ -261,7 +261,7 @@ fn choose_config(args: &ServeArgs, store: &EtcdStore) -> anyhow::Result<(PathBuf
         if let Some(latest) = store.latest_revision(env)? {
             return Ok((PathBuf::from("graylane.yaml"), latest.yaml));
         }
-        if waited % 10 == 0 {
+        if waited.is_multiple_of(10) {
             tracing::warn!(
                 "etcd holds no configuration for environment `{env}` yet: waiting for one (push one with `graylane serve --etcd ... --config FILE` or the admin API of a node that has one)"
             );
