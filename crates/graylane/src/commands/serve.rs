@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use graylane_analysis::Histogram;
 use graylane_config::Config;
+use graylane_controller::fleet::{RouteFigures, UnitHashes};
 use graylane_controller::metrics::ReleaseCollector;
 use graylane_controller::{
     ControlError, Controller, DataPlane, Observation, Reloaded, Setup, webhook_targets,
@@ -218,12 +219,7 @@ impl DataPlane for GatewayPlane {
     }
 
     fn observe(&self, service: &str, version: &str) -> Observation {
-        let o = self.0.metrics().observe(service, version);
-        Observation {
-            codes: o.codes,
-            latency: Histogram::from_counts(&o.latency),
-            bucketed: o.bucketed,
-        }
+        observation(self.0.metrics().observe(service, version))
     }
 
     fn units(&self, service: &str, versions: &[&str]) -> (Vec<u64>, u32) {
@@ -240,6 +236,42 @@ impl DataPlane for GatewayPlane {
         let s = table.service_index(service)?;
         let v = table.assign(s, key)?;
         Some(table.version_name(s, v).to_string())
+    }
+
+    fn local_figures(&self) -> Vec<RouteFigures> {
+        self.0
+            .metrics()
+            .export()
+            .into_iter()
+            .map(|e| RouteFigures {
+                service: e.service,
+                version: e.version,
+                observation: observation(e.observed),
+                units: e.units.map(unit_hashes),
+            })
+            .collect()
+    }
+
+    fn local_units(&self, service: &str, version: &str) -> Option<UnitHashes> {
+        self.0
+            .metrics()
+            .unit_hashes(service, version)
+            .map(unit_hashes)
+    }
+}
+
+fn observation(o: graylane_proxy::Observed) -> Observation {
+    Observation {
+        codes: o.codes,
+        latency: Histogram::from_counts(&o.latency),
+        bucketed: o.bucketed,
+    }
+}
+
+fn unit_hashes(u: graylane_proxy::UnitHashes) -> UnitHashes {
+    UnitHashes {
+        level: u.level,
+        hashes: u.hashes,
     }
 }
 
