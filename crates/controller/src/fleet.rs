@@ -224,6 +224,13 @@ impl NodeReport {
     /// Reads a report another node published. Unknown fields are ignored (a newer node's);
     /// anything malformed, or one (service, version) twice, is an error naming where.
     pub fn decode(bytes: &[u8]) -> Result<NodeReport, ReportError> {
+        // serde would also read a struct from an array of its fields' values.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ReportError {
+                path: ".".to_string(),
+                message: "a report is a JSON object".to_string(),
+            });
+        }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let report: NodeReport =
             serde_path_to_error::deserialize(&mut de).map_err(|e| ReportError {
@@ -526,5 +533,529 @@ impl DataPlane for FleetPlane {
 
     fn local_units(&self, service: &str, version: &str) -> Option<UnitHashes> {
         self.local.local_units(service, version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graylane_analysis::histogram::{BUCKETS, bucket_of};
+
+    const MS: u64 = 1_000_000;
+
+    fn histogram(times: &[(u64, u64)]) -> Histogram {
+        let mut counts = vec![0; BUCKETS];
+        for (nanos, n) in times {
+            counts[bucket_of(*nanos)] += n;
+        }
+        Histogram::from_counts(&counts)
+    }
+
+    fn route(version: &str, codes: &[(u16, u64)], times: &[(u64, u64)]) -> RouteReport {
+        RouteReport {
+            service: "pay".to_string(),
+            version: version.to_string(),
+            codes: codes.iter().copied().collect(),
+            latency: histogram(times),
+            bucketed: codes.iter().map(|(_, n)| n).sum(),
+            units: None,
+        }
+    }
+
+    fn report(incarnation: u64, at_ms: i64, routes: Vec<RouteReport>) -> NodeReport {
+        NodeReport {
+            incarnation,
+            at_ms,
+            routes,
+        }
+    }
+
+    fn observation(codes: &[(u16, u64)], times: &[(u64, u64)]) -> Observation {
+        Observation {
+            codes: codes.iter().copied().collect(),
+            latency: histogram(times),
+            bucketed: codes.iter().map(|(_, n)| n).sum(),
+        }
+    }
+
+    fn requests(o: &Observation) -> u64 {
+        o.codes.values().sum()
+    }
+
+    #[test]
+    fn the_fleet_figures_of_a_version_are_the_sum_of_every_node_s() {
+        let fleet = FleetObservations::new("a", 1);
+        let local = observation(&[(200, 90), (500, 10)], &[(2 * MS, 100)]);
+        assert_eq!(
+            fleet.observe("pay", "canary", local.clone()).codes,
+            local.codes,
+            "alone, a node sees its own figures"
+        );
+
+        fleet.update(
+            "b",
+            report(
+                7,
+                1_000,
+                vec![
+                    route("canary", &[(200, 40), (503, 2)], &[(3 * MS, 42)]),
+                    route("stable", &[(200, 1_000)], &[(MS, 1_000)]),
+                ],
+            ),
+        );
+        let two = fleet.observe("pay", "canary", local.clone());
+        assert_eq!(two.codes, BTreeMap::from([(200, 130), (500, 10), (503, 2)]));
+        assert_eq!(two.bucketed, 142);
+        assert_eq!(two.latency, histogram(&[(2 * MS, 100), (3 * MS, 42)]));
+
+        fleet.update(
+            "c",
+            report(
+                3,
+                1_000,
+                vec![route("canary", &[(200, 8)], &[(90 * MS, 8)])],
+            ),
+        );
+        let three = fleet.observe("pay", "canary", local);
+        assert_eq!(
+            three.codes,
+            BTreeMap::from([(200, 138), (500, 10), (503, 2)])
+        );
+        assert_eq!(three.bucketed, 150);
+        assert_eq!(
+            three.latency,
+            histogram(&[(2 * MS, 100), (3 * MS, 42), (90 * MS, 8)])
+        );
+        // Another version, and another service, are counted apart.
+        let stable = fleet.observe("pay", "stable", Observation::default());
+        assert_eq!(stable.codes, BTreeMap::from([(200, 1_000)]));
+        assert_eq!(
+            requests(&fleet.observe("other", "canary", Observation::default())),
+            0
+        );
+    }
+
+    #[test]
+    fn a_node_that_restarts_keeps_what_it_counted_before() {
+        let fleet = FleetObservations::new("a", 1);
+        let canary = |fleet: &FleetObservations| {
+            requests(&fleet.observe("pay", "canary", Observation::default()))
+        };
+        fleet.update(
+            "b",
+            report(1, 1_000, vec![route("canary", &[(200, 100)], &[])]),
+        );
+        fleet.update(
+            "b",
+            report(1, 2_000, vec![route("canary", &[(200, 150)], &[])]),
+        );
+        assert_eq!(canary(&fleet), 150);
+        // A late copy of an earlier report of the same life would take counts back: ignored.
+        fleet.update(
+            "b",
+            report(1, 1_500, vec![route("canary", &[(200, 120)], &[])]),
+        );
+        assert_eq!(canary(&fleet), 150);
+
+        // b restarts: its counters begin again from zero.
+        fleet.update(
+            "b",
+            report(2, 3_000, vec![route("canary", &[(200, 5)], &[])]),
+        );
+        assert_eq!(canary(&fleet), 155);
+        fleet.update(
+            "b",
+            report(2, 4_000, vec![route("canary", &[(200, 30), (500, 1)], &[])]),
+        );
+        assert_eq!(canary(&fleet), 181);
+        // And again, with a version the earlier lives did not have.
+        fleet.update(
+            "b",
+            report(
+                3,
+                5_000,
+                vec![
+                    route("canary", &[(200, 2)], &[]),
+                    route("stable", &[(200, 9)], &[]),
+                ],
+            ),
+        );
+        assert_eq!(canary(&fleet), 183);
+        assert_eq!(
+            requests(&fleet.observe("pay", "stable", Observation::default())),
+            9
+        );
+    }
+
+    #[test]
+    fn a_node_that_leaves_stays_counted_and_goes_on_where_it_was_when_it_rejoins() {
+        let fleet = FleetObservations::new("a", 1);
+        let canary = |fleet: &FleetObservations| {
+            requests(&fleet.observe("pay", "canary", Observation::default()))
+        };
+        fleet.update(
+            "b",
+            report(1, 1_000, vec![route("canary", &[(200, 100)], &[])]),
+        );
+        fleet.update(
+            "c",
+            report(1, 1_000, vec![route("canary", &[(200, 10)], &[])]),
+        );
+        assert_eq!(
+            fleet.reporting(),
+            vec![("b".to_string(), 1_000), ("c".to_string(), 1_000)]
+        );
+
+        fleet.remove("b");
+        fleet.remove("nobody");
+        assert_eq!(canary(&fleet), 110, "what b counted still counts");
+        assert_eq!(fleet.reporting(), vec![("c".to_string(), 1_000)]);
+
+        // b was only cut off: the same life's counters went on meanwhile.
+        fleet.update(
+            "b",
+            report(1, 9_000, vec![route("canary", &[(200, 130)], &[])]),
+        );
+        assert_eq!(canary(&fleet), 140, "not counted twice");
+        assert_eq!(fleet.reporting().len(), 2);
+
+        // c leaves, and comes back restarted.
+        fleet.remove("c");
+        fleet.update(
+            "c",
+            report(2, 9_000, vec![route("canary", &[(200, 1)], &[])]),
+        );
+        assert_eq!(canary(&fleet), 141);
+    }
+
+    #[test]
+    fn this_node_s_own_report_counts_only_from_an_earlier_life() {
+        let fleet = FleetObservations::new("a", 2);
+        // Its live counters are the local figures: its published copy of them is not added.
+        fleet.update(
+            "a",
+            report(2, 1_000, vec![route("canary", &[(200, 50)], &[])]),
+        );
+        assert_eq!(
+            requests(&fleet.observe("pay", "canary", Observation::default())),
+            0
+        );
+        // What it counted before it restarted is.
+        fleet.update(
+            "a",
+            report(1, 900, vec![route("canary", &[(200, 70)], &[])]),
+        );
+        assert_eq!(
+            requests(&fleet.observe("pay", "canary", Observation::default())),
+            70
+        );
+        assert!(fleet.reporting().is_empty(), "a past life is not a member");
+    }
+
+    fn units(level: u32, hashes: &[u64]) -> UnitHashes {
+        UnitHashes {
+            level,
+            hashes: hashes.to_vec(),
+        }
+    }
+
+    fn with_units(version: &str, u: UnitHashes) -> RouteReport {
+        RouteReport {
+            units: Some(u),
+            ..route(version, &[(200, 1)], &[])
+        }
+    }
+
+    #[test]
+    fn a_unit_seen_on_two_nodes_counts_once() {
+        let fleet = FleetObservations::new("a", 1);
+        fleet.update(
+            "b",
+            report(
+                1,
+                1_000,
+                vec![
+                    with_units("a", units(0, &[3, 4])),
+                    with_units("b", units(0, &[20])),
+                ],
+            ),
+        );
+        fleet.update(
+            "c",
+            report(1, 1_000, vec![with_units("a", units(0, &[1, 4, 5]))]),
+        );
+        let local = [units(0, &[1, 2, 3]), units(0, &[20, 21])];
+        assert_eq!(
+            fleet.units("pay", &["a", "b"], &local),
+            (vec![5, 2], 0),
+            "a: 1..=5; b: 20, 21"
+        );
+        assert_eq!(
+            fleet.units("pay", &["a", "b", "c"], &[]),
+            (vec![4, 1, 0], 0)
+        );
+    }
+
+    #[test]
+    fn unit_samples_at_different_levels_are_united_at_the_deepest() {
+        // At level 1 only hashes whose top bit is 0 stay; at level 2, the top two bits.
+        let top = 1u64 << 63;
+        let second = 1u64 << 62;
+        let fleet = FleetObservations::new("a", 1);
+        fleet.update(
+            "b",
+            report(
+                1,
+                1_000,
+                vec![
+                    with_units("a", units(2, &[1, 7])),
+                    with_units("b", units(0, &[9])),
+                ],
+            ),
+        );
+        let local = [units(1, &[1, 2, second | 3]), units(0, &[top | 4, 9, 10])];
+        assert_eq!(
+            fleet.units("pay", &["a", "b"], &local),
+            (vec![3, 2], 2),
+            "a: 1, 2, 7 (second | 3 is outside level 2); b: 9, 10 (top | 4 is outside)"
+        );
+    }
+
+    #[test]
+    fn the_units_of_a_node_s_earlier_lives_stay_united_with_its_current_one() {
+        let fleet = FleetObservations::new("a", 1);
+        fleet.update(
+            "b",
+            report(1, 1_000, vec![with_units("a", units(0, &[1, 2]))]),
+        );
+        fleet.update(
+            "b",
+            report(2, 2_000, vec![with_units("a", units(0, &[2, 3]))]),
+        );
+        fleet.update("b", report(3, 3_000, vec![with_units("a", units(0, &[4]))]));
+        assert_eq!(fleet.units("pay", &["a"], &[]), (vec![4], 0));
+    }
+
+    /// A data plane with fixed figures, as a gateway's would be.
+    struct Fixed(Vec<RouteFigures>);
+
+    impl DataPlane for Fixed {
+        fn apply(&self, _: Config, _: &BTreeMap<String, Routing>) {}
+        fn set_routing(&self, _: &str, _: Routing) {}
+        fn observe(&self, service: &str, version: &str) -> Observation {
+            self.0
+                .iter()
+                .find(|f| f.service == service && f.version == version)
+                .map(|f| f.observation.clone())
+                .unwrap_or_default()
+        }
+        fn units(&self, _: &str, versions: &[&str]) -> (Vec<u64>, u32) {
+            (vec![0; versions.len()], 0)
+        }
+        fn assign(&self, _: &str, _: &str) -> Option<String> {
+            None
+        }
+        fn circuit_states(&self, _: &str) -> BTreeMap<String, &'static str> {
+            BTreeMap::new()
+        }
+        fn local_figures(&self) -> Vec<RouteFigures> {
+            self.0.clone()
+        }
+        fn local_units(&self, service: &str, version: &str) -> Option<UnitHashes> {
+            self.0
+                .iter()
+                .find(|f| f.service == service && f.version == version)?
+                .units
+                .clone()
+        }
+    }
+
+    fn figures(version: &str, observation: Observation, units: Option<UnitHashes>) -> RouteFigures {
+        RouteFigures {
+            service: "pay".to_string(),
+            version: version.to_string(),
+            observation,
+            units,
+        }
+    }
+
+    #[test]
+    fn a_node_reports_its_own_figures_leaving_out_versions_that_saw_nothing() {
+        let many: Vec<u64> = (1..=40_000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let local: Arc<dyn DataPlane> = Arc::new(Fixed(vec![
+            figures(
+                "canary",
+                observation(&[(200, 5)], &[(MS, 5)]),
+                Some(units(0, &many)),
+            ),
+            figures("stable", Observation::default(), None),
+        ]));
+        let fleet = Arc::new(FleetObservations::new("a", 1));
+        fleet.update(
+            "b",
+            report(1, 1_000, vec![route("canary", &[(500, 9)], &[])]),
+        );
+        // Through a FleetPlane the report is still this node's alone.
+        let plane = FleetPlane::new(local, Arc::clone(&fleet));
+        let mine = super::report(&plane, 4, 2_000);
+        assert_eq!((mine.incarnation, mine.at_ms), (4, 2_000));
+        assert_eq!(mine.routes.len(), 1, "stable saw nothing");
+        let canary = &mine.routes[0];
+        assert_eq!(canary.codes, BTreeMap::from([(200, 5)]));
+        let sample = canary.units.as_ref().unwrap();
+        assert!(sample.hashes.len() <= MAX_REPORTED_UNITS);
+        assert!(
+            sample.level >= 2,
+            "40 000 units thinned to a quarter or less"
+        );
+        assert!(sample.hashes.iter().all(|h| h >> (64 - sample.level) == 0));
+
+        // While the plane the controller sees is the fleet's.
+        assert_eq!(
+            plane.observe("pay", "canary").codes,
+            BTreeMap::from([(200, 5), (500, 9)])
+        );
+        let (counts, level) = plane.units("pay", &["canary"]);
+        assert_eq!(level, 0, "b has no sample, this node's is exact");
+        assert_eq!(counts, vec![40_000]);
+    }
+
+    #[test]
+    fn a_report_of_four_versions_with_full_histograms_stays_small() {
+        let full = Histogram::from_counts(
+            &(0..BUCKETS as u64)
+                .map(|i| 1 + (i * 7_919) % 999_999)
+                .collect::<Vec<_>>(),
+        );
+        let routes = ["stable", "canary", "variant-b", "variant-c"]
+            .into_iter()
+            .map(|v| RouteReport {
+                service: "checkout-service".to_string(),
+                version: v.to_string(),
+                codes: BTreeMap::from([
+                    (200, 98_765_432),
+                    (404, 12_345),
+                    (500, 2_345),
+                    (502, 17),
+                    (503, 99),
+                    (504, 3),
+                ]),
+                latency: full.clone(),
+                bucketed: 98_780_241,
+                units: None,
+            })
+            .collect();
+        let r = report(1_767_225_600_123, 1_767_225_600_123, routes);
+        let json = r.encode();
+        assert!(json.len() < 8 * 1024, "{} bytes", json.len());
+        assert_eq!(NodeReport::decode(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn empty_buckets_are_left_out_of_a_report() {
+        let mut r = route(
+            "canary",
+            &[(200, 6)],
+            &[(MS, 1), (1_100_000, 2), (5_000 * MS, 3)],
+        );
+        r.units = Some(units(0, &[5, 6]));
+        let json = String::from_utf8(report(1, 2, vec![r.clone()]).encode()).unwrap();
+        let (a, b, c) = (bucket_of(MS), bucket_of(1_100_000), bucket_of(5_000 * MS));
+        assert_eq!(b, a + 1);
+        assert!(
+            json.contains(&format!(r#""latency":[[{a},1,2],[{c},3]]"#)),
+            "{json}"
+        );
+        let zero = route("stable", &[], &[]);
+        let json = String::from_utf8(report(1, 2, vec![zero.clone()]).encode()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"incarnation":1,"at_ms":2,"routes":[{"service":"pay","version":"stable"}]}"#
+        );
+        assert_eq!(
+            NodeReport::decode(json.as_bytes()).unwrap().routes,
+            vec![zero]
+        );
+        // A gap of up to two empty buckets stays inside a run: shorter than a new one.
+        let gap = RouteReport {
+            latency: Histogram::from_counts(&[0, 4, 0, 0, 5, 0, 0, 0, 6]),
+            ..route("x", &[], &[])
+        };
+        let json = String::from_utf8(report(1, 2, vec![gap.clone()]).encode()).unwrap();
+        assert!(json.contains(r#""latency":[[1,4,0,0,5],[8,6]]"#), "{json}");
+        assert_eq!(
+            NodeReport::decode(json.as_bytes()).unwrap().routes,
+            vec![gap]
+        );
+    }
+
+    #[test]
+    fn a_report_in_a_newer_format_still_reads() {
+        let json = br#"{
+            "incarnation": 3, "at_ms": 10, "format": 2, "zone": "eu-1",
+            "routes": [{
+                "service": "pay", "version": "canary", "codes": {"200": 4},
+                "latency": [[10, 4]], "bucketed": 4, "attempts": {"200": 9},
+                "units": {"level": 0, "hashes": [9, 8, 8], "sketch": "abc"}
+            }]
+        }"#;
+        let r = NodeReport::decode(json).unwrap();
+        assert_eq!(r.incarnation, 3);
+        assert_eq!(r.routes[0].codes, BTreeMap::from([(200, 4)]));
+        assert_eq!(r.routes[0].latency.count(), 4);
+        assert_eq!(r.routes[0].units, Some(units(0, &[8, 9])));
+    }
+
+    #[test]
+    fn a_malformed_report_is_an_error_naming_where() {
+        let error = |json: &str| NodeReport::decode(json.as_bytes()).unwrap_err();
+        let route = |fields: &str| {
+            format!(
+                r#"{{"incarnation":1,"at_ms":1,"routes":[{{"service":"pay","version":"v1"}},{{"service":"pay","version":"v2",{fields}}}]}}"#
+            )
+        };
+
+        let e = error(&route(r#""latency":[[200,1,2,3,4,5,6,7,8,9]]"#));
+        assert_eq!(e.path, "routes[1].latency");
+        assert!(e.message.contains("past the last bucket, 207"), "{e}");
+        let e = error(&route(r#""latency":[[3]]"#));
+        assert_eq!(e.path, "routes[1].latency");
+        assert!(e.message.contains("at least one count"), "{e}");
+        let e = error(&route(r#""latency":[[18446744073709551615,1]]"#));
+        assert_eq!(e.path, "routes[1].latency");
+        let e = error(&route(r#""codes":{"ok":3}"#));
+        assert!(e.path.starts_with("routes[1].codes"), "{e}");
+        let e = error(&route(r#""bucketed":-1"#));
+        assert_eq!(e.path, "routes[1].bucketed");
+        let e = error(&route(r#""units":{"level":64,"hashes":[]}"#));
+        assert_eq!(e.path, "routes[1].units");
+        assert!(e.message.contains("level 64"), "{e}");
+        let e = error(&route(r#""version":"v1""#).replace(r#""version":"v2","#, ""));
+        assert_eq!(e.path, "routes[1]");
+        assert_eq!(e.message, "version `v1` of `pay` is reported twice");
+        let e = error(r#"{"at_ms":1,"routes":[]}"#);
+        assert!(e.message.contains("incarnation"), "{e}");
+        assert!(e.to_string().starts_with("malformed node report at"), "{e}");
+        error(r#"{"incarnation":1,"at_ms":1} trailing"#);
+        error("");
+        assert_eq!(error(" [1, 2]").message, "a report is a JSON object");
+        error(r#"{"incarnation":1,"at_ms":1,"routes":[{"service":"pay"}]}"#);
+    }
+
+    #[test]
+    fn an_oversized_unit_sample_in_a_report_is_thinned_on_reading() {
+        let hashes: Vec<String> = (1..=30_000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_string())
+            .collect();
+        let json = format!(
+            r#"{{"incarnation":1,"at_ms":1,"routes":[{{"service":"pay","version":"a","units":{{"level":0,"hashes":[{}]}}}}]}}"#,
+            hashes.join(",")
+        );
+        let r = NodeReport::decode(json.as_bytes()).unwrap();
+        let u = r.routes[0].units.as_ref().unwrap();
+        assert!(u.hashes.len() <= MAX_REPORTED_UNITS);
+        assert_eq!(u.level, 2);
     }
 }
