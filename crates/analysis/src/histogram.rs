@@ -101,6 +101,11 @@ impl Histogram {
         h
     }
 
+    /// The per-bucket counts in layout order (what [`Histogram::from_counts`] takes back).
+    pub fn counts(&self) -> &[u64; BUCKETS] {
+        &self.counts
+    }
+
     /// Counts one response time.
     pub fn record(&mut self, nanos: u64) {
         let slot = &mut self.counts[bucket_of(nanos)];

@@ -20,6 +20,7 @@ use crate::analysis::{Observation, Runner, Subject, totals};
 use crate::error::ControlError;
 use crate::events::EventLog;
 use crate::experiment::ExperimentResults;
+use crate::fleet::{RouteFigures, UnitHashes};
 use crate::series::{Series, SeriesView};
 use crate::view::{
     self, AnalysisView, AuditView, EventAttribution, ReleaseView, RevisionView, audit_view,
@@ -43,6 +44,18 @@ pub trait DataPlane: Send + Sync {
     /// The circuit-breaker state (`closed`, `open`, `half_open`) of each version of `service`
     /// that has a breaker.
     fn circuit_states(&self, service: &str) -> BTreeMap<String, &'static str>;
+    /// This node's own figures of every (service, version) it has seen, with its unit samples:
+    /// what it publishes to the rest of a fleet ([`crate::fleet::report`]). Only this node's,
+    /// even through a [`crate::fleet::FleetPlane`]. None by default: a plane not in a fleet.
+    fn local_figures(&self) -> Vec<RouteFigures> {
+        Vec::new()
+    }
+    /// This node's own sample of the units bucketed into `version` of `service` (see
+    /// [`DataPlane::units`]), which a fleet unites with the other nodes'. `None` by default, or
+    /// when the version's units are not counted.
+    fn local_units(&self, _service: &str, _version: &str) -> Option<UnitHashes> {
+        None
+    }
 }
 
 /// What a reload of the configuration file did.

@@ -7,6 +7,7 @@
 //!   webhooks — in that order, so a change the store refuses never reaches traffic, and a
 //!   crash never loses one that did.
 //! * [`view`] turns that state into the admin API's JSON documents.
+//! * [`fleet`] merges, in a fleet, every node's published figures into what the analysis sees.
 //! * [`metrics::ReleaseCollector`] exports every release's state and weights to Prometheus.
 //!
 //! Restarting on the same store resumes every release at the same step and weight; a timed
@@ -17,6 +18,7 @@ mod controller;
 mod error;
 pub mod events;
 pub mod experiment;
+pub mod fleet;
 pub mod metrics;
 pub mod prometheus;
 pub mod series;

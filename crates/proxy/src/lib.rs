@@ -36,5 +36,5 @@ mod upstream;
 pub use forward::X_GRAYLANE_LANE;
 pub use gateway::{Gateway, GatewayOptions, SegmentError, StartError, UnknownRelease};
 pub use handler::{X_GRAYLANE_FALLBACK, X_GRAYLANE_VERSION};
-pub use metrics::{Metrics, Observed};
+pub use metrics::{Exported, Metrics, Observed, UnitHashes};
 pub use snapshot::Snapshot;

@@ -145,6 +145,25 @@ pub struct Observed {
     pub bucketed: u64,
 }
 
+/// The distinct units one (service, version) has seen, its workers' samples taken together: the
+/// unit hashes held, sorted and distinct, all within the same 1 / 2^`level` share of the hash
+/// space (at level 0, every unit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitHashes {
+    pub level: u32,
+    pub hashes: Vec<u64>,
+}
+
+/// One (service, version)'s figures, as [`Metrics::export`] gives them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exported {
+    pub service: String,
+    pub version: String,
+    pub observed: Observed,
+    /// `None` for a version whose units are not counted (not an experiment's).
+    pub units: Option<UnitHashes>,
+}
+
 /// Counters of one (service, version), one slot per worker thread.
 pub struct RouteStats {
     service: String,
@@ -219,6 +238,31 @@ impl RouteStats {
             .position(|k| *k == kind)
             .unwrap_or(0);
         self.slot(worker).upstream_errors[i].fetch_add(1, Relaxed);
+    }
+
+    fn observed(&self) -> Observed {
+        Observed {
+            codes: self.attempt_codes(),
+            latency: (0..histogram::BUCKETS)
+                .map(|i| self.sum(|s| s.fine_latency[i].load(Relaxed)))
+                .collect(),
+            bucketed: self.bucketed(),
+        }
+    }
+
+    /// The workers' unit samples together, brought to the highest of their levels; `None` when
+    /// units are not counted.
+    fn unit_hashes(&self) -> Option<UnitHashes> {
+        let samples = self.units.get()?;
+        let mut level = 0;
+        let mut hashes = Vec::new();
+        for sample in samples.iter() {
+            level = level.max(sample.read_into(&mut hashes));
+        }
+        hashes.retain(|h| UnitSample::kept(*h, level));
+        hashes.sort_unstable();
+        hashes.dedup();
+        Some(UnitHashes { level, hashes })
     }
 
     fn bucketed(&self) -> u64 {
@@ -505,13 +549,34 @@ impl Metrics {
             };
         };
         drop(routes);
-        Observed {
-            codes: r.attempt_codes(),
-            latency: (0..histogram::BUCKETS)
-                .map(|i| r.sum(|s| s.fine_latency[i].load(Relaxed)))
-                .collect(),
-            bucketed: r.bucketed(),
-        }
+        r.observed()
+    }
+
+    /// What [`Metrics::observe`] gives for every (service, version) seen so far, each with its
+    /// unit sample: what a fleet node publishes about itself. Reads every counter and unit
+    /// table, so it is for a periodic task, never the request path.
+    pub fn export(&self) -> Vec<Exported> {
+        self.routes_snapshot()
+            .iter()
+            .map(|r| Exported {
+                service: r.service.clone(),
+                version: r.version.clone(),
+                observed: r.observed(),
+                units: r.unit_hashes(),
+            })
+            .collect()
+    }
+
+    /// The unit sample of `version` of `service` (see [`Metrics::distinct_units`]); `None` when
+    /// its units are not counted or it has seen nothing.
+    pub fn unit_hashes(&self, service: &str, version: &str) -> Option<UnitHashes> {
+        let route = {
+            let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            routes
+                .get(&(service.to_string(), version.to_string()))
+                .cloned()
+        };
+        route?.unit_hashes()
     }
 
     /// Requests bucketed into `version` of `service` (on the release's key or the client IP):
@@ -531,31 +596,18 @@ impl Metrics {
     /// sample-ratio-mismatch test) exactly as the full counts would, and `count << level`
     /// estimates the full one. A user who sends many requests counts once.
     pub fn distinct_units(&self, service: &str, versions: &[&str]) -> (Vec<u64>, u32) {
-        let routes: Vec<Option<Arc<RouteStats>>> = {
-            let map = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-            versions
-                .iter()
-                .map(|v| map.get(&(service.to_string(), v.to_string())).cloned())
-                .collect()
-        };
-        let mut level = 0;
-        let mut hashes: Vec<Vec<u64>> = Vec::with_capacity(routes.len());
-        for route in &routes {
-            let mut seen = Vec::new();
-            if let Some(samples) = route.as_ref().and_then(|r| r.units.get()) {
-                for sample in samples.iter() {
-                    level = level.max(sample.read_into(&mut seen));
-                }
-            }
-            hashes.push(seen);
-        }
-        let counts = hashes
-            .into_iter()
-            .map(|mut seen| {
-                seen.retain(|h| UnitSample::kept(*h, level));
-                seen.sort_unstable();
-                seen.dedup();
-                seen.len() as u64
+        let samples: Vec<UnitHashes> = versions
+            .iter()
+            .map(|v| self.unit_hashes(service, v).unwrap_or_default())
+            .collect();
+        let level = samples.iter().map(|s| s.level).max().unwrap_or(0);
+        let counts = samples
+            .iter()
+            .map(|s| {
+                s.hashes
+                    .iter()
+                    .filter(|h| UnitSample::kept(**h, level))
+                    .count() as u64
             })
             .collect();
         (counts, level)
@@ -822,6 +874,56 @@ mod tests {
         seen.dedup();
         assert_eq!(seen.len(), n, "no unit is held twice");
         (n, level)
+    }
+
+    fn bucketed(unit: u64) -> Decision {
+        Decision {
+            service: 0,
+            version: 0,
+            reason: Reason::Bucket {
+                bucket: 0,
+                weight: graylane_config::Weight::ZERO,
+                key: graylane_rules::KeyUsed::Configured,
+            },
+            pin: None,
+            unit,
+        }
+    }
+
+    #[test]
+    fn an_export_holds_every_version_with_what_observe_and_distinct_units_see() {
+        let metrics = Metrics::new(2);
+        let canary = metrics.route("pay", "canary");
+        canary.count_units();
+        for worker in 0..3 {
+            canary.record_served(worker, 200, Duration::from_millis(3));
+            // The same user on every worker counts once.
+            canary.record_decision(worker, &bucketed(hash(7)));
+            canary.record_decision(worker, &bucketed(hash(worker as u64 + 100)));
+        }
+        canary.record_served(0, 503, Duration::from_millis(40));
+        metrics
+            .route("pay", "stable")
+            .record_served(1, 200, Duration::from_millis(2));
+
+        let exported = metrics.export();
+        assert_eq!(exported.len(), 2);
+        let by_version = |v: &str| exported.iter().find(|e| e.version == v).unwrap();
+        let canary = by_version("canary");
+        assert_eq!(canary.observed, metrics.observe("pay", "canary"));
+        assert_eq!(canary.observed.codes, BTreeMap::from([(200, 3), (503, 1)]));
+        assert_eq!(canary.observed.bucketed, 6);
+        let units = canary.units.as_ref().unwrap();
+        assert_eq!(units.level, 0);
+        assert_eq!(units.hashes.len(), 4);
+        assert!(units.hashes.is_sorted());
+        assert_eq!(
+            metrics.distinct_units("pay", &["canary", "stable"]),
+            (vec![4, 0], 0)
+        );
+        assert_eq!(by_version("stable").units, None, "stable counts no units");
+        assert_eq!(metrics.unit_hashes("pay", "canary").as_ref(), Some(units));
+        assert_eq!(metrics.unit_hashes("pay", "nothing"), None);
     }
 
     #[test]

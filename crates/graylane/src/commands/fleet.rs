@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use clap::Args;
 use graylane_config::Config;
+use graylane_controller::fleet::{FleetObservations, FleetPlane, NodeReport};
 use graylane_controller::{ControlError, Controller, DataPlane};
 use graylane_etcd::{Etcd, EtcdOptions, EtcdStore, Fleet, FleetEvent, NodeInfo};
-use graylane_proxy::{Gateway, GatewayOptions};
+use graylane_proxy::GatewayOptions;
 use graylane_store::{RevisionSource, Store};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -102,11 +103,23 @@ pub struct FleetNode {
     pub fleet: Arc<Fleet>,
     pub events: UnboundedReceiver<FleetEvent>,
     pub local: NodeLocal,
+    /// Every node's traffic counters, from their reports.
+    pub observations: Arc<FleetObservations>,
+    /// Changes on every start, so that other nodes tell a restarted node's counters (from 0
+    /// again) from a continuation.
+    pub incarnation: u64,
 }
 
-/// The controller's data plane on this node.
-pub fn plane(gateway: GatewayPlane, _fleet: Option<&FleetNode>) -> Arc<dyn DataPlane> {
-    Arc::new(gateway)
+/// The controller's data plane on this node: in a fleet, the gateway with every other node's
+/// traffic added to what it observes, so the analysis judges the fleet's traffic.
+pub fn plane(gateway: GatewayPlane, fleet: Option<&FleetNode>) -> Arc<dyn DataPlane> {
+    match fleet {
+        Some(node) => Arc::new(FleetPlane::new(
+            Arc::new(gateway),
+            Arc::clone(&node.observations),
+        )),
+        None => Arc::new(gateway),
+    }
 }
 
 /// How often a node waiting for its first configuration looks again, and says so.
@@ -202,6 +215,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::info!(node = %node, env = %args.env, etcd = %etcd.endpoints(), "fleet node joined");
+    let incarnation = u64::try_from(now_ms()).unwrap_or_default();
     let source = ConfigSource::File(Managed {
         path,
         watched: args.config.is_some(),
@@ -215,6 +229,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             fleet,
             events,
             local,
+            observations: Arc::new(FleetObservations::new(&node, incarnation)),
+            incarnation,
         }),
     });
     super::serve::run_gateway(prepared, shared, source)
@@ -272,8 +288,26 @@ fn choose_config(args: &ServeArgs, store: &EtcdStore) -> anyhow::Result<(PathBuf
 }
 
 /// Applies what other nodes changed, as the watch reports it.
-pub async fn follow(controller: Arc<Controller>, mut events: UnboundedReceiver<FleetEvent>) {
+pub async fn follow(
+    controller: Arc<Controller>,
+    mut events: UnboundedReceiver<FleetEvent>,
+    observations: Arc<FleetObservations>,
+) {
     while let Some(event) = events.recv().await {
+        match &event {
+            FleetEvent::Report { node, report } => {
+                match NodeReport::decode(report) {
+                    Ok(r) => observations.update(node, r),
+                    Err(e) => tracing::warn!("ignoring node {node}'s traffic report: {e}"),
+                }
+                continue;
+            }
+            FleetEvent::ReportGone(node) => {
+                observations.remove(node);
+                continue;
+            }
+            _ => {}
+        }
         let c = Arc::clone(&controller);
         let outcome = tokio::task::spawn_blocking(move || match event {
             FleetEvent::Revision(n) => c.revision_changed(n, now_ms()).map(|applied| {
@@ -308,11 +342,13 @@ pub async fn follow(controller: Arc<Controller>, mut events: UnboundedReceiver<F
     }
 }
 
-/// Publishes, once a second, which revision this node serves and whether it is ready.
+/// Publishes, once a second, which revision this node serves, whether it is ready, and its
+/// traffic counters (for the leader's analysis).
 pub async fn publish(
     controller: Arc<Controller>,
     fleet: Arc<Fleet>,
-    _gateway: Arc<Gateway>,
+    plane: Arc<dyn DataPlane>,
+    incarnation: u64,
     state: Arc<AdminState>,
 ) {
     let mut ticker = tokio::time::interval(graylane_etcd::fleet::HEARTBEAT);
@@ -323,5 +359,13 @@ pub async fn publish(
             controller.current_revision(),
             state.ready.load(Ordering::Relaxed),
         );
+        let plane = Arc::clone(&plane);
+        if let Ok(report) = tokio::task::spawn_blocking(move || {
+            graylane_controller::fleet::report(plane.as_ref(), incarnation, now_ms()).encode()
+        })
+        .await
+        {
+            fleet.set_report(report);
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use graylane_analysis::Histogram;
 use graylane_config::Config;
+use graylane_controller::fleet::{RouteFigures, UnitHashes};
 use graylane_controller::metrics::ReleaseCollector;
 use graylane_controller::{
     ControlError, Controller, DataPlane, Observation, Reloaded, Setup, webhook_targets,
@@ -251,12 +252,7 @@ impl DataPlane for GatewayPlane {
     }
 
     fn observe(&self, service: &str, version: &str) -> Observation {
-        let o = self.gateway.metrics().observe(service, version);
-        Observation {
-            codes: o.codes,
-            latency: Histogram::from_counts(&o.latency),
-            bucketed: o.bucketed,
-        }
+        observation(self.gateway.metrics().observe(service, version))
     }
 
     fn units(&self, service: &str, versions: &[&str]) -> (Vec<u64>, u32) {
@@ -273,6 +269,42 @@ impl DataPlane for GatewayPlane {
         let s = table.service_index(service)?;
         let v = table.assign(s, key)?;
         Some(table.version_name(s, v).to_string())
+    }
+
+    fn local_figures(&self) -> Vec<RouteFigures> {
+        self.gateway
+            .metrics()
+            .export()
+            .into_iter()
+            .map(|e| RouteFigures {
+                service: e.service,
+                version: e.version,
+                observation: observation(e.observed),
+                units: e.units.map(unit_hashes),
+            })
+            .collect()
+    }
+
+    fn local_units(&self, service: &str, version: &str) -> Option<UnitHashes> {
+        self.gateway
+            .metrics()
+            .unit_hashes(service, version)
+            .map(unit_hashes)
+    }
+}
+
+fn observation(o: graylane_proxy::Observed) -> Observation {
+    Observation {
+        codes: o.codes,
+        latency: Histogram::from_counts(&o.latency),
+        bucketed: o.bucketed,
+    }
+}
+
+fn unit_hashes(u: graylane_proxy::UnitHashes) -> UnitHashes {
+    UnitHashes {
+        level: u.level,
+        hashes: u.hashes,
     }
 }
 
@@ -321,18 +353,19 @@ pub fn run_gateway(
                 .as_ref()
                 .map(|f| f.local.clone())
                 .unwrap_or_default();
+            let plane = super::fleet::plane(
+                GatewayPlane {
+                    gateway: Arc::clone(&gateway),
+                    local,
+                },
+                m.fleet.as_ref(),
+            );
             let controller = Controller::open(Setup {
                 env: m.env.clone(),
                 config_path: m.path.clone(),
                 fleet: m.fleet.is_some(),
                 store: Arc::clone(&m.store),
-                plane: super::fleet::plane(
-                    GatewayPlane {
-                        gateway: Arc::clone(&gateway),
-                        local,
-                    },
-                    m.fleet.as_ref(),
-                ),
+                plane: Arc::clone(&plane),
                 notifier: notifier.clone(),
                 yaml: m.yaml,
                 config,
@@ -345,12 +378,15 @@ pub fn run_gateway(
                 m.watched.then_some((m.path, m.interval)),
                 m.releasable,
                 m.offer,
-                m.fleet,
+                m.fleet.map(|f| (f, plane)),
             ))
         })?,
     };
-    let (fleet, fleet_events) = match fleet {
-        Some(node) => (Some(node.fleet), Some(node.events)),
+    let (fleet, fleet_node) = match fleet {
+        Some((node, plane)) => (
+            Some(node.fleet),
+            Some((node.events, node.observations, node.incarnation, plane)),
+        ),
         None => (None, None),
     };
     if let Some(c) = &controller {
@@ -399,12 +435,19 @@ pub fn run_gateway(
         if let Some(c) = &controller {
             tasks.push(tokio::spawn(tick_releases(Arc::clone(c), fleet.clone())));
         }
-        if let (Some(c), Some(f), Some(events)) = (&controller, &fleet, fleet_events) {
-            tasks.push(tokio::spawn(super::fleet::follow(Arc::clone(c), events)));
+        if let (Some(c), Some(f), Some((events, observations, incarnation, plane))) =
+            (&controller, &fleet, fleet_node)
+        {
+            tasks.push(tokio::spawn(super::fleet::follow(
+                Arc::clone(c),
+                events,
+                observations,
+            )));
             tasks.push(tokio::spawn(super::fleet::publish(
                 Arc::clone(c),
                 Arc::clone(f),
-                Arc::clone(&gateway),
+                plane,
+                incarnation,
                 Arc::clone(&state),
             )));
         }
