@@ -146,6 +146,7 @@ fn leader(dir: &Path, local: Arc<Node>, fleet: Arc<FleetObservations>) -> Contro
     Controller::open(Setup {
         env: "prod".to_string(),
         config_path: path,
+        fleet: false,
         store: Arc::new(RedbStore::open(&dir.join("data")).unwrap()),
         plane: Arc::new(FleetPlane::new(local, fleet)),
         notifier: None,
