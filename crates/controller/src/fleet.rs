@@ -1060,6 +1060,10 @@ mod tests {
         assert!(u.hashes.len() <= MAX_REPORTED_UNITS);
         // Thinned no further than needed: one level less would not fit.
         assert!(u.level >= 1, "{}", u.level);
-        assert!(u.hashes.len() * 2 > MAX_REPORTED_UNITS / 2, "{}", u.hashes.len());
+        assert!(
+            u.hashes.len() * 2 > MAX_REPORTED_UNITS / 2,
+            "{}",
+            u.hashes.len()
+        );
     }
 }

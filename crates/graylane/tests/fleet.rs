@@ -41,6 +41,39 @@ services:
         - weight: 100
 "#;
 
+/// Three steps without pauses, moved on (or rolled back) by the analysis alone.
+const ANALYSED: &str = r#"
+listeners:
+  - bind: 127.0.0.1:1
+admin:
+  bind: 127.0.0.1:2
+  token_env: GRAYLANE_ADMIN_TOKEN
+services:
+  - name: payment
+    match: { path_prefix: /api/payment }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: "header:X-User-Id"
+      steps:
+        - weight: 30
+        - weight: 60
+        - weight: 100
+      analysis:
+        interval: 500ms
+        min_requests: 40
+        success_needed: 2
+        failure_limit: 1
+        on_failure: rollback
+        checks:
+          - metric: error_rate
+            max_increase: 0.02
+"#;
+
 /// One node: its process and addresses.
 struct Node {
     name: String,
@@ -61,13 +94,13 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn new(test: &str, first_pause: &str) -> Fleet {
+    fn new(test: &str, template: &str, first_pause: &str) -> Fleet {
         let etcd = EtcdServer::start();
         let dir = temp_dir(test);
         let file = dir.join("graylane.yaml");
         let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
         let yaml = fill(
-            CONFIG,
+            template,
             &[
                 ("stable", stable.addr.to_string()),
                 ("canary", canary.addr.to_string()),
@@ -131,7 +164,11 @@ impl Fleet {
     }
 
     async fn start(test: &str, first_pause: &str) -> Fleet {
-        let mut fleet = Fleet::new(test, first_pause);
+        Fleet::start_with(test, CONFIG, first_pause).await
+    }
+
+    async fn start_with(test: &str, template: &str, first_pause: &str) -> Fleet {
+        let mut fleet = Fleet::new(test, template, first_pause);
         let url = fleet.etcd.url();
         for name in ["a", "b", "c"] {
             fleet.spawn(name, true, &url);
@@ -202,9 +239,14 @@ impl Fleet {
 
     /// Waits until every running node in `nodes` shows the release at `step` in `state`.
     async fn converged(&self, nodes: &[usize], step: u64, state: &str) {
+        self.converged_within(Duration::from_secs(5), nodes, step, state)
+            .await;
+    }
+
+    async fn converged_within(&self, limit: Duration, nodes: &[usize], step: u64, state: &str) {
         for &i in nodes {
             eventually_within(
-                Duration::from_secs(5),
+                limit,
                 &format!("node {} to show step {step} {state}", self.nodes[i].name),
                 || async move {
                     let r = self.try_api(i, "/api/v1/releases/payment").await?;
@@ -312,4 +354,318 @@ async fn a_command_sent_to_any_node_takes_effect_on_every_node_and_one_leader_ad
             assert_eq!(r.version(), Some("canary"), "via {}", node.name);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_down_under_load_no_request_fails_commands_get_503_and_nothing_advances_until_it_is_back()
+{
+    let mut fleet = Fleet::start("fleet-etcd-down", "2s").await;
+    fleet.leader(&[0, 1, 2]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let proxies = fleet.nodes.iter().map(|n| n.proxy).collect();
+    let (load_task, sent, failed) = load(proxies, Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.etcd.kill();
+    let down = Instant::now();
+    // A command is refused, naming the store, and changes nothing.
+    let r = fleet
+        .api(1, Method::POST, "/api/v1/releases/payment/pause", r#"{"reason":"x"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert!(r.text().contains("etcd"), "{}", r.text());
+    // The 2 s pause runs out while etcd is away: no node may move the release.
+    while down.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for i in 0..3 {
+            let r = fleet.release(i).await;
+            assert_eq!(r["step"], 0, "node {} moved with etcd down: {r}", fleet.nodes[i].name);
+            assert_eq!(r["state"], "progressing");
+        }
+    }
+    let cluster = fleet.cluster(2).await;
+    assert_eq!(cluster["store_reachable"], false, "{cluster}");
+    fleet.etcd.restart();
+    // Everything resumes by itself: the overdue step is taken once, by the leader.
+    fleet
+        .converged_within(Duration::from_secs(20), &[0, 1, 2], 1, "progressing")
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    load_task.await.unwrap();
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent > 200, "only {sent} requests were sent");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed while etcd was down");
+    // Nothing committed was lost, and commands work again.
+    let audit = fleet.api(0, Method::GET, "/api/v1/audit?limit=50", "").await.json();
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"start") && actions.contains(&"config.apply"), "{actions:?}");
+    assert_eq!(actions.iter().filter(|a| **a == "tick").count(), 1, "{actions:?}");
+    let r = fleet
+        .api(2, Method::POST, "/api/v1/releases/payment/promote", r#"{"reason":"back"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    fleet.converged(&[0, 1, 2], 2, "completed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_within_the_lease_ttl_and_the_release_keeps_its_step_and_pause() {
+    let mut fleet = Fleet::start("fleet-leader-killed", "6s").await;
+    let leader = fleet.leader(&[0, 1, 2]).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let before = fleet.release(others[0]).await;
+    assert_eq!(before["step"], 0);
+    fleet.nodes[leader].process.signal("KILL");
+    let killed = Instant::now();
+    let next = eventually_within(Duration::from_secs(10), "another node to lead", || async {
+        let c = fleet.try_api(others[0], "/api/v1/cluster").await?;
+        let name = c["leader"].as_str()?.to_string();
+        (name != fleet.nodes[leader].name).then_some(name)
+    })
+    .await;
+    let failover = killed.elapsed();
+    // The TTL is 3 s: the lease runs out, then a follower wins within its next campaign.
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    assert!(others.iter().any(|&i| fleet.nodes[i].name == next));
+    // Same step, and the pause keeps its end: it moves on about 6 s after it began, not 6 s
+    // after the new leader took over.
+    let r = fleet.release(others[1]).await;
+    assert_eq!(r["step"], 0, "{r}");
+    fleet
+        .converged_within(Duration::from_secs(10), &others, 1, "progressing")
+        .await;
+    let moved = killed.elapsed();
+    assert!(moved < Duration::from_secs(8), "the step moved {moved:?} after the kill");
+    let audit = fleet
+        .api(others[0], Method::GET, "/api/v1/audit?action=tick&limit=10", "")
+        .await
+        .json();
+    assert_eq!(audit["entries"].as_array().map(Vec::len), Some(1), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_late_without_a_file_catches_up_before_it_is_ready() {
+    let mut fleet = Fleet::new("fleet-late", CONFIG, "manual");
+    let url = fleet.etcd.url();
+    // A node with no configuration anywhere waits, saying it is not ready.
+    let waiting = fleet.spawn("c", false, &url);
+    let admin = fleet.nodes[waiting].admin;
+    let r = eventually("the waiting node to answer", || async {
+        try_get(admin, "/readyz", &[]).await.ok()
+    })
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    fleet.spawn("a", true, &url);
+    fleet.ready(1).await;
+    // Changes made before the late node serves: a promote and a new revision.
+    let r = fleet
+        .api(1, Method::POST, "/api/v1/releases/payment/promote", r#"{"reason":"go"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    fleet.ready(0).await;
+    let late = fleet.release(0).await;
+    assert_eq!(late["step"], 1, "{late}");
+    let cluster = fleet.cluster(0).await;
+    let me = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "c")
+        .cloned()
+        .unwrap();
+    assert_eq!(me["config_revision"], cluster["latest_revision"], "{cluster}");
+    assert_eq!(me["lagging"], false);
+    // It routes by the shared state.
+    let r = get(fleet.nodes[0].proxy, "/api/payment/x", &[("x-user-id", "u-1")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_with_a_taken_name_refuses_to_start() {
+    let mut fleet = Fleet::start("fleet-same-name", "manual").await;
+    let url = fleet.etcd.url();
+    let twin = fleet.spawn("b", true, &url);
+    let status = fleet.nodes[twin].process.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let logs = fleet.nodes[twin].process.logs();
+    assert!(logs.contains("node name `b` is taken"), "{logs}");
+    // The running `b` is untouched.
+    let cluster = fleet.cluster(1).await;
+    assert_eq!(cluster["members"].as_array().map(Vec::len), Some(3), "{cluster}");
+}
+
+async fn etcd_put(url: &str, key: &str, value: &str) {
+    let mut c = etcd_client::Client::connect([url], None).await.unwrap();
+    c.put(key, value, None).await.unwrap();
+}
+
+async fn etcd_keys(url: &str) -> Vec<(String, String)> {
+    let mut c = etcd_client::Client::connect([url], None).await.unwrap();
+    let r = c
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
+    r.kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_in_etcd_that_is_not_this_environments_is_refused_and_left_untouched() {
+    let cases = [
+        // Someone else's keys under the prefix.
+        vec![("/graylane/app/setting", "on")],
+        // A newer graylane's layout.
+        vec![("/graylane/schema", r#"{"graylane_schema": 99}"#)],
+        // Another environment's data copied under this one's keys.
+        vec![
+            ("/graylane/schema", r#"{"graylane_schema": 1}"#),
+            ("/graylane/env/prod/meta", r#"{"env": "staging"}"#),
+            ("/graylane/env/prod/revision", "7"),
+        ],
+    ];
+    let expected = ["/graylane/app/setting", "schema 99", "environment `staging`"];
+    for (case, want) in cases.iter().zip(expected) {
+        let mut fleet = Fleet::new("fleet-foreign", CONFIG, "manual");
+        let url = fleet.etcd.url();
+        for (k, v) in case {
+            etcd_put(&url, k, v).await;
+        }
+        let before = etcd_keys(&url).await;
+        let i = fleet.spawn("a", true, &url);
+        let status = fleet.nodes[i].process.wait_exit(Duration::from_secs(20));
+        assert!(!status.success());
+        let logs = fleet.nodes[i].process.logs();
+        assert!(logs.contains(want) && logs.contains("nothing was changed"), "{logs}");
+        assert_eq!(etcd_keys(&url).await, before, "etcd was changed");
+    }
+}
+
+/// A TCP relay to etcd that can be cut, as a network partition of one node would.
+struct Link {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Link {
+    async fn to(target: SocketAddr) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, conns) = (Arc::clone(&cut), Arc::clone(&connections));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(task);
+            }
+        });
+        Link {
+            addr,
+            cut,
+            connections,
+        }
+    }
+
+    fn cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Relaxed);
+        if cut {
+            for task in self.connections.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_etcd_keeps_serving_says_it_is_stale_and_catches_up_when_back() {
+    let mut fleet = Fleet::new("fleet-partition", CONFIG, "manual");
+    let url = fleet.etcd.url();
+    fleet.spawn("a", true, &url);
+    fleet.spawn("b", true, &url);
+    let link = Link::to(SocketAddr::from(([127, 0, 0, 1], fleet.etcd.port))).await;
+    let cut_off = fleet.spawn("c", true, &format!("http://{}", link.addr));
+    for i in 0..3 {
+        fleet.ready(i).await;
+    }
+    link.cut(true);
+    // It serves on with what it knows, and says it is stale.
+    let cluster = eventually_within(Duration::from_secs(10), "c to call itself stale", || async {
+        let c = fleet.try_api(cut_off, "/api/v1/cluster").await?;
+        (c["store_reachable"] == false).then_some(c)
+    })
+    .await;
+    let me = cluster["members"].as_array().unwrap().iter().find(|m| m["name"] == "c").cloned();
+    assert_eq!(me.unwrap()["stale"], true, "{cluster}");
+    let metrics = get(fleet.nodes[cut_off].admin, "/metrics", &[]).await.text();
+    assert_eq!(metric_value(&metrics, "graylane_fleet_store_reachable"), Some(0.0), "{metrics}");
+    for _ in 0..20 {
+        let r = get(fleet.nodes[cut_off].proxy, "/api/payment/x", &[("x-user-id", "u-1")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // The rest of the fleet goes on without it.
+    let r = fleet
+        .api(0, Method::POST, "/api/v1/releases/payment/promote", r#"{"reason":"go"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    fleet.converged(&[0, 1], 1, "progressing").await;
+    assert_eq!(fleet.release(cut_off).await["step"], 0);
+    // Back: it catches up by itself.
+    link.cut(false);
+    fleet
+        .converged_within(Duration::from_secs(15), &[cut_off], 1, "progressing")
+        .await;
+    eventually_within(Duration::from_secs(10), "c to hear from etcd again", || async {
+        let c = fleet.try_api(cut_off, "/api/v1/cluster").await?;
+        (c["store_reachable"] == true).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_rolls_back_a_failing_candidate_on_traffic_it_never_served() {
+    let fleet = Fleet::start_with("fleet-analysis-fail", ANALYSED, "").await;
+    let leader = fleet.leader(&[0, 1, 2]).await;
+    fleet.canary.fail_every(2);
+    // Every request goes through the two followers: the leader judges their traffic only.
+    let stop = Arc::new(AtomicBool::new(false));
+    let proxies = (0..3).filter(|i| *i != leader).map(|i| fleet.nodes[i].proxy).collect();
+    let (load_task, _, _) = load(proxies, Arc::clone(&stop));
+    fleet
+        .converged_within(Duration::from_secs(20), &[0, 1, 2], 0, "rolled_back")
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    load_task.await.unwrap();
+    let audit = fleet
+        .api(leader, Method::GET, "/api/v1/audit?actor=analysis&limit=5", "")
+        .await
+        .json();
+    assert!(!audit["entries"].as_array().unwrap().is_empty(), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_promotes_a_healthy_candidate_step_by_step_on_the_fleets_traffic() {
+    let fleet = Fleet::start_with("fleet-analysis-pass", ANALYSED, "").await;
+    let leader = fleet.leader(&[0, 1, 2]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let proxies = (0..3).filter(|i| *i != leader).map(|i| fleet.nodes[i].proxy).collect();
+    let (load_task, _, failed) = load(proxies, Arc::clone(&stop));
+    fleet
+        .converged_within(Duration::from_secs(30), &[0, 1, 2], 2, "completed")
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    load_task.await.unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
 }

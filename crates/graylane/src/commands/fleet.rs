@@ -166,7 +166,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bind: f.bind,
         admin_bind: f.admin_bind,
     };
-    let (path, yaml) = choose_config(&args, store.as_ref())?;
+    let (path, yaml, early_admin) = choose_config(&args, store.as_ref())?;
     let shared = match graylane_config::load_text_for(&yaml, &path) {
         Ok(config) => config,
         Err(errors) => {
@@ -207,7 +207,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = args.workers {
         options.workers = w;
     }
-    let prepared = match Prepared::bind(&config, options, Vec::new(), None) {
+    let prepared = match Prepared::bind(&config, options, Vec::new(), early_admin) {
         Ok(p) => p,
         Err(e) => {
             fleet.leave();
@@ -242,17 +242,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// A file equal to the newest revision pushed from a file is not pushed again even when a
 /// later revision (an API edit) differs from it: restarting a node must not undo what was
 /// changed through the API since the file last changed.
-fn choose_config(args: &ServeArgs, store: &EtcdStore) -> anyhow::Result<(PathBuf, String)> {
+///
+/// While it waits, the admin listener (`--admin-bind`) answers `503`, so a load balancer's or
+/// orchestrator's readiness probe sees a node that is up but not ready; the listener is then
+/// handed to the admin API.
+fn choose_config(
+    args: &ServeArgs,
+    store: &EtcdStore,
+) -> anyhow::Result<(PathBuf, String, Option<std::net::TcpListener>)> {
     let env = &args.env;
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let latest = store.latest_revision(env)?;
         let Some(latest) = latest else {
-            return Ok((path.clone(), text));
+            return Ok((path.clone(), text, None));
         };
         if latest.yaml == text {
-            return Ok((path.clone(), text));
+            return Ok((path.clone(), text, None));
         }
         let from_file = store
             .revisions(env)?
@@ -268,14 +275,19 @@ fn choose_config(args: &ServeArgs, store: &EtcdStore) -> anyhow::Result<(PathBuf
                 path.display(),
                 latest.n
             );
-            return Ok((path.clone(), latest.yaml));
+            return Ok((path.clone(), latest.yaml, None));
         }
-        return Ok((path.clone(), text));
+        return Ok((path.clone(), text, None));
     }
+    let mut not_ready = match args.fleet.admin_bind {
+        Some(addr) => Some(NotReady::start(crate::admin::bind(addr)?)?),
+        None => None,
+    };
     let mut waited = 0u64;
     loop {
         if let Some(latest) = store.latest_revision(env)? {
-            return Ok((PathBuf::from("graylane.yaml"), latest.yaml));
+            let admin = not_ready.take().map(NotReady::stop).transpose()?;
+            return Ok((PathBuf::from("graylane.yaml"), latest.yaml, admin));
         }
         if waited.is_multiple_of(10) {
             tracing::warn!(
@@ -284,6 +296,62 @@ fn choose_config(args: &ServeArgs, store: &EtcdStore) -> anyhow::Result<(PathBuf
         }
         waited += 1;
         std::thread::sleep(WAIT_FOR_CONFIG);
+    }
+}
+
+/// The admin listener of a node still waiting for its first configuration: every request gets
+/// `503` saying so.
+struct NotReady {
+    listener: std::net::TcpListener,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl NotReady {
+    const ANSWER: &'static str = "waiting for a configuration revision in etcd\n";
+
+    fn start(listener: std::net::TcpListener) -> anyhow::Result<NotReady> {
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (accepting, stopping) = (listener.try_clone()?, Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((mut stream, _)) = accepting.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                    Self::ANSWER.len(),
+                    Self::ANSWER
+                );
+            }
+        });
+        Ok(NotReady {
+            listener,
+            stop,
+            thread,
+        })
+    }
+
+    /// Stops answering and hands the listener back (still bound: no request is refused).
+    fn stop(self) -> anyhow::Result<std::net::TcpListener> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.listener.set_nonblocking(false)?;
+        Ok(self.listener)
     }
 }
 
