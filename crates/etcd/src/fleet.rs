@@ -619,6 +619,11 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        let leader_key = self.keys.leader();
+        if !r.kvs().iter().any(|kv| kv.key() == leader_key.as_bytes()) {
+            // The leader key went away while the watch was behind: no deletion will come.
+            self.take(leader_key.as_bytes(), None, 0, events);
+        }
         for kv in r.kvs() {
             self.take(kv.key(), Some(kv.value()), kv.mod_revision(), events);
         }

@@ -461,3 +461,37 @@ fn the_leader_key_and_member_record_live_under_the_nodes_lease_and_the_environme
         "not under a lease"
     );
 }
+
+#[test]
+fn a_nodes_status_and_report_reach_the_others_and_its_report_goes_when_it_leaves() {
+    let etcd = EtcdServer::start();
+    let mut a = Node::join(&etcd, "a");
+    let b = Node::join(&etcd, "b");
+    b.fleet.set_status(7, true);
+    b.fleet.set_report(b"{\"requests\":3}".to_vec());
+    wait_for("a sees b serving revision 7", BOUND, || {
+        a.fleet
+            .cluster()
+            .members
+            .iter()
+            .any(|m| m.name == "b" && m.config_revision == 7 && m.ready)
+    });
+    let event = a.wait_event("b's report", |e| matches!(e, FleetEvent::Report { .. }));
+    assert_eq!(
+        event,
+        FleetEvent::Report {
+            node: "b".into(),
+            report: b"{\"requests\":3}".to_vec(),
+        }
+    );
+    // A node is not told its own report.
+    a.fleet.set_report(b"{}".to_vec());
+    b.fleet.leave();
+    let event = a.wait_event("b's report gone", |e| {
+        matches!(e, FleetEvent::ReportGone(_) | FleetEvent::Report { .. })
+    });
+    assert_eq!(event, FleetEvent::ReportGone("b".into()));
+    wait_for("a no longer lists b", BOUND, || {
+        a.fleet.cluster().members.iter().all(|m| m.name != "b")
+    });
+}
