@@ -151,6 +151,8 @@ impl Fleet {
         node: NodeInfo,
         ttl: Duration,
     ) -> Result<(Arc<Fleet>, mpsc::UnboundedReceiver<FleetEvent>), StoreError> {
+        // The membership keys must not be the first of an environment without its record.
+        store.check_env(env, true)?;
         let etcd = store.etcd().clone();
         let keys = Keys::new(etcd.prefix(), env);
         let ttl_s = ttl.as_secs().max(2) as i64;

@@ -72,26 +72,40 @@ impl EtcdStore {
         };
         let schema_key = keys.schema();
         let prefix = format!("{}/", keys.prefix());
+        // Service instances may register (`graylane register`) before any node has run: keys
+        // under the registry do not make a prefix foreign.
+        let registry = keys.registry();
         let (schema, any) = etcd.call("checking the schema", {
-            let (schema_key, prefix) = (schema_key.clone(), prefix.clone());
+            let (schema_key, prefix, registry) =
+                (schema_key.clone(), prefix.clone(), registry.clone());
             |mut c| async move {
                 let schema = c.get(schema_key, None).await?;
-                let any = c
-                    .get(
-                        prefix,
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_keys_only()
-                                .with_limit(1),
-                        ),
-                    )
-                    .await?;
+                let first_in = |from: Vec<u8>, to: Vec<u8>| {
+                    let mut c = c.clone();
+                    async move {
+                        let r = c
+                            .get(
+                                from,
+                                Some(
+                                    GetOptions::new()
+                                        .with_range(to)
+                                        .with_keys_only()
+                                        .with_limit(1),
+                                ),
+                            )
+                            .await?;
+                        Ok::<_, etcd_client::Error>(
+                            r.kvs()
+                                .first()
+                                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+                        )
+                    }
+                };
+                let before = first_in(prefix.clone().into_bytes(), registry.clone().into_bytes());
+                let after = first_in(prefix_end(&registry), prefix_end(&prefix));
                 Ok((
                     schema.kvs().first().map(|kv| kv.value().to_vec()),
-                    any.kvs()
-                        .first()
-                        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+                    before.await?.or(after.await?),
                 ))
             }
         })?;
@@ -155,7 +169,7 @@ impl EtcdStore {
     /// environment first writes the record, so that the keys it leaves are recognised when a
     /// node opens that environment later. Anything else is [`StoreError::Foreign`], and nothing
     /// is written.
-    fn check_env(&self, env: &str, create: bool) -> Result<(), StoreError> {
+    pub(crate) fn check_env(&self, env: &str, create: bool) -> Result<(), StoreError> {
         if self.checked_envs().contains(env) {
             return Ok(());
         }

@@ -495,3 +495,68 @@ fn a_nodes_status_and_report_reach_the_others_and_its_report_goes_when_it_leaves
         a.fleet.cluster().members.iter().all(|m| m.name != "b")
     });
 }
+
+#[test]
+fn a_watch_that_fell_behind_a_compaction_reads_everything_again() {
+    let mut etcd = EtcdServer::start();
+    let mut a = Node::join(&etcd, "a");
+    let b = Node::join(&etcd, "b");
+    b.store
+        .add_revision("prod", new_revision(1, RevisionSource::Api))
+        .unwrap();
+    a.wait_event("revision 1", |e| *e == FleetEvent::Revision(1));
+
+    etcd.kill();
+    // Hold a's client runtime (one thread) while etcd comes back, so that a's watch resumes
+    // only after the revisions it missed were compacted away.
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (resume, resume_rx) = std::sync::mpsc::channel::<()>();
+    a.store.etcd().handle().spawn(async move {
+        let _ = started_tx.send(());
+        let _ = resume_rx.recv_timeout(BOUND);
+    });
+    started.recv_timeout(BOUND).unwrap();
+    etcd.restart();
+    wait_for("b writes again", BOUND, || {
+        b.store
+            .add_revision("prod", new_revision(2, RevisionSource::Api))
+            .is_ok()
+    });
+    b.store
+        .add_revision("prod", new_revision(3, RevisionSource::Api))
+        .unwrap();
+    let written = b
+        .store
+        .record_release(
+            "prod",
+            "web",
+            b"missed",
+            new_audit(1, "release.start", "web"),
+        )
+        .unwrap();
+    assert_eq!(written.seq, 1);
+    let raw = connect(&etcd, "/raw");
+    raw.call("compacting", |mut c| async move {
+        let now = c.get("/", None).await?.header().map_or(0, |h| h.revision());
+        c.compact(now, None).await.map(|_| ())
+    })
+    .unwrap();
+    resume.send(()).unwrap();
+
+    a.wait_event("the resync", |e| *e == FleetEvent::Resynced);
+    let after = a.wait_event("the release it missed", |e| {
+        matches!(e, FleetEvent::Release { .. })
+    });
+    assert!(
+        matches!(&after, FleetEvent::Release { state, .. } if state == b"missed"),
+        "{after:?}"
+    );
+    wait_for("a knows revision 3", BOUND, || {
+        a.fleet.cluster().latest_revision == 3
+    });
+    // And it goes on watching from there.
+    b.store
+        .add_revision("prod", new_revision(4, RevisionSource::Api))
+        .unwrap();
+    a.wait_event("revision 4", |e| *e == FleetEvent::Revision(4));
+}

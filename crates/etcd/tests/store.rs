@@ -771,3 +771,27 @@ fn while_etcd_is_down_calls_fail_within_the_timeout_and_work_again_after_a_resta
     assert_eq!(next.entry.seq, 2);
     assert_eq!(store.releases("prod").unwrap()[0].1, b"s2");
 }
+
+#[test]
+fn service_instances_registered_before_any_node_ran_do_not_make_the_prefix_foreign() {
+    let etcd = EtcdServer::start();
+    let raw = connect(&etcd, P);
+    let instance = "/graylane/registry/payment/i-1";
+    put(&raw, instance, b"{\"address\":\"127.0.0.1:9000\"}");
+    let store = open(&etcd, P, "prod");
+    store
+        .add_revision("prod", new_revision(1, RevisionSource::File))
+        .unwrap();
+    let kept = dump(&raw, instance);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].1, b"{\"address\":\"127.0.0.1:9000\"}");
+
+    // Anything else beside them still does.
+    let elsewhere = connect(&etcd, "/other");
+    put(&elsewhere, "/other/registry/payment/i-1", b"{}");
+    put(&elsewhere, "/other/aaa", b"x");
+    let err = EtcdStore::open(connect(&etcd, "/other"), "prod")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("/other/aaa"), "{err}");
+}
