@@ -63,7 +63,8 @@ struct ReleaseWrite<'a> {
 impl EtcdStore {
     /// Opens `env`'s keys under the connection's prefix: checks that what is there is
     /// graylane's, of this schema and of this environment (or writes the markers on an empty
-    /// prefix). Anything else is refused with [`StoreError::Foreign`] and left untouched.
+    /// prefix). Anything else is refused with [`StoreError::Foreign`] and left untouched. Any
+    /// other environment the store is asked about is checked the same way on first use.
     pub fn open(etcd: Etcd, env: &str) -> Result<EtcdStore, StoreError> {
         let keys = Keys::new(etcd.prefix(), env);
         let foreign = |detail: String| StoreError::Foreign {
