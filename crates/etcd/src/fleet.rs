@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
@@ -112,7 +112,11 @@ pub struct Fleet {
     lease: AtomicI64,
     /// Shared with the store: the lease this node leads under, or 0.
     leading: Arc<AtomicI64>,
-    /// When the lease was last confirmed alive (Unix ms).
+    /// The monotonic clock lease confirmations are measured on: a wall clock stepped back
+    /// would keep a leader leading after its lease expired.
+    clock: Instant,
+    /// When the newest keep-alive etcd answered was *sent* ([`Fleet::clock`] ms): etcd
+    /// extended the lease no earlier than that, so it lives at least a TTL from then.
     lease_confirmed_ms: AtomicI64,
     /// When etcd last answered anything (Unix ms).
     contact_ms: AtomicI64,
@@ -147,6 +151,8 @@ impl Fleet {
         node: NodeInfo,
         ttl: Duration,
     ) -> Result<(Arc<Fleet>, mpsc::UnboundedReceiver<FleetEvent>), StoreError> {
+        // The membership keys must not be the first of an environment without its record.
+        store.check_env(env, true)?;
         let etcd = store.etcd().clone();
         let keys = Keys::new(etcd.prefix(), env);
         let ttl_s = ttl.as_secs().max(2) as i64;
@@ -168,16 +174,18 @@ impl Fleet {
                     return Err(StoreError::Foreign {
                         endpoints: etcd.endpoints().to_string(),
                         detail: format!(
-                            "node name `{}` is taken by a running node (admin {}, seen {:.1} s ago): give this node another --node name",
+                            "node name `{}` is taken by a running node (admin {}, seen {:.1} s ago): give this node another --node name (a stopped node's name is free {} s after it was last seen)",
                             node.name,
                             m.admin.as_deref().unwrap_or("none"),
-                            age.max(0) as f64 / 1000.0
+                            age.max(0) as f64 / 1000.0,
+                            SILENT_AFTER_MS / 1000
                         ),
                     });
                 }
             }
             expect_rev = rev;
         }
+        let clock = Instant::now();
         let lease = etcd.call("taking a lease", move |mut c| async move {
             c.lease_grant(ttl_s, None).await.map(|r| r.id())
         })?;
@@ -190,7 +198,8 @@ impl Fleet {
             handle: etcd.handle(),
             lease: AtomicI64::new(lease),
             leading: store.leading(),
-            lease_confirmed_ms: AtomicI64::new(started_ms),
+            clock,
+            lease_confirmed_ms: AtomicI64::new(0),
             contact_ms: AtomicI64::new(started_ms),
             latest_revision: AtomicU64::new(0),
             started_ms,
@@ -271,7 +280,8 @@ impl Fleet {
     /// recently enough that no other node can lead yet.
     pub fn is_leader(&self) -> bool {
         self.leading.load(Ordering::Acquire) != 0
-            && now_ms() - self.lease_confirmed_ms.load(Ordering::Acquire) < self.step_down_ms()
+            && self.mono_ms() - self.lease_confirmed_ms.load(Ordering::Acquire)
+                < self.step_down_ms()
     }
 
     /// Whether etcd answered within the last few heartbeats.
@@ -343,6 +353,10 @@ impl Fleet {
             let _ = tx.send(());
         });
         let _ = rx.recv_timeout(Duration::from_secs(3));
+    }
+
+    fn mono_ms(&self) -> i64 {
+        self.clock.elapsed().as_millis() as i64
     }
 
     fn step_down_ms(&self) -> i64 {
@@ -441,12 +455,13 @@ impl Fleet {
                 continue;
             };
             loop {
+                let sent = self.mono_ms();
                 if keeper.keep_alive().await.is_err() {
                     break;
                 }
                 match tokio::time::timeout(period, stream.message()).await {
                     Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                        self.lease_confirmed_ms.store(now_ms(), Ordering::Release);
+                        self.lease_confirmed_ms.store(sent, Ordering::Release);
                         self.touch();
                     }
                     Ok(Ok(Some(_))) => {
@@ -467,9 +482,10 @@ impl Fleet {
     async fn renew_lease(&self) {
         let mut client = self.client.clone();
         let ttl = self.ttl.as_secs() as i64;
+        let sent = self.mono_ms();
         if let Ok(Ok(r)) = tokio::time::timeout(self.ttl / 3, client.lease_grant(ttl, None)).await {
             self.lease.store(r.id(), Ordering::Release);
-            self.lease_confirmed_ms.store(now_ms(), Ordering::Release);
+            self.lease_confirmed_ms.store(sent, Ordering::Release);
             tracing::warn!(node = %self.node.name, "the fleet lease had expired: joined again with a new one");
         }
     }
@@ -516,7 +532,8 @@ impl Fleet {
             ticker.tick().await;
             let lease = self.lease.load(Ordering::Acquire);
             if self.leading.load(Ordering::Acquire) != 0 {
-                if now_ms() - self.lease_confirmed_ms.load(Ordering::Acquire) >= self.step_down_ms()
+                if self.mono_ms() - self.lease_confirmed_ms.load(Ordering::Acquire)
+                    >= self.step_down_ms()
                 {
                     self.leading.store(0, Ordering::Release);
                     tracing::warn!(node = %self.node.name, "cannot confirm the fleet lease: no longer acting as leader");
@@ -549,7 +566,8 @@ impl Fleet {
                     .unwrap_or(0)
             };
             if holder_lease == lease
-                && now_ms() - self.lease_confirmed_ms.load(Ordering::Acquire) < self.step_down_ms()
+                && self.mono_ms() - self.lease_confirmed_ms.load(Ordering::Acquire)
+                    < self.step_down_ms()
             {
                 *self.leader.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(self.node.name.clone());
@@ -603,6 +621,11 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        let leader_key = self.keys.leader();
+        if !r.kvs().iter().any(|kv| kv.key() == leader_key.as_bytes()) {
+            // The leader key went away while the watch was behind: no deletion will come.
+            self.take(leader_key.as_bytes(), None, 0, events);
+        }
         for kv in r.kvs() {
             self.take(kv.key(), Some(kv.value()), kv.mod_revision(), events);
         }

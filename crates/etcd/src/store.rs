@@ -8,10 +8,13 @@
 //! with this node's ([`Expect::leader`]): a deposed leader, or a node that missed another's
 //! change, writes nothing.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
 use graylane_store::{
     AuditEntry, AuditFilter, Expect, NewAuditEntry, NewRevision, Recorded, Revision, RevisionMeta,
     Store, StoreError, StoredRelease,
@@ -34,6 +37,8 @@ pub struct EtcdStore {
     leading: Arc<AtomicI64>,
     max_audit_age_ms: AtomicI64,
     max_audit_entries: AtomicU64,
+    /// Environments whose record was found (or written) to be this environment's.
+    checked_envs: Mutex<HashSet<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,7 +63,8 @@ struct ReleaseWrite<'a> {
 impl EtcdStore {
     /// Opens `env`'s keys under the connection's prefix: checks that what is there is
     /// graylane's, of this schema and of this environment (or writes the markers on an empty
-    /// prefix). Anything else is refused with [`StoreError::Foreign`] and left untouched.
+    /// prefix). Anything else is refused with [`StoreError::Foreign`] and left untouched. Any
+    /// other environment the store is asked about is checked the same way on first use.
     pub fn open(etcd: Etcd, env: &str) -> Result<EtcdStore, StoreError> {
         let keys = Keys::new(etcd.prefix(), env);
         let foreign = |detail: String| StoreError::Foreign {
@@ -67,26 +73,40 @@ impl EtcdStore {
         };
         let schema_key = keys.schema();
         let prefix = format!("{}/", keys.prefix());
+        // Service instances may register (`graylane register`) before any node has run: keys
+        // under the registry do not make a prefix foreign.
+        let registry = keys.registry();
         let (schema, any) = etcd.call("checking the schema", {
-            let (schema_key, prefix) = (schema_key.clone(), prefix.clone());
+            let (schema_key, prefix, registry) =
+                (schema_key.clone(), prefix.clone(), registry.clone());
             |mut c| async move {
                 let schema = c.get(schema_key, None).await?;
-                let any = c
-                    .get(
-                        prefix,
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_keys_only()
-                                .with_limit(1),
-                        ),
-                    )
-                    .await?;
+                let first_in = |from: Vec<u8>, to: Vec<u8>| {
+                    let mut c = c.clone();
+                    async move {
+                        let r = c
+                            .get(
+                                from,
+                                Some(
+                                    GetOptions::new()
+                                        .with_range(to)
+                                        .with_keys_only()
+                                        .with_limit(1),
+                                ),
+                            )
+                            .await?;
+                        Ok::<_, etcd_client::Error>(
+                            r.kvs()
+                                .first()
+                                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+                        )
+                    }
+                };
+                let before = first_in(prefix.clone().into_bytes(), registry.clone().into_bytes());
+                let after = first_in(prefix_end(&registry), prefix_end(&prefix));
                 Ok((
                     schema.kvs().first().map(|kv| kv.value().to_vec()),
-                    any.kvs()
-                        .first()
-                        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+                    before.await?.or(after.await?),
                 ))
             }
         })?;
@@ -134,81 +154,119 @@ impl EtcdStore {
                 })?;
             }
         }
-        let meta_key = keys.meta();
-        let env_prefix = keys.env().to_string();
-        let (meta, any) = etcd.call("checking the environment", {
-            let (meta_key, env_prefix) = (meta_key.clone(), env_prefix.clone());
-            |mut c| async move {
-                let meta = c.get(meta_key, None).await?;
-                let any = c
-                    .get(
-                        env_prefix,
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_keys_only()
-                                .with_limit(1),
-                        ),
-                    )
-                    .await?;
-                Ok((
-                    meta.kvs().first().map(|kv| kv.value().to_vec()),
-                    any.kvs()
-                        .first()
-                        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
-                ))
-            }
-        })?;
-        match meta {
-            Some(bytes) => match serde_json::from_slice::<EnvRecord>(&bytes) {
-                Ok(r) if r.env == env => {}
-                Ok(r) => {
-                    return Err(foreign(format!(
-                        "{meta_key} belongs to environment `{}`, not `{env}`: its keys were copied or written by hand; nothing of it will be used",
-                        r.env
-                    )));
-                }
-                Err(_) => {
-                    return Err(foreign(format!(
-                        "{meta_key} holds `{}`, not graylane's environment record",
-                        String::from_utf8_lossy(&bytes)
-                    )));
-                }
-            },
-            None => {
-                if let Some(key) = any {
-                    return Err(foreign(format!(
-                        "{env_prefix} holds keys (such as {key}) but no environment record ({meta_key}): they were not written by graylane"
-                    )));
-                }
-                let record = serde_json::to_vec(&EnvRecord {
-                    env: env.to_string(),
-                })
-                .unwrap_or_default();
-                etcd.call("writing the environment record", {
-                    let meta_key = meta_key.clone();
-                    |mut c| async move {
-                        c.txn(
-                            Txn::new()
-                                .when([Compare::create_revision(
-                                    meta_key.clone(),
-                                    CompareOp::Equal,
-                                    0,
-                                )])
-                                .and_then([TxnOp::put(meta_key, record, None)]),
-                        )
-                        .await
-                        .map(|_| ())
-                    }
-                })?;
-            }
-        }
-        Ok(EtcdStore {
+        let store = EtcdStore {
             etcd,
             leading: Arc::new(AtomicI64::new(0)),
             max_audit_age_ms: AtomicI64::new(0),
             max_audit_entries: AtomicU64::new(0),
-        })
+            checked_envs: Mutex::new(HashSet::new()),
+        };
+        store.check_env(env, true)?;
+        Ok(store)
+    }
+
+    /// Checks that `env`'s keys are graylane's and this environment's, once per store: its
+    /// environment record names it, or it has no keys at all. A write (`create`) to an empty
+    /// environment first writes the record, so that the keys it leaves are recognised when a
+    /// node opens that environment later. Anything else is [`StoreError::Foreign`], and nothing
+    /// is written.
+    pub(crate) fn check_env(&self, env: &str, create: bool) -> Result<(), StoreError> {
+        if self.checked_envs().contains(env) {
+            return Ok(());
+        }
+        let keys = self.keys(env);
+        let foreign = |detail: String| StoreError::Foreign {
+            endpoints: self.etcd.endpoints().to_string(),
+            detail,
+        };
+        let meta_key = keys.meta();
+        let env_prefix = keys.env().to_string();
+        // The record is read again after a lost race to create it.
+        for _ in 0..2 {
+            let (meta, any) = self.etcd.call("checking the environment", {
+                let (meta_key, env_prefix) = (meta_key.clone(), env_prefix.clone());
+                |mut c| async move {
+                    let meta = c.get(meta_key, None).await?;
+                    let any = c
+                        .get(
+                            env_prefix,
+                            Some(
+                                GetOptions::new()
+                                    .with_prefix()
+                                    .with_keys_only()
+                                    .with_limit(1),
+                            ),
+                        )
+                        .await?;
+                    Ok((
+                        meta.kvs().first().map(|kv| kv.value().to_vec()),
+                        any.kvs()
+                            .first()
+                            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+                    ))
+                }
+            })?;
+            match meta {
+                Some(bytes) => {
+                    return match serde_json::from_slice::<EnvRecord>(&bytes) {
+                        Ok(r) if r.env == env => {
+                            self.checked_envs().insert(env.to_string());
+                            Ok(())
+                        }
+                        Ok(r) => Err(foreign(format!(
+                            "{meta_key} belongs to environment `{}`, not `{env}`: its keys were copied or written by hand; nothing of it will be used",
+                            r.env
+                        ))),
+                        Err(_) => Err(foreign(format!(
+                            "{meta_key} holds `{}`, not graylane's environment record",
+                            String::from_utf8_lossy(&bytes)
+                        ))),
+                    };
+                }
+                None => {
+                    if let Some(key) = any {
+                        return Err(foreign(format!(
+                            "{env_prefix} holds keys (such as {key}) but no environment record ({meta_key}): they were not written by graylane"
+                        )));
+                    }
+                    if !create {
+                        return Ok(());
+                    }
+                    let record = serde_json::to_vec(&EnvRecord {
+                        env: env.to_string(),
+                    })
+                    .unwrap_or_default();
+                    let created = self.etcd.call("writing the environment record", {
+                        let meta_key = meta_key.clone();
+                        |mut c| async move {
+                            c.txn(
+                                Txn::new()
+                                    .when([Compare::create_revision(
+                                        meta_key.clone(),
+                                        CompareOp::Equal,
+                                        0,
+                                    )])
+                                    .and_then([TxnOp::put(meta_key, record, None)]),
+                            )
+                            .await
+                            .map(|r| r.succeeded())
+                        }
+                    })?;
+                    if created {
+                        self.checked_envs().insert(env.to_string());
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err(self.etcd.unavailable(
+            "checking the environment",
+            format!("{meta_key} kept changing"),
+        ))
+    }
+
+    fn checked_envs(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.checked_envs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The connection.
@@ -269,6 +327,7 @@ impl EtcdStore {
         audit: NewAuditEntry,
         context: &str,
     ) -> Result<(AuditEntry, u64), StoreError> {
+        self.check_env(env, true)?;
         let keys = self.keys(env);
         for _ in 0..RACES {
             let (seq, seq_rev) = self.counter(&keys.audit_seq(), context)?;
@@ -343,7 +402,7 @@ impl EtcdStore {
             })?;
             match outcome {
                 (true, revision, _, _) => {
-                    self.prune(env, &keys, entry.seq);
+                    self.prune(&keys, &entry);
                     return Ok((entry, revision as u64));
                 }
                 (false, _, leader_lease, release_rev) => {
@@ -368,47 +427,55 @@ impl EtcdStore {
         ))
     }
 
-    /// Removes audit entries beyond the retention, best effort: a failure leaves them for the
-    /// next append.
-    fn prune(&self, env: &str, keys: &Keys, newest: u64) {
+    /// Removes the audit entries the retention no longer keeps now that `newest` was appended,
+    /// best effort: a failure leaves them for the next append. Old entries by age are removed
+    /// [`PAGE`] at most per append, so lowering the retention on a long log prunes it over
+    /// several appends.
+    fn prune(&self, keys: &Keys, newest: &AuditEntry) {
         let max_entries = self.max_audit_entries.load(Ordering::Relaxed);
-        if max_entries > 0 && newest > max_entries {
-            let (from, to) = (keys.audit(0), keys.audit(newest - max_entries + 1));
+        if max_entries > 0 && newest.seq > max_entries {
+            let (from, to) = (keys.audit(0), keys.audit(newest.seq - max_entries + 1));
             let _ = self.etcd.call("pruning the audit log", |mut c| async move {
-                c.delete(from, Some(etcd_client::DeleteOptions::new().with_range(to)))
+                c.delete(from, Some(DeleteOptions::new().with_range(to)))
                     .await
                     .map(|_| ())
             });
         }
         let max_age = self.max_audit_age_ms.load(Ordering::Relaxed);
-        if max_age > 0 && newest.is_multiple_of(16) {
-            let (from, end) = (keys.audits(), prefix_end(&keys.audits()));
-            let oldest = self.etcd.call("pruning the audit log", |mut c| async move {
-                let r = c
-                    .get(from, Some(GetOptions::new().with_range(end).with_limit(32)))
-                    .await?;
-                Ok(r.kvs()
-                    .iter()
-                    .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-                    .collect::<Vec<_>>())
+        if max_age <= 0 {
+            return;
+        }
+        let cutoff = newest.at_ms.saturating_sub(max_age);
+        let (from, end) = (keys.audit(0), keys.audit(newest.seq));
+        let oldest = self.etcd.call("pruning the audit log", |mut c| async move {
+            let r = c
+                .get(
+                    from,
+                    Some(GetOptions::new().with_range(end).with_limit(PAGE)),
+                )
+                .await?;
+            Ok(r.kvs()
+                .iter()
+                .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+                .collect::<Vec<_>>())
+        });
+        let Ok(oldest) = oldest else { return };
+        // The log is in time order but for clocks of different nodes: the first entry young
+        // enough ends the pruning.
+        let expired = oldest
+            .iter()
+            .take_while(|(_, value)| {
+                serde_json::from_slice::<AuditEntry>(value).is_ok_and(|e| e.at_ms < cutoff)
+            })
+            .last();
+        if let Some((last, _)) = expired {
+            let (from, mut to) = (keys.audit(0).into_bytes(), last.clone());
+            to.push(0);
+            let _ = self.etcd.call("pruning the audit log", |mut c| async move {
+                c.delete(from, Some(DeleteOptions::new().with_range(to)))
+                    .await
+                    .map(|_| ())
             });
-            let Ok(oldest) = oldest else { return };
-            let newest_at = self
-                .audit_matching(env, &AuditFilter::default(), 1)
-                .ok()
-                .and_then(|v| v.first().map(|e| e.at_ms));
-            let Some(newest_at) = newest_at else { return };
-            for (key, value) in oldest {
-                let Ok(entry) = serde_json::from_slice::<AuditEntry>(&value) else {
-                    continue;
-                };
-                if newest_at - entry.at_ms <= max_age {
-                    break;
-                }
-                let _ = self.etcd.call("pruning the audit log", |mut c| async move {
-                    c.delete(key, None).await.map(|_| ())
-                });
-            }
         }
     }
 
@@ -480,6 +547,7 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
 
 impl Store for EtcdStore {
     fn add_revision(&self, env: &str, new: NewRevision) -> Result<Revision, StoreError> {
+        self.check_env(env, true)?;
         let keys = self.keys(env);
         for _ in 0..RACES {
             let (latest, latest_rev) =
@@ -528,10 +596,12 @@ impl Store for EtcdStore {
     }
 
     fn revision(&self, env: &str, n: u64) -> Result<Option<Revision>, StoreError> {
+        self.check_env(env, false)?;
         self.revision_at(env, n)
     }
 
     fn latest_revision(&self, env: &str) -> Result<Option<Revision>, StoreError> {
+        self.check_env(env, false)?;
         let (n, _) = self.counter(
             &self.keys(env).latest_revision(),
             "reading the newest revision",
@@ -543,6 +613,7 @@ impl Store for EtcdStore {
     }
 
     fn revisions(&self, env: &str) -> Result<Vec<RevisionMeta>, StoreError> {
+        self.check_env(env, false)?;
         let mut out = Vec::new();
         for (key, value, _) in self.range(self.keys(env).revisions(), "listing revisions")? {
             out.push(self.decode::<RevisionMeta>(&key, &value)?);
@@ -560,6 +631,7 @@ impl Store for EtcdStore {
     }
 
     fn release_versions(&self, env: &str) -> Result<Vec<StoredRelease>, StoreError> {
+        self.check_env(env, false)?;
         let prefix = self.keys(env).releases();
         Ok(self
             .range(prefix.clone(), "listing releases")?
@@ -651,6 +723,7 @@ impl Store for EtcdStore {
         filter: &AuditFilter,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.check_env(env, false)?;
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);

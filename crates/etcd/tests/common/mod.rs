@@ -1,0 +1,92 @@
+//! What the etcd tests share: connecting to a test etcd, raw reads and writes that go around
+//! graylane, the records the store takes, and bounded waiting.
+
+#![allow(dead_code)] // Each test binary uses its own part of this module.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::GetOptions;
+use graylane_etcd::testing::EtcdServer;
+use graylane_etcd::{Etcd, EtcdOptions, EtcdStore};
+use graylane_store::{NewAuditEntry, NewRevision, RevisionSource};
+use serde_json::json;
+
+/// A connection to `server` with graylane's keys under `prefix`, and a 1 s call timeout.
+pub fn connect(server: &EtcdServer, prefix: &str) -> Etcd {
+    let mut options = EtcdOptions::new(vec![server.url()]);
+    options.prefix = prefix.to_string();
+    options.timeout = Duration::from_secs(1);
+    match Etcd::connect(&options) {
+        Ok(etcd) => etcd,
+        Err(e) => panic!("connecting to {}: {e}", server.url()),
+    }
+}
+
+/// A store for `env` on its own connection (a node of its own).
+pub fn open(server: &EtcdServer, prefix: &str, env: &str) -> EtcdStore {
+    match EtcdStore::open(connect(server, prefix), env) {
+        Ok(store) => store,
+        Err(e) => panic!("opening {env} under {prefix}: {e}"),
+    }
+}
+
+pub fn new_revision(i: i64, source: RevisionSource) -> NewRevision {
+    NewRevision {
+        at_ms: 1_000 + i,
+        author: format!("author-{i}"),
+        message: format!("change {i}"),
+        source,
+        yaml: format!("version: {i}\n"),
+    }
+}
+
+pub fn new_audit(i: i64, action: &str, target: &str) -> NewAuditEntry {
+    NewAuditEntry {
+        at_ms: 2_000 + i,
+        actor: "alice".into(),
+        action: action.into(),
+        target: target.into(),
+        reason: format!("reason {i}"),
+        detail: json!({ "i": i }),
+    }
+}
+
+/// Writes a key directly, as another program (or a person with etcdctl) would.
+pub fn put(etcd: &Etcd, key: &str, value: &[u8]) {
+    let (key, value) = (key.to_string(), value.to_vec());
+    etcd.call("a test's raw put", |mut c| async move {
+        c.put(key, value, None).await.map(|_| ())
+    })
+    .unwrap();
+}
+
+/// Every key under `prefix` with its value and modification revision: a snapshot to compare
+/// before and after an operation that must write nothing.
+pub fn dump(etcd: &Etcd, prefix: &str) -> Vec<(String, Vec<u8>, i64)> {
+    let prefix = prefix.to_string();
+    etcd.call("a test's raw read", |mut c| async move {
+        let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                    kv.mod_revision(),
+                )
+            })
+            .collect())
+    })
+    .unwrap()
+}
+
+/// Waits until `done` holds, polling every 20 ms, for at most `limit`; returns how long it
+/// took, or panics naming `what`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not so within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
