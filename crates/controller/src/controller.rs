@@ -1346,16 +1346,44 @@ impl Controller {
                         pending: !write,
                     };
                     if write {
-                        managed.version = self.persist(
+                        let expect = Expect {
+                            version: replaced,
+                            leader: false,
+                        };
+                        let saved = self.persist(
                             service,
                             &managed,
-                            Expect {
-                                version: replaced,
-                                leader: false,
-                            },
+                            expect,
                             (("start", actor, &reason), now_ms),
-                        )?;
-                        started.push(service.name.clone());
+                        );
+                        match saved {
+                            Ok(version) => {
+                                managed.version = version;
+                                started.push(service.name.clone());
+                            }
+                            // Another node started the same release at the same moment (two
+                            // nodes pushing one file): go on with the one it saved.
+                            Err(ControlError::Store(StoreError::Conflict { .. })) => {
+                                let stored = stored_releases(self.store.as_ref(), &self.env)?;
+                                match stored.get(&service.name) {
+                                    Some((p, version)) if p.identity == managed.identity => {
+                                        managed.rollout = p.rollout.clone();
+                                        managed.rollout.winner = p
+                                            .winner
+                                            .clone()
+                                            .and_then(|w| service.version_index(&w));
+                                        follow_new_steps(&mut managed.rollout, &managed.plan);
+                                        managed.version = *version;
+                                    }
+                                    _ => {
+                                        return Err(ControlError::Store(StoreError::Conflict {
+                                            service: service.name.clone(),
+                                        }));
+                                    }
+                                }
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                     out.insert(service.name.clone(), managed);
                 }

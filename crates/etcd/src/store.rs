@@ -81,6 +81,9 @@ impl EtcdStore {
                 (schema_key.clone(), prefix.clone(), registry.clone());
             |mut c| async move {
                 let schema = c.get(schema_key, None).await?;
+                // Every read at the schema read's revision: one snapshot, so a marker written
+                // by a node starting at the same moment is seen by both reads or by neither.
+                let at = schema.header().map_or(0, |h| h.revision());
                 let first_in = |from: Vec<u8>, to: Vec<u8>| {
                     let mut c = c.clone();
                     async move {
@@ -91,7 +94,8 @@ impl EtcdStore {
                                     GetOptions::new()
                                         .with_range(to)
                                         .with_keys_only()
-                                        .with_limit(1),
+                                        .with_limit(1)
+                                        .with_revision(at),
                                 ),
                             )
                             .await?;
@@ -187,6 +191,8 @@ impl EtcdStore {
                 let (meta_key, env_prefix) = (meta_key.clone(), env_prefix.clone());
                 |mut c| async move {
                     let meta = c.get(meta_key, None).await?;
+                    // One snapshot (see the schema check).
+                    let at = meta.header().map_or(0, |h| h.revision());
                     let any = c
                         .get(
                             env_prefix,
@@ -194,7 +200,8 @@ impl EtcdStore {
                                 GetOptions::new()
                                     .with_prefix()
                                     .with_keys_only()
-                                    .with_limit(1),
+                                    .with_limit(1)
+                                    .with_revision(at),
                             ),
                         )
                         .await?;

@@ -68,7 +68,6 @@ services:
         min_requests: 40
         success_needed: 2
         failure_limit: 1
-        on_failure: rollback
         checks:
           - metric: error_rate
             max_increase: 0.02
@@ -358,7 +357,7 @@ async fn a_command_sent_to_any_node_takes_effect_on_every_node_and_one_leader_ad
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_down_under_load_no_request_fails_commands_get_503_and_nothing_advances_until_it_is_back()
-{
+ {
     let mut fleet = Fleet::start("fleet-etcd-down", "2s").await;
     fleet.leader(&[0, 1, 2]).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -369,7 +368,12 @@ async fn with_etcd_down_under_load_no_request_fails_commands_get_503_and_nothing
     let down = Instant::now();
     // A command is refused, naming the store, and changes nothing.
     let r = fleet
-        .api(1, Method::POST, "/api/v1/releases/payment/pause", r#"{"reason":"x"}"#)
+        .api(
+            1,
+            Method::POST,
+            "/api/v1/releases/payment/pause",
+            r#"{"reason":"x"}"#,
+        )
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     assert!(r.text().contains("etcd"), "{}", r.text());
@@ -378,7 +382,11 @@ async fn with_etcd_down_under_load_no_request_fails_commands_get_503_and_nothing
         tokio::time::sleep(Duration::from_millis(500)).await;
         for i in 0..3 {
             let r = fleet.release(i).await;
-            assert_eq!(r["step"], 0, "node {} moved with etcd down: {r}", fleet.nodes[i].name);
+            assert_eq!(
+                r["step"], 0,
+                "node {} moved with etcd down: {r}",
+                fleet.nodes[i].name
+            );
             assert_eq!(r["state"], "progressing");
         }
     }
@@ -393,26 +401,45 @@ async fn with_etcd_down_under_load_no_request_fails_commands_get_503_and_nothing
     load_task.await.unwrap();
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(sent > 200, "only {sent} requests were sent");
-    assert_eq!(failed, 0, "{failed} of {sent} requests failed while etcd was down");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed while etcd was down"
+    );
     // Nothing committed was lost, and commands work again.
-    let audit = fleet.api(0, Method::GET, "/api/v1/audit?limit=50", "").await.json();
+    let audit = fleet
+        .api(0, Method::GET, "/api/v1/audit?limit=50", "")
+        .await
+        .json();
     let actions: Vec<&str> = audit["entries"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert!(actions.contains(&"start") && actions.contains(&"config.apply"), "{actions:?}");
-    assert_eq!(actions.iter().filter(|a| **a == "tick").count(), 1, "{actions:?}");
+    assert!(
+        actions.contains(&"start") && actions.contains(&"config.apply"),
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| **a == "tick").count(),
+        1,
+        "{actions:?}"
+    );
     let r = fleet
-        .api(2, Method::POST, "/api/v1/releases/payment/promote", r#"{"reason":"back"}"#)
+        .api(
+            2,
+            Method::POST,
+            "/api/v1/releases/payment/promote",
+            r#"{"reason":"back"}"#,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     fleet.converged(&[0, 1, 2], 2, "completed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_leader_is_replaced_within_the_lease_ttl_and_the_release_keeps_its_step_and_pause() {
+async fn a_killed_leader_is_replaced_within_the_lease_ttl_and_the_release_keeps_its_step_and_pause()
+{
     let mut fleet = Fleet::start("fleet-leader-killed", "6s").await;
     let leader = fleet.leader(&[0, 1, 2]).await;
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
@@ -428,7 +455,10 @@ async fn a_killed_leader_is_replaced_within_the_lease_ttl_and_the_release_keeps_
     .await;
     let failover = killed.elapsed();
     // The TTL is 3 s: the lease runs out, then a follower wins within its next campaign.
-    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
     assert!(others.iter().any(|&i| fleet.nodes[i].name == next));
     // Same step, and the pause keeps its end: it moves on about 6 s after it began, not 6 s
     // after the new leader took over.
@@ -438,12 +468,24 @@ async fn a_killed_leader_is_replaced_within_the_lease_ttl_and_the_release_keeps_
         .converged_within(Duration::from_secs(10), &others, 1, "progressing")
         .await;
     let moved = killed.elapsed();
-    assert!(moved < Duration::from_secs(8), "the step moved {moved:?} after the kill");
+    assert!(
+        moved < Duration::from_secs(8),
+        "the step moved {moved:?} after the kill"
+    );
     let audit = fleet
-        .api(others[0], Method::GET, "/api/v1/audit?action=tick&limit=10", "")
+        .api(
+            others[0],
+            Method::GET,
+            "/api/v1/audit?action=tick&limit=10",
+            "",
+        )
         .await
         .json();
-    assert_eq!(audit["entries"].as_array().map(Vec::len), Some(1), "{audit}");
+    assert_eq!(
+        audit["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{audit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,7 +504,12 @@ async fn a_node_started_late_without_a_file_catches_up_before_it_is_ready() {
     fleet.ready(1).await;
     // Changes made before the late node serves: a promote and a new revision.
     let r = fleet
-        .api(1, Method::POST, "/api/v1/releases/payment/promote", r#"{"reason":"go"}"#)
+        .api(
+            1,
+            Method::POST,
+            "/api/v1/releases/payment/promote",
+            r#"{"reason":"go"}"#,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     fleet.ready(0).await;
@@ -476,10 +523,18 @@ async fn a_node_started_late_without_a_file_catches_up_before_it_is_ready() {
         .find(|m| m["name"] == "c")
         .cloned()
         .unwrap();
-    assert_eq!(me["config_revision"], cluster["latest_revision"], "{cluster}");
+    assert_eq!(
+        me["config_revision"], cluster["latest_revision"],
+        "{cluster}"
+    );
     assert_eq!(me["lagging"], false);
     // It routes by the shared state.
-    let r = get(fleet.nodes[0].proxy, "/api/payment/x", &[("x-user-id", "u-1")]).await;
+    let r = get(
+        fleet.nodes[0].proxy,
+        "/api/payment/x",
+        &[("x-user-id", "u-1")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -494,7 +549,11 @@ async fn a_second_node_with_a_taken_name_refuses_to_start() {
     assert!(logs.contains("node name `b` is taken"), "{logs}");
     // The running `b` is untouched.
     let cluster = fleet.cluster(1).await;
-    assert_eq!(cluster["members"].as_array().map(Vec::len), Some(3), "{cluster}");
+    assert_eq!(
+        cluster["members"].as_array().map(Vec::len),
+        Some(3),
+        "{cluster}"
+    );
 }
 
 async fn etcd_put(url: &str, key: &str, value: &str) {
@@ -510,7 +569,12 @@ async fn etcd_keys(url: &str) -> Vec<(String, String)> {
         .unwrap();
     r.kvs()
         .iter()
-        .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -528,7 +592,11 @@ async fn data_in_etcd_that_is_not_this_environments_is_refused_and_left_untouche
             ("/graylane/env/prod/revision", "7"),
         ],
     ];
-    let expected = ["/graylane/app/setting", "schema 99", "environment `staging`"];
+    let expected = [
+        "/graylane/app/setting",
+        "schema 99",
+        "environment `staging`",
+    ];
     for (case, want) in cases.iter().zip(expected) {
         let mut fleet = Fleet::new("fleet-foreign", CONFIG, "manual");
         let url = fleet.etcd.url();
@@ -540,7 +608,10 @@ async fn data_in_etcd_that_is_not_this_environments_is_refused_and_left_untouche
         let status = fleet.nodes[i].process.wait_exit(Duration::from_secs(20));
         assert!(!status.success());
         let logs = fleet.nodes[i].process.logs();
-        assert!(logs.contains(want) && logs.contains("nothing was changed"), "{logs}");
+        assert!(
+            logs.contains(want) && logs.contains("nothing was changed"),
+            "{logs}"
+        );
         assert_eq!(etcd_keys(&url).await, before, "etcd was changed");
     }
 }
@@ -602,22 +673,47 @@ async fn a_node_cut_off_from_etcd_keeps_serving_says_it_is_stale_and_catches_up_
     }
     link.cut(true);
     // It serves on with what it knows, and says it is stale.
-    let cluster = eventually_within(Duration::from_secs(10), "c to call itself stale", || async {
-        let c = fleet.try_api(cut_off, "/api/v1/cluster").await?;
-        (c["store_reachable"] == false).then_some(c)
-    })
+    let cluster = eventually_within(
+        Duration::from_secs(10),
+        "c to call itself stale",
+        || async {
+            let c = fleet.try_api(cut_off, "/api/v1/cluster").await?;
+            (c["store_reachable"] == false).then_some(c)
+        },
+    )
     .await;
-    let me = cluster["members"].as_array().unwrap().iter().find(|m| m["name"] == "c").cloned();
+    let me = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "c")
+        .cloned();
     assert_eq!(me.unwrap()["stale"], true, "{cluster}");
-    let metrics = get(fleet.nodes[cut_off].admin, "/metrics", &[]).await.text();
-    assert_eq!(metric_value(&metrics, "graylane_fleet_store_reachable"), Some(0.0), "{metrics}");
+    let metrics = get(fleet.nodes[cut_off].admin, "/metrics", &[])
+        .await
+        .text();
+    assert_eq!(
+        metric_value(&metrics, "graylane_fleet_store_reachable"),
+        Some(0.0),
+        "{metrics}"
+    );
     for _ in 0..20 {
-        let r = get(fleet.nodes[cut_off].proxy, "/api/payment/x", &[("x-user-id", "u-1")]).await;
+        let r = get(
+            fleet.nodes[cut_off].proxy,
+            "/api/payment/x",
+            &[("x-user-id", "u-1")],
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK);
     }
     // The rest of the fleet goes on without it.
     let r = fleet
-        .api(0, Method::POST, "/api/v1/releases/payment/promote", r#"{"reason":"go"}"#)
+        .api(
+            0,
+            Method::POST,
+            "/api/v1/releases/payment/promote",
+            r#"{"reason":"go"}"#,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     fleet.converged(&[0, 1], 1, "progressing").await;
@@ -627,10 +723,14 @@ async fn a_node_cut_off_from_etcd_keeps_serving_says_it_is_stale_and_catches_up_
     fleet
         .converged_within(Duration::from_secs(15), &[cut_off], 1, "progressing")
         .await;
-    eventually_within(Duration::from_secs(10), "c to hear from etcd again", || async {
-        let c = fleet.try_api(cut_off, "/api/v1/cluster").await?;
-        (c["store_reachable"] == true).then_some(())
-    })
+    eventually_within(
+        Duration::from_secs(10),
+        "c to hear from etcd again",
+        || async {
+            let c = fleet.try_api(cut_off, "/api/v1/cluster").await?;
+            (c["store_reachable"] == true).then_some(())
+        },
+    )
     .await;
 }
 
@@ -641,15 +741,36 @@ async fn the_leader_rolls_back_a_failing_candidate_on_traffic_it_never_served() 
     fleet.canary.fail_every(2);
     // Every request goes through the two followers: the leader judges their traffic only.
     let stop = Arc::new(AtomicBool::new(false));
-    let proxies = (0..3).filter(|i| *i != leader).map(|i| fleet.nodes[i].proxy).collect();
+    let proxies = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| fleet.nodes[i].proxy)
+        .collect();
     let (load_task, _, _) = load(proxies, Arc::clone(&stop));
-    fleet
-        .converged_within(Duration::from_secs(20), &[0, 1, 2], 0, "rolled_back")
+    for i in 0..3 {
+        eventually_within(
+            Duration::from_secs(20),
+            "every node to show it aborted",
+            || async {
+                let r = fleet.try_api(i, "/api/v1/releases/payment").await?;
+                (r["state"] == "aborted").then_some(())
+            },
+        )
         .await;
+    }
+    // Aborted means every user is back on the baseline, on every node.
+    for node in &fleet.nodes {
+        let r = get(node.proxy, "/api/payment/x", &[("x-user-id", "u-7")]).await;
+        assert_eq!(r.version(), Some("stable"), "via {}", node.name);
+    }
     stop.store(true, Ordering::Relaxed);
     load_task.await.unwrap();
     let audit = fleet
-        .api(leader, Method::GET, "/api/v1/audit?actor=analysis&limit=5", "")
+        .api(
+            leader,
+            Method::GET,
+            "/api/v1/audit?actor=analysis&limit=5",
+            "",
+        )
         .await
         .json();
     assert!(!audit["entries"].as_array().unwrap().is_empty(), "{audit}");
@@ -660,7 +781,10 @@ async fn the_leader_promotes_a_healthy_candidate_step_by_step_on_the_fleets_traf
     let fleet = Fleet::start_with("fleet-analysis-pass", ANALYSED, "").await;
     let leader = fleet.leader(&[0, 1, 2]).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let proxies = (0..3).filter(|i| *i != leader).map(|i| fleet.nodes[i].proxy).collect();
+    let proxies = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| fleet.nodes[i].proxy)
+        .collect();
     let (load_task, _, failed) = load(proxies, Arc::clone(&stop));
     fleet
         .converged_within(Duration::from_secs(30), &[0, 1, 2], 2, "completed")

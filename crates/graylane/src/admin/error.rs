@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use graylane_config::Role;
 use graylane_controller::ControlError;
 use graylane_rollout::CommandError;
+use graylane_store::StoreError;
 use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -147,6 +148,13 @@ impl From<ControlError> for ApiError {
             }
             ControlError::Write { .. } | ControlError::Read { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", text)
+            }
+            // etcd away: the node serves on, and the command may simply be sent again.
+            ControlError::Store(StoreError::Unavailable { .. }) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", text)
+            }
+            ControlError::Store(StoreError::Conflict { .. } | StoreError::NotLeader) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", text)
             }
             ControlError::Store(_) | ControlError::CorruptState { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", text)

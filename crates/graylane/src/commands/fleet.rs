@@ -437,3 +437,62 @@ pub async fn publish(
         }
     }
 }
+
+/// The fleet's figures on `/metrics`, read at scrape time: `graylane_fleet_leader` (1 while
+/// this node leads), `graylane_fleet_store_reachable` (0 while it is cut off from etcd and
+/// serves what it last knew), `graylane_fleet_members`, and `graylane_fleet_config_revision`
+/// with `graylane_fleet_latest_revision` (a node behind the newest revision lags).
+pub struct FleetCollector {
+    pub fleet: Arc<Fleet>,
+    pub controller: Arc<Controller>,
+}
+
+impl std::fmt::Debug for FleetCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for FleetCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let view = self.fleet.cluster();
+        let gauges: [(&str, &str, i64); 5] = [
+            (
+                "graylane_fleet_leader",
+                "1 while this node leads the fleet",
+                i64::from(self.fleet.is_leader()),
+            ),
+            (
+                "graylane_fleet_store_reachable",
+                "0 while this node cannot reach etcd and serves its last known state",
+                i64::from(view.store_reachable),
+            ),
+            (
+                "graylane_fleet_members",
+                "Members of the fleet this node knows of",
+                view.members.len() as i64,
+            ),
+            (
+                "graylane_fleet_config_revision",
+                "The configuration revision this node serves",
+                self.controller.current_revision() as i64,
+            ),
+            (
+                "graylane_fleet_latest_revision",
+                "The newest configuration revision in etcd, as this node last heard",
+                view.latest_revision as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(family)?;
+        }
+        Ok(())
+    }
+}

@@ -396,6 +396,14 @@ pub fn run_gateway(
             now_ms,
         }));
     }
+    if let (Some(c), Some(f)) = (&controller, &fleet) {
+        gateway
+            .metrics()
+            .add_collector(Arc::new(super::fleet::FleetCollector {
+                fleet: Arc::clone(f),
+                controller: Arc::clone(c),
+            }));
+    }
     // The release state is applied: the first request (and the connections queued meanwhile)
     // is routed with it.
     gateway.start_accepting();
