@@ -431,7 +431,9 @@ impl Fleet {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(node);
             }
-            (EnvKey::Report(node), Some(v)) if node != self.node.name => send(FleetEvent::Report {
+            // This node's own reports too: one left by its previous life (a restart within
+            // the lease) holds counts the fleet's totals must keep.
+            (EnvKey::Report(node), Some(v)) => send(FleetEvent::Report {
                 node: node.to_string(),
                 report: v.to_vec(),
             }),
@@ -439,6 +441,51 @@ impl Fleet {
                 send(FleetEvent::ReportGone(node.to_string()))
             }
             _ => {}
+        }
+    }
+
+    /// While this node leads, compacts etcd's history every `every` to the revision it saw one
+    /// period before, as Kubernetes' API server does: the heartbeats and traffic reports write
+    /// every second, and etcd keeps every old version of a key until compacted, so without
+    /// this its database would grow until it hits its quota. A watch that falls further behind
+    /// than one period reads everything again ([`FleetEvent::Resynced`]). Zero: never (for an
+    /// etcd compacted by its own `--auto-compaction-retention`, or shared with tools that
+    /// compact it).
+    pub fn compact_history(self: &Arc<Self>, every: Duration) {
+        if every.is_zero() {
+            return;
+        }
+        let task = self.handle.spawn(Arc::clone(self).compact(every));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+
+    async fn compact(self: Arc<Self>, every: Duration) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous: Option<i64> = None;
+        loop {
+            ticker.tick().await;
+            let mut client = self.client.clone();
+            // Any read says which revision etcd is at.
+            let Ok(Ok(r)) = tokio::time::timeout(every, client.get(self.keys.leader(), None)).await
+            else {
+                continue;
+            };
+            let now = r.header().map_or(0, |h| h.revision());
+            if let Some(revision) = previous
+                && self.is_leader()
+            {
+                match tokio::time::timeout(every, client.compact(revision, None)).await {
+                    Ok(Ok(_)) => tracing::debug!(revision, "compacted etcd's history"),
+                    // Already compacted further (by etcd itself or another tool): fine.
+                    Ok(Err(e)) => tracing::debug!(revision, "no compaction: {e}"),
+                    Err(_) => {}
+                }
+            }
+            previous = Some(now);
         }
     }
 

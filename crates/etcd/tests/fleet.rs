@@ -484,11 +484,22 @@ fn a_nodes_status_and_report_reach_the_others_and_its_report_goes_when_it_leaves
             report: b"{\"requests\":3}".to_vec(),
         }
     );
-    // A node is not told its own report.
+    // A node hears its own report too: after a restart, its previous life's is in etcd.
     a.fleet.set_report(b"{}".to_vec());
+    let event = a.wait_event(
+        "a's own report",
+        |e| matches!(e, FleetEvent::Report { node, .. } if node == "a"),
+    );
+    assert_eq!(
+        event,
+        FleetEvent::Report {
+            node: "a".into(),
+            report: b"{}".to_vec(),
+        }
+    );
     b.fleet.leave();
     let event = a.wait_event("b's report gone", |e| {
-        matches!(e, FleetEvent::ReportGone(_) | FleetEvent::Report { .. })
+        matches!(e, FleetEvent::ReportGone(_))
     });
     assert_eq!(event, FleetEvent::ReportGone("b".into()));
     wait_for("a no longer lists b", BOUND, || {
@@ -559,4 +570,34 @@ fn a_watch_that_fell_behind_a_compaction_reads_everything_again() {
         .add_revision("prod", new_revision(4, RevisionSource::Api))
         .unwrap();
     a.wait_event("revision 4", |e| *e == FleetEvent::Revision(4));
+}
+
+#[test]
+fn the_leader_compacts_history_older_than_one_period() {
+    let etcd = EtcdServer::start();
+    let a = Node::join(&etcd, "a");
+    wait_for("a to lead", BOUND, || a.fleet.is_leader());
+    a.fleet.compact_history(Duration::from_millis(300));
+    let url = etcd.url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let old_revision_readable = || {
+        runtime.block_on(async {
+            let mut c = etcd_client::Client::connect([url.as_str()], None)
+                .await
+                .unwrap();
+            c.get("x", Some(etcd_client::GetOptions::new().with_revision(2)))
+                .await
+                .is_ok()
+        })
+    };
+    assert!(
+        old_revision_readable(),
+        "revision 2 is there before any compaction"
+    );
+    wait_for("revision 2 to be compacted away", BOUND, || {
+        !old_revision_readable()
+    });
 }

@@ -50,6 +50,11 @@ pub struct FleetArgs {
     /// node leads at most this long after the leader dies.
     #[arg(long, default_value = "10s", value_parser = super::serve::humantime_duration)]
     pub etcd_lease_ttl: Duration,
+    /// How often the leader compacts etcd's history (to what it held one period before), so
+    /// the nodes' once-a-second heartbeats do not fill etcd's database; 0 turns it off, for an
+    /// etcd that compacts itself (--auto-compaction-retention).
+    #[arg(long, default_value = "5m", value_parser = super::serve::humantime_duration)]
+    pub etcd_compact_every: Duration,
     /// This node's name in the fleet (unique; default: the host name).
     #[arg(long)]
     pub node: Option<String>,
@@ -187,6 +192,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         f.etcd_lease_ttl,
     )?;
+    fleet.compact_history(f.etcd_compact_every);
     let cookie_keys = match std::env::var(graylane_proxy::cookie_keys::ENV)
         .ok()
         .filter(|v| !v.trim().is_empty())
