@@ -440,7 +440,7 @@ async fn with_etcd_down_under_load_no_request_fails_commands_get_503_and_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_the_lease_ttl_and_the_release_keeps_its_step_and_pause()
 {
-    let mut fleet = Fleet::start("fleet-leader-killed", "6s").await;
+    let fleet = Fleet::start("fleet-leader-killed", "6s").await;
     let leader = fleet.leader(&[0, 1, 2]).await;
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let before = fleet.release(others[0]).await;

@@ -222,7 +222,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::info!(node = %node, env = %args.env, etcd = %etcd.endpoints(), "fleet node joined");
     let incarnation = u64::try_from(now_ms()).unwrap_or_default();
-    let source = ConfigSource::File(Managed {
+    let source = ConfigSource::File(Box::new(Managed {
         path,
         watched: args.config.is_some(),
         interval: args.watch_interval,
@@ -238,7 +238,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             observations: Arc::new(FleetObservations::new(&node, incarnation)),
             incarnation,
         }),
-    });
+    }));
     super::serve::run_gateway(prepared, shared, source)
 }
 

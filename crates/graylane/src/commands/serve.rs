@@ -147,7 +147,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         })
         .ok();
     let store = Arc::new(ReleasableStore::new(store, &args.data_dir));
-    let source = ConfigSource::File(Managed {
+    let source = ConfigSource::File(Box::new(Managed {
         path: config_path,
         watched: true,
         interval: args.watch_interval,
@@ -157,7 +157,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         env: args.env,
         offer,
         fleet: None,
-    });
+    }));
     run_gateway(prepared, config, source)
 }
 
@@ -209,7 +209,7 @@ impl Prepared {
 /// Where the configuration comes from, and whether a controller runs.
 pub enum ConfigSource {
     /// A file, watched and reloaded; revisions and releases in a store.
-    File(Managed),
+    File(Box<Managed>),
     /// A configuration built in memory (the demo): nothing to reload, no controller.
     Fixed,
 }
