@@ -121,6 +121,18 @@ impl Fleet {
     /// Starts node `name` (with the configuration file when `with_config`) and returns its
     /// index; does not wait for it.
     fn spawn(&mut self, name: &str, with_config: bool, endpoints: &str) -> usize {
+        let config = ["--config", self.file.to_str().unwrap()].map(str::to_string);
+        let extra: Vec<&str> = if with_config {
+            config.iter().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        };
+        self.spawn_with(name, endpoints, &extra, "")
+    }
+
+    /// Starts node `name` with the configuration file, `extra` arguments and, unless empty,
+    /// `password` for etcd.
+    fn spawn_with(&mut self, name: &str, endpoints: &str, extra: &[&str], password: &str) -> usize {
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
         let node_dir = self.dir.join(name);
@@ -147,12 +159,12 @@ impl Fleet {
             "--watch-interval",
             "100ms",
         ];
-        let file = self.file.to_str().unwrap().to_string();
-        if with_config {
-            args.extend(["--config", file.as_str()]);
+        args.extend(extra);
+        let mut env = vec![("GRAYLANE_ADMIN_TOKEN", TOKEN)];
+        if !password.is_empty() {
+            env.push(("GRAYLANE_ETCD_PASSWORD", password));
         }
-        let process =
-            Graylane::spawn_with_env(&node_dir, &args, &[("GRAYLANE_ADMIN_TOKEN", TOKEN)]);
+        let process = Graylane::spawn_with_env(&node_dir, &args, &env);
         self.nodes.push(Node {
             name: name.to_string(),
             process,
@@ -793,4 +805,39 @@ async fn the_leader_promotes_a_healthy_candidate_step_by_step_on_the_fleets_traf
     stop.store(true, Ordering::Relaxed);
     load_task.await.unwrap();
     assert_eq!(failed.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_logs_in_to_an_etcd_with_authentication_and_a_wrong_password_is_refused_clearly() {
+    let mut fleet = Fleet::new("fleet-auth", CONFIG, "manual");
+    let url = fleet.etcd.url();
+    {
+        let mut c = etcd_client::Client::connect([url.as_str()], None)
+            .await
+            .unwrap();
+        c.user_add("root", "s3cret", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.auth_enable().await.unwrap();
+    }
+    let spawn_as = |fleet: &mut Fleet, name: &str, password: &str| {
+        let before = fleet.nodes.len();
+        let file = fleet.file.to_str().unwrap().to_string();
+        let extra = ["--etcd-user", "root", "--config", file.as_str()];
+        let i = fleet.spawn_with(name, &url, &extra, password);
+        assert_eq!(i, before);
+        i
+    };
+    let wrong = spawn_as(&mut fleet, "a", "nope");
+    let status = fleet.nodes[wrong]
+        .process
+        .wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let logs = fleet.nodes[wrong].process.logs();
+    assert!(
+        logs.contains(&url) && logs.contains("authentication failed"),
+        "{logs}"
+    );
+    let right = spawn_as(&mut fleet, "b", "s3cret");
+    fleet.ready(right).await;
+    assert_eq!(fleet.cluster(right).await["leader"], "b");
 }
