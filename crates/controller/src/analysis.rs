@@ -29,6 +29,9 @@ pub struct Observation {
     pub latency: Histogram,
     /// Requests routed to the version by bucketing: its exposures.
     pub bucketed: u64,
+    /// Business events attributed to the version elsewhere: on a fleet node, the other nodes'
+    /// (this node's own are in the controller's event log). Empty from a data plane.
+    pub events: BTreeMap<String, EventTotals>,
 }
 
 /// The names a release's checks are about.

@@ -506,9 +506,10 @@ impl Controller {
         error_codes: &[graylane_config::StatusRange],
         now_ms: i64,
     ) -> graylane_analysis::Sample {
+        let observed = self.plane.observe(service, version);
         totals(
-            &self.plane.observe(service, version),
-            &self.events.totals(service, version),
+            &observed,
+            &self.events_of(service, version, &observed),
             error_codes,
             now_ms,
         )
@@ -751,7 +752,12 @@ impl Controller {
                 let observed = self.plane.observe(service, version);
                 (
                     observed.bucketed,
-                    totals(&observed, &self.events.totals(service, version), codes, 0),
+                    totals(
+                        &observed,
+                        &self.events_of(service, version, &observed),
+                        codes,
+                        0,
+                    ),
                 )
             },
         ))
@@ -922,6 +928,41 @@ impl Controller {
     }
 
     // ----- fleet -----
+
+    /// This node's report to the fleet: its data plane's figures and the business events
+    /// posted to it, in its `incarnation`, at `at_ms`.
+    pub fn fleet_report(&self, incarnation: u64, at_ms: i64) -> crate::fleet::NodeReport {
+        let mut report = crate::fleet::report(self.plane.as_ref(), incarnation, at_ms);
+        for (service, version, events) in self.events.all() {
+            match report
+                .routes
+                .iter_mut()
+                .find(|r| r.service == service && r.version == version)
+            {
+                Some(r) => r.events = events,
+                None => report.routes.push(crate::fleet::RouteReport {
+                    service,
+                    version,
+                    events,
+                    ..Default::default()
+                }),
+            }
+        }
+        report
+    }
+
+    /// The business events of `version` of `service`: those posted here and, on a fleet node,
+    /// the other nodes' (in `observed`).
+    fn events_of(
+        &self,
+        service: &str,
+        version: &str,
+        observed: &crate::analysis::Observation,
+    ) -> BTreeMap<String, crate::events::EventTotals> {
+        let mut events = self.events.totals(service, version);
+        crate::events::add_events(&mut events, &observed.events);
+        events
+    }
 
     /// Another fleet node saved `service`'s release (the store's watch saw it): takes the saved
     /// state if it is newer than the one here and of the same release, and routes by it. A

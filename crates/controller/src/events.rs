@@ -11,11 +11,27 @@ use std::sync::Mutex;
 pub const MAX_EVENT_NAMES: usize = 64;
 
 /// Running totals of one event for one version.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventTotals {
     pub count: u64,
     pub sum: f64,
     pub sum_sq: f64,
+}
+
+impl EventTotals {
+    /// Adds `other`'s totals (another node's, or an earlier life's).
+    pub fn add(&mut self, other: &EventTotals) {
+        self.count = self.count.saturating_add(other.count);
+        self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
+    }
+}
+
+/// Adds every event of `from` to `into`.
+pub fn add_events(into: &mut BTreeMap<String, EventTotals>, from: &BTreeMap<String, EventTotals>) {
+    for (name, t) in from {
+        into.entry(name.clone()).or_default().add(t);
+    }
 }
 
 /// event → version → totals.
@@ -62,6 +78,23 @@ impl EventLog {
         t.sum += v;
         t.sum_sq += v * v;
         Ok(())
+    }
+
+    /// Every (service, version) with its events' totals, by event name: what a fleet node
+    /// reports.
+    pub fn all(&self) -> Vec<(String, String, BTreeMap<String, EventTotals>)> {
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: BTreeMap<(String, String), BTreeMap<String, EventTotals>> = BTreeMap::new();
+        for (service, by_event) in totals.iter() {
+            for (event, by_version) in by_event {
+                for (version, t) in by_version {
+                    out.entry((service.clone(), version.clone()))
+                        .or_default()
+                        .insert(event.clone(), *t);
+                }
+            }
+        }
+        out.into_iter().map(|((s, v), e)| (s, v, e)).collect()
     }
 
     /// Every event's totals for `version` of `service`, by event name.

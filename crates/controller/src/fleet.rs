@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::Observation;
 use crate::controller::DataPlane;
+use crate::events::{EventTotals, add_events};
 
 /// The most unit hashes a report carries for one version, and that [`FleetObservations`] keeps
 /// for one version of a node's earlier lives. Reports go to etcd every second, so this keeps
@@ -144,6 +145,9 @@ pub struct RouteReport {
     pub bucketed: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<UnitHashes>,
+    /// Business events attributed to the version on the node, by event name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub events: BTreeMap<String, EventTotals>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -266,11 +270,12 @@ impl RouteReport {
         self.service == service && self.version == version
     }
 
-    /// Adds the counts (not the units) to `o`.
+    /// Adds the counts and events (not the units) to `o`.
     fn add_to(&self, o: &mut Observation) {
         add_codes(&mut o.codes, &self.codes);
         o.latency.merge(&self.latency);
         o.bucketed = o.bucketed.saturating_add(self.bucketed);
+        add_events(&mut o.events, &self.events);
     }
 
     /// Adds `other`'s counts and units (an earlier life of the same node) to these.
@@ -278,6 +283,7 @@ impl RouteReport {
         add_codes(&mut self.codes, &other.codes);
         self.latency.merge(&other.latency);
         self.bucketed = self.bucketed.saturating_add(other.bucketed);
+        add_events(&mut self.events, &other.events);
         if let Some(theirs) = &other.units {
             let ours = self.units.get_or_insert_with(UnitHashes::default);
             ours.union(theirs);
@@ -319,6 +325,7 @@ pub fn report(plane: &dyn DataPlane, incarnation: u64, at_ms: i64) -> NodeReport
                 u.cap(MAX_REPORTED_UNITS);
                 u
             }),
+            events: BTreeMap::new(),
         })
         .collect();
     NodeReport {
@@ -561,6 +568,7 @@ mod tests {
             latency: histogram(times),
             bucketed: codes.iter().map(|(_, n)| n).sum(),
             units: None,
+            events: BTreeMap::new(),
         }
     }
 
@@ -577,6 +585,7 @@ mod tests {
             codes: codes.iter().copied().collect(),
             latency: histogram(times),
             bucketed: codes.iter().map(|(_, n)| n).sum(),
+            events: BTreeMap::new(),
         }
     }
 
@@ -947,6 +956,7 @@ mod tests {
                 latency: full.clone(),
                 bucketed: 98_780_241,
                 units: None,
+                events: BTreeMap::new(),
             })
             .collect();
         let r = report(1_767_225_600_123, 1_767_225_600_123, routes);

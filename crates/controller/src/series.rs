@@ -153,6 +153,7 @@ mod tests {
             codes: [(200, ok), (503, errors)].into_iter().collect(),
             latency,
             bucketed: 0,
+            events: BTreeMap::new(),
         }
     }
 

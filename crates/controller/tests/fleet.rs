@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use graylane_analysis::Histogram;
 use graylane_analysis::histogram::bucket_of;
 use graylane_config::Config;
+use graylane_controller::events::EventTotals;
 use graylane_controller::fleet::{
-    FleetObservations, FleetPlane, NodeReport, RouteFigures, UnitHashes, report,
+    FleetObservations, FleetPlane, NodeReport, RouteFigures, RouteReport, UnitHashes, report,
 };
 use graylane_controller::{Controller, DataPlane, Observation, Setup};
 use graylane_rules::Routing;
@@ -118,8 +119,9 @@ impl DataPlane for Node {
             .collect();
         (counts, 0)
     }
-    fn assign(&self, _: &str, _: &str) -> Option<String> {
-        None
+    /// Every user of the experiment is in its treatment (version `b`), for business events.
+    fn assign(&self, service: &str, _: &str) -> Option<String> {
+        (service == "search").then(|| "b".to_string())
     }
     fn circuit_states(&self, _: &str) -> BTreeMap<String, &'static str> {
         BTreeMap::new()
@@ -227,4 +229,65 @@ fn an_experiment_counts_the_fleet_s_units_once_each_and_checks_their_ratio() {
     );
     assert_eq!(results.variants[0].requests, 750);
     assert!(results.srm.flagged, "{}", results.srm.reason);
+}
+
+#[test]
+fn business_events_posted_to_another_node_count_in_the_fleet_s_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Arc::new(Node::default());
+    let fleet = Arc::new(FleetObservations::new("a", 1));
+    let controller = leader(dir.path(), Arc::clone(&a), Arc::clone(&fleet));
+    a.see_users("search", "b", 0..10);
+    let purchases = EventTotals {
+        count: 3,
+        sum: 30.0,
+        sum_sq: 300.0,
+    };
+    let mut b = NodeReport {
+        incarnation: 7,
+        at_ms: 1_000,
+        routes: vec![RouteReport {
+            service: "search".to_string(),
+            version: "b".to_string(),
+            events: BTreeMap::from([("purchase".to_string(), purchases)]),
+            ..RouteReport::default()
+        }],
+    };
+    fleet.update("b", NodeReport::decode(&b.encode()).unwrap());
+    let treatment = |c: &Controller| {
+        let results = c.experiment_results("search").unwrap();
+        let v = results
+            .variants
+            .iter()
+            .find(|v| v.name == "treatment")
+            .cloned()
+            .unwrap();
+        v.events.get("purchase").map(|e| (e.count, e.mean))
+    };
+    assert_eq!(treatment(&controller), Some((3, Some(10.0))));
+    // Node b restarts: its counters start again, and what it counted before stays counted.
+    b.incarnation = 8;
+    b.at_ms = 2_000;
+    b.routes[0].events.insert(
+        "purchase".to_string(),
+        EventTotals {
+            count: 1,
+            sum: 50.0,
+            sum_sq: 2_500.0,
+        },
+    );
+    fleet.update("b", NodeReport::decode(&b.encode()).unwrap());
+    assert_eq!(treatment(&controller), Some((4, Some(20.0))));
+    // An event posted to this node goes into its own report, for the others.
+    controller
+        .post_event("search", "u-1", "purchase", Some(2.0))
+        .unwrap();
+    let own = controller.fleet_report(1, 3_000);
+    let route = own
+        .routes
+        .iter()
+        .find(|r| r.service == "search" && r.version == "b")
+        .unwrap();
+    assert_eq!(route.events["purchase"].count, 1);
+    assert_eq!(treatment(&controller), Some((5, Some(16.4))));
 }

@@ -421,7 +421,6 @@ pub async fn follow(
 pub async fn publish(
     controller: Arc<Controller>,
     fleet: Arc<Fleet>,
-    plane: Arc<dyn DataPlane>,
     incarnation: u64,
     state: Arc<AdminState>,
 ) {
@@ -433,11 +432,10 @@ pub async fn publish(
             controller.current_revision(),
             state.ready.load(Ordering::Relaxed),
         );
-        let plane = Arc::clone(&plane);
-        if let Ok(report) = tokio::task::spawn_blocking(move || {
-            graylane_controller::fleet::report(plane.as_ref(), incarnation, now_ms()).encode()
-        })
-        .await
+        let c = Arc::clone(&controller);
+        if let Ok(report) =
+            tokio::task::spawn_blocking(move || c.fleet_report(incarnation, now_ms()).encode())
+                .await
         {
             fleet.set_report(report);
         }

@@ -298,6 +298,7 @@ fn observation(o: graylane_proxy::Observed) -> Observation {
         codes: o.codes,
         latency: Histogram::from_counts(&o.latency),
         bucketed: o.bucketed,
+        events: BTreeMap::new(),
     }
 }
 
@@ -378,14 +379,14 @@ pub fn run_gateway(
                 m.watched.then_some((m.path, m.interval)),
                 m.releasable,
                 m.offer,
-                m.fleet.map(|f| (f, plane)),
+                m.fleet,
             ))
         })?,
     };
     let (fleet, fleet_node) = match fleet {
-        Some((node, plane)) => (
+        Some(node) => (
             Some(node.fleet),
-            Some((node.events, node.observations, node.incarnation, plane)),
+            Some((node.events, node.observations, node.incarnation)),
         ),
         None => (None, None),
     };
@@ -443,7 +444,7 @@ pub fn run_gateway(
         if let Some(c) = &controller {
             tasks.push(tokio::spawn(tick_releases(Arc::clone(c), fleet.clone())));
         }
-        if let (Some(c), Some(f), Some((events, observations, incarnation, plane))) =
+        if let (Some(c), Some(f), Some((events, observations, incarnation))) =
             (&controller, &fleet, fleet_node)
         {
             tasks.push(tokio::spawn(super::fleet::follow(
@@ -454,7 +455,6 @@ pub fn run_gateway(
             tasks.push(tokio::spawn(super::fleet::publish(
                 Arc::clone(c),
                 Arc::clone(f),
-                plane,
                 incarnation,
                 Arc::clone(&state),
             )));
