@@ -119,8 +119,12 @@ pub struct Setup {
     pub store: Arc<dyn Store>,
     pub plane: Arc<dyn DataPlane>,
     pub notifier: Option<Notifier>,
-    /// The file's text, already validated as `config`.
+    /// The configuration's text, already validated as `config`.
     pub yaml: String,
+    /// The configuration file's text as read at start, when it is not `yaml`: a fleet node
+    /// whose file is older than the newest revision in the store serves that revision, and
+    /// pushes the file only once it changes.
+    pub file_text: Option<String>,
     pub config: Config,
     pub now_ms: i64,
 }
@@ -183,6 +187,8 @@ impl ThrottledLog {
 struct State {
     config: Arc<Config>,
     yaml: String,
+    /// The configuration file's text as last read or written: what a reload compares with.
+    file_text: String,
     revision: u64,
     releases: BTreeMap<String, Managed>,
 }
@@ -220,6 +226,7 @@ impl Controller {
             plane,
             notifier,
             yaml,
+            file_text,
             config,
             now_ms,
         } = setup;
@@ -259,6 +266,7 @@ impl Controller {
             notifier,
             state: Mutex::new(State {
                 config: Arc::new(config.clone()),
+                file_text: file_text.unwrap_or_else(|| yaml.clone()),
                 yaml,
                 revision,
                 releases: BTreeMap::new(),
@@ -780,7 +788,10 @@ impl Controller {
                 path: self.config_path.display().to_string(),
                 source,
             })?;
-        if yaml == state.yaml {
+        // Compared with the file as last read, not with the configuration in effect: on a
+        // fleet node that one may be a newer revision from another node, which an unchanged
+        // file must not undo.
+        if yaml == state.file_text {
             return self.reread_segments(&mut state, now_ms);
         }
         let config = graylane_config::load_text_for(&yaml, &self.config_path)
@@ -788,10 +799,11 @@ impl Controller {
         let n = self.apply_config(
             &mut state,
             config,
-            yaml,
+            yaml.clone(),
             ("file", "file changed", RevisionSource::File),
             now_ms,
         )?;
+        state.file_text = yaml;
         Ok(Reloaded::Revision(n))
     }
 
@@ -1186,6 +1198,7 @@ impl Controller {
                 path: self.config_path.display().to_string(),
                 source,
             })?;
+            state.file_text = yaml.to_string();
         }
         let n = self.apply_config(
             &mut state,

@@ -153,6 +153,7 @@ fn leader(dir: &Path, local: Arc<Node>, fleet: Arc<FleetObservations>) -> Contro
         plane: Arc::new(FleetPlane::new(local, fleet)),
         notifier: None,
         yaml: CONFIG.to_string(),
+        file_text: None,
         config,
         now_ms: 0,
     })

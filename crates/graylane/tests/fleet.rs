@@ -841,3 +841,73 @@ async fn a_node_logs_in_to_an_etcd_with_authentication_and_a_wrong_password_is_r
     fleet.ready(right).await;
     assert_eq!(fleet.cluster(right).await["leader"], "b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_sent_to_one_node_reaches_all_and_a_restart_with_an_unchanged_file_keeps_it()
+ {
+    let mut fleet = Fleet::start("fleet-config", "manual").await;
+    let edited = std::fs::read_to_string(&fleet.file)
+        .unwrap()
+        .replace("- weight: 50", "- weight: 40");
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        fleet.nodes[1].admin,
+        Method::PUT,
+        "/api/v1/config?message=smaller%20second%20step",
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/yaml"),
+        ],
+        edited.clone(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let revision = r.json()["revision"]["n"].as_u64().unwrap();
+    let view = &fleet;
+    for i in 0..3 {
+        eventually_within(
+            Duration::from_secs(5),
+            "every node to serve the edit",
+            || async move {
+                let r = view.try_api(i, "/api/v1/releases/payment").await?;
+                (r["plan"][1]["weight"] == 40.0).then_some(())
+            },
+        )
+        .await;
+    }
+    // The API does not write a fleet node's file: etcd is the configuration's home.
+    assert!(
+        std::fs::read_to_string(&fleet.file)
+            .unwrap()
+            .contains("- weight: 50")
+    );
+    // Node a restarts with its (unchanged) file: the edit stays, no revision is pushed.
+    fleet.nodes[0].process.signal("TERM");
+    fleet.nodes[0].process.wait_exit(Duration::from_secs(20));
+    let url = fleet.etcd.url();
+    let again = fleet.spawn("a", true, &url);
+    fleet.ready(again).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let release = fleet.release(again).await;
+    assert_eq!(release["plan"][1]["weight"], 40.0, "{release}");
+    let cluster = fleet.cluster(again).await;
+    assert_eq!(
+        cluster["latest_revision"].as_u64(),
+        Some(revision),
+        "{cluster}"
+    );
+    // A change to the file is pushed, from the node that has it, to every node.
+    write_atomic(&fleet.file, &edited.replace("- weight: 40", "- weight: 30"));
+    let view = &fleet;
+    for i in [1, 2, again] {
+        eventually_within(
+            Duration::from_secs(10),
+            "every node to serve the file",
+            || async move {
+                let r = view.try_api(i, "/api/v1/releases/payment").await?;
+                (r["plan"][1]["weight"] == 30.0).then_some(())
+            },
+        )
+        .await;
+    }
+}

@@ -171,7 +171,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bind: f.bind,
         admin_bind: f.admin_bind,
     };
-    let (path, yaml, early_admin) = choose_config(&args, store.as_ref())?;
+    let Chosen {
+        path,
+        yaml,
+        file_text,
+        admin: early_admin,
+    } = choose_config(&args, store.as_ref())?;
     let shared = match graylane_config::load_text_for(&yaml, &path) {
         Ok(config) => config,
         Err(errors) => {
@@ -227,6 +232,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         watched: args.config.is_some(),
         interval: args.watch_interval,
         yaml,
+        file_text,
         store: store as Arc<dyn Store>,
         releasable: None,
         env: args.env,
@@ -242,6 +248,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     super::serve::run_gateway(prepared, shared, source)
 }
 
+/// What a node starts with.
+struct Chosen {
+    /// The configuration file, or a name to resolve relative segment files from.
+    path: PathBuf,
+    /// The configuration to serve.
+    yaml: String,
+    /// The file's text, when it is not `yaml`.
+    file_text: Option<String>,
+    /// The admin listener, already bound while waiting for a configuration.
+    admin: Option<std::net::TcpListener>,
+}
+
 /// The configuration to start with: the `--config` file if it is new to the fleet (it is then
 /// pushed as a revision), else the newest revision in etcd, waiting for one if there is none.
 ///
@@ -252,20 +270,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// While it waits, the admin listener (`--admin-bind`) answers `503`, so a load balancer's or
 /// orchestrator's readiness probe sees a node that is up but not ready; the listener is then
 /// handed to the admin API.
-fn choose_config(
-    args: &ServeArgs,
-    store: &EtcdStore,
-) -> anyhow::Result<(PathBuf, String, Option<std::net::TcpListener>)> {
+fn choose_config(args: &ServeArgs, store: &EtcdStore) -> anyhow::Result<Chosen> {
     let env = &args.env;
+    let chosen = |path: &PathBuf, yaml: String, file_text: Option<String>| Chosen {
+        path: path.clone(),
+        yaml,
+        file_text,
+        admin: None,
+    };
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let latest = store.latest_revision(env)?;
         let Some(latest) = latest else {
-            return Ok((path.clone(), text, None));
+            return Ok(chosen(path, text, None));
         };
         if latest.yaml == text {
-            return Ok((path.clone(), text, None));
+            return Ok(chosen(path, text, None));
         }
         let from_file = store
             .revisions(env)?
@@ -281,9 +302,9 @@ fn choose_config(
                 path.display(),
                 latest.n
             );
-            return Ok((path.clone(), latest.yaml, None));
+            return Ok(chosen(path, latest.yaml, Some(text)));
         }
-        return Ok((path.clone(), text, None));
+        return Ok(chosen(path, text, None));
     }
     let mut not_ready = match args.fleet.admin_bind {
         Some(addr) => Some(NotReady::start(crate::admin::bind(addr)?)?),
@@ -293,7 +314,12 @@ fn choose_config(
     loop {
         if let Some(latest) = store.latest_revision(env)? {
             let admin = not_ready.take().map(NotReady::stop).transpose()?;
-            return Ok((PathBuf::from("graylane.yaml"), latest.yaml, admin));
+            return Ok(Chosen {
+                path: PathBuf::from("graylane.yaml"),
+                yaml: latest.yaml,
+                file_text: None,
+                admin,
+            });
         }
         if waited.is_multiple_of(10) {
             tracing::warn!(

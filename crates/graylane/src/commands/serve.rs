@@ -152,6 +152,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         watched: true,
         interval: args.watch_interval,
         yaml,
+        file_text: None,
         store: Arc::clone(&store) as Arc<dyn graylane_store::Store>,
         releasable: Some(store),
         env: args.env,
@@ -222,6 +223,8 @@ pub struct Managed {
     pub interval: Duration,
     /// The configuration's text at start.
     pub yaml: String,
+    /// The file's text at start when that is not `yaml` (see `Setup::file_text`).
+    pub file_text: Option<String>,
     pub store: Arc<dyn graylane_store::Store>,
     /// The embedded store, which a `--takeover` successor asks to be closed.
     pub releasable: Option<Arc<ReleasableStore>>,
@@ -369,6 +372,7 @@ pub fn run_gateway(
                 plane: Arc::clone(&plane),
                 notifier: notifier.clone(),
                 yaml: m.yaml,
+                file_text: m.file_text,
                 config,
                 now_ms: now_ms(),
             })?;
