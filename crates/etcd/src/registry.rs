@@ -98,13 +98,17 @@ pub fn instance_key(prefix: &str, service: &str, id: &str) -> String {
     format!("{}{service}/{id}", registry_prefix(prefix))
 }
 
-/// Letters, digits, `-`, `_` and `.`: what a version's selector may name, and safe in a key.
-fn check_name(what: &'static str, value: &str) -> Result<()> {
-    let valid = !value.is_empty()
-        && value
+/// Whether `name` may be a service name or an instance id: letters, digits, `-`, `_` and `.`
+/// (what a version's selector may name, and safe as a key segment).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if valid {
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<()> {
+    if is_valid_name(value) {
         Ok(())
     } else {
         Err(RegistryError::Invalid {
@@ -127,6 +131,29 @@ async fn bounded<T>(
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(RegistryError::Timeout(CALL_TIMEOUT)),
+    }
+}
+
+/// Revokes `lease`, trying again for up to [`CALL_TIMEOUT`]: with several endpoints, a call
+/// may land on one that is down. A lease that no longer exists took its key with it: done.
+async fn revoke(client: &Client, lease: i64) -> Result<()> {
+    let mut client = client.clone();
+    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match bounded(client.lease_revoke(lease)).await {
+            Ok(_) => return Ok(()),
+            Err(RegistryError::Etcd(etcd_client::Error::GRpcStatus(status)))
+                if status.message().contains("lease not found") =>
+            {
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() + backoff >= deadline => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
     }
 }
 
@@ -300,10 +327,7 @@ impl Keeper {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        let mut client = self.client.clone();
-        bounded(client.lease_revoke(self.lease.load(Ordering::Relaxed)))
-            .await
-            .map(drop)
+        revoke(&self.client, self.lease.load(Ordering::Relaxed)).await
     }
 
     /// Keeps `lease` alive, a keep-alive every third of the TTL (so two may go missing before

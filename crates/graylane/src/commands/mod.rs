@@ -3,6 +3,7 @@
 pub mod client;
 pub mod demo;
 pub mod eval;
+pub mod register;
 pub mod serve;
 pub mod takeover;
 pub mod validate;
