@@ -1,7 +1,8 @@
 //! The service registry on a real etcd: registered instances appear in every watch with their
 //! labels, leave at once when they deregister and within their TTL when they stop keeping
-//! their lease alive, come back by themselves when their lease is lost, and the watch resumes
-//! after etcd is killed and restarted.
+//! their lease alive, come back by themselves when their lease is lost; the watch resumes
+//! after etcd is killed and restarted, and reads the registry again when it was cut off while
+//! the changes it missed were compacted.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -257,4 +258,100 @@ async fn a_registration_stays_through_an_etcd_restart_for_longer_than_its_ttl() 
     assert!(snapshot["payment"][0].labels.is_empty());
     kept.deregister().await.unwrap();
     until(&watch, "the instance to leave", |s| s.is_empty()).await;
+}
+
+/// A TCP relay to etcd that a test can cut (every connection through it dropped, new ones
+/// closed at once) and restore: the watch's side of a network partition.
+struct Relay {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(etcd_port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *cut_rx.borrow() {
+                    continue;
+                }
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", etcd_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, cut }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_cut_off_while_its_revision_was_compacted_reads_the_registry_again() {
+    let etcd = EtcdServer::start();
+    let relay = Relay::start(etcd.port).await;
+    let watched = Client::connect([relay.url()], None).await.unwrap();
+    let watch = registry::watch(watched, DEFAULT_PREFIX).await.unwrap();
+    let mut c = client(&etcd).await;
+    // Written as an app would, without the library: the documented key and value.
+    c.put(
+        "/graylane/registry/payment/old",
+        r#"{"address":"127.0.0.1:9001"}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    until(&watch, "the old instance", |s| ids(s, "payment") == ["old"]).await;
+
+    relay.set_cut(true);
+    c.put(
+        "/graylane/registry/payment/new",
+        r#"{"address":"127.0.0.1:9002","labels":{"version":"canary"}}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    let deleted = c
+        .delete("/graylane/registry/payment/old", None)
+        .await
+        .unwrap();
+    c.compact(deleted.header().unwrap().revision(), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ids(&watch.snapshot(), "payment"),
+        ["old"],
+        "cut off, the watch keeps the last registry it saw"
+    );
+
+    relay.set_cut(false);
+    let (snapshot, _) = until(&watch, "only the new instance", |s| {
+        ids(s, "payment") == ["new"]
+    })
+    .await;
+    assert_eq!(snapshot["payment"][0].labels["version"], "canary");
+
+    // And it follows changes after reading the registry again.
+    c.delete("/graylane/registry/payment/new", None)
+        .await
+        .unwrap();
+    until(&watch, "the registry to be empty", |s| s.is_empty()).await;
 }
