@@ -61,8 +61,8 @@ impl graylane_config::RegistryInstance for Instance {
 }
 
 /// The value stored at an instance's key: the instance without its id, which the key holds.
+/// Other fields an app writes (its own metadata) are ignored.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Record {
     address: SocketAddr,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -218,9 +218,12 @@ pub async fn register(
         weight: instance.weight,
     })
     .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
-    let ttl_secs = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
-        .unwrap_or(i64::MAX)
-        .max(1);
+    let ttl_secs = i64::try_from(
+        ttl.as_secs()
+            .saturating_add(u64::from(ttl.subsec_nanos() > 0)),
+    )
+    .unwrap_or(i64::MAX)
+    .max(1);
     let keeper = Keeper {
         client,
         key: key.clone(),
@@ -440,7 +443,7 @@ impl Follower {
         let mut out = Snapshot::new();
         for (service, instance) in self.instances.values() {
             out.entry(service.clone())
-                .or_insert_with(Vec::new)
+                .or_default()
                 .push(instance.clone());
         }
         for instances in out.values_mut() {
@@ -454,17 +457,15 @@ impl Follower {
     fn put(&mut self, kv: &KeyValue) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         self.instances.remove(&key);
+        // Read leniently: any id without a `/` is kept, though `register` writes only names.
         let Some((service, id)) = key
             .strip_prefix(&self.keys)
             .and_then(|rest| rest.split_once('/'))
+            .filter(|(service, id)| !service.is_empty() && !id.is_empty() && !id.contains('/'))
         else {
             tracing::warn!(%key, "ignoring a registry key not of the form {{service}}/{{instance-id}}");
             return;
         };
-        if check_name("service name", service).is_err() || check_name("instance id", id).is_err() {
-            tracing::warn!(%key, "ignoring a registry key with an invalid service name or instance id");
-            return;
-        }
         match serde_json::from_slice::<Record>(kv.value()) {
             Ok(record) => {
                 let instance = Instance {
@@ -632,7 +633,8 @@ mod tests {
             serde_json::to_string(&record).unwrap(),
             r#"{"address":"127.0.0.1:9000","labels":{"version":"canary"},"weight":1}"#
         );
-        let bare: Record = serde_json::from_str(r#"{"address":"[::1]:80"}"#).unwrap();
+        let bare: Record =
+            serde_json::from_str(r#"{"address":"[::1]:80","owner":"team-a"}"#).unwrap();
         assert!(bare.labels.is_empty() && bare.weight.is_none());
     }
 
