@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use graylane_config::raw::RawConfig;
+use graylane_config::raw::{RawConfig, RawEndpoints};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize as _;
 
@@ -61,7 +61,10 @@ fn stays_offline(text: &str) -> bool {
         .services
         .iter()
         .flat_map(|s| s.versions.values())
-        .flat_map(|v| &v.endpoints)
+        .flat_map(|v| match &v.endpoints {
+            RawEndpoints::List(list) => list.as_slice(),
+            RawEndpoints::Registry(_) => &[][..],
+        })
         .all(|e| !needs_lookup(e));
     files_ok && endpoints_ok
 }

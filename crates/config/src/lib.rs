@@ -25,6 +25,7 @@ mod locate;
 pub mod model;
 pub mod raw;
 mod redact;
+mod registry;
 mod validate;
 
 use std::path::Path;
@@ -32,6 +33,7 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use redact::{redact_url, redact_urls_in};
+pub use registry::{RegistryInstance, registry_services, resolve_registry};
 
 /// Reads and validates the configuration file at `path`. Relative paths inside it (segment
 /// files, TLS keys) are resolved against the file's folder.

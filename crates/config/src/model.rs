@@ -1,6 +1,7 @@
 //! The validated model: every value parsed, every name resolved to an index, every regex
 //! compiled. Code above this crate never sees a string it still has to check.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -257,8 +258,30 @@ pub struct ServiceMatch {
 #[derive(Debug, Clone)]
 pub struct Version {
     pub name: String,
+    /// Where the version's requests go. For a version that follows the registry this starts
+    /// empty and is filled in at run time ([`crate::resolve_registry`]).
     pub endpoints: Vec<SocketAddr>,
     pub tag: Option<String>,
+    /// `endpoints: { registry: NAME, labels: {...} }`: the endpoints are the registered
+    /// instances this selects.
+    pub registry: Option<RegistrySelector>,
+}
+
+/// Selects instances of a service in the registry: those registered under `service` whose
+/// labels include every one of `labels` (the same value for each key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySelector {
+    pub service: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl RegistrySelector {
+    /// Whether an instance with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -137,8 +137,65 @@ pub struct RawServiceMatch {
 #[serde(deny_unknown_fields)]
 pub struct RawVersion {
     #[serde(default)]
-    pub endpoints: Vec<String>,
+    pub endpoints: RawEndpoints,
     pub tag: Option<String>,
+}
+
+/// A version's endpoints: a list of `host:port`, or a selector of instances in the service
+/// registry (`{ registry: payment, labels: { version: canary } }`).
+#[derive(Debug)]
+pub enum RawEndpoints {
+    List(Vec<String>),
+    Registry(RawRegistrySelector),
+}
+
+impl Default for RawEndpoints {
+    fn default() -> Self {
+        RawEndpoints::List(Vec::new())
+    }
+}
+
+/// Dispatches on the YAML node's shape rather than through `#[serde(untagged)]`: an untagged
+/// enum reports only "data did not match any variant", where this keeps the selector's own
+/// errors (an unknown key, with its path and a "did you mean").
+impl<'de> Deserialize<'de> for RawEndpoints {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = RawEndpoints;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a list of `host:port` or a registry selector `{ registry: NAME, labels: { KEY: VALUE } }`",
+                )
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<RawEndpoints, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawEndpoints::List)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawEndpoints, A::Error> {
+                RawRegistrySelector::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawEndpoints::Registry)
+            }
+        }
+        deserializer.deserialize_any(Shape)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistrySelector {
+    pub registry: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -678,18 +678,26 @@ impl<'a> Validator<'a> {
                     format!("`{name}` is not a valid version name: use letters, digits, `-`, `_` and `.`"),
                 );
             }
-            if v.endpoints.is_empty() {
-                self.fail(
-                    format!("{vpath}.endpoints"),
-                    "a version needs at least one endpoint (`host:port`)",
-                );
-            }
-            let endpoints = v
-                .endpoints
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| self.endpoint(&format!("{vpath}.endpoints[{i}]"), e))
-                .collect();
+            let (endpoints, registry) = match &v.endpoints {
+                RawEndpoints::List(list) => {
+                    if list.is_empty() {
+                        self.fail(
+                            format!("{vpath}.endpoints"),
+                            "a version needs at least one endpoint (`host:port`), or a registry selector `{ registry: NAME }`",
+                        );
+                    }
+                    let endpoints = list
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, e)| self.endpoint(&format!("{vpath}.endpoints[{i}]"), e))
+                        .collect();
+                    (endpoints, None)
+                }
+                RawEndpoints::Registry(selector) => (
+                    Vec::new(),
+                    Some(self.registry_selector(&format!("{vpath}.endpoints"), selector)),
+                ),
+            };
             if let Some(tag) = &v.tag
                 && http::HeaderValue::from_str(tag).is_err()
             {
@@ -702,9 +710,36 @@ impl<'a> Validator<'a> {
                 name,
                 endpoints,
                 tag: v.tag,
+                registry,
             });
         }
         out
+    }
+
+    fn registry_selector(&mut self, path: &str, raw: &RawRegistrySelector) -> RegistrySelector {
+        if !is_token(&raw.registry) {
+            self.fail(
+                format!("{path}.registry"),
+                format!(
+                    "`{}` is not a valid registry service name: use letters, digits, `-`, `_` and `.`",
+                    raw.registry
+                ),
+            );
+        }
+        for (key, value) in &raw.labels {
+            if key.is_empty() {
+                self.fail(format!("{path}.labels"), "a label name may not be empty");
+            } else if value.is_empty() {
+                self.fail(
+                    format!("{path}.labels.{key}"),
+                    "a label value may not be empty; leave the label out to accept any value",
+                );
+            }
+        }
+        RegistrySelector {
+            service: raw.registry.clone(),
+            labels: raw.labels.clone(),
+        }
     }
 
     fn release(

@@ -794,8 +794,7 @@ impl Controller {
         if yaml == state.file_text {
             return self.reread_segments(&mut state, now_ms);
         }
-        let config = graylane_config::load_text_for(&yaml, &self.config_path)
-            .map_err(ControlError::Invalid)?;
+        let config = self.load(&yaml)?;
         let n = self.apply_config(
             &mut state,
             config,
@@ -830,8 +829,7 @@ impl Controller {
         {
             return Ok(Reloaded::Unchanged);
         }
-        let config = graylane_config::load_text_for(&state.yaml, &self.config_path)
-            .map_err(ControlError::Invalid)?;
+        let config = self.load(&state.yaml)?;
         let changed: Vec<String> = config
             .segments
             .iter()
@@ -1025,8 +1023,7 @@ impl Controller {
         let Some(rev) = self.store.revision(&self.env, n)? else {
             return Ok(false);
         };
-        let config = graylane_config::load_text_for(&rev.yaml, &self.config_path)
-            .map_err(ControlError::Invalid)?;
+        let config = self.load(&rev.yaml)?;
         let stored = stored_releases(self.store.as_ref(), &self.env)?;
         let (releases, _) =
             self.reconcile(&config, Resume::Stored(stored), &rev.author, false, now_ms)?;
@@ -1115,6 +1112,23 @@ impl Controller {
 
     // ----- internals -----
 
+    /// Parses and validates a configuration text for this controller. Versions that follow the
+    /// service registry need a fleet node (the registry is in etcd): a single node refuses
+    /// them here, whatever the text came from, rather than serve them with no endpoints.
+    fn load(&self, yaml: &str) -> Result<Config, ControlError> {
+        let config = graylane_config::load_text_for(yaml, &self.config_path)
+            .map_err(ControlError::Invalid)?;
+        if !self.fleet {
+            let errors = registry_outside_a_fleet(&config, &self.config_path);
+            if !errors.is_empty() {
+                return Err(ControlError::Invalid(graylane_config::ConfigErrors {
+                    errors,
+                }));
+            }
+        }
+        Ok(config)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -1177,8 +1191,7 @@ impl Controller {
         // Held across the file write, so the file watcher sees the new text only once it is
         // the current revision, and does not record it a second time.
         let mut state = self.lock();
-        let config = graylane_config::load_text_for(yaml, &self.config_path)
-            .map_err(ControlError::Invalid)?;
+        let config = self.load(yaml)?;
         let diff = unified_diff(
             &state.yaml,
             yaml,
@@ -1631,6 +1644,29 @@ enum Resume<'a> {
     Stored(BTreeMap<String, (Persisted, u64)>),
     /// The running releases and the configuration they were built for.
     Running(&'a BTreeMap<String, Managed>, &'a Config),
+}
+
+/// An error for each version of `config` that follows the service registry, for a node
+/// without one.
+pub fn registry_outside_a_fleet(config: &Config, path: &Path) -> Vec<graylane_config::ConfigError> {
+    let mut errors = Vec::new();
+    for (i, service) in config.services.iter().enumerate() {
+        for version in &service.versions {
+            if let Some(selector) = &version.registry {
+                errors.push(graylane_config::ConfigError {
+                    file: path.display().to_string(),
+                    line: None,
+                    column: None,
+                    key: format!("services[{i}].versions.{}.endpoints.registry", version.name),
+                    message: format!(
+                        "`{}` is looked up in the service registry, which needs fleet mode: run `graylane serve --etcd URL`",
+                        selector.service
+                    ),
+                });
+            }
+        }
+    }
+    errors
 }
 
 /// A release as a reconcile found it.

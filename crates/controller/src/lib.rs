@@ -27,6 +27,6 @@ pub mod view;
 pub use analysis::Observation;
 pub use controller::{
     Action, Actor, ApplyOutcome, Controller, DataPlane, MAX_REASON_BYTES, Reloaded, Setup,
-    unified_diff, webhook_targets,
+    registry_outside_a_fleet, unified_diff, webhook_targets,
 };
 pub use error::ControlError;

@@ -7,10 +7,14 @@
 //!   conditional (fenced) release writes.
 //! - [`fleet`]: a node's membership (under a lease), leader election, and the watch that
 //!   tells the node what other nodes changed.
+//! - [`registry`]: service instances registered under their own leases, and the watch a node
+//!   resolves `endpoints: { registry: ... }` versions from.
+//! - [`shared`]: values every node must agree on (the sticky-cookie keys).
 
 pub mod connect;
 pub mod fleet;
 pub mod keys;
+pub mod registry;
 pub mod shared;
 pub mod store;
 #[cfg(feature = "testing")]

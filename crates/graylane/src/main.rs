@@ -4,6 +4,8 @@
 //! * `validate` — check a configuration file and report every error;
 //! * `eval` — show which version a request would get, and why;
 //! * `demo` — built-in upstreams and a sample release, for a first look;
+//! * `register` — keep an instance of a service in the etcd service registry, see
+//!   [`commands::register`];
 //! * `status`, `promote`, `pause`, `resume`, `abort`, `retry`, `rollback`, `set-weight`,
 //!   `history`, `diff`, `revert`, `apply`, `audit` — clients of a running gateway's admin API,
 //!   see [`commands::client`].
@@ -67,6 +69,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Add or remove members of a Redis segment (gray users).
     Segment(segments::SegmentArgs),
+    /// Register an instance of a service in the etcd service registry until SIGTERM or Ctrl-C.
+    Register(commands::register::RegisterArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => revisions::apply(args),
         Command::Audit(args) => audit::audit(args),
         Command::Segment(args) => segments::edit(args),
+        Command::Register(args) => commands::register::run(args),
     };
     match result {
         Ok(code) => code,

@@ -911,3 +911,138 @@ async fn a_configuration_sent_to_one_node_reaches_all_and_a_restart_with_an_unch
         .await;
     }
 }
+
+/// A canary whose instances come from the service registry, at 100% from the start.
+const REGISTRY: &str = r#"
+listeners:
+  - bind: 127.0.0.1:1
+admin:
+  bind: 127.0.0.1:2
+  token_env: GRAYLANE_ADMIN_TOKEN
+services:
+  - name: payment
+    match: { path_prefix: /api/payment }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: { registry: payment, labels: { version: canary } } }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      steps:
+        - weight: 100
+          pause: manual{first_pause}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_follows_its_instances_in_the_registry_as_they_come_and_go() {
+    let mut fleet = Fleet::new("fleet-registry", REGISTRY, "");
+    let url = fleet.etcd.url();
+    fleet.spawn("a", true, &url);
+    fleet.spawn("b", true, &url);
+    fleet.ready(0).await;
+    fleet.ready(1).await;
+    let status_everywhere = |want: StatusCode| {
+        let proxies: Vec<SocketAddr> = fleet.nodes.iter().map(|n| n.proxy).collect();
+        async move {
+            for proxy in proxies {
+                let r = try_get(proxy, "/api/payment/x", &[]).await.ok()?;
+                if r.status != want {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    };
+    // No canary instance yet: its share has nowhere to go.
+    eventually("no canary instance to answer 503", || {
+        status_everywhere(StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    // An instance of another version does not count.
+    let dir = fleet.dir.clone();
+    let register = |labels: &str, address: String| {
+        Graylane::spawn_in(
+            &dir,
+            &[
+                "register",
+                "--etcd",
+                &url,
+                "--service",
+                "payment",
+                "--address",
+                &address,
+                "--label",
+                labels,
+                "--ttl",
+                "2s",
+            ],
+        )
+    };
+    let mut other = register("version=stable", fleet.stable.addr.to_string());
+    let mut canary = register("version=canary", fleet.canary.addr.to_string());
+    eventually("every node to route to the registered canary", || {
+        status_everywhere(StatusCode::OK)
+    })
+    .await;
+    let r = get(fleet.nodes[1].proxy, "/api/payment/x", &[]).await;
+    assert_eq!(r.version(), Some("canary"));
+    // It leaves at once when it deregisters.
+    canary.signal("TERM");
+    assert!(canary.wait_exit(Duration::from_secs(10)).success());
+    let left = Instant::now();
+    eventually("the canary to leave rotation", || {
+        status_everywhere(StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    assert!(
+        left.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        left.elapsed()
+    );
+    // A killed instance leaves when its lease (2 s) runs out.
+    let mut canary = register("version=canary", fleet.canary.addr.to_string());
+    eventually("the canary to be back", || {
+        status_everywhere(StatusCode::OK)
+    })
+    .await;
+    canary.signal("KILL");
+    eventually_within(Duration::from_secs(6), "the dead canary to leave", || {
+        status_everywhere(StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    other.signal("TERM");
+    other.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn a_single_node_refuses_a_configuration_that_follows_the_registry() {
+    let dir = temp_dir("single-registry");
+    let file = dir.join("graylane.yaml");
+    write_atomic(
+        &file,
+        &fill(
+            REGISTRY,
+            &[
+                ("stable", "127.0.0.1:9".to_string()),
+                ("first_pause", String::new()),
+            ],
+        ),
+    );
+    let out = run(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--data-dir",
+        dir.join("data").to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("services[0].versions.canary.endpoints.registry")
+            && out.stderr.contains("needs fleet mode"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.join("data").exists(), "nothing was written");
+}

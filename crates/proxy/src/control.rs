@@ -646,9 +646,11 @@ pub fn compile(
             None => (0..config.services[od.service].versions.len()).collect(),
         };
         for v in targets {
-            let endpoints = config.services[od.service].versions[v].endpoints.len();
+            let endpoints = &config.services[od.service].versions[v].endpoints;
+            // Keyed on the addresses, not their count: when registry instances come and go,
+            // an ejection must not pass to the instance that took a departed one's index.
             let key = format!(
-                "outlier:{}:{}:{endpoints}:{}:{:?}:{:?}:{}",
+                "outlier:{}:{}:{endpoints:?}:{}:{:?}:{:?}:{}",
                 name(od.service),
                 vname(od.service, v),
                 od.consecutive_failures,
@@ -664,7 +666,7 @@ pub fn compile(
                 max_ejection_percent: od.max_ejection_percent,
             };
             if let Some(Part::Outlier(o)) = state.part(key, || {
-                OutlierDetector::new(endpoints, detector)
+                OutlierDetector::new(endpoints.len(), detector)
                     .ok()
                     .map(|o| Part::Outlier(Arc::new(o)))
             }) {

@@ -176,7 +176,12 @@ pub async fn handle(
             return response;
         }
     };
-    if service.control.retry.is_some() || version.control.is_active() {
+    // A version with no endpoints (a registry selector nothing matches yet) takes the
+    // attempt path too: its answer is the one for "no endpoint is healthy", fallbacks included.
+    if service.control.retry.is_some()
+        || version.control.is_active()
+        || version.endpoints.is_empty()
+    {
         let attempt = Attempts {
             worker: &worker,
             conn: &conn,
@@ -862,13 +867,16 @@ fn static_response(page: &graylane_config::StaticResponse) -> Response<ProxyBody
 
 /// An endpoint that outlier ejection and health checks leave in rotation. When none is left
 /// and `panic` is set (no fallback to go to), every endpoint is used, as Envoy's panic mode
-/// does: sending somewhere beats refusing everything.
+/// does: sending somewhere beats refusing everything. `None` for a version without endpoints.
 fn pick_usable_endpoint(
     service: &ServiceRoute,
     version: &VersionRoute,
     now: u64,
     panic: bool,
 ) -> Option<usize> {
+    if version.endpoints.is_empty() {
+        return None;
+    }
     let ctl = &version.control;
     let first = pick_endpoint(service, version);
     if ctl.endpoint_usable(first, now) {

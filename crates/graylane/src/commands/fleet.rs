@@ -83,16 +83,22 @@ impl FleetArgs {
     }
 }
 
-/// What differs on this node from the configuration every node shares.
+/// What differs on this node from the configuration every node shares: its addresses, and the
+/// endpoints of versions that follow the service registry, as this node last saw it.
 #[derive(Debug, Clone, Default)]
 pub struct NodeLocal {
     bind: Option<SocketAddr>,
     admin_bind: Option<SocketAddr>,
+    registry: Option<tokio::sync::watch::Receiver<graylane_etcd::registry::Snapshot>>,
 }
 
 impl NodeLocal {
     /// `config` as this node serves it.
-    pub fn adjust(&self, mut config: Config) -> Config {
+    pub fn adjust(&self, config: Config) -> Config {
+        let mut config = match &self.registry {
+            Some(registry) => graylane_config::resolve_registry(&config, &registry.borrow()),
+            None => config,
+        };
         if let (Some(bind), Some(first)) = (self.bind, config.listeners.first_mut()) {
             first.bind = bind;
         }
@@ -113,17 +119,30 @@ pub struct FleetNode {
     /// Changes on every start, so that other nodes tell a restarted node's counters (from 0
     /// again) from a continuation.
     pub incarnation: u64,
+    /// The service registry as it changes (endpoints of `registry:` versions).
+    pub registry: graylane_etcd::registry::RegistryWatch,
 }
 
 /// The controller's data plane on this node: in a fleet, the gateway with every other node's
 /// traffic added to what it observes, so the analysis judges the fleet's traffic.
-pub fn plane(gateway: GatewayPlane, fleet: Option<&FleetNode>) -> Arc<dyn DataPlane> {
+pub fn plane(gateway: Arc<GatewayPlane>, fleet: Option<&FleetNode>) -> Arc<dyn DataPlane> {
     match fleet {
-        Some(node) => Arc::new(FleetPlane::new(
-            Arc::new(gateway),
-            Arc::clone(&node.observations),
-        )),
-        None => Arc::new(gateway),
+        Some(node) => Arc::new(FleetPlane::new(gateway, Arc::clone(&node.observations))),
+        None => gateway,
+    }
+}
+
+/// Applies the configuration again whenever the service registry changes, so a version that
+/// follows it serves the instances registered now: a new one within moments, one whose lease
+/// expired no more.
+pub async fn follow_registry(
+    registry: graylane_etcd::registry::RegistryWatch,
+    plane: Arc<GatewayPlane>,
+) {
+    let mut changes = registry.receiver();
+    while changes.changed().await.is_ok() {
+        let plane = Arc::clone(&plane);
+        let _ = tokio::task::spawn_blocking(move || plane.adjusted()).await;
     }
 }
 
@@ -167,9 +186,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let etcd = Etcd::connect(&options)?;
     let store = Arc::new(EtcdStore::open(etcd.clone(), &args.env)?);
+    let registry = etcd
+        .handle()
+        .block_on(graylane_etcd::registry::watch(etcd.client(), etcd.prefix()))
+        .map_err(|e| anyhow::anyhow!("cannot read the service registry: {e}"))?;
     let local = NodeLocal {
         bind: f.bind,
         admin_bind: f.admin_bind,
+        registry: Some(registry.receiver()),
     };
     let Chosen {
         path,
@@ -243,6 +267,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             local,
             observations: Arc::new(FleetObservations::new(&node, incarnation)),
             incarnation,
+            registry,
         }),
     }));
     super::serve::run_gateway(prepared, shared, source)

@@ -99,6 +99,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let outside = graylane_controller::registry_outside_a_fleet(&config, &config_path);
+    if !outside.is_empty() {
+        for e in &outside {
+            eprintln!("error: {e}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     // The key file is written next to the store, so it is only made once the store opened:
     // a data dir that is refused is left as it was.
     let cookie_keys = || {
@@ -237,15 +244,40 @@ pub struct Managed {
 
 /// The gateway as the controller's data plane.
 pub struct GatewayPlane {
-    pub gateway: Arc<Gateway>,
+    gateway: Arc<Gateway>,
     /// What differs on this node from the configuration every node shares.
-    pub local: super::fleet::NodeLocal,
+    local: super::fleet::NodeLocal,
+    /// The shared configuration last applied, to apply again with this node's adjustments
+    /// when they change (the registry's instances come and go); the lock also orders those
+    /// applies with the controller's.
+    shared: std::sync::Mutex<Option<Config>>,
+}
+
+impl GatewayPlane {
+    pub fn new(gateway: Arc<Gateway>, local: super::fleet::NodeLocal) -> GatewayPlane {
+        GatewayPlane {
+            gateway,
+            local,
+            shared: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Applies the last configuration again with this node's adjustments as they are now,
+    /// keeping every release's traffic split.
+    pub fn adjusted(&self) {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(config) = shared.as_ref() {
+            self.gateway.apply(self.local.adjust(config.clone()));
+        }
+    }
 }
 
 impl DataPlane for GatewayPlane {
     fn apply(&self, config: Config, routes: &BTreeMap<String, Routing>) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         self.gateway
-            .apply_with_routes(self.local.adjust(config), routes);
+            .apply_with_routes(self.local.adjust(config.clone()), routes);
+        *shared = Some(config);
     }
 
     fn set_routing(&self, service: &str, routing: Routing) {
@@ -357,13 +389,8 @@ pub fn run_gateway(
                 .as_ref()
                 .map(|f| f.local.clone())
                 .unwrap_or_default();
-            let plane = super::fleet::plane(
-                GatewayPlane {
-                    gateway: Arc::clone(&gateway),
-                    local,
-                },
-                m.fleet.as_ref(),
-            );
+            let gateway_plane = Arc::new(GatewayPlane::new(Arc::clone(&gateway), local));
+            let plane = super::fleet::plane(Arc::clone(&gateway_plane), m.fleet.as_ref());
             let controller = Controller::open(Setup {
                 env: m.env.clone(),
                 config_path: m.path.clone(),
@@ -383,14 +410,19 @@ pub fn run_gateway(
                 m.watched.then_some((m.path, m.interval)),
                 m.releasable,
                 m.offer,
-                m.fleet,
+                m.fleet.map(|f| (f, gateway_plane)),
             ))
         })?,
     };
     let (fleet, fleet_node) = match fleet {
-        Some(node) => (
+        Some((node, gateway_plane)) => (
             Some(node.fleet),
-            Some((node.events, node.observations, node.incarnation)),
+            Some((
+                node.events,
+                node.observations,
+                node.incarnation,
+                (node.registry, gateway_plane),
+            )),
         ),
         None => (None, None),
     };
@@ -448,9 +480,10 @@ pub fn run_gateway(
         if let Some(c) = &controller {
             tasks.push(tokio::spawn(tick_releases(Arc::clone(c), fleet.clone())));
         }
-        if let (Some(c), Some(f), Some((events, observations, incarnation))) =
+        if let (Some(c), Some(f), Some((events, observations, incarnation, (registry, plane)))) =
             (&controller, &fleet, fleet_node)
         {
+            tasks.push(tokio::spawn(super::fleet::follow_registry(registry, plane)));
             tasks.push(tokio::spawn(super::fleet::follow(
                 Arc::clone(c),
                 events,

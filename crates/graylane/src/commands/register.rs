@@ -1,0 +1,195 @@
+//! `graylane register`: puts one instance of a service in the etcd service registry under a
+//! lease, keeps it alive until SIGTERM or Ctrl-C, then revokes the lease so the instance leaves
+//! every gateway's rotation at once. Apps that register themselves write the same key
+//! (README, "Service registry").
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use etcd_client::{Client, ConnectOptions};
+use graylane_etcd::registry::{self, DEFAULT_PREFIX, Instance};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::logging::{self, LogFormat};
+
+/// How long the first registration is tried before the command gives up.
+const FIRST_REGISTRATION: Duration = Duration::from_secs(5);
+
+#[derive(Args)]
+pub struct RegisterArgs {
+    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379,http://10.0.0.2:2379).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// The key prefix graylane's data lives under in etcd.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// The registry service this is an instance of (what `endpoints: { registry: NAME }` names).
+    #[arg(long, value_parser = parse_name)]
+    pub service: String,
+    /// Where gateways reach the instance.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_address)]
+    pub address: SocketAddr,
+    /// A label a version's selector can match, e.g. `--label version=canary --label zone=a`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// `0` keeps the instance registered but out of rotation (draining).
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// The instance's id, unique within the service (default: HOSTNAME-PORT).
+    #[arg(long, value_parser = parse_name)]
+    pub id: Option<String>,
+    /// How long the instance stays registered after this process stops renewing its lease
+    /// (killed without a chance to deregister).
+    #[arg(long, default_value = "10s", value_parser = parse_ttl)]
+    pub ttl: Duration,
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    /// Log level or filter (RUST_LOG overrides it).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    if registry::is_valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` may hold only letters, digits, `-`, `_` and `.`"
+        ))
+    }
+}
+
+fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    let addr = match s.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => s
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| format!("`{s}` is not a reachable HOST:PORT (e.g. 10.0.0.5:9000)"))?,
+    };
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(format!(
+            "`{s}` cannot be reached: give the address and port gateways connect to"
+        ));
+    }
+    Ok(addr)
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => {
+            Ok((key.to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "`{s}` is not KEY=VALUE with both parts non-empty (e.g. version=canary)"
+        )),
+    }
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = super::serve::humantime_duration(s)?;
+    if ttl < Duration::from_secs(1) {
+        return Err(format!("`{s}` is shorter than etcd's shortest lease, 1s"));
+    }
+    Ok(ttl)
+}
+
+/// `HOSTNAME-PORT`, with anything a key segment may not hold replaced by `-`; the address when
+/// the host name is unknown.
+fn default_id(address: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| address.ip().to_string());
+    format!("{host}-{}", address.port())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+pub fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
+    logging::init(args.log_format, &args.log_level);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(register(args))
+}
+
+async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
+    // Listening first: a signal that arrives while registering still deregisters.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+    let client = Client::connect(&args.etcd, Some(options))
+        .await
+        .map_err(|e| anyhow::anyhow!("--etcd {}: {e}", args.etcd.join(",")))?;
+    let instance = Instance {
+        id: args.id.unwrap_or_else(|| default_id(args.address)),
+        address: args.address,
+        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        weight: args.weight,
+    };
+    let address = instance.address;
+    // With several endpoints a call may land on one that is down: try again for a while
+    // before giving up.
+    let deadline = tokio::time::Instant::now() + FIRST_REGISTRATION;
+    let registration = loop {
+        let attempt = registry::register(
+            client.clone(),
+            &args.etcd_prefix,
+            &args.service,
+            instance.clone(),
+            args.ttl,
+        );
+        let result = tokio::select! {
+            result = attempt => result,
+            _ = term.recv() => return Ok(ExitCode::SUCCESS),
+            _ = int.recv() => return Ok(ExitCode::SUCCESS),
+        };
+        match result {
+            Ok(registration) => break registration,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("registering in etcd ({}) failed: {e}", args.etcd.join(","))
+            }
+            Err(e) => {
+                tracing::warn!("registering failed, trying again: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    tracing::info!(
+        key = registration.key(),
+        %address,
+        ttl = ?args.ttl,
+        "registered; SIGTERM or Ctrl-C deregisters"
+    );
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let key = registration.key().to_string();
+    match registration.deregister().await {
+        Ok(()) => {
+            tracing::info!(%key, "deregistered");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => anyhow::bail!(
+            "could not deregister {key} ({e}); it leaves when its lease expires, within {:?}",
+            args.ttl
+        ),
+    }
+}
