@@ -1001,7 +1001,7 @@ async fn a_version_follows_its_instances_in_the_registry_as_they_come_and_go() {
         left.elapsed()
     );
     // A killed instance leaves when its lease (2 s) runs out.
-    let mut canary = register("version=canary", fleet.canary.addr.to_string());
+    let canary = register("version=canary", fleet.canary.addr.to_string());
     eventually("the canary to be back", || {
         status_everywhere(StatusCode::OK)
     })
