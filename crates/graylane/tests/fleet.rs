@@ -94,6 +94,14 @@ struct Fleet {
 
 impl Fleet {
     fn new(test: &str, template: &str, first_pause: &str) -> Fleet {
+        Fleet::new_filled(
+            test,
+            &fill(template, &[("first_pause", first_pause.to_string())]),
+        )
+    }
+
+    /// A fleet whose configuration is `template` with `{stable}` and `{canary}` filled in.
+    fn new_filled(test: &str, template: &str) -> Fleet {
         let etcd = EtcdServer::start();
         let dir = temp_dir(test);
         let file = dir.join("graylane.yaml");
@@ -103,7 +111,6 @@ impl Fleet {
             &[
                 ("stable", stable.addr.to_string()),
                 ("canary", canary.addr.to_string()),
-                ("first_pause", first_pause.to_string()),
             ],
         );
         write_atomic(&file, &yaml);
@@ -1045,4 +1052,116 @@ fn a_single_node_refuses_a_configuration_that_follows_the_registry() {
         out.stderr
     );
     assert!(!dir.join("data").exists(), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_follower_drops_out_and_comes_back_to_the_current_state() {
+    let mut fleet = Fleet::start("fleet-follower-killed", "manual").await;
+    let leader = fleet.leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let name = fleet.nodes[follower].name.clone();
+    let name = name.as_str();
+    let others: Vec<usize> = (0..3).filter(|i| *i != follower).collect();
+    fleet.nodes[follower].process.signal("KILL");
+    // The others go on: a command reaches both, and the dead node leaves the membership once
+    // its lease runs out.
+    let r = fleet
+        .api(
+            leader,
+            Method::POST,
+            "/api/v1/releases/payment/promote",
+            r#"{"reason":"go"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    fleet.converged(&others, 1, "progressing").await;
+    let view = &fleet;
+    eventually_within(
+        Duration::from_secs(10),
+        "the dead node to leave",
+        || async move {
+            let c = view.try_api(leader, "/api/v1/cluster").await?;
+            let members = c["members"].as_array()?;
+            members
+                .iter()
+                .all(|m| m["name"] != name)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        fleet.leader(&others).await,
+        leader,
+        "a follower's death moves no lead"
+    );
+    // Started again under its name, it serves the current state.
+    let url = fleet.etcd.url();
+    let name = fleet.nodes[follower].name.clone();
+    let back = fleet.spawn(&name, true, &url);
+    fleet.ready(back).await;
+    assert_eq!(fleet.release(back).await["step"], 1);
+}
+
+const REDIS_LIMITED: &str = r#"
+listeners:
+  - bind: 127.0.0.1:1
+admin:
+  bind: 127.0.0.1:2
+  token_env: GRAYLANE_ADMIN_TOKEN
+services:
+  - name: payment
+    match: { path_prefix: /pay }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+traffic_control:
+  rate_limits:
+    - service: payment
+      key: "header:X-User-Id"
+      rate: 10/s
+      burst: 10
+      backend: redis
+      redis_url: "redis://127.0.0.1:{redis}"
+      timeout: 100ms
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_nodes_share_a_redis_rate_limit_as_single_nodes_do() {
+    let redis_port = free_port();
+    let _redis = RedisServer::start(redis_port, None);
+    let template = fill(REDIS_LIMITED, &[("redis", redis_port.to_string())]);
+    let mut fleet = Fleet::new_filled("fleet-redis", &template);
+    let url = fleet.etcd.url();
+    fleet.spawn("a", true, &url);
+    fleet.spawn("b", true, &url);
+    fleet.ready(0).await;
+    fleet.ready(1).await;
+    for node in &fleet.nodes {
+        let admin = node.admin;
+        let proxy = node.proxy;
+        eventually("a check answered by Redis", || async move {
+            let errors = || async {
+                let metrics = get(admin, "/metrics", &[]).await.text();
+                metric_value(&metrics, "graylane_ratelimit_redis_errors_total")
+            };
+            let before = errors().await;
+            let r = get(proxy, "/pay", &[("x-user-id", "warm-up")]).await;
+            let after = errors().await;
+            (r.status == StatusCode::OK && before.is_some() && after == before).then_some(())
+        })
+        .await;
+    }
+    let mut allowed = 0;
+    for i in 0..40 {
+        let r = get(fleet.nodes[i % 2].proxy, "/pay", &[("x-user-id", "u-1")]).await;
+        match r.status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        (10..=15).contains(&allowed),
+        "{allowed} of 40 allowed by two fleet nodes sharing a 10/s limit"
+    );
 }
