@@ -10,6 +10,7 @@
 
 pub mod connect;
 pub mod fleet;
+pub mod import;
 pub mod keys;
 pub mod shared;
 pub mod store;

@@ -6,7 +6,8 @@
 //! * `demo` — built-in upstreams and a sample release, for a first look;
 //! * `status`, `promote`, `pause`, `resume`, `abort`, `retry`, `rollback`, `set-weight`,
 //!   `history`, `diff`, `revert`, `apply`, `audit` — clients of a running gateway's admin API,
-//!   see [`commands::client`].
+//!   see [`commands::client`];
+//! * `fleet import` — copy a single node's store into etcd, see [`commands::import`].
 
 mod admin;
 mod commands;
@@ -67,6 +68,9 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Add or remove members of a Redis segment (gray users).
     Segment(segments::SegmentArgs),
+    /// Fleet mode's tools: `fleet import` moves a single node's store into etcd.
+    #[command(subcommand)]
+    Fleet(commands::import::FleetCommand),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => revisions::apply(args),
         Command::Audit(args) => audit::audit(args),
         Command::Segment(args) => segments::edit(args),
+        Command::Fleet(command) => commands::import::run(command),
     };
     match result {
         Ok(code) => code,
