@@ -130,22 +130,25 @@ fn first_data_key(etcd: &Etcd, env: &str) -> Result<Option<String>, StoreError> 
         keys.audit_seq(),
         keys.audits(),
     ];
-    etcd.call("checking that the environment is empty", |mut c| async move {
-        for key in ranges {
-            // The counters are single keys; the rest end in `/` and are prefixes.
-            let options = GetOptions::new().with_keys_only().with_limit(1);
-            let options = if key.ends_with('/') {
-                options.with_prefix()
-            } else {
-                options
-            };
-            let r = c.get(key, Some(options)).await?;
-            if let Some(kv) = r.kvs().first() {
-                return Ok(Some(String::from_utf8_lossy(kv.key()).into_owned()));
+    etcd.call(
+        "checking that the environment is empty",
+        |mut c| async move {
+            for key in ranges {
+                // The counters are single keys; the rest end in `/` and are prefixes.
+                let options = GetOptions::new().with_keys_only().with_limit(1);
+                let options = if key.ends_with('/') {
+                    options.with_prefix()
+                } else {
+                    options
+                };
+                let r = c.get(key, Some(options)).await?;
+                if let Some(kv) = r.kvs().first() {
+                    return Ok(Some(String::from_utf8_lossy(kv.key()).into_owned()));
+                }
             }
-        }
-        Ok(None)
-    })
+            Ok(None)
+        },
+    )
 }
 
 fn import_env(

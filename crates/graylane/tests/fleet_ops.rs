@@ -96,7 +96,10 @@ async fn wait_ready(node: &Node) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the node was not ready within 20 s:\n{}", node.process.logs());
+    panic!(
+        "the node was not ready within 20 s:\n{}",
+        node.process.logs()
+    );
 }
 
 async fn api_get(admin: SocketAddr, path: &str) -> Option<Value> {
@@ -179,7 +182,9 @@ async fn status_shows_the_leader_and_members_and_flags_a_lagging_silent_node_and
     let text = out.stdout;
     assert!(text.contains("payment"), "the releases come first:\n{text}");
     assert!(
-        text.contains(&format!("fleet: leader {leader} · newest revision 1 · 3 members")),
+        text.contains(&format!(
+            "fleet: leader {leader} · newest revision 1 · 3 members"
+        )),
         "{text}"
     );
     assert!(member_line(&text, "a").contains("this node"), "{text}");
@@ -190,7 +195,10 @@ async fn status_shows_the_leader_and_members_and_flags_a_lagging_silent_node_and
             line.contains(" 1 ") && line.contains("yes"),
             "{name} serves revision 1 and is ready:\n{text}"
         );
-        assert!(!line.contains("LAGGING") && !line.contains("STALE"), "{text}");
+        assert!(
+            !line.contains("LAGGING") && !line.contains("STALE"),
+            "{text}"
+        );
     }
 
     // c freezes, and a new revision is made: c is behind it and silent.
@@ -242,7 +250,10 @@ async fn status_shows_the_leader_and_members_and_flags_a_lagging_silent_node_and
         .iter()
         .find(|m| m["name"] == "c")
         .unwrap();
-    assert_eq!((c["lagging"].clone(), c["stale"].clone()), (true.into(), true.into()));
+    assert_eq!(
+        (c["lagging"].clone(), c["stale"].clone()),
+        (true.into(), true.into())
+    );
 
     // The page's account of the same answer (run by node: see `dashboard_summary`).
     let summary = dashboard_summary(&json["cluster"]);
@@ -272,10 +283,7 @@ async fn status_shows_the_leader_and_members_and_flags_a_lagging_silent_node_and
     })
     .await;
     let text = status(nodes[0].admin, false).stdout;
-    assert!(
-        text.contains("this node (a) cannot reach etcd"),
-        "{text}"
-    );
+    assert!(text.contains("this node (a) cannot reach etcd"), "{text}");
     nodes[2].process.signal("CONT");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -406,7 +414,10 @@ async fn a_single_nodes_releases_revisions_and_audit_move_into_etcd_and_a_fleet_
                 assert_eq!(fleet_store.revisions("default").unwrap(), revisions);
                 for revision in &yamls {
                     assert_eq!(
-                        fleet_store.revision("default", revision.n).unwrap().as_ref(),
+                        fleet_store
+                            .revision("default", revision.n)
+                            .unwrap()
+                            .as_ref(),
                         Some(revision)
                     );
                 }
@@ -438,8 +449,17 @@ async fn a_single_nodes_releases_revisions_and_audit_move_into_etcd_and_a_fleet_
         process: Graylane::spawn_with_env(
             &dir,
             &[
-                "serve", "--etcd", &url, "--node", "n1", "--bind", &bind, "--admin-bind",
-                &admin_bind, "--workers", "1",
+                "serve",
+                "--etcd",
+                &url,
+                "--node",
+                "n1",
+                "--bind",
+                &bind,
+                "--admin-bind",
+                &admin_bind,
+                "--workers",
+                "1",
             ],
             &[("GRAYLANE_ADMIN_TOKEN", TOKEN)],
         ),
@@ -485,7 +505,11 @@ fn importing_a_directory_without_a_store_says_so_and_creates_nothing() {
         "{}",
         out.stderr
     );
-    assert!(!missing.exists(), "the import created {}", missing.display());
+    assert!(
+        !missing.exists(),
+        "the import created {}",
+        missing.display()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

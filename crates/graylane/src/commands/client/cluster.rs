@@ -156,7 +156,7 @@ mod tests {
             "fleet: leader b · newest revision 3 · 3 members\n\
              1 member is behind revision 3\n\
              1 member has not been heard from recently\n\
-             NODE  ADMIN          REVISION  READY  LAST SEEN             NOTE\n\
+             NODE  ADMIN           REVISION  READY  LAST SEEN             NOTE\n\
              a     127.0.0.1:9931  3         yes    2026-11-22T10:00:00Z  this node\n\
              b     127.0.0.1:9931  3         yes    2026-11-22T10:00:00Z  leader\n\
              c     127.0.0.1:9921  2         no     2026-11-22T10:00:00Z  LAGGING (revision 3 is newest) · STALE (not heard from)\n"
