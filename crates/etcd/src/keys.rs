@@ -72,6 +72,11 @@ impl Keys {
         format!("{}revisions/{n:020}", self.env_root)
     }
 
+    /// Every revision's document.
+    pub fn documents(&self) -> String {
+        format!("{}documents/", self.env_root)
+    }
+
     pub fn document(&self, n: u64) -> String {
         format!("{}documents/{n:020}", self.env_root)
     }

@@ -13,6 +13,7 @@
 
 pub mod connect;
 pub mod fleet;
+pub mod import;
 pub mod keys;
 pub mod registry;
 pub mod shared;

@@ -8,7 +8,8 @@
 //!   [`commands::register`];
 //! * `status`, `promote`, `pause`, `resume`, `abort`, `retry`, `rollback`, `set-weight`,
 //!   `history`, `diff`, `revert`, `apply`, `audit` — clients of a running gateway's admin API,
-//!   see [`commands::client`].
+//!   see [`commands::client`];
+//! * `fleet import` — copy a single node's store into etcd, see [`commands::import`].
 
 mod admin;
 mod commands;
@@ -71,6 +72,9 @@ enum Command {
     Segment(segments::SegmentArgs),
     /// Register an instance of a service in the etcd service registry until SIGTERM or Ctrl-C.
     Register(commands::register::RegisterArgs),
+    /// Fleet mode's tools: `fleet import` moves a single node's store into etcd.
+    #[command(subcommand)]
+    Fleet(commands::import::FleetCommand),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => audit::audit(args),
         Command::Segment(args) => segments::edit(args),
         Command::Register(args) => commands::register::run(args),
+        Command::Fleet(command) => commands::import::run(command),
     };
     match result {
         Ok(code) => code,

@@ -1082,10 +1082,7 @@ async fn a_killed_follower_drops_out_and_comes_back_to_the_current_state() {
         || async move {
             let c = view.try_api(leader, "/api/v1/cluster").await?;
             let members = c["members"].as_array()?;
-            members
-                .iter()
-                .all(|m| m["name"] != name)
-                .then_some(())
+            members.iter().all(|m| m["name"] != name).then_some(())
         },
     )
     .await;

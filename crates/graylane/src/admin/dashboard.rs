@@ -48,6 +48,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/chart.js", JS),
     asset!("js/confirm.js", JS),
     asset!("js/releases.js", JS),
+    asset!("js/fleet.js", JS),
     asset!("js/release.js", JS),
     asset!("js/experiments.js", JS),
     asset!("js/config.js", JS),

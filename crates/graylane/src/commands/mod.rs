@@ -4,6 +4,7 @@ pub mod client;
 pub mod demo;
 pub mod eval;
 pub mod fleet;
+pub mod import;
 pub mod register;
 pub mod serve;
 pub mod takeover;

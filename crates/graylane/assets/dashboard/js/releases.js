@@ -1,20 +1,24 @@
 // Releases overview: one card per service with a release — strategy, state, step, a weight
 // bar per version, the latest analysis verdict, the SRM alert of an experiment, and the time
-// until the next step. Polled every 2 s; cards are updated in place so keyboard focus on a
-// card's link survives the refresh.
+// until the next step; on a fleet node, the fleet under them (fleet.js). Polled every 2 s;
+// cards are updated in place so keyboard focus on a card's link survives the refresh.
 
 import { get, ApiError } from './api.js';
 import { h, fill, setText, badge, stateBadge, verdictBadge, weightBar, duration } from './dom.js';
+import { renderFleet } from './fleet.js';
 
 const POLL_MS = 2000;
 
 export function mount(root, ctx) {
   const status = h('p', { class: 'muted', role: 'status', text: 'Loading releases…' });
   const list = h('div', { class: 'cards', id: 'release-list' });
+  const fleet = h('section', { id: 'fleet', 'aria-labelledby': 'fleet-title', hidden: true });
   root.appendChild(h('section', { 'aria-labelledby': 'releases-title' },
     h('h1', { id: 'releases-title', text: 'Releases' }),
     status,
     list));
+  root.appendChild(fleet);
+  ctx.every(POLL_MS, async () => renderFleet(fleet, await get('/api/v1/cluster')));
 
   const cards = new Map(); // service → {el, parts, deadline}
   ctx.every(POLL_MS, async () => {

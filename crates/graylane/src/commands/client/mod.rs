@@ -7,6 +7,7 @@
 //! request and render its answer.
 
 pub mod audit;
+mod cluster;
 pub mod releases;
 pub mod revisions;
 pub mod segments;

@@ -1,5 +1,6 @@
-//! `graylane status [SERVICE]` and the release commands (`promote`, `pause`, `resume`,
-//! `abort`, `retry`, `rollback`, `set-weight`).
+//! `graylane status [SERVICE]` (on a fleet node, with the fleet's members under the releases)
+//! and the release commands (`promote`, `pause`, `resume`, `abort`, `retry`, `rollback`,
+//! `set-weight`).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::cluster::{Cluster, render_fleet};
 use super::table::{or_dash, percent, render, to_second};
 use super::{AdminArgs, Client, segment};
 
@@ -95,8 +97,26 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin);
     match &args.service {
         None => {
-            let answer = client.get("/api/v1/releases", &[])?;
-            client.show(answer, |list: ReleaseList| overview(&list.releases))
+            let mut answer = client.get("/api/v1/releases", &[])?;
+            // A fleet node adds the fleet under the releases (and `--json` gets it as
+            // `cluster`); a single node has nothing to add.
+            match client.get("/api/v1/cluster", &[]) {
+                Ok(cluster) if cluster["mode"] == "fleet" => {
+                    if let Some(object) = answer.as_object_mut() {
+                        object.insert("cluster".into(), cluster);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("graylane: the fleet is not shown: {e:#}"),
+            }
+            client.show(answer, |list: ReleaseList| {
+                let mut out = overview(&list.releases);
+                if let Some(cluster) = list.cluster.filter(Cluster::is_fleet) {
+                    out.push('\n');
+                    out.push_str(&render_fleet(&cluster));
+                }
+                out
+            })
         }
         Some(service) => {
             let answer = client.get(&format!("/api/v1/releases/{}", segment(service)), &[])?;
@@ -153,6 +173,8 @@ fn send(args: &CommandArgs, path: &str, mut body: Map<String, Value>) -> anyhow:
 #[derive(Deserialize)]
 struct ReleaseList {
     releases: Vec<Release>,
+    #[serde(default)]
+    cluster: Option<Cluster>,
 }
 
 #[derive(Deserialize)]
