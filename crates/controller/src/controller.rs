@@ -233,27 +233,34 @@ impl Controller {
         retain_audit(store.as_ref(), &config);
         let latest = store.latest_revision(&env)?;
         let mut recorded = None;
-        let revision = match &latest {
-            Some(rev) if rev.yaml == yaml => rev.n,
-            _ => {
-                let message = if latest.is_some() {
-                    "the file changed while graylane was stopped"
-                } else {
-                    "initial configuration"
-                };
-                let rev = store.add_revision(
-                    &env,
-                    NewRevision {
-                        at_ms: now_ms,
-                        author: "file".to_string(),
-                        message: message.to_string(),
-                        source: RevisionSource::File,
-                        yaml: yaml.clone(),
-                    },
-                )?;
-                store.append_audit(&env, config_audit(&rev.n, "file", message, now_ms))?;
-                recorded = Some(message);
-                rev.n
+        let mut latest = latest;
+        let revision = loop {
+            match &latest {
+                Some(rev) if rev.yaml == yaml => break rev.n,
+                _ => {}
+            }
+            let message = if latest.is_some() {
+                "the file changed while graylane was stopped"
+            } else {
+                "initial configuration"
+            };
+            let new = NewRevision {
+                at_ms: now_ms,
+                author: "file".to_string(),
+                message: message.to_string(),
+                source: RevisionSource::File,
+                yaml: yaml.clone(),
+            };
+            let seen = latest.as_ref().map_or(0, |r| r.n);
+            match store.add_revision_if(&env, new, seen)? {
+                Some(rev) => {
+                    store.append_audit(&env, config_audit(&rev.n, "file", message, now_ms))?;
+                    recorded = Some(message);
+                    break rev.n;
+                }
+                // Another node recorded a revision first (the same file, most likely, as
+                // nodes started together push it): look again.
+                None => latest = store.latest_revision(&env)?,
             }
         };
         let stored = stored_releases(store.as_ref(), &env)?;

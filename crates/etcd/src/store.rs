@@ -486,6 +486,59 @@ impl EtcdStore {
         }
     }
 
+    /// Adds `new` as the revision after the newest, if the newest is `expected` (any, for
+    /// `None`) and did not change meanwhile; `None` if it did (nothing written).
+    fn add_revision_at(
+        &self,
+        env: &str,
+        new: NewRevision,
+        expected: Option<u64>,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.check_env(env, true)?;
+        let keys = self.keys(env);
+        let (latest, latest_rev) = self.counter(&keys.latest_revision(), "adding a revision")?;
+        if expected.is_some_and(|e| e != latest) {
+            return Ok(None);
+        }
+        let n = latest + 1;
+        let meta = RevisionMeta {
+            n,
+            at_ms: new.at_ms,
+            author: new.author.clone(),
+            message: new.message.clone(),
+            source: new.source.clone(),
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                keys.latest_revision(),
+                CompareOp::Equal,
+                latest_rev,
+            )])
+            .and_then([
+                TxnOp::put(
+                    keys.revision(n),
+                    serde_json::to_vec(&meta).unwrap_or_default(),
+                    None,
+                ),
+                TxnOp::put(keys.document(n), new.yaml.clone(), None),
+                TxnOp::put(keys.latest_revision(), n.to_string(), None),
+            ]);
+        let ok = self.etcd.call("adding a revision", |mut c| async move {
+            c.txn(txn).await.map(|r| r.succeeded())
+        })?;
+        if !ok {
+            return Ok(None);
+        }
+        Ok(Some(Revision {
+            n,
+            at_ms: new.at_ms,
+            author: new.author,
+            message: new.message,
+            source: new.source,
+            yaml: new.yaml,
+        }))
+    }
+
     fn revision_at(&self, env: &str, n: u64) -> Result<Option<Revision>, StoreError> {
         let keys = self.keys(env);
         let (meta_key, doc_key) = (keys.revision(n), keys.document(n));
@@ -554,52 +607,24 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
 
 impl Store for EtcdStore {
     fn add_revision(&self, env: &str, new: NewRevision) -> Result<Revision, StoreError> {
-        self.check_env(env, true)?;
-        let keys = self.keys(env);
         for _ in 0..RACES {
-            let (latest, latest_rev) =
-                self.counter(&keys.latest_revision(), "adding a revision")?;
-            let n = latest + 1;
-            let meta = RevisionMeta {
-                n,
-                at_ms: new.at_ms,
-                author: new.author.clone(),
-                message: new.message.clone(),
-                source: new.source.clone(),
-            };
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    keys.latest_revision(),
-                    CompareOp::Equal,
-                    latest_rev,
-                )])
-                .and_then([
-                    TxnOp::put(
-                        keys.revision(n),
-                        serde_json::to_vec(&meta).unwrap_or_default(),
-                        None,
-                    ),
-                    TxnOp::put(keys.document(n), new.yaml.clone(), None),
-                    TxnOp::put(keys.latest_revision(), n.to_string(), None),
-                ]);
-            let ok = self.etcd.call("adding a revision", |mut c| async move {
-                c.txn(txn).await.map(|r| r.succeeded())
-            })?;
-            if ok {
-                return Ok(Revision {
-                    n,
-                    at_ms: new.at_ms,
-                    author: new.author,
-                    message: new.message,
-                    source: new.source,
-                    yaml: new.yaml,
-                });
+            if let Some(rev) = self.add_revision_at(env, new.clone(), None)? {
+                return Ok(rev);
             }
         }
         Err(self.etcd.unavailable(
             "adding a revision",
             format!("the revision counter kept moving ({RACES} tries)"),
         ))
+    }
+
+    fn add_revision_if(
+        &self,
+        env: &str,
+        new: NewRevision,
+        latest: u64,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.add_revision_at(env, new, Some(latest))
     }
 
     fn revision(&self, env: &str, n: u64) -> Result<Option<Revision>, StoreError> {

@@ -78,6 +78,20 @@ pub trait Store: Send + Sync {
     /// first is 1), so that revision numbers are a gap-free history operators can name.
     fn add_revision(&self, env: &str, new: NewRevision) -> Result<Revision, StoreError>;
 
+    /// [`Store::add_revision`], only while the newest revision of `env` is still `latest` (0:
+    /// there is none); `None`, and nothing written, if another was added first. Two fleet nodes
+    /// starting with the same file at once record it once. A store with a single writer has
+    /// nothing to race with.
+    fn add_revision_if(
+        &self,
+        env: &str,
+        new: NewRevision,
+        latest: u64,
+    ) -> Result<Option<Revision>, StoreError> {
+        let _ = latest;
+        self.add_revision(env, new).map(Some)
+    }
+
     /// Revision `n` of `env`, for showing or reverting to it; `None` if there is no such one.
     fn revision(&self, env: &str, n: u64) -> Result<Option<Revision>, StoreError>;
 
