@@ -1,10 +1,13 @@
 //! A node's place in the fleet: its membership record and traffic report under a lease, the
 //! leader election, and the watch that tells it what other nodes changed.
 //!
-//! - **Lease.** Each node holds one lease (TTL `--etcd-lease-ttl`, default 10 s), kept alive
-//!   every third of it. Its membership record, its report and, while it leads, the leader key
-//!   are attached to it, so a node that dies (`kill -9`) leaves all three when the lease runs
-//!   out, and another node takes the lead.
+//! - **Lease.** Each node holds one lease, kept alive every third of its TTL. Its membership
+//!   record, its report and, while it leads, the leader key are attached to it, so a node that
+//!   dies (`kill -9`) leaves all three when the lease runs out, and another node takes the
+//!   lead. The TTL asked for (`--etcd-lease-ttl`, default 10 s) is the promise "another node
+//!   leads within it": the lease is granted one second shorter (at least 2 s), the time etcd
+//!   takes to notice an expired lease (it checks twice a second) and a follower its next
+//!   campaign.
 //! - **Election.** A node that does not lead tries, four times a second, to create the leader
 //!   key under its lease (a transaction that succeeds only if the key is absent). The leader's
 //!   own writes compare the leader key's lease with its own ([`crate::EtcdStore`]), so once its
@@ -144,7 +147,8 @@ fn now_ms() -> i64 {
 impl Fleet {
     /// Joins the fleet of `store`'s environment as `node`: takes a lease, refuses a name a live
     /// node already has, registers, and starts the keep-alive, the heartbeat, the election and
-    /// the watch. Returns the fleet and the events of the watch.
+    /// the watch. Another node leads within `ttl` of this one dying (see the module's notes on
+    /// the lease). Returns the fleet and the events of the watch.
     pub fn join(
         store: &EtcdStore,
         env: &str,
@@ -155,7 +159,7 @@ impl Fleet {
         store.check_env(env, true)?;
         let etcd = store.etcd().clone();
         let keys = Keys::new(etcd.prefix(), env);
-        let ttl_s = ttl.as_secs().max(2) as i64;
+        let ttl_s = (ttl.as_secs() as i64 - 1).max(2);
         let member_key = keys.member(&node.name);
         let existing = etcd.call("checking the node name", {
             let member_key = member_key.clone();

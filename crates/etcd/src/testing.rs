@@ -40,6 +40,7 @@ impl EtcdServer {
             std::process::id(),
             next_port()
         ));
+        let mut last_words = String::new();
         for _ in 0..20 {
             let (port, peer_port) = (next_port(), next_port());
             let mut server = EtcdServer {
@@ -51,8 +52,9 @@ impl EtcdServer {
             if server.spawn() {
                 return server;
             }
+            last_words = std::fs::read_to_string(log_of(&data)).unwrap_or_default();
         }
-        panic!("etcd did not start on any of 20 port pairs");
+        panic!("etcd did not start on any of 20 port pairs; its last words:\n{last_words}");
     }
 
     /// `http://127.0.0.1:PORT`, what `--etcd` takes.
@@ -104,7 +106,10 @@ impl EtcdServer {
             .args(["--initial-cluster", &format!("test={peer}")])
             .args(["--log-level", "error", "--logger", "zap"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(log_of(&self.data))
+                    .map_or_else(|_| Stdio::null(), Stdio::from),
+            )
             .spawn()
             .expect("etcd on PATH (Debian package etcd-server; scripts/deps installs it)");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -143,9 +148,15 @@ impl EtcdServer {
     }
 }
 
+/// Where etcd's own messages go: beside its data, to say why a start failed.
+fn log_of(data: &Path) -> PathBuf {
+    data.with_extension("log")
+}
+
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.data);
+        let _ = std::fs::remove_file(log_of(&self.data));
     }
 }

@@ -167,6 +167,11 @@ async fn an_instance_whose_lease_is_lost_registers_again_by_itself() {
     })
     .await;
     assert_eq!(snapshot["payment"][0].labels["version"], "canary");
+    // The key is put under the new lease just before the registration records the lease.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while registration.lease_id() == first_lease && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_ne!(registration.lease_id(), first_lease);
     registration.deregister().await.unwrap();
 }

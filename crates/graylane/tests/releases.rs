@@ -653,6 +653,7 @@ async fn the_openapi_document_lists_every_route() {
         ("get", "/api/v1/whoami"),
         ("post", "/api/v1/segments/{name}/members"),
         ("post", "/api/v1/eval"),
+        ("get", "/api/v1/cluster"),
     ];
     for (method, path) in routes {
         assert!(
@@ -671,7 +672,7 @@ async fn the_openapi_document_lists_every_route() {
     // Besides the API: /metrics, /healthz and /readyz, open (tests/admin.rs).
     assert_eq!(
         paths.keys().filter(|p| p.starts_with("/api/")).count(),
-        22,
+        23,
         "a documented path nobody tested: {:?}",
         paths.keys().collect::<Vec<_>>()
     );
