@@ -505,6 +505,7 @@ def main():
     ap.add_argument("--ttl", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if args.what == "converge":
