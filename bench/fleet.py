@@ -266,6 +266,13 @@ def leader_of(nodes):
     return names.pop() if len(names) == 1 and None not in names else None
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(vals, p):
     s = sorted(vals)
     return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
@@ -332,6 +339,11 @@ def converge(args):
     write_config(args, path, "        - weight: 10\n          pause: manual\n        - weight: 100\n")
     nodes = start_fleet(args, 10, "/bench-converge", path)
     leader = until("an agreed leader", 20, lambda: leader_of(nodes))
+    # What a node costs doing nothing but being a member (heartbeat, reports, the watch).
+    time.sleep(1)
+    idle0, t_idle = [cpu_seconds(n.proc.pid) for n in nodes], mono()
+    time.sleep(args.idle)
+    idle = [(cpu_seconds(n.proc.pid) - c) / (mono() - t_idle) for n, c in zip(nodes, idle0)]
     log(f"converge: 3 nodes ready, leader {leader}; {args.commands} commands")
     for node in nodes:
         node.admin.connect()
@@ -419,6 +431,10 @@ def converge(args):
           f"so the figures are late by at most about that. {lost} probes did not see the change "
           f"within {args.limit:.0f} s.")
     print()
+    print(f"Idle, before the commands: each node used "
+          + ", ".join(f"{n.name}{' (leader)' if n.name == leader else ''} {c * 1000:.1f} ms" for n, c in zip(nodes, idle))
+          + f" of CPU per second over {args.idle:.0f} s (heartbeat, traffic reports, the watch).")
+    print()
 
 
 def failover(args):
@@ -502,6 +518,7 @@ def main():
     ap.add_argument("--canary", required=True)
     ap.add_argument("--commands", type=int, default=200)
     ap.add_argument("--limit", type=float, default=2.0, help="seconds a probe waits for a change")
+    ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measurement")
     ap.add_argument("--ttl", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
