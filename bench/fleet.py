@@ -381,10 +381,10 @@ def converge(args):
                 else:
                     p.fire()
         end = mono()
-        # Drain the answers still in flight (those that timed out), so each connection is clean.
-        for sock, p in list(by_sock.items()):
+        # A probe that timed out still has a request in flight: start its connection afresh so
+        # that the next command's polls do not read this answer.
+        for p in by_sock.values():
             lost += 1
-            p.conn.close()
             p.conn.connect()
         for p in probes:
             t = seen.get((p.node.name, p.kind), end - t0)
