@@ -27,6 +27,28 @@ pub struct EtcdOptions {
 }
 
 impl EtcdOptions {
+    /// The client's options for these: timeouts, keep-alive pings, TLS with the CA, the user.
+    /// For tools that drive an `etcd_client::Client` of their own (`graylane register`).
+    pub fn connect_options(&self) -> Result<ConnectOptions, StoreError> {
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_keep_alive(Duration::from_secs(2), self.timeout)
+            .with_keep_alive_while_idle(true);
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca).map_err(|e| StoreError::Unavailable {
+                endpoints: self.endpoints.join(","),
+                context: "reading --etcd-ca".to_string(),
+                cause: format!("cannot read {}: {e}", ca.display()),
+            })?;
+            connect =
+                connect.with_tls(TlsOptions::new().ca_certificate(Certificate::from_pem(pem)));
+        }
+        if let Some((user, password)) = &self.user {
+            connect = connect.with_user(user, password);
+        }
+        Ok(connect)
+    }
+
     /// Plaintext, no authentication, the default prefix and a 2 s timeout.
     pub fn new(endpoints: Vec<String>) -> EtcdOptions {
         EtcdOptions {
@@ -73,23 +95,7 @@ impl Etcd {
             .enable_all()
             .build()
             .map_err(|e| unavailable("starting the etcd client", e.to_string()))?;
-        let mut connect = ConnectOptions::new()
-            .with_connect_timeout(options.timeout)
-            .with_keep_alive(Duration::from_secs(2), options.timeout)
-            .with_keep_alive_while_idle(true);
-        if let Some(ca) = &options.ca {
-            let pem = std::fs::read(ca).map_err(|e| {
-                unavailable(
-                    "reading --etcd-ca",
-                    format!("cannot read {}: {e}", ca.display()),
-                )
-            })?;
-            connect =
-                connect.with_tls(TlsOptions::new().ca_certificate(Certificate::from_pem(pem)));
-        }
-        if let Some((user, password)) = &options.user {
-            connect = connect.with_user(user, password);
-        }
+        let connect = options.connect_options()?;
         let client = runtime
             .block_on(async {
                 tokio::time::timeout(

@@ -32,20 +32,8 @@ pub const PASSWORD_ENV: &str = "GRAYLANE_ETCD_PASSWORD";
 
 #[derive(Args, Default)]
 pub struct FleetArgs {
-    /// Run as a node of a fleet sharing etcd (comma-separated endpoints, e.g.
-    /// http://10.0.0.5:2379,http://10.0.0.6:2379): etcd holds the configuration, release state
-    /// and audit log of the environment.
-    #[arg(long, value_delimiter = ',', env = "GRAYLANE_ETCD")]
-    pub etcd: Vec<String>,
-    /// Where graylane's keys live in etcd.
-    #[arg(long, default_value = "/graylane")]
-    pub etcd_prefix: String,
-    /// The CA certificate (PEM) that signed etcd's certificate, for https:// endpoints.
-    #[arg(long)]
-    pub etcd_ca: Option<PathBuf>,
-    /// etcd user name; the password is read from GRAYLANE_ETCD_PASSWORD.
-    #[arg(long)]
-    pub etcd_user: Option<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// How long a node that stopped answering keeps its membership and leadership: another
     /// node leads at most this long after the leader dies.
     #[arg(long, default_value = "10s", value_parser = super::serve::humantime_duration)]
@@ -66,6 +54,51 @@ pub struct FleetArgs {
     pub admin_bind: Option<SocketAddr>,
 }
 
+/// How to reach etcd: the same flags for `serve --etcd`, `fleet import` and `register`.
+#[derive(Args, Default)]
+pub struct EtcdArgs {
+    /// etcd's endpoints, comma-separated (e.g. http://10.0.0.5:2379,http://10.0.0.6:2379). For
+    /// `serve`, this turns fleet mode on: etcd holds the environment's configuration, release
+    /// state and audit log.
+    #[arg(long, value_delimiter = ',', env = "GRAYLANE_ETCD")]
+    pub etcd: Vec<String>,
+    /// Where graylane's keys live in etcd.
+    #[arg(long, default_value = graylane_etcd::registry::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// The CA certificate (PEM) that signed etcd's certificate, for https:// endpoints.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd user name; the password is read from GRAYLANE_ETCD_PASSWORD.
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+}
+
+impl EtcdArgs {
+    /// The connection these flags describe, each call bounded by `timeout`. The password comes
+    /// from [`PASSWORD_ENV`], never from the command line (where `ps` would show it).
+    pub fn options(&self, timeout: Duration) -> anyhow::Result<EtcdOptions> {
+        if self.etcd.is_empty() {
+            anyhow::bail!("--etcd URL is required (or GRAYLANE_ETCD)");
+        }
+        let user = match &self.etcd_user {
+            Some(user) => Some((
+                user.clone(),
+                std::env::var(PASSWORD_ENV).map_err(|_| {
+                    anyhow::anyhow!("--etcd-user {user}: set the password in {PASSWORD_ENV}")
+                })?,
+            )),
+            None => None,
+        };
+        Ok(EtcdOptions {
+            endpoints: self.etcd.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca: self.etcd_ca.clone(),
+            user,
+            timeout,
+        })
+    }
+}
+
 impl FleetArgs {
     /// A fleet flag without `--etcd` is a mistake worth saying rather than ignoring.
     pub fn refuse_without_etcd(&self) -> anyhow::Result<()> {
@@ -73,8 +106,8 @@ impl FleetArgs {
             ("--node", self.node.is_some()),
             ("--bind", self.bind.is_some()),
             ("--admin-bind", self.admin_bind.is_some()),
-            ("--etcd-ca", self.etcd_ca.is_some()),
-            ("--etcd-user", self.etcd_user.is_some()),
+            ("--etcd-ca", self.etcd.etcd_ca.is_some()),
+            ("--etcd-user", self.etcd.etcd_user.is_some()),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
             anyhow::bail!("{flag} is a fleet option: it needs --etcd URL");
@@ -168,23 +201,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "--node `{node}` is not a valid node name: use letters, digits, `-`, `_` and `.`"
         );
     }
-    let password = match &f.etcd_user {
-        Some(user) => Some((
-            user.clone(),
-            std::env::var(PASSWORD_ENV).map_err(|_| {
-                anyhow::anyhow!("--etcd-user {user}: set the password in {PASSWORD_ENV}")
-            })?,
-        )),
-        None => None,
-    };
-    let options = EtcdOptions {
-        endpoints: f.etcd.clone(),
-        prefix: f.etcd_prefix.clone(),
-        ca: f.etcd_ca.clone(),
-        user: password,
-        timeout: Duration::from_secs(2),
-    };
-    let etcd = Etcd::connect(&options)?;
+    let etcd = Etcd::connect(&f.etcd.options(Duration::from_secs(2))?)?;
     let store = Arc::new(EtcdStore::open(etcd.clone(), &args.env)?);
     let registry = etcd
         .handle()

@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use graylane_etcd::Etcd;
 use graylane_etcd::import::{EnvData, import};
-use graylane_etcd::{Etcd, EtcdOptions};
 use graylane_store::{AuditFilter, RedbStore, Store, StoreError};
-
-use super::fleet::PASSWORD_ENV;
 
 /// The store file `graylane serve --data-dir DIR` keeps in DIR.
 const STORE_FILE: &str = "graylane.redb";
@@ -29,18 +27,8 @@ pub struct ImportArgs {
     /// stopped: its store is locked while it runs.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// etcd's endpoints, comma-separated (e.g. http://10.0.0.5:2379,http://10.0.0.6:2379).
-    #[arg(long, value_delimiter = ',', required = true, env = "GRAYLANE_ETCD")]
-    pub etcd: Vec<String>,
-    /// Where graylane's keys live in etcd (the fleet's --etcd-prefix).
-    #[arg(long, default_value = "/graylane")]
-    pub etcd_prefix: String,
-    /// The CA certificate (PEM) that signed etcd's certificate, for https:// endpoints.
-    #[arg(long)]
-    pub etcd_ca: Option<PathBuf>,
-    /// etcd user name; the password is read from GRAYLANE_ETCD_PASSWORD.
-    #[arg(long)]
-    pub etcd_user: Option<String>,
+    #[command(flatten)]
+    pub etcd: super::fleet::EtcdArgs,
     /// Import only this environment (default: every environment the data directory holds).
     #[arg(long)]
     pub env: Option<String>,
@@ -73,22 +61,7 @@ fn run_import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         data.push(read_env(&store, env)?);
     }
     let cookie_keys = read_cookie_keys(&args.data_dir)?;
-    let user = match &args.etcd_user {
-        Some(user) => Some((
-            user.clone(),
-            std::env::var(PASSWORD_ENV).map_err(|_| {
-                anyhow::anyhow!("--etcd-user {user}: set the password in {PASSWORD_ENV}")
-            })?,
-        )),
-        None => None,
-    };
-    let etcd = Etcd::connect(&EtcdOptions {
-        endpoints: args.etcd.clone(),
-        prefix: args.etcd_prefix.clone(),
-        ca: args.etcd_ca.clone(),
-        user,
-        timeout: Duration::from_secs(5),
-    })?;
+    let etcd = Etcd::connect(&args.etcd.options(Duration::from_secs(5))?)?;
     let imported = import(&etcd, &data, cookie_keys.as_deref())?;
     for (done, env) in imported.iter().zip(&data) {
         let last_revision = env.revisions.iter().map(|r| r.n).max();

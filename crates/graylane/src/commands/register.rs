@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use etcd_client::{Client, ConnectOptions};
-use graylane_etcd::registry::{self, DEFAULT_PREFIX, Instance};
+use etcd_client::Client;
+use graylane_etcd::registry::{self, Instance};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::logging::{self, LogFormat};
@@ -20,12 +20,8 @@ const FIRST_REGISTRATION: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
 pub struct RegisterArgs {
-    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379,http://10.0.0.2:2379).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub etcd: Vec<String>,
-    /// The key prefix graylane's data lives under in etcd.
-    #[arg(long, default_value = DEFAULT_PREFIX)]
-    pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd: super::fleet::EtcdArgs,
     /// The registry service this is an instance of (what `endpoints: { registry: NAME }` names).
     #[arg(long, value_parser = parse_name)]
     pub service: String,
@@ -131,12 +127,11 @@ async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     // Listening first: a signal that arrives while registering still deregisters.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
-    let client = Client::connect(&args.etcd, Some(options))
+    let options = args.etcd.options(Duration::from_secs(5))?;
+    let endpoints = options.endpoints.join(",");
+    let client = Client::connect(&options.endpoints, Some(options.connect_options()?))
         .await
-        .map_err(|e| anyhow::anyhow!("--etcd {}: {e}", args.etcd.join(",")))?;
+        .map_err(|e| anyhow::anyhow!("--etcd {endpoints}: {e}"))?;
     let instance = Instance {
         id: args.id.unwrap_or_else(|| default_id(args.address)),
         address: args.address,
@@ -150,7 +145,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     let registration = loop {
         let attempt = registry::register(
             client.clone(),
-            &args.etcd_prefix,
+            &options.prefix,
             &args.service,
             instance.clone(),
             args.ttl,
@@ -163,7 +158,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
         match result {
             Ok(registration) => break registration,
             Err(e) if tokio::time::Instant::now() >= deadline => {
-                anyhow::bail!("registering in etcd ({}) failed: {e}", args.etcd.join(","))
+                anyhow::bail!("registering in etcd ({endpoints}) failed: {e}")
             }
             Err(e) => {
                 tracing::warn!("registering failed, trying again: {e}");

@@ -78,7 +78,7 @@ pub fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, &args.log_level);
-    if !args.fleet.etcd.is_empty() {
+    if !args.fleet.etcd.etcd.is_empty() {
         check_env(&args.env)?;
         return super::fleet::run(args);
     }
