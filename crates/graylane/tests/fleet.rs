@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::fleet::FleetNode;
 use common::*;
 use graylane_etcd::testing::EtcdServer;
 use http::{Method, StatusCode};
@@ -73,14 +74,6 @@ services:
             max_increase: 0.02
 "#;
 
-/// One node: its process and addresses.
-struct Node {
-    name: String,
-    process: Graylane,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-}
-
 /// etcd, two upstreams, the shared configuration file, and the nodes.
 struct Fleet {
     etcd: EtcdServer,
@@ -88,7 +81,7 @@ struct Fleet {
     file: PathBuf,
     stable: Upstream,
     canary: Upstream,
-    nodes: Vec<Node>,
+    nodes: Vec<FleetNode>,
     ttl: &'static str,
 }
 
@@ -140,29 +133,11 @@ impl Fleet {
     /// Starts node `name` with the configuration file, `extra` arguments and, unless empty,
     /// `password` for etcd.
     fn spawn_with(&mut self, name: &str, endpoints: &str, extra: &[&str], password: &str) -> usize {
-        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
-        let node_dir = self.dir.join(name);
-        std::fs::create_dir_all(&node_dir).unwrap();
-        let (bind, admin_bind) = (proxy.to_string(), admin.to_string());
         let mut args = vec![
-            "serve",
-            "--etcd",
-            endpoints,
-            "--node",
-            name,
             "--env",
             "prod",
-            "--bind",
-            &bind,
-            "--admin-bind",
-            &admin_bind,
             "--etcd-lease-ttl",
             self.ttl,
-            "--workers",
-            "1",
-            "--drain-timeout",
-            "2s",
             "--watch-interval",
             "100ms",
         ];
@@ -171,13 +146,8 @@ impl Fleet {
         if !password.is_empty() {
             env.push(("GRAYLANE_ETCD_PASSWORD", password));
         }
-        let process = Graylane::spawn_with_env(&node_dir, &args, &env);
-        self.nodes.push(Node {
-            name: name.to_string(),
-            process,
-            proxy,
-            admin,
-        });
+        let node = FleetNode::spawn(&self.dir, name, endpoints, &args, &env);
+        self.nodes.push(node);
         self.nodes.len() - 1
     }
 
@@ -198,22 +168,7 @@ impl Fleet {
     }
 
     async fn ready(&self, i: usize) {
-        let admin = self.nodes[i].admin;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if try_get(admin, "/readyz", &[])
-                .await
-                .is_ok_and(|r| r.status == StatusCode::OK)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "node {} was not ready within 20 s:\n{}",
-            self.nodes[i].name,
-            self.nodes[i].process.logs()
-        );
+        self.nodes[i].ready().await;
     }
 
     async fn api(&self, i: usize, method: Method, path: &str, body: &str) -> Reply {
@@ -232,15 +187,7 @@ impl Fleet {
     }
 
     async fn try_api(&self, i: usize, path: &str) -> Option<serde_json::Value> {
-        let auth = format!("Bearer {TOKEN}");
-        let r = try_get(
-            self.nodes[i].admin,
-            path,
-            &[("authorization", auth.as_str())],
-        )
-        .await
-        .ok()?;
-        (r.status == StatusCode::OK).then(|| r.json())
+        self.nodes[i].get_json(TOKEN, path).await
     }
 
     async fn release(&self, i: usize) -> serde_json::Value {

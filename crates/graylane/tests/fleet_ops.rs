@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::fleet::FleetNode;
 use common::*;
 use graylane_etcd::testing::EtcdServer;
 use graylane_etcd::{Etcd, EtcdOptions, EtcdStore};
@@ -45,69 +46,20 @@ services:
         - weight: 100
 "#;
 
-struct Node {
-    process: Graylane,
-    admin: SocketAddr,
-}
-
-/// Starts a fleet node on free loopback ports, with `config` pushed if given.
-fn spawn_node(dir: &Path, name: &str, etcd: &str, config: Option<&Path>) -> Node {
-    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
-    let node_dir = dir.join(name);
-    std::fs::create_dir_all(&node_dir).unwrap();
-    let (bind, admin_bind) = (proxy.to_string(), admin.to_string());
-    let mut args = vec![
-        "serve",
-        "--etcd",
-        etcd,
-        "--node",
-        name,
-        "--env",
-        "prod",
-        "--bind",
-        &bind,
-        "--admin-bind",
-        &admin_bind,
-        // Long enough that a silent member is still listed when it turns stale (3 s).
-        "--etcd-lease-ttl",
-        "15s",
-        "--workers",
-        "1",
-        "--drain-timeout",
-        "2s",
-    ];
+/// Starts a fleet node of environment `prod` on free loopback ports, with `config` pushed if
+/// given.
+fn spawn_node(dir: &Path, name: &str, etcd: &str, config: Option<&Path>) -> FleetNode {
+    // Long enough that a silent member is still listed when it turns stale (3 s).
+    let mut args = vec!["--env", "prod", "--etcd-lease-ttl", "15s"];
     let file = config.map(|f| f.to_str().unwrap().to_string());
     if let Some(file) = &file {
         args.extend(["--config", file.as_str()]);
     }
-    let process = Graylane::spawn_with_env(&node_dir, &args, &[("GRAYLANE_ADMIN_TOKEN", TOKEN)]);
-    Node { process, admin }
+    FleetNode::spawn(dir, name, etcd, &args, &[("GRAYLANE_ADMIN_TOKEN", TOKEN)])
 }
 
-async fn wait_ready(node: &Node) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if try_get(node.admin, "/readyz", &[])
-            .await
-            .is_ok_and(|r| r.status == StatusCode::OK)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "the node was not ready within 20 s:\n{}",
-        node.process.logs()
-    );
-}
-
-async fn api_get(admin: SocketAddr, path: &str) -> Option<Value> {
-    let auth = format!("Bearer {TOKEN}");
-    let r = try_get(admin, path, &[("authorization", auth.as_str())])
-        .await
-        .ok()?;
-    (r.status == StatusCode::OK).then(|| r.json())
+async fn api_get(node: &FleetNode, path: &str) -> Option<Value> {
+    node.get_json(TOKEN, path).await
 }
 
 fn status(admin: SocketAddr, json: bool) -> Output {
@@ -149,18 +101,18 @@ async fn status_shows_the_leader_and_members_and_flags_a_lagging_silent_node_and
     let (file, yaml, _stable, _canary) = config_yaml(&dir);
     // a pushes the file as revision 1 before the others join with the same file.
     let mut nodes = vec![spawn_node(&dir, "a", &etcd.url(), Some(&file))];
-    wait_ready(&nodes[0]).await;
+    nodes[0].ready().await;
     for name in ["b", "c"] {
         nodes.push(spawn_node(&dir, name, &etcd.url(), Some(&file)));
     }
     for node in &nodes {
-        wait_ready(node).await;
+        node.ready().await;
     }
     // Every member reports its revision and readiness at its next heartbeat.
     let mut last = Value::Null;
     let deadline = Instant::now() + Duration::from_secs(10);
     let leader = loop {
-        if let Some(c) = api_get(nodes[0].admin, "/api/v1/cluster").await {
+        if let Some(c) = api_get(&nodes[0], "/api/v1/cluster").await {
             let members = c["members"].as_array().cloned().unwrap_or_default();
             let settled = members.len() == 3
                 && members
@@ -218,7 +170,7 @@ async fn status_shows_the_leader_and_members_and_flags_a_lagging_silent_node_and
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     eventually_within(Duration::from_secs(10), "c lagging and stale", || async {
-        let c = api_get(nodes[0].admin, "/api/v1/cluster").await?;
+        let c = api_get(&nodes[0], "/api/v1/cluster").await?;
         let m = c["members"]
             .as_array()?
             .iter()
@@ -278,7 +230,7 @@ async fn status_shows_the_leader_and_members_and_flags_a_lagging_silent_node_and
     // etcd goes away: the node says it cannot reach it.
     etcd.kill();
     eventually_within(Duration::from_secs(15), "a to lose etcd", || async {
-        let c = api_get(nodes[0].admin, "/api/v1/cluster").await?;
+        let c = api_get(&nodes[0], "/api/v1/cluster").await?;
         (c["store_reachable"] == false).then_some(())
     })
     .await;
@@ -442,37 +394,15 @@ async fn a_single_nodes_releases_revisions_and_audit_move_into_etcd_and_a_fleet_
 
     // A fleet node without a file serves the imported revision and resumes the release.
     let dir = temp_dir("fleet-ops-import-node");
-    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
-    let (bind, admin_bind) = (proxy.to_string(), admin.to_string());
-    let node = Node {
-        process: Graylane::spawn_with_env(
-            &dir,
-            &[
-                "serve",
-                "--etcd",
-                &url,
-                "--node",
-                "n1",
-                "--bind",
-                &bind,
-                "--admin-bind",
-                &admin_bind,
-                "--workers",
-                "1",
-            ],
-            &[("GRAYLANE_ADMIN_TOKEN", TOKEN)],
-        ),
-        admin,
-    };
-    wait_ready(&node).await;
-    let release = api_get(admin, "/api/v1/releases/payment").await.unwrap();
+    let node = FleetNode::spawn(&dir, "n1", &url, &[], &[("GRAYLANE_ADMIN_TOKEN", TOKEN)]);
+    node.ready().await;
+    let release = api_get(&node, "/api/v1/releases/payment").await.unwrap();
     for field in ["step", "state", "weights", "stable", "candidate"] {
         assert_eq!(release[field], promoted[field], "{field}: {release}");
     }
-    let history = api_get(admin, "/api/v1/config/revisions").await.unwrap();
+    let history = api_get(&node, "/api/v1/config/revisions").await.unwrap();
     assert_eq!(history, single_history);
-    let log = api_get(admin, "/api/v1/audit?service=payment&limit=50")
+    let log = api_get(&node, "/api/v1/audit?service=payment&limit=50")
         .await
         .unwrap();
     assert!(

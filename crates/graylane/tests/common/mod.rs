@@ -23,6 +23,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod fleet;
+
 /// Upper bound on one HTTP exchange.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound on waiting for something to become true (a process to be ready, a reload).
