@@ -1109,3 +1109,21 @@ async fn fleet_nodes_share_a_redis_rate_limit_as_single_nodes_do() {
         "{allowed} of 40 allowed by two fleet nodes sharing a 10/s limit"
     );
 }
+
+#[test]
+fn takeover_is_refused_for_a_fleet_node_with_what_to_do_instead() {
+    let out = run(&[
+        "serve",
+        "--etcd",
+        "http://127.0.0.1:1",
+        "--node",
+        "a",
+        "--takeover",
+    ]);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--takeover replaces a single node"),
+        "{}",
+        out.stderr
+    );
+}

@@ -184,6 +184,11 @@ const WAIT_FOR_CONFIG: Duration = Duration::from_secs(1);
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let f = &args.fleet;
+    if args.takeover {
+        anyhow::bail!(
+            "--takeover replaces a single node on its --data-dir; a fleet node is replaced by starting the new one (another --node name, or the same once the old one stopped) and stopping the old one"
+        );
+    }
     let node = match &f.node {
         Some(n) => n.clone(),
         None => std::fs::read_to_string("/etc/hostname")
@@ -250,6 +255,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let mut options = GatewayOptions {
         drain_timeout: args.drain_timeout,
+        // Redis segments' last members, kept on this node's disk as on a single node.
+        segment_cache: Some(args.data_dir.join("segments")),
         cookie_keys: Some(
             graylane_rules::CookieKeys::parse(&cookie_keys)
                 .map_err(|e| anyhow::anyhow!("the fleet's cookie keys: {e}"))?,

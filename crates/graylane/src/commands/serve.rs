@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// the revision etcd holds.
     #[arg(short, long)]
     pub config: Option<PathBuf>,
-    /// Where revisions, release state and the audit log are kept (created if missing).
+    /// Where revisions, release state and the audit log are kept (created if missing). A fleet
+    /// node (--etcd) keeps them in etcd, and only its Redis segments' last members here.
     #[arg(long, default_value = "graylane-data")]
     pub data_dir: PathBuf,
     /// The environment (e.g. prod, staging): its own revisions and releases in the store.
