@@ -293,6 +293,11 @@ impl Fleet {
         now_ms() - self.contact_ms.load(Ordering::Acquire) < SILENT_AFTER_MS
     }
 
+    /// The newest configuration revision etcd holds, as far as this node has heard.
+    pub fn latest_revision(&self) -> u64 {
+        self.latest_revision.load(Ordering::Acquire)
+    }
+
     /// Says which revision this node serves and whether it is ready; published with the next
     /// heartbeat.
     pub fn set_status(&self, config_revision: u64, ready: bool) {

@@ -492,7 +492,9 @@ pub async fn follow(
 }
 
 /// Publishes, once a second, which revision this node serves, whether it is ready, and its
-/// traffic counters (for the leader's analysis).
+/// traffic counters (for the leader's analysis). It also catches up with a revision the watch
+/// announced but this node could not read then (etcd away at that moment): a node never
+/// stays behind because one read failed. A revision this build refuses is not tried again.
 pub async fn publish(
     controller: Arc<Controller>,
     fleet: Arc<Fleet>,
@@ -501,8 +503,20 @@ pub async fn publish(
 ) {
     let mut ticker = tokio::time::interval(graylane_etcd::fleet::HEARTBEAT);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refused = None;
     loop {
         ticker.tick().await;
+        let latest = fleet.latest_revision();
+        if latest > controller.current_revision() && refused != Some(latest) {
+            let c = Arc::clone(&controller);
+            match tokio::task::spawn_blocking(move || c.revision_changed(latest, now_ms())).await {
+                Ok(Ok(true)) => {
+                    tracing::info!(revision = latest, "caught up with the fleet's revision")
+                }
+                Ok(Err(ControlError::Invalid(_))) => refused = Some(latest),
+                _ => {}
+            }
+        }
         fleet.set_status(
             controller.current_revision(),
             state.ready.load(Ordering::Relaxed),
