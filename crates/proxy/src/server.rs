@@ -187,7 +187,9 @@ pub(crate) fn tls_acceptor(tls: &graylane_config::Tls) -> std::io::Result<TlsAcc
     })?;
     let key_pem = std::fs::read(&tls.key)
         .map_err(|e| invalid(format!("cannot read key {}: {e}", tls.key.display())))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(format!("{}: {e}", tls.cert.display())))?;
     if certs.is_empty() {
@@ -196,9 +198,12 @@ pub(crate) fn tls_acceptor(tls: &graylane_config::Tls) -> std::io::Result<TlsAcc
             tls.cert.display()
         )));
     }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| invalid(format!("{}: {e}", tls.key.display())))?
-        .ok_or_else(|| invalid(format!("{}: no private key found", tls.key.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            invalid(format!("{}: no private key found", tls.key.display()))
+        }
+        e => invalid(format!("{}: {e}", tls.key.display())),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -394,6 +394,15 @@ fn unusable_certificate_or_key_files_fail_the_start_naming_them() {
     );
     assert!(shown.contains("no certificate found"), "{shown}");
 
+    // A key file that is there but holds no key (here: the certificate).
+    let shown = start_err(
+        TestCert::CERT_FILE,
+        TestCert::CERT_FILE,
+        &cert.dir,
+        TestCert::CERT_FILE,
+    );
+    assert!(shown.contains("no private key found"), "{shown}");
+
     // A key that is not the certificate's.
     let other_key = other.dir.join(TestCert::KEY_FILE).display().to_string();
     start_err(
