@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::model::*;
 use crate::raw::*;
 
+/// Collects every problem in a document while turning it into the validated model.
 pub(crate) struct Validator<'a> {
     base_dir: &'a Path,
     /// (key path, message)
@@ -79,6 +80,7 @@ impl<'a> Validator<'a> {
     }
 }
 
+/// The directory that relative paths in the file at `file` resolve against.
 pub(crate) fn resolve_base_dir(file: &Path) -> PathBuf {
     file.parent()
         .filter(|p| !p.as_os_str().is_empty())
