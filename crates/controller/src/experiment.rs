@@ -2,7 +2,8 @@
 //! each variant against the control with the configured checks (or, without an analysis, the
 //! error rate and p99 latency), at a confidence split over the variants; and the
 //! sample-ratio-mismatch check of the distinct units (not requests: one heavy user is one unit)
-//! against the configured weights.
+//! against the configured weights. Also where the controller records a business event for the
+//! variant its user is bucketed into.
 
 use std::collections::BTreeMap;
 
