@@ -446,6 +446,4 @@ impl Controller {
             history,
         })
     }
-
-    // ----- live series -----
 }

@@ -313,8 +313,6 @@ impl Controller {
         (state.revision, state.yaml.clone())
     }
 
-    // ----- releases -----
-
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

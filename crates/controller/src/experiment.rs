@@ -268,8 +268,6 @@ impl Controller {
         ))
     }
 
-    // ----- configuration -----
-
     /// The business events of `version` of `service`: those posted here and, on a fleet node,
     /// the other nodes' (in `observed`).
     pub(crate) fn events_of(

@@ -168,6 +168,4 @@ impl Controller {
         self.plane.set_routing(service, m.rollout.routing(&m.plan));
         Ok(())
     }
-
-    // ----- internals -----
 }

@@ -135,8 +135,6 @@ impl Controller {
             .min()
     }
 
-    // ----- analysis -----
-
     /// Announces the `start` transition of each release in `started`.
     pub(crate) fn announce_starts(&self, state: &State, started: &[String]) {
         let Some(n) = &self.notifier else { return };

@@ -179,8 +179,6 @@ impl Controller {
             .collect())
     }
 
-    // ----- fleet -----
-
     /// Parses and validates a configuration text for this controller. Versions that follow the
     /// service registry need a fleet node (the registry is in etcd): a single node refuses
     /// them here, whatever the text came from, rather than serve them with no endpoints.

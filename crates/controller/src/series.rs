@@ -203,8 +203,6 @@ impl Controller {
             .unwrap_or_else(|e| e.into_inner())
             .view(service, since_ms))
     }
-
-    // ----- business events -----
 }
 
 #[cfg(test)]
