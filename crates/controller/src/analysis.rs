@@ -17,6 +17,12 @@ use graylane_config::{Analysis, Check, StatusRange};
 
 use crate::events::EventTotals;
 use crate::prometheus::{Prometheus, QuerySource, render};
+use graylane_rollout::{Command, Phase};
+use graylane_store::NewAuditEntry;
+
+use crate::controller::{Controller, find};
+use crate::error::ControlError;
+use crate::view::{AnalysisView, check_name, summarize};
 
 /// Judgements kept per release for the API (the audit log has them all).
 pub const HISTORY: usize = 50;
@@ -272,4 +278,172 @@ fn interval_ms(config: &Analysis) -> i64 {
 
 fn ms(now_ms: i64) -> u64 {
     u64::try_from(now_ms).unwrap_or(0)
+}
+
+impl Controller {
+    /// Judges every analysed release whose interval is up and applies the decisions: a passed
+    /// step may move on, a failed one aborts (or pauses), no data for too long pauses. Returns
+    /// how many releases were judged.
+    pub fn analyze(&self, now_ms: i64) -> usize {
+        struct Work {
+            service: String,
+            analysis: graylane_config::Analysis,
+            step: (usize, i64),
+            baseline: String,
+            candidate: String,
+        }
+        let (work, releases): (Vec<Work>, Vec<String>) = {
+            let state = self.lock();
+            let work = state
+                .releases
+                .iter()
+                .filter(|(_, m)| m.rollout.phase == Phase::Progressing)
+                .filter_map(|(name, m)| {
+                    let svc = state.config.service(name)?;
+                    Some(Work {
+                        service: name.clone(),
+                        analysis: svc.release.as_ref()?.analysis.clone()?,
+                        step: (m.rollout.step, m.rollout.step_started_ms),
+                        baseline: svc.versions.get(m.plan.baseline)?.name.clone(),
+                        candidate: svc.versions.get(m.plan.candidate)?.name.clone(),
+                    })
+                })
+                .collect();
+            (work, state.releases.keys().cloned().collect())
+        };
+        let mut verdicts = Vec::new();
+        {
+            let mut analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+            analyses.retain(|name, _| releases.contains(name));
+            for w in &work {
+                let runner = analyses
+                    .entry(w.service.clone())
+                    .or_insert_with(|| Runner::new(&w.analysis));
+                if !runner.is_for(&w.analysis) {
+                    *runner = Runner::new(&w.analysis);
+                }
+                let codes = &w.analysis.error_codes;
+                let now = || {
+                    (
+                        self.totals_now(&w.service, &w.candidate, codes, now_ms),
+                        self.totals_now(&w.service, &w.baseline, codes, now_ms),
+                    )
+                };
+                if runner.step() != Some(w.step) {
+                    runner.begin_step(w.step, now(), now_ms);
+                    continue;
+                }
+                if !runner.due(now_ms) {
+                    continue;
+                }
+                let subject = Subject {
+                    service: &w.service,
+                    baseline: &w.baseline,
+                    candidate: &w.candidate,
+                };
+                let (decision, judgement) = runner.judge(&subject, &now(), now_ms);
+                verdicts.push((w.service.clone(), w.step, decision, judgement));
+            }
+        }
+        let judged = verdicts.len();
+        for (service, step, decision, judgement) in verdicts {
+            if let Err(e) = self.apply_verdict(&service, step, &decision, &judgement, now_ms) {
+                self.errors.log(format_args!(
+                    "cannot apply the analysis verdict of `{service}`: {e}"
+                ));
+            }
+        }
+        judged
+    }
+
+    fn totals_now(
+        &self,
+        service: &str,
+        version: &str,
+        error_codes: &[graylane_config::StatusRange],
+        now_ms: i64,
+    ) -> graylane_analysis::Sample {
+        let observed = self.plane.observe(service, version);
+        totals(
+            &observed,
+            &self.events_of(service, version, &observed),
+            error_codes,
+            now_ms,
+        )
+    }
+
+    fn apply_verdict(
+        &self,
+        service: &str,
+        step: (usize, i64),
+        decision: &Decision,
+        judgement: &Judgement,
+        now_ms: i64,
+    ) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        let summary = summarize(decision, judgement);
+        self.store.append_audit(
+            &self.env,
+            NewAuditEntry {
+                at_ms: now_ms,
+                actor: "analysis".to_string(),
+                action: "analysis".to_string(),
+                target: service.to_string(),
+                reason: summary.clone(),
+                detail: serde_json::to_value(judgement).unwrap_or_default(),
+            },
+        )?;
+        let Some(m) = state.releases.get(service) else {
+            return Ok(());
+        };
+        // A person may have moved the release since the judgement began.
+        if m.rollout.phase != Phase::Progressing
+            || (m.rollout.step, m.rollout.step_started_ms) != step
+        {
+            return Ok(());
+        }
+        let command = match decision {
+            Decision::Promote if !m.rollout.analysis_passed => Command::AnalysisPassed,
+            Decision::Fail { .. } => Command::AnalysisFailed,
+            Decision::Pause { .. } => Command::Pause,
+            _ => return Ok(()),
+        };
+        let mut rollout = m.rollout.clone();
+        rollout.apply(&m.plan, command, "analysis", &summary, now_ms)?;
+        // A step whose pause is already over moves on at once.
+        let before = rollout.history.len();
+        rollout.tick(&m.plan, now_ms);
+        let new = 1 + rollout.history.len() - before;
+        self.commit(&mut state, service, rollout, new, true)
+    }
+
+    /// The latest judgements of `service`'s analysis, oldest first.
+    pub fn analysis(&self, service: &str) -> Result<AnalysisView, ControlError> {
+        let (interval_s, checks) = {
+            let state = self.lock();
+            find(&state, service)?;
+            let analysis = state
+                .config
+                .service(service)
+                .and_then(|s| s.release.as_ref())
+                .and_then(|r| r.analysis.as_ref());
+            (
+                analysis.map(|a| a.interval.as_secs_f64()),
+                analysis.map_or_else(Vec::new, |a| a.checks.iter().map(check_name).collect()),
+            )
+        };
+        let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+        let history: Vec<Judgement> = analyses
+            .get(service)
+            .map(|r| r.history.iter().cloned().collect())
+            .unwrap_or_default();
+        Ok(AnalysisView {
+            service: service.to_string(),
+            configured: interval_s.is_some(),
+            interval_s,
+            checks,
+            latest: history.last().cloned(),
+            history,
+        })
+    }
 }

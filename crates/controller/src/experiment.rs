@@ -2,7 +2,8 @@
 //! each variant against the control with the configured checks (or, without an analysis, the
 //! error rate and p99 latency), at a confidence split over the variants; and the
 //! sample-ratio-mismatch check of the distinct units (not requests: one heavy user is one unit)
-//! against the configured weights.
+//! against the configured weights. Also where the controller records a business event for the
+//! variant its user is bucketed into.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::analysis::spec;
+use graylane_rollout::Kind;
+
+use crate::analysis::totals;
+use crate::controller::{Controller, find, unknown_service};
+use crate::error::ControlError;
+use crate::view::EventAttribution;
 
 /// The errors of an experiment without an analysis section: every 5xx.
 pub const DEFAULT_ERROR_CODES: [StatusRange; 1] = [StatusRange { from: 500, to: 599 }];
@@ -148,5 +155,129 @@ pub(crate) fn results(
             )
             .collect(),
         srm,
+    }
+}
+
+impl Controller {
+    /// `Ok` when `service` has a release (so events can be attributed), else which ones do.
+    pub fn check_release(&self, service: &str) -> Result<(), ControlError> {
+        find(&self.lock(), service).map(|_| ())
+    }
+
+    /// Records a business event for the user whose bucketing key is `key`, attributed to the
+    /// version (experiment variant) that user is bucketed into.
+    pub fn post_event(
+        &self,
+        service: &str,
+        key: &str,
+        event: &str,
+        value: Option<f64>,
+    ) -> Result<EventAttribution, ControlError> {
+        let variant_of = {
+            let state = self.lock();
+            let m = find(&state, service)?;
+            match &m.plan.kind {
+                Kind::Experiment { variants } => {
+                    let svc = state.config.service(service);
+                    variants
+                        .iter()
+                        .filter_map(|(name, v, _)| {
+                            Some((svc?.versions.get(*v)?.name.clone(), name.clone()))
+                        })
+                        .collect()
+                }
+                _ => BTreeMap::new(),
+            }
+        };
+        if value.is_some_and(|v| !v.is_finite()) {
+            return Err(ControlError::BadEvent(
+                "`value` must be a finite number".to_string(),
+            ));
+        }
+        let version = self.plane.assign(service, key).ok_or_else(|| {
+            ControlError::BadEvent(format!(
+                "service `{service}` has no release to attribute events to"
+            ))
+        })?;
+        self.events
+            .record(service, &version, event, value)
+            .map_err(|e| ControlError::BadEvent(e.to_string()))?;
+        Ok(EventAttribution {
+            service: service.to_string(),
+            variant: variant_of.get(&version).cloned(),
+            version,
+        })
+    }
+
+    /// An experiment's results since the gateway started: per variant its exposures, error
+    /// rate, latency and events, effects against the control with their intervals, and the
+    /// sample-ratio-mismatch check.
+    pub fn experiment_results(&self, service: &str) -> Result<ExperimentResults, ControlError> {
+        let (variants, analysis) = {
+            let state = self.lock();
+            let m = find(&state, service)?;
+            let Kind::Experiment { variants } = &m.plan.kind else {
+                return Err(ControlError::NotAnExperiment {
+                    service: service.to_string(),
+                    strategy: m.plan.kind.as_str(),
+                });
+            };
+            let svc = state
+                .config
+                .service(service)
+                .ok_or_else(|| unknown_service(&state, service))?;
+            let variants: Vec<(String, String, f64)> = variants
+                .iter()
+                .filter_map(|(name, v, w)| {
+                    Some((
+                        name.clone(),
+                        svc.versions.get(*v)?.name.clone(),
+                        w.percent(),
+                    ))
+                })
+                .collect();
+            (
+                variants,
+                svc.release.as_ref().and_then(|r| r.analysis.clone()),
+            )
+        };
+        let versions: Vec<&str> = variants.iter().map(|(_, v, _)| v.as_str()).collect();
+        let units = self.plane.units(service, &versions);
+        Ok(crate::experiment::results(
+            service,
+            &variants,
+            analysis.as_ref(),
+            &units,
+            |version| {
+                let codes = analysis
+                    .as_ref()
+                    .map_or(&crate::experiment::DEFAULT_ERROR_CODES[..], |a| {
+                        &a.error_codes
+                    });
+                let observed = self.plane.observe(service, version);
+                (
+                    observed.bucketed,
+                    totals(
+                        &observed,
+                        &self.events_of(service, version, &observed),
+                        codes,
+                        0,
+                    ),
+                )
+            },
+        ))
+    }
+
+    /// The business events of `version` of `service`: those posted here and, on a fleet node,
+    /// the other nodes' (in `observed`).
+    pub(crate) fn events_of(
+        &self,
+        service: &str,
+        version: &str,
+        observed: &crate::analysis::Observation,
+    ) -> BTreeMap<String, crate::events::EventTotals> {
+        let mut events = self.events.totals(service, version);
+        crate::events::add_events(&mut events, &observed.events);
+        events
     }
 }

@@ -19,14 +19,15 @@ mod error;
 pub mod events;
 pub mod experiment;
 pub mod fleet;
+mod following;
 pub mod metrics;
 pub mod prometheus;
+mod releases;
+mod revisions;
 pub mod series;
 pub mod view;
 
 pub use analysis::Observation;
-pub use controller::{
-    Action, Actor, ApplyOutcome, Controller, DataPlane, MAX_REASON_BYTES, Reloaded, Setup,
-    registry_outside_a_fleet, unified_diff, webhook_targets,
-};
+pub use controller::{Action, Actor, ApplyOutcome, Controller, DataPlane, Reloaded, Setup};
 pub use error::ControlError;
+pub use revisions::{MAX_REASON_BYTES, registry_outside_a_fleet, unified_diff, webhook_targets};

@@ -8,6 +8,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::analysis::Observation;
+use graylane_rollout::Kind;
+
+use crate::controller::{Controller, find};
+use crate::error::ControlError;
 
 /// Points kept per version: 15 minutes at one a second.
 pub const POINTS: usize = 900;
@@ -136,6 +140,68 @@ fn point(before: &Observation, now: &Observation, before_ms: i64, now_ms: i64) -
         error_rate: (requests > 0).then(|| errors as f64 / requests as f64),
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
+    }
+}
+
+impl Controller {
+    /// Takes the once-a-second point of every release's versions (the dashboard's charts).
+    pub fn sample_series(&self, now_ms: i64) {
+        if !self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .due(now_ms)
+        {
+            return;
+        }
+        let versions: Vec<(String, Vec<String>)> = {
+            let state = self.lock();
+            state
+                .releases
+                .iter()
+                .filter_map(|(name, m)| {
+                    let svc = state.config.service(name)?;
+                    let mut vs = vec![m.plan.baseline, m.plan.candidate];
+                    if let Kind::Experiment { variants } = &m.plan.kind {
+                        vs.extend(variants.iter().map(|v| v.1));
+                    }
+                    vs.sort_unstable();
+                    vs.dedup();
+                    let names = vs
+                        .into_iter()
+                        .filter_map(|v| Some(svc.versions.get(v)?.name.clone()))
+                        .collect();
+                    Some((name.clone(), names))
+                })
+                .collect()
+        };
+        let observed = versions
+            .into_iter()
+            .map(|(service, names)| {
+                let by_version = names
+                    .into_iter()
+                    .map(|v| {
+                        let o = self.plane.observe(&service, &v);
+                        (v, o)
+                    })
+                    .collect();
+                (service, by_version)
+            })
+            .collect();
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(now_ms, observed);
+    }
+
+    /// `service`'s live series after `since_ms`.
+    pub fn series(&self, service: &str, since_ms: i64) -> Result<SeriesView, ControlError> {
+        find(&self.lock(), service)?;
+        Ok(self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .view(service, since_ms))
     }
 }
 
