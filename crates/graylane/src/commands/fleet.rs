@@ -197,15 +197,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .filter(|h| !h.is_empty())
             .ok_or_else(|| anyhow::anyhow!("--node NAME is required (the host name is unknown)"))?,
     };
-    if node.is_empty()
-        || !node
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        anyhow::bail!(
-            "--node `{node}` is not a valid node name: use letters, digits, `-`, `_` and `.`"
-        );
-    }
+    super::serve::check_name("--node", "node", &node)?;
     let etcd = Etcd::connect(&f.etcd.options(Duration::from_secs(2))?)?;
     let store = Arc::new(EtcdStore::open(etcd.clone(), &args.env)?);
     let registry = etcd

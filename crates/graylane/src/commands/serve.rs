@@ -79,11 +79,10 @@ pub fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, &args.log_level);
+    check_name("--env", "environment", &args.env)?;
     if !args.fleet.etcd.etcd.is_empty() {
-        check_env(&args.env)?;
         return super::fleet::run(args);
     }
-    check_env(&args.env)?;
     args.fleet.refuse_without_etcd()?;
     let config_path = args
         .config
@@ -170,15 +169,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     run_gateway(prepared, config, source)
 }
 
-/// Refuses an environment name that could not be a key in the store.
-fn check_env(env: &str) -> anyhow::Result<()> {
-    if env.is_empty()
-        || !env
+/// Refuses a name (`--env`, `--node`) that could not be a key segment in the store.
+pub fn check_name(flag: &str, what: &str, value: &str) -> anyhow::Result<()> {
+    if value.is_empty()
+        || !value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         anyhow::bail!(
-            "--env `{env}` is not a valid environment name: use letters, digits, `-`, `_` and `.`"
+            "{flag} `{value}` is not a valid {what} name: use letters, digits, `-`, `_` and `.`"
         );
     }
     Ok(())
