@@ -279,15 +279,19 @@ fn load(
 async fn a_command_sent_to_any_node_takes_effect_on_every_node_and_one_leader_advances_timed_steps()
 {
     let fleet = Fleet::start("fleet-command", "1s").await;
-    let cluster = fleet.cluster(0).await;
-    assert_eq!(cluster["mode"], "fleet");
-    let names: Vec<&str> = cluster["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["a", "b", "c"], "{cluster}");
+    assert_eq!(fleet.cluster(0).await["mode"], "fleet");
+    // Each node hears of the others through the watch, a moment after they are ready.
+    let view = &fleet;
+    eventually("node a to list every member", || async move {
+        let cluster = view.try_api(0, "/api/v1/cluster").await?;
+        let names: Vec<&str> = cluster["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        (names == ["a", "b", "c"]).then_some(())
+    })
+    .await;
     let leader = fleet.leader(&[0, 1, 2]).await;
     // The 1 s pause of step 0 ends once, by the leader's hand, and every node follows.
     fleet.converged(&[0, 1, 2], 1, "progressing").await;
@@ -514,12 +518,16 @@ async fn a_second_node_with_a_taken_name_refuses_to_start() {
     assert!(!status.success());
     let logs = fleet.nodes[twin].process.logs();
     assert!(logs.contains("node name `b` is taken"), "{logs}");
-    // The running `b` is untouched.
-    let cluster = fleet.cluster(1).await;
-    assert_eq!(
-        cluster["members"].as_array().map(Vec::len),
-        Some(3),
-        "{cluster}"
+    // The running `b` is untouched: the fleet still has its three members (as b hears them).
+    let view = &fleet;
+    eventually("b to list three members", || async move {
+        let cluster = view.try_api(1, "/api/v1/cluster").await?;
+        (cluster["members"].as_array()?.len() == 3).then_some(())
+    })
+    .await;
+    assert!(
+        fleet.nodes[1].process.try_exit().is_none(),
+        "b is still running"
     );
 }
 
