@@ -21,17 +21,20 @@
 //! file, shut down with a drain.
 
 mod body;
-pub mod control;
+mod clock;
 pub mod cookie_keys;
 mod deadline;
 mod forward;
 mod gateway;
+pub mod guards;
 mod handler;
 mod health;
 pub mod metrics;
+mod rng;
 mod server;
 pub mod snapshot;
 mod upstream;
+mod upstream_error;
 
 pub use forward::X_GRAYLANE_LANE;
 pub use gateway::{Gateway, GatewayOptions, SegmentError, StartError, UnknownRelease};
