@@ -10,7 +10,9 @@ use graylane_traffic::rate::{KeyedRateLimiter, RateLimiter};
 
 /// A rate limit as the request path checks it.
 pub enum Limiter {
+    /// One count for all requests.
     Whole(RateLimiter),
+    /// A count per key.
     PerKey(KeyedRateLimiter),
     /// Shared by every gateway through Redis.
     Global(Arc<GlobalLimiter>),
@@ -18,9 +20,13 @@ pub enum Limiter {
 
 /// The answer of any limiter, as the `429` needs it.
 pub struct LimitAnswer {
+    /// The request is admitted.
     pub allowed: bool,
+    /// Requests left in the burst.
     pub remaining: u32,
+    /// Seconds until the burst is full again.
     pub reset_secs: u64,
+    /// For a refused request, seconds until one would be admitted.
     pub retry_after_secs: Option<u64>,
 }
 
@@ -69,9 +75,13 @@ impl LimitRoute {
     }
 }
 
+/// A rate limit of a service, as the request path applies it.
 pub struct LimitRoute {
+    /// Applies to paths under this prefix only.
     pub path_prefix: Option<Box<str>>,
+    /// What requests are counted by; `None`: all together.
     pub key: Option<KeySpec>,
+    /// The limiter and its state.
     pub limiter: Arc<Limiter>,
     /// `RateLimit-Limit`: the most requests admitted at once (the burst), the same for a local
     /// and a Redis limit.

@@ -34,39 +34,55 @@ pub use state::GuardState;
 
 use crate::upstream_error::UpstreamErrorKind;
 
-/// A service's policies.
+/// A service's guards: the policies every request to it passes.
 #[derive(Default)]
 pub struct ServiceGuards {
+    /// Its rate limits, in the configuration's order.
     pub limits: Vec<LimitRoute>,
     /// Some limit is shared through Redis, so checking the limits may wait.
     pub limits_global: bool,
+    /// How failed attempts are sent again.
     pub retry: Option<RetryPolicy>,
 }
 
+/// A service's retries.
 pub struct RetryPolicy {
+    /// Retries at most, after the first attempt.
     pub attempts: u32,
+    /// The time one attempt may take, within the request's.
     pub per_try_timeout: Option<Duration>,
+    /// The outcomes that are retried.
     pub retry_on: FailureKinds,
+    /// Retries in flight, bounded by a share of the requests.
     pub budget: Arc<RetryBudget>,
 }
 
-/// A version's policies.
+/// A version's guards: the policies each attempt sent to it passes.
 #[derive(Default)]
 pub struct VersionGuards {
+    /// Its circuit breaker.
     pub breaker: Option<CircuitBreaker>,
+    /// The outcomes the breaker and outlier ejection count as failures.
     pub failure_on: FailureKinds,
+    /// Where its traffic goes when it cannot take it.
     pub fallback: Option<FallbackRoute>,
     /// See [`graylane_config::CircuitBreaker::fallback_non_idempotent`].
     pub fallback_non_idempotent: bool,
+    /// Attempts in flight at most.
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
+    /// Ejection of its failing endpoints.
     pub outlier: Option<Arc<OutlierDetector>>,
+    /// Its endpoints' health, as the active checks found it.
     pub health: Option<Arc<HealthState>>,
     /// How the health prober checks this version's endpoints.
     pub probe: Option<HealthCheck>,
 }
 
+/// A version's fallback.
 pub enum FallbackRoute {
+    /// Another version of the service, by index.
     Version(usize),
+    /// A fixed response.
     Static(StaticResponse),
 }
 
@@ -90,7 +106,9 @@ impl VersionGuards {
 /// How one attempt ended, as failure rules see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
+    /// The upstream answered with this status.
     Status(u16),
+    /// No response came back.
     Error(UpstreamErrorKind),
 }
 

@@ -336,7 +336,7 @@ impl Attempts<'_> {
 /// reached the upstream, or its method is idempotent — the method a framework will act on,
 /// so a `GET` carrying `X-HTTP-Method-Override: POST` (or `X-HTTP-Method`,
 /// `X-Method-Override`) counts as the `POST` it will be served as.
-pub(super) fn may_send_again(head: &http::request::Parts, outcome: AttemptOutcome) -> bool {
+fn may_send_again(head: &http::request::Parts, outcome: AttemptOutcome) -> bool {
     const OVERRIDES: [&str; 3] = [
         "x-http-method-override",
         "x-http-method",
