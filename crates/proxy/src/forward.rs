@@ -24,6 +24,8 @@ use graylane_config::UnderscoreHeaders;
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::rng::fastrand_u64;
+
 pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lane");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -271,28 +273,6 @@ fn new_traceparent() -> [u8; 55] {
     put(&mut out[19..35], fastrand_u64());
     put(&mut out[36..52], fastrand_u64());
     out
-}
-
-/// A per-thread xorshift generator seeded from the clock and thread; ids (and the picks of
-/// least-request balancing) need to be spread, not secret.
-pub fn fastrand_u64() -> u64 {
-    use std::cell::Cell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-            let here = &t as *const u64 as u64;
-            (t ^ here.rotate_left(32)) | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x
-    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use graylane_config::{Config, ConfigErrors, Service, Weight};
 use graylane_rules::{CookieKeys, Routing, Share};
 use tokio::sync::watch;
 
-use crate::control::ControlState;
+use crate::guards::GuardState;
 use crate::metrics::Metrics;
 use crate::server::{
     Balancer, BoundListener, ConnectionLimit, Phase, WorkerSetup, bind_exclusive, run_worker,
@@ -50,7 +50,7 @@ impl Default for GatewayOptions {
 }
 
 /// What snapshots are built from.
-struct Control {
+struct Inputs {
     config: Arc<Config>,
     /// Traffic splits set by the rollout controller, by service name. Kept by version *name* so
     /// they survive reloads that add or reorder versions.
@@ -151,10 +151,10 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Traffic-control state (limiter tokens, breaker windows, ejections) that outlives
     /// snapshots.
-    control_state: Arc<ControlState>,
+    guard_state: Arc<GuardState>,
     /// Serialises snapshot rebuilds (reloads and weight changes) so neither loses the other's
     /// update; requests never touch it.
-    control: Mutex<Control>,
+    inputs: Mutex<Inputs>,
     local_addrs: Vec<SocketAddr>,
     /// One listening socket per listener (the workers accept from duplicates), kept to hand over
     /// to a successor process; closed when the gateway stops accepting.
@@ -240,7 +240,7 @@ impl Gateway {
         }
         let upstream = config.upstream.clone();
         let config = Arc::new(config);
-        let control_state = Arc::new(ControlState::with_segment_cache(
+        let guard_state = Arc::new(GuardState::with_segment_cache(
             options.segment_cache.clone(),
         ));
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
@@ -248,7 +248,7 @@ impl Gateway {
             &metrics,
             1,
             &BTreeMap::new(),
-            &control_state,
+            &guard_state,
             &cookie_keys,
         )));
         let (phase, phase_rx) = watch::channel(Phase::Held);
@@ -274,9 +274,9 @@ impl Gateway {
                 .map_err(StartError::Thread)?;
             handles.push(handle);
         }
-        metrics.add_collector(Arc::new(crate::control::BreakerCollector(
+        metrics.add_collector(Arc::new(crate::guards::BreakerCollector(
             Arc::clone(&snapshot),
-            Arc::clone(&control_state),
+            Arc::clone(&guard_state),
         )));
         let prober = crate::health::spawn_prober(Arc::clone(&snapshot), shutdown_rx)
             .map_err(StartError::Thread)?;
@@ -284,8 +284,8 @@ impl Gateway {
         Ok(Gateway {
             snapshot,
             metrics,
-            control_state,
-            control: Mutex::new(Control {
+            guard_state,
+            inputs: Mutex::new(Inputs {
                 config,
                 routes: BTreeMap::new(),
                 generation: 1,
@@ -371,25 +371,25 @@ impl Gateway {
                 "listener changes take effect after a restart; routing is updated now"
             );
         }
-        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        control.config = Arc::new(config);
-        self.rebuild(&mut control);
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        inputs.config = Arc::new(config);
+        self.rebuild(&mut inputs);
     }
 
     /// Applies `config` and, in the same swap, the traffic split of every release in `routes`
     /// (by service name; the others start as configured). This is how the rollout controller
     /// applies a new configuration: no request ever sees the new config with old splits.
     pub fn apply_with_routes(&self, config: Config, routes: &BTreeMap<String, Routing>) {
-        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        control.routes = routes
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        inputs.routes = routes
             .iter()
             .filter_map(|(name, r)| {
                 let svc = config.service(name)?;
                 Some((name.clone(), NamedRouting::from_routing(svc, r)))
             })
             .collect();
-        control.config = Arc::new(config);
-        self.rebuild(&mut control);
+        inputs.config = Arc::new(config);
+        self.rebuild(&mut inputs);
     }
 
     /// Sets the candidate weight of `service`'s release — the baseline gets the rest, force
@@ -409,8 +409,8 @@ impl Gateway {
         service: &str,
         routing: impl FnOnce(&graylane_config::Release) -> Routing,
     ) -> Result<(), UnknownRelease> {
-        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        let config = Arc::clone(&control.config);
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        let config = Arc::clone(&inputs.config);
         let Some((svc, release)) = config
             .service(service)
             .and_then(|s| Some((s, s.release.as_ref()?)))
@@ -427,18 +427,18 @@ impl Gateway {
             });
         };
         let named = NamedRouting::from_routing(svc, &routing(release));
-        control.routes.insert(service.to_string(), named);
-        self.rebuild(&mut control);
+        inputs.routes.insert(service.to_string(), named);
+        self.rebuild(&mut inputs);
         Ok(())
     }
 
-    fn rebuild(&self, control: &mut Control) {
-        control.generation += 1;
-        let routes: BTreeMap<String, Routing> = control
+    fn rebuild(&self, inputs: &mut Inputs) {
+        inputs.generation += 1;
+        let routes: BTreeMap<String, Routing> = inputs
             .routes
             .iter()
             .filter_map(|(name, named)| {
-                let svc = control.config.service(name)?;
+                let svc = inputs.config.service(name)?;
                 svc.release.as_ref()?;
                 let resolved = named.resolve(svc);
                 if resolved.is_none() {
@@ -448,12 +448,12 @@ impl Gateway {
             })
             .collect();
         let snapshot = Snapshot::build(
-            Arc::clone(&control.config),
+            Arc::clone(&inputs.config),
             &self.metrics,
-            control.generation,
+            inputs.generation,
             &routes,
-            &self.control_state,
-            &control.cookie_keys,
+            &self.guard_state,
+            &inputs.cookie_keys,
         );
         self.snapshot.store(Arc::new(snapshot));
     }
@@ -466,7 +466,7 @@ impl Gateway {
             .iter()
             .filter(|s| s.name == service)
             .flat_map(|s| s.versions.iter())
-            .filter_map(|v| Some((v.name.clone(), v.control.breaker.as_ref()?.state().as_str())))
+            .filter_map(|v| Some((v.name.clone(), v.guards.breaker.as_ref()?.state().as_str())))
             .collect()
     }
 
@@ -491,7 +491,7 @@ impl Gateway {
             });
         }
         let mirror = self
-            .control_state
+            .guard_state
             .mirror_of(segment)
             .ok_or_else(|| SegmentError::Redis("cannot connect to its Redis".to_string()))?;
         let added = if add.is_empty() {

@@ -43,7 +43,7 @@ pub fn spawn_prober(
                     for (s, service) in snap.services.iter().enumerate() {
                         for (v, version) in service.versions.iter().enumerate() {
                             let (Some(check), Some(state)) =
-                                (&version.control.probe, &version.control.health)
+                                (&version.guards.probe, &version.guards.health)
                             else {
                                 continue;
                             };

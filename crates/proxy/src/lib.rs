@@ -4,16 +4,23 @@
 //! The request path, from the socket in:
 //!
 //! ```text
-//! server (thread per core, one shared listener, TLS, drain)  server.rs
-//!   └─ handler: decide → limit → pick endpoint → forward     handler.rs
-//!        │         (retry, breaker, fallback) → stamp
-//!        ├─ control: rate limits, breakers, fallbacks, …      control.rs
-//!        ├─ snapshot: routing table + per-version values      snapshot.rs
-//!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client upstream.rs
-//!        ├─ forward: the headers an upstream receives         forward.rs
-//!        ├─ deadline: request timeouts, one sweeper per worker deadline.rs
-//!        ├─ body: streamed upstream body or a local one       body.rs
-//!        └─ metrics: per-thread lock-free counters            metrics.rs
+//! server (thread per core, one shared listener, TLS, drain)    server.rs
+//!   └─ handler: the request path, one phase after another      handler/mod.rs
+//!        1 refuse what is malformed                             handler/refuse.rs
+//!        2 route: the rule engine's service and version         handler/route.rs
+//!        3 limits: rate limits, the 429                         handler/limits.rs
+//!        4 read the start of the body within the deadline
+//!        5 forward: pick an endpoint, or attempts with          handler/balance.rs
+//!          breakers, retries and fallbacks                      handler/attempts.rs
+//!        6 respond: stamp, map failures to 502/504, count       handler/respond.rs
+//!        ├─ guards: traffic-control policies and their state    guards/
+//!        ├─ snapshot: routing table + per-version values        snapshot.rs
+//!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client  upstream.rs, upstream_error.rs
+//!        ├─ forward: the headers an upstream receives           forward.rs
+//!        ├─ deadline: request timeouts, one sweeper per worker  deadline.rs
+//!        ├─ body: streamed upstream body or a local one         body.rs
+//!        ├─ metrics: per-thread lock-free counters              metrics/
+//!        └─ clock and random numbers of the request path        clock.rs, rng.rs
 //! ```
 //!
 //! A prober thread runs the active health checks (health.rs). [`Gateway`] ties them together
@@ -21,17 +28,20 @@
 //! file, shut down with a drain.
 
 mod body;
-pub mod control;
+mod clock;
 pub mod cookie_keys;
 mod deadline;
 mod forward;
 mod gateway;
+pub mod guards;
 mod handler;
 mod health;
 pub mod metrics;
+mod rng;
 mod server;
 pub mod snapshot;
 mod upstream;
+mod upstream_error;
 
 pub use forward::X_GRAYLANE_LANE;
 pub use gateway::{Gateway, GatewayOptions, SegmentError, StartError, UnknownRelease};

@@ -15,7 +15,7 @@ use graylane_config::{Config, LoadBalancing};
 use graylane_rules::{CookieKeys, LiveSegment, Routing, RoutingTable};
 use http::HeaderValue;
 
-use crate::control::{ControlState, ServiceControl, VersionControl};
+use crate::guards::{GuardState, ServiceGuards, VersionGuards};
 use crate::metrics::{Metrics, RouteStats};
 
 /// A snapshot as a worker thread hands it to its requests. Cloning the `Rc` is a plain
@@ -34,7 +34,7 @@ pub struct ServiceRoute {
     pub name: String,
     pub versions: Vec<VersionRoute>,
     /// Rate limits and retries.
-    pub control: ServiceControl,
+    pub guards: ServiceGuards,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub load_balancing: LoadBalancing,
@@ -61,7 +61,7 @@ pub struct VersionRoute {
     /// Round-robin cursor; shared by the workers, touched only when there are several endpoints.
     pub next: AtomicUsize,
     /// Breaker, concurrency limit, fallback, outlier ejection and health of this version.
-    pub control: VersionControl,
+    pub guards: VersionGuards,
     /// `X-Graylane-Fallback` when this version serves another's traffic.
     pub fallback_header: HeaderValue,
 }
@@ -80,17 +80,17 @@ impl Snapshot {
         metrics: &Metrics,
         generation: u64,
         routes: &BTreeMap<String, Routing>,
-        control: &ControlState,
+        guard_state: &GuardState,
         cookie_keys: &CookieKeys,
     ) -> Snapshot {
         let mut table = RoutingTable::compile_with(&config, &|name| {
             let segment = config.segments.iter().find(|s| s.name == name)?;
-            let mirror = control.mirror_of(segment)?;
+            let mirror = guard_state.mirror_of(segment)?;
             Some(Arc::new(RedisMembers(mirror)) as Arc<dyn LiveSegment>)
         });
-        let (service_control, version_control) = crate::control::compile(&config, control);
-        let mut service_control = service_control.into_iter();
-        let mut version_control = version_control.into_iter();
+        let (service_guards, version_guards) = crate::guards::compile(&config, guard_state);
+        let mut service_guards = service_guards.into_iter();
+        let mut version_guards = version_guards.into_iter();
         table.set_cookie_keys(cookie_keys);
         for (i, svc) in config.services.iter().enumerate() {
             if let Some(r) = routes.get(&svc.name) {
@@ -102,7 +102,7 @@ impl Snapshot {
             .iter()
             .map(|svc| {
                 let sticky = svc.release.as_ref().and_then(|r| r.sticky.as_ref());
-                let mut controls = version_control.next().unwrap_or_default().into_iter();
+                let mut guards = version_guards.next().unwrap_or_default().into_iter();
                 let versions = svc
                     .versions
                     .iter()
@@ -130,14 +130,14 @@ impl Snapshot {
                             stats
                         },
                         next: AtomicUsize::new(0),
-                        control: controls.next().unwrap_or_default(),
+                        guards: guards.next().unwrap_or_default(),
                         fallback_header: token_header(&v.name),
                     })
                     .collect();
                 ServiceRoute {
                     name: svc.name.clone(),
                     versions,
-                    control: service_control.next().unwrap_or_default(),
+                    guards: service_guards.next().unwrap_or_default(),
                     connect_timeout: svc.connect_timeout,
                     request_timeout: svc.request_timeout,
                     load_balancing: svc.load_balancing,

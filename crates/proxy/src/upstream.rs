@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::forward::{Forwarding, GRAYLANE_PREFIX};
-use crate::metrics::UpstreamErrorKind;
+use crate::upstream_error::UpstreamErrorKind;
 
 /// Most headers a response head may have (Envoy's default is 100).
 const MAX_HEADERS: usize = 100;
