@@ -15,7 +15,7 @@ pub struct RevisionView {
     pub at: String,
     /// Unix milliseconds.
     pub at_ms: i64,
-    /// Who applied it (a token's name, or the file's owner for `file`).
+    /// Who applied it: a token's name, or `file` for a revision read from the file.
     pub author: String,
     /// What the change is for, as the author said.
     pub message: String,

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 /// Reads `document` as a `T` and writes it back; the two must be the same JSON.
 fn reads_back<T: Serialize + DeserializeOwned + PartialEq + Debug>(document: Value) -> T {
-    let read: T = serde_json::from_value(document.clone())
-        .unwrap_or_else(|e| panic!("{e}: {document:#}"));
+    let read: T =
+        serde_json::from_value(document.clone()).unwrap_or_else(|e| panic!("{e}: {document:#}"));
     assert_eq!(serde_json::to_value(&read).unwrap(), document);
     read
 }

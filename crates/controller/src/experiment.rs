@@ -7,11 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use graylane_analysis::{
-    CheckResult, CheckSpec, Sample, evaluate_variants, sample_ratio_mismatch,
-};
-use graylane_config::{Analysis, StatusRange};
+use graylane_analysis::{CheckResult, CheckSpec, Sample, evaluate_variants, sample_ratio_mismatch};
 use graylane_api::{EventAttribution, EventSummary, ExperimentResults, VariantResult};
+use graylane_config::{Analysis, StatusRange};
 
 use crate::analysis::spec;
 use graylane_rollout::Kind;

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use graylane_analysis::{Decision, Judgement, sample_ratio_mismatch};
-use graylane_config::{Check, Pause, Service, Weight};
-use graylane_rollout::{Kind, Plan, Rollout, Transition};
 use graylane_api::{
     AnalysisBrief, AnalysisDecision, AuditView, CircuitState, ReleaseState, ReleaseView,
     RevisionSource, RevisionView, StepView, Strategy, TransitionView, VariantView,
 };
+use graylane_config::{Check, Pause, Service, Weight};
 use graylane_rollout::Phase;
+use graylane_rollout::{Kind, Plan, Rollout, Transition};
 use graylane_store::{AuditEntry, Revision, RevisionMeta};
 
 /// How many of a release's transitions a view shows.

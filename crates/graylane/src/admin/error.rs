@@ -4,12 +4,12 @@
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
+use graylane_api::ErrorBody;
 use graylane_config::Role;
 use graylane_controller::ControlError;
 use graylane_rollout::CommandError;
 use graylane_store::StoreError;
 use http::StatusCode;
-use graylane_api::ErrorBody;
 
 use super::auth::{Caller, api_role};
 

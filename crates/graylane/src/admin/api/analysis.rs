@@ -6,8 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use bytes::Bytes;
 use graylane_api::{
-    AnalysisView, ErrorBody, EventBatch, EventBody, EventsRecorded, ExperimentResults,
-    SeriesView,
+    AnalysisView, ErrorBody, EventBatch, EventBody, EventsRecorded, ExperimentResults, SeriesView,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;

@@ -187,8 +187,10 @@ mod tests {
             format!("{diff}applied as revision 4\n")
         );
 
-        let dry: ApplyOutcome =
-            serde_json::from_value(json!({ "applied": false, "valid": true, "revision": null, "diff": "" })).unwrap();
+        let dry: ApplyOutcome = serde_json::from_value(
+            json!({ "applied": false, "valid": true, "revision": null, "diff": "" }),
+        )
+        .unwrap();
         assert_eq!(
             change_text("revision 2", &dry),
             "no changes\ndry run: revision 2 is valid; nothing applied\n"
