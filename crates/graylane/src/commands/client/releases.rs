@@ -402,12 +402,8 @@ mod tests {
             "state": "paused",
             "step": 1,
             "steps": 4,
-            "plan": [
-                { "weight": 0.0, "pause": "manual" },
-                { "weight": 5.0, "pause": "5m" },
-                { "weight": 50.0, "pause": "manual" },
-                { "weight": 100.0, "pause": null }
-            ],
+            "plan": [{ "weight": 0.0, "pause": "manual" }, { "weight": 5.0, "pause": "5m" },
+                     { "weight": 50.0, "pause": "manual" }, { "weight": 100.0, "pause": null }],
             "baseline": "stable",
             "candidate": "canary",
             "stable": "stable",
@@ -426,9 +422,7 @@ mod tests {
                   "action": "pause", "reason": "checking the error rate", "from": "progressing",
                   "to": "paused", "step": 1, "weight": 5.0 }
             ],
-            "analysis": null,
-            "srm": null,
-            "circuits": {}
+            "analysis": null, "srm": null, "circuits": {}
         })
     }
 
