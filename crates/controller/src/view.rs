@@ -9,8 +9,7 @@ use graylane_api::{
     RevisionSource, RevisionView, StepView, Strategy, TransitionView, VariantView,
 };
 use graylane_config::{Check, Pause, Service, Weight};
-use graylane_rollout::Phase;
-use graylane_rollout::{Kind, Plan, Rollout, Transition};
+use graylane_rollout::{Kind, Phase, Plan, Rollout, Transition};
 use graylane_store::{AuditEntry, Revision, RevisionMeta};
 
 /// How many of a release's transitions a view shows.

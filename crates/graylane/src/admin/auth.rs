@@ -61,7 +61,7 @@ impl Tokens {
 }
 
 /// A role as the API's documents name it.
-pub fn api_role(role: Role) -> graylane_api::Role {
+pub(crate) fn api_role(role: Role) -> graylane_api::Role {
     match role {
         Role::Viewer => graylane_api::Role::Viewer,
         Role::Operator => graylane_api::Role::Operator,

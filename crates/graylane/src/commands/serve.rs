@@ -27,7 +27,7 @@ use super::takeover::{self, Predecessor, ReleasableStore};
 
 mod gateway;
 
-pub use gateway::run_gateway;
+pub(crate) use gateway::run_gateway;
 
 /// How long `--takeover` waits for the running process to close the store.
 const RELEASE_WAIT: Duration = Duration::from_secs(15);

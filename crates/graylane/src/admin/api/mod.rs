@@ -28,7 +28,7 @@ use super::AdminState;
 use super::error::ApiError;
 
 /// The API's routes (relative to the admin listener's root) and their OpenAPI document.
-pub fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
+pub(crate) fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(releases::list_releases))
         .routes(routes!(releases::get_release))
@@ -80,14 +80,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The wall clock in Unix milliseconds (0 before 1970, the maximum past 2262).
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The answer to a path under `/api/v1` that does not exist.
-pub async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
+pub(crate) async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
     ApiError::method_not_allowed(format!(
         "{method} is not served on {}: the `Allow` header lists the methods that are, and \
          /api/v1/openapi.json what each does",
@@ -96,7 +96,7 @@ pub async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiErro
 }
 
 /// The answer to a path under `/api/v1` that is not an API path at all.
-pub async fn not_found(uri: http::Uri) -> ApiError {
+pub(crate) async fn not_found(uri: http::Uri) -> ApiError {
     ApiError::not_found(format!(
         "no such API path: {}; the paths are listed in /api/v1/openapi.json",
         uri.path()

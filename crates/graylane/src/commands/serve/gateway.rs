@@ -34,7 +34,7 @@ enum Stop {
 
 /// Runs a gateway until SIGTERM/SIGINT or a takeover, then drains it. Shared by `serve` and
 /// `demo`.
-pub fn run_gateway(
+pub(crate) fn run_gateway(
     prepared: Prepared,
     config: Config,
     source: ConfigSource,
