@@ -22,7 +22,8 @@ use graylane_store::NewAuditEntry;
 
 use crate::controller::{Controller, find};
 use crate::error::ControlError;
-use crate::view::{AnalysisView, check_name, summarize};
+use crate::view::{check_name, summarize};
+use graylane_api::AnalysisView;
 
 /// Judgements kept per release for the API (the audit log has them all).
 pub const HISTORY: usize = 50;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use graylane_api::ReleaseView;
 use graylane_config::Config;
 use graylane_notify::Notifier;
 use graylane_rollout::{Kind, Plan, Rollout};
@@ -20,7 +21,7 @@ use crate::fleet::{RouteFigures, UnitHashes};
 use crate::releases::{Resume, routes, stored_releases};
 use crate::revisions::{config_audit, retain_audit};
 use crate::series::Series;
-use crate::view::{self, ReleaseView, RevisionView, release_view};
+use crate::view::{self, release_view};
 
 /// Where the controller's decisions take effect: the gateway's routing.
 pub trait DataPlane: Send + Sync {
@@ -87,17 +88,6 @@ pub enum Action {
 pub struct Actor<'a> {
     pub name: &'a str,
     pub reason: &'a str,
-}
-
-/// The outcome of a configuration change (or of trying one with `dry_run`).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ApplyOutcome {
-    pub applied: bool,
-    pub valid: bool,
-    /// The revision recorded; none for a dry run or a text identical to the current one.
-    pub revision: Option<RevisionView>,
-    /// Unified diff from the current revision to the proposed text.
-    pub diff: String,
 }
 
 /// How the controller starts.

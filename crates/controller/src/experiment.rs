@@ -7,12 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use graylane_analysis::{
-    CheckResult, CheckSpec, Sample, Srm, evaluate_variants, sample_ratio_mismatch,
-};
+use graylane_analysis::{CheckResult, CheckSpec, Sample, evaluate_variants, sample_ratio_mismatch};
+use graylane_api::{EventAttribution, EventSummary, ExperimentResults, VariantResult};
 use graylane_config::{Analysis, StatusRange};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::analysis::spec;
 use graylane_rollout::Kind;
@@ -20,53 +17,9 @@ use graylane_rollout::Kind;
 use crate::analysis::totals;
 use crate::controller::{Controller, find, unknown_service};
 use crate::error::ControlError;
-use crate::view::EventAttribution;
 
 /// The errors of an experiment without an analysis section: every 5xx.
 pub const DEFAULT_ERROR_CODES: [StatusRange; 1] = [StatusRange { from: 500, to: 599 }];
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ExperimentResults {
-    pub service: String,
-    /// The first variant, which the others are compared with.
-    pub control: String,
-    pub variants: Vec<VariantResult>,
-    /// Distinct units (bucketing keys) against the configured weights (Pearson χ²; flagged when
-    /// p < 0.001 and every variant expects at least 8 units). Beyond a few thousand units per
-    /// variant the test runs on a uniform sample of the units (see `units`).
-    #[schema(value_type = Object)]
-    pub srm: Srm,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct VariantResult {
-    pub name: String,
-    pub version: String,
-    /// Configured share, percent.
-    pub weight: f64,
-    /// Requests bucketed into the variant (with a sticky cookie: users, since a user is
-    /// bucketed once).
-    pub exposures: u64,
-    /// Distinct units (users, by bucketing key) bucketed into the variant: exact up to a few
-    /// thousand per variant and worker, an estimate from a uniform sample beyond.
-    pub units: u64,
-    pub requests: u64,
-    pub errors: u64,
-    pub error_rate: Option<f64>,
-    pub latency_p50_ms: Option<f64>,
-    pub latency_p99_ms: Option<f64>,
-    /// Business events by name: count and mean value.
-    pub events: BTreeMap<String, EventSummary>,
-    /// Each check against the control (empty for the control itself).
-    #[schema(value_type = Vec<Object>)]
-    pub comparisons: Vec<CheckResult>,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct EventSummary {
-    pub count: u64,
-    pub mean: Option<f64>,
-}
 
 /// `variants`: (name, version, weight percent) in bucket order, the control first; `units`:
 /// the distinct units of each variant (in that order) and their sampling level;

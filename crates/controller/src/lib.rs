@@ -6,7 +6,8 @@
 //!   changes are checked, persisted, handed to the [`DataPlane`] as a routing, and announced to
 //!   webhooks — in that order, so a change the store refuses never reaches traffic, and a
 //!   crash never loses one that did.
-//! * [`view`] turns that state into the admin API's JSON documents.
+//! * [`view`] turns that state into the admin API's documents (the `graylane-api` crate's
+//!   types).
 //! * [`fleet`] merges, in a fleet, every node's published figures into what the analysis sees.
 //! * [`metrics::ReleaseCollector`] exports every release's state and weights to Prometheus.
 //!
@@ -28,6 +29,6 @@ pub mod series;
 pub mod view;
 
 pub use analysis::Observation;
-pub use controller::{Action, Actor, ApplyOutcome, Controller, DataPlane, Reloaded, Setup};
+pub use controller::{Action, Actor, Controller, DataPlane, Reloaded, Setup};
 pub use error::ControlError;
 pub use revisions::{MAX_REASON_BYTES, registry_outside_a_fleet, unified_diff, webhook_targets};

@@ -15,7 +15,8 @@ use crate::controller::{
 };
 use crate::error::ControlError;
 use crate::revisions::check_reason;
-use crate::view::{self, ReleaseView};
+use crate::view;
+use graylane_api::ReleaseView;
 
 impl Controller {
     /// Every release, by service name.

@@ -9,10 +9,11 @@ use graylane_config::{Config, SegmentSource};
 use graylane_notify::WebhookTarget;
 use graylane_store::{AuditFilter, NewAuditEntry, NewRevision, RevisionSource, Store};
 
-use crate::controller::{ApplyOutcome, Controller, Reloaded, State};
+use crate::controller::{Controller, Reloaded, State};
 use crate::error::ControlError;
 use crate::releases::{Resume, routes};
-use crate::view::{self, AuditView, RevisionView, audit_view, full_revision_view, revision_view};
+use crate::view::{self, audit_view, full_revision_view, revision_view};
+use graylane_api::{ApplyOutcome, AuditView, RevisionView};
 
 impl Controller {
     /// The file changed on disk, or a SIGHUP asked for a reload: validates and applies it as a

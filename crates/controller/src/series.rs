@@ -4,8 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
-use utoipa::ToSchema;
+use graylane_api::{Point, SeriesView};
 
 use crate::analysis::Observation;
 use graylane_rollout::Kind;
@@ -17,24 +16,6 @@ use crate::error::ControlError;
 pub const POINTS: usize = 900;
 /// How often a point is taken.
 pub const INTERVAL_MS: i64 = 1000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, ToSchema)]
-pub struct Point {
-    pub t_ms: i64,
-    pub rps: f64,
-    /// 5xx share; `None` in a second without requests.
-    pub error_rate: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct SeriesView {
-    pub service: String,
-    pub interval_s: f64,
-    /// Points by version, oldest first.
-    pub versions: BTreeMap<String, Vec<Point>>,
-}
 
 struct Track {
     last: Observation,

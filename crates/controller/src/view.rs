@@ -1,104 +1,19 @@
-//! What the admin API answers: releases, revisions and audit entries as JSON documents (their
-//! schemas are part of the OpenAPI document). Built from the controller's state on request.
+//! What the admin API answers: releases, revisions and audit entries, built from the
+//! controller's state on request as the `graylane-api` crate's documents.
 
 use std::collections::BTreeMap;
 
-use graylane_analysis::{Decision, Judgement, Srm, sample_ratio_mismatch};
+use graylane_analysis::{Decision, Judgement, sample_ratio_mismatch};
+use graylane_api::{
+    AnalysisBrief, AnalysisDecision, AuditView, CircuitState, ReleaseState, ReleaseView,
+    RevisionSource, RevisionView, StepView, Strategy, TransitionView, VariantView,
+};
 use graylane_config::{Check, Pause, Service, Weight};
-use graylane_rollout::{Kind, Plan, Rollout, Transition};
+use graylane_rollout::{Kind, Phase, Plan, Rollout, Transition};
 use graylane_store::{AuditEntry, Revision, RevisionMeta};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 /// How many of a release's transitions a view shows.
 pub const TRANSITIONS_SHOWN: usize = 50;
-
-/// One release as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ReleaseView {
-    pub service: String,
-    pub env: String,
-    /// `canary`, `blue_green` or `experiment`.
-    pub strategy: String,
-    /// `progressing`, `paused`, `completed`, `aborted` or `rolled_back`.
-    pub state: String,
-    /// Index of the current step (from 0).
-    pub step: usize,
-    pub steps: usize,
-    /// The configured steps in order: the candidate's weight and the pause of each.
-    pub plan: Vec<StepView>,
-    pub baseline: String,
-    pub candidate: String,
-    /// The version that is stable now.
-    pub stable: String,
-    /// Percent of the bucketed traffic per version.
-    pub weights: BTreeMap<String, f64>,
-    pub weight_overridden: bool,
-    /// The current step's pause: `manual`, a duration such as `5m`, or none.
-    pub pause: Option<String>,
-    pub pause_remaining_s: Option<f64>,
-    /// A promoted blue-green release keeps its previous version until then (RFC 3339).
-    pub previous_kept_until: Option<String>,
-    /// The commands that make sense now.
-    pub allowed: Vec<String>,
-    /// Experiments: each variant with its share and how many requests were bucketed into it.
-    pub variants: Vec<VariantView>,
-    /// The most recent transitions, oldest first.
-    pub transitions: Vec<TransitionView>,
-    /// The analysis's latest decision, when the release has one and it has judged.
-    pub analysis: Option<AnalysisBrief>,
-    /// Experiments: the sample-ratio-mismatch check of the distinct units against the weights.
-    #[schema(value_type = Option<Object>)]
-    pub srm: Option<Srm>,
-    /// Circuit-breaker state by version (`closed`, `open`, `half_open`), for versions with a
-    /// breaker.
-    pub circuits: BTreeMap<String, &'static str>,
-}
-
-/// One configured step of a release.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct StepView {
-    /// The candidate's percent of the bucketed traffic at this step.
-    pub weight: f64,
-    /// `manual`, a duration such as `5m`, or none.
-    pub pause: Option<String>,
-}
-
-/// The latest analysis decision in one line.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct AnalysisBrief {
-    /// `continue`, `promote`, `hold`, `pause` or `fail`.
-    pub decision: String,
-    pub summary: String,
-    /// RFC 3339.
-    pub at: String,
-}
-
-/// A release's analysis: its checks and its latest judgements with their figures.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct AnalysisView {
-    pub service: String,
-    /// Whether the release has an `analysis` section.
-    pub configured: bool,
-    pub interval_s: Option<f64>,
-    pub checks: Vec<String>,
-    /// The latest judgement: every check's verdict (pass, fail, inconclusive) with its figures
-    /// and the decision.
-    #[schema(value_type = Option<Object>)]
-    pub latest: Option<Judgement>,
-    /// Up to the last 50 judgements, oldest first.
-    #[schema(value_type = Vec<Object>)]
-    pub history: Vec<Judgement>,
-}
-
-/// Where a business event was counted.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct EventAttribution {
-    pub service: String,
-    pub version: String,
-    /// The experiment variant, for an experiment.
-    pub variant: Option<String>,
-}
 
 /// A check's name as the API shows it: `error_rate`, `latency_p99`, the query's name...
 pub fn check_name(check: &Check) -> String {
@@ -131,75 +46,17 @@ pub fn summarize(decision: &Decision, judgement: &Judgement) -> String {
 
 pub(crate) fn brief(judgement: &Judgement) -> AnalysisBrief {
     let decision = match judgement.decision {
-        Decision::Continue => "continue",
-        Decision::Promote => "promote",
-        Decision::Hold { .. } => "hold",
-        Decision::Pause { .. } => "pause",
-        Decision::Fail { .. } => "fail",
+        Decision::Continue => AnalysisDecision::Continue,
+        Decision::Promote => AnalysisDecision::Promote,
+        Decision::Hold { .. } => AnalysisDecision::Hold,
+        Decision::Pause { .. } => AnalysisDecision::Pause,
+        Decision::Fail { .. } => AnalysisDecision::Fail,
     };
     AnalysisBrief {
-        decision: decision.to_string(),
+        decision,
         summary: summarize(&judgement.decision, judgement),
         at: rfc3339(i64::try_from(judgement.at_ms).unwrap_or(0)),
     }
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct VariantView {
-    pub name: String,
-    pub version: String,
-    pub weight: f64,
-    pub exposures: u64,
-    /// Distinct units (users, by bucketing key) bucketed into the variant; an estimate from a
-    /// uniform sample beyond a few thousand per variant and worker.
-    pub units: u64,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct TransitionView {
-    /// RFC 3339.
-    pub at: String,
-    pub at_ms: i64,
-    pub actor: String,
-    pub action: String,
-    pub reason: String,
-    pub from: String,
-    pub to: String,
-    pub step: usize,
-    /// The candidate's weight after the change, in percent.
-    pub weight: f64,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct RevisionView {
-    pub n: u64,
-    /// RFC 3339.
-    pub at: String,
-    pub at_ms: i64,
-    pub author: String,
-    pub message: String,
-    /// `file`, `api` or `revert`.
-    pub source: String,
-    /// For a revert: the revision whose text it restored.
-    pub reverted_from: Option<u64>,
-    /// The whole YAML; only when one revision is asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub yaml: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct AuditView {
-    pub seq: u64,
-    /// RFC 3339.
-    pub at: String,
-    pub at_ms: i64,
-    pub actor: String,
-    pub action: String,
-    /// A service name, or `config`.
-    pub target: String,
-    pub reason: String,
-    #[schema(value_type = Object)]
-    pub detail: serde_json::Value,
 }
 
 /// RFC 3339 in UTC with milliseconds; the Unix epoch for a time that cannot be shown.
@@ -288,8 +145,8 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
     ReleaseView {
         service: service.name.clone(),
         env: env.to_string(),
-        strategy: plan.kind.as_str().to_string(),
-        state: rollout.phase.as_str().to_string(),
+        strategy: strategy(&plan.kind),
+        state: state(rollout.phase),
         step: rollout.step,
         steps: plan.steps.len(),
         plan: plan
@@ -330,7 +187,28 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
         },
         variants: variants_view,
         analysis,
-        circuits,
+        circuits: circuits
+            .into_iter()
+            .map(|(version, word)| (version, CircuitState::from_word(word)))
+            .collect(),
+    }
+}
+
+fn strategy(kind: &Kind) -> Strategy {
+    match kind {
+        Kind::Canary => Strategy::Canary,
+        Kind::BlueGreen { .. } => Strategy::BlueGreen,
+        Kind::Experiment { .. } => Strategy::Experiment,
+    }
+}
+
+fn state(phase: Phase) -> ReleaseState {
+    match phase {
+        Phase::Progressing => ReleaseState::Progressing,
+        Phase::Paused => ReleaseState::Paused,
+        Phase::Completed => ReleaseState::Completed,
+        Phase::Aborted => ReleaseState::Aborted,
+        Phase::RolledBack => ReleaseState::RolledBack,
     }
 }
 
@@ -341,8 +219,8 @@ fn transition_view(t: &Transition) -> TransitionView {
         actor: t.actor.clone(),
         action: t.what.clone(),
         reason: t.reason.clone(),
-        from: t.from.as_str().to_string(),
-        to: t.to.as_str().to_string(),
+        from: state(t.from),
+        to: state(t.to),
         step: t.step,
         weight: t.weight.percent(),
     }
@@ -365,9 +243,10 @@ fn humantime_like(d: std::time::Duration) -> String {
 }
 
 pub(crate) fn revision_view(meta: &RevisionMeta) -> RevisionView {
-    let reverted_from = match meta.source {
-        graylane_store::RevisionSource::Revert { from } => Some(from),
-        _ => None,
+    let (source, reverted_from) = match meta.source {
+        graylane_store::RevisionSource::File => (RevisionSource::File, None),
+        graylane_store::RevisionSource::Api => (RevisionSource::Api, None),
+        graylane_store::RevisionSource::Revert { from } => (RevisionSource::Revert, Some(from)),
     };
     RevisionView {
         n: meta.n,
@@ -375,7 +254,7 @@ pub(crate) fn revision_view(meta: &RevisionMeta) -> RevisionView {
         at_ms: meta.at_ms,
         author: meta.author.clone(),
         message: meta.message.clone(),
-        source: meta.source.as_str().to_string(),
+        source,
         reverted_from,
         yaml: None,
     }

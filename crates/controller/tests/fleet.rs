@@ -191,7 +191,11 @@ fn judge_step(b_errors: u64) -> String {
     b.serve("payment", "canary", 500, b_errors, 5);
     publish(&fleet, "b", &b, 900);
     assert_eq!(controller.analyze(1_000), 1);
-    controller.release("payment", 1_000).unwrap().state
+    controller
+        .release("payment", 1_000)
+        .unwrap()
+        .state
+        .to_string()
 }
 
 #[test]

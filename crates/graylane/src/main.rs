@@ -14,6 +14,7 @@
 mod admin;
 mod commands;
 mod logging;
+mod runtime;
 
 use std::process::ExitCode;
 

@@ -60,6 +60,15 @@ impl Tokens {
     }
 }
 
+/// A role as the API's documents name it.
+pub(crate) fn api_role(role: Role) -> graylane_api::Role {
+    match role {
+        Role::Viewer => graylane_api::Role::Viewer,
+        Role::Operator => graylane_api::Role::Operator,
+        Role::Admin => graylane_api::Role::Admin,
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

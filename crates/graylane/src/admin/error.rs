@@ -1,40 +1,17 @@
-//! The admin API's error body: `{"error": "<sentence>", "code": "<kind>", ...}` with the
-//! status that goes with the kind (see docs/admin-api.md).
+//! The admin API's errors: the error body (`{"error": "<sentence>", "code": "<kind>", ...}`,
+//! [`ErrorBody`] in `graylane-api`) with the status that goes with the kind (see
+//! docs/admin-api.md).
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
+use graylane_api::ErrorBody;
 use graylane_config::Role;
 use graylane_controller::ControlError;
 use graylane_rollout::CommandError;
 use graylane_store::StoreError;
 use http::StatusCode;
-use serde::Serialize;
-use utoipa::ToSchema;
 
-use super::auth::Caller;
-
-/// What every failed call answers.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong and what would work, in one sentence.
-    pub error: String,
-    /// `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `unknown_service`,
-    /// `not_allowed`, `bad_request`, `too_large`, `invalid_config`, `store`, `write_failed` or
-    /// `unavailable`.
-    pub code: &'static str,
-    /// `forbidden`/`unauthorized`: the role the call needs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub required_role: Option<&'static str>,
-    /// `unknown_service`: the services that have a release.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub services: Option<Vec<String>>,
-    /// `not_allowed`: the commands that make sense now.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allowed: Option<Vec<String>>,
-    /// `invalid_config`: every problem, as `file:line:col: key: reason`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<String>>,
-}
+use super::auth::{Caller, api_role};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -53,7 +30,7 @@ impl ApiError {
             status,
             body: Box::new(ErrorBody {
                 error: error.into(),
-                code,
+                code: code.to_string(),
                 required_role: None,
                 services: None,
                 allowed: None,
@@ -95,7 +72,7 @@ impl ApiError {
                 needed.as_str()
             ),
         );
-        e.body.required_role = Some(needed.as_str());
+        e.body.required_role = Some(api_role(needed));
         e
     }
 
@@ -110,7 +87,7 @@ impl ApiError {
                 needed.as_str()
             ),
         );
-        e.body.required_role = Some(needed.as_str());
+        e.body.required_role = Some(api_role(needed));
         e
     }
 }

@@ -102,41 +102,36 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// Starts both demo upstreams on a background thread; returns their addresses.
 fn start_upstreams() -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("graylane-demo-upstreams".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
+    crate::runtime::thread("graylane-demo-upstreams", move || {
+        let runtime = match crate::runtime::control() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(anyhow::Error::from(e)));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let bound = async {
+                let stable = TcpListener::bind("127.0.0.1:0").await?;
+                let canary = TcpListener::bind("127.0.0.1:0").await?;
+                anyhow::Ok((stable, canary))
+            }
+            .await;
+            match bound {
+                Ok((stable, canary)) => {
+                    let addrs = (stable.local_addr(), canary.local_addr());
+                    let _ = tx.send(match addrs {
+                        (Ok(a), Ok(b)) => Ok((a, b)),
+                        (Err(e), _) | (_, Err(e)) => Err(e.into()),
+                    });
+                    tokio::join!(upstream(stable, "stable"), upstream(canary, "canary"));
+                }
                 Err(e) => {
-                    let _ = tx.send(Err(anyhow::Error::from(e)));
-                    return;
+                    let _ = tx.send(Err(e));
                 }
-            };
-            runtime.block_on(async move {
-                let bound = async {
-                    let stable = TcpListener::bind("127.0.0.1:0").await?;
-                    let canary = TcpListener::bind("127.0.0.1:0").await?;
-                    anyhow::Ok((stable, canary))
-                }
-                .await;
-                match bound {
-                    Ok((stable, canary)) => {
-                        let addrs = (stable.local_addr(), canary.local_addr());
-                        let _ = tx.send(match addrs {
-                            (Ok(a), Ok(b)) => Ok((a, b)),
-                            (Err(e), _) | (_, Err(e)) => Err(e.into()),
-                        });
-                        tokio::join!(upstream(stable, "stable"), upstream(canary, "canary"));
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                }
-            });
-        })?;
+            }
+        });
+    })?;
     rx.recv()?
 }
 

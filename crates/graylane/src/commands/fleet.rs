@@ -387,7 +387,7 @@ impl NotReady {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (accepting, stopping) = (listener.try_clone()?, Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
+        let thread = crate::runtime::thread("graylane-not-ready", move || {
             use std::io::{Read, Write};
             while !stopping.load(Ordering::Relaxed) {
                 let Ok((mut stream, _)) = accepting.accept() else {
@@ -411,7 +411,7 @@ impl NotReady {
                     Self::ANSWER
                 );
             }
-        });
+        })?;
         Ok(NotReady {
             listener,
             stop,

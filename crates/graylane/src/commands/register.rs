@@ -117,9 +117,7 @@ fn default_id(address: SocketAddr) -> String {
 
 pub fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, &args.log_level);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::control()?;
     runtime.block_on(register(args))
 }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use serde::Deserialize;
+use graylane_api::{AuditList, AuditView};
 
 use super::table::{or_dash, render, to_second};
 use super::{AdminArgs, Client};
@@ -39,27 +39,10 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     .filter_map(|(name, value)| Some((name, value?)))
     .collect();
     let answer = client.get("/api/v1/audit", &query)?;
-    client.show(answer, |log: AuditLog| audit_table(&log.entries))
+    client.show(answer, |log: AuditList| audit_table(&log.entries))
 }
 
-#[derive(Deserialize)]
-struct AuditLog {
-    entries: Vec<Entry>,
-}
-
-#[derive(Deserialize)]
-struct Entry {
-    seq: u64,
-    at: String,
-    actor: String,
-    action: String,
-    #[serde(default)]
-    target: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-fn audit_table(entries: &[Entry]) -> String {
+fn audit_table(entries: &[AuditView]) -> String {
     if entries.is_empty() {
         return "no audit entries\n".to_string();
     }
@@ -71,8 +54,8 @@ fn audit_table(entries: &[Entry]) -> String {
                 to_second(&e.at),
                 e.actor.clone(),
                 e.action.clone(),
-                or_dash(e.target.as_deref()),
-                e.reason.clone().unwrap_or_default(),
+                or_dash(Some(&e.target)),
+                e.reason.clone(),
             ]
         })
         .collect();
@@ -86,14 +69,14 @@ mod tests {
 
     #[test]
     fn entries_are_one_row_each_newest_first_as_sent() {
-        let log: AuditLog = serde_json::from_value(json!({
+        let log: AuditList = serde_json::from_value(json!({
             "env": "default",
             "entries": [
                 { "seq": 12, "at": "2026-11-22T10:05:00.500Z", "at_ms": 1795341900500_i64,
                   "actor": "alice", "action": "promote", "target": "payment",
                   "reason": "looks good", "detail": { "step": 2 } },
                 { "seq": 11, "at": "2026-11-22T10:00:00.000Z", "at_ms": 1795341600000_i64,
-                  "actor": "ci", "action": "config.apply", "target": null, "reason": null,
+                  "actor": "ci", "action": "config.apply", "target": "config", "reason": "",
                   "detail": {} }
             ]
         }))
@@ -102,7 +85,7 @@ mod tests {
             audit_table(&log.entries),
             "SEQ  AT                    ACTOR  ACTION        TARGET   REASON\n\
              12   2026-11-22T10:05:00Z  alice  promote       payment  looks good\n\
-             11   2026-11-22T10:00:00Z  ci     config.apply  -\n"
+             11   2026-11-22T10:00:00Z  ci     config.apply  config\n"
         );
         assert_eq!(audit_table(&[]), "no audit entries\n");
     }

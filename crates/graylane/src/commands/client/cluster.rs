@@ -2,58 +2,14 @@
 //! `GET /api/v1/cluster`, with the members that lag behind the newest revision or went silent
 //! flagged, so an operator sees at once which node serves an old configuration.
 
-use serde::Deserialize;
+use graylane_api::Cluster;
 
 use super::table::{or_dash, render, to_second};
-
-/// `GET /api/v1/cluster`'s answer.
-#[derive(Deserialize)]
-pub struct Cluster {
-    pub mode: String,
-    #[serde(default)]
-    pub node: Option<String>,
-    #[serde(default)]
-    pub leader: Option<String>,
-    #[serde(default)]
-    pub latest_revision: Option<u64>,
-    #[serde(default = "yes")]
-    pub store_reachable: bool,
-    #[serde(default)]
-    pub members: Vec<Member>,
-}
-
-#[derive(Deserialize)]
-pub struct Member {
-    pub name: String,
-    #[serde(default)]
-    pub admin: Option<String>,
-    #[serde(default)]
-    pub config_revision: u64,
-    #[serde(default)]
-    pub ready: bool,
-    #[serde(default)]
-    pub last_seen: String,
-    #[serde(default)]
-    pub lagging: bool,
-    #[serde(default)]
-    pub stale: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Cluster {
-    /// Whether the node runs in a fleet (a single node has nothing to show).
-    pub fn is_fleet(&self) -> bool {
-        self.mode == "fleet"
-    }
-}
 
 /// The fleet as text: a summary line, a warning when this node cannot reach etcd, and the
 /// members' table with a NOTE column that says who leads, which is this node, and who lags or
 /// is stale.
-pub fn render_fleet(c: &Cluster) -> String {
+pub(super) fn render_fleet(c: &Cluster) -> String {
     let newest = c
         .latest_revision
         .map_or_else(|| "-".to_string(), |n| n.to_string());
@@ -124,9 +80,10 @@ pub fn render_fleet(c: &Cluster) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use graylane_api::{ClusterMember, ClusterMode};
 
-    fn member(name: &str, revision: u64, lagging: bool, stale: bool) -> Member {
-        Member {
+    fn member(name: &str, revision: u64, lagging: bool, stale: bool) -> ClusterMember {
+        ClusterMember {
             name: name.to_string(),
             admin: Some(format!("127.0.0.1:99{revision}{}", name.len())),
             config_revision: revision,
@@ -140,7 +97,7 @@ mod tests {
     #[test]
     fn the_leader_this_node_and_a_lagging_stale_member_are_named() {
         let c = Cluster {
-            mode: "fleet".into(),
+            mode: ClusterMode::Fleet,
             node: Some("a".into()),
             leader: Some("b".into()),
             latest_revision: Some(3),
@@ -166,7 +123,7 @@ mod tests {
     #[test]
     fn a_node_cut_off_from_etcd_says_so_and_a_missing_leader_is_explained() {
         let c = Cluster {
-            mode: "fleet".into(),
+            mode: ClusterMode::Fleet,
             node: Some("c".into()),
             leader: None,
             latest_revision: Some(1),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::Args;
-use serde::Deserialize;
+use graylane_api::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use ureq::http::Response;
@@ -202,16 +202,6 @@ pub fn segment(text: &str) -> String {
     out
 }
 
-/// The error body every 4xx/5xx of the admin API carries.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    #[serde(default)]
-    required_role: Option<String>,
-    #[serde(default)]
-    errors: Vec<String>,
-}
-
 /// The message for an unsuccessful answer. The server's `error` sentence already names what
 /// is wrong and what is allowed (the services that exist, the commands allowed now), so it is
 /// shown as is; only authentication gets a sentence of ours, since the fix is on this side.
@@ -222,7 +212,10 @@ fn error_message(admin: &str, status: u16, body: &str, token_sent: bool) -> Stri
         }
         return format!("admin API answered {status}: {}", first_chars(body));
     };
-    let role = error.required_role.as_deref().unwrap_or("viewer or higher");
+    let role = error
+        .required_role
+        .as_ref()
+        .map_or("viewer or higher", |role| role.as_str());
     let mut message = match status {
         401 if token_sent => format!(
             "the admin API at {admin} does not accept the token in {TOKEN_ENV}: \
@@ -240,7 +233,7 @@ fn error_message(admin: &str, status: u16, body: &str, token_sent: bool) -> Stri
         ),
         _ => error.error,
     };
-    for e in &error.errors {
+    for e in error.errors.iter().flatten() {
         message.push_str("\nerror: ");
         message.push_str(e);
     }

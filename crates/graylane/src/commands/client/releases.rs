@@ -2,15 +2,18 @@
 //! and the release commands (`promote`, `pause`, `resume`, `abort`, `retry`, `rollback`,
 //! `set-weight`).
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use graylane_api::{
+    CircuitState, Cluster, ClusterMode, CommandBody, ReleaseList, ReleaseState, ReleaseView,
+    WeightBody,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use super::cluster::{Cluster, render_fleet};
+use super::cluster::render_fleet;
 use super::table::{or_dash, percent, render, to_second};
 use super::{AdminArgs, Client, segment};
 
@@ -109,9 +112,9 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 Ok(_) => {}
                 Err(e) => eprintln!("graylane: the fleet is not shown: {e:#}"),
             }
-            client.show(answer, |list: ReleaseList| {
-                let mut out = overview(&list.releases);
-                if let Some(cluster) = list.cluster.filter(Cluster::is_fleet) {
+            client.show(answer, |status: Status| {
+                let mut out = overview(&status.list.releases);
+                if let Some(cluster) = status.cluster.filter(|c| c.mode == ClusterMode::Fleet) {
                     out.push('\n');
                     out.push_str(&render_fleet(&cluster));
                 }
@@ -120,134 +123,62 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         Some(service) => {
             let answer = client.get(&format!("/api/v1/releases/{}", segment(service)), &[])?;
-            client.show(answer, |release: Release| detail(&release))
+            client.show(answer, |release: ReleaseView| detail(&release))
         }
     }
 }
 
 pub fn command(verb: Verb, args: CommandArgs) -> anyhow::Result<ExitCode> {
-    send(&args, verb.path(), Map::new())
+    let body = CommandBody {
+        reason: args.reason.clone(),
+        ..CommandBody::default()
+    };
+    send(&args.service, &args.admin, verb.path(), &body)
 }
 
 pub fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
-    let mut extras = Map::new();
-    if args.full {
-        extras.insert("full".into(), json!(true));
-    }
-    if let Some(variant) = args.variant {
-        extras.insert("variant".into(), json!(variant));
-    }
-    send(&args.command, "promote", extras)
+    let body = CommandBody {
+        reason: args.command.reason.clone(),
+        full: args.full.then_some(true),
+        variant: args.variant,
+    };
+    send(&args.command.service, &args.command.admin, "promote", &body)
 }
 
 pub fn set_weight(args: SetWeightArgs) -> anyhow::Result<ExitCode> {
-    let command = CommandArgs {
-        service: args.service,
-        reason: args.reason,
-        admin: args.admin,
+    let body = WeightBody {
+        weight: json!(args.weight),
+        reason: args.reason.clone(),
     };
-    send(
-        &command,
-        "weight",
-        Map::from_iter([("weight".into(), json!(args.weight))]),
-    )
+    send(&args.service, &args.admin, "weight", &body)
 }
 
-/// `POST /api/v1/releases/{service}/{path}` with the reason and `body`'s fields; the answer
-/// is the release as it is now.
-fn send(args: &CommandArgs, path: &str, mut body: Map<String, Value>) -> anyhow::Result<ExitCode> {
-    if let Some(reason) = &args.reason {
-        body.insert("reason".into(), json!(reason));
-    }
-    let client = Client::new(&args.admin);
+/// `POST /api/v1/releases/{service}/{path}` with `body`; the answer is the release as it is
+/// now.
+fn send(
+    service: &str,
+    admin: &AdminArgs,
+    path: &str,
+    body: &impl Serialize,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(admin);
     let answer = client.post(
-        &format!("/api/v1/releases/{}/{path}", segment(&args.service)),
+        &format!("/api/v1/releases/{}/{path}", segment(service)),
         &[],
-        Some(&Value::Object(body)),
+        Some(&serde_json::to_value(body)?),
     )?;
-    client.show(answer, |release: Release| {
+    client.show(answer, |release: ReleaseView| {
         format!("{}\n", outcome(&release))
     })
 }
 
+/// `GET /api/v1/releases`, with the fleet `status` adds under the releases on a fleet node.
 #[derive(Deserialize)]
-struct ReleaseList {
-    releases: Vec<Release>,
+struct Status {
+    #[serde(flatten)]
+    list: ReleaseList,
     #[serde(default)]
     cluster: Option<Cluster>,
-}
-
-#[derive(Deserialize)]
-struct Release {
-    service: String,
-    strategy: String,
-    state: String,
-    #[serde(default)]
-    step: usize,
-    #[serde(default)]
-    steps: usize,
-    #[serde(default)]
-    baseline: Option<String>,
-    #[serde(default)]
-    candidate: Option<String>,
-    stable: String,
-    #[serde(default)]
-    weights: BTreeMap<String, f64>,
-    #[serde(default)]
-    weight_overridden: bool,
-    #[serde(default)]
-    pause: Option<String>,
-    #[serde(default)]
-    pause_remaining_s: Option<f64>,
-    #[serde(default)]
-    allowed: Vec<String>,
-    #[serde(default)]
-    variants: Vec<Variant>,
-    #[serde(default)]
-    transitions: Vec<Transition>,
-    #[serde(default)]
-    analysis: Option<Analysis>,
-    #[serde(default)]
-    srm: Option<Srm>,
-    #[serde(default)]
-    circuits: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct Analysis {
-    decision: String,
-    summary: String,
-    at: String,
-}
-
-#[derive(Deserialize)]
-struct Srm {
-    flagged: bool,
-    p_value: f64,
-    #[serde(default)]
-    reason: String,
-}
-
-#[derive(Deserialize)]
-struct Variant {
-    name: String,
-    version: String,
-    weight: f64,
-    #[serde(default)]
-    exposures: u64,
-}
-
-#[derive(Deserialize)]
-struct Transition {
-    at: String,
-    actor: String,
-    action: String,
-    #[serde(default)]
-    reason: Option<String>,
-    from: String,
-    to: String,
-    #[serde(default)]
-    weight: Option<f64>,
 }
 
 /// How many transitions `status SERVICE` shows; `--json` has all the API keeps.
@@ -257,7 +188,7 @@ const OVERVIEW: [&str; 7] = [
     "SERVICE", "STRATEGY", "STATE", "STEP", "WEIGHTS", "STABLE", "PAUSE",
 ];
 
-fn overview(releases: &[Release]) -> String {
+fn overview(releases: &[ReleaseView]) -> String {
     if releases.is_empty() {
         return "no releases\n".to_string();
     }
@@ -265,11 +196,11 @@ fn overview(releases: &[Release]) -> String {
     render(&OVERVIEW, &rows)
 }
 
-fn overview_row(r: &Release) -> Vec<String> {
+fn overview_row(r: &ReleaseView) -> Vec<String> {
     vec![
         r.service.clone(),
-        r.strategy.clone(),
-        r.state.clone(),
+        r.strategy.to_string(),
+        r.state.to_string(),
         step(r),
         weights(r),
         r.stable.clone(),
@@ -277,7 +208,7 @@ fn overview_row(r: &Release) -> Vec<String> {
     ]
 }
 
-fn detail(r: &Release) -> String {
+fn detail(r: &ReleaseView) -> String {
     let mut out = render(&OVERVIEW, &[overview_row(r)]);
     if r.weight_overridden {
         out.push_str("the weight is set by hand until the next step\n");
@@ -317,7 +248,7 @@ fn detail(r: &Release) -> String {
     let open: Vec<String> = r
         .circuits
         .iter()
-        .filter(|(_, state)| state.as_str() != "closed")
+        .filter(|(_, state)| **state != CircuitState::Closed)
         .map(|(version, state)| format!("{version} {state}"))
         .collect();
     if !open.is_empty() {
@@ -366,8 +297,8 @@ fn detail(r: &Release) -> String {
                 t.actor.clone(),
                 t.action.clone(),
                 format!("{} → {}", t.from, t.to),
-                t.weight.map_or_else(|| "-".to_string(), percent),
-                or_dash(t.reason.as_deref()),
+                percent(t.weight),
+                or_dash(Some(&t.reason)),
             ]
         })
         .collect();
@@ -379,18 +310,15 @@ fn detail(r: &Release) -> String {
 }
 
 /// One line after a command: where the release stands now.
-fn outcome(r: &Release) -> String {
-    match r.state.as_str() {
-        "progressing" | "paused" => {
+fn outcome(r: &ReleaseView) -> String {
+    match r.state {
+        ReleaseState::Progressing | ReleaseState::Paused => {
             let at = if r.steps > 0 {
                 format!(" at step {}", step(r))
             } else {
                 String::new()
             };
-            let candidate = r
-                .candidate
-                .as_ref()
-                .and_then(|c| Some((c, r.weights.get(c)?)));
+            let candidate = r.weights.get(&r.candidate).map(|w| (&r.candidate, w));
             let traffic = match candidate {
                 Some((name, weight)) => format!("{name} {}", percent(*weight)),
                 None => weights(r),
@@ -407,7 +335,7 @@ fn outcome(r: &Release) -> String {
 }
 
 /// The step as people count (the API's is 0-based); a completed release stays on its last.
-fn step(r: &Release) -> String {
+fn step(r: &ReleaseView) -> String {
     if r.steps == 0 {
         return "-".to_string();
     }
@@ -416,11 +344,10 @@ fn step(r: &Release) -> String {
 
 /// Every version's share, the baseline first and the candidate second as people read a
 /// canary, then any others by name.
-fn weights(r: &Release) -> String {
-    let first = [r.baseline.as_deref(), r.candidate.as_deref()];
+fn weights(r: &ReleaseView) -> String {
+    let first = [r.baseline.as_str(), r.candidate.as_str()];
     let mut order: Vec<&str> = first
         .into_iter()
-        .flatten()
         .filter(|name| r.weights.contains_key(*name))
         .collect();
     order.dedup();
@@ -428,7 +355,7 @@ fn weights(r: &Release) -> String {
         r.weights
             .keys()
             .map(String::as_str)
-            .filter(|name| !first.contains(&Some(*name))),
+            .filter(|name| !first.contains(name)),
     );
     if order.is_empty() {
         return "-".to_string();
@@ -442,15 +369,15 @@ fn weights(r: &Release) -> String {
 
 /// The current step's pause while the release runs: the time left of a timed one (frozen while
 /// the release is paused), `manual`, or `-`. A finished release waits for nothing.
-fn pause(r: &Release) -> String {
-    if !matches!(r.state.as_str(), "progressing" | "paused") {
+fn pause(r: &ReleaseView) -> String {
+    if !r.state.is_running() {
         return "-".to_string();
     }
     match (r.pause_remaining_s, &r.pause) {
         (Some(seconds), _) => {
             let whole = Duration::from_secs(seconds.max(0.0) as u64);
             let left = format!("{} left", humantime::format_duration(whole));
-            if r.state == "paused" {
+            if r.state == ReleaseState::Paused {
                 format!("{left} once resumed")
             } else {
                 left
@@ -464,7 +391,9 @@ fn pause(r: &Release) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
+    /// A release as the server writes it.
     fn payment() -> Value {
         json!({
             "service": "payment",
@@ -473,6 +402,8 @@ mod tests {
             "state": "paused",
             "step": 1,
             "steps": 4,
+            "plan": [{ "weight": 0.0, "pause": "manual" }, { "weight": 5.0, "pause": "5m" },
+                     { "weight": 50.0, "pause": "manual" }, { "weight": 100.0, "pause": null }],
             "baseline": "stable",
             "candidate": "canary",
             "stable": "stable",
@@ -480,29 +411,34 @@ mod tests {
             "weight_overridden": false,
             "pause": "5m",
             "pause_remaining_s": 241.5,
+            "previous_kept_until": null,
             "allowed": ["resume", "promote", "promote_full", "abort", "set_weight"],
             "variants": [],
             "transitions": [
                 { "at": "2026-11-22T10:00:00.000Z", "at_ms": 1795341600000_i64, "actor": "timer",
-                  "action": "tick", "reason": null, "from": "progressing", "to": "progressing",
+                  "action": "tick", "reason": "", "from": "progressing", "to": "progressing",
                   "step": 1, "weight": 5.0 },
                 { "at": "2026-11-22T10:01:30.250Z", "at_ms": 1795341690250_i64, "actor": "alice",
                   "action": "pause", "reason": "checking the error rate", "from": "progressing",
                   "to": "paused", "step": 1, "weight": 5.0 }
-            ]
+            ],
+            "analysis": null, "srm": null, "circuits": {}
         })
     }
 
-    fn release(value: Value) -> Release {
+    fn release(value: Value) -> ReleaseView {
         serde_json::from_value(value).unwrap()
     }
 
     #[test]
     fn the_overview_has_one_aligned_row_per_release() {
         let search = json!({
-            "service": "search", "strategy": "blue_green", "state": "completed", "step": 0,
-            "steps": 0, "baseline": "blue", "candidate": "green", "stable": "green",
-            "weights": { "blue": 0.0, "green": 100.0 }, "pause": null
+            "service": "search", "env": "default", "strategy": "blue_green",
+            "state": "completed", "step": 0, "steps": 0, "plan": [], "baseline": "blue",
+            "candidate": "green", "stable": "green", "weights": { "blue": 0.0, "green": 100.0 },
+            "weight_overridden": false, "pause": null, "pause_remaining_s": null,
+            "previous_kept_until": null, "allowed": ["rollback"], "variants": [],
+            "transitions": [], "analysis": null, "srm": null, "circuits": {}
         });
         let list: ReleaseList =
             serde_json::from_value(json!({ "env": "default", "releases": [payment(), search] }))
@@ -585,8 +521,8 @@ mod tests {
         value["transitions"] = Value::Array(vec![one; 12]);
         value["strategy"] = json!("experiment");
         value["variants"] = json!([
-            { "name": "a", "version": "stable", "weight": 50.0, "exposures": 1234 },
-            { "name": "b", "version": "canary", "weight": 50.0, "exposures": 1301 }
+            { "name": "a", "version": "stable", "weight": 50.0, "exposures": 1234, "units": 600 },
+            { "name": "b", "version": "canary", "weight": 50.0, "exposures": 1301, "units": 640 }
         ]);
         let text = detail(&release(value));
         assert!(

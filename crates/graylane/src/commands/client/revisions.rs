@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use serde::Deserialize;
+use graylane_api::{ApplyOutcome, DiffView, RevisionList};
 
 use super::table::{render, to_second};
 use super::{AdminArgs, Client};
@@ -61,7 +61,7 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin);
     let query = [("from", args.from.to_string()), ("to", args.to.to_string())];
     let answer = client.get("/api/v1/config/diff", &query)?;
-    client.show(answer, |d: Diff| diff_text(&d.diff))
+    client.show(answer, |d: DiffView| diff_text(&d.diff))
 }
 
 pub fn revert(args: RevertArgs) -> anyhow::Result<ExitCode> {
@@ -72,7 +72,7 @@ pub fn revert(args: RevertArgs) -> anyhow::Result<ExitCode> {
         None,
     )?;
     let what = format!("revision {}", args.revision);
-    client.show(answer, |c: Change| change_text(&what, &c))
+    client.show(answer, |c: ApplyOutcome| change_text(&what, &c))
 }
 
 pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
@@ -85,7 +85,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     let answer = client.put_yaml("/api/v1/config", &query, &yaml)?;
     let what = args.file.display().to_string();
-    client.show(answer, |c: Change| change_text(&what, &c))
+    client.show(answer, |c: ApplyOutcome| change_text(&what, &c))
 }
 
 fn dry_run(on: bool) -> Vec<(&'static str, String)> {
@@ -96,38 +96,6 @@ fn dry_run(on: bool) -> Vec<(&'static str, String)> {
     }
 }
 
-#[derive(Deserialize)]
-struct RevisionList {
-    #[serde(default)]
-    current: Option<u64>,
-    revisions: Vec<Revision>,
-}
-
-#[derive(Deserialize)]
-struct Revision {
-    n: u64,
-    at: String,
-    author: String,
-    source: String,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Diff {
-    diff: String,
-}
-
-/// The answer to `PUT /api/v1/config` and to a revert, applied or a dry run.
-#[derive(Deserialize)]
-struct Change {
-    applied: bool,
-    #[serde(default)]
-    revision: Option<Revision>,
-    #[serde(default)]
-    diff: String,
-}
-
 fn history_table(list: &RevisionList) -> String {
     if list.revisions.is_empty() {
         return "no revisions\n".to_string();
@@ -136,14 +104,14 @@ fn history_table(list: &RevisionList) -> String {
         .revisions
         .iter()
         .map(|r| {
-            let current = if list.current == Some(r.n) { "*" } else { "" };
+            let current = if list.current == r.n { "*" } else { "" };
             vec![
                 current.to_string(),
                 r.n.to_string(),
                 to_second(&r.at),
                 r.author.clone(),
-                r.source.clone(),
-                r.message.clone().unwrap_or_default(),
+                r.source.to_string(),
+                r.message.clone(),
             ]
         })
         .collect();
@@ -162,7 +130,7 @@ fn diff_text(diff: &str) -> String {
 }
 
 /// The diff, then what became of `what` (a revision, a file).
-fn change_text(what: &str, change: &Change) -> String {
+fn change_text(what: &str, change: &ApplyOutcome) -> String {
     let mut out = diff_text(&change.diff);
     match (&change.revision, change.applied) {
         (Some(revision), true) => out.push_str(&format!("applied as revision {}\n", revision.n)),
@@ -184,11 +152,13 @@ mod tests {
             "current": 3,
             "revisions": [
                 { "n": 3, "at": "2026-11-22T10:00:00.000Z", "at_ms": 1795341600000_i64,
-                  "author": "ci", "message": "raise the canary", "source": "api" },
+                  "author": "ci", "message": "raise the canary", "source": "api",
+                  "reverted_from": null },
                 { "n": 2, "at": "2026-11-21T09:30:12.345Z", "at_ms": 1795253412345_i64,
-                  "author": "file", "message": null, "source": "file" },
+                  "author": "file", "message": "", "source": "file", "reverted_from": null },
                 { "n": 1, "at": "2026-11-20T08:00:00.000Z", "at_ms": 1795161600000_i64,
-                  "author": "alice", "message": "revert to revision 0", "source": "revert" }
+                  "author": "alice", "message": "revert to revision 0", "source": "revert",
+                  "reverted_from": 0 }
             ]
         }))
         .unwrap();
@@ -204,10 +174,11 @@ mod tests {
     #[test]
     fn a_change_shows_its_diff_then_its_fate() {
         let diff = "--- revision 3\n+++ revision 4\n@@ -1 +1 @@\n-a: 1\n+a: 2\n";
-        let applied: Change = serde_json::from_value(json!({
+        let applied: ApplyOutcome = serde_json::from_value(json!({
             "applied": true,
-            "revision": { "n": 4, "at": "2026-11-22T10:00:00.000Z", "author": "ci",
-                          "message": "m", "source": "api" },
+            "valid": true,
+            "revision": { "n": 4, "at": "2026-11-22T10:00:00.000Z", "at_ms": 1795341600000_i64,
+                          "author": "ci", "message": "m", "source": "api", "reverted_from": null },
             "diff": diff,
         }))
         .unwrap();
@@ -216,8 +187,10 @@ mod tests {
             format!("{diff}applied as revision 4\n")
         );
 
-        let dry: Change =
-            serde_json::from_value(json!({ "applied": false, "valid": true, "diff": "" })).unwrap();
+        let dry: ApplyOutcome = serde_json::from_value(
+            json!({ "applied": false, "valid": true, "revision": null, "diff": "" }),
+        )
+        .unwrap();
         assert_eq!(
             change_text("revision 2", &dry),
             "no changes\ndry run: revision 2 is valid; nothing applied\n"

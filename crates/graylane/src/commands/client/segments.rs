@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use serde::Deserialize;
-use serde_json::json;
+use graylane_api::{SegmentEdit, SegmentEdited};
 
 use super::{AdminArgs, Client, segment};
 
@@ -28,33 +27,30 @@ pub fn edit(args: SegmentArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("nothing to do: give --add MEMBER and/or --remove MEMBER");
     }
     let client = Client::new(&args.admin);
-    let body = json!({ "add": args.add, "remove": args.remove });
+    let body = SegmentEdit {
+        add: args.add,
+        remove: args.remove,
+    };
     let answer = client.post(
         &format!("/api/v1/segments/{}/members", segment(&args.name)),
         &[],
-        Some(&body),
+        Some(&serde_json::to_value(body)?),
     )?;
-    client.show(answer, |e: Edited| outcome(&e))
+    client.show(answer, |e: SegmentEdited| outcome(&e))
 }
 
-#[derive(Deserialize)]
-struct Edited {
-    segment: String,
-    added: u64,
-    removed: u64,
-}
-
-fn outcome(e: &Edited) -> String {
+fn outcome(e: &SegmentEdited) -> String {
     format!("{}: {} added, {} removed\n", e.segment, e.added, e.removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_outcome_says_what_changed() {
-        let e: Edited =
+        let e: SegmentEdited =
             serde_json::from_value(json!({"segment": "beta", "added": 2, "removed": 0})).unwrap();
         assert_eq!(outcome(&e), "beta: 2 added, 0 removed\n");
     }
