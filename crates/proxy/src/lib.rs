@@ -9,8 +9,9 @@
 //!        │         (retry, breaker, fallback) → stamp
 //!        ├─ control: rate limits, breakers, fallbacks, …      control.rs
 //!        ├─ snapshot: routing table + per-version values      snapshot.rs
-//!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client upstream.rs
+//!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client upstream/
 //!        ├─ forward: the headers an upstream receives         forward.rs
+//!        ├─ hop_by_hop: the fields that never cross the proxy hop_by_hop.rs
 //!        ├─ deadline: request timeouts, one sweeper per worker deadline.rs
 //!        ├─ body: streamed upstream body or a local one       body.rs
 //!        └─ metrics: per-thread lock-free counters            metrics.rs
@@ -25,9 +26,12 @@ pub mod control;
 pub mod cookie_keys;
 mod deadline;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod handler;
 mod health;
+mod hop_by_hop;
 pub mod metrics;
 mod server;
 pub mod snapshot;
