@@ -262,9 +262,6 @@ impl Conn {
     }
 }
 
-/// Writes the head and the body. Each body frame is appended to the head buffer and the
-/// buffer is written once the body ends or has nothing more ready, so a whole body (the usual
-
 /// Reads until a final (non-1xx) response head is complete.
 async fn read_head<R>(
     input: &mut R,
