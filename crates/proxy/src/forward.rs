@@ -6,10 +6,10 @@
 //!
 //! Framing is the gateway's decision alone: the client's `Content-Length` and
 //! `Transfer-Encoding` never reach the upstream (the head's framing line is written by
-//! `upstream::encode_head` from the body graylane actually sends), and a `Connection` header can
-//! nominate only the client's own extension headers — never `Host`, a framing header or one the
-//! gateway writes. Otherwise `Connection: content-length` strips the length while the body is
-//! still sent, and the upstream reads that body as the next request on a pooled connection.
+//! `upstream::codec::encode_head` from the body graylane actually sends), and a `Connection`
+//! header can nominate only the client's own extension headers — never `Host`, a framing header
+//! or one the gateway writes (the list of hop-by-hop fields and the `Connection` parser, shared
+//! with the response side, are in `hop_by_hop.rs`).
 //!
 //! Header names with `_` are dropped when they would read as one of the gateway's headers once
 //! a framework turns `_` into `-` (`X_Graylane_Lane`), and the rest follow the listener's
@@ -24,6 +24,7 @@ use graylane_config::UnderscoreHeaders;
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::hop_by_hop;
 use crate::rng::fastrand_u64;
 
 pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lane");
@@ -31,8 +32,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const VIA_VALUE: &[u8] = b"1.1 graylane";
 
 /// What the gateway adds to a request on its way to an upstream.
@@ -66,16 +65,6 @@ impl Forwarding<'_> {
             has_trace |= name == TRACEPARENT;
         }
         let connection = has_connection.then(|| headers.get_all(header::CONNECTION));
-        let listed = |name: &HeaderName| {
-            connection.as_ref().is_some_and(|values| {
-                values.iter().any(|v| {
-                    v.to_str().is_ok_and(|list| {
-                        list.split(',')
-                            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-                    })
-                })
-            })
-        };
         // An authority in the target (absolute form, or HTTP/2's `:authority`) replaces any
         // `Host` (RFC 9112 §3.2.2): routing used it, so the upstream must get the same host.
         let authority = uri.authority();
@@ -104,13 +93,15 @@ impl Forwarding<'_> {
                 forwarded_for = true;
                 false
             } else {
-                !(is_hop_by_hop(name)
+                !(hop_by_hop::is_hop_by_hop(name)
                     || name == header::CONTENT_LENGTH
                     || name == X_FORWARDED_PROTO
                     || name.as_str().starts_with(GRAYLANE_PREFIX)
                     || (!self.trusted && is_forwarding_detail(name))
                     || (name.as_str().contains('_') && !self.underscore_allowed(name))
-                    || (connection.is_some() && listed(name) && name != header::VIA))
+                    || connection
+                        .as_ref()
+                        .is_some_and(|c| hop_by_hop::nominates(c, name)))
             };
             if keep {
                 line(out, name.as_str().as_bytes(), value.as_bytes());
@@ -236,17 +227,6 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
 }
 
 /// A W3C `traceparent` with fresh random trace and span ids, sampled:

@@ -15,8 +15,9 @@
 //!        6 respond: stamp, map failures to 502/504, count       handler/respond.rs
 //!        ├─ guards: traffic-control policies and their state    guards/
 //!        ├─ snapshot: routing table + per-version values        snapshot.rs
-//!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client  upstream.rs, upstream_error.rs
+//!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client  upstream/
 //!        ├─ forward: the headers an upstream receives           forward.rs
+//!        ├─ hop_by_hop: the fields that never cross the hop     hop_by_hop.rs
 //!        ├─ deadline: request timeouts, one sweeper per worker  deadline.rs
 //!        ├─ body: streamed upstream body or a local one         body.rs
 //!        ├─ metrics: per-thread lock-free counters              metrics/
@@ -32,16 +33,18 @@ mod clock;
 pub mod cookie_keys;
 mod deadline;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 pub mod guards;
 mod handler;
 mod health;
+mod hop_by_hop;
 pub mod metrics;
 mod rng;
 mod server;
 pub mod snapshot;
 mod upstream;
-mod upstream_error;
 
 pub use forward::X_GRAYLANE_LANE;
 pub use gateway::{Gateway, GatewayOptions, SegmentError, StartError, UnknownRelease};

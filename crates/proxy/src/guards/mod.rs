@@ -32,7 +32,7 @@ pub use compile::compile;
 pub use limits::{LimitAnswer, LimitRoute, Limiter, check_global};
 pub use state::GuardState;
 
-use crate::upstream_error::UpstreamErrorKind;
+use crate::upstream::UpstreamErrorKind;
 
 /// A service's guards: the policies every request to it passes.
 #[derive(Default)]

@@ -24,8 +24,8 @@ use crate::forward::Forwarding;
 use crate::guards::{AttemptOutcome, FallbackRoute};
 use crate::metrics::Event;
 use crate::snapshot::{ServiceRoute, VersionRoute};
+use crate::upstream::UpstreamErrorKind;
 use crate::upstream::{UpstreamBody, UpstreamError};
-use crate::upstream_error::UpstreamErrorKind;
 
 /// Whether a request to `version` goes through [`Attempts`]: the service retries, or the
 /// version has a guard. A version with no endpoints (a registry selector nothing matches yet)

@@ -11,8 +11,8 @@ use http::{Response, StatusCode};
 use super::Worker;
 use crate::body::ProxyBody;
 use crate::snapshot::{ServiceRoute, VersionRoute};
+use crate::upstream::UpstreamErrorKind;
 use crate::upstream::{UpstreamBody, UpstreamError};
-use crate::upstream_error::UpstreamErrorKind;
 
 /// On every response that a version gave or that was answered on its behalf: the version.
 pub static X_GRAYLANE_VERSION: HeaderName = HeaderName::from_static("x-graylane-version");

@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use super::route::{Event, FALLBACK_KEY, LATENCY_BUCKETS, REASONS, RouteStats};
-use crate::upstream_error::UpstreamErrorKind;
+use crate::upstream::UpstreamErrorKind;
 
 /// A collector shared with its owner (the registry wants to own a `Box`).
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use graylane_rules::{Decision, Reason};
 
 use super::units::UnitSample;
 use super::{Observed, UnitHashes};
-use crate::upstream_error::UpstreamErrorKind;
+use crate::upstream::UpstreamErrorKind;
 
 /// Upper bounds (seconds) of `graylane_request_duration_seconds` buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [

@@ -1,0 +1,86 @@
+//! The upstream side of the request path: a per-thread pool of keep-alive HTTP/1.1
+//! connections, and the HTTP/1.1 exchange itself, done in the request's own task.
+//!
+//! A general-purpose client runs each connection as a task of its own and passes requests,
+//! responses and body chunks to it through channels, which costs a task wake-up and a channel
+//! hand-off per step. Here the request's task writes the request head (and body) to the socket
+//! itself, parses the response head with `httparse`, and the response body is read from the
+//! socket by whoever polls it — the downstream connection writing it out. Each worker thread
+//! owns its pool, so checking a connection in and out is a `RefCell` borrow, never a lock.
+//!
+//! Framing follows RFC 9112 §6: a response to HEAD, a 1xx, 204 or 304 has no body; otherwise
+//! `Transfer-Encoding: chunked` wins over `Content-Length`; without either, the body runs to the
+//! end of the connection. Only a connection whose response was read exactly to its end, with no
+//! stray bytes after it and no `Connection: close`, goes back to the pool. The response's
+//! hop-by-hop fields (and those its `Connection` header names, see `hop_by_hop.rs`) are read
+//! while the head is parsed and left out of the response the client gets.
+//!
+//! The parts, in the order a request meets them:
+//!
+//! ```text
+//! pool.rs     UpstreamPool::send: check a connection out (or connect), write the request,
+//!             read the response head; the connection travels on inside the body
+//! codec.rs    the request writer (head, then body) and the response head parser with its
+//!             framing decision; the parser works on a byte buffer alone
+//! body.rs     UpstreamBody: the response body, read off the connection by length, to its
+//!             end, or through the chunked decoder; read to its end, it checks the connection
+//!             back into the pool
+//! chunked.rs  the chunked body decoder, on a byte buffer alone
+//! error.rs    UpstreamErrorKind: how an exchange failed, for the status (502/504), the
+//!             retry and breaker rules, and the metrics
+//! ```
+
+mod body;
+pub(crate) mod chunked;
+pub(crate) mod codec;
+mod error;
+mod pool;
+
+use std::io;
+use std::net::SocketAddr;
+
+pub(crate) use body::UpstreamBody;
+pub use error::UpstreamErrorKind;
+pub(crate) use pool::UpstreamPool;
+
+/// Why an upstream exchange failed.
+#[derive(Debug)]
+pub(crate) struct UpstreamError {
+    /// What kind of failure, as the metrics count it.
+    pub(crate) kind: UpstreamErrorKind,
+    /// What happened, for the log.
+    pub(crate) detail: String,
+}
+
+impl UpstreamError {
+    /// An attempt that ran out of its per-try timeout.
+    pub(crate) fn timeout() -> UpstreamError {
+        UpstreamError {
+            kind: UpstreamErrorKind::Timeout,
+            detail: "no answer within the per-try timeout".to_string(),
+        }
+    }
+}
+
+/// Why one exchange on a connection failed, before it is told apart for the caller.
+pub(crate) enum ExchangeError {
+    Io {
+        error: io::Error,
+        /// No response byte arrived: on a reused connection this is a stale keep-alive.
+        received_nothing: bool,
+    },
+    Protocol(String),
+}
+
+impl ExchangeError {
+    fn into_upstream_error(self, addr: SocketAddr) -> UpstreamError {
+        let detail = match self {
+            ExchangeError::Io { error, .. } => format!("exchange with {addr}: {error}"),
+            ExchangeError::Protocol(why) => format!("exchange with {addr}: {why}"),
+        };
+        UpstreamError {
+            kind: UpstreamErrorKind::Protocol,
+            detail,
+        }
+    }
+}
