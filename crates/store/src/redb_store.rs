@@ -36,7 +36,8 @@ const ENVIRONMENTS: TableDefinition<'static, &str, ()> = TableDefinition::new("e
 /// history does not read every document.
 const REVISIONS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("revisions");
 /// `(env, n)` → the revision's YAML, as UTF-8.
-const REVISION_YAML: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("revision_yaml");
+const REVISION_YAML: TableDefinition<'static, (&str, u64), &[u8]> =
+    TableDefinition::new("revision_yaml");
 /// `(env, service)` → the controller's opaque release state.
 const RELEASES: TableDefinition<'static, (&str, &str), &[u8]> = TableDefinition::new("releases");
 /// `(env, seq)` → JSON [`AuditEntry`].

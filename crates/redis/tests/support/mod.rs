@@ -148,7 +148,10 @@ fn ping(port: u16) -> bool {
 }
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes; returns how long it took.
-pub(crate) async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+pub(crate) async fn eventually(
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     loop {
         if cond() {
