@@ -2,7 +2,7 @@
 //!
 //! Every struct rejects unknown keys so a typo is an error rather than a silently ignored
 //! setting. Values that need parsing (durations, addresses, weights' precision, regexes) stay
-//! strings or plain numbers here; [`crate::validate`] turns them into the [`crate::model`] and
+//! strings or plain numbers here; `crate::validate` turns them into the [`crate::model`] and
 //! reports every problem with its location.
 
 use std::collections::BTreeMap;

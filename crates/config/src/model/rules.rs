@@ -84,7 +84,7 @@ pub enum Rule {
     },
     /// `segment`: the request's key is a member of the segment.
     Segment {
-        /// Index into [`Config::segments`].
+        /// Index into [`Config::segments`](super::Config::segments).
         segment: usize,
         /// Where the value looked up in the segment comes from.
         key: KeySpec,
