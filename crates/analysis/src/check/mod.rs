@@ -62,15 +62,17 @@ pub enum CheckSpec {
         /// The fewest requests per second that pass.
         min_rps: f64,
     },
-    /// Occurrences of `event` per unit (see [`Events`](crate::Events)). `min_change`: the lowest acceptable
-    /// relative change of the candidate against the baseline (−0.05 = at most 5 % lower).
+    /// Occurrences of `event` per unit (see [`Events`](crate::Events)). `min_change`: the lowest
+    /// acceptable relative change of the candidate against the baseline (−0.05 = at most 5 %
+    /// lower).
     EventRate {
         /// The event's name, as posted to the events API.
         event: String,
         /// The lowest acceptable relative change against the baseline; `None`: no drop at all.
         min_change: Option<f64>,
     },
-    /// The mean value of `event` (see [`Events`](crate::Events)), with `min_change` as for `EventRate`.
+    /// The mean value of `event` (see [`Events`](crate::Events)), with `min_change` as for
+    /// `EventRate`.
     EventMean {
         /// The event's name, as posted to the events API.
         event: String,
