@@ -39,6 +39,7 @@ pub struct Policy {
     pub min_requests: u64,
     /// Failed intervals that fail the analysis (at least 1).
     pub failure_limit: u32,
+    /// How failed intervals are counted against `failure_limit`.
     pub failure_mode: FailureMode,
     /// Passing intervals in a row that promote to the next step (at least 1).
     pub success_needed: u32,
@@ -78,11 +79,21 @@ pub enum Decision {
     /// Every check passed `success_needed` intervals in a row at this step.
     Promote,
     /// Not enough data yet to judge.
-    Hold { reason: String },
+    Hold {
+        /// For people: the checks still waiting for data, and why.
+        reason: String,
+    },
     /// Still not enough data after `max_wait_without_data`: a person should look.
-    Pause { reason: String },
+    Pause {
+        /// For people: how long the step waited, and the checks still without enough data.
+        reason: String,
+    },
     /// `failure_limit` reached: apply `on_failure` (roll back or pause).
-    Fail { reason: String },
+    Fail {
+        /// For people: the failed intervals against `failure_limit`, and the failing checks'
+        /// reasons.
+        reason: String,
+    },
 }
 
 /// One interval's judgement, as the controller stores and shows it.
@@ -90,7 +101,9 @@ pub enum Decision {
 pub struct Judgement {
     /// When, in Unix milliseconds.
     pub at_ms: u64,
+    /// Each check's result this interval, in the order the checks were given.
     pub results: Vec<CheckResult>,
+    /// What the release should do now.
     pub decision: Decision,
     /// Passing intervals in a row at this step, after this one.
     pub passes: u32,
@@ -110,6 +123,8 @@ pub struct Analyzer {
 }
 
 impl Analyzer {
+    /// An analyzer for one release, judging by `policy`; its step starts at the first
+    /// judgement unless [`Analyzer::step_started`] says otherwise.
     pub fn new(policy: Policy) -> Self {
         Analyzer {
             policy,
@@ -121,6 +136,7 @@ impl Analyzer {
         }
     }
 
+    /// The policy it judges by.
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

@@ -33,7 +33,10 @@ pub struct Srm {
     pub statistic: f64,
     /// Its p-value with `k − 1` degrees of freedom (1 when it cannot be computed).
     pub p_value: f64,
+    /// Whether the split is a mismatch: `p_value` below [`SRM_P_VALUE`] once every variant is
+    /// expected to have [`SRM_MIN_UNITS`] units.
     pub flagged: bool,
+    /// For people: the counts against the expected shares, and the conclusion.
     pub reason: String,
 }
 

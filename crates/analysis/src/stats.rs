@@ -178,8 +178,11 @@ impl Boundary {
 /// of the confidence sequence).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Estimate {
+    /// The point estimate.
     pub value: f64,
+    /// Its standard error.
     pub se: f64,
+    /// The observations behind it: the time of the confidence sequence.
     pub t: f64,
 }
 
@@ -286,9 +289,13 @@ impl Estimate {
 /// the number of observations `t` behind it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Interval {
+    /// The point estimate.
     pub value: f64,
+    /// The interval's lower end; may be `-inf`.
     pub low: f64,
+    /// The interval's upper end; may be `+inf`.
     pub high: f64,
+    /// The observations behind it: the time of the confidence sequence.
     pub t: f64,
 }
 

@@ -7,11 +7,13 @@ use std::fmt;
 pub struct ConfigError {
     /// The file as the user named it (or `<input>` for text that came from elsewhere).
     pub file: String,
-    /// 1-based line and column of the offending key, when known.
+    /// 1-based line of the offending key, when known.
     pub line: Option<usize>,
+    /// 1-based column of the offending key, when known (only with `line`).
     pub column: Option<usize>,
     /// The key path, e.g. `services[0].release.steps[1].weight`; empty for the whole document.
     pub key: String,
+    /// What is wrong and, where it helps, what to write instead ("did you mean ...").
     pub message: String,
 }
 
@@ -34,6 +36,7 @@ impl fmt::Display for ConfigError {
 /// Every problem found in one configuration; never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors {
+    /// The problems in the order they were found; at least one.
     pub errors: Vec<ConfigError>,
 }
 

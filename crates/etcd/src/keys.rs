@@ -42,6 +42,7 @@ impl Keys {
         &self.prefix
     }
 
+    /// `{prefix}/schema`: the layout version, `{"graylane_schema": 1}`.
     pub fn schema(&self) -> String {
         format!("{}/schema", self.prefix)
     }
@@ -56,18 +57,22 @@ impl Keys {
         &self.env_root
     }
 
+    /// `meta`: `{"env": ENV}`, saying whose keys these are.
     pub fn meta(&self) -> String {
         format!("{}meta", self.env_root)
     }
 
+    /// `revision`: the newest revision's number, in decimal.
     pub fn latest_revision(&self) -> String {
         format!("{}revision", self.env_root)
     }
 
+    /// Every revision's record (without its document).
     pub fn revisions(&self) -> String {
         format!("{}revisions/", self.env_root)
     }
 
+    /// Revision `n`'s record: its metadata as JSON, without the document.
     pub fn revision(&self, n: u64) -> String {
         format!("{}revisions/{n:020}", self.env_root)
     }
@@ -77,50 +82,62 @@ impl Keys {
         format!("{}documents/", self.env_root)
     }
 
+    /// Revision `n`'s YAML document.
     pub fn document(&self, n: u64) -> String {
         format!("{}documents/{n:020}", self.env_root)
     }
 
+    /// Every release's state.
     pub fn releases(&self) -> String {
         format!("{}releases/", self.env_root)
     }
 
+    /// The release state of `service`, as the controller's JSON.
     pub fn release(&self, service: &str) -> String {
         format!("{}releases/{service}", self.env_root)
     }
 
+    /// `audit-seq`: the newest audit entry's number, in decimal.
     pub fn audit_seq(&self) -> String {
         format!("{}audit-seq", self.env_root)
     }
 
+    /// Every audit entry.
     pub fn audits(&self) -> String {
         format!("{}audit/", self.env_root)
     }
 
+    /// Audit entry `seq`, as JSON.
     pub fn audit(&self, seq: u64) -> String {
         format!("{}audit/{seq:020}", self.env_root)
     }
 
+    /// `cookie-keys`: the sticky-cookie signing keys every node of the fleet shares.
     pub fn cookie_keys(&self) -> String {
         format!("{}cookie-keys", self.env_root)
     }
 
+    /// `leader`: the leading node's name, under its lease.
     pub fn leader(&self) -> String {
         format!("{}leader", self.env_root)
     }
 
+    /// Every node's membership record.
     pub fn members(&self) -> String {
         format!("{}members/", self.env_root)
     }
 
+    /// The membership record of `node` (JSON), under its lease.
     pub fn member(&self, node: &str) -> String {
         format!("{}members/{node}", self.env_root)
     }
 
+    /// Every node's traffic report.
     pub fn reports(&self) -> String {
         format!("{}reports/", self.env_root)
     }
 
+    /// The traffic counters `node` publishes (JSON), under its lease.
     pub fn report(&self, node: &str) -> String {
         format!("{}reports/{node}", self.env_root)
     }
@@ -155,12 +172,19 @@ impl Keys {
 /// An environment key, as [`Keys::classify`] reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvKey<'k> {
+    /// `revision`: the newest revision's number.
     LatestRevision,
+    /// `revisions/{n}`: revision `n`'s record.
     Revision(u64),
+    /// `releases/{service}`: that service's release state.
     Release(&'k str),
+    /// `leader`: who leads the fleet.
     Leader,
+    /// `members/{node}`: that node's membership record.
     Member(&'k str),
+    /// `reports/{node}`: that node's traffic report.
     Report(&'k str),
+    /// Any other key of the environment (documents, audit, meta, cookie keys).
     Other,
 }
 

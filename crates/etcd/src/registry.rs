@@ -74,14 +74,20 @@ struct Record {
 /// Why registering or watching failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// etcd refused the request or could not be reached.
     #[error("the config store (etcd) failed: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// etcd did not answer within this long.
     #[error("the config store (etcd) did not answer within {0:?}")]
     Timeout(Duration),
+    /// A service name or instance id is not letters, digits, `-`, `_` and `.`.
     #[error("invalid {what} `{value}`: {why}")]
     Invalid {
+        /// What the value is: `service name` or `instance id`.
         what: &'static str,
+        /// The value given.
         value: String,
+        /// What is wrong with it.
         why: &'static str,
     },
 }

@@ -41,14 +41,28 @@ const USER_AGENT_VALUE: HeaderValue =
 /// first transition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
+    /// The text does not parse as a URL.
     #[error("webhook url `{url}` is not a valid URL: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL as configured.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// An `https://` URL: deliveries are plain HTTP only.
     #[error(
         "webhook url `{url}`: https is not supported, only plain http (use a local relay for TLS)"
     )]
-    Https { url: String },
+    Https {
+        /// The URL as configured.
+        url: String,
+    },
+    /// Another scheme than `http://`, or no host.
     #[error("webhook url `{url}` must start with http:// and name a host")]
-    NotHttp { url: String },
+    NotHttp {
+        /// The URL as configured.
+        url: String,
+    },
 }
 
 /// One receiver of the events and how hard to try it.

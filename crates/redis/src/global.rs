@@ -76,15 +76,19 @@ pub struct GlobalLimiterConfig {
     pub key_prefix: String,
     /// Requests allowed per `per`; at least 1.
     pub requests: u32,
+    /// The period `requests` are counted over: at least a microsecond per request, at most
+    /// about 35 years.
     pub per: Duration,
     /// Requests allowed at once on top of the steady rate.
     pub burst: u32,
     /// How long a check waits for Redis before `on_error` applies. Default 20 ms.
     pub timeout: Duration,
+    /// Whether a check Redis cannot answer in time is allowed or denied.
     pub on_error: OnError,
 }
 
 impl GlobalLimiterConfig {
+    /// `timeout` by default: 20 ms, so an unreachable Redis adds little to a request.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(20);
 
     /// `requests` per `per` under `key_prefix`, no burst, the default timeout, allow on error.
@@ -114,6 +118,7 @@ pub enum DecisionSource {
 /// The answer to one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GlobalDecision {
+    /// Whether the request is admitted.
     pub allowed: bool,
     /// The configured `requests` (per `per`).
     pub limit: u32,
@@ -124,6 +129,7 @@ pub struct GlobalDecision {
     /// For a denied request, time until one would be allowed (for `Retry-After`); zero when
     /// allowed or unknown.
     pub retry_after: Duration,
+    /// Who answered: Redis, the local over-limit cache, or the `on_error` setting.
     pub source: DecisionSource,
 }
 

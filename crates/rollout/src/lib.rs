@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 /// The part of a release's configuration the state machine follows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// The strategy, with what it alone needs.
     pub kind: Kind,
     /// Canary steps; a blue-green release and an experiment have one manual step.
     pub steps: Vec<Step>,
@@ -62,13 +63,17 @@ pub struct Plan {
     pub gated: bool,
 }
 
+/// A release's strategy, as the state machine needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
+    /// The candidate's weight moves through the plan's steps.
     Canary,
+    /// Everything on the baseline until `promote` switches it all to the candidate.
     BlueGreen {
         /// How long after a promotion the previous active version is kept, in milliseconds.
         keep_previous_ms: i64,
     },
+    /// Traffic split between variants until one is promoted the winner.
     Experiment {
         /// (variant name, version, weight), in bucket order.
         variants: Vec<(String, usize, Weight)>,
@@ -76,6 +81,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The strategy as the configuration writes it: `canary`, `blue_green`, `experiment`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Kind::Canary => "canary",
@@ -112,6 +118,7 @@ const MANUAL_GATE: Step = Step {
 };
 
 impl Plan {
+    /// The plan of a validated release; `on_failure: pause` counts as `skip_rollback`.
     pub fn from_release(release: &Release) -> Plan {
         let (kind, steps) = match &release.strategy {
             Strategy::Canary => (Kind::Canary, release.steps.clone()),
@@ -162,6 +169,7 @@ impl Plan {
     }
 }
 
+/// Where a release is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -178,6 +186,8 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase as the API and metrics show it: `progressing`, `paused`, `completed`,
+    /// `aborted`, `rolled_back`.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Progressing => "progressing",
@@ -198,7 +208,9 @@ pub enum Command {
     PromoteFull,
     /// Complete an experiment with the variant served by this version as the winner.
     PromoteVariant(usize),
+    /// Hold at the current step; a timed pause keeps what was left of it.
     Pause,
+    /// Go on from where it was paused.
     Resume,
     /// All traffic to the baseline at once, force rules off.
     Abort,
@@ -215,6 +227,8 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command as the API names it (`promote_full`, `set_weight`, ...); see [`as_typed`]
+    /// for the command line's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             Command::Promote => "promote",
@@ -235,38 +249,53 @@ impl Command {
 /// One recorded change of a release.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
+    /// When, in Unix milliseconds.
     pub at_ms: i64,
+    /// Who asked: an API token's name, or `analysis` for the analysis's own commands.
     pub actor: String,
     /// The command's name, or `tick` for a timed step.
     pub what: String,
+    /// Why, as the actor said it (may be empty).
     pub reason: String,
+    /// The phase before.
     pub from: Phase,
+    /// The phase after.
     pub to: Phase,
+    /// The step index after the change.
     pub step: usize,
     /// The candidate's weight after the change.
     pub weight: Weight,
 }
 
+/// Why a command was refused; the release is left as it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
-    /// `allowed` lists the commands as the command line spells them.
+    /// The command does not apply in the release's current phase.
     #[error(
         "`{}` makes no sense for a release that is {phase}; allowed now: {allowed}",
         as_typed(command)
     )]
     NotAllowed {
+        /// The command, as the API names it.
         command: &'static str,
+        /// The release's phase, as [`Phase::as_str`] names it.
         phase: &'static str,
+        /// The commands allowed now, as the command line spells them.
         allowed: String,
     },
+    /// The command does not apply to the release's strategy (e.g. `set-weight` on a
+    /// blue-green release).
     #[error(
         "`{}` does not apply to {} release: {hint}",
         as_typed(command),
         with_article(strategy)
     )]
     NotForStrategy {
+        /// The command, as the API names it.
         command: &'static str,
+        /// The strategy, as [`Kind::as_str`] names it.
         strategy: &'static str,
+        /// What to do instead.
         hint: &'static str,
     },
 }
@@ -274,6 +303,7 @@ pub enum CommandError {
 /// Where one release stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
+    /// Where the release is in its life.
     pub phase: Phase,
     /// Index of the current step.
     pub step: usize,
@@ -293,6 +323,7 @@ pub struct Rollout {
     /// The analysis has passed the current step (a gated plan moves on only then).
     #[serde(default)]
     pub analysis_passed: bool,
+    /// Every change so far, oldest first.
     pub history: Vec<Transition>,
 }
 

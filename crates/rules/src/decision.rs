@@ -7,8 +7,11 @@ use graylane_config::Weight;
 /// Where a request goes: indices into `config.services` and that service's `versions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
+    /// Index into `config.services` of the service that takes the request.
     pub service: usize,
+    /// Index into that service's `versions` of the version the request goes to.
     pub version: usize,
+    /// Why that version was chosen.
     pub reason: Reason,
     /// The bucket the response's sticky cookie should carry: set for a bucketed decision on a
     /// sticky release whose request had no valid cookie with that bucket.
@@ -28,14 +31,27 @@ pub enum Reason {
     /// A trusted hop's `x-graylane-lane` named a version of this service.
     Lane,
     /// Force rule `release.force[rule]` matched (the first matching one is reported).
-    Forced { rule: usize },
+    Forced {
+        /// Index into the release's `force` list of the first rule that matched.
+        rule: usize,
+    },
     /// The signed sticky cookie's bucket, against the current weights (the candidate iff
     /// `bucket < weight.milli_percent()`).
-    Sticky { bucket: u32, weight: Weight },
+    Sticky {
+        /// The bucket from the cookie, 0 to 99 999.
+        bucket: u32,
+        /// The first share's weight (a canary's candidate's): the threshold the bucket was
+        /// compared with.
+        weight: Weight,
+    },
     /// Hash bucketing: the candidate iff `bucket < weight.milli_percent()`.
     Bucket {
+        /// The bucket of the request's key, 0 to 99 999.
         bucket: u32,
+        /// The first share's weight (a canary's candidate's): the threshold the bucket was
+        /// compared with.
         weight: Weight,
+        /// Which key the bucket came from.
         key: KeyUsed,
     },
 }

@@ -48,6 +48,7 @@ impl Members {
 /// mirrored by a background refresh. `contains` runs on the request path: it must not block,
 /// do I/O or allocate.
 pub trait LiveSegment: Send + Sync + std::fmt::Debug {
+    /// Whether `member` is in the segment's current members.
     fn contains(&self, member: &str) -> bool;
 }
 

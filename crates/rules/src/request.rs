@@ -15,6 +15,7 @@ use http::HeaderName;
 /// has; every field is borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
+    /// The request's method.
     pub method: &'a http::Method,
     /// Host header / URI authority with the port already stripped; compared case-insensitively.
     pub host: Option<&'a str>,
@@ -22,8 +23,11 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     /// The raw query string, without the `?`.
     pub query: Option<&'a str>,
+    /// The request's headers, as the client sent them.
     pub headers: &'a http::HeaderMap,
+    /// The address of the client (the peer of the connection).
     pub client_ip: IpAddr,
+    /// The time `time` rules compare with, in Unix milliseconds.
     pub now_unix_ms: i64,
     /// Value of `x-graylane-lane` from a TRUSTED hop (the proxy passes None otherwise).
     pub trusted_lane: Option<&'a str>,

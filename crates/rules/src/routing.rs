@@ -20,7 +20,9 @@ pub struct Routing {
 /// One version's share of the bucketed traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Share {
+    /// Index into the service's `versions`.
     pub version: usize,
+    /// The version's share of the bucketed traffic.
     pub weight: Weight,
 }
 

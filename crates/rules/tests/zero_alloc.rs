@@ -2,6 +2,11 @@
 //! parallel) checks the hot paths. Each case runs once first, because the regex engine
 //! allocates its per-thread cache on first use.
 
+#![allow(
+    unsafe_code,
+    reason = "a global allocator is an unsafe trait; this one only counts and delegates to the system's"
+)]
+
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

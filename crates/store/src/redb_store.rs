@@ -27,20 +27,21 @@ const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 /// Holds the schema version. Its definition must never change, so that every build can read the
 /// version of any file and refuse it cleanly.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 /// Every environment that was ever written to. Nothing is ever removed from an environment
 /// without writing an audit entry to it, so "has any data" never turns false again and a set
 /// kept on write is exact.
-const ENVIRONMENTS: TableDefinition<&str, ()> = TableDefinition::new("environments");
+const ENVIRONMENTS: TableDefinition<'static, &str, ()> = TableDefinition::new("environments");
 /// `(env, n)` → JSON [`RevisionMeta`]. The document lives in its own table so that listing the
 /// history does not read every document.
-const REVISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("revisions");
+const REVISIONS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("revisions");
 /// `(env, n)` → the revision's YAML, as UTF-8.
-const REVISION_YAML: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("revision_yaml");
+const REVISION_YAML: TableDefinition<'static, (&str, u64), &[u8]> =
+    TableDefinition::new("revision_yaml");
 /// `(env, service)` → the controller's opaque release state.
-const RELEASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("releases");
+const RELEASES: TableDefinition<'static, (&str, &str), &[u8]> = TableDefinition::new("releases");
 /// `(env, seq)` → JSON [`AuditEntry`].
-const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+const AUDIT: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("audit");
 
 /// redb's page cache limit. The store is control-plane data read at startup and on admin
 /// requests, so it gets a small share of the gateway's memory rather than redb's 1 GiB default.
@@ -322,7 +323,7 @@ impl RedbStore {
     fn prune_audit(
         &self,
         op: &Op<'_>,
-        audit: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+        audit: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
         env: &str,
         newest_seq: u64,
         newest_ms: i64,

@@ -48,6 +48,7 @@ use crate::padded::Padded;
 /// `Retry-After: {retry_after_secs()}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
+    /// Whether the request is admitted; `false` answers `429`.
     pub allowed: bool,
     /// The burst: the most requests admitted at once, which `remaining` counts down from.
     pub limit: u32,

@@ -1,6 +1,11 @@
 //! The request path must not allocate: a counting global allocator (per thread, so tests can
 //! run in parallel) checks each building block after a warm-up.
 
+#![allow(
+    unsafe_code,
+    reason = "a global allocator is an unsafe trait; this one only counts and delegates to the system's"
+)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;

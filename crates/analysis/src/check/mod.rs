@@ -42,27 +42,42 @@ pub enum CheckSpec {
     /// (0.05 = 5 %); `max_increase`: how far above the baseline's it may be, in absolute terms
     /// (0.02 = 2 percentage points).
     ErrorRate {
+        /// The highest error rate the candidate may have, a fraction.
         max: Option<f64>,
+        /// The most the candidate's rate may exceed the baseline's, in absolute terms.
         max_increase: Option<f64>,
     },
     /// A latency percentile (99.0 for p99). `max_ms`: an absolute ceiling in milliseconds;
     /// `max_ratio`: the most the candidate's percentile may be as a multiple of the baseline's.
     Latency {
+        /// The percentile, from 0 to 100 (99.0 for p99).
         percentile: f64,
+        /// The highest candidate percentile, in milliseconds.
         max_ms: Option<f64>,
+        /// The highest candidate percentile as a multiple of the baseline's.
         max_ratio: Option<f64>,
     },
     /// The candidate's requests per second must be at least `min_rps`.
-    Throughput { min_rps: f64 },
-    /// Occurrences of `event` per unit (see [`Events`]). `min_change`: the lowest acceptable
-    /// relative change of the candidate against the baseline (−0.05 = at most 5 % lower).
+    Throughput {
+        /// The fewest requests per second that pass.
+        min_rps: f64,
+    },
+    /// Occurrences of `event` per unit (see [`Events`](crate::Events)). `min_change`: the lowest
+    /// acceptable relative change of the candidate against the baseline (−0.05 = at most 5 %
+    /// lower).
     EventRate {
+        /// The event's name, as posted to the events API.
         event: String,
+        /// The lowest acceptable relative change against the baseline; `None`: no drop at all.
         min_change: Option<f64>,
     },
-    /// The mean value of `event` (see [`Events`]), with `min_change` as for `EventRate`.
+    /// The mean value of `event` (see [`Events`](crate::Events)), with `min_change` as for
+    /// `EventRate`.
     EventMean {
+        /// The event's name, as posted to the events API.
         event: String,
+        /// The lowest acceptable relative change of the mean against the baseline; `None`: no
+        /// drop at all.
         min_change: Option<f64>,
     },
 }
@@ -85,7 +100,9 @@ impl CheckSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// The interval lies wholly on the passing side of every threshold.
     Pass,
+    /// The interval lies wholly on the failing side of a threshold.
     Fail,
     /// The interval straddles the threshold, there is not enough data, or the input is unusable.
     Inconclusive,
@@ -96,12 +113,15 @@ pub enum Verdict {
 pub struct CheckResult {
     /// [`CheckSpec::name`].
     pub check: String,
+    /// The check's verdict: fail if any bound fails, pass if every bound passes, else
+    /// inconclusive.
     pub verdict: Verdict,
     /// False while a version has fewer observations than `min_requests` (the verdict is then
     /// inconclusive): the analyzer holds instead of judging.
     pub enough_data: bool,
     /// For people: the figures and the conclusion in one line.
     pub reason: String,
+    /// The numbers behind the verdict.
     pub figures: Figures,
 }
 
@@ -113,6 +133,7 @@ pub struct Figures {
     /// The level: each interval misses the truth at some look with probability at most `alpha`.
     /// A latency ratio gives each version's percentile `alpha / 2`. 0 when `alpha` was unusable.
     pub alpha: f64,
+    /// The candidate's estimate.
     pub candidate: Measure,
     /// Absent for checks of the candidate alone (throughput).
     pub baseline: Option<Measure>,
@@ -128,20 +149,28 @@ pub struct Figures {
 pub struct Measure {
     /// Observations: requests, latencies, units or events.
     pub n: u64,
+    /// The point estimate; `None` without data.
     pub value: Option<f64>,
+    /// The interval's lower end; `None`: unbounded.
     pub low: Option<f64>,
+    /// The interval's upper end; `None`: unbounded.
     pub high: Option<f64>,
 }
 
 /// The candidate compared with the baseline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Effect {
+    /// What the effect measures: a difference, a ratio or a relative change.
     pub kind: EffectKind,
+    /// The point estimate; `None` when it cannot be computed.
     pub value: Option<f64>,
+    /// The interval's lower end; `None`: unbounded.
     pub low: Option<f64>,
+    /// The interval's upper end; `None`: unbounded.
     pub high: Option<f64>,
 }
 
+/// How the candidate is set against the baseline in an [`Effect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EffectKind {
@@ -159,7 +188,9 @@ pub struct Test {
     /// The configuration key: `max`, `max_increase`, `max_ms`, `max_ratio`, `min_rps`,
     /// `min_change`.
     pub bound: String,
+    /// The configured threshold, in the check's unit.
     pub threshold: f64,
+    /// How the interval lies against the threshold.
     pub verdict: Verdict,
     /// Standard errors between the estimate and the threshold, positive on the failing side
     /// (absent for latencies, judged by ranks).

@@ -30,13 +30,23 @@ pub use traffic::{
 /// A whole, valid configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The proxy listeners, in file order; at least one.
     pub listeners: Vec<Listener>,
+    /// The admin listener and its tokens; `None`: no admin listener.
     pub admin: Option<Admin>,
+    /// The segments, sorted by name; `Rule::Segment` holds an index into this.
     pub segments: Vec<Segment>,
+    /// The services, in file order (routing's last tie-break); every service index in the
+    /// model points into this.
     pub services: Vec<Service>,
+    /// Connection defaults (`upstream:`); each service's timeouts are already resolved from them
+    /// into its [`Service`].
     pub upstream: UpstreamSettings,
+    /// Rate limits, breakers, retries and the other policies; empty when the file has none.
     pub traffic_control: TrafficControl,
+    /// Receivers of release transitions and applied configurations.
     pub webhooks: Vec<Webhook>,
+    /// How much of the audit log is kept.
     pub audit: AuditRetention,
 }
 
@@ -60,6 +70,7 @@ impl Default for AuditRetention {
 }
 
 impl AuditRetention {
+    /// `max_entries` when `audit:` does not set it.
     pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 }
 
@@ -70,9 +81,12 @@ impl Config {
     }
 }
 
+/// A proxy listener (`listeners[]`).
 #[derive(Debug, Clone)]
 pub struct Listener {
+    /// The address clients connect to.
     pub bind: SocketAddr,
+    /// Serve HTTPS with this certificate; `None`: plain HTTP.
     pub tls: Option<Tls>,
     /// Peers whose `x-graylane-lane` header is believed. Everyone else's is stripped.
     pub trusted_hops: Vec<IpNet>,
@@ -95,6 +109,7 @@ pub struct Listener {
 pub struct PathPolicy {
     /// Send the upstream the path as the client wrote it instead of its normal form.
     pub forward_raw: bool,
+    /// What happens to `%2F`, `%5C` and `\` in a path.
     pub escaped_slashes: EscapedSlashes,
 }
 
@@ -124,18 +139,25 @@ pub enum UnderscoreHeaders {
 }
 
 impl Listener {
+    /// `header_read_timeout` when unset: 10 s.
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `max_connections` when unset: 10 000.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 }
 
+/// A listener's certificate and key, as PEM files.
 #[derive(Debug, Clone)]
 pub struct Tls {
+    /// The certificate chain, resolved against the configuration file's folder.
     pub cert: PathBuf,
+    /// The private key, resolved against the configuration file's folder.
     pub key: PathBuf,
 }
 
+/// The admin listener (`admin:`): `/metrics`, the health probes and the admin API.
 #[derive(Debug, Clone)]
 pub struct Admin {
+    /// The address of the admin listener.
     pub bind: SocketAddr,
     /// API tokens, by the environment variable that holds each (`token_env` is one named
     /// `admin` with the admin role).
@@ -152,18 +174,24 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// `header_read_timeout` when unset: 10 s.
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `idle_timeout` when unset: 60 s.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `request_timeout` when unset: 60 s.
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     /// Operators, scrapers and dashboards: far fewer clients than the proxy listeners see.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 }
 
+/// An admin API token: its secret is read from an environment variable at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiToken {
     /// Who the token is: recorded as the author of what it does.
     pub name: String,
+    /// The environment variable that holds the token; the file never holds the token itself.
     pub env: String,
+    /// What the token may do.
     pub role: Role,
 }
 
@@ -179,6 +207,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role as written in the file and shown by the API: `viewer`, `operator`, `admin`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
@@ -191,6 +220,7 @@ impl Role {
 /// Where release transitions are announced.
 #[derive(Debug, Clone)]
 pub struct Webhook {
+    /// The `http://` URL each event is `POST`ed to as JSON.
     pub url: http::Uri,
     /// Per attempt.
     pub timeout: Duration,
@@ -199,37 +229,55 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// `timeout` when unset: 2 s.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// `retries` when unset: 3.
     pub const DEFAULT_RETRIES: u32 = 3;
 }
 
+/// A named list of keys that `segment` rules test membership of.
 #[derive(Debug, Clone)]
 pub struct Segment {
+    /// The segment's name, as `segment` rules name it.
     pub name: String,
+    /// The members as last read: the inline list, the file's lines, or (for Redis) empty
+    /// until the first refresh.
     pub members: Vec<String>,
+    /// Where the members come from, and so how they are refreshed.
     pub source: SegmentSource,
 }
 
+/// Where a segment's members come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentSource {
+    /// `values:` in the file; they change only with the configuration.
     Static,
+    /// `file:`, resolved against the configuration's folder; re-read when it changes.
     File(PathBuf),
     /// A Redis set, read through a local cache refreshed in the background; `members` is empty
     /// until the first refresh.
     Redis {
+        /// The Redis server, `redis://...`, already checked to be one the client reads.
         url: String,
+        /// The Redis set that holds the members.
         key: String,
+        /// Time between two reads of the set.
         refresh: Duration,
         /// After this long without a successful refresh the segment counts as empty.
         max_staleness: Duration,
     },
 }
 
+/// Connection settings for every service (`upstream:`), with their defaults.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
+    /// Connecting to an endpoint; default 1 s, then `504`.
     pub connect_timeout: Duration,
+    /// From a request's arrival to the upstream's response headers; default 30 s.
     pub request_timeout: Duration,
+    /// A pooled keep-alive connection unused this long is closed; default 60 s.
     pub idle_timeout: Duration,
+    /// Pooled connections kept per endpoint and worker; default 256.
     pub max_idle_per_endpoint: usize,
 }
 
@@ -244,16 +292,24 @@ impl Default for UpstreamSettings {
     }
 }
 
+/// A service: the requests it takes, its versions and its release.
 #[derive(Debug, Clone)]
 pub struct Service {
+    /// Unique among the services; the API and metrics name it so.
     pub name: String,
+    /// Which requests belong to the service.
     pub matcher: ServiceMatch,
+    /// The versions, sorted by name; every version index points into this.
     pub versions: Vec<Version>,
     /// Index into `versions` of the version that gets traffic nothing else claims.
     pub default_version: usize,
+    /// How an endpoint of a version is chosen.
     pub load_balancing: LoadBalancing,
+    /// The service's `timeouts.connect`, else `upstream.connect_timeout`.
     pub connect_timeout: Duration,
+    /// The service's `timeouts.request`, else `upstream.request_timeout`.
     pub request_timeout: Duration,
+    /// The configured release; `None`: all traffic goes to `default_version`.
     pub release: Option<Release>,
 }
 
@@ -264,21 +320,27 @@ impl Service {
     }
 }
 
+/// Which requests a service takes (`match:`).
 #[derive(Debug, Clone)]
 pub struct ServiceMatch {
     /// Lower-case host without port; `None` matches any host.
     pub host: Option<String>,
+    /// Starts with `/`; default `/`. The longest matching prefix wins.
     pub path_prefix: String,
     /// Empty means every method.
     pub methods: Vec<http::Method>,
 }
 
+/// A version of a service and where its requests go.
 #[derive(Debug, Clone)]
 pub struct Version {
+    /// Unique within the service; letters, digits, `-`, `_`, `.` (it travels in headers and
+    /// cookies).
     pub name: String,
     /// Where the version's requests go. For a version that follows the registry this starts
     /// empty and is filled in at run time ([`crate::resolve_registry`]).
     pub endpoints: Vec<SocketAddr>,
+    /// An optional label of the version, valid as a header value.
     pub tag: Option<String>,
     /// `endpoints: { registry: NAME, labels: {...} }`: the endpoints are the registered
     /// instances this selects.
@@ -289,7 +351,9 @@ pub struct Version {
 /// labels include every one of `labels` (the same value for each key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrySelector {
+    /// The registry service name the instances registered under.
     pub service: String,
+    /// Labels an instance must have, each with the same value; empty selects every instance.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -302,8 +366,11 @@ impl RegistrySelector {
     }
 }
 
+/// How a request picks an endpoint of a version (`load_balancing:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadBalancing {
+    /// `round_robin` (the default): each endpoint in turn.
     RoundRobin,
+    /// `least_request`: the less busy of two endpoints picked at random.
     LeastRequest,
 }

@@ -24,7 +24,9 @@ use super::{KeySpec, Rule};
 pub struct Weight(u32);
 
 impl Weight {
+    /// No traffic: 0%.
     pub const ZERO: Weight = Weight(0);
+    /// All traffic: 100%, i.e. 100 000 thousandths of a percent.
     pub const FULL: Weight = Weight(100_000);
 
     /// A weight from a percentage; `None` outside 0–100 or finer than 0.001%.
@@ -45,10 +47,12 @@ impl Weight {
         Weight(milli.min(100_000))
     }
 
+    /// The weight in thousandths of a percent, 0 to 100 000.
     pub fn milli_percent(self) -> u32 {
         self.0
     }
 
+    /// The weight in percent, 0.0 to 100.0.
     pub fn percent(self) -> f64 {
         f64::from(self.0) / 1000.0
     }
@@ -65,11 +69,15 @@ impl std::fmt::Display for Weight {
 /// blue-green release's `preview`, an experiment's second variant).
 #[derive(Debug, Clone)]
 pub struct Release {
+    /// How traffic moves between `baseline` and `candidate`.
     pub strategy: Strategy,
+    /// Index into [`Service::versions`](super::Service::versions) of the baseline.
     pub baseline: usize,
+    /// Index into [`Service::versions`](super::Service::versions) of the candidate.
     pub candidate: usize,
     /// Any matching rule sends the request to the candidate whatever the weight.
     pub force: Vec<Rule>,
+    /// The key a request is bucketed on (`bucket_by:`); default the client IP.
     pub bucket_by: KeySpec,
     /// `bucket_by` is read only from a listener's `trusted_hops`; anyone else's request counts
     /// as lacking the key.
@@ -77,9 +85,11 @@ pub struct Release {
     /// Mixed into the bucketing hash; defaults to the candidate's name so each new candidate
     /// draws a fresh set of users.
     pub salt: String,
+    /// Keep each client's bucket in a signed cookie; `None`: no cookie.
     pub sticky: Option<Sticky>,
     /// Canary steps; empty for the other strategies.
     pub steps: Vec<Step>,
+    /// The automatic judgement of each step; `None`: steps move on by their pauses alone.
     pub analysis: Option<Analysis>,
     /// A failed analysis pauses the release instead of rolling it back (for changes that
     /// cannot be reversed, such as a schema migration).
@@ -93,22 +103,30 @@ impl Release {
     }
 }
 
+/// How a release shares traffic (`strategy:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Strategy {
+    /// `canary`: the candidate's share moves through the release's `steps`.
     Canary,
+    /// `blue_green`: all traffic on the baseline (`active`) until `promote` switches it to the
+    /// candidate (`preview`) at once.
     BlueGreen {
         /// How long the previous active version stays routable after a promotion, so a
         /// rollback is an instant switch back.
         keep_previous: Duration,
     },
+    /// `experiment`: bucketed traffic split between variants for as long as the release runs.
     Experiment {
+        /// Two or more, in bucketing order, weights adding up to 100%.
         variants: Vec<Variant>,
     },
 }
 
 impl Strategy {
+    /// `keep_previous` when unset: 10 minutes.
     pub const DEFAULT_KEEP_PREVIOUS: Duration = Duration::from_secs(600);
 
+    /// The strategy as written in the file: `canary`, `blue_green`, `experiment`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Strategy::Canary => "canary",
@@ -121,32 +139,44 @@ impl Strategy {
 /// One arm of an experiment: a version and its share of the bucketed traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Variant {
+    /// The variant's name, distinct within the experiment.
     pub name: String,
+    /// Index into [`Service::versions`](super::Service::versions); distinct per variant.
     pub version: usize,
+    /// The variant's share; the variants' shares add up to 100%.
     pub weight: Weight,
 }
 
+/// A sticky cookie (`sticky:`): keeps a client's bucket, signed, across requests.
 #[derive(Debug, Clone)]
 pub struct Sticky {
+    /// The cookie's name.
     pub cookie: String,
+    /// Sent as `Max-Age`; `None`: a session cookie.
     pub max_age: Option<Duration>,
 }
 
+/// A canary step: the candidate's share and what happens before the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
+    /// The candidate's share while the step is in effect.
     pub weight: Weight,
+    /// How the step ends.
     pub pause: Pause,
 }
 
+/// How a canary step waits before the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pause {
     /// No pause: the next step follows at once.
     None,
     /// Wait for a person to promote.
     Manual,
+    /// A timed pause that passes by itself.
     For(Duration),
 }
 
+/// A release's analysis (`analysis:`), its defaults applied.
 #[derive(Debug, Clone)]
 pub struct Analysis {
     /// How often the checks are judged.
@@ -154,11 +184,15 @@ pub struct Analysis {
     /// Requests each of candidate and baseline needs at the step before a check can pass or
     /// fail; below it the step is held.
     pub min_requests: u64,
+    /// What the candidate is judged on; every check must pass for an interval to pass.
     pub checks: Vec<Check>,
+    /// Failing intervals that fail the release, counted per `failure_mode`; at least 1.
     pub failure_limit: u32,
+    /// How failing intervals are counted against `failure_limit`.
     pub failure_mode: FailureMode,
     /// Consecutive passing intervals at a step that promote to the next step.
     pub success_needed: u32,
+    /// What a failed release does.
     pub on_failure: OnFailure,
     /// Without enough data for this long at a step, the release pauses and says why.
     pub max_wait_without_data: Option<Duration>,
@@ -174,16 +208,20 @@ pub struct Analysis {
 /// Statuses from `from` to `to`, inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusRange {
+    /// The lowest status in the range.
     pub from: u16,
+    /// The highest status in the range (inclusive).
     pub to: u16,
 }
 
 impl StatusRange {
+    /// Whether `status` is in the range.
     pub fn contains(self, status: u16) -> bool {
         (self.from..=self.to).contains(&status)
     }
 }
 
+/// How failing analysis intervals count (`failure_mode:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureMode {
     /// `failure_limit` failing intervals in a row.
@@ -192,43 +230,65 @@ pub enum FailureMode {
     Total,
 }
 
+/// One analysis check (`checks[]`), comparing candidate and baseline at the current step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Check {
+    /// `error_rate`: the share of requests that got an error status or no response.
     ErrorRate {
+        /// The highest error rate the candidate may have, a fraction (`0.05` is 5%).
         max: Option<f64>,
+        /// How much the candidate's error rate may exceed the baseline's, a fraction.
         max_increase: Option<f64>,
     },
+    /// `latency_pNN`: a latency percentile.
     Latency {
         /// The percentile, e.g. 99.0 for `latency_p99`.
         percentile: f64,
+        /// The highest candidate latency at the percentile, in milliseconds.
         max_ms: Option<f64>,
+        /// The highest candidate / baseline latency ratio at the percentile.
         max_ratio: Option<f64>,
     },
+    /// `throughput`: the candidate's request rate.
     Throughput {
+        /// The fewest requests per second the candidate must serve.
         min_rps: f64,
     },
     /// A PromQL query whose value must stay within bounds; `{{service}}`, `{{baseline}}` and
     /// `{{candidate}}` are replaced before it is sent.
     Query {
+        /// The check's name in verdicts; defaults to the query text.
         name: String,
+        /// The PromQL text, with its `{{...}}` placeholders.
         query: String,
+        /// The highest value that passes.
         max: Option<f64>,
+        /// The lowest value that passes.
         min: Option<f64>,
     },
     /// Business events per exposed user, candidate vs baseline.
     EventRate {
+        /// The event name, as posted to `/api/v1/events`.
         event: String,
+        /// The smallest relative change against the baseline that passes: `-0.05` tolerates a
+        /// candidate up to 5% lower.
         min_change: f64,
     },
     /// The mean value of business events, candidate vs baseline.
     EventMean {
+        /// The event name, as posted to `/api/v1/events`.
         event: String,
+        /// The smallest relative change against the baseline that passes: `-0.05` tolerates a
+        /// candidate up to 5% lower.
         min_change: f64,
     },
 }
 
+/// What a failed analysis does (`on_failure:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
+    /// `rollback` (the default): abort; all traffic back to the baseline in the same tick.
     Rollback,
+    /// `pause`: hold the release where it is for a person to decide.
     Pause,
 }

@@ -56,7 +56,9 @@ pub struct NodeInfo {
 /// A node's membership record, as `GET /api/v1/cluster` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
+    /// The node's name (`--node`), unique in the fleet.
     pub name: String,
+    /// The node's admin listener address, when it has one.
     pub admin: Option<String>,
     /// The configuration revision the node serves.
     pub config_revision: u64,
@@ -75,12 +77,21 @@ pub enum FleetEvent {
     Revision(u64),
     /// A release's state was saved, at `version`.
     Release {
+        /// The service whose release it is.
         service: String,
+        /// The saved state, as the controller wrote it.
         state: Vec<u8>,
+        /// The key's etcd mod revision: it grows with every save, so a stale event can be told
+        /// apart.
         version: u64,
     },
     /// A node published its traffic report.
-    Report { node: String, report: Vec<u8> },
+    Report {
+        /// The node that published it.
+        node: String,
+        /// The report's JSON, as the node wrote it.
+        report: Vec<u8>,
+    },
     /// A node's report is gone (it left, or its lease expired).
     ReportGone(String),
     /// The watch had to start over (its revision was compacted): everything may have changed;

@@ -12,7 +12,7 @@ use graylane_store::{NewAuditEntry, NewRevision, RevisionSource};
 use serde_json::json;
 
 /// A connection to `server` with graylane's keys under `prefix`, and a 1 s call timeout.
-pub fn connect(server: &EtcdServer, prefix: &str) -> Etcd {
+pub(crate) fn connect(server: &EtcdServer, prefix: &str) -> Etcd {
     let mut options = EtcdOptions::new(vec![server.url()]);
     options.prefix = prefix.to_string();
     options.timeout = Duration::from_secs(1);
@@ -23,14 +23,14 @@ pub fn connect(server: &EtcdServer, prefix: &str) -> Etcd {
 }
 
 /// A store for `env` on its own connection (a node of its own).
-pub fn open(server: &EtcdServer, prefix: &str, env: &str) -> EtcdStore {
+pub(crate) fn open(server: &EtcdServer, prefix: &str, env: &str) -> EtcdStore {
     match EtcdStore::open(connect(server, prefix), env) {
         Ok(store) => store,
         Err(e) => panic!("opening {env} under {prefix}: {e}"),
     }
 }
 
-pub fn new_revision(i: i64, source: RevisionSource) -> NewRevision {
+pub(crate) fn new_revision(i: i64, source: RevisionSource) -> NewRevision {
     NewRevision {
         at_ms: 1_000 + i,
         author: format!("author-{i}"),
@@ -40,7 +40,7 @@ pub fn new_revision(i: i64, source: RevisionSource) -> NewRevision {
     }
 }
 
-pub fn new_audit(i: i64, action: &str, target: &str) -> NewAuditEntry {
+pub(crate) fn new_audit(i: i64, action: &str, target: &str) -> NewAuditEntry {
     NewAuditEntry {
         at_ms: 2_000 + i,
         actor: "alice".into(),
@@ -52,7 +52,7 @@ pub fn new_audit(i: i64, action: &str, target: &str) -> NewAuditEntry {
 }
 
 /// Writes a key directly, as another program (or a person with etcdctl) would.
-pub fn put(etcd: &Etcd, key: &str, value: &[u8]) {
+pub(crate) fn put(etcd: &Etcd, key: &str, value: &[u8]) {
     let (key, value) = (key.to_string(), value.to_vec());
     etcd.call("a test's raw put", |mut c| async move {
         c.put(key, value, None).await.map(|_| ())
@@ -62,7 +62,7 @@ pub fn put(etcd: &Etcd, key: &str, value: &[u8]) {
 
 /// Every key under `prefix` with its value and modification revision: a snapshot to compare
 /// before and after an operation that must write nothing.
-pub fn dump(etcd: &Etcd, prefix: &str) -> Vec<(String, Vec<u8>, i64)> {
+pub(crate) fn dump(etcd: &Etcd, prefix: &str) -> Vec<(String, Vec<u8>, i64)> {
     let prefix = prefix.to_string();
     etcd.call("a test's raw read", |mut c| async move {
         let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
@@ -82,7 +82,7 @@ pub fn dump(etcd: &Etcd, prefix: &str) -> Vec<(String, Vec<u8>, i64)> {
 
 /// Waits until `done` holds, polling every 20 ms, for at most `limit`; returns how long it
 /// took, or panics naming `what`.
-pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < limit, "{what}: not so within {limit:?}");

@@ -8,13 +8,13 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Option<Child>,
     pub port: u16,
 }
 
 impl RedisServer {
-    pub fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
@@ -24,7 +24,7 @@ impl RedisServer {
 
     /// On `port`, e.g. to bring a killed server back where its clients expect it. Empty: the
     /// server keeps nothing on disk.
-    pub fn start_on(port: u16) -> RedisServer {
+    pub(crate) fn start_on(port: u16) -> RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
@@ -41,7 +41,7 @@ impl RedisServer {
         server
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -62,7 +62,7 @@ impl RedisServer {
     }
 
     /// SIGKILL, like a crash; waits for the process to be gone.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -70,24 +70,24 @@ impl RedisServer {
     }
 
     /// Kills the server and starts an empty one on the same port.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         let fresh = RedisServer::start_on(self.port);
         *self = fresh;
     }
 
     /// SIGSTOP: the server keeps its connections open and stops answering.
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         signal(self.pid(), "-STOP");
     }
 
     /// SIGCONT.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         signal(self.pid(), "-CONT");
     }
 
     /// A separate connection for the test's own commands.
-    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn conn(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .expect("url")
             .get_multiplexed_async_connection()
@@ -97,7 +97,7 @@ impl RedisServer {
 
     /// A counter from `INFO`: e.g. `("commandstats", "cmdstat_evalsha", "calls")` or
     /// `("stats", "total_connections_received", "")`.
-    pub async fn info_number(&self, section: &str, line: &str, field: &str) -> u64 {
+    pub(crate) async fn info_number(&self, section: &str, line: &str, field: &str) -> u64 {
         let info: String = redis::cmd("INFO")
             .arg(section)
             .query_async(&mut self.conn().await)
@@ -148,7 +148,10 @@ fn ping(port: u16) -> bool {
 }
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes; returns how long it took.
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+pub(crate) async fn eventually(
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     loop {
         if cond() {

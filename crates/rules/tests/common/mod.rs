@@ -12,7 +12,7 @@ use graylane_rules::{CookieKeys, Decision, RequestView, RoutingTable};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// A validated configuration from `body` (the YAML after the `listeners:` line).
-pub fn config(body: &str) -> Config {
+pub(crate) fn config(body: &str) -> Config {
     let yaml = format!("listeners: [{{ bind: 127.0.0.1:8080 }}]\n{body}");
     match graylane_config::load_str(&yaml, "t.yaml", Path::new(".")) {
         Ok(c) => c,
@@ -21,7 +21,7 @@ pub fn config(body: &str) -> Config {
 }
 
 /// [`config`] with a listener that trusts 10.0.0.0/8, for `trusted_only` keys and rules.
-pub fn config_with_trusted_hops(body: &str) -> Config {
+pub(crate) fn config_with_trusted_hops(body: &str) -> Config {
     let yaml =
         format!("listeners: [{{ bind: 127.0.0.1:8080, trusted_hops: [10.0.0.0/8] }}]\n{body}");
     match graylane_config::load_str(&yaml, "t.yaml", Path::new(".")) {
@@ -30,22 +30,22 @@ pub fn config_with_trusted_hops(body: &str) -> Config {
     }
 }
 
-pub fn table(body: &str) -> RoutingTable {
+pub(crate) fn table(body: &str) -> RoutingTable {
     RoutingTable::compile(&config(body))
 }
 
 /// The sticky-cookie key the keyed tables sign with.
-pub const COOKIE_KEY: &str = "test-cookie-key-0123456789";
+pub(crate) const COOKIE_KEY: &str = "test-cookie-key-0123456789";
 
 /// A table whose sticky cookies are signed with [`COOKIE_KEY`].
-pub fn keyed_table(body: &str) -> RoutingTable {
+pub(crate) fn keyed_table(body: &str) -> RoutingTable {
     let mut t = table(body);
     t.set_cookie_keys(&CookieKeys::parse(COOKIE_KEY).unwrap());
     t
 }
 
 /// The signed sticky cookie value `t` issues for `bucket` of service `service`.
-pub fn sticky_value(t: &RoutingTable, service: usize, bucket: u32) -> String {
+pub(crate) fn sticky_value(t: &RoutingTable, service: usize, bucket: u32) -> String {
     let v = t
         .sticky_value(service, bucket)
         .expect("a sticky release with keys");
@@ -55,7 +55,7 @@ pub fn sticky_value(t: &RoutingTable, service: usize, bucket: u32) -> String {
 /// One service `svc` (stable + canary) whose release has the single force rule `rule` (flow
 /// YAML) at weight 0, so a request is forced iff the rule matches. Segment `staff` holds
 /// `u-1001` and `u-1002`.
-pub fn force_table(rule: &str) -> RoutingTable {
+pub(crate) fn force_table(rule: &str) -> RoutingTable {
     table(&format!(
         "segments:
   staff: {{ values: [u-1001, u-1002] }}
@@ -77,7 +77,7 @@ services:
 
 /// An owned request; `view()` lends it to the rule engine.
 #[derive(Clone)]
-pub struct Req {
+pub(crate) struct Req {
     pub method: Method,
     pub host: Option<String>,
     pub path: String,
@@ -91,7 +91,7 @@ pub struct Req {
 }
 
 impl Req {
-    pub fn get(path: &str) -> Req {
+    pub(crate) fn get(path: &str) -> Req {
         Req {
             method: Method::GET,
             host: None,
@@ -107,60 +107,60 @@ impl Req {
     }
 
     /// Appends a header, so calling it twice sends the header twice.
-    pub fn header(self, name: &str, value: &str) -> Req {
+    pub(crate) fn header(self, name: &str, value: &str) -> Req {
         self.header_bytes(name, value.as_bytes())
     }
 
-    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Req {
+    pub(crate) fn header_bytes(mut self, name: &str, value: &[u8]) -> Req {
         let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
         self.headers
             .append(name, HeaderValue::from_bytes(value).unwrap());
         self
     }
 
-    pub fn method(mut self, m: Method) -> Req {
+    pub(crate) fn method(mut self, m: Method) -> Req {
         self.method = m;
         self
     }
 
-    pub fn host(mut self, h: &str) -> Req {
+    pub(crate) fn host(mut self, h: &str) -> Req {
         self.host = Some(h.to_string());
         self
     }
 
-    pub fn query(mut self, q: &str) -> Req {
+    pub(crate) fn query(mut self, q: &str) -> Req {
         self.query = Some(q.to_string());
         self
     }
 
-    pub fn ip(mut self, ip: &str) -> Req {
+    pub(crate) fn ip(mut self, ip: &str) -> Req {
         self.ip = ip.parse().unwrap();
         self
     }
 
-    pub fn now(mut self, unix_ms: i64) -> Req {
+    pub(crate) fn now(mut self, unix_ms: i64) -> Req {
         self.now_unix_ms = unix_ms;
         self
     }
 
-    pub fn lane(mut self, lane: &str) -> Req {
+    pub(crate) fn lane(mut self, lane: &str) -> Req {
         self.lane = Some(lane.to_string());
         self
     }
 
     /// From a listener's trusted hops.
-    pub fn trusted(mut self) -> Req {
+    pub(crate) fn trusted(mut self) -> Req {
         self.trusted = true;
         self
     }
 
     /// The random number the proxy would have drawn for this request.
-    pub fn random(mut self, r: u32) -> Req {
+    pub(crate) fn random(mut self, r: u32) -> Req {
         self.random = r;
         self
     }
 
-    pub fn view(&self) -> RequestView<'_> {
+    pub(crate) fn view(&self) -> RequestView<'_> {
         RequestView {
             method: &self.method,
             host: self.host.as_deref(),
@@ -177,7 +177,7 @@ impl Req {
 }
 
 /// The decision for `req`, which must match some service.
-pub fn decide(table: &RoutingTable, req: &Req) -> Decision {
+pub(crate) fn decide(table: &RoutingTable, req: &Req) -> Decision {
     match table.decide(&req.view()) {
         Some(d) => d,
         None => panic!("no service matched {} {}", req.method, req.path),
@@ -185,7 +185,7 @@ pub fn decide(table: &RoutingTable, req: &Req) -> Decision {
 }
 
 /// `(service name, version name)` for `req`, or `None` when no service matches.
-pub fn route(table: &RoutingTable, req: &Req) -> Option<(String, String)> {
+pub(crate) fn route(table: &RoutingTable, req: &Req) -> Option<(String, String)> {
     let d = table.decide(&req.view())?;
     Some((
         table.service_name(d.service).to_string(),

@@ -85,6 +85,7 @@ pub enum Window {
 /// counted), open for 60s, 10 half-open trial calls.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
+    /// The sliding window the rates are computed over.
     pub window: Window,
     /// Calls the window must hold before its rates can open the breaker.
     pub minimum_calls: u32,
@@ -117,8 +118,12 @@ impl Default for BreakerConfig {
 /// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
+    /// Calls go through; the window's rates are watched.
     Closed,
+    /// Calls are refused until `open_for` has passed.
     Open,
+    /// Up to `half_open_calls` trial calls go through; they decide whether it closes or opens
+    /// again.
     HalfOpen,
 }
 
@@ -136,7 +141,10 @@ impl State {
 /// How a call went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
+    /// The call counts as a failure; which outcomes do is the caller's choice (graylane's:
+    /// the configuration's `failure_on`).
     pub failed: bool,
+    /// How long the call took; compared with the slow-call duration.
     pub duration: Duration,
 }
 
@@ -151,7 +159,9 @@ pub struct Open {
 /// One state change, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
+    /// The state before.
     pub from: State,
+    /// The state after.
     pub to: State,
     /// The caller's clock when it happened.
     pub at_nanos: u64,
@@ -162,9 +172,13 @@ pub struct Transition {
 /// half-open they are the completed trial calls.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Snapshot {
+    /// The state now.
     pub state: State,
+    /// Calls counted (in the window, or the completed trials when half-open).
     pub calls: u64,
+    /// Of those, the failed ones.
     pub failed_calls: u64,
+    /// Of those, the slow ones (slower than the slow-call duration).
     pub slow_calls: u64,
     /// `failed_calls / calls`, 0 without calls.
     pub failure_rate: f64,
