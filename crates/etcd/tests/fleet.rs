@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{connect, new_audit, new_revision, open, wait_for};
 use etcd_client::GetOptions;
-use graylane_etcd::testing::EtcdServer;
+use graylane_testing::etcd::EtcdServer;
 use graylane_etcd::{EtcdStore, Fleet, FleetEvent, NodeInfo};
 use graylane_store::{Expect, RevisionSource, Store, StoreError};
 use tokio::sync::mpsc::UnboundedReceiver;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{connect, dump, new_audit, new_revision, open, put};
 use graylane_etcd::EtcdStore;
-use graylane_etcd::testing::EtcdServer;
+use graylane_testing::etcd::EtcdServer;
 use graylane_store::{
     AuditEntry, AuditFilter, Expect, NewAuditEntry, Revision, RevisionSource, Store, StoreError,
 };

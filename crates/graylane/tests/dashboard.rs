@@ -234,7 +234,7 @@ fn stop_server(s: &mut Served) {
 
 /// Starts serve again on the same file, store and ports.
 async fn start_server(s: &mut Served) {
-    s.process = Graylane::spawn_with_env(
+    s.process = spawn_with_env(
         &s.dir,
         &[
             "serve",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::fleet::FleetNode;
 use common::*;
-use graylane_etcd::testing::EtcdServer;
+use graylane_testing::etcd::EtcdServer;
 use graylane_etcd::{Etcd, EtcdOptions, EtcdStore};
 use graylane_store::{RedbStore, Store};
 use http::{Method, StatusCode};

@@ -92,8 +92,8 @@ impl Site {
         Site {
             data: dir.join("data"),
             dir,
-            proxy: loopback(free_port()),
-            admin: loopback(free_port()),
+            proxy: loopback(candidate_port()),
+            admin: loopback(candidate_port()),
             stable: Upstream::start("stable"),
             canary: Upstream::start("canary"),
         }
@@ -138,7 +138,7 @@ impl Site {
         if let Some(env) = env {
             args.extend(["--env", env]);
         }
-        let mut process = Graylane::spawn_with_env(&self.dir, &args, TOKEN_ENV);
+        let mut process = spawn_with_env(&self.dir, &args, TOKEN_ENV);
         wait_ready(&mut process, self.admin, self.proxy).await;
         process
     }
@@ -577,7 +577,7 @@ async fn environments_are_isolated() {
 /// Answers its stderr.
 fn refused(dir: &Path, args: &[&str]) -> String {
     let started = Instant::now();
-    let mut p = Graylane::spawn_with_env(dir, args, TOKEN_ENV);
+    let mut p = spawn_with_env(dir, args, TOKEN_ENV);
     let status = p.wait_exit(Duration::from_secs(10));
     assert!(
         started.elapsed() < Duration::from_secs(5),

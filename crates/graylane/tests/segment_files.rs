@@ -55,7 +55,7 @@ impl Gateway {
         let dir = temp_dir(test);
         let file = dir.join("graylane.yaml");
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
+        let (proxy, admin) = (loopback(candidate_port()), loopback(candidate_port()));
         let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
         write_atomic(&dir.join("beta.txt"), "u-1\n");
         let yaml = fill(
@@ -68,7 +68,7 @@ impl Gateway {
             ],
         );
         write_atomic(&file, &yaml);
-        let process = Graylane::spawn_with_env(
+        let process = spawn_with_env(
             &dir,
             &[
                 "serve",

@@ -95,10 +95,10 @@ async fn serve(test: &str, watch_interval: &str) -> Served {
     let dir = temp_dir(test);
     let file = dir.join("graylane.yaml");
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
+    let (proxy, admin) = (loopback(candidate_port()), loopback(candidate_port()));
     let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
     write_atomic(&file, &config(proxy, admin, &stable, &canary, "0"));
-    let mut process = Graylane::spawn_in(
+    let mut process = spawn_in(
         &dir,
         &[
             "serve",
@@ -341,7 +341,7 @@ async fn sigterm_drains_requests_in_flight_while_readyz_reports_draining() {
 async fn serve_with_an_invalid_file_exits_1_without_listening() {
     let dir = temp_dir("invalid-serve");
     let bad = fixture("bad/unknown_key.yaml");
-    let mut p = Graylane::spawn_in(&dir, &["serve", "--config", bad.to_str().unwrap()]);
+    let mut p = spawn_in(&dir, &["serve", "--config", bad.to_str().unwrap()]);
     let status = p.wait_exit(COMMAND_DEADLINE);
     assert_eq!(status.code(), Some(1), "{}", p.logs());
     assert!(
@@ -355,8 +355,8 @@ async fn serve_with_an_invalid_file_exits_1_without_listening() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_answers_a_forced_canary_request() {
     let dir = temp_dir("demo");
-    let (port, admin_port) = (free_port(), free_port());
-    let mut demo = Graylane::spawn_in(
+    let (port, admin_port) = (candidate_port(), candidate_port());
+    let mut demo = spawn_in(
         &dir,
         &[
             "demo",

@@ -3,13 +3,15 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::GetOptions;
-use graylane_etcd::testing::EtcdServer;
+use graylane_testing::etcd::EtcdServer;
 use graylane_etcd::{Etcd, EtcdOptions, EtcdStore};
 use graylane_store::{NewAuditEntry, NewRevision, RevisionSource};
 use serde_json::json;
+
+pub use graylane_testing::wait::wait_for;
 
 /// A connection to `server` with graylane's keys under `prefix`, and a 1 s call timeout.
 pub fn connect(server: &EtcdServer, prefix: &str) -> Etcd {
@@ -78,15 +80,4 @@ pub fn dump(etcd: &Etcd, prefix: &str) -> Vec<(String, Vec<u8>, i64)> {
             .collect())
     })
     .unwrap()
-}
-
-/// Waits until `done` holds, polling every 20 ms, for at most `limit`; returns how long it
-/// took, or panics naming `what`.
-pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not so within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
