@@ -1,16 +1,15 @@
 //! What the etcd tests share: connecting to a test etcd, raw reads and writes that go around
 //! graylane, the records the store takes, and bounded waiting.
 
-#![allow(dead_code)] // Each test binary uses its own part of this module.
+#![allow(dead_code, unused_imports)] // Each test binary uses its own part of this module.
 
 use std::time::Duration;
 
 use etcd_client::GetOptions;
 use graylane_testing::etcd::EtcdServer;
 use graylane_etcd::{Etcd, EtcdOptions, EtcdStore};
-use graylane_store::{NewAuditEntry, NewRevision, RevisionSource};
-use serde_json::json;
 
+pub use graylane_store::conformance::{new_audit, new_revision};
 pub use graylane_testing::wait::wait_for;
 
 /// A connection to `server` with graylane's keys under `prefix`, and a 1 s call timeout.
@@ -29,27 +28,6 @@ pub fn open(server: &EtcdServer, prefix: &str, env: &str) -> EtcdStore {
     match EtcdStore::open(connect(server, prefix), env) {
         Ok(store) => store,
         Err(e) => panic!("opening {env} under {prefix}: {e}"),
-    }
-}
-
-pub fn new_revision(i: i64, source: RevisionSource) -> NewRevision {
-    NewRevision {
-        at_ms: 1_000 + i,
-        author: format!("author-{i}"),
-        message: format!("change {i}"),
-        source,
-        yaml: format!("version: {i}\n"),
-    }
-}
-
-pub fn new_audit(i: i64, action: &str, target: &str) -> NewAuditEntry {
-    NewAuditEntry {
-        at_ms: 2_000 + i,
-        actor: "alice".into(),
-        action: action.into(),
-        target: target.into(),
-        reason: format!("reason {i}"),
-        detail: json!({ "i": i }),
     }
 }
 

@@ -3,7 +3,7 @@
 //! working folders.
 
 // Each test binary includes this module and uses a different subset of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

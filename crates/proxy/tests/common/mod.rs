@@ -2,7 +2,7 @@
 //! in-process from YAML (listeners on loopback port 0, read back from the gateway).
 
 // Each test binary includes this module and uses a different subset of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod many_services;
 
