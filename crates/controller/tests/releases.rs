@@ -40,27 +40,27 @@ services:
             max_increase: 0.02
 "#;
 
-/// The canary's index among the service's versions (configuration order).
-const CANARY: usize = 1;
-
 /// A data plane that keeps every split it is given, and serves figures the test sets.
 #[derive(Default)]
 struct Recorder {
     /// Each split of `payment`, in the order the controller gave them (whole configurations
     /// and single releases alike).
     splits: Mutex<Vec<Routing>>,
+    /// The canary's index among `payment`'s versions, from the configuration applied.
+    canary: Mutex<Option<usize>>,
     figures: Mutex<BTreeMap<String, Observation>>,
 }
 
 impl Recorder {
     /// The canary's percent of `payment`'s traffic in the newest split.
     fn canary_percent(&self) -> f64 {
+        let canary = self.canary.lock().unwrap().expect("a configuration applied");
         let splits = self.splits.lock().unwrap();
         let newest = splits.last().expect("the controller routed payment");
         newest
             .shares
             .iter()
-            .filter(|s| s.version == CANARY)
+            .filter(|s| s.version == canary)
             .map(|s| s.weight.percent())
             .sum()
     }
@@ -78,7 +78,10 @@ impl Recorder {
 }
 
 impl DataPlane for Recorder {
-    fn apply(&self, _: Config, routes: &BTreeMap<String, Routing>) {
+    fn apply(&self, config: Config, routes: &BTreeMap<String, Routing>) {
+        let payment = config.services.iter().find(|s| s.name == "payment");
+        *self.canary.lock().unwrap() =
+            payment.and_then(|s| s.versions.iter().position(|v| v.name == "canary"));
         if let Some(r) = routes.get("payment") {
             self.splits.lock().unwrap().push(r.clone());
         }
@@ -140,7 +143,7 @@ fn starting_a_release_sends_the_first_step_s_weight_to_the_canary() {
     let c = controller(Arc::clone(&plane));
     assert_eq!(plane.canary_percent(), 10.0);
     let release = c.release("payment", 0).unwrap();
-    assert_eq!((release.state.as_str(), release.step), ("paused", 0));
+    assert_eq!((release.state.as_str(), release.step), ("progressing", 0));
 }
 
 #[test]
@@ -153,10 +156,24 @@ fn promoting_moves_the_release_and_its_traffic_to_the_next_step() {
 }
 
 #[test]
-fn a_rollback_returns_all_traffic_to_stable() {
+fn an_abort_returns_all_traffic_to_stable() {
     let plane = Arc::new(Recorder::default());
     let c = controller(Arc::clone(&plane));
     c.command("payment", Action::Promote, ALICE, 1_000).unwrap();
+    let release = c.command("payment", Action::Abort, ALICE, 2_000).unwrap();
+    assert_eq!(release.state, "aborted");
+    assert_eq!(plane.canary_percent(), 0.0);
+}
+
+#[test]
+fn a_rollback_after_a_full_promotion_returns_all_traffic_to_stable() {
+    let plane = Arc::new(Recorder::default());
+    let c = controller(Arc::clone(&plane));
+    let release = c
+        .command("payment", Action::PromoteFull, ALICE, 1_000)
+        .unwrap();
+    assert_eq!(release.state, "completed");
+    assert_eq!(plane.canary_percent(), 100.0);
     let release = c
         .command("payment", Action::Rollback, ALICE, 2_000)
         .unwrap();
@@ -179,7 +196,7 @@ fn a_canary_failing_its_analysis_is_aborted_and_the_abort_is_in_the_audit_log() 
     let audit = c.audit(&AuditFilter::default(), 20).unwrap();
     let abort = audit
         .iter()
-        .find(|e| e.target == "payment" && e.action.contains("abort"))
-        .unwrap_or_else(|| panic!("no abort of payment in the audit log: {audit:#?}"));
-    assert_eq!(abort.at_ms, 1_000);
+        .find(|e| e.target == "payment" && e.action == "analysis_failed")
+        .unwrap_or_else(|| panic!("no failed analysis of payment in the audit log: {audit:#?}"));
+    assert_eq!((abort.actor.as_str(), abort.at_ms), ("analysis", 1_000));
 }
