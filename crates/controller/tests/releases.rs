@@ -54,7 +54,11 @@ struct Recorder {
 impl Recorder {
     /// The canary's percent of `payment`'s traffic in the newest split.
     fn canary_percent(&self) -> f64 {
-        let canary = self.canary.lock().unwrap().expect("a configuration applied");
+        let canary = self
+            .canary
+            .lock()
+            .unwrap()
+            .expect("a configuration applied");
         let splits = self.splits.lock().unwrap();
         let newest = splits.last().expect("the controller routed payment");
         newest

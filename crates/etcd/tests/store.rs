@@ -10,12 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{connect, dump, new_audit, new_revision, open, put};
 use graylane_etcd::EtcdStore;
-use graylane_testing::etcd::EtcdServer;
 use graylane_store::conformance::Backend;
-use graylane_store::{
-    AuditEntry, AuditFilter, Expect, NewAuditEntry, Revision, RevisionSource, Store, StoreError,
-};
-use serde_json::json;
+use graylane_store::{Expect, RevisionSource, Store, StoreError};
+use graylane_testing::etcd::EtcdServer;
 
 const P: &str = "/graylane";
 

@@ -1,8 +1,8 @@
 //! The shared client: URL errors, and a real redis-server.
 
 use graylane_redis::{Client, ClientOptions, Error};
-use std::time::Duration;
 use graylane_testing::redis::RedisServer;
+use std::time::Duration;
 
 #[tokio::test]
 async fn unusable_urls_are_rejected_naming_the_url() {

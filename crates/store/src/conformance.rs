@@ -7,9 +7,7 @@
 
 use serde_json::json;
 
-use crate::{
-    AuditEntry, AuditFilter, NewAuditEntry, NewRevision, Revision, RevisionSource, Store,
-};
+use crate::{AuditEntry, AuditFilter, NewAuditEntry, NewRevision, Revision, RevisionSource, Store};
 
 /// A place a store keeps its data: a folder, an etcd prefix.
 pub trait Backend {

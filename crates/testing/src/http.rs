@@ -127,8 +127,13 @@ impl Http1 {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<Reply, String> {
-        self.send_bytes(method, path, headers, Bytes::copy_from_slice(body.as_bytes()))
-            .await
+        self.send_bytes(
+            method,
+            path,
+            headers,
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
+        .await
     }
 
     /// One request with any body on this connection.
@@ -228,7 +233,6 @@ impl Http2 {
             .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
     }
 }
-
 
 /// Any request with a body, on a new connection; panics if there is no answer.
 pub async fn request(

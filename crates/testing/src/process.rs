@@ -175,14 +175,14 @@ impl Drop for Graylane {
 }
 
 /// The addresses in the log lines `listening addr=...` and `admin listening addr=...`, as
-/// text or JSON logs. A process that took its sockets over logs them too, so the newest lines
-/// win.
+/// text (coloured or not) or JSON logs.
 pub fn parse_bound(log: &str) -> Bound {
     let mut bound = Bound {
         listeners: Vec::new(),
         admin: None,
     };
     for line in log.lines() {
+        let line = &strip_ansi(line);
         let (message, addr) = if line.trim_start().starts_with('{') {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
@@ -213,15 +213,51 @@ pub fn parse_bound(log: &str) -> Bound {
             (message.to_string(), addr)
         };
         match message.as_str() {
-            "listening" => {
-                if bound.listeners.contains(&addr) {
-                    bound.listeners.clear();
-                }
-                bound.listeners.push(addr);
-            }
+            "listening" => bound.listeners.push(addr),
             "admin listening" => bound.admin = Some(addr),
             _ => {}
         }
     }
     bound
+}
+
+/// `line` without terminal colour sequences (`ESC [ ... m`), which a log written with colours
+/// puts around field names.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_addresses_are_read_from_text_json_and_coloured_logs() {
+        let text = "2026-01-01T00:00:00Z  INFO graylane::commands::serve: listening addr=127.0.0.1:4001 workers=1\n\
+                    2026-01-01T00:00:00Z  INFO graylane::commands::serve: admin listening addr=127.0.0.1:4002\n";
+        let json = r#"{"timestamp":"x","level":"INFO","message":"listening","addr":"127.0.0.1:4001","workers":1}
+{"timestamp":"x","level":"INFO","message":"admin listening","addr":"127.0.0.1:4002"}"#;
+        let coloured = "\u{1b}[32m INFO\u{1b}[0m \u{1b}[2mgraylane::commands::serve\u{1b}[0m\u{1b}[2m:\u{1b}[0m listening \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:4001 \u{1b}[3mworkers\u{1b}[0m\u{1b}[2m=\u{1b}[0m1\n\
+                        \u{1b}[32m INFO\u{1b}[0m \u{1b}[2mgraylane::commands::serve\u{1b}[0m\u{1b}[2m:\u{1b}[0m admin listening \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:4002\n";
+        let expected = Bound {
+            listeners: vec!["127.0.0.1:4001".parse().unwrap()],
+            admin: Some("127.0.0.1:4002".parse().unwrap()),
+        };
+        for log in [text, json, coloured] {
+            assert_eq!(parse_bound(log), expected, "{log}");
+        }
+    }
 }

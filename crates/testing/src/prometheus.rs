@@ -90,7 +90,9 @@ fn launch(dir: &Path, port: u16) -> Result<PrometheusServer, String> {
             let words = std::fs::read_to_string(&log).unwrap_or_default();
             // Dropping `server` would remove the folder the next attempt uses.
             std::mem::forget(server);
-            return Err(format!("prometheus exited ({status}) on port {port}:\n{words}"));
+            return Err(format!(
+                "prometheus exited ({status}) on port {port}:\n{words}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -106,7 +108,8 @@ fn ready(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!("GET /-/ready HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET /-/ready HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }

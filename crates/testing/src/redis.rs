@@ -149,10 +149,7 @@ impl RedisServer {
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut expected = Vec::new();
         if let Some(password) = &self.password {
-            let auth = format!(
-                "*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n",
-                password.len()
-            );
+            let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len());
             if s.write_all(auth.as_bytes()).is_err() {
                 return false;
             }

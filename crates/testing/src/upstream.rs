@@ -67,7 +67,9 @@ impl Upstream {
 
     /// Serves on `listener`, already bound by the caller.
     pub fn serve(listener: std::net::TcpListener, name: &'static str) -> Upstream {
-        listener.set_nonblocking(true).expect("a non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
         let addr = listener.local_addr().expect("a bound address");
         let state = Arc::new(UpstreamState {
             delay_ms: AtomicU64::new(0),

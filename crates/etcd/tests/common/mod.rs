@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use etcd_client::GetOptions;
-use graylane_testing::etcd::EtcdServer;
 use graylane_etcd::{Etcd, EtcdOptions, EtcdStore};
+use graylane_testing::etcd::EtcdServer;
 
 pub use graylane_store::conformance::{new_audit, new_revision};
 pub use graylane_testing::wait::wait_for;

@@ -141,7 +141,10 @@ impl Served {
             env,
         );
         let listening = bound(&mut process, true);
-        let (proxy, admin) = (listening.listeners[0], listening.admin.expect("an admin listener"));
+        let (proxy, admin) = (
+            listening.listeners[0],
+            listening.admin.expect("an admin listener"),
+        );
         let served = Served {
             process,
             dir,
