@@ -90,8 +90,8 @@ pub fn bound(process: &mut Graylane, admin: bool) -> Bound {
 // A served gateway
 // ---------------------------------------------------------------------------------------------
 
-/// A `graylane serve` process on free loopback ports in front of two test upstreams, `stable`
-/// and `canary`; its working folder (and store) is the test's own. Killed if dropped.
+/// A `graylane serve` process on loopback ports it picked, in front of two test upstreams,
+/// `stable` and `canary`; its working folder (and store) is the test's own. Killed if dropped.
 pub struct Served {
     pub process: Graylane,
     pub dir: PathBuf,
