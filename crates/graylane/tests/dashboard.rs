@@ -269,7 +269,7 @@ fn the_dashboard_watches_and_steers_a_release_in_a_real_browser() {
         .enable_all()
         .build()
         .unwrap();
-    let mut s = rt.block_on(Served::start("dashboard", CONFIG, &[], &TOKENS));
+    let mut s = rt.block_on(Served::start_restartable("dashboard", CONFIG, &[], &TOKENS));
 
     // The page is served from the binary, with its files and a strict policy.
     rt.block_on(async {

@@ -112,14 +112,37 @@ impl Served {
         extra: &[(&str, String)],
         env: &[(&str, &str)],
     ) -> Served {
+        Served::start_on(test, template, extra, env, (0, 0)).await
+    }
+
+    /// [`Served::start`] with the ports written in the file, for a test that restarts serve
+    /// where a client (a browser) expects it. They are candidate ports, which another process
+    /// could take before serve binds them: use [`Served::start`] unless the ports must last.
+    pub async fn start_restartable(
+        test: &str,
+        template: &str,
+        extra: &[(&str, String)],
+        env: &[(&str, &str)],
+    ) -> Served {
+        let ports = (candidate_port(), candidate_port());
+        Served::start_on(test, template, extra, env, ports).await
+    }
+
+    async fn start_on(
+        test: &str,
+        template: &str,
+        extra: &[(&str, String)],
+        env: &[(&str, &str)],
+        (port, admin): (u16, u16),
+    ) -> Served {
         let dir = temp_dir(test);
         let file = dir.join("graylane.yaml");
         let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
         let yaml = fill(
             &fill(template, extra),
             &[
-                ("port", "0".to_string()),
-                ("admin", "0".to_string()),
+                ("port", port.to_string()),
+                ("admin", admin.to_string()),
                 ("stable", stable.addr.to_string()),
                 ("canary", canary.addr.to_string()),
             ],
