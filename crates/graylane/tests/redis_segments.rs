@@ -105,6 +105,9 @@ async fn a_gateway_restarted_while_redis_is_down_still_serves_the_segment_and_sa
         ],
         &[("TEST_TOKEN_OPERATOR", OPERATOR)],
     );
+    let listening = bound(&mut served.process, true);
+    served.proxy = listening.listeners[0];
+    served.admin = listening.admin.unwrap();
     let proxy = served.proxy;
     let version = eventually("the restarted gateway to answer", || async {
         version_of(proxy, "u-1").await
