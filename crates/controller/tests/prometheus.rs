@@ -2,17 +2,19 @@
 //! loopback port and scraping a local endpoint once a second.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use graylane_controller::prometheus::{Prometheus, QueryError, QuerySource, render};
+use graylane_testing::ports::closed_port;
+use graylane_testing::prometheus::PrometheusServer;
 
-/// Serves a fixed Prometheus exposition on a free port, forever (the thread dies with the test).
-fn exporter(text: &'static str) -> u16 {
+/// Serves a fixed Prometheus exposition on a port of its own, forever (the thread dies with
+/// the test).
+fn exporter(text: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -25,62 +27,7 @@ fn exporter(text: &'static str) -> u16 {
             let _ = stream.write_all(reply.as_bytes());
         }
     });
-    port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A Prometheus process, killed on drop.
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    url: http::Uri,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_prometheus(scrape_port: u16) -> Server {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("prometheus-{}-{scrape_port}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: graylane\n    static_configs:\n      - targets: ['127.0.0.1:{scrape_port}']\n"
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("the prometheus binary (Debian package `prometheus`; scripts/test installs it)");
-    Server {
-        child,
-        dir,
-        url: format!("http://127.0.0.1:{port}").parse().unwrap(),
-    }
+    addr
 }
 
 /// Polls `check` until it gives `Some`, for at most 30 seconds.
@@ -104,8 +51,11 @@ graylane_requests_total{service=\"payment\",version=\"canary\",code=\"500\"} 10
 
 #[test]
 fn queries_give_one_number_or_a_reason() {
-    let server = start_prometheus(exporter(EXPOSITION));
-    let prom = Prometheus::new(&server.url, Duration::from_secs(2));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("prometheus-{}", std::process::id()));
+    let server = PrometheusServer::start(&dir, Some(exporter(EXPOSITION)));
+    let url: http::Uri = server.url().parse().unwrap();
+    let prom = Prometheus::new(&url, Duration::from_secs(2));
     eventually("a first scrape", || {
         prom.query("sum(graylane_requests_total)").ok()
     });
@@ -147,7 +97,7 @@ fn queries_give_one_number_or_a_reason() {
 
 #[test]
 fn an_unreachable_prometheus_is_an_error_naming_it() {
-    let url: http::Uri = format!("http://127.0.0.1:{}", free_port()).parse().unwrap();
+    let url: http::Uri = format!("http://{}", closed_port()).parse().unwrap();
     let prom = Prometheus::new(&url, Duration::from_millis(500));
     let err = prom.query("up").unwrap_err();
     assert!(matches!(err, QueryError::Unreachable { .. }), "{err:?}");

@@ -18,8 +18,6 @@ pub mod keys;
 pub mod registry;
 pub mod shared;
 pub mod store;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use connect::{Etcd, EtcdOptions};
 pub use fleet::{Fleet, FleetEvent, Member, NodeInfo};

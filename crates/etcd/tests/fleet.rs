@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::{connect, new_audit, new_revision, open, wait_for};
 use etcd_client::GetOptions;
-use graylane_etcd::testing::EtcdServer;
 use graylane_etcd::{EtcdStore, Fleet, FleetEvent, NodeInfo};
 use graylane_store::{Expect, RevisionSource, Store, StoreError};
+use graylane_testing::etcd::EtcdServer;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const P: &str = "/graylane";

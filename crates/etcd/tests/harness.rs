@@ -1,7 +1,7 @@
 //! The test harness itself: a real etcd starts, answers, survives a kill and restart with its
 //! data.
 
-use graylane_etcd::testing::EtcdServer;
+use graylane_testing::etcd::EtcdServer;
 
 #[test]
 fn a_killed_etcd_restarts_on_the_same_port_and_data() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use graylane_etcd::registry::{self, DEFAULT_PREFIX, Instance, RegistryWatch, Snapshot};
-use graylane_etcd::testing::EtcdServer;
+use graylane_testing::etcd::EtcdServer;
 
 /// Bounds every wait, so a broken registry fails the test instead of hanging it.
 const DEADLINE: Duration = Duration::from_secs(20);

@@ -1,4 +1,5 @@
-//! `EtcdStore` against a real etcd: the same semantics as the embedded store, conditional
+//! `EtcdStore` against a real etcd: the behaviours every store has
+//! (`graylane_store::conformance`, as the embedded store), conditional
 //! (fenced) release writes, concurrent writers on several nodes, foreign data, and etcd going
 //! away and coming back.
 
@@ -9,11 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{connect, dump, new_audit, new_revision, open, put};
 use graylane_etcd::EtcdStore;
-use graylane_etcd::testing::EtcdServer;
-use graylane_store::{
-    AuditEntry, AuditFilter, Expect, NewAuditEntry, Revision, RevisionSource, Store, StoreError,
-};
-use serde_json::json;
+use graylane_store::conformance::Backend;
+use graylane_store::{Expect, RevisionSource, Store, StoreError};
+use graylane_testing::etcd::EtcdServer;
 
 const P: &str = "/graylane";
 
@@ -26,70 +25,21 @@ fn seqs(store: &EtcdStore, env: &str, limit: usize) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn revisions_are_numbered_from_one_per_environment() {
-    let etcd = EtcdServer::start();
-    let store = open(&etcd, P, "prod");
+/// A store on a fresh etcd under [`P`], a new connection each time it is opened.
+struct Prefix(EtcdServer);
 
-    for i in 1..=3 {
-        let rev = store
-            .add_revision("prod", new_revision(i, RevisionSource::Api))
-            .unwrap();
-        assert_eq!(rev.n, i as u64);
-        assert_eq!(rev.yaml, format!("version: {i}\n"));
+impl Backend for Prefix {
+    fn open(&mut self) -> Box<dyn Store> {
+        Box::new(open(&self.0, P, "prod"))
     }
-    let staging = store
-        .add_revision(
-            "staging",
-            new_revision(10, RevisionSource::Revert { from: 7 }),
-        )
-        .unwrap();
-    assert_eq!(staging.n, 1, "each environment counts from 1");
-
-    let prod: Vec<u64> = store
-        .revisions("prod")
-        .unwrap()
-        .iter()
-        .map(|r| r.n)
-        .collect();
-    assert_eq!(prod, [3, 2, 1], "newest first");
-    let staging_list = store.revisions("staging").unwrap();
-    assert_eq!(staging_list.len(), 1);
-    assert_eq!(staging_list[0].message, "change 10");
-    assert_eq!(staging_list[0].source, RevisionSource::Revert { from: 7 });
-
-    assert_eq!(store.latest_revision("prod").unwrap().unwrap().n, 3);
-    assert_eq!(
-        store.latest_revision("staging").unwrap().unwrap().yaml,
-        "version: 10\n"
-    );
-    let new = new_revision(2, RevisionSource::Api);
-    assert_eq!(
-        store.revision("prod", 2).unwrap().unwrap(),
-        Revision {
-            n: 2,
-            at_ms: new.at_ms,
-            author: new.author,
-            message: new.message,
-            source: new.source,
-            yaml: new.yaml,
-        }
-    );
-    assert_eq!(store.revision("prod", 4).unwrap(), None);
-    assert_eq!(store.revision("staging", 2).unwrap(), None);
-    assert_eq!(store.latest_revision("dev").unwrap(), None);
-    assert!(store.revisions("dev").unwrap().is_empty());
 }
 
+graylane_store::store_conformance!(Prefix(EtcdServer::start()));
+
 #[test]
-fn environments_are_isolated_and_listed_and_each_can_be_opened_afterwards() {
+fn what_one_node_wrote_for_another_environment_is_that_environment_s_not_foreign_keys() {
     let etcd = EtcdServer::start();
     let store = open(&etcd, P, "prod");
-
-    // Names that are prefixes of each other must not bleed into one another's ranges.
-    store
-        .add_revision("prod", new_revision(1, RevisionSource::File))
-        .unwrap();
     store
         .record_release(
             "prod-eu",
@@ -99,281 +49,12 @@ fn environments_are_isolated_and_listed_and_each_can_be_opened_afterwards() {
         )
         .unwrap();
     store
-        .record_release("prod", "api", b"p", new_audit(2, "release.start", "api"))
-        .unwrap();
-    store
         .append_audit("a", new_audit(3, "login", "alice"))
         .unwrap();
-
-    assert_eq!(store.environments().unwrap(), ["a", "prod", "prod-eu"]);
-    assert_eq!(
-        store.releases("prod").unwrap(),
-        [("api".to_string(), b"p".to_vec())]
-    );
-    assert_eq!(
-        store.releases("prod-eu").unwrap(),
-        [("web".to_string(), b"eu".to_vec())]
-    );
-    assert!(store.releases("a").unwrap().is_empty());
-    assert!(store.revisions("prod-eu").unwrap().is_empty());
-    assert_eq!(seqs(&store, "prod", 10), [1]);
-    assert_eq!(seqs(&store, "prod-eu", 10), [1]);
-    assert_eq!(seqs(&store, "a", 10), [1]);
-
-    // What one node wrote for another environment is that environment's, not foreign keys.
     for env in ["prod-eu", "a"] {
         let other = open(&etcd, P, env);
         assert_eq!(seqs(&other, env, 10), [1]);
     }
-}
-
-#[test]
-fn a_new_connection_sees_everything_and_numbering_goes_on() {
-    let etcd = EtcdServer::start();
-    let (revisions, releases, audit) = {
-        let store = open(&etcd, P, "prod");
-        store
-            .add_revision("prod", new_revision(1, RevisionSource::File))
-            .unwrap();
-        store
-            .add_revision("prod", new_revision(2, RevisionSource::Revert { from: 1 }))
-            .unwrap();
-        store
-            .record_release(
-                "prod",
-                "web",
-                b"state-1",
-                new_audit(1, "release.start", "web"),
-            )
-            .unwrap();
-        (
-            store.revisions("prod").unwrap(),
-            store.releases("prod").unwrap(),
-            store.audit("prod", 100).unwrap(),
-        )
-    };
-
-    let store = open(&etcd, P, "prod");
-    assert_eq!(store.revisions("prod").unwrap(), revisions);
-    assert_eq!(store.releases("prod").unwrap(), releases);
-    assert_eq!(store.audit("prod", 100).unwrap(), audit);
-    assert_eq!(
-        store.latest_revision("prod").unwrap().unwrap().yaml,
-        "version: 2\n"
-    );
-    let next = store.add_revision("prod", new_revision(3, RevisionSource::Api));
-    assert_eq!(next.unwrap().n, 3);
-    let next = store.append_audit("prod", new_audit(3, "login", "alice"));
-    assert_eq!(next.unwrap().seq, 2);
-}
-
-#[test]
-fn record_release_saves_state_and_audit_together_and_delete_removes_it() {
-    let etcd = EtcdServer::start();
-    let store = open(&etcd, P, "prod");
-
-    let entry = store
-        .record_release(
-            "prod",
-            "web",
-            b"step-1",
-            new_audit(1, "release.start", "web"),
-        )
-        .unwrap();
-    assert_eq!(entry.seq, 1);
-    assert_eq!(entry.detail, json!({ "i": 1 }));
-    store
-        .record_release(
-            "prod",
-            "api",
-            b"step-0",
-            new_audit(2, "release.start", "api"),
-        )
-        .unwrap();
-    let entry = store
-        .record_release(
-            "prod",
-            "web",
-            b"step-2",
-            new_audit(3, "release.promote", "web"),
-        )
-        .unwrap();
-    assert_eq!(entry.seq, 3);
-    assert_eq!(
-        store.releases("prod").unwrap(),
-        [
-            ("api".to_string(), b"step-0".to_vec()),
-            ("web".to_string(), b"step-2".to_vec()),
-        ],
-        "sorted by service, latest state only"
-    );
-    assert_eq!(store.audit("prod", 10).unwrap()[0], entry);
-
-    let entry = store
-        .delete_release("prod", "web", new_audit(4, "release.delete", "web"))
-        .unwrap();
-    assert_eq!((entry.seq, entry.action.as_str()), (4, "release.delete"));
-    assert_eq!(
-        store.releases("prod").unwrap(),
-        [("api".to_string(), b"step-0".to_vec())]
-    );
-    // A retried delete changes nothing but is still audited.
-    let again = store
-        .delete_release("prod", "web", new_audit(5, "release.delete", "web"))
-        .unwrap();
-    assert_eq!(again.seq, 5);
-    assert_eq!(store.releases("prod").unwrap().len(), 1);
-}
-
-#[test]
-fn audit_is_newest_first_and_limited() {
-    let etcd = EtcdServer::start();
-    let store = open(&etcd, P, "prod");
-    for i in 1..=5 {
-        let entry = store
-            .append_audit("prod", new_audit(i, "login", "alice"))
-            .unwrap();
-        assert_eq!(entry.seq, i as u64);
-    }
-    store
-        .append_audit("staging", new_audit(9, "login", "bob"))
-        .unwrap();
-
-    assert_eq!(seqs(&store, "prod", 2), [5, 4]);
-    assert_eq!(seqs(&store, "prod", 100), [5, 4, 3, 2, 1]);
-    assert_eq!(seqs(&store, "prod", usize::MAX), [5, 4, 3, 2, 1]);
-    assert!(seqs(&store, "prod", 0).is_empty());
-    assert_eq!(
-        store.audit("prod", 1).unwrap()[0],
-        AuditEntry {
-            seq: 5,
-            at_ms: 2_005,
-            actor: "alice".into(),
-            action: "login".into(),
-            target: "alice".into(),
-            reason: "reason 5".into(),
-            detail: json!({ "i": 5 }),
-        }
-    );
-    assert_eq!(seqs(&store, "staging", 10), [1]);
-    assert!(store.audit("dev", 10).unwrap().is_empty());
-}
-
-#[test]
-fn audit_matching_finds_the_newest_matches_across_pages_of_the_log() {
-    let etcd = EtcdServer::start();
-    let store = open(&etcd, P, "prod");
-    let by = |i: i64, actor: &str, action: &str, target: &str| NewAuditEntry {
-        actor: actor.into(),
-        ..new_audit(i, action, target)
-    };
-    // bob's two changes are buried under more analysis verdicts than one page of the log.
-    store
-        .append_audit("prod", by(1, "bob", "release.promote", "payment"))
-        .unwrap();
-    store
-        .append_audit("prod", by(2, "bob", "release.abort", "search"))
-        .unwrap();
-    for i in 3..=600 {
-        store
-            .append_audit("prod", by(i, "analysis", "analysis", "payment"))
-            .unwrap();
-    }
-    store
-        .append_audit("staging", by(601, "bob", "release.promote", "payment"))
-        .unwrap();
-
-    let seqs = |filter: AuditFilter, limit| -> Vec<u64> {
-        store
-            .audit_matching("prod", &filter, limit)
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect()
-    };
-    let actor = |a: &str| AuditFilter {
-        actor: Some(a.into()),
-        ..AuditFilter::default()
-    };
-    assert_eq!(seqs(actor("bob"), 100), [2, 1], "older than the newest 598");
-    assert_eq!(seqs(actor("bob"), 1), [2], "the limit counts matches");
-    assert!(seqs(actor("bob"), 0).is_empty());
-    assert_eq!(seqs(actor("analysis"), 3), [600, 599, 598]);
-    assert!(seqs(actor("carol"), 100).is_empty());
-    let all_analysis = seqs(actor("analysis"), 1_000);
-    assert_eq!(
-        all_analysis,
-        (3..=600).rev().collect::<Vec<_>>(),
-        "every page, in order"
-    );
-    let all_three = AuditFilter {
-        target: Some("payment".into()),
-        actor: Some("bob".into()),
-        action: Some("release.promote".into()),
-    };
-    assert_eq!(seqs(all_three.clone(), 100), [1]);
-    let none = AuditFilter {
-        action: Some("release.abort".into()),
-        ..all_three
-    };
-    assert!(seqs(none, 100).is_empty(), "every given field must match");
-    assert_eq!(seqs(AuditFilter::default(), 5), [600, 599, 598, 597, 596]);
-    assert_eq!(seqs(AuditFilter::default(), 300).len(), 300);
-    assert_eq!(
-        store.audit_matching("prod", &actor("bob"), 1).unwrap()[0],
-        AuditEntry {
-            seq: 2,
-            at_ms: 2_002,
-            actor: "bob".into(),
-            action: "release.abort".into(),
-            target: "search".into(),
-            reason: "reason 2".into(),
-            detail: json!({ "i": 2 }),
-        }
-    );
-}
-
-#[test]
-fn the_audit_log_keeps_at_most_max_entries_per_environment_numbered_on() {
-    let etcd = EtcdServer::start();
-    let store = open(&etcd, P, "prod");
-    store.set_audit_retention(5, 0);
-    for i in 0..20 {
-        store
-            .append_audit("prod", new_audit(i, "login", "a"))
-            .unwrap();
-    }
-    store
-        .append_audit("staging", new_audit(0, "login", "a"))
-        .unwrap();
-    assert_eq!(seqs(&store, "prod", 100), [20, 19, 18, 17, 16]);
-    assert_eq!(
-        seqs(&store, "staging", 100),
-        [1],
-        "other environments keep theirs"
-    );
-}
-
-#[test]
-fn the_audit_log_drops_entries_older_than_max_age() {
-    let etcd = EtcdServer::start();
-    let store = open(&etcd, P, "prod");
-    let at = |ms: i64| NewAuditEntry {
-        at_ms: ms,
-        ..new_audit(0, "login", "a")
-    };
-    for ms in [0, 1_000, 2_000, 3_000] {
-        store.append_audit("prod", at(ms)).unwrap();
-    }
-    assert_eq!(
-        seqs(&store, "prod", 100),
-        [4, 3, 2, 1],
-        "no retention keeps all"
-    );
-    store.set_audit_retention(0, 1_500);
-    store.append_audit("prod", at(4_000)).unwrap();
-    // 4_000 − 1_500 = 2_500: entries at 0, 1_000 and 2_000 are older.
-    assert_eq!(seqs(&store, "prod", 100), [5, 4]);
 }
 
 /// The version `release_versions` reports for `service`.

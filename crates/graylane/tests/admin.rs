@@ -330,9 +330,9 @@ services:
 #[tokio::test]
 async fn metrics_and_logs_name_redis_segments_and_webhooks_without_their_secrets() {
     let password = "redis-s3cret-pw";
-    let redis = RedisServer::start(free_port(), Some(password));
+    let redis = RedisServer::start_with(Some(password));
     // Nothing listens on the webhook's port: its delivery fails and is logged.
-    let dead = free_port();
+    let dead = closed_port().port();
     let s = Served::start(
         "secrets",
         SECRETS,
@@ -420,13 +420,13 @@ fn assert_no_secret(what: &str, text: &str) {
 
 #[tokio::test]
 async fn below_admin_the_configuration_its_revisions_and_diffs_show_urls_without_their_secrets() {
-    let redis = RedisServer::start(free_port(), Some("S3cretPW"));
+    let redis = RedisServer::start_with(Some("S3cretPW"));
     let s = Served::start(
         "leaky",
         LEAKY,
         &[
             ("redis", redis.port.to_string()),
-            ("dead", free_port().to_string()),
+            ("dead", closed_port().port().to_string()),
             ("hook", "HOOKSECRET".to_string()),
         ],
         &[
@@ -512,13 +512,13 @@ async fn below_admin_the_configuration_its_revisions_and_diffs_show_urls_without
 
 #[tokio::test]
 async fn redis_secrets_in_any_url_form_reach_no_log_metric_or_error() {
-    let redis = RedisServer::start(free_port(), Some("S3cretPW"));
+    let redis = RedisServer::start_with(Some("S3cretPW"));
     let s = Served::start(
         "leaky-logs",
         LEAKY,
         &[
             ("redis", redis.port.to_string()),
-            ("dead", free_port().to_string()),
+            ("dead", closed_port().port().to_string()),
             ("hook", "HOOKSECRET".to_string()),
         ],
         &[("TEST_TOKEN_ADMIN", ADMIN)],

@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
+use graylane_testing::prometheus::PrometheusServer;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -409,55 +409,13 @@ const ORDERS: &str = r#"  - name: orders
             max: 0.05
 "#;
 
-/// A Prometheus process scraping `target` every second; killed on drop.
-struct Prometheus {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Prometheus {
-    fn start(port: u16, target: SocketAddr, dir: &std::path::Path) -> Prometheus {
-        let dir = dir.join("prometheus");
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: graylane\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log.txt")).unwrap())
-            .spawn()
-            .expect(
-                "the prometheus binary (Debian package `prometheus`; scripts/deps installs it)",
-            );
-        Prometheus { child, dir }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn a_prometheus_query_check_rolls_back_a_canary_prometheus_sees_failing() {
-    let prometheus_port = free_port();
-    let orders = ORDERS.replace("{prometheus}", &prometheus_port.to_string());
+    let prometheus_dir = temp_dir("analysis-prometheus-server");
+    let prometheus = PrometheusServer::start(&prometheus_dir, None);
+    let orders = ORDERS.replace("{prometheus}", &prometheus.port.to_string());
     let s = serve_with("analysis-prometheus", &orders).await;
-    let _prometheus = Prometheus::start(prometheus_port, s.admin, &s.dir);
+    prometheus.scrape(s.admin);
     s.canary.fail_every(5);
     let done = Arc::new(AtomicBool::new(false));
     let traffic = s.traffic("/orders/new", Arc::clone(&done));

@@ -552,7 +552,7 @@ fn help_lists_the_admin_api_commands() {
 #[test]
 fn an_unreachable_admin_api_is_named_with_a_hint() {
     // Bound by the kernel's choice, then released: nothing listens there.
-    let admin = format!("http://127.0.0.1:{}", free_port());
+    let admin = format!("http://127.0.0.1:{}", closed_port().port());
     let out = run(&["status", "--admin", &admin]);
     assert_eq!(out.code(), Some(1), "{out:?}");
     assert!(out.stdout.is_empty(), "{:?}", out.stdout);
@@ -599,7 +599,7 @@ fn set_weight_needs_a_number() {
 #[test]
 fn an_admin_address_with_a_password_is_named_without_it() {
     // Bound by the kernel's choice, then released: nothing listens there.
-    let port = free_port();
+    let port = closed_port().port();
     let admin = format!("http://ops:s3cret-pw@127.0.0.1:{port}");
     let out = run(&["status", "--admin", &admin]);
     assert_eq!(out.code(), Some(1), "{out:?}");

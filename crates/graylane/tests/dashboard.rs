@@ -234,7 +234,7 @@ fn stop_server(s: &mut Served) {
 
 /// Starts serve again on the same file, store and ports.
 async fn start_server(s: &mut Served) {
-    s.process = Graylane::spawn_with_env(
+    s.process = spawn_with_env(
         &s.dir,
         &[
             "serve",
@@ -269,7 +269,7 @@ fn the_dashboard_watches_and_steers_a_release_in_a_real_browser() {
         .enable_all()
         .build()
         .unwrap();
-    let mut s = rt.block_on(Served::start("dashboard", CONFIG, &[], &TOKENS));
+    let mut s = rt.block_on(Served::start_restartable("dashboard", CONFIG, &[], &TOKENS));
 
     // The page is served from the binary, with its files and a strict policy.
     rt.block_on(async {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::fleet::FleetNode;
 use common::*;
-use graylane_etcd::testing::EtcdServer;
+use graylane_testing::etcd::EtcdServer;
 use http::{Method, StatusCode};
 
 const TOKEN: &str = "fleet-test-token";
@@ -924,7 +924,7 @@ async fn a_version_follows_its_instances_in_the_registry_as_they_come_and_go() {
     // An instance of another version does not count.
     let dir = fleet.dir.clone();
     let register = |labels: &str, address: String| {
-        Graylane::spawn_in(
+        spawn_in(
             &dir,
             &[
                 "register",
@@ -1079,8 +1079,8 @@ traffic_control:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_nodes_share_a_redis_rate_limit_as_single_nodes_do() {
-    let redis_port = free_port();
-    let _redis = RedisServer::start(redis_port, None);
+    let redis = RedisServer::start();
+    let redis_port = redis.port;
     let template = fill(REDIS_LIMITED, &[("redis", redis_port.to_string())]);
     let mut fleet = Fleet::new_filled("fleet-redis", &template);
     let url = fleet.etcd.url();

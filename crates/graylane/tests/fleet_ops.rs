@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::fleet::FleetNode;
 use common::*;
-use graylane_etcd::testing::EtcdServer;
 use graylane_etcd::{Etcd, EtcdOptions, EtcdStore};
 use graylane_store::{RedbStore, Store};
+use graylane_testing::etcd::EtcdServer;
 use http::{Method, StatusCode};
 use serde_json::Value;
 

@@ -33,8 +33,8 @@ traffic_control:
 
 #[tokio::test]
 async fn two_gateway_processes_share_one_limit_through_redis() {
-    let redis_port = free_port();
-    let _redis = RedisServer::start(redis_port, None);
+    let redis = RedisServer::start();
+    let redis_port = redis.port;
     let extra = [("redis", redis_port.to_string())];
     let a = Served::start("global-limit-a", CONFIG, &extra, &[]).await;
     let b = Served::start("global-limit-b", CONFIG, &extra, &[]).await;

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -79,8 +80,9 @@ const HEALTH_SERVICE: &str = r#"  - name: health
 struct Site {
     dir: PathBuf,
     data: PathBuf,
-    proxy: SocketAddr,
-    admin: SocketAddr,
+    /// Where the running process listens: each start binds port 0 and says which it got.
+    proxy: Cell<SocketAddr>,
+    admin: Cell<SocketAddr>,
     stable: Upstream,
     canary: Upstream,
 }
@@ -88,12 +90,11 @@ struct Site {
 impl Site {
     fn new(test: &str) -> Site {
         let dir = temp_dir(&format!("persistence-{test}"));
-        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         Site {
             data: dir.join("data"),
             dir,
-            proxy: loopback(free_port()),
-            admin: loopback(free_port()),
+            proxy: Cell::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin: Cell::new(SocketAddr::from(([127, 0, 0, 1], 0))),
             stable: Upstream::start("stable"),
             canary: Upstream::start("canary"),
         }
@@ -104,8 +105,8 @@ impl Site {
     fn yaml(&self, comment: &str, payment_weight: &str, health: bool) -> String {
         let values = [
             ("comment", comment.to_string()),
-            ("port", self.proxy.port().to_string()),
-            ("admin", self.admin.port().to_string()),
+            ("port", "0".to_string()),
+            ("admin", "0".to_string()),
             ("stable", self.stable.addr.to_string()),
             ("canary", self.canary.addr.to_string()),
             ("payment_weight", payment_weight.to_string()),
@@ -138,13 +139,16 @@ impl Site {
         if let Some(env) = env {
             args.extend(["--env", env]);
         }
-        let mut process = Graylane::spawn_with_env(&self.dir, &args, TOKEN_ENV);
-        wait_ready(&mut process, self.admin, self.proxy).await;
+        let mut process = spawn_with_env(&self.dir, &args, TOKEN_ENV);
+        let listening = bound(&mut process, true);
+        self.proxy.set(listening.listeners[0]);
+        self.admin.set(listening.admin.unwrap());
+        wait_ready(&mut process, self.admin.get(), self.proxy.get()).await;
         process
     }
 
     async fn api_get(&self, path: &str) -> Value {
-        let r = get(self.admin, path, &[("Authorization", &bearer(ALICE))]).await;
+        let r = get(self.admin.get(), path, &[("Authorization", &bearer(ALICE))]).await;
         assert_eq!(r.status, StatusCode::OK, "GET {path}: {}", r.text());
         r.json()
     }
@@ -153,7 +157,7 @@ impl Site {
     async fn command(&self, service: &str, command: &str, body: Value) -> Value {
         let path = format!("/api/v1/releases/{service}/{command}");
         let r = request(
-            self.admin,
+            self.admin.get(),
             Method::POST,
             &path,
             &[
@@ -171,7 +175,7 @@ impl Site {
     async fn put_config(&self, yaml: &str, message: &str) -> Value {
         let path = format!("/api/v1/config?message={}", message.replace(' ', "%20"));
         let r = request(
-            self.admin,
+            self.admin.get(),
             Method::PUT,
             &path,
             &[
@@ -192,7 +196,7 @@ impl Site {
     async fn served_by(&self, path: &str, users: &[String]) -> Vec<String> {
         let mut out = Vec::with_capacity(users.len());
         for user in users {
-            let r = get(self.proxy, path, &[("X-User-Id", user)]).await;
+            let r = get(self.proxy.get(), path, &[("X-User-Id", user)]).await;
             assert_eq!(r.status, StatusCode::OK, "{path} as {user}: {r:?}");
             let version = r.json()["version"].as_str().unwrap_or("").to_string();
             assert_eq!(r.version(), Some(version.as_str()), "{path} as {user}");
@@ -318,7 +322,7 @@ async fn kill_9_resumes_every_release_where_it_was() {
     assert_eq!(outcome["revision"]["author"], "ci", "{outcome}");
     assert_eq!(outcome["revision"]["source"], "api", "{outcome}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), changed);
-    let health = get(site.proxy, "/api/health/check", &[]).await;
+    let health = get(site.proxy.get(), "/api/health/check", &[]).await;
     assert_eq!(health.status, StatusCode::OK, "{health:?}");
 
     // What there is to find again after the crash.
@@ -409,7 +413,7 @@ async fn kill_9_resumes_every_release_where_it_was() {
     assert_eq!(revisions_after["revisions"][0]["source"], "api");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), changed);
     let current = get(
-        site.admin,
+        site.admin.get(),
         "/api/v1/config",
         &[("Authorization", &bearer(ALICE))],
     )
@@ -447,7 +451,7 @@ async fn kill_9_resumes_every_release_where_it_was() {
         "the same users on canary"
     );
     assert_eq!(search_split_after, search_split, "the same users on canary");
-    let health = get(site.proxy, "/api/health/check", &[]).await;
+    let health = get(site.proxy.get(), "/api/health/check", &[]).await;
     assert_eq!(
         (health.status, health.version()),
         (StatusCode::OK, Some("stable")),
@@ -545,7 +549,7 @@ async fn environments_are_isolated() {
     );
     let split = site.served_by("/api/payment/orders", &users(20)).await;
     assert!(split.iter().all(|v| v == "stable"), "{split:?}");
-    let health = get(site.proxy, "/api/health/check", &[]).await;
+    let health = get(site.proxy.get(), "/api/health/check", &[]).await;
     assert_eq!(
         health.status,
         StatusCode::NOT_FOUND,
@@ -577,7 +581,7 @@ async fn environments_are_isolated() {
 /// Answers its stderr.
 fn refused(dir: &Path, args: &[&str]) -> String {
     let started = Instant::now();
-    let mut p = Graylane::spawn_with_env(dir, args, TOKEN_ENV);
+    let mut p = spawn_with_env(dir, args, TOKEN_ENV);
     let status = p.wait_exit(Duration::from_secs(10));
     assert!(
         started.elapsed() < Duration::from_secs(5),

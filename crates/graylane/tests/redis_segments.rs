@@ -56,8 +56,8 @@ async fn stale(admin: std::net::SocketAddr) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restarted_while_redis_is_down_still_serves_the_segment_and_says_it_is_stale() {
-    let redis_port = free_port();
-    let redis = RedisServer::start(redis_port, None);
+    let redis = RedisServer::start();
+    let redis_port = redis.port;
     let mut served = Served::start(
         "redis-segment-restart",
         CONFIG,
@@ -92,7 +92,7 @@ async fn a_gateway_restarted_while_redis_is_down_still_serves_the_segment_and_sa
     let status = served.process.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{}", served.process.logs());
     drop(redis);
-    served.process = Graylane::spawn_with_env(
+    served.process = spawn_with_env(
         &served.dir,
         &[
             "serve",
@@ -105,6 +105,9 @@ async fn a_gateway_restarted_while_redis_is_down_still_serves_the_segment_and_sa
         ],
         &[("TEST_TOKEN_OPERATOR", OPERATOR)],
     );
+    let listening = bound(&mut served.process, true);
+    served.proxy = listening.listeners[0];
+    served.admin = listening.admin.unwrap();
     let proxy = served.proxy;
     let version = eventually("the restarted gateway to answer", || async {
         version_of(proxy, "u-1").await

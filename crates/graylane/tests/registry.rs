@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use etcd_client::Client;
-use graylane_etcd::testing::EtcdServer;
+use graylane_testing::etcd::EtcdServer;
 
 /// The value at `key`, if any.
 async fn value(client: &mut Client, key: &str) -> Option<serde_json::Value> {
@@ -47,7 +47,7 @@ async fn a_registered_instance_is_in_etcd_until_sigterm_deregisters_it() {
     let etcd = EtcdServer::start();
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
     let dir = temp_dir("register");
-    let mut process = Graylane::spawn_in(
+    let mut process = spawn_in(
         &dir,
         &[
             "register",
@@ -90,7 +90,7 @@ async fn the_default_id_is_the_host_name_and_port_under_the_given_prefix() {
     let etcd = EtcdServer::start();
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
     let dir = temp_dir("register-default-id");
-    let mut process = Graylane::spawn_in(
+    let mut process = spawn_in(
         &dir,
         &[
             "register",
@@ -158,7 +158,7 @@ fn an_unreachable_etcd_is_a_clear_error() {
     let out = run(&[
         "register",
         "--etcd",
-        &format!("http://127.0.0.1:{}", free_port()),
+        &format!("http://127.0.0.1:{}", closed_port().port()),
         "--service",
         "payment",
         "--address",

@@ -54,21 +54,19 @@ impl Gateway {
     async fn start(test: &str, watch_interval: &str) -> Gateway {
         let dir = temp_dir(test);
         let file = dir.join("graylane.yaml");
-        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
         let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
         write_atomic(&dir.join("beta.txt"), "u-1\n");
         let yaml = fill(
             CONFIG,
             &[
-                ("port", proxy.port().to_string()),
-                ("admin", admin.port().to_string()),
+                ("port", "0".to_string()),
+                ("admin", "0".to_string()),
                 ("stable", stable.addr.to_string()),
                 ("canary", canary.addr.to_string()),
             ],
         );
         write_atomic(&file, &yaml);
-        let process = Graylane::spawn_with_env(
+        let mut process = spawn_with_env(
             &dir,
             &[
                 "serve",
@@ -83,6 +81,8 @@ impl Gateway {
             ],
             &[("GRAYLANE_TEST_TOKEN_VIEWER", TOKEN)],
         );
+        let listening = bound(&mut process, true);
+        let (proxy, admin) = (listening.listeners[0], listening.admin.unwrap());
         let gateway = Gateway {
             process,
             dir,

@@ -32,7 +32,7 @@ services:
           pause: manual
 "#;
 
-/// A gateway process on free ports in front of two test upstreams.
+/// A gateway process on ports it picked, in front of two test upstreams.
 struct Served {
     process: Graylane,
     file: std::path::PathBuf,
@@ -44,7 +44,7 @@ struct Served {
 
 impl Served {
     fn yaml(&self, weight: &str) -> String {
-        config(self.proxy, self.admin, &self.stable, &self.canary, weight)
+        config(&self.stable, &self.canary, weight)
     }
 
     async fn metrics(&self) -> String {
@@ -94,11 +94,9 @@ impl Served {
 async fn serve(test: &str, watch_interval: &str) -> Served {
     let dir = temp_dir(test);
     let file = dir.join("graylane.yaml");
-    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
     let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
-    write_atomic(&file, &config(proxy, admin, &stable, &canary, "0"));
-    let mut process = Graylane::spawn_in(
+    write_atomic(&file, &config(&stable, &canary, "0"));
+    let mut process = spawn_in(
         &dir,
         &[
             "serve",
@@ -112,6 +110,8 @@ async fn serve(test: &str, watch_interval: &str) -> Served {
             watch_interval,
         ],
     );
+    let listening = bound(&mut process, true);
+    let (proxy, admin) = (listening.listeners[0], listening.admin.unwrap());
     wait_ready(&mut process, admin, proxy).await;
     Served {
         process,
@@ -123,18 +123,14 @@ async fn serve(test: &str, watch_interval: &str) -> Served {
     }
 }
 
-fn config(
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    stable: &Upstream,
-    canary: &Upstream,
-    weight: &str,
-) -> String {
+/// The configuration, its listeners on port 0: the ports are read from the log, and a
+/// rewritten file keeps the same listeners.
+fn config(stable: &Upstream, canary: &Upstream, weight: &str) -> String {
     fill(
         CONFIG,
         &[
-            ("port", proxy.port().to_string()),
-            ("admin", admin.port().to_string()),
+            ("port", "0".to_string()),
+            ("admin", "0".to_string()),
             ("stable", stable.addr.to_string()),
             ("canary", canary.addr.to_string()),
             ("weight", weight.to_string()),
@@ -341,7 +337,7 @@ async fn sigterm_drains_requests_in_flight_while_readyz_reports_draining() {
 async fn serve_with_an_invalid_file_exits_1_without_listening() {
     let dir = temp_dir("invalid-serve");
     let bad = fixture("bad/unknown_key.yaml");
-    let mut p = Graylane::spawn_in(&dir, &["serve", "--config", bad.to_str().unwrap()]);
+    let mut p = spawn_in(&dir, &["serve", "--config", bad.to_str().unwrap()]);
     let status = p.wait_exit(COMMAND_DEADLINE);
     assert_eq!(status.code(), Some(1), "{}", p.logs());
     assert!(
@@ -355,8 +351,8 @@ async fn serve_with_an_invalid_file_exits_1_without_listening() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_answers_a_forced_canary_request() {
     let dir = temp_dir("demo");
-    let (port, admin_port) = (free_port(), free_port());
-    let mut demo = Graylane::spawn_in(
+    let (port, admin_port) = (candidate_port(), candidate_port());
+    let mut demo = spawn_in(
         &dir,
         &[
             "demo",

@@ -71,7 +71,7 @@ impl Site {
         let dir = temp_dir(test);
         let file = dir.join("graylane.yaml");
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
+        let (proxy, admin) = (loopback(candidate_port()), loopback(candidate_port()));
         let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
         write_atomic(&file, &Site::yaml(proxy, admin, &stable, &canary));
         Site {
@@ -108,7 +108,7 @@ impl Site {
             "10s",
         ];
         args.extend_from_slice(extra);
-        Graylane::spawn_with_env(&self.dir, &args, TOKEN_ENV)
+        spawn_with_env(&self.dir, &args, TOKEN_ENV)
     }
 
     async fn wait_ready(&self, process: &mut Graylane) {
@@ -404,14 +404,14 @@ async fn sigterm_under_load_answers_every_request_on_the_connections_it_had() {
 fn second_serve(site: &Site, test: &str, conflict: &str) -> (Output, SocketAddr) {
     let dir = temp_dir(test);
     let file = dir.join("graylane.yaml");
-    let other = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let other = SocketAddr::from(([127, 0, 0, 1], candidate_port()));
     let (proxy, admin, shared) = match conflict {
         "proxy" => (site.proxy, other, site.proxy),
         _ => (other, site.admin, site.admin),
     };
     let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
     write_atomic(&file, &Site::yaml(proxy, admin, &stable, &canary));
-    let mut p = Graylane::spawn_with_env(
+    let mut p = spawn_with_env(
         &dir,
         &["serve", "--config", file.to_str().unwrap()],
         TOKEN_ENV,
@@ -480,7 +480,7 @@ async fn a_takeover_that_fails_before_draining_leaves_the_running_process_servin
     );
     let busy_file = site.dir.join("busy.yaml");
     write_atomic(&busy_file, &yaml);
-    let mut failed = Graylane::spawn_with_env(
+    let mut failed = spawn_with_env(
         &site.dir,
         &[
             "serve",

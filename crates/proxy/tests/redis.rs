@@ -4,69 +4,20 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
+use graylane_testing::redis::RedisServer;
 use http::StatusCode;
 
-/// A `redis-server` on a free loopback port, keeping nothing on disk; killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/deps installs it)");
-        let redis = Redis { child, port };
-        for _ in 0..200 {
-            if redis.cli(&["PING"]) == "PONG" {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server did not answer on port {port}");
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli (Debian package redis-tools, with redis-server)");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `redis-cli ARGS` against `redis`: its answer, trimmed.
+fn cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian package redis-tools, with redis-server)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn gateway_config(redis: &str, stable: &Upstream, canary: &Upstream) -> String {
@@ -99,7 +50,7 @@ traffic_control:
 
 #[tokio::test]
 async fn two_gateways_share_one_limit_through_redis() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
     let yaml = gateway_config(&redis.url(), &stable, &canary);
     let (a, b) = (start_gateway(config(&yaml)), start_gateway(config(&yaml)));
@@ -127,7 +78,7 @@ async fn two_gateways_share_one_limit_through_redis() {
 
 #[tokio::test]
 async fn a_redis_segment_follows_the_set_and_survives_redis_dying() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
     let gateway = start_gateway(config(&gateway_config(&redis.url(), &stable, &canary)));
     let a = addr(&gateway);
@@ -138,7 +89,7 @@ async fn a_redis_segment_follows_the_set_and_survives_redis_dying() {
             .map(str::to_string)
     };
     assert_eq!(version("u-7").await.as_deref(), Some("stable"));
-    assert_eq!(redis.cli(&["SADD", "graylane:beta", "u-7"]), "1");
+    assert_eq!(cli(&redis, &["SADD", "graylane:beta", "u-7"]), "1");
     eventually("the member to be mirrored", || async {
         (version("u-7").await.as_deref() == Some("canary")).then_some(())
     })
@@ -178,7 +129,7 @@ async fn a_redis_segment_follows_the_set_and_survives_redis_dying() {
 
 #[tokio::test]
 async fn segment_members_are_edited_through_the_gateway() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
     let gateway = start_gateway(config(&gateway_config(&redis.url(), &stable, &canary)));
     let a = addr(&gateway);
@@ -187,7 +138,7 @@ async fn segment_members_are_edited_through_the_gateway() {
         .await
         .unwrap();
     assert_eq!(added, (1, 0));
-    assert_eq!(redis.cli(&["SISMEMBER", "graylane:beta", "u-9"]), "1");
+    assert_eq!(cli(&redis, &["SISMEMBER", "graylane:beta", "u-9"]), "1");
     eventually("the added member to route to the canary", || async {
         let r = get(a, "/pay", &[("x-user-id", "u-9")]).await;
         (r.version() == Some("canary")).then_some(())
@@ -244,7 +195,7 @@ traffic_control:
 
 #[tokio::test]
 async fn ratelimit_headers_mean_the_same_for_a_local_and_a_redis_limit() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let stable = Upstream::start("stable");
     let local = limit_headers_seen("", &stable).await;
     let shared = limit_headers_seen(

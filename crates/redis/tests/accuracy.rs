@@ -1,13 +1,11 @@
 //! The accuracy of a global limit shared by two limiters, against a real redis-server. In a
 //! binary of its own so that no other test competes with it for the CPU.
 
-mod support;
-
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use graylane_redis::{Client, DecisionSource, GlobalLimiter, GlobalLimiterConfig};
-use support::RedisServer;
+use graylane_testing::redis::RedisServer;
 
 /// Each gateway calls `check` in a loop, as a busy gateway does, except that when the limit is
 /// far off (`retry_after` more than `SPIN`) it sleeps until `SPIN` before it: the calls in between

@@ -1,10 +1,8 @@
 //! The shared client: URL errors, and a real redis-server.
 
-mod support;
-
 use graylane_redis::{Client, ClientOptions, Error};
+use graylane_testing::redis::RedisServer;
 use std::time::Duration;
-use support::RedisServer;
 
 #[tokio::test]
 async fn unusable_urls_are_rejected_naming_the_url() {

@@ -1,11 +1,9 @@
 //! Global rate limits against a real redis-server.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use graylane_redis::{Client, DecisionSource, Error, GlobalLimiter, GlobalLimiterConfig, OnError};
-use support::RedisServer;
+use graylane_testing::redis::RedisServer;
 
 /// What each check may take beyond `timeout` on a busy shared machine.
 const SCHEDULING_SLACK: Duration = Duration::from_millis(60);

@@ -1,11 +1,10 @@
 //! Redis segments against a real redis-server.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use graylane_redis::{Client, RedisSegment};
-use support::{RedisServer, eventually};
+use graylane_testing::redis::RedisServer;
+use graylane_testing::wait::time_until;
 
 async fn sadd(redis: &RedisServer, key: &str, members: &[&str]) {
     let _: u64 = redis::cmd("SADD")
@@ -27,7 +26,7 @@ async fn a_refresh_picks_up_members_added_elsewhere() {
         Duration::from_secs(60),
     );
     sadd(&redis, "seg:beta", &["alice"]).await;
-    let took = eventually(Duration::from_secs(5), || segment.contains("alice"))
+    let took = time_until(Duration::from_secs(5), || segment.contains("alice"))
         .await
         .expect("alice shows up");
     assert!(
@@ -51,13 +50,13 @@ async fn add_and_remove_are_seen_at_once_here() {
     assert_eq!(segment.add(["b"]).await.expect("SADD"), 0);
     assert_eq!(segment.add(Vec::<String>::new()).await.expect("nothing"), 0);
     // The refresh interval is 30 s: only the immediate refresh can show them.
-    eventually(Duration::from_secs(2), || {
+    time_until(Duration::from_secs(2), || {
         segment.contains("a") && segment.contains("b")
     })
     .await
     .expect("added members visible");
     assert_eq!(segment.remove(["a", "zz"]).await.expect("SREM"), 1);
-    eventually(Duration::from_secs(2), || !segment.contains("a"))
+    time_until(Duration::from_secs(2), || !segment.contains("a"))
         .await
         .expect("removed member gone");
     assert!(segment.contains("b"));
@@ -77,7 +76,7 @@ async fn large_sets_are_read_in_pages() {
         Duration::from_millis(100),
         Duration::from_secs(60),
     );
-    eventually(Duration::from_secs(5), || {
+    time_until(Duration::from_secs(5), || {
         members.iter().all(|m| segment.contains(m))
     })
     .await
@@ -103,7 +102,7 @@ async fn redis_down_serves_members_until_stale_then_empty_then_recovers() {
         max_staleness,
     );
     sadd(&redis, "seg:vip", &["alice"]).await;
-    eventually(Duration::from_secs(5), || segment.contains("alice"))
+    time_until(Duration::from_secs(5), || segment.contains("alice"))
         .await
         .expect("alice");
 
@@ -113,7 +112,7 @@ async fn redis_down_serves_members_until_stale_then_empty_then_recovers() {
     assert!(segment.contains("alice"), "last known members still served");
     assert!(!segment.is_stale());
 
-    eventually(Duration::from_secs(3), || segment.is_stale())
+    time_until(Duration::from_secs(3), || segment.is_stale())
         .await
         .expect("stale");
     let stale_after = killed.elapsed();
@@ -129,7 +128,7 @@ async fn redis_down_serves_members_until_stale_then_empty_then_recovers() {
     // Back on the same port, empty (nothing is saved): the members are written again.
     redis.restart();
     sadd(&redis, "seg:vip", &["alice"]).await;
-    eventually(Duration::from_secs(5), || {
+    time_until(Duration::from_secs(5), || {
         !segment.is_stale() && segment.contains("alice")
     })
     .await
@@ -149,13 +148,13 @@ async fn a_segment_started_while_redis_is_down_is_empty_then_fills() {
         Duration::from_millis(300),
     );
     assert!(!segment.contains("alice"));
-    eventually(Duration::from_secs(3), || segment.is_stale())
+    time_until(Duration::from_secs(3), || segment.is_stale())
         .await
         .expect("stale once max_staleness passes without a read");
 
     let redis = RedisServer::start_on(port);
     sadd(&redis, "seg:late", &["alice"]).await;
-    eventually(Duration::from_secs(5), || {
+    time_until(Duration::from_secs(5), || {
         !segment.is_stale() && segment.contains("alice")
     })
     .await
@@ -203,12 +202,12 @@ async fn a_restart_during_a_redis_outage_serves_the_members_read_last() {
     let url = redis.url();
     let segment = start(&url);
     sadd(&redis, "seg:vip", &["alice", "bob"]).await;
-    eventually(Duration::from_secs(5), || {
+    time_until(Duration::from_secs(5), || {
         segment.contains("alice") && segment.contains("bob")
     })
     .await
     .expect("alice and bob read");
-    eventually(Duration::from_secs(5), || {
+    time_until(Duration::from_secs(5), || {
         std::fs::read_to_string(&cache).is_ok_and(|t| t.contains("bob"))
     })
     .await
@@ -228,7 +227,7 @@ async fn a_restart_during_a_redis_outage_serves_the_members_read_last() {
     // Redis back, with other members: they replace the cached ones.
     let redis = RedisServer::start_on(port);
     sadd(&redis, "seg:vip", &["carol"]).await;
-    eventually(Duration::from_secs(5), || {
+    time_until(Duration::from_secs(5), || {
         !restarted.is_stale() && restarted.contains("carol") && !restarted.contains("alice")
     })
     .await

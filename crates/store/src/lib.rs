@@ -53,6 +53,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "testing")]
+pub mod conformance;
 mod error;
 mod redb_store;
 

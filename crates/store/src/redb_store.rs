@@ -124,6 +124,25 @@ impl RedbStore {
         Ok(store)
     }
 
+    /// A store in memory only, empty and gone when dropped: a real store (the same tables and
+    /// transactions as on disk) for the tests of what uses one.
+    pub fn in_memory() -> Result<RedbStore, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let op = Op::new(&path, "creating a database in memory", None);
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| op.open_failed(e.into()))?;
+        let store = RedbStore {
+            db: RwLock::new(Some(db)),
+            path,
+            broken: AtomicBool::new(false),
+            max_audit_age_ms: AtomicI64::new(0),
+            max_audit_entries: AtomicU64::new(0),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
     /// The database, opened again first if an earlier write failed on I/O.
     fn db(&self, op: &Op<'_>) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
         if self.broken.load(Ordering::Acquire) {

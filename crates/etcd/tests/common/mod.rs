@@ -1,15 +1,16 @@
 //! What the etcd tests share: connecting to a test etcd, raw reads and writes that go around
 //! graylane, the records the store takes, and bounded waiting.
 
-#![allow(dead_code)] // Each test binary uses its own part of this module.
+#![allow(dead_code, unused_imports)] // Each test binary uses its own part of this module.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::GetOptions;
-use graylane_etcd::testing::EtcdServer;
 use graylane_etcd::{Etcd, EtcdOptions, EtcdStore};
-use graylane_store::{NewAuditEntry, NewRevision, RevisionSource};
-use serde_json::json;
+use graylane_testing::etcd::EtcdServer;
+
+pub(crate) use graylane_store::conformance::{new_audit, new_revision};
+pub(crate) use graylane_testing::wait::wait_for;
 
 /// A connection to `server` with graylane's keys under `prefix`, and a 1 s call timeout.
 pub(crate) fn connect(server: &EtcdServer, prefix: &str) -> Etcd {
@@ -27,27 +28,6 @@ pub(crate) fn open(server: &EtcdServer, prefix: &str, env: &str) -> EtcdStore {
     match EtcdStore::open(connect(server, prefix), env) {
         Ok(store) => store,
         Err(e) => panic!("opening {env} under {prefix}: {e}"),
-    }
-}
-
-pub(crate) fn new_revision(i: i64, source: RevisionSource) -> NewRevision {
-    NewRevision {
-        at_ms: 1_000 + i,
-        author: format!("author-{i}"),
-        message: format!("change {i}"),
-        source,
-        yaml: format!("version: {i}\n"),
-    }
-}
-
-pub(crate) fn new_audit(i: i64, action: &str, target: &str) -> NewAuditEntry {
-    NewAuditEntry {
-        at_ms: 2_000 + i,
-        actor: "alice".into(),
-        action: action.into(),
-        target: target.into(),
-        reason: format!("reason {i}"),
-        detail: json!({ "i": i }),
     }
 }
 
@@ -78,15 +58,4 @@ pub(crate) fn dump(etcd: &Etcd, prefix: &str) -> Vec<(String, Vec<u8>, i64)> {
             .collect())
     })
     .unwrap()
-}
-
-/// Waits until `done` holds, polling every 20 ms, for at most `limit`; returns how long it
-/// took, or panics naming `what`.
-pub(crate) fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not so within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }

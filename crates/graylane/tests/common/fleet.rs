@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use super::{Graylane, free_port, try_get};
+use super::{Graylane, candidate_port, spawn_with_env, try_get};
 
 /// How long a node may take to become ready: etcd, then a configuration, then the listeners.
 pub const READY_WITHIN: Duration = Duration::from_secs(20);
@@ -24,7 +24,7 @@ impl FleetNode {
     /// Starts node `name` on etcd `endpoints` in `dir/name`, its first listener and admin
     /// listener on free loopback ports (`--bind`, `--admin-bind`), one worker, with `args`
     /// after those and the environment variables `env` (tokens, the etcd password). Does not
-    /// wait for it.
+    /// wait for it. Not port 0: a node tells the fleet its admin address as configured.
     pub fn spawn(
         dir: &Path,
         name: &str,
@@ -33,7 +33,7 @@ impl FleetNode {
         env: &[(&str, &str)],
     ) -> FleetNode {
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (proxy, admin) = (loopback(free_port()), loopback(free_port()));
+        let (proxy, admin) = (loopback(candidate_port()), loopback(candidate_port()));
         let node_dir = dir.join(name);
         std::fs::create_dir_all(&node_dir).unwrap();
         let (bind, admin_bind) = (proxy.to_string(), admin.to_string());
@@ -55,7 +55,7 @@ impl FleetNode {
         all.extend(args);
         FleetNode {
             name: name.to_string(),
-            process: Graylane::spawn_with_env(&node_dir, &all, env),
+            process: spawn_with_env(&node_dir, &all, env),
             proxy,
             admin,
         }

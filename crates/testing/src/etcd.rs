@@ -1,6 +1,7 @@
 //! A real etcd server for tests: Debian's `etcd-server` (`/usr/bin/etcd`, installed by
 //! `scripts/deps`), listening on loopback only, with its data in a temporary directory that
-//! outlives a kill so a test can restart it on the same data.
+//! outlives a kill so a test can restart it on the same data. etcd cannot be handed a socket: it
+//! is started on a pair of candidate ports, and on another pair when it could not bind those.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
