@@ -1,7 +1,10 @@
-use std::borrow::Cow;
+//! [`RedbStore`]: the [`Store`] on one redb file (the crate's documentation says what it
+//! promises). This file opens the database, checks its schema and holds the tables; `audit.rs`
+//! numbers and prunes audit entries, and `op.rs` turns a redb failure into an error naming the
+//! file, the action and the environment.
+
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
@@ -11,7 +14,13 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
     TableError, WriteTransaction,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+mod audit;
+mod op;
+
+use audit::AuditKeys;
+use op::{Op, OrFail, encode};
 
 use crate::{
     AuditEntry, AuditFilter, NewAuditEntry, NewRevision, Revision, RevisionMeta, Store, StoreError,
@@ -78,10 +87,6 @@ impl<T> std::ops::Deref for Held<'_, T> {
         &self.txn
     }
 }
-
-/// Pruning work done by one append at most, so that lowering the retention on a long log
-/// costs several writes a little each rather than one write a lot.
-const PRUNE_BATCH: usize = 64;
 
 impl fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -311,108 +316,6 @@ impl RedbStore {
         }))
     }
 
-    /// Appends `entry` to `env`'s audit log inside `txn`, numbered one past the newest entry.
-    fn append_in(
-        &self,
-        op: &Op<'_>,
-        txn: &WriteTransaction,
-        env: &str,
-        entry: NewAuditEntry,
-    ) -> Result<AuditEntry, StoreError> {
-        let mut audit = txn.open_table(AUDIT).or_fail(op)?;
-        let seq = self.next_number(op, &audit, env, "audit sequence numbers")?;
-        let entry = AuditEntry {
-            seq,
-            at_ms: entry.at_ms,
-            actor: entry.actor,
-            action: entry.action,
-            target: entry.target,
-            reason: entry.reason,
-            detail: entry.detail,
-        };
-        audit
-            .insert((env, seq), encode(op, &entry)?.as_slice())
-            .or_fail(op)?;
-        self.prune_audit(op, &mut audit, env, seq, entry.at_ms)?;
-        Ok(entry)
-    }
-
-    /// Removes up to [`PRUNE_BATCH`] of `env`'s oldest audit entries that the retention no
-    /// longer keeps, now that `newest_seq` (written at `newest_ms`) was appended.
-    fn prune_audit(
-        &self,
-        op: &Op<'_>,
-        audit: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
-        env: &str,
-        newest_seq: u64,
-        newest_ms: i64,
-    ) -> Result<(), StoreError> {
-        let max_entries = self.max_audit_entries.load(Ordering::Relaxed);
-        let max_age_ms = self.max_audit_age_ms.load(Ordering::Relaxed);
-        if max_entries == 0 && max_age_ms == 0 {
-            return Ok(());
-        }
-        let keep_from = if max_entries > 0 {
-            newest_seq.saturating_sub(max_entries - 1)
-        } else {
-            0
-        };
-        let cutoff_ms = (max_age_ms > 0).then(|| newest_ms.saturating_sub(max_age_ms));
-        let mut doomed = Vec::new();
-        for row in audit.range((env, 0)..(env, newest_seq)).or_fail(op)? {
-            if doomed.len() == PRUNE_BATCH {
-                break;
-            }
-            let (key, value) = row.or_fail(op)?;
-            let seq = key.value().1;
-            let too_many = seq < keep_from;
-            let too_old = match cutoff_ms {
-                Some(cutoff) => {
-                    let at: AtMs =
-                        self.decode("audit", || format!("({env:?}, {seq})"), value.value())?;
-                    at.at_ms < cutoff
-                }
-                None => false,
-            };
-            if !(too_many || too_old) {
-                break;
-            }
-            doomed.push(seq);
-        }
-        for seq in doomed {
-            audit.remove((env, seq)).or_fail(op)?;
-        }
-        Ok(())
-    }
-
-    /// One past the largest number `env` has in `table` (1 for none): per-environment numbering
-    /// that needs no counter of its own, since the last key is one step from the range's end.
-    fn next_number(
-        &self,
-        op: &Op<'_>,
-        table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
-        env: &str,
-        what: &str,
-    ) -> Result<u64, StoreError> {
-        let last = table
-            .range((env, 0)..=(env, u64::MAX))
-            .or_fail(op)?
-            .next_back()
-            .transpose()
-            .or_fail(op)?;
-        match last {
-            None => Ok(1),
-            Some((key, _)) => key
-                .value()
-                .1
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    detail: format!("the {what} of environment {env:?} are exhausted"),
-                }),
-        }
-    }
-
     fn decode<'de, T: Deserialize<'de>>(
         &self,
         table: &'static str,
@@ -601,19 +504,6 @@ impl Store for RedbStore {
     }
 }
 
-/// The fields of a stored [`AuditEntry`] that an [`AuditFilter`] compares, borrowed from the
-/// value without building the rest: a filter may pass over thousands of analysis verdicts, whose
-/// `detail` is the bulk of each entry, before it finds a match.
-#[derive(Deserialize)]
-struct AuditKeys<'a> {
-    #[serde(borrow)]
-    target: Cow<'a, str>,
-    #[serde(borrow)]
-    actor: Cow<'a, str>,
-    #[serde(borrow)]
-    action: Cow<'a, str>,
-}
-
 /// Opens the database file at `path`, checking every page against its checksum.
 fn open_database(path: &Path) -> Result<Database, StoreError> {
     // Opened here rather than by redb so that failing to open the file (permissions, a
@@ -637,109 +527,4 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         .set_cache_size(CACHE_BYTES)
         .create_with_backend(backend)
         .map_err(|e| op.open_failed(e.into()))
-}
-
-/// The time of a stored audit entry, read without the rest of it.
-#[derive(Deserialize)]
-struct AtMs {
-    at_ms: i64,
-}
-
-/// What the store was doing, for the context of an error; formatted only when one happens.
-struct Op<'a> {
-    path: &'a Path,
-    action: &'static str,
-    env: Option<&'a str>,
-}
-
-impl<'a> Op<'a> {
-    fn new(path: &'a Path, action: &'static str, env: Option<&'a str>) -> Self {
-        Op { path, action, env }
-    }
-
-    fn context(&self) -> String {
-        match self.env {
-            Some(env) => format!("{} in environment {env:?}", self.action),
-            None => self.action.to_string(),
-        }
-    }
-
-    fn fail(&self, err: redb::Error) -> StoreError {
-        let path = self.path.to_path_buf();
-        match err {
-            redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
-                StoreError::Locked { path }
-            }
-            redb::Error::Corrupted(detail) => StoreError::Corrupt { path, detail },
-            redb::Error::UpgradeRequired(version) => StoreError::Corrupt {
-                path,
-                detail: format!(
-                    "it is in redb file format {version}, which needs a manual upgrade"
-                ),
-            },
-            // Every table is created with the schema version, so one that is missing or has
-            // other types means the file is not what its version says.
-            err @ (redb::Error::TableDoesNotExist(_)
-            | redb::Error::TableTypeMismatch { .. }
-            | redb::Error::TableIsMultimap(_)
-            | redb::Error::TypeDefinitionChanged { .. }) => StoreError::Corrupt {
-                path,
-                detail: err.to_string(),
-            },
-            redb::Error::Io(source) => StoreError::Io {
-                path,
-                context: self.context(),
-                cause: source,
-            },
-            redb::Error::PreviousIo => StoreError::Io {
-                path,
-                context: self.context(),
-                cause: io::Error::other(
-                    "an earlier write failed; the store opens the database again at the next operation",
-                ),
-            },
-            other => StoreError::Storage {
-                path,
-                context: self.context(),
-                cause: Box::new(other),
-            },
-        }
-    }
-
-    /// Like [`Op::fail`], for opening: redb reports a file that is not a database at all, or is
-    /// cut short, as an I/O error, which here means damage rather than a failing disk.
-    fn open_failed(&self, err: redb::Error) -> StoreError {
-        match err {
-            redb::Error::Io(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                StoreError::Corrupt {
-                    path: self.path.to_path_buf(),
-                    detail: e.to_string(),
-                }
-            }
-            other => self.fail(other),
-        }
-    }
-}
-
-trait OrFail<T> {
-    fn or_fail(self, op: &Op<'_>) -> Result<T, StoreError>;
-}
-
-impl<T, E: Into<redb::Error>> OrFail<T> for Result<T, E> {
-    fn or_fail(self, op: &Op<'_>) -> Result<T, StoreError> {
-        self.map_err(|e| op.fail(e.into()))
-    }
-}
-
-fn encode(op: &Op<'_>, value: &impl Serialize) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Storage {
-        path: op.path.to_path_buf(),
-        context: format!("encoding a value while {}", op.context()),
-        cause: Box::new(e),
-    })
 }
