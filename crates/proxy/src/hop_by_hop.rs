@@ -31,7 +31,9 @@ pub(crate) enum HopByHop {
 
 /// The list of hop-by-hop fields, told apart by length first so that a name that is not one
 /// (nearly every name) costs one jump; `is` compares `name` with a lower-case candidate.
-#[inline]
+/// Always inlined: it runs for every header of every message, and inlined into its caller the
+/// comparisons with the candidates fold into the caller's own match on the length.
+#[inline(always)]
 fn classify(name: &[u8], is: impl Fn(&[u8]) -> bool) -> Option<HopByHop> {
     match name.len() {
         2 if is(b"te") => Some(HopByHop::Other),
@@ -47,13 +49,13 @@ fn classify(name: &[u8], is: impl Fn(&[u8]) -> bool) -> Option<HopByHop> {
 
 /// Which hop-by-hop field a name read off the wire is, in any case; `None` for an end-to-end
 /// one.
-#[inline]
+#[inline(always)]
 pub(crate) fn of_raw(name: &[u8]) -> Option<HopByHop> {
     classify(name, |known| name.eq_ignore_ascii_case(known))
 }
 
 /// Whether `name` is a hop-by-hop field.
-#[inline]
+#[inline(always)]
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     // A `HeaderName` is lower case already: a plain comparison does.
     let name = name.as_str().as_bytes();
@@ -102,18 +104,23 @@ pub(crate) enum ConnectionOption<'a> {
 /// `Connection` fields: each value is read on its own and their options add up.
 #[inline]
 pub(crate) fn connection_options(value: &[u8]) -> impl Iterator<Item = ConnectionOption<'_>> {
-    value.split(|&b| b == b',').filter_map(|element| {
-        let token = element.trim_ascii();
-        if token.eq_ignore_ascii_case(b"close") {
-            Some(ConnectionOption::Close)
-        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-            Some(ConnectionOption::KeepAlive)
-        } else if token.is_empty() || !token.iter().all(|&b| is_tchar(b)) || is_protected(token) {
-            None
-        } else {
-            Some(ConnectionOption::Field(token))
-        }
-    })
+    value.split(|&b| b == b',').filter_map(connection_option)
+}
+
+/// One element of a `Connection` value, read as [`connection_options`] says. Inlined: nearly
+/// every upstream response says `keep-alive`, and that should cost the two comparisons.
+#[inline(always)]
+fn connection_option(element: &[u8]) -> Option<ConnectionOption<'_>> {
+    let token = element.trim_ascii();
+    if token.eq_ignore_ascii_case(b"keep-alive") {
+        Some(ConnectionOption::KeepAlive)
+    } else if token.eq_ignore_ascii_case(b"close") {
+        Some(ConnectionOption::Close)
+    } else if token.is_empty() || !token.iter().all(|&b| is_tchar(b)) || is_protected(token) {
+        None
+    } else {
+        Some(ConnectionOption::Field(token))
+    }
 }
 
 /// Whether the message's `Connection` fields nominate the field `name`.

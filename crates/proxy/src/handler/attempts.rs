@@ -213,7 +213,9 @@ impl Attempts<'_> {
                 version.stats.record_event(self.worker.id, Event::Ejection);
             }
             drop(permit);
-            note_failure(&result, self.worker, service, version, addr);
+            if !matches!(result, Some(Ok(_))) {
+                note_failure(&result, self.worker, service, version, addr);
+            }
             let out_of_time = result.is_none();
             if !failed || out_of_time {
                 return answered_by(current, fell_back, result, attempt_started, ended);
@@ -372,8 +374,10 @@ fn answered_by(
 }
 
 /// Counts and logs an exchange that brought no response: the upstream's failure, or the
-/// request's deadline passing first (a timeout).
-#[inline]
+/// request's deadline passing first (a timeout). Call it only for an exchange that brought no
+/// response: out of line, so the common case pays one branch for it.
+#[cold]
+#[inline(never)]
 pub(super) fn note_failure(
     result: &Option<Result<Response<UpstreamBody>, UpstreamError>>,
     worker: &Worker,

@@ -208,7 +208,9 @@ pub(crate) async fn handle(
                 fault, service, version, &worker, started, conn.peer,
             )),
             None => {
-                attempts::note_failure(&result, &worker, service, version, endpoint.addr);
+                if timed_out || failed {
+                    attempts::note_failure(&result, &worker, service, version, endpoint.addr);
+                }
                 Forwarded::Exchanged(Exchanged {
                     version: decision.version,
                     fell_back: false,
