@@ -163,13 +163,13 @@ mod runs {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub const BRIDGED: usize = 2;
+    pub(super) const BRIDGED: usize = 2;
 
-    pub fn is_empty(h: &Histogram) -> bool {
+    pub(super) fn is_empty(h: &Histogram) -> bool {
         h.counts().iter().all(|n| *n == 0)
     }
 
-    pub fn serialize<S: Serializer>(h: &Histogram, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(h: &Histogram, s: S) -> Result<S::Ok, S::Error> {
         let mut runs: Vec<Vec<u64>> = Vec::new();
         let mut next = 0;
         for (i, n) in h.counts().iter().enumerate().filter(|(_, n)| **n > 0) {
@@ -185,7 +185,7 @@ mod runs {
         runs.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram, D::Error> {
         let runs = Vec::<Vec<u64>>::deserialize(d)?;
         let mut counts = vec![0u64; BUCKETS];
         for run in runs {

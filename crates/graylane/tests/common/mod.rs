@@ -23,26 +23,26 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-pub mod fleet;
+pub(crate) mod fleet;
 
 /// Upper bound on one HTTP exchange.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound on waiting for something to become true (a process to be ready, a reload).
-pub const POLL_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const POLL_DEADLINE: Duration = Duration::from_secs(10);
 /// Upper bound on a command that should finish by itself (validate, eval).
-pub const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_graylane");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_graylane");
 
 /// A test fixture's path.
-pub fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
 }
 
 /// A fresh folder under the target's temporary folder for one test.
-pub fn temp_dir(test: &str) -> PathBuf {
+pub(crate) fn temp_dir(test: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("graylane-cli-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -52,14 +52,14 @@ pub fn temp_dir(test: &str) -> PathBuf {
 
 /// Replaces a file's contents in one step (write a sibling, rename over), as editors and
 /// config-management tools do, so a watcher never reads half a file.
-pub fn write_atomic(path: &Path, text: &str) {
+pub(crate) fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp-write");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
 /// A free loopback port: bound by the kernel's choice, then released for the child to use.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -68,7 +68,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Replaces each `{key}` in `template` by its value.
-pub fn fill(template: &str, values: &[(&str, String)]) -> String {
+pub(crate) fn fill(template: &str, values: &[(&str, String)]) -> String {
     let mut out = template.to_string();
     for (k, v) in values {
         out = out.replace(&format!("{{{k}}}"), v);
@@ -82,25 +82,25 @@ pub fn fill(template: &str, values: &[(&str, String)]) -> String {
 
 /// What a finished command printed.
 #[derive(Debug)]
-pub struct Output {
+pub(crate) struct Output {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl Output {
-    pub fn code(&self) -> Option<i32> {
+    pub(crate) fn code(&self) -> Option<i32> {
         self.status.code()
     }
 }
 
 /// Runs `graylane ARGS` to completion (killed after [`COMMAND_DEADLINE`]).
-pub fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     run_with_env(args, &[])
 }
 
 /// [`run`] with extra environment variables (such as `GRAYLANE_TOKEN`).
-pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = temp_dir(&format!("run-{}", unique()));
     let mut p = Graylane::spawn_with_env(&dir, args, env);
     let status = p.wait_exit(COMMAND_DEADLINE);
@@ -120,7 +120,7 @@ fn unique() -> u64 {
 
 /// A running `graylane` process; killed when dropped, so a failing test leaves nothing behind.
 /// Its output goes to files (never a pipe nobody reads, which could block it).
-pub struct Graylane {
+pub(crate) struct Graylane {
     child: Child,
     out: PathBuf,
     err: PathBuf,
@@ -128,13 +128,13 @@ pub struct Graylane {
 }
 
 impl Graylane {
-    pub fn spawn_in(dir: &Path, args: &[&str]) -> Graylane {
+    pub(crate) fn spawn_in(dir: &Path, args: &[&str]) -> Graylane {
         Graylane::spawn_with_env(dir, args, &[])
     }
 
     /// Runs in `dir` (so the default `graylane-data` store lands there) with extra
     /// environment variables (admin tokens).
-    pub fn spawn_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Graylane {
+    pub(crate) fn spawn_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Graylane {
         let n = unique();
         let out = dir.join(format!("stdout-{n}.txt"));
         let err = dir.join(format!("stderr-{n}.txt"));
@@ -156,25 +156,25 @@ impl Graylane {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
     /// Both outputs, for failure messages.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         format!("--- stdout\n{}--- stderr\n{}", self.stdout(), self.stderr())
     }
 
     /// The exit status if the process has ended.
-    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exited.is_none() {
             self.exited = self.child.try_wait().unwrap();
         }
@@ -182,7 +182,7 @@ impl Graylane {
     }
 
     /// Sends a signal by name (`TERM`, `HUP`, ...) with `kill(1)`.
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args(["-s", name, &self.pid().to_string()])
             .status()
@@ -191,7 +191,7 @@ impl Graylane {
     }
 
     /// Waits for the process to end; kills it and panics after `deadline`.
-    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let until = Instant::now() + deadline;
         loop {
             if let Some(status) = self.try_exit() {
@@ -208,7 +208,7 @@ impl Graylane {
 
     /// Panics with the logs if the process has ended.
     #[track_caller]
-    pub fn assert_running(&mut self) {
+    pub(crate) fn assert_running(&mut self) {
         if let Some(status) = self.try_exit() {
             panic!("graylane exited early ({status})\n{}", self.logs());
         }
@@ -229,7 +229,7 @@ impl Drop for Graylane {
 // ---------------------------------------------------------------------------------------------
 
 /// A request header the test upstream obeys: hold the answer until [`Upstream::release`].
-pub const HOLD_HEADER: &str = "x-test-hold";
+pub(crate) const HOLD_HEADER: &str = "x-test-hold";
 
 struct UpstreamState {
     received: AtomicU64,
@@ -240,7 +240,7 @@ struct UpstreamState {
 
 /// A test upstream on 127.0.0.1 answering `{"version": NAME, "path", "headers": {...}}`, on its
 /// own thread and runtime; stopped (listener and connections closed) when dropped.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     state: Arc<UpstreamState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -248,7 +248,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn start(name: &'static str) -> Upstream {
+    pub(crate) fn start(name: &'static str) -> Upstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -281,17 +281,17 @@ impl Upstream {
     }
 
     /// Requests received so far (counted as soon as their headers arrive).
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.state.received.load(Ordering::SeqCst)
     }
 
     /// Answers every `n`-th request from now on with a 500 (0: none).
-    pub fn fail_every(&self, n: u64) {
+    pub(crate) fn fail_every(&self, n: u64) {
         self.state.fail_every.store(n, Ordering::SeqCst);
     }
 
     /// Lets every held request (and any later one) be answered.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.state.released.send_replace(true);
     }
 }
@@ -362,31 +362,31 @@ async fn answer(
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Reply {
-    pub fn version(&self) -> Option<&str> {
+    pub(crate) fn version(&self) -> Option<&str> {
         self.headers
             .get("x-graylane-version")
             .and_then(|v| v.to_str().ok())
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
     }
 }
 
 /// One GET on a new connection, bounded by [`REQUEST_TIMEOUT`].
-pub async fn try_get(
+pub(crate) async fn try_get(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -395,7 +395,7 @@ pub async fn try_get(
 }
 
 /// Any request with a body, on a new connection, bounded by [`REQUEST_TIMEOUT`].
-pub async fn request(
+pub(crate) async fn request(
     addr: SocketAddr,
     method: http::Method,
     path: &str,
@@ -407,7 +407,7 @@ pub async fn request(
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-pub async fn try_request(
+pub(crate) async fn try_request(
     addr: SocketAddr,
     method: http::Method,
     path: &str,
@@ -456,14 +456,14 @@ pub async fn try_request(
         .map_err(|_| format!("{method} {path} via {addr}: no answer within {REQUEST_TIMEOUT:?}"))?
 }
 
-pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+pub(crate) async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
     try_get(addr, path, headers)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The value of the sample `series` in a Prometheus text exposition, if present.
-pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(series)?;
         rest.strip_prefix(' ')?.trim().parse().ok()
@@ -471,7 +471,7 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 }
 
 /// Polls `check` until it returns `Some`, up to [`POLL_DEADLINE`]; panics naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -481,7 +481,7 @@ where
 
 /// [`eventually`] with its own bound, for what takes several analysis intervals of real
 /// traffic (slower on a loaded machine, never unbounded).
-pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+pub(crate) async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -504,7 +504,7 @@ where
 
 /// A `graylane serve` process on free loopback ports in front of two test upstreams, `stable`
 /// and `canary`; its working folder (and store) is the test's own. Killed if dropped.
-pub struct Served {
+pub(crate) struct Served {
     pub process: Graylane,
     pub dir: PathBuf,
     pub file: PathBuf,
@@ -518,7 +518,7 @@ impl Served {
     /// Writes `template` with `extra` filled in first (its values may use the others), then
     /// `{port}`, `{admin}`, `{stable}` and `{canary}`; starts serve with `env` (admin tokens)
     /// and waits for its admin listener.
-    pub async fn start(
+    pub(crate) async fn start(
         test: &str,
         template: &str,
         extra: &[(&str, String)],
@@ -572,7 +572,7 @@ impl Served {
     }
 
     /// An admin API call with `token` (none when empty).
-    pub async fn api(&self, method: http::Method, path: &str, token: &str, body: &str) -> Reply {
+    pub(crate) async fn api(&self, method: http::Method, path: &str, token: &str, body: &str) -> Reply {
         let auth = format!("Bearer {token}");
         let headers: Vec<(&str, &str)> = if token.is_empty() {
             vec![]
@@ -583,7 +583,7 @@ impl Served {
     }
 
     /// SIGTERM, a clean exit, and the folder removed.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.process.assert_running();
         self.process.signal("TERM");
         let status = self.process.wait_exit(Duration::from_secs(20));
@@ -594,13 +594,13 @@ impl Served {
 
 /// A `redis-server` on loopback `port`, keeping nothing on disk, with a password when given;
 /// ready (it answers `PING`) when `start` returns, killed on drop.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Child,
     pub port: u16,
 }
 
 impl RedisServer {
-    pub fn start(port: u16, password: Option<&str>) -> RedisServer {
+    pub(crate) fn start(port: u16, password: Option<&str>) -> RedisServer {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])

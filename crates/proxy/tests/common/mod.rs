@@ -5,7 +5,7 @@
 // Each test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
-pub mod many_services;
+pub(crate) mod many_services;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -28,12 +28,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Upper bound on any single exchange in these tests.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound on waiting for something to become true.
-pub const POLL_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const POLL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A request header the test upstream obeys: wait this many milliseconds before answering.
-pub const DELAY_HEADER: &str = "x-test-delay-ms";
+pub(crate) const DELAY_HEADER: &str = "x-test-delay-ms";
 
 // ---------------------------------------------------------------------------------------------
 // Test upstream
@@ -55,7 +55,7 @@ struct UpstreamState {
 /// `{"version": NAME, "method", "path", "headers": {name: value}, "body"}` after an optional
 /// delay. It runs on its own thread and runtime, so [`Upstream::kill`] closes its listener and
 /// every open connection before returning.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     pub name: &'static str,
     state: Arc<UpstreamState>,
@@ -65,12 +65,12 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts an upstream called `name` on a free loopback port.
-    pub fn start(name: &'static str) -> Upstream {
+    pub(crate) fn start(name: &'static str) -> Upstream {
         Upstream::start_on("127.0.0.1:0".parse().unwrap(), name)
     }
 
     /// Starts an upstream on `addr` (e.g. the address of one that was killed).
-    pub fn start_on(addr: SocketAddr, name: &'static str) -> Upstream {
+    pub(crate) fn start_on(addr: SocketAddr, name: &'static str) -> Upstream {
         let listener = std::net::TcpListener::bind(addr)
             .unwrap_or_else(|e| panic!("test upstream cannot bind {addr}: {e}"));
         listener.set_nonblocking(true).unwrap();
@@ -106,30 +106,30 @@ impl Upstream {
     }
 
     /// Every answer waits `delay` first.
-    pub fn set_delay(&self, delay: Duration) {
+    pub(crate) fn set_delay(&self, delay: Duration) {
         self.state
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Requests received so far (counted as soon as their headers arrive).
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.state.received.load(Ordering::SeqCst)
     }
 
     /// Answers every request from now on with `status` (200 to go back to normal).
-    pub fn set_status(&self, status: u16) {
+    pub(crate) fn set_status(&self, status: u16) {
         self.state.status.store(u64::from(status), Ordering::SeqCst);
     }
 
     /// Connections accepted so far.
-    pub fn connections(&self) -> u64 {
+    pub(crate) fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Stops the upstream abruptly: the listener and all connections are closed when this
     /// returns, so the port refuses connections.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.stop_now();
     }
 
@@ -221,7 +221,7 @@ async fn answer(
 }
 
 /// A loopback address nothing listens on (bound, then released).
-pub fn closed_port() -> SocketAddr {
+pub(crate) fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
@@ -231,13 +231,13 @@ pub fn closed_port() -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 
 /// A validated configuration from YAML; panics with every error if it is invalid.
-pub fn config(yaml: &str) -> Config {
+pub(crate) fn config(yaml: &str) -> Config {
     graylane_config::load_str(yaml, "t.yaml", Path::new("."))
         .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n---\n{yaml}"))
 }
 
 /// Replaces each `{key}` in `template` by its value.
-pub fn fill(template: &str, values: &[(&str, String)]) -> String {
+pub(crate) fn fill(template: &str, values: &[(&str, String)]) -> String {
     let mut out = template.to_string();
     for (k, v) in values {
         out = out.replace(&format!("{{{k}}}"), v);
@@ -245,11 +245,11 @@ pub fn fill(template: &str, values: &[(&str, String)]) -> String {
     out
 }
 
-pub fn start_gateway(config: Config) -> Gateway {
+pub(crate) fn start_gateway(config: Config) -> Gateway {
     start_gateway_with(config, Duration::from_secs(10))
 }
 
-pub fn start_gateway_with(config: Config, drain_timeout: Duration) -> Gateway {
+pub(crate) fn start_gateway_with(config: Config, drain_timeout: Duration) -> Gateway {
     Gateway::start(
         config,
         GatewayOptions {
@@ -262,26 +262,26 @@ pub fn start_gateway_with(config: Config, drain_timeout: Duration) -> Gateway {
 }
 
 /// Shuts the gateway down off the async runtime (it joins its worker threads).
-pub async fn shutdown(gateway: Gateway) {
+pub(crate) async fn shutdown(gateway: Gateway) {
     tokio::task::spawn_blocking(move || gateway.shutdown())
         .await
         .expect("shutdown does not panic");
 }
 
 /// The gateway's first listener address.
-pub fn addr(gateway: &Gateway) -> SocketAddr {
+pub(crate) fn addr(gateway: &Gateway) -> SocketAddr {
     gateway.local_addrs()[0]
 }
 
 /// A path under the target's temporary folder, unique to this test process and `name`.
-pub fn temp_file(name: &str) -> PathBuf {
+pub(crate) fn temp_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("graylane-proxy-{}-{name}", std::process::id()))
 }
 
 /// The value of the sample `series` (e.g. `graylane_requests_total{service="a",...}`) in a
 /// Prometheus text exposition, if present.
-pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(series)?;
         rest.strip_prefix(' ')?.trim().parse().ok()
@@ -294,7 +294,7 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 
 /// A response, fully read.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -302,13 +302,13 @@ pub struct Reply {
 
 impl Reply {
     /// `x-graylane-version`, the version graylane says served the request.
-    pub fn version(&self) -> Option<&str> {
+    pub(crate) fn version(&self) -> Option<&str> {
         self.headers
             .get("x-graylane-version")
             .and_then(|v| v.to_str().ok())
     }
 
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "response body is not JSON ({e}): {:?}",
@@ -318,16 +318,16 @@ impl Reply {
     }
 
     /// The version the test upstream says it is.
-    pub fn upstream_version(&self) -> String {
+    pub(crate) fn upstream_version(&self) -> String {
         self.json()["version"].as_str().unwrap_or("").to_string()
     }
 
     /// A request header as the test upstream received it.
-    pub fn upstream_header(&self, name: &str) -> Option<String> {
+    pub(crate) fn upstream_header(&self, name: &str) -> Option<String> {
         self.json()["headers"][name].as_str().map(str::to_string)
     }
 
-    pub fn set_cookies(&self) -> Vec<String> {
+    pub(crate) fn set_cookies(&self) -> Vec<String> {
         self.headers
             .get_all(header::SET_COOKIE)
             .iter()
@@ -371,13 +371,13 @@ async fn read_reply(resp: Response<Incoming>) -> Result<Reply, String> {
 }
 
 /// An HTTP/1.1 keep-alive connection.
-pub struct Http1 {
+pub(crate) struct Http1 {
     addr: SocketAddr,
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Http1 {
-    pub async fn connect(addr: SocketAddr) -> Result<Http1, String> {
+    pub(crate) async fn connect(addr: SocketAddr) -> Result<Http1, String> {
         let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connecting to {addr} timed out"))?
@@ -392,7 +392,7 @@ impl Http1 {
         Ok(Http1 { addr, sender })
     }
 
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: Method,
         path: &str,
@@ -423,19 +423,19 @@ impl Http1 {
             .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
     }
 
-    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    pub(crate) async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
         self.send(Method::GET, path, headers, "").await
     }
 }
 
 /// One GET on a new connection; panics if there is no answer.
-pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+pub(crate) async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
     try_get(addr, path, headers)
         .await
         .unwrap_or_else(|e| panic!("GET {path} via {addr}: {e}"))
 }
 
-pub async fn try_get(
+pub(crate) async fn try_get(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -445,13 +445,13 @@ pub async fn try_get(
 
 /// An HTTP/2 connection with prior knowledge (h2c).
 #[derive(Clone)]
-pub struct Http2 {
+pub(crate) struct Http2 {
     addr: SocketAddr,
     sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
 }
 
 impl Http2 {
-    pub async fn connect(addr: SocketAddr) -> Result<Http2, String> {
+    pub(crate) async fn connect(addr: SocketAddr) -> Result<Http2, String> {
         let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connecting to {addr} timed out"))?
@@ -466,7 +466,7 @@ impl Http2 {
         Ok(Http2 { addr, sender })
     }
 
-    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    pub(crate) async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
         let uri = format!("http://{}{path}", self.addr);
         let req = build_request(Method::GET, &uri, None, headers, Bytes::new());
         let exchange = async {
@@ -491,7 +491,7 @@ impl Http2 {
 }
 
 /// Polls `check` until it returns `Some`, up to [`POLL_DEADLINE`]; panics naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -514,7 +514,7 @@ where
 
 /// One request as a [`RecordingUpstream`] parsed it off the wire.
 #[derive(Debug, Clone)]
-pub struct WireRequest {
+pub(crate) struct WireRequest {
     pub method: String,
     pub target: String,
     /// Header lines in the order received, names as sent.
@@ -524,7 +524,7 @@ pub struct WireRequest {
 
 impl WireRequest {
     /// Every value of header `name` (compared case-insensitively).
-    pub fn header_values(&self, name: &str) -> Vec<&str> {
+    pub(crate) fn header_values(&self, name: &str) -> Vec<&str> {
         self.headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -547,7 +547,7 @@ struct Recorded {
 /// records each with its exact bytes, and answers each with `200` and `{"seen": N}`. What the
 /// gateway really put on the wire — a second request hidden in a body, a header it should have
 /// dropped — is visible here, where a friendly server library would have normalised it away.
-pub struct RecordingUpstream {
+pub(crate) struct RecordingUpstream {
     pub addr: SocketAddr,
     recorded: Arc<std::sync::Mutex<Recorded>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -555,7 +555,7 @@ pub struct RecordingUpstream {
 }
 
 impl RecordingUpstream {
-    pub fn start() -> RecordingUpstream {
+    pub(crate) fn start() -> RecordingUpstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -592,17 +592,17 @@ impl RecordingUpstream {
     }
 
     /// The requests parsed so far, in arrival order.
-    pub fn requests(&self) -> Vec<WireRequest> {
+    pub(crate) fn requests(&self) -> Vec<WireRequest> {
         self.recorded.lock().unwrap().requests.clone()
     }
 
     /// Bytes that did not parse as a request.
-    pub fn garbage(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn garbage(&self) -> Vec<Vec<u8>> {
         self.recorded.lock().unwrap().garbage.clone()
     }
 
     /// Everything received, all connections concatenated, as text (lossy).
-    pub fn wire_text(&self) -> String {
+    pub(crate) fn wire_text(&self) -> String {
         let recorded = self.recorded.lock().unwrap();
         recorded
             .bytes
@@ -772,33 +772,33 @@ fn parse_wire_request(buf: &[u8]) -> WireParse {
 
 /// A response read off a raw connection.
 #[derive(Debug)]
-pub struct RawReply {
+pub(crate) struct RawReply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl RawReply {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// A raw HTTP/1.1 connection: writes bytes exactly as given, reads responses one by one.
-pub struct RawClient {
+pub(crate) struct RawClient {
     stream: TcpStream,
     buf: Vec<u8>,
 }
 
 impl RawClient {
-    pub async fn connect(addr: SocketAddr) -> RawClient {
+    pub(crate) async fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let _ = stream.set_nodelay(true);
         RawClient {
@@ -807,14 +807,14 @@ impl RawClient {
         }
     }
 
-    pub async fn write(&mut self, bytes: &[u8]) {
+    pub(crate) async fn write(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
         self.stream.write_all(bytes).await.expect("write");
     }
 
     /// The next response, or `None` when the server closed the connection first (or nothing
     /// came within [`REQUEST_TIMEOUT`]).
-    pub async fn read_reply(&mut self) -> Option<RawReply> {
+    pub(crate) async fn read_reply(&mut self) -> Option<RawReply> {
         use tokio::io::AsyncReadExt;
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
@@ -857,13 +857,13 @@ impl RawClient {
     }
 
     /// Writes `request` and reads one response.
-    pub async fn exchange(&mut self, request: &[u8]) -> Option<RawReply> {
+    pub(crate) async fn exchange(&mut self, request: &[u8]) -> Option<RawReply> {
         self.write(request).await;
         self.read_reply().await
     }
 }
 
 /// One raw request on a new connection.
-pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> Option<RawReply> {
+pub(crate) async fn raw_request(addr: SocketAddr, request: &[u8]) -> Option<RawReply> {
     RawClient::connect(addr).await.exchange(request).await
 }
