@@ -27,6 +27,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::hop_by_hop;
 use crate::rng::fastrand_u64;
 
+/// `x-graylane-lane`: the version a request was routed to, sent to every upstream; honoured
+/// from a listener's `trusted_hops` (so one decision holds across every hop) and stripped from
+/// anyone else.
 pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lane");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
