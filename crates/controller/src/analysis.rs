@@ -33,6 +33,7 @@ pub(crate) const HISTORY: usize = 50;
 pub struct Observation {
     /// Responses by status (graylane's own 502/504/408 included).
     pub codes: BTreeMap<u16, u64>,
+    /// Response times, for the latency percentiles.
     pub latency: Histogram,
     /// Requests routed to the version by bucketing: its exposures.
     pub bucketed: u64,
