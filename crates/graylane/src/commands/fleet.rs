@@ -541,7 +541,7 @@ impl std::fmt::Debug for FleetCollector {
 impl prometheus_client::collector::Collector for FleetCollector {
     fn encode(
         &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::MetricType;

@@ -212,7 +212,10 @@ impl Successor {
 
 /// Waits for a new process to take over, offering it what `sockets` returns (the listeners,
 /// then the admin listener). A new process that gives up is logged and waited past.
-pub(crate) async fn wait_for_successor<F>(listener: tokio::net::UnixListener, sockets: F) -> Successor
+pub(crate) async fn wait_for_successor<F>(
+    listener: tokio::net::UnixListener,
+    sockets: F,
+) -> Successor
 where
     F: Fn() -> std::io::Result<(Vec<TcpListener>, Option<TcpListener>)>,
 {

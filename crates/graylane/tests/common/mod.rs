@@ -572,7 +572,13 @@ impl Served {
     }
 
     /// An admin API call with `token` (none when empty).
-    pub(crate) async fn api(&self, method: http::Method, path: &str, token: &str, body: &str) -> Reply {
+    pub(crate) async fn api(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> Reply {
         let auth = format!("Bearer {token}");
         let headers: Vec<(&str, &str)> = if token.is_empty() {
             vec![]

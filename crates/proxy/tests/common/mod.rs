@@ -423,7 +423,11 @@ impl Http1 {
             .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
     }
 
-    pub(crate) async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    pub(crate) async fn get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
         self.send(Method::GET, path, headers, "").await
     }
 }
@@ -466,7 +470,11 @@ impl Http2 {
         Ok(Http2 { addr, sender })
     }
 
-    pub(crate) async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    pub(crate) async fn get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
         let uri = format!("http://{}{path}", self.addr);
         let req = build_request(Method::GET, &uri, None, headers, Bytes::new());
         let exchange = async {

@@ -78,13 +78,18 @@ impl Client {
         }
     }
 
-    pub(crate) fn get(&self, path: &str, query: Query) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str, query: Query<'_>) -> anyhow::Result<Value> {
         let request = self.prepare(self.agent.get(self.url(path)), query);
         self.finish(request.call())
     }
 
     /// A POST with a JSON body, or with none.
-    pub(crate) fn post(&self, path: &str, query: Query, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub(crate) fn post(
+        &self,
+        path: &str,
+        query: Query<'_>,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let request = self.prepare(self.agent.post(self.url(path)), query);
         self.finish(match body {
             Some(body) => request.send_json(body),
@@ -92,7 +97,12 @@ impl Client {
         })
     }
 
-    pub(crate) fn put_yaml(&self, path: &str, query: Query, yaml: &str) -> anyhow::Result<Value> {
+    pub(crate) fn put_yaml(
+        &self,
+        path: &str,
+        query: Query<'_>,
+        yaml: &str,
+    ) -> anyhow::Result<Value> {
         let request = self.prepare(self.agent.put(self.url(path)), query);
         self.finish(request.content_type("application/yaml").send(yaml))
     }
@@ -126,7 +136,7 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    fn prepare<B>(&self, mut request: RequestBuilder<B>, query: Query) -> RequestBuilder<B> {
+    fn prepare<B>(&self, mut request: RequestBuilder<B>, query: Query<'_>) -> RequestBuilder<B> {
         for (key, value) in query {
             request = request.query(key, value);
         }
