@@ -2,7 +2,7 @@
 //!
 //! Every (service, version) pair gets one [`RouteStats`], resolved once when a routing snapshot
 //! is built, so a request never looks up a label set. Inside it each worker thread owns a
-//! cache-line-aligned [`Slot`] of plain atomics that only that thread writes; a scrape sums the
+//! cache-line-aligned `Slot` of plain atomics that only that thread writes; a scrape sums the
 //! slots. Counters live in [`Metrics`] (not in the snapshot), so they survive reloads.
 //!
 //! The per-request recording is in route.rs, the distinct-unit samples of experiments in
