@@ -26,13 +26,14 @@ use crate::view::{check_name, summarize};
 use graylane_api::AnalysisView;
 
 /// Judgements kept per release for the API (the audit log has them all).
-pub const HISTORY: usize = 50;
+pub(crate) const HISTORY: usize = 50;
 
 /// What the data plane has seen of one version since it started.
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
     /// Responses by status (graylane's own 502/504/408 included).
     pub codes: BTreeMap<u16, u64>,
+    /// Response times, for the latency percentiles.
     pub latency: Histogram,
     /// Requests routed to the version by bucketing: its exposures.
     pub bucketed: u64,
@@ -62,7 +63,7 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
-    pub fn new(config: &Analysis) -> Runner {
+    pub(crate) fn new(config: &Analysis) -> Runner {
         Runner {
             analyzer: Analyzer::new(Policy {
                 min_requests: config.min_requests,
@@ -88,28 +89,28 @@ impl Runner {
     }
 
     /// Whether this runner still fits `config` (a changed analysis starts afresh).
-    pub fn is_for(&self, config: &Analysis) -> bool {
+    pub(crate) fn is_for(&self, config: &Analysis) -> bool {
         format!("{:?}", self.config) == format!("{config:?}")
     }
 
     /// Starts judging a new step from `now`: totals so far are the step's zero.
-    pub fn begin_step(&mut self, step: (usize, i64), now: (Sample, Sample), now_ms: i64) {
+    pub(crate) fn begin_step(&mut self, step: (usize, i64), now: (Sample, Sample), now_ms: i64) {
         self.step = Some(step);
         self.since = now;
         self.analyzer.step_started(ms(now_ms));
         self.next_ms = now_ms + interval_ms(&self.config);
     }
 
-    pub fn step(&self) -> Option<(usize, i64)> {
+    pub(crate) fn step(&self) -> Option<(usize, i64)> {
         self.step
     }
 
-    pub fn due(&self, now_ms: i64) -> bool {
+    pub(crate) fn due(&self, now_ms: i64) -> bool {
         self.step.is_some() && now_ms >= self.next_ms
     }
 
     /// Judges the step on the totals `now` and returns the decision.
-    pub fn judge(
+    pub(crate) fn judge(
         &mut self,
         subject: &Subject<'_>,
         now: &(Sample, Sample),

@@ -69,29 +69,42 @@ pub enum Reloaded {
 /// What a person (or the analysis) asks of a release, as the API says it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// On to the next step (completing after the last); a blue-green release's switch.
     Promote,
+    /// Straight to 100%: complete the release now.
     PromoteFull,
     /// An experiment's winner, by variant name.
     PromoteVariant(String),
+    /// Hold at the current step; a timed pause keeps what was left of it.
     Pause,
+    /// Go on from where the release was paused.
     Resume,
+    /// All traffic to the stable version at once, force rules off.
     Abort,
+    /// Start an aborted or rolled-back release again from its first step.
     Retry,
+    /// Send a completed release back to the previous stable version.
     Rollback,
     /// A weight in percent, checked here.
     SetWeight(f64),
+    /// The analysis failed the candidate: abort, or pause with `skip_rollback`.
     AnalysisFailed,
 }
 
 /// Who asks, and why.
 #[derive(Debug, Clone)]
 pub struct Actor<'a> {
+    /// Who: the caller's name (the admin API token's); recorded in the audit log and sent on
+    /// webhooks.
     pub name: &'a str,
+    /// Why, in their words (may be empty); at most [`crate::MAX_REASON_BYTES`] bytes.
     pub reason: &'a str,
 }
 
 /// How the controller starts.
 pub struct Setup {
+    /// The environment (e.g. `prod`, `staging`): the store keeps its revisions and releases
+    /// apart from other environments'.
     pub env: String,
     /// The file the configuration lives in; changes made through the API are written there
     /// (unless `fleet`). Relative segment file paths are resolved from its folder.
@@ -101,8 +114,12 @@ pub struct Setup {
     /// The store, not the file, is the configuration's home, so API changes are not written to
     /// the file.
     pub fleet: bool,
+    /// Where revisions, release states and the audit log are persisted.
     pub store: Arc<dyn Store>,
+    /// Where routing decisions take effect and observations come from.
     pub plane: Arc<dyn DataPlane>,
+    /// Delivers transitions and configuration changes to the configured webhooks; `None`
+    /// sends nothing.
     pub notifier: Option<Notifier>,
     /// The configuration's text, already validated as `config`.
     pub yaml: String,
@@ -110,10 +127,16 @@ pub struct Setup {
     /// whose file is older than the newest revision in the store serves that revision, and
     /// pushes the file only once it changes.
     pub file_text: Option<String>,
+    /// The configuration to start with, validated from `yaml`.
     pub config: Config,
+    /// The time of opening, in milliseconds since the Unix epoch: what a revision or release
+    /// started now is dated with, and where resumed releases' pause clocks go on from.
     pub now_ms: i64,
 }
 
+/// The controller of one environment: the configuration and its revisions, every release's
+/// rollout, the analysis and the business events. Shared behind an `Arc` by the admin API, the
+/// file watcher and the background ticks; every change goes through one lock.
 pub struct Controller {
     pub(crate) env: String,
     pub(crate) config_path: PathBuf,
@@ -283,6 +306,7 @@ impl Controller {
         Ok(controller)
     }
 
+    /// The environment this controller manages ([`Setup::env`]).
     pub fn env(&self) -> &str {
         &self.env
     }

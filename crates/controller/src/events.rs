@@ -13,8 +13,11 @@ pub const MAX_EVENT_NAMES: usize = 64;
 /// Running totals of one event for one version.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventTotals {
+    /// Events recorded.
     pub count: u64,
+    /// The sum of their values (an event without a value counts as 1).
     pub sum: f64,
+    /// The sum of their values' squares, for the variance.
     pub sum_sq: f64,
 }
 
@@ -37,6 +40,7 @@ pub fn add_events(into: &mut BTreeMap<String, EventTotals>, from: &BTreeMap<Stri
 /// event → version → totals.
 type ByEvent = BTreeMap<String, BTreeMap<String, EventTotals>>;
 
+/// This process's running totals of business events, by service, event name and version.
 #[derive(Default)]
 pub struct EventLog {
     /// By service.
@@ -46,13 +50,21 @@ pub struct EventLog {
 /// Why an event was not recorded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EventError {
+    /// The service already has [`MAX_EVENT_NAMES`] event names and this one is new.
     #[error(
         "service `{service}` already has {MAX_EVENT_NAMES} distinct event names; `{event}` was not recorded"
     )]
-    TooManyNames { service: String, event: String },
+    TooManyNames {
+        /// The event's service.
+        service: String,
+        /// The new event name that was refused.
+        event: String,
+    },
 }
 
 impl EventLog {
+    /// Adds one `event` of `version` of `service`, with `value` (1 when `None`) to its totals;
+    /// refused when it would be the service's event name past [`MAX_EVENT_NAMES`].
     pub fn record(
         &self,
         service: &str,

@@ -33,7 +33,10 @@ const MAX_LEVEL: u32 = 63;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawUnits")]
 pub struct UnitHashes {
+    /// The sampling level, 0 to 63: only hashes whose top `level` bits are zero are kept, so
+    /// each stands for 2^`level` units.
     pub level: u32,
+    /// The unit hashes, sorted ascending, without repeats.
     pub hashes: Vec<u64>,
 }
 
@@ -108,8 +111,11 @@ impl UnitHashes {
 /// [`DataPlane::local_figures`] gives them.
 #[derive(Debug, Clone, Default)]
 pub struct RouteFigures {
+    /// The service's name.
     pub service: String,
+    /// The version's name.
     pub version: String,
+    /// What the node's gateway saw of the version.
     pub observation: Observation,
     /// `None` for a version whose units the node does not count (not an experiment's).
     pub units: Option<UnitHashes>,
@@ -131,7 +137,9 @@ pub struct NodeReport {
 /// One (service, version) of a [`NodeReport`]: running totals since the node started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RouteReport {
+    /// The service's name.
     pub service: String,
+    /// The version's name.
     pub version: String,
     /// The version's upstream exchanges by status.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -143,6 +151,8 @@ pub struct RouteReport {
     /// Requests routed to the version by bucketing.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bucketed: u64,
+    /// The sample of distinct units bucketed into the version, at most
+    /// [`MAX_REPORTED_UNITS`] hashes; absent when the node does not count them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<UnitHashes>,
     /// Business events attributed to the version on the node, by event name.
@@ -163,13 +173,13 @@ mod runs {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub const BRIDGED: usize = 2;
+    pub(super) const BRIDGED: usize = 2;
 
-    pub fn is_empty(h: &Histogram) -> bool {
+    pub(super) fn is_empty(h: &Histogram) -> bool {
         h.counts().iter().all(|n| *n == 0)
     }
 
-    pub fn serialize<S: Serializer>(h: &Histogram, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(h: &Histogram, s: S) -> Result<S::Ok, S::Error> {
         let mut runs: Vec<Vec<u64>> = Vec::new();
         let mut next = 0;
         for (i, n) in h.counts().iter().enumerate().filter(|(_, n)| **n > 0) {
@@ -185,7 +195,7 @@ mod runs {
         runs.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram, D::Error> {
         let runs = Vec::<Vec<u64>>::deserialize(d)?;
         let mut counts = vec![0u64; BUCKETS];
         for run in runs {
@@ -217,6 +227,7 @@ mod runs {
 pub struct ReportError {
     /// The JSON path of the bad part, such as `routes[2].latency`.
     pub path: String,
+    /// What is wrong there.
     pub message: String,
 }
 
@@ -501,6 +512,8 @@ pub struct FleetPlane {
 }
 
 impl FleetPlane {
+    /// Routes through `local` (this node's gateway) and observes through `fleet` (every
+    /// node's figures).
     pub fn new(local: Arc<dyn DataPlane>, fleet: Arc<FleetObservations>) -> FleetPlane {
         FleetPlane { local, fleet }
     }

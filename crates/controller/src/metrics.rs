@@ -18,7 +18,9 @@ use crate::Controller;
 
 /// Reads the controller (and the webhook notifier) on every scrape.
 pub struct ReleaseCollector {
+    /// The controller whose releases are exposed.
     pub controller: Arc<Controller>,
+    /// The webhook notifier whose deliveries are counted; `None` exposes no delivery counts.
     pub notifier: Option<Notifier>,
     /// The clock, so pause timers read the same as the API's.
     pub now_ms: fn() -> i64,
@@ -42,7 +44,7 @@ const STATES: [&str; 5] = [
 /// A gauge family with one series per (service, value): 1 for each service's current value,
 /// 0 for the others, so a dashboard can graph states without parsing labels.
 fn one_hot<'a>(
-    encoder: &mut DescriptorEncoder,
+    encoder: &mut DescriptorEncoder<'_>,
     (name, help): (&str, &str),
     (label, values): (&str, &[&str]),
     current: impl Iterator<Item = (&'a str, &'a str)>,
@@ -58,7 +60,7 @@ fn one_hot<'a>(
 }
 
 impl Collector for ReleaseCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let releases = self.controller.releases((self.now_ms)());
         {
             let mut weight = encoder.encode_descriptor(

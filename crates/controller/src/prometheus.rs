@@ -9,21 +9,39 @@ use serde::Deserialize;
 
 /// Where `query` checks get their numbers; a trait so the analysis does not care how.
 pub trait QuerySource: Send + Sync {
+    /// The value of the instant query `promql` now: one finite number, or why there is none.
     fn query(&self, promql: &str) -> Result<f64, QueryError>;
 }
 
+/// Why a query gave no number; the check it belongs to is inconclusive.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QueryError {
+    /// No answer: connection refused, timed out, or the body could not be read.
     #[error("Prometheus at {url} did not answer: {detail}")]
-    Unreachable { url: String, detail: String },
+    Unreachable {
+        /// The server's address, credentials masked.
+        url: String,
+        /// The transport's error.
+        detail: String,
+    },
+    /// Prometheus answered with an error (a bad PromQL expression, a query timeout, ...).
     #[error("Prometheus refused the query ({status}): {detail}")]
-    Refused { status: u16, detail: String },
+    Refused {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// Prometheus's error message, or the start of the body.
+        detail: String,
+    },
+    /// The query matched no series.
     #[error("the query returned no series")]
     NoSeries,
+    /// The query gave this many series rather than one.
     #[error("the query returned {0} series; aggregate it to one (e.g. with sum(...))")]
     SeveralSeries(usize),
+    /// The value is NaN, infinite or not a number at all.
     #[error("the query's value is not a number: {0}")]
     NotANumber(String),
+    /// The answer is not Prometheus's query API JSON, or not a scalar or vector.
     #[error("unexpected answer from Prometheus: {0}")]
     Malformed(String),
 }
@@ -35,6 +53,8 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
+    /// The server at `url` (e.g. `http://prometheus:9090`); each query may take up to
+    /// `timeout` in all.
     pub fn new(url: &http::Uri, timeout: Duration) -> Prometheus {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))

@@ -29,6 +29,7 @@ impl Controller {
             .collect()
     }
 
+    /// `service`'s release as of `now_ms` (ms since the Unix epoch, for the pause timers).
     pub fn release(&self, service: &str, now_ms: i64) -> Result<ReleaseView, ControlError> {
         let state = self.lock();
         let m = find(&state, service)?;

@@ -138,6 +138,7 @@ impl Controller {
         )
     }
 
+    /// Every revision of the configuration, newest first, without its YAML.
     pub fn revisions(&self) -> Result<Vec<RevisionView>, ControlError> {
         Ok(self
             .store
@@ -147,6 +148,7 @@ impl Controller {
             .collect())
     }
 
+    /// Revision `n` with its YAML.
     pub fn revision(&self, n: u64) -> Result<RevisionView, ControlError> {
         match self.store.revision(&self.env, n)? {
             Some(rev) => Ok(full_revision_view(&rev)),

@@ -32,13 +32,13 @@ pub(crate) struct Series {
 
 impl Series {
     /// Whether a point is due (once a second).
-    pub fn due(&self, now_ms: i64) -> bool {
+    pub(crate) fn due(&self, now_ms: i64) -> bool {
         now_ms - self.last_ms >= INTERVAL_MS
     }
 
     /// Records one point per (service, version) in `observed`, from the totals' change since
     /// the previous point; releases and versions no longer observed are dropped.
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         now_ms: i64,
         observed: BTreeMap<String, BTreeMap<String, Observation>>,
@@ -76,7 +76,7 @@ impl Series {
     }
 
     /// `service`'s points after `since_ms`.
-    pub fn view(&self, service: &str, since_ms: i64) -> SeriesView {
+    pub(crate) fn view(&self, service: &str, since_ms: i64) -> SeriesView {
         SeriesView {
             service: service.to_string(),
             interval_s: INTERVAL_MS as f64 / 1000.0,

@@ -13,13 +13,13 @@ use http_body_util::Full;
 
 use crate::upstream::UpstreamBody;
 
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     Upstream(UpstreamBody),
     Local(Full<Bytes>),
 }
 
 impl ProxyBody {
-    pub fn local(bytes: impl Into<Bytes>) -> ProxyBody {
+    pub(crate) fn local(bytes: impl Into<Bytes>) -> ProxyBody {
         ProxyBody::Local(Full::new(bytes.into()))
     }
 }
@@ -57,7 +57,7 @@ impl Body for ProxyBody {
 
 /// A client's request body on its way upstream, after [`RequestBody::read_ahead`]: whole when
 /// it ended within the read-ahead, else the part read so far followed by the rest, streamed.
-pub enum RequestBody {
+pub(crate) enum RequestBody {
     Whole(Option<Bytes>),
     Streaming {
         read: std::collections::VecDeque<Bytes>,
@@ -70,7 +70,7 @@ pub enum RequestBody {
 
 /// How far a streamed request body has come from the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientBody {
+pub(crate) enum ClientBody {
     /// More is expected.
     Receiving,
     /// It ended as framed.
@@ -81,7 +81,7 @@ pub enum ClientBody {
 
 impl RequestBody {
     /// For a streamed body, how far it has come from the client; `None` for one read whole.
-    pub fn progress(&self) -> Option<Rc<Cell<ClientBody>>> {
+    pub(crate) fn progress(&self) -> Option<Rc<Cell<ClientBody>>> {
         match self {
             RequestBody::Whole(_) => None,
             RequestBody::Streaming { progress, .. } => Some(Rc::clone(progress)),
@@ -93,7 +93,7 @@ impl RequestBody {
     /// Reads up to about `limit` bytes of `body` before anything is forwarded, so a body that
     /// fits is checked whole (a malformed one fails here, before reaching an upstream) and can
     /// be sent with a `Content-Length`.
-    pub async fn read_ahead(
+    pub(crate) async fn read_ahead(
         mut body: hyper::body::Incoming,
         limit: usize,
     ) -> Result<RequestBody, hyper::Error> {

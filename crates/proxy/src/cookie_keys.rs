@@ -16,18 +16,26 @@ pub const FILE: &str = "cookie-keys";
 /// Why no keys could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum CookieKeysError {
+    /// The keys in [`ENV`] (or freshly generated ones) are not valid cookie keys.
     #[error("{ENV}: {0}")]
     Env(graylane_rules::CookieKeysError),
+    /// The data directory's key file holds no valid keys.
     #[error("{}: {source}", path.display())]
     File {
+        /// The key file.
         path: PathBuf,
+        /// What is wrong with its keys.
         source: graylane_rules::CookieKeysError,
     },
+    /// The key file (or the data directory) could not be read, created or written.
     #[error("cannot read or create {}: {source}", path.display())]
     Io {
+        /// The key file.
         path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The operating system's random number generator failed, so no key could be made.
     #[error("the system has no randomness to make a cookie key: {0}")]
     Random(String),
 }

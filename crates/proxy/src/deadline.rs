@@ -18,11 +18,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// How often the sweeper looks for overdue requests while any wait.
-pub const TICK: Duration = Duration::from_millis(10);
+pub(crate) const TICK: Duration = Duration::from_millis(10);
 
 /// The deadlines of one worker's requests.
 #[derive(Default)]
-pub struct Deadlines {
+pub(crate) struct Deadlines {
     slots: RefCell<Slots>,
     /// The sweeper's waker while it sleeps because nothing waits.
     parked: RefCell<Option<Waker>>,
@@ -44,7 +44,7 @@ enum Entry {
 
 impl Deadlines {
     /// A deadline at `at`, or one that never comes (`None`: a timeout too far ahead to count).
-    pub fn at(self: &Rc<Self>, at: Option<Instant>) -> Deadline {
+    pub(crate) fn at(self: &Rc<Self>, at: Option<Instant>) -> Deadline {
         Deadline {
             deadlines: Rc::clone(self),
             at,
@@ -53,7 +53,7 @@ impl Deadlines {
     }
 
     /// The sweeper: run once per worker, for the worker's life.
-    pub async fn sweep(self: Rc<Self>) {
+    pub(crate) async fn sweep(self: Rc<Self>) {
         loop {
             std::future::poll_fn(|cx| {
                 if self.slots.borrow().waiting > 0 {
@@ -114,7 +114,7 @@ impl Slots {
 /// One request's deadline: a future that completes when it has passed. It takes a slot only
 /// once it is first polled (a request that never waits costs nothing) and gives it back when
 /// dropped.
-pub struct Deadline {
+pub(crate) struct Deadline {
     deadlines: Rc<Deadlines>,
     at: Option<Instant>,
     slot: Option<usize>,

@@ -27,6 +27,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::hop_by_hop;
 use crate::rng::fastrand_u64;
 
+/// `x-graylane-lane`: the version a request was routed to, sent to every upstream; honoured
+/// from a listener's `trusted_hops` (so one decision holds across every hop) and stripped from
+/// anyone else.
 pub static X_GRAYLANE_LANE: HeaderName = HeaderName::from_static("x-graylane-lane");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -35,7 +38,7 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const VIA_VALUE: &[u8] = b"1.1 graylane";
 
 /// What the gateway adds to a request on its way to an upstream.
-pub struct Forwarding<'a> {
+pub(crate) struct Forwarding<'a> {
     /// The lane the request is on (the version's); replaces any the client sent: from a trusted
     /// hop it has already been honoured by the decision, from anyone else it must not reach
     /// the upstream.
@@ -56,7 +59,7 @@ pub struct Forwarding<'a> {
 impl Forwarding<'_> {
     /// Writes the header lines of the request head (`name: value\r\n` each) into `out`, all
     /// but the framing line.
-    pub fn write_headers(&self, uri: &Uri, headers: &HeaderMap, out: &mut Vec<u8>) {
+    pub(crate) fn write_headers(&self, uri: &Uri, headers: &HeaderMap, out: &mut Vec<u8>) {
         // A `Connection` header and trace context are rare on requests that reach a proxy: one
         // pass over the names finds whether either is there, and only then is it looked up.
         let (mut has_connection, mut has_trace) = (false, false);
@@ -137,7 +140,7 @@ impl Forwarding<'_> {
 
 /// Whether `name`, with each `_` read as `-` (as CGI-style frameworks do), is a header the
 /// gateway writes or decides on.
-pub fn reads_as_gateway_header(name: &str) -> bool {
+pub(crate) fn reads_as_gateway_header(name: &str) -> bool {
     const OWNED: [&str; 10] = [
         "host",
         "content-length",
@@ -180,7 +183,7 @@ const MAX_TRACESTATE: usize = 512;
 
 /// The prefix of graylane's own headers: a client's never reach an upstream (the lane is
 /// written afresh), an upstream's never reach a client (graylane stamps its own).
-pub const GRAYLANE_PREFIX: &str = "x-graylane-";
+pub(crate) const GRAYLANE_PREFIX: &str = "x-graylane-";
 
 /// Headers that tell an upstream about the client's connection besides `X-Forwarded-For`
 /// and `X-Forwarded-Proto` (which graylane writes): believed only from a trusted hop, since an

@@ -105,22 +105,32 @@ impl NamedRouting {
     }
 }
 
+/// Why [`Gateway::start`] (or [`Gateway::prepare`]) could not start the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A listener's address could not be bound (in use, not local, or not permitted).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The listener's `bind` address.
         addr: SocketAddr,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// A socket handed over by the process being replaced could not be used.
     #[error("cannot use a listening socket taken over from the running process: {0}")]
     Inherit(std::io::Error),
+    /// A listener's TLS certificate or key could not be read or is not valid.
     #[error("listener {addr}: {source}")]
     Tls {
+        /// The listener's `bind` address.
         addr: SocketAddr,
+        /// What is wrong with the certificate or key, naming the file.
         source: std::io::Error,
     },
+    /// A worker (or the health prober) thread could not be spawned.
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    /// No sticky-cookie keys were given and none could be generated.
     #[error("{0}")]
     CookieKeys(#[from] crate::cookie_keys::CookieKeysError),
 }
@@ -128,12 +138,23 @@ pub enum StartError {
 /// Why segment members could not be changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SegmentError {
+    /// The configuration has no segment of that name.
     #[error("unknown segment `{name}`; segments: {}", segments.join(", "))]
-    Unknown { name: String, segments: Vec<String> },
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// Every segment the configuration defines, in its order.
+        segments: Vec<String>,
+    },
+    /// The segment's members are listed in the configuration, which only a reload changes.
     #[error(
         "segment `{name}` lists its members in the configuration; only a `source: redis` segment is edited through the API"
     )]
-    NotRedis { name: String },
+    NotRedis {
+        /// The segment's name.
+        name: String,
+    },
+    /// The segment's Redis could not be reached or refused the change.
     #[error("Redis did not take the change: {0}")]
     Redis(String),
 }
@@ -142,10 +163,15 @@ pub enum SegmentError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("service `{service}` has no release; services with one: {}", releases.join(", "))]
 pub struct UnknownRelease {
+    /// The service asked for (it may not exist at all).
     pub service: String,
+    /// The services that do have a release, in configuration order.
     pub releases: Vec<String>,
 }
 
+/// A running gateway: its listeners, worker threads, health prober and the routing snapshot
+/// they serve. Reloads, weight changes and segment edits go through it; [`Gateway::shutdown`]
+/// drains and stops it.
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
@@ -349,6 +375,8 @@ impl Gateway {
         &self.local_addrs
     }
 
+    /// The gateway's counters, which outlive reloads; also where other parts add collectors
+    /// to the Prometheus exposition.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

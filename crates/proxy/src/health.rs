@@ -20,7 +20,7 @@ use crate::snapshot::Snapshot;
 /// How often the prober looks for due probes.
 const TICK: Duration = Duration::from_millis(100);
 
-pub fn spawn_prober(
+pub(crate) fn spawn_prober(
     snapshot: Arc<ArcSwap<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<std::io::Result<()>>> {

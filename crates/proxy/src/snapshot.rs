@@ -22,21 +22,35 @@ use crate::metrics::{Metrics, RouteStats};
 /// increment; cloning the `Arc` would be an atomic write to a cache line every core shares.
 pub type LocalSnapshot = std::rc::Rc<Arc<Snapshot>>;
 
+/// One configuration compiled for the data plane: what every request of its generation is
+/// routed and forwarded with. Never changed once built; a new one replaces it.
 pub struct Snapshot {
+    /// The validated configuration it was built from.
     pub config: Arc<Config>,
+    /// The rule engine's compiled routes, with the release weights in effect and the cookie
+    /// keys.
     pub table: RoutingTable,
+    /// One entry per configured service, in configuration order (the table's service indices).
     pub services: Vec<ServiceRoute>,
     /// Increases with every applied configuration.
     pub generation: u64,
 }
 
+/// What the data plane needs of one service, beyond the routing decision.
 pub struct ServiceRoute {
+    /// The service's name.
     pub name: String,
+    /// One entry per version, in configuration order (the decisions' version indices).
     pub versions: Vec<VersionRoute>,
     /// Rate limits and retries.
     pub guards: ServiceGuards,
+    /// The most connecting to an endpoint may take: the service's `timeouts.connect`, else
+    /// `upstream.connect_timeout` (default 1 s); past it the attempt fails with `504`.
     pub connect_timeout: Duration,
+    /// The most from the request's arrival to the upstream's response headers may take: the
+    /// service's `timeouts.request`, else `upstream.request_timeout` (default 30 s).
     pub request_timeout: Duration,
+    /// How an endpoint of a version is chosen: round robin, or least request.
     pub load_balancing: LoadBalancing,
     /// The parts of the release's `Set-Cookie` that do not change per request.
     pub sticky: Option<StickyCookie>,
@@ -50,13 +64,17 @@ pub struct StickyCookie {
     pub attributes: Box<[u8]>,
 }
 
+/// What the data plane needs of one version of a service.
 pub struct VersionRoute {
+    /// The version's name.
     pub name: String,
+    /// The version's upstream addresses, in configuration order.
     pub endpoints: Vec<Endpoint>,
     /// `X-Graylane-Version` on responses: the version's name.
     pub version_header: HeaderValue,
     /// `x-graylane-lane` towards the upstream.
     pub lane_header: HeaderValue,
+    /// The version's counters; the same ones across snapshots, so they survive reloads.
     pub stats: Arc<RouteStats>,
     /// Round-robin cursor; shared by the workers, touched only when there are several endpoints.
     pub next: AtomicUsize,
@@ -66,7 +84,9 @@ pub struct VersionRoute {
     pub fallback_header: HeaderValue,
 }
 
+/// One upstream address of a version.
 pub struct Endpoint {
+    /// Where requests are sent.
     pub addr: SocketAddr,
     /// Requests in flight, for least-request balancing.
     pub in_flight: AtomicUsize,

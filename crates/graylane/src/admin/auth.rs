@@ -14,19 +14,19 @@ use super::error::ApiError;
 
 /// Who made a request (recorded as the actor of what it changes).
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub name: String,
     pub role: Role,
 }
 
 /// The tokens in effect: (secret, caller).
 #[derive(Default)]
-pub struct Tokens(Vec<(String, Caller)>);
+pub(crate) struct Tokens(Vec<(String, Caller)>);
 
 impl Tokens {
     /// Reads each token's environment variable; an unset or empty one is skipped with a
     /// warning, since it could never match.
-    pub fn from_env(tokens: &[ApiToken]) -> Tokens {
+    pub(crate) fn from_env(tokens: &[ApiToken]) -> Tokens {
         let mut out = Vec::new();
         for t in tokens {
             match std::env::var(&t.env) {
@@ -78,7 +78,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The role a request needs: reads (and `eval`) are for viewers, release commands, business events and
 /// segment members for operators, and configuration changes for admins.
-pub fn required_role(method: &Method, path: &str) -> Role {
+pub(crate) fn required_role(method: &Method, path: &str) -> Role {
     // `POST /api/v1/eval` changes nothing: it asks how a request would be routed.
     if method == Method::GET || method == Method::HEAD || path == "/api/v1/eval" {
         Role::Viewer
@@ -93,7 +93,7 @@ pub fn required_role(method: &Method, path: &str) -> Role {
 }
 
 /// Checks the bearer token and the role, and hands the [`Caller`] to the handler.
-pub async fn authorize(
+pub(crate) async fn authorize(
     State(state): State<Arc<AdminState>>,
     mut req: Request,
     next: Next,

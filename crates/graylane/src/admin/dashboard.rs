@@ -76,7 +76,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
     connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// `/` (the page) and `/dashboard/...` (its files).
-pub fn router() -> Router<Arc<AdminState>> {
+pub(crate) fn router() -> Router<Arc<AdminState>> {
     Router::new()
         .route(
             "/",

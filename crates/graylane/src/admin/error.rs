@@ -14,7 +14,7 @@ use http::StatusCode;
 use super::auth::{Caller, api_role};
 
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     /// Boxed: errors travel in `Result`s through every handler.
     body: Box<ErrorBody>,
@@ -39,31 +39,31 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(error: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", error)
     }
 
-    pub fn too_large(error: impl Into<String>) -> ApiError {
+    pub(crate) fn too_large(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", error)
     }
 
-    pub fn not_found(error: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", error)
     }
 
-    pub fn method_not_allowed(error: impl Into<String>) -> ApiError {
+    pub(crate) fn method_not_allowed(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", error)
     }
 
-    pub fn conflict(error: impl Into<String>) -> ApiError {
+    pub(crate) fn conflict(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, "not_allowed", error)
     }
 
-    pub fn unavailable(error: impl Into<String>) -> ApiError {
+    pub(crate) fn unavailable(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error)
     }
 
-    pub fn unauthorized(why: &str, needed: Role) -> ApiError {
+    pub(crate) fn unauthorized(why: &str, needed: Role) -> ApiError {
         let mut e = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -76,7 +76,7 @@ impl ApiError {
         e
     }
 
-    pub fn forbidden(caller: &Caller, needed: Role) -> ApiError {
+    pub(crate) fn forbidden(caller: &Caller, needed: Role) -> ApiError {
         let mut e = ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

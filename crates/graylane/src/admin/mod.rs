@@ -11,10 +11,10 @@
 //! [`serve`] bounds what a client may hold ([`Limits`]): the time to send a request's headers,
 //! the time a connection may move no byte, and the number of open connections.
 
-pub mod api;
-pub mod auth;
-pub mod dashboard;
-pub mod error;
+pub(crate) mod api;
+pub(crate) mod auth;
+pub(crate) mod dashboard;
+pub(crate) mod error;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
     /// `None` for the demo, which runs without a store.
@@ -52,7 +52,7 @@ pub struct AdminState {
 }
 
 /// Binds the admin listener (exclusively: a second process on the address fails).
-pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot bind the admin listener on {addr}: {e}"))
 }
@@ -60,7 +60,7 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 /// What the admin listener allows a client: `admin.header_read_timeout`, `idle_timeout` and
 /// `max_connections`, as the proxy listeners have (the admin port is as reachable a target).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -80,7 +80,7 @@ impl From<&graylane_config::Admin> for Limits {
 
 /// Serves until `stop` completes, then lets every connection finish the request in flight
 /// (idle keep-alive connections are closed) and returns once they have.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     limits: Limits,
@@ -241,7 +241,7 @@ impl AsyncWrite for Watched {
 }
 
 /// Every admin route: the open ones, and the API behind [`auth::authorize`].
-pub fn app(state: Arc<AdminState>) -> Router {
+pub(crate) fn app(state: Arc<AdminState>) -> Router {
     let (api, doc) = api::router();
     let openapi = Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default());
     let api = api.route_layer(middleware::from_fn_with_state(

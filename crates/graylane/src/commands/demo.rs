@@ -20,7 +20,7 @@ use super::serve::{ConfigSource, Prepared, run_gateway};
 use crate::logging::{self, LogFormat};
 
 #[derive(Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Port of the gateway on 127.0.0.1.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -61,7 +61,7 @@ services:
         - weight: 100
 "#;
 
-pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     logging::init(LogFormat::Text, "warn");
     let (stable, canary) = start_upstreams()?;
     let yaml = DEMO_CONFIG

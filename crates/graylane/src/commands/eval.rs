@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use super::client::{AdminArgs, Client};
 
 #[derive(Args)]
-pub struct EvalArgs {
+pub(crate) struct EvalArgs {
     /// The configuration file (ignored with --admin).
     #[arg(short, long, default_value = "graylane.yaml")]
     pub config: PathBuf,
@@ -50,7 +50,7 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let request = EvalRequest {
         method: args.method.clone(),
         target: args.target.clone(),
@@ -116,7 +116,7 @@ fn now_ms() -> i64 {
 
 /// Routes `request` with `table` (compiled from `config`) at `now_unix_ms`, seeing its path in
 /// the normal form the proxy matches on; an error says which part of the request is not valid.
-pub fn evaluate(
+pub(crate) fn evaluate(
     table: &RoutingTable,
     config: &Config,
     request: &EvalRequest,

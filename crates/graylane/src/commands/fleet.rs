@@ -28,10 +28,10 @@ use super::serve::{ConfigSource, GatewayPlane, Managed, Prepared, ServeArgs, now
 use crate::admin::AdminState;
 
 /// The environment variable that holds `--etcd-user`'s password.
-pub const PASSWORD_ENV: &str = "GRAYLANE_ETCD_PASSWORD";
+pub(crate) const PASSWORD_ENV: &str = "GRAYLANE_ETCD_PASSWORD";
 
 #[derive(Args, Default)]
-pub struct FleetArgs {
+pub(crate) struct FleetArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
     /// How long a node that stopped answering keeps its membership and leadership: another
@@ -56,7 +56,7 @@ pub struct FleetArgs {
 
 /// How to reach etcd: the same flags for `serve --etcd`, `fleet import` and `register`.
 #[derive(Args, Default)]
-pub struct EtcdArgs {
+pub(crate) struct EtcdArgs {
     /// etcd's endpoints, comma-separated (e.g. http://10.0.0.5:2379,http://10.0.0.6:2379). For
     /// `serve`, this turns fleet mode on: etcd holds the environment's configuration, release
     /// state and audit log.
@@ -76,7 +76,7 @@ pub struct EtcdArgs {
 impl EtcdArgs {
     /// The connection these flags describe, each call bounded by `timeout`. The password comes
     /// from [`PASSWORD_ENV`], never from the command line (where `ps` would show it).
-    pub fn options(&self, timeout: Duration) -> anyhow::Result<EtcdOptions> {
+    pub(crate) fn options(&self, timeout: Duration) -> anyhow::Result<EtcdOptions> {
         if self.etcd.is_empty() {
             anyhow::bail!("--etcd URL is required (or GRAYLANE_ETCD)");
         }
@@ -101,7 +101,7 @@ impl EtcdArgs {
 
 impl FleetArgs {
     /// A fleet flag without `--etcd` is a mistake worth saying rather than ignoring.
-    pub fn refuse_without_etcd(&self) -> anyhow::Result<()> {
+    pub(crate) fn refuse_without_etcd(&self) -> anyhow::Result<()> {
         let given = [
             ("--node", self.node.is_some()),
             ("--bind", self.bind.is_some()),
@@ -119,7 +119,7 @@ impl FleetArgs {
 /// What differs on this node from the configuration every node shares: its addresses, and the
 /// endpoints of versions that follow the service registry, as this node last saw it.
 #[derive(Debug, Clone, Default)]
-pub struct NodeLocal {
+pub(crate) struct NodeLocal {
     bind: Option<SocketAddr>,
     admin_bind: Option<SocketAddr>,
     registry: Option<tokio::sync::watch::Receiver<graylane_etcd::registry::Snapshot>>,
@@ -127,7 +127,7 @@ pub struct NodeLocal {
 
 impl NodeLocal {
     /// `config` as this node serves it.
-    pub fn adjust(&self, config: Config) -> Config {
+    pub(crate) fn adjust(&self, config: Config) -> Config {
         let mut config = match &self.registry {
             Some(registry) => graylane_config::resolve_registry(&config, &registry.borrow()),
             None => config,
@@ -143,7 +143,7 @@ impl NodeLocal {
 }
 
 /// A fleet node's membership and what it hears from the other nodes.
-pub struct FleetNode {
+pub(crate) struct FleetNode {
     pub fleet: Arc<Fleet>,
     pub events: UnboundedReceiver<FleetEvent>,
     pub local: NodeLocal,
@@ -158,7 +158,7 @@ pub struct FleetNode {
 
 /// The controller's data plane on this node: in a fleet, the gateway with every other node's
 /// traffic added to what it observes, so the analysis judges the fleet's traffic.
-pub fn plane(gateway: Arc<GatewayPlane>, fleet: Option<&FleetNode>) -> Arc<dyn DataPlane> {
+pub(crate) fn plane(gateway: Arc<GatewayPlane>, fleet: Option<&FleetNode>) -> Arc<dyn DataPlane> {
     match fleet {
         Some(node) => Arc::new(FleetPlane::new(gateway, Arc::clone(&node.observations))),
         None => gateway,
@@ -168,7 +168,7 @@ pub fn plane(gateway: Arc<GatewayPlane>, fleet: Option<&FleetNode>) -> Arc<dyn D
 /// Applies the configuration again whenever the service registry changes, so a version that
 /// follows it serves the instances registered now: a new one within moments, one whose lease
 /// expired no more.
-pub async fn follow_registry(
+pub(crate) async fn follow_registry(
     registry: graylane_etcd::registry::RegistryWatch,
     plane: Arc<GatewayPlane>,
 ) {
@@ -182,7 +182,7 @@ pub async fn follow_registry(
 /// How often a node waiting for its first configuration looks again, and says so.
 const WAIT_FOR_CONFIG: Duration = Duration::from_secs(1);
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let f = &args.fleet;
     if args.takeover {
         anyhow::bail!(
@@ -429,7 +429,7 @@ impl NotReady {
 }
 
 /// Applies what other nodes changed, as the watch reports it.
-pub async fn follow(
+pub(crate) async fn follow(
     controller: Arc<Controller>,
     mut events: UnboundedReceiver<FleetEvent>,
     observations: Arc<FleetObservations>,
@@ -487,7 +487,7 @@ pub async fn follow(
 /// traffic counters (for the leader's analysis). It also catches up with a revision the watch
 /// announced but this node could not read then (etcd away at that moment): a node never
 /// stays behind because one read failed. A revision this build refuses is not tried again.
-pub async fn publish(
+pub(crate) async fn publish(
     controller: Arc<Controller>,
     fleet: Arc<Fleet>,
     incarnation: u64,
@@ -527,7 +527,7 @@ pub async fn publish(
 /// this node leads), `graylane_fleet_store_reachable` (0 while it is cut off from etcd and
 /// serves what it last knew), `graylane_fleet_members`, and `graylane_fleet_config_revision`
 /// with `graylane_fleet_latest_revision` (a node behind the newest revision lags).
-pub struct FleetCollector {
+pub(crate) struct FleetCollector {
     pub fleet: Arc<Fleet>,
     pub controller: Arc<Controller>,
 }
@@ -541,7 +541,7 @@ impl std::fmt::Debug for FleetCollector {
 impl prometheus_client::collector::Collector for FleetCollector {
     fn encode(
         &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::MetricType;

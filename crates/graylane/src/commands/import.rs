@@ -16,13 +16,13 @@ use graylane_store::{AuditFilter, RedbStore, Store, StoreError};
 const STORE_FILE: &str = "graylane.redb";
 
 #[derive(Subcommand)]
-pub enum FleetCommand {
+pub(crate) enum FleetCommand {
     /// Copy a stopped single node's revisions, releases and audit log into etcd.
     Import(ImportArgs),
 }
 
 #[derive(Args)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// The single node's data directory (its `graylane serve --data-dir`). The node must be
     /// stopped: its store is locked while it runs.
     #[arg(long)]
@@ -34,7 +34,7 @@ pub struct ImportArgs {
     pub env: Option<String>,
 }
 
-pub fn run(command: FleetCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(command: FleetCommand) -> anyhow::Result<ExitCode> {
     match command {
         FleetCommand::Import(args) => run_import(args),
     }

@@ -19,7 +19,7 @@ use crate::logging::{self, LogFormat};
 const FIRST_REGISTRATION: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
-pub struct RegisterArgs {
+pub(crate) struct RegisterArgs {
     #[command(flatten)]
     pub etcd: super::fleet::EtcdArgs,
     /// The registry service this is an instance of (what `endpoints: { registry: NAME }` names).
@@ -115,7 +115,7 @@ fn default_id(address: SocketAddr) -> String {
         .collect()
 }
 
-pub fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, &args.log_level);
     let runtime = crate::runtime::control()?;
     runtime.block_on(register(args))

@@ -35,7 +35,7 @@ const RELEASE_WAIT: Duration = Duration::from_secs(15);
 const STORE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The configuration file (default graylane.yaml). With --etcd it is optional: given, it is
     /// pushed to the fleet as a new revision whenever it changes; without it, the node serves
     /// the revision etcd holds.
@@ -71,11 +71,11 @@ pub struct ServeArgs {
     pub fleet: super::fleet::FleetArgs,
 }
 
-pub fn humantime_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 30s: {e}"))
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, &args.log_level);
     check_name("--env", "environment", &args.env)?;
     if !args.fleet.etcd.etcd.is_empty() {
@@ -168,7 +168,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Refuses a name (`--env`, `--node`) that could not be a key segment in the store.
-pub fn check_name(flag: &str, what: &str, value: &str) -> anyhow::Result<()> {
+pub(crate) fn check_name(flag: &str, what: &str, value: &str) -> anyhow::Result<()> {
     if value.is_empty()
         || !value
             .chars()
@@ -182,7 +182,7 @@ pub fn check_name(flag: &str, what: &str, value: &str) -> anyhow::Result<()> {
 }
 
 /// The gateway and the admin listener, bound (or taken over) but not accepting yet.
-pub struct Prepared {
+pub(crate) struct Prepared {
     gateway: Gateway,
     admin: Option<std::net::TcpListener>,
     workers: usize,
@@ -191,7 +191,7 @@ pub struct Prepared {
 impl Prepared {
     /// Binds what `config` listens on, except the addresses of the sockets `listeners` and
     /// `admin` taken over from a running process.
-    pub fn bind(
+    pub(crate) fn bind(
         config: &Config,
         options: GatewayOptions,
         listeners: Vec<std::net::TcpListener>,
@@ -213,14 +213,14 @@ impl Prepared {
 }
 
 /// Where the configuration comes from, and whether a controller runs.
-pub enum ConfigSource {
+pub(crate) enum ConfigSource {
     /// A file, watched and reloaded; revisions and releases in a store.
     File(Box<Managed>),
     /// A configuration built in memory (the demo): nothing to reload, no controller.
     Fixed,
 }
 
-pub struct Managed {
+pub(crate) struct Managed {
     /// The configuration file; relative segment files are found from its folder.
     pub path: PathBuf,
     /// Whether the file is watched and reloaded (a fleet node without `--config` has none).
@@ -241,7 +241,7 @@ pub struct Managed {
 }
 
 /// The gateway as the controller's data plane.
-pub struct GatewayPlane {
+pub(crate) struct GatewayPlane {
     gateway: Arc<Gateway>,
     /// What differs on this node from the configuration every node shares.
     local: super::fleet::NodeLocal,
@@ -252,7 +252,7 @@ pub struct GatewayPlane {
 }
 
 impl GatewayPlane {
-    pub fn new(gateway: Arc<Gateway>, local: super::fleet::NodeLocal) -> GatewayPlane {
+    pub(crate) fn new(gateway: Arc<Gateway>, local: super::fleet::NodeLocal) -> GatewayPlane {
         GatewayPlane {
             gateway,
             local,
@@ -262,7 +262,7 @@ impl GatewayPlane {
 
     /// Applies the last configuration again with this node's adjustments as they are now,
     /// keeping every release's traffic split.
-    pub fn adjusted(&self) {
+    pub(crate) fn adjusted(&self) {
         let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(config) = shared.as_ref() {
             self.gateway.apply(self.local.adjust(config.clone()));
@@ -343,6 +343,6 @@ fn unit_hashes(u: graylane_proxy::UnitHashes) -> UnitHashes {
 }
 
 /// The wall clock in Unix milliseconds.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     crate::admin::api::now_ms()
 }

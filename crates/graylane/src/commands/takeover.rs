@@ -45,7 +45,7 @@ const MAX_HEADER: usize = 64 * 1024;
 const DECIDE_WAIT: Duration = Duration::from_secs(30);
 
 /// Where the running process offers its sockets.
-pub fn socket_path(data_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("takeover.sock")
 }
 
@@ -60,7 +60,7 @@ struct Offer {
 // ---------------------------------------------------------------------------------------------
 
 /// The process being taken over, with the sockets it sent.
-pub struct Predecessor {
+pub(crate) struct Predecessor {
     stream: BufReader<UnixStream>,
     path: PathBuf,
     pub listeners: Vec<TcpListener>,
@@ -69,7 +69,7 @@ pub struct Predecessor {
 
 impl Predecessor {
     /// Connects to the process serving `data_dir` and receives its listening sockets.
-    pub fn connect(data_dir: &Path) -> anyhow::Result<Predecessor> {
+    pub(crate) fn connect(data_dir: &Path) -> anyhow::Result<Predecessor> {
         let path = socket_path(data_dir);
         let stream = UnixStream::connect(&path).with_context(|| {
             format!(
@@ -131,14 +131,14 @@ impl Predecessor {
     }
 
     /// The inherited admin listener if it is bound to `addr`; it is closed otherwise.
-    pub fn take_admin(&mut self, addr: SocketAddr) -> Option<TcpListener> {
+    pub(crate) fn take_admin(&mut self, addr: SocketAddr) -> Option<TcpListener> {
         let admin = self.admin.take()?;
         (admin.local_addr().ok()? == addr).then_some(admin)
     }
 
     /// Tells the running process to stop accepting and to close the store; returns once it has
     /// (or has exited), waiting at most `wait`.
-    pub fn drain(mut self, wait: Duration) -> anyhow::Result<()> {
+    pub(crate) fn drain(mut self, wait: Duration) -> anyhow::Result<()> {
         let path = self.path.clone();
         let stream = self.stream.get_mut();
         stream.set_read_timeout(Some(wait))?;
@@ -164,7 +164,7 @@ impl Predecessor {
 
 /// Opens the store, waiting up to `wait` while another process still has it open (the process
 /// being taken over, closing it).
-pub fn open_store(data_dir: &Path, wait: Duration) -> Result<RedbStore, StoreError> {
+pub(crate) fn open_store(data_dir: &Path, wait: Duration) -> Result<RedbStore, StoreError> {
     let until = Instant::now() + wait;
     loop {
         match RedbStore::open(data_dir) {
@@ -182,7 +182,7 @@ pub fn open_store(data_dir: &Path, wait: Duration) -> Result<RedbStore, StoreErr
 
 /// Offers this process's sockets to a successor. Bind only while holding the store: then no
 /// other process serves this data directory, and a socket file left there is stale.
-pub fn listen(data_dir: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+pub(crate) fn listen(data_dir: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
     let path = socket_path(data_dir);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
@@ -199,11 +199,11 @@ pub fn listen(data_dir: &Path) -> anyhow::Result<std::os::unix::net::UnixListene
 }
 
 /// A successor that has the sockets and asked this process to drain.
-pub struct Successor(tokio::net::UnixStream);
+pub(crate) struct Successor(tokio::net::UnixStream);
 
 impl Successor {
     /// Tells the successor the store is closed.
-    pub async fn released(mut self) {
+    pub(crate) async fn released(mut self) {
         if let Err(e) = self.0.write_all(b"released\n").await {
             tracing::warn!("cannot tell the new process the store is closed: {e}");
         }
@@ -212,7 +212,10 @@ impl Successor {
 
 /// Waits for a new process to take over, offering it what `sockets` returns (the listeners,
 /// then the admin listener). A new process that gives up is logged and waited past.
-pub async fn wait_for_successor<F>(listener: tokio::net::UnixListener, sockets: F) -> Successor
+pub(crate) async fn wait_for_successor<F>(
+    listener: tokio::net::UnixListener,
+    sockets: F,
+) -> Successor
 where
     F: Fn() -> std::io::Result<(Vec<TcpListener>, Option<TcpListener>)>,
 {
@@ -281,13 +284,13 @@ where
 /// The store, until this process hands it to its successor: [`ReleasableStore::release`] closes
 /// the database file (its lock with it), and every later call fails as if another process had
 /// it open, which it then does.
-pub struct ReleasableStore {
+pub(crate) struct ReleasableStore {
     path: PathBuf,
     inner: RwLock<Option<Arc<RedbStore>>>,
 }
 
 impl ReleasableStore {
-    pub fn new(store: RedbStore, data_dir: &Path) -> ReleasableStore {
+    pub(crate) fn new(store: RedbStore, data_dir: &Path) -> ReleasableStore {
         ReleasableStore {
             path: data_dir.join("graylane.redb"),
             inner: RwLock::new(Some(Arc::new(store))),
@@ -295,7 +298,7 @@ impl ReleasableStore {
     }
 
     /// Closes the store once the calls in progress are done.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         let store = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
         drop(store);
     }

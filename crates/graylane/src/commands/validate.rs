@@ -7,12 +7,12 @@ use clap::Args;
 use graylane_config::{Config, Strategy};
 
 #[derive(Args)]
-pub struct ValidateArgs {
+pub(crate) struct ValidateArgs {
     /// The configuration file to check.
     pub file: PathBuf,
 }
 
-pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     match graylane_config::load_file(&args.file) {
         Ok(config) => {
             println!("{}: ok: {}", args.file.display(), summary(&config));
@@ -34,7 +34,7 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One line: listeners, services (with their releases), segments.
-pub fn summary(config: &Config) -> String {
+pub(crate) fn summary(config: &Config) -> String {
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     let releases: Vec<String> = config
         .services

@@ -10,10 +10,10 @@ use http::StatusCode;
 use super::{Graylane, candidate_port, spawn_with_env, try_get};
 
 /// How long a node may take to become ready: etcd, then a configuration, then the listeners.
-pub const READY_WITHIN: Duration = Duration::from_secs(20);
+pub(crate) const READY_WITHIN: Duration = Duration::from_secs(20);
 
 /// One `graylane serve --etcd` process and its addresses.
-pub struct FleetNode {
+pub(crate) struct FleetNode {
     pub name: String,
     pub process: Graylane,
     pub proxy: SocketAddr,
@@ -25,7 +25,7 @@ impl FleetNode {
     /// listener on free loopback ports (`--bind`, `--admin-bind`), one worker, with `args`
     /// after those and the environment variables `env` (tokens, the etcd password). Does not
     /// wait for it. Not port 0: a node tells the fleet its admin address as configured.
-    pub fn spawn(
+    pub(crate) fn spawn(
         dir: &Path,
         name: &str,
         endpoints: &str,
@@ -63,7 +63,7 @@ impl FleetNode {
 
     /// Waits until the node answers `/readyz` with 200; panics with its logs after
     /// [`READY_WITHIN`].
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         let deadline = Instant::now() + READY_WITHIN;
         while Instant::now() < deadline {
             if try_get(self.admin, "/readyz", &[])
@@ -82,7 +82,7 @@ impl FleetNode {
     }
 
     /// `GET path` on the admin API with `token`: the JSON body of a 200, else `None`.
-    pub async fn get_json(&self, token: &str, path: &str) -> Option<serde_json::Value> {
+    pub(crate) async fn get_json(&self, token: &str, path: &str) -> Option<serde_json::Value> {
         let auth = format!("Bearer {token}");
         let r = try_get(self.admin, path, &[("authorization", auth.as_str())])
             .await

@@ -11,31 +11,31 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-pub use graylane_testing::http::*;
-pub use graylane_testing::ports::{candidate_port, closed_port};
-pub use graylane_testing::process::{Bound, Graylane, Output, unique};
-pub use graylane_testing::redis::RedisServer;
-pub use graylane_testing::upstream::{HOLD_HEADER, Upstream};
-pub use graylane_testing::wait::{eventually, eventually_within};
-pub use graylane_testing::{POLL_DEADLINE, REQUEST_TIMEOUT, fill, metric_value};
+pub(crate) use graylane_testing::http::*;
+pub(crate) use graylane_testing::ports::{candidate_port, closed_port};
+pub(crate) use graylane_testing::process::{Bound, Graylane, Output, unique};
+pub(crate) use graylane_testing::redis::RedisServer;
+pub(crate) use graylane_testing::upstream::{HOLD_HEADER, Upstream};
+pub(crate) use graylane_testing::wait::{eventually, eventually_within};
+pub(crate) use graylane_testing::{POLL_DEADLINE, REQUEST_TIMEOUT, fill, metric_value};
 
-pub mod fleet;
+pub(crate) mod fleet;
 
 /// Upper bound on a command that should finish by itself (validate, eval).
-pub const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The `graylane` binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_graylane");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_graylane");
 
 /// A test fixture's path.
-pub fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
 }
 
 /// A fresh folder under the target's temporary folder for one test.
-pub fn temp_dir(test: &str) -> PathBuf {
+pub(crate) fn temp_dir(test: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("graylane-cli-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -45,19 +45,19 @@ pub fn temp_dir(test: &str) -> PathBuf {
 
 /// Replaces a file's contents in one step (write a sibling, rename over), as editors and
 /// config-management tools do, so a watcher never reads half a file.
-pub fn write_atomic(path: &Path, text: &str) {
+pub(crate) fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp-write");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Runs `graylane ARGS` to completion (killed after [`COMMAND_DEADLINE`]).
-pub fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     run_with_env(args, &[])
 }
 
 /// [`run`] with extra environment variables (such as `GRAYLANE_TOKEN`).
-pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = temp_dir(&format!("run-{}", unique()));
     let mut p = spawn_with_env(&dir, args, env);
     let status = p.wait_exit(COMMAND_DEADLINE);
@@ -71,18 +71,18 @@ pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// `graylane ARGS` running in `dir`.
-pub fn spawn_in(dir: &Path, args: &[&str]) -> Graylane {
+pub(crate) fn spawn_in(dir: &Path, args: &[&str]) -> Graylane {
     spawn_with_env(dir, args, &[])
 }
 
 /// `graylane ARGS` running in `dir` (so the default `graylane-data` store lands there) with
 /// extra environment variables (admin tokens).
-pub fn spawn_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Graylane {
+pub(crate) fn spawn_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Graylane {
     Graylane::spawn(BIN, dir, args, env)
 }
 
 /// Waits until a `graylane serve` says where it listens (its admin listener too when `admin`).
-pub fn bound(process: &mut Graylane, admin: bool) -> Bound {
+pub(crate) fn bound(process: &mut Graylane, admin: bool) -> Bound {
     process.listening(admin, Duration::from_secs(20))
 }
 
@@ -92,7 +92,7 @@ pub fn bound(process: &mut Graylane, admin: bool) -> Bound {
 
 /// A `graylane serve` process on loopback ports it picked, in front of two test upstreams,
 /// `stable` and `canary`; its working folder (and store) is the test's own. Killed if dropped.
-pub struct Served {
+pub(crate) struct Served {
     pub process: Graylane,
     pub dir: PathBuf,
     pub file: PathBuf,
@@ -106,7 +106,7 @@ impl Served {
     /// Writes `template` with `extra` filled in first (its values may use the others), then
     /// `{stable}` and `{canary}`, and `{port}` and `{admin}` as 0; starts serve with `env`
     /// (admin tokens), reads the ports it bound from its log and waits for its admin listener.
-    pub async fn start(
+    pub(crate) async fn start(
         test: &str,
         template: &str,
         extra: &[(&str, String)],
@@ -118,7 +118,7 @@ impl Served {
     /// [`Served::start`] with the ports written in the file, for a test that restarts serve
     /// where a client (a browser) expects it. They are candidate ports, which another process
     /// could take before serve binds them: use [`Served::start`] unless the ports must last.
-    pub async fn start_restartable(
+    pub(crate) async fn start_restartable(
         test: &str,
         template: &str,
         extra: &[(&str, String)],
@@ -186,7 +186,13 @@ impl Served {
     }
 
     /// An admin API call with `token` (none when empty).
-    pub async fn api(&self, method: http::Method, path: &str, token: &str, body: &str) -> Reply {
+    pub(crate) async fn api(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> Reply {
         let auth = format!("Bearer {token}");
         let headers: Vec<(&str, &str)> = if token.is_empty() {
             vec![]
@@ -197,7 +203,7 @@ impl Served {
     }
 
     /// SIGTERM, a clean exit, and the folder removed.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.process.assert_running();
         self.process.signal("TERM");
         let status = self.process.wait_exit(Duration::from_secs(20));

@@ -25,7 +25,7 @@ impl std::fmt::Debug for BreakerCollector {
 impl prometheus_client::collector::Collector for BreakerCollector {
     fn encode(
         &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
         use graylane_traffic::breaker::State;
         use prometheus_client::encoding::EncodeMetric;

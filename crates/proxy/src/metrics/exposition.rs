@@ -17,7 +17,7 @@ use crate::upstream::UpstreamErrorKind;
 pub(super) struct Shared(pub(super) Arc<dyn Collector>);
 
 impl Collector for Shared {
-    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         self.0.encode(encoder)
     }
 }
@@ -33,7 +33,7 @@ impl std::fmt::Debug for RouteCollector {
 }
 
 impl Collector for RouteCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         for (name, help, codes) in [
             (
                 "graylane_requests",

@@ -2,7 +2,7 @@
 //!
 //! Every (service, version) pair gets one [`RouteStats`], resolved once when a routing snapshot
 //! is built, so a request never looks up a label set. Inside it each worker thread owns a
-//! cache-line-aligned [`Slot`] of plain atomics that only that thread writes; a scrape sums the
+//! cache-line-aligned `Slot` of plain atomics that only that thread writes; a scrape sums the
 //! slots. Counters live in [`Metrics`] (not in the snapshot), so they survive reloads.
 //!
 //! The per-request recording is in route.rs, the distinct-unit samples of experiments in
@@ -47,15 +47,21 @@ pub struct Observed {
 /// space (at level 0, every unit).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitHashes {
+    /// The sampling level: only hashes whose top `level` bits are zero are kept, so each held
+    /// hash stands for 2^`level` units.
     pub level: u32,
+    /// The unit hashes held, sorted ascending, without repeats.
     pub hashes: Vec<u64>,
 }
 
 /// One (service, version)'s figures, as [`Metrics::export`] gives them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exported {
+    /// The service's name.
     pub service: String,
+    /// The version's name.
     pub version: String,
+    /// Its request counts and latency histogram, every worker's summed.
     pub observed: Observed,
     /// `None` for a version whose units are not counted (not an experiment's).
     pub units: Option<UnitHashes>,
@@ -201,15 +207,19 @@ impl Metrics {
             .push(collector);
     }
 
+    /// Counts a configuration reload in `graylane_config_reloads_total`, as `result="ok"` when
+    /// `ok` and `result="error"` otherwise.
     pub fn record_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.reloads.get_or_create(&[("result", result)]).inc();
     }
 
+    /// A client connection was accepted: raises `graylane_open_connections`.
     pub fn connection_opened(&self) {
         self.open_connections.inc();
     }
 
+    /// A client connection was closed: lowers `graylane_open_connections`.
     pub fn connection_closed(&self) {
         self.open_connections.dec();
     }

@@ -158,10 +158,14 @@ impl RouteStats {
         slot.record_fine_duration(elapsed);
     }
 
+    /// Counts one `event` of the version in `worker`'s slot (the worker's index; no lock, no
+    /// allocation).
     pub fn record_event(&self, worker: usize, event: Event) {
         self.slot(worker).events[event.index()].fetch_add(1, Relaxed);
     }
 
+    /// Counts an attempt of the version that failed before any response, by `kind`, in
+    /// `worker`'s slot (`graylane_upstream_errors_total`).
     pub fn record_upstream_error(&self, worker: usize, kind: UpstreamErrorKind) {
         let i = UpstreamErrorKind::ALL
             .iter()

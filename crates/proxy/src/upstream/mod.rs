@@ -40,7 +40,7 @@ use std::io;
 use std::net::SocketAddr;
 
 pub(crate) use body::UpstreamBody;
-pub use error::UpstreamErrorKind;
+pub(crate) use error::UpstreamErrorKind;
 pub(crate) use pool::UpstreamPool;
 
 /// Why an upstream exchange failed.

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 /// YAML with `count` services `svc-0`..: service `i` matches `/svc/{i}`, has a `stable` and a
 /// `canary` version, and a canary release at weight 0 whose force rule is the header
 /// `X-Release-Phase: canary-{i}`, so a request proves which service routed it.
-pub fn many_services_yaml(count: usize, stable: SocketAddr, canary: SocketAddr) -> String {
+pub(crate) fn many_services_yaml(count: usize, stable: SocketAddr, canary: SocketAddr) -> String {
     let mut yaml = String::with_capacity(count * 360 + 64);
     yaml.push_str("listeners:\n  - bind: 127.0.0.1:0\nservices:\n");
     for i in 0..count {

@@ -4,7 +4,7 @@
 // Each test binary includes this module and uses a different subset of it.
 #![allow(dead_code, unused_imports)]
 
-pub mod many_services;
+pub(crate) mod many_services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,26 +12,26 @@ use std::time::Duration;
 
 use graylane_config::Config;
 use graylane_proxy::{Gateway, GatewayOptions};
-pub use graylane_testing::http::*;
-pub use graylane_testing::ports::closed_port;
-pub use graylane_testing::upstream::{DELAY_HEADER, Upstream};
-pub use graylane_testing::wait::eventually;
-pub use graylane_testing::wire::*;
-pub use graylane_testing::{POLL_DEADLINE, REQUEST_TIMEOUT, fill, metric_value};
+pub(crate) use graylane_testing::http::*;
+pub(crate) use graylane_testing::ports::closed_port;
+pub(crate) use graylane_testing::upstream::{DELAY_HEADER, Upstream};
+pub(crate) use graylane_testing::wait::eventually;
+pub(crate) use graylane_testing::wire::*;
+pub(crate) use graylane_testing::{POLL_DEADLINE, REQUEST_TIMEOUT, fill, metric_value};
 
 /// A validated configuration from YAML; panics with every error if it is invalid.
-pub fn config(yaml: &str) -> Config {
+pub(crate) fn config(yaml: &str) -> Config {
     graylane_config::load_str(yaml, "t.yaml", Path::new("."))
         .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n---\n{yaml}"))
 }
 
 /// A gateway with two workers and a 10 s drain.
-pub fn start_gateway(config: Config) -> Gateway {
+pub(crate) fn start_gateway(config: Config) -> Gateway {
     start_gateway_with(config, Duration::from_secs(10))
 }
 
 /// A gateway with two workers and `drain_timeout`.
-pub fn start_gateway_with(config: Config, drain_timeout: Duration) -> Gateway {
+pub(crate) fn start_gateway_with(config: Config, drain_timeout: Duration) -> Gateway {
     Gateway::start(
         config,
         GatewayOptions {
@@ -44,19 +44,19 @@ pub fn start_gateway_with(config: Config, drain_timeout: Duration) -> Gateway {
 }
 
 /// Shuts the gateway down off the async runtime (it joins its worker threads).
-pub async fn shutdown(gateway: Gateway) {
+pub(crate) async fn shutdown(gateway: Gateway) {
     tokio::task::spawn_blocking(move || gateway.shutdown())
         .await
         .expect("shutdown does not panic");
 }
 
 /// The gateway's first listener address.
-pub fn addr(gateway: &Gateway) -> SocketAddr {
+pub(crate) fn addr(gateway: &Gateway) -> SocketAddr {
     gateway.local_addrs()[0]
 }
 
 /// A path under the target's temporary folder, unique to this test process and `name`.
-pub fn temp_file(name: &str) -> PathBuf {
+pub(crate) fn temp_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("graylane-proxy-{}-{name}", std::process::id()))
 }

@@ -9,7 +9,7 @@ use super::table::{or_dash, render, to_second};
 use super::{AdminArgs, Client};
 
 #[derive(Args)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// At most this many matching entries (the server's default when absent).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
@@ -26,7 +26,7 @@ pub struct AuditArgs {
     pub admin: AdminArgs,
 }
 
-pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin);
     // The server filters, so that entries older than the newest `limit` are found too.
     let query: Vec<(&str, String)> = [

@@ -6,11 +6,11 @@
 //! the message `main` prints after `graylane: ` before exiting 1. The verbs only build a
 //! request and render its answer.
 
-pub mod audit;
+pub(crate) mod audit;
 mod cluster;
-pub mod releases;
-pub mod revisions;
-pub mod segments;
+pub(crate) mod releases;
+pub(crate) mod revisions;
+pub(crate) mod segments;
 mod table;
 
 use std::fmt::Write as _;
@@ -34,7 +34,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options shared by every admin API command.
 #[derive(Args)]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// The admin API's address. A token, if the API needs one, is read from GRAYLANE_TOKEN.
     #[arg(
         long = "admin",
@@ -51,7 +51,7 @@ pub struct AdminArgs {
 /// A query string's parameters, encoded by the HTTP client.
 type Query<'a> = &'a [(&'a str, String)];
 
-pub struct Client {
+pub(crate) struct Client {
     agent: ureq::Agent,
     /// The admin URL as given, without a trailing `/`.
     base: String,
@@ -62,7 +62,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(args: &AdminArgs) -> Client {
+    pub(crate) fn new(args: &AdminArgs) -> Client {
         let config = ureq::Agent::config_builder()
             // A 4xx/5xx carries the JSON body that says what is wrong; it must be read, not
             // turned into a bare status error.
@@ -78,13 +78,18 @@ impl Client {
         }
     }
 
-    pub fn get(&self, path: &str, query: Query) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str, query: Query<'_>) -> anyhow::Result<Value> {
         let request = self.prepare(self.agent.get(self.url(path)), query);
         self.finish(request.call())
     }
 
     /// A POST with a JSON body, or with none.
-    pub fn post(&self, path: &str, query: Query, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub(crate) fn post(
+        &self,
+        path: &str,
+        query: Query<'_>,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let request = self.prepare(self.agent.post(self.url(path)), query);
         self.finish(match body {
             Some(body) => request.send_json(body),
@@ -92,14 +97,19 @@ impl Client {
         })
     }
 
-    pub fn put_yaml(&self, path: &str, query: Query, yaml: &str) -> anyhow::Result<Value> {
+    pub(crate) fn put_yaml(
+        &self,
+        path: &str,
+        query: Query<'_>,
+        yaml: &str,
+    ) -> anyhow::Result<Value> {
         let request = self.prepare(self.agent.put(self.url(path)), query);
         self.finish(request.content_type("application/yaml").send(yaml))
     }
 
     /// Prints an answer: as the server's JSON with `--json`, else as `render` puts it once the
     /// answer is read as a `T`.
-    pub fn show<T: DeserializeOwned>(
+    pub(crate) fn show<T: DeserializeOwned>(
         &self,
         answer: Value,
         render: impl FnOnce(T) -> String,
@@ -126,7 +136,7 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    fn prepare<B>(&self, mut request: RequestBuilder<B>, query: Query) -> RequestBuilder<B> {
+    fn prepare<B>(&self, mut request: RequestBuilder<B>, query: Query<'_>) -> RequestBuilder<B> {
         for (key, value) in query {
             request = request.query(key, value);
         }
@@ -190,7 +200,7 @@ impl Client {
 
 /// A path segment with everything but unreserved characters percent-encoded, so that a
 /// service name cannot change which endpoint is called.
-pub fn segment(text: &str) -> String {
+pub(crate) fn segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

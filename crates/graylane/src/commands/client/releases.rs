@@ -18,7 +18,7 @@ use super::table::{or_dash, percent, render, to_second};
 use super::{AdminArgs, Client, segment};
 
 #[derive(Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// One service's release in detail: also the commands allowed now and the last
     /// transitions.
     pub service: Option<String>,
@@ -27,7 +27,7 @@ pub struct StatusArgs {
 }
 
 #[derive(Args)]
-pub struct CommandArgs {
+pub(crate) struct CommandArgs {
     /// The service whose release to act on.
     pub service: String,
     /// Why; recorded with the transition in the audit log and sent to webhooks.
@@ -38,7 +38,7 @@ pub struct CommandArgs {
 }
 
 #[derive(Args)]
-pub struct PromoteArgs {
+pub(crate) struct PromoteArgs {
     #[command(flatten)]
     pub command: CommandArgs,
     /// Go straight to 100% instead of to the next step.
@@ -50,7 +50,7 @@ pub struct PromoteArgs {
 }
 
 #[derive(Args)]
-pub struct SetWeightArgs {
+pub(crate) struct SetWeightArgs {
     /// The service whose release to act on.
     pub service: String,
     /// The candidate's weight in percent, until the next step (the server checks the range).
@@ -76,7 +76,7 @@ fn finite(text: &str) -> Result<f64, String> {
 
 /// The release commands without extras in their body.
 #[derive(Clone, Copy)]
-pub enum Verb {
+pub(crate) enum Verb {
     Pause,
     Resume,
     Abort,
@@ -96,7 +96,7 @@ impl Verb {
     }
 }
 
-pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin);
     match &args.service {
         None => {
@@ -128,7 +128,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn command(verb: Verb, args: CommandArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn command(verb: Verb, args: CommandArgs) -> anyhow::Result<ExitCode> {
     let body = CommandBody {
         reason: args.reason.clone(),
         ..CommandBody::default()
@@ -136,7 +136,7 @@ pub fn command(verb: Verb, args: CommandArgs) -> anyhow::Result<ExitCode> {
     send(&args.service, &args.admin, verb.path(), &body)
 }
 
-pub fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     let body = CommandBody {
         reason: args.command.reason.clone(),
         full: args.full.then_some(true),
@@ -145,7 +145,7 @@ pub fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     send(&args.command.service, &args.command.admin, "promote", &body)
 }
 
-pub fn set_weight(args: SetWeightArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn set_weight(args: SetWeightArgs) -> anyhow::Result<ExitCode> {
     let body = WeightBody {
         weight: json!(args.weight),
         reason: args.reason.clone(),

@@ -11,13 +11,13 @@ use super::table::{render, to_second};
 use super::{AdminArgs, Client};
 
 #[derive(Args)]
-pub struct HistoryArgs {
+pub(crate) struct HistoryArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
 }
 
 #[derive(Args)]
-pub struct DiffArgs {
+pub(crate) struct DiffArgs {
     /// The older revision.
     pub from: u64,
     /// The newer revision.
@@ -27,7 +27,7 @@ pub struct DiffArgs {
 }
 
 #[derive(Args)]
-pub struct RevertArgs {
+pub(crate) struct RevertArgs {
     /// The revision whose configuration to bring back (as a new revision).
     pub revision: u64,
     /// Only check it and show the diff; change nothing.
@@ -38,7 +38,7 @@ pub struct RevertArgs {
 }
 
 #[derive(Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// The configuration file to send.
     pub file: PathBuf,
     /// Only validate it and show the diff; change nothing.
@@ -51,20 +51,20 @@ pub struct ApplyArgs {
     pub admin: AdminArgs,
 }
 
-pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin);
     let answer = client.get("/api/v1/config/revisions", &[])?;
     client.show(answer, |list: RevisionList| history_table(&list))
 }
 
-pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin);
     let query = [("from", args.from.to_string()), ("to", args.to.to_string())];
     let answer = client.get("/api/v1/config/diff", &query)?;
     client.show(answer, |d: DiffView| diff_text(&d.diff))
 }
 
-pub fn revert(args: RevertArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn revert(args: RevertArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.admin);
     let answer = client.post(
         &format!("/api/v1/config/revert/{}", args.revision),
@@ -75,7 +75,7 @@ pub fn revert(args: RevertArgs) -> anyhow::Result<ExitCode> {
     client.show(answer, |c: ApplyOutcome| change_text(&what, &c))
 }
 
-pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let yaml = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let client = Client::new(&args.admin);

@@ -9,7 +9,7 @@ use graylane_api::{SegmentEdit, SegmentEdited};
 use super::{AdminArgs, Client, segment};
 
 #[derive(Args)]
-pub struct SegmentArgs {
+pub(crate) struct SegmentArgs {
     /// The segment (one with `source: redis`).
     pub name: String,
     /// A member to add (repeat for more).
@@ -22,7 +22,7 @@ pub struct SegmentArgs {
     pub admin: AdminArgs,
 }
 
-pub fn edit(args: SegmentArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn edit(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     if args.add.is_empty() && args.remove.is_empty() {
         anyhow::bail!("nothing to do: give --add MEMBER and/or --remove MEMBER");
     }

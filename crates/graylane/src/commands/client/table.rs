@@ -3,7 +3,7 @@
 /// Columns left-aligned and two spaces apart, one line per row, the header first. Widths count
 /// characters, not bytes, so `·` and `→` in a cell do not push the next column out; a line
 /// ends without padding.
-pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -30,7 +30,7 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// An RFC 3339 time from the API without its fraction of a second:
 /// `2026-11-22T10:00:00.123Z` → `2026-11-22T10:00:00Z`.
-pub fn to_second(at: &str) -> String {
+pub(super) fn to_second(at: &str) -> String {
     let Some(dot) = at.find('.') else {
         return at.to_string();
     };
@@ -41,14 +41,14 @@ pub fn to_second(at: &str) -> String {
 
 /// A percentage as the API's weights are set (at most three decimals), without float noise
 /// or trailing zeros: `95.0` → `95%`, `12.5` → `12.5%`, `87.65500000000001` → `87.655%`.
-pub fn percent(weight: f64) -> String {
+pub(super) fn percent(weight: f64) -> String {
     let fixed = format!("{weight:.3}");
     let trimmed = fixed.trim_end_matches('0').trim_end_matches('.');
     format!("{trimmed}%")
 }
 
 /// An absent or empty text as `-`, so a blank cell cannot be mistaken for a misaligned one.
-pub fn or_dash(text: Option<&str>) -> String {
+pub(super) fn or_dash(text: Option<&str>) -> String {
     match text {
         Some(t) if !t.is_empty() => t.to_string(),
         _ => "-".to_string(),
