@@ -29,6 +29,21 @@ pub(crate) enum HopByHop {
     Other,
 }
 
+/// The hop-by-hop fields (RFC 9110 §7.6.1, with the legacy `Keep-Alive` and `Proxy-Connection`,
+/// and `Proxy-Authorization`, which is for this proxy). [`classify`] and the response
+/// parser's dispatch (`upstream/codec.rs`) are held to this list by tests.
+#[cfg(test)]
+pub(crate) const NAMES: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
 /// The list of hop-by-hop fields, told apart by length first so that a name that is not one
 /// (nearly every name) costs one jump; `is` compares `name` with a lower-case candidate.
 /// Always inlined: it runs for every header of every message, and inlined into its caller the
@@ -186,16 +201,7 @@ mod tests {
 
     #[test]
     fn the_list_is_the_same_for_raw_names_in_any_case_and_for_header_names() {
-        for name in [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "transfer-encoding",
-            "upgrade",
-            "proxy-authorization",
-        ] {
+        for name in NAMES {
             assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
             assert!(of_raw(name.as_bytes()).is_some(), "{name}");
             assert!(
