@@ -118,15 +118,7 @@ impl RedbStore {
         })?;
         let path = dir.join(FILE_NAME);
         let db = open_database(&path)?;
-        let store = RedbStore {
-            db: RwLock::new(Some(db)),
-            path,
-            broken: AtomicBool::new(false),
-            max_audit_age_ms: AtomicI64::new(0),
-            max_audit_entries: AtomicU64::new(0),
-        };
-        store.check_schema()?;
-        Ok(store)
+        RedbStore::with_database(db, path)
     }
 
     /// A store in memory only, empty and gone when dropped: a real store (the same tables and
@@ -137,6 +129,12 @@ impl RedbStore {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| op.open_failed(e.into()))?;
+        RedbStore::with_database(db, path)
+    }
+
+    /// The store over an opened database (`path` names it in errors), its schema checked or
+    /// written.
+    fn with_database(db: Database, path: PathBuf) -> Result<RedbStore, StoreError> {
         let store = RedbStore {
             db: RwLock::new(Some(db)),
             path,
