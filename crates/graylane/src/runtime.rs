@@ -1,9 +1,10 @@
 //! Where the binary starts its tokio runtimes and its own threads, so that what kind of runtime
 //! each command gets, and how a thread is named, is decided once.
 //!
-//! The binary's control work — signals, the admin listener, the controller's timers and file
-//! watch, a fleet node's followers, `register`'s lease, the demo's upstreams — runs on
-//! current-thread runtimes from [`control`]; blocking calls go to that runtime's blocking pool.
+//! The binary's control-plane work — signals, the admin listener, the controller's timers and
+//! file watch, a fleet node's followers, `register`'s lease, the demo's upstreams — runs on
+//! current-thread runtimes from [`control_plane`]; blocking calls go to that runtime's
+//! blocking pool.
 //! The data plane's per-core workers are started by `graylane_proxy::Gateway`, and the etcd
 //! client's runtime by `graylane_etcd`, each in its own crate.
 
@@ -11,8 +12,8 @@ use std::thread::JoinHandle;
 
 use tokio::runtime::Runtime;
 
-/// A current-thread runtime with I/O and timers, for a command's control work.
-pub(crate) fn control() -> std::io::Result<Runtime> {
+/// A current-thread runtime with I/O and timers, for a command's control-plane work.
+pub(crate) fn control_plane() -> std::io::Result<Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -103,7 +103,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 fn start_upstreams() -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let (tx, rx) = std::sync::mpsc::channel();
     crate::runtime::thread("graylane-demo-upstreams", move || {
-        let runtime = match crate::runtime::control() {
+        let runtime = match crate::runtime::control_plane() {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.send(Err(anyhow::Error::from(e)));

@@ -117,7 +117,7 @@ fn default_id(address: SocketAddr) -> String {
 
 pub(crate) fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, &args.log_level);
-    let runtime = crate::runtime::control()?;
+    let runtime = crate::runtime::control_plane()?;
     runtime.block_on(register(args))
 }
 

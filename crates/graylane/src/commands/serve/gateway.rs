@@ -50,7 +50,7 @@ pub(crate) fn run_gateway(
     for addr in gateway.local_addrs() {
         tracing::info!(%addr, workers, "listening");
     }
-    let runtime = crate::runtime::control()?;
+    let runtime = crate::runtime::control_plane()?;
     let (mut term, mut int) = runtime.block_on(async {
         anyhow::Ok((
             signal(SignalKind::terminate())?,
