@@ -402,3 +402,52 @@ async fn demo_answers_a_forced_canary_request() {
     assert_eq!(status.code(), Some(0), "{}", demo.logs());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A `graylane serve` whose stderr goes to a file (as under systemd or a log shipper), with
+/// `extra` flags and environment; returns what it logged once it listens.
+fn logs_into_a_file(test: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = temp_dir(test);
+    let file = dir.join("graylane.yaml");
+    let (stable, canary) = (Upstream::start("stable"), Upstream::start("canary"));
+    write_atomic(&file, &config(&stable, &canary, "0"));
+    let mut args = vec!["serve", "--config", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut process = spawn_with_env(&dir, &args, env);
+    bound(&mut process, true);
+    process.signal("TERM");
+    process.wait_exit(Duration::from_secs(20));
+    let logs = process.stderr();
+    let _ = std::fs::remove_dir_all(dir);
+    logs
+}
+
+#[test]
+fn logs_into_a_file_carry_no_colour_codes_unless_asked() {
+    let plain = logs_into_a_file("log-colour-auto", &[], &[]);
+    assert!(plain.contains("listening"), "{plain}");
+    assert!(!plain.contains('\x1b'), "colour codes in a file:\n{plain}");
+
+    let asked = logs_into_a_file("log-colour-always", &["--log-color", "always"], &[]);
+    assert!(asked.contains("\x1b["), "--log-color always:\n{asked}");
+
+    let never = logs_into_a_file(
+        "log-colour-never",
+        &["--log-color", "never"],
+        &[("NO_COLOR", "")],
+    );
+    assert!(!never.contains('\x1b'), "--log-color never:\n{never}");
+}
+
+#[test]
+fn an_unknown_log_colour_is_refused_naming_the_choices() {
+    let dir = temp_dir("log-colour-bad");
+    let mut p = spawn_in(&dir, &["serve", "--log-color", "sometimes"]);
+    let status = p.wait_exit(COMMAND_DEADLINE);
+    assert_eq!(status.code(), Some(2), "{}", p.logs());
+    let err = p.stderr();
+    assert!(
+        err.contains("--log-color") && err.contains("auto") && err.contains("never"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

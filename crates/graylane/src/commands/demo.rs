@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::serve::{ConfigSource, Prepared, run_gateway};
-use crate::logging::{self, LogFormat};
+use crate::logging::{self, LogColor, LogFormat};
 
 #[derive(Args)]
 pub(crate) struct DemoArgs {
@@ -62,7 +62,7 @@ services:
 "#;
 
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    logging::init(LogFormat::Text, "warn");
+    logging::init(LogFormat::Text, LogColor::Auto, "warn");
     let (stable, canary) = start_upstreams()?;
     let yaml = DEMO_CONFIG
         .replace("{port}", &args.port.to_string())

@@ -13,7 +13,7 @@ use etcd_client::Client;
 use graylane_etcd::registry::{self, Instance};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::logging::{self, LogFormat};
+use crate::logging::{self, LogColor, LogFormat};
 
 /// How long the first registration is tried before the command gives up.
 const FIRST_REGISTRATION: Duration = Duration::from_secs(5);
@@ -41,8 +41,12 @@ pub(crate) struct RegisterArgs {
     /// (killed without a chance to deregister).
     #[arg(long, default_value = "10s", value_parser = parse_ttl)]
     pub ttl: Duration,
+    /// Log lines as text or as one JSON object per line.
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Colour in text logs: on a terminal without NO_COLOR (auto), always, or never.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_color: LogColor,
     /// Log level or filter (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -116,7 +120,7 @@ fn default_id(address: SocketAddr) -> String {
 }
 
 pub(crate) fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
-    logging::init(args.log_format, &args.log_level);
+    logging::init(args.log_format, args.log_color, &args.log_level);
     let runtime = crate::runtime::control_plane()?;
     runtime.block_on(register(args))
 }

@@ -21,7 +21,7 @@ use graylane_proxy::{Gateway, GatewayOptions};
 use graylane_rules::Routing;
 
 use crate::admin;
-use crate::logging::{self, LogFormat};
+use crate::logging::{self, LogColor, LogFormat};
 
 use super::takeover::{self, Predecessor, ReleasableStore};
 
@@ -51,8 +51,12 @@ pub(crate) struct ServeArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Log lines as text or as one JSON object per line.
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Colour in text logs: on a terminal without NO_COLOR (auto), always, or never.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_color: LogColor,
     /// Log level or filter (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -76,7 +80,7 @@ pub(crate) fn humantime_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    logging::init(args.log_format, &args.log_level);
+    logging::init(args.log_format, args.log_color, &args.log_level);
     check_name("--env", "environment", &args.env)?;
     if !args.fleet.etcd.etcd.is_empty() {
         return super::fleet::run(args);
