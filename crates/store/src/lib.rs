@@ -306,6 +306,21 @@ pub struct RevisionMeta {
     pub source: RevisionSource,
 }
 
+impl RevisionMeta {
+    /// The whole revision: this record with its document, as a backend that keeps the two
+    /// apart reads it back.
+    pub fn with_document(self, yaml: String) -> Revision {
+        Revision {
+            n: self.n,
+            at_ms: self.at_ms,
+            author: self.author,
+            message: self.message,
+            source: self.source,
+            yaml,
+        }
+    }
+}
+
 /// An audit entry to append; the store assigns its sequence number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewAuditEntry {

@@ -318,14 +318,7 @@ impl EtcdStore {
             endpoints: self.etcd.endpoints().to_string(),
             detail: format!("{doc_key} is not UTF-8 text"),
         })?;
-        Ok(Some(Revision {
-            n: meta.n,
-            at_ms: meta.at_ms,
-            author: meta.author,
-            message: meta.message,
-            source: meta.source,
-            yaml,
-        }))
+        Ok(Some(meta.with_document(yaml)))
     }
 
     /// Every key-value under `prefix`, with modification revisions.

@@ -304,14 +304,7 @@ impl RedbStore {
             key: format!("({env:?}, {n})"),
             detail: e.to_string(),
         })?;
-        Ok(Some(Revision {
-            n: meta.n,
-            at_ms: meta.at_ms,
-            author: meta.author,
-            message: meta.message,
-            source: meta.source,
-            yaml,
-        }))
+        Ok(Some(meta.with_document(yaml)))
     }
 
     fn decode<'de, T: Deserialize<'de>>(
@@ -355,14 +348,7 @@ impl Store for RedbStore {
                 .or_fail(&op)?
                 .insert((env, n), new.yaml.as_bytes())
                 .or_fail(&op)?;
-            Ok(Revision {
-                n,
-                at_ms: meta.at_ms,
-                author: meta.author,
-                message: meta.message,
-                source: meta.source,
-                yaml: new.yaml,
-            })
+            Ok(meta.with_document(new.yaml))
         })
     }
 
