@@ -93,6 +93,12 @@ impl RequestBody {
     /// Reads up to about `limit` bytes of `body` before anything is forwarded, so a body that
     /// fits is checked whole (a malformed one fails here, before reaching an upstream) and can
     /// be sent with a `Content-Length`.
+    ///
+    /// A body of known length that fits is waited for: the client has said it is sending all
+    /// of it. A body of unknown length (chunked, or HTTP/2 without `content-length`) may be a
+    /// stream the client feeds as it goes — a gRPC stream, an upload in pieces, waiting for
+    /// answers in between — so only what has already arrived is read ahead, and the rest is
+    /// streamed from there on: holding it back would stall the exchange.
     pub(crate) async fn read_ahead(
         mut body: hyper::body::Incoming,
         limit: usize,
@@ -101,12 +107,32 @@ impl RequestBody {
         if body.is_end_stream() {
             return Ok(RequestBody::Whole(None));
         }
+        let known_length = body.size_hint().exact().is_some();
         let mut read = std::collections::VecDeque::new();
         let mut total = 0;
+        // An HTTP/1.1 body is handed over by the connection's own task, which runs only when
+        // this one yields: one yield after each frame lets bytes already received come through.
+        let mut yielded = false;
         while total <= limit {
-            let Some(frame) = body.frame().await else {
+            let frame = if known_length {
+                body.frame().await
+            } else {
+                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
+                    .await
+                {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending if yielded => break,
+                    Poll::Pending => {
+                        yielded = true;
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                }
+            };
+            let Some(frame) = frame else {
                 return Ok(RequestBody::Whole(Some(concat(read))));
             };
+            yielded = false;
             if let Ok(data) = frame?.into_data()
                 && !data.is_empty()
             {

@@ -48,7 +48,8 @@ pub use respond::{X_GRAYLANE_FALLBACK, X_GRAYLANE_VERSION};
 /// How much of a request body is read before the request is forwarded. A body that ends within
 /// this (most API bodies) is checked whole, so a malformed one gets a `400` and never reaches
 /// an upstream, and goes upstream with a `Content-Length`; a longer one is streamed from there
-/// on. At most this much is held per request in flight.
+/// on, and so is one of unknown length past what has already arrived (see
+/// [`RequestBody::read_ahead`]). At most this much is held per request in flight.
 const REQUEST_BODY_READ_AHEAD: usize = 64 * 1024;
 
 /// What the request path knows about the client connection.
