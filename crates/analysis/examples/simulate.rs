@@ -333,7 +333,10 @@ fn median_users(firsts: &mut [Option<u64>]) -> String {
 /// The share of runs whose first flag came by `users`, as text.
 fn by(firsts: &[Option<u64>], users: u64) -> String {
     fraction(
-        firsts.iter().filter(|f| f.is_some_and(|u| u <= users)).count(),
+        firsts
+            .iter()
+            .filter(|f| f.is_some_and(|u| u <= users))
+            .count(),
         firsts.len(),
     )
 }

@@ -274,7 +274,8 @@ mod tests {
         assert!(srm.flagged, "{}", srm.reason);
         assert!(srm.p_value < SRM_ALPHA, "{}", srm.reason);
         assert!(
-            srm.reason.starts_with("60.0% / 40.0% of 1000 units vs 50.0% / 50.0% configured"),
+            srm.reason
+                .starts_with("60.0% / 40.0% of 1000 units vs 50.0% / 50.0% configured"),
             "{}",
             srm.reason
         );
@@ -291,20 +292,32 @@ mod tests {
         let srm = sample_ratio_mismatch(&[10_400, 9_600], &[50.0, 50.0]);
         assert!(srm.flagged, "{}", srm.reason);
         // The formula evaluated independently with Python's math.lgamma.
-        assert!((srm.statistic - 13.720_009_946).abs() < 1e-6, "{}", srm.statistic);
+        assert!(
+            (srm.statistic - 13.720_009_946).abs() < 1e-6,
+            "{}",
+            srm.statistic
+        );
         assert!((srm.p_value - (-13.720_009_946f64).exp()).abs() < 1e-12);
         // The price of looking at any time: at 10,000 users the same skew is not yet evidence
         // enough (a fixed-horizon χ² would say p = 6e-5 there, but only for a single look).
         let srm = sample_ratio_mismatch(&[5_200, 4_800], &[50.0, 50.0]);
         assert!(!srm.flagged, "{}", srm.reason);
-        assert!(srm.p_value > SRM_ALPHA && srm.p_value < 0.01, "{}", srm.p_value);
+        assert!(
+            srm.p_value > SRM_ALPHA && srm.p_value < 0.01,
+            "{}",
+            srm.p_value
+        );
     }
 
     #[test]
     fn a_variant_that_receives_nothing_flags() {
         let srm = sample_ratio_mismatch(&[200, 0], &[1.0, 1.0]);
         assert!(srm.flagged, "{}", srm.reason);
-        assert!(srm.reason.starts_with("100.0% / 0.0% of 200 units"), "{}", srm.reason);
+        assert!(
+            srm.reason.starts_with("100.0% / 0.0% of 200 units"),
+            "{}",
+            srm.reason
+        );
         let srm = sample_ratio_mismatch(&[0, 0, 300], &[1.0, 1.0, 1.0]);
         assert!(srm.flagged, "{}", srm.reason);
         // 50 users all on one side happen once in 2^49 correct splits, but the prior expects
@@ -350,12 +363,24 @@ mod tests {
     #[test]
     fn huge_counts_stay_finite() {
         let even = sample_ratio_mismatch(&[1_000_000_000, 1_000_000_000], &[1.0, 1.0]);
-        assert!(even.statistic.is_finite() && !even.flagged, "{}", even.reason);
+        assert!(
+            even.statistic.is_finite() && !even.flagged,
+            "{}",
+            even.reason
+        );
         // 50.05 / 49.95 of two billion: small, but certain.
         let skew = sample_ratio_mismatch(&[1_001_000_000, 999_000_000], &[1.0, 1.0]);
-        assert!(skew.statistic.is_finite() && skew.flagged, "{}", skew.reason);
+        assert!(
+            skew.statistic.is_finite() && skew.flagged,
+            "{}",
+            skew.reason
+        );
         let huge = sample_ratio_mismatch(&[u64::MAX, u64::MAX / 2], &[1.0, 1.0]);
-        assert!(huge.statistic.is_finite() && huge.flagged, "{}", huge.reason);
+        assert!(
+            huge.statistic.is_finite() && huge.flagged,
+            "{}",
+            huge.reason
+        );
         assert_eq!(huge.p_value, 0.0);
         assert!(huge.reason.contains("Bayes factor e^"), "{}", huge.reason);
         // JSON has no infinity: the result must serialize as numbers.
@@ -369,7 +394,11 @@ mod tests {
             (vec![1, 2], vec![1.0], "2 counts for 1 weights"),
             (vec![1, 2], vec![1.0, f64::NAN], "weight NaN is not a share"),
             (vec![1, 2], vec![1.0, -1.0], "weight -1 is not a share"),
-            (vec![1, 2], vec![1.0, f64::INFINITY], "weight inf is not a share"),
+            (
+                vec![1, 2],
+                vec![1.0, f64::INFINITY],
+                "weight inf is not a share",
+            ),
             (
                 vec![100, 2],
                 vec![1.0, 0.0],
@@ -389,12 +418,7 @@ mod tests {
     }
 
     fn weight() -> impl Strategy<Value = f64> {
-        prop_oneof![
-            Just(0.0),
-            1e-300..1e-10f64,
-            0.01..100.0f64,
-            1e10..f64::MAX,
-        ]
+        prop_oneof![Just(0.0), 1e-300..1e-10f64, 0.01..100.0f64, 1e10..f64::MAX,]
     }
 
     proptest! {
