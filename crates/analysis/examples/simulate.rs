@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run -p graylane-analysis --release --example simulate -j1
+//! cargo run -p graylane-analysis --example simulate -j1 -- srm    # row (e) and the SRM sweep
 //! ```
 //!
 //! Traffic: every simulated second a Poisson number of requests arrives; each goes to the
@@ -14,7 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use graylane_analysis::stats::normal_quantile;
+use graylane_analysis::srm::{SRM_ALPHA, SRM_PRIOR_CONCENTRATION, ln_bayes_factor};
+use graylane_analysis::stats::{chi_square_sf, normal_quantile};
 use graylane_analysis::{
     Analyzer, CheckSpec, Decision, Policy, Sample, analyzer::DEFAULT_ALPHA, evaluate,
     sample_ratio_mismatch,
@@ -215,8 +217,161 @@ fn aa_row(name: &str, setup: String, runs: &[Run], goal: &str) -> Row {
     }
 }
 
+/// Prior concentrations the SRM sweep compares (the check uses [`SRM_PRIOR_CONCENTRATION`]).
+const SRM_CONCENTRATIONS: [f64; 5] = [100.0, 300.0, 1_000.0, 3_000.0, 10_000.0];
+
+/// Whether the χ² test the SRM check used before (fixed horizon, `p < 0.001`) flags `counts` of
+/// a 50/50 split; from 100 users on, its minimum of 8 expected units per variant always holds.
+fn chi_square_flags(counts: &[u64; 2]) -> bool {
+    let expected = (counts[0] + counts[1]) as f64 / 2.0;
+    let x2: f64 = counts
+        .iter()
+        .map(|o| (*o as f64 - expected).powi(2) / expected)
+        .sum();
+    chi_square_sf(x2, 1) < 0.001
+}
+
+/// Row (e): 50/50 configured, users arriving 100 per interval and the check run after each
+/// interval, up to 40,000 users. The anytime-valid check against the fixed-horizon χ² it
+/// replaced, on the same users; and, per prior concentration, how often the Bayes factor
+/// reaches 1/α (the sweep's lines).
+fn srm() -> (Vec<Row>, Vec<String>) {
+    const SEEDS: u64 = 10_000;
+    const MID: u64 = 20_000;
+    const END: u64 = 40_000;
+    let threshold = -SRM_ALPHA.ln();
+    let mut rows = Vec::new();
+    // Per share: for each concentration, the users at the first flag of every seed.
+    let mut firsts = Vec::new();
+    for (share, label, goal) in [
+        (0.52, "52/48 delivered", "flagged by 20,000 users"),
+        (0.50, "50/50 delivered", "≤ 0.1% flagged at any check"),
+    ] {
+        // The check as shipped, then the χ² it replaced: flagged at MID, first flag.
+        let mut tests = [(0usize, Vec::new()), (0usize, Vec::new())];
+        let mut sweep = vec![Vec::new(); SRM_CONCENTRATIONS.len()];
+        for seed in 0..SEEDS {
+            let mut rng = Rng::new(400_000 + seed);
+            let mut counts = [0u64; 2];
+            let mut first = [None; 2];
+            let mut first_c = [None; SRM_CONCENTRATIONS.len()];
+            for user in 1..=END {
+                counts[usize::from(rng.uniform() >= share)] += 1;
+                if user % 100 != 0 {
+                    continue;
+                }
+                let now = [
+                    sample_ratio_mismatch(&counts, &[1.0, 1.0]).flagged,
+                    chi_square_flags(&counts),
+                ];
+                for (i, flagged) in now.into_iter().enumerate() {
+                    if flagged {
+                        first[i].get_or_insert(user);
+                        tests[i].0 += usize::from(user == MID);
+                    }
+                }
+                for (c, f) in SRM_CONCENTRATIONS.iter().zip(&mut first_c) {
+                    if f.is_none()
+                        && ln_bayes_factor(&counts, &[1.0, 1.0], *c)
+                            .is_some_and(|ln_bf| ln_bf >= threshold)
+                    {
+                        *f = Some(user);
+                    }
+                }
+            }
+            tests[0].1.push(first[0]);
+            tests[1].1.push(first[1]);
+            for (s, f) in sweep.iter_mut().zip(first_c) {
+                s.push(f);
+            }
+        }
+        for ((at_mid, first), test) in tests.iter().zip([
+            format!(
+                "anytime-valid Bayes factor (c = {SRM_PRIOR_CONCENTRATION}, flags at {})",
+                1.0 / SRM_ALPHA
+            ),
+            "before: fixed-horizon χ² at p < 0.001".into(),
+        ]) {
+            rows.push(Row {
+                scenario: "(e) SRM, 50/50 configured".into(),
+                setup: format!("{label}; {SEEDS} seeds; checked every 100 users; {test}"),
+                result: format!(
+                    "flagged at 20,000 users: {}; at any of the 200 checks up to 20,000: {}; \
+                     of the 400 up to 40,000: {}",
+                    fraction(*at_mid, SEEDS as usize),
+                    by(first, MID),
+                    by(first, END)
+                ),
+                goal: goal.into(),
+            });
+        }
+        firsts.push(sweep);
+    }
+    let mut lines = Vec::new();
+    for (i, c) in SRM_CONCENTRATIONS.iter().enumerate() {
+        let mut skew = firsts[0][i].clone();
+        lines.push(format!(
+            "| {c} | {} | {} | {} | {} |",
+            by(&skew, MID),
+            by(&skew, END),
+            median_users(&mut skew),
+            by(&firsts[1][i], END)
+        ));
+    }
+    (rows, lines)
+}
+
+/// The median of the users at the first flag (None = never flagged), as text.
+fn median_users(firsts: &mut [Option<u64>]) -> String {
+    firsts.sort_by_key(|f| f.unwrap_or(u64::MAX));
+    match firsts[(firsts.len() - 1) / 2] {
+        Some(u) => u.to_string(),
+        None => "never".into(),
+    }
+}
+
+/// The share of runs whose first flag came by `users`, as text.
+fn by(firsts: &[Option<u64>], users: u64) -> String {
+    fraction(
+        firsts
+            .iter()
+            .filter(|f| f.is_some_and(|u| u <= users))
+            .count(),
+        firsts.len(),
+    )
+}
+
+fn print_srm_sweep(lines: &[String]) {
+    println!(
+        "\nSRM prior concentration c, flagged at Bayes factor ≥ {}, 50/50 configured, checked \
+         every 100 users, 10000 seeds:\n\n\
+         | c | 52/48: flagged by 20,000 users | by 40,000 | median users at the first flag | \
+         50/50: flagged by 40,000 |\n\
+         |---|---|---|---|---|",
+        1.0 / SRM_ALPHA
+    );
+    for line in lines {
+        println!("{line}");
+    }
+}
+
 fn main() {
     let started = Instant::now();
+    if std::env::args().nth(1).as_deref() == Some("srm") {
+        // Row (e) and the SRM sweep alone.
+        let (rows, lines) = srm();
+        println!("| scenario | setup | result | goal |");
+        println!("|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} | {} | {} | {} |",
+                r.scenario, r.setup, r.result, r.goal
+            );
+        }
+        print_srm_sweep(&lines);
+        println!("\n(simulated in {:.1} s)", started.elapsed().as_secs_f64());
+        return;
+    }
     let alpha = DEFAULT_ALPHA;
     let base_policy = Policy {
         min_requests: 100,
@@ -367,41 +522,9 @@ fn main() {
         }
     }
 
-    // (e) SRM: 20,000 users, 50/50 configured.
-    for (share, label, goal) in [
-        (0.52, "52/48 delivered", "flagged"),
-        (0.50, "50/50 delivered", "not flagged"),
-    ] {
-        let seeds = 10_000u64;
-        let (mut at_end, mut ever) = (0usize, 0usize);
-        for seed in 0..seeds {
-            let mut rng = Rng::new(400_000 + seed);
-            let mut counts = [0u64; 2];
-            let mut flagged_once = false;
-            // Users arrive 100 per interval; the check runs after each interval.
-            for user in 1..=20_000u64 {
-                counts[usize::from(rng.uniform() >= share)] += 1;
-                if user % 100 == 0 {
-                    let srm = sample_ratio_mismatch(&counts, &[1.0, 1.0]);
-                    flagged_once |= srm.flagged;
-                    if user == 20_000 && srm.flagged {
-                        at_end += 1;
-                    }
-                }
-            }
-            ever += usize::from(flagged_once);
-        }
-        rows.push(Row {
-            scenario: "(e) SRM, 20,000 users, 50/50 configured".into(),
-            setup: format!("{label}; {seeds} seeds; checked every 100 users"),
-            result: format!(
-                "flagged at 20,000 users: {}; flagged at any of the 200 checks: {}",
-                fraction(at_end, seeds as usize),
-                fraction(ever, seeds as usize)
-            ),
-            goal: goal.into(),
-        });
-    }
+    // (e) SRM, and the SRM prior's sweep.
+    let (srm_rows, srm_sweep) = srm();
+    rows.extend(srm_rows);
 
     // (f) The trade-off α sets: detection (a) against false failures (b), error_rate only.
     let mut sweep = Vec::new();
@@ -447,5 +570,6 @@ fn main() {
     for line in &sweep {
         println!("{line}");
     }
+    print_srm_sweep(&srm_sweep);
     println!("\n(simulated in {:.1} s)", started.elapsed().as_secs_f64());
 }

@@ -109,8 +109,8 @@ pub struct ExperimentResults {
     pub control: String,
     /// Every variant, the control first.
     pub variants: Vec<VariantResult>,
-    /// Distinct units (bucketing keys) against the configured weights (Pearson χ²; flagged when
-    /// p < 0.001 and every variant expects at least 8 units). Beyond a few thousand units per
+    /// Distinct units (bucketing keys) against the configured weights (an anytime-valid Bayes
+    /// factor, flagged at 1000, so p ≤ 0.001, at whatever look). Beyond a few thousand units per
     /// variant the test runs on a uniform sample of the units (see `units`).
     #[schema(value_type = Object)]
     pub srm: Srm,

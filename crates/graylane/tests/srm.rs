@@ -132,17 +132,18 @@ async fn one_heavy_user_does_not_flag_a_correctly_split_experiment() {
 #[tokio::test]
 async fn a_52_48_skew_of_users_is_flagged() {
     let served = serve("srm-skew").await;
-    // 5,200 users the split sends to `a` and 4,800 it sends to `b`: as if `b` lost 8% of its
-    // users before they were counted (a crash, a redirect that drops the key).
+    // 10,400 users the split sends to `a` and 9,600 it sends to `b`: as if `b` lost 8% of its
+    // users before they were counted (a crash, a redirect that drops the key). 20,000 users:
+    // the check may be looked at any time, so at 10,000 a 52/48 skew is not yet evidence enough.
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for i in 0.. {
         let user = format!("user-{i}");
         match variant_of(&user) {
-            "a" if a.len() < 5_200 => a.push(user),
-            "b" if b.len() < 4_800 => b.push(user),
+            "a" if a.len() < 10_400 => a.push(user),
+            "b" if b.len() < 9_600 => b.push(user),
             _ => {}
         }
-        if a.len() == 5_200 && b.len() == 4_800 {
+        if a.len() == 10_400 && b.len() == 9_600 {
             break;
         }
     }
@@ -150,12 +151,12 @@ async fn a_52_48_skew_of_users_is_flagged() {
     send(&served, a).await;
 
     let results = results(&served).await;
-    assert_eq!(field(&results, "units"), [5_200, 4_800], "{results}");
+    assert_eq!(field(&results, "units"), [10_400, 9_600], "{results}");
     assert_eq!(results["srm"]["flagged"], true, "{results}");
     assert!(
         results["srm"]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("52.0% / 48.0% of 10000 units")),
+            .is_some_and(|r| r.contains("52.0% / 48.0% of 20000 units")),
         "{results}"
     );
     served.stop().await;
