@@ -116,7 +116,7 @@ impl Collector for ReleaseCollector {
         {
             let mut p_value = encoder.encode_descriptor(
                 "graylane_experiment_srm_p_value",
-                "p-value of an experiment's sample-ratio-mismatch check (Pearson chi-square)",
+                "anytime-valid p-value of an experiment's sample-ratio-mismatch check (1 / its Bayes factor)",
                 None,
                 MetricType::Gauge,
             )?;
@@ -130,7 +130,7 @@ impl Collector for ReleaseCollector {
         {
             let mut flagged = encoder.encode_descriptor(
                 "graylane_experiment_srm_flagged",
-                "1 when an experiment's exposures do not match its weights (p < 0.001)",
+                "1 when an experiment's exposures do not match its weights (Bayes factor ≥ 1000, p ≤ 0.001 at any look)",
                 None,
                 MetricType::Gauge,
             )?;
