@@ -1,0 +1,559 @@
+//! Listener certificates in operation, through a real gateway on loopback with certificates
+//! made at test time: files rewritten under a running gateway are served to new connections
+//! while open ones keep working, several certificates are chosen by SNI (exact, wildcard,
+//! default), a bad rotation keeps the old certificate and is counted, a reload reads unchanged
+//! configuration's files again, and bad pairs are configuration errors naming file and key.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use graylane_proxy::{Gateway, GatewayOptions};
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// One service behind a TLS listener whose `tls:` is `{tls}`.
+const GATEWAY: &str = r#"
+listeners:
+  - bind: 127.0.0.1:0
+    tls: {tls}
+    header_read_timeout: 60s
+services:
+  - name: web
+    match: { path_prefix: / }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+"#;
+
+/// Every PEM file is padded to these sizes, so a file rewritten with another certificate can
+/// keep its length (and, with its time put back, look unchanged to the file poll).
+const CERT_FILE_SIZE: usize = 4096;
+const KEY_FILE_SIZE: usize = 1024;
+
+/// A folder of certificate and key files made at test time (removed on drop).
+struct Certs {
+    dir: PathBuf,
+}
+
+/// A self-signed certificate and its key, as PEM, with its DER to recognise it by.
+#[derive(Clone)]
+struct Issued {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+fn issue(names: &[&str]) -> Issued {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("rcgen makes a self-signed certificate");
+    Issued {
+        cert_pem: cert.pem(),
+        key_pem: signing_key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
+fn padded(pem: &str, size: usize) -> Vec<u8> {
+    assert!(pem.len() < size, "a PEM of {} bytes", pem.len());
+    let mut bytes = pem.as_bytes().to_vec();
+    bytes.resize(size, b'\n');
+    bytes
+}
+
+impl Certs {
+    fn new(name: &str) -> Certs {
+        let dir = temp_file(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Certs { dir }
+    }
+
+    fn cert_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    fn key_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.key"))
+    }
+
+    /// Writes `issued` as `name.pem` and `name.key`, in place.
+    fn write(&self, name: &str, issued: &Issued) {
+        std::fs::write(
+            self.cert_path(name),
+            padded(&issued.cert_pem, CERT_FILE_SIZE),
+        )
+        .unwrap();
+        std::fs::write(self.key_path(name), padded(&issued.key_pem, KEY_FILE_SIZE)).unwrap();
+    }
+
+    /// Writes `issued` over `name`'s files keeping their length, inode and modification time:
+    /// a change only an explicit reload can notice.
+    fn write_unnoticed(&self, name: &str, issued: &Issued) {
+        let times: Vec<_> = [self.cert_path(name), self.key_path(name)]
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+            .collect();
+        self.write(name, issued);
+        for (path, time) in [self.cert_path(name), self.key_path(name)]
+            .iter()
+            .zip(times)
+        {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(time)
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The gateway's YAML with `tls` (inline YAML) in front of `upstream`.
+fn yaml(tls: &str, upstream: &Upstream) -> String {
+    fill(
+        GATEWAY,
+        &[
+            ("tls", tls.to_string()),
+            ("stable", upstream.addr.to_string()),
+        ],
+    )
+}
+
+fn start(yaml: &str, dir: &Path) -> Gateway {
+    let config = graylane_config::load_str(yaml, "t.yaml", dir)
+        .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n---\n{yaml}"));
+    Gateway::start(
+        config,
+        GatewayOptions {
+            workers: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("the TLS gateway starts: {e}"))
+}
+
+/// Accepts whatever certificate the server shows: these tests look at which one it chose
+/// (including for names it does not cover), not at whether a client would trust it.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connection to `addr` asking for `sni` (`None`: no name, as a client connecting by IP
+/// sends), speaking HTTP/1.1; the certificate the gateway showed, and a request sender.
+async fn connect(
+    addr: SocketAddr,
+    sni: Option<&str>,
+) -> (CertificateDer<'static>, SendRequest<Empty<Bytes>>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = match sni {
+        Some(n) => ServerName::try_from(n.to_string()).unwrap(),
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
+    let handshake = async {
+        let tcp = TcpStream::connect(addr).await.expect("connecting");
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("TLS handshake asking for {sni:?}: {e}"));
+        let shown = tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/1.1 over TLS");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (shown, sender)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, handshake)
+        .await
+        .expect("the TLS handshake finishes in time")
+}
+
+/// The certificate a new connection asking for `sni` is shown.
+async fn shown(addr: SocketAddr, sni: Option<&str>) -> CertificateDer<'static> {
+    connect(addr, sni).await.0
+}
+
+/// A request on an open connection is proxied.
+async fn assert_serves(sender: &mut SendRequest<Empty<Bytes>>, path: &str, what: &str) {
+    let exchange = async {
+        sender.ready().await.expect("the connection is still open");
+        let req = Request::get(path)
+            .header(header::HOST, "localhost")
+            .body(Empty::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("a response");
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        status
+    };
+    let status = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer in time"));
+    assert_eq!(status, StatusCode::OK, "{what}");
+}
+
+fn reload_errors(gateway: &Gateway) -> f64 {
+    let series = format!(
+        "graylane_tls_reload_errors_total{{listener=\"{}\"}}",
+        gateway_bind(gateway)
+    );
+    metric_value(&gateway.metrics().encode(), &series).unwrap_or(0.0)
+}
+
+/// The listener label: the `bind` address as configured.
+fn gateway_bind(gateway: &Gateway) -> String {
+    gateway.snapshot().config.listeners[0].bind.to_string()
+}
+
+#[tokio::test]
+async fn a_rewritten_certificate_is_served_to_new_connections_and_open_ones_keep_working() {
+    let certs = Certs::new("rotate");
+    let (old, new) = (issue(&["localhost"]), issue(&["localhost"]));
+    certs.write("site", &old);
+    let upstream = Upstream::start("stable");
+    let gateway = start(
+        &yaml(r#"{ cert: site.pem, key: site.key }"#, &upstream),
+        &certs.dir,
+    );
+    let addr = addr(&gateway);
+    let (before, mut open) = connect(addr, Some("localhost")).await;
+    assert_eq!(before, old.der, "the configured certificate is served");
+    assert_serves(&mut open, "/before", "a request before the rotation").await;
+
+    certs.write("site", &new);
+    eventually(
+        "new connections to get the rewritten certificate",
+        || async { (shown(addr, Some("localhost")).await == new.der).then_some(()) },
+    )
+    .await;
+    assert_serves(
+        &mut open,
+        "/after",
+        "a request on the connection opened before the rotation",
+    )
+    .await;
+    assert_eq!(reload_errors(&gateway), 0.0);
+    assert_eq!(upstream.received(), 2);
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn sni_chooses_the_certificate_naming_the_host_and_the_default_serves_the_rest() {
+    let certs = Certs::new("sni");
+    let (a, b, wild) = (
+        issue(&["a.example.test"]),
+        issue(&["b.example.test", "b2.example.test"]),
+        issue(&["*.wild.example.test"]),
+    );
+    certs.write("a", &a);
+    certs.write("b", &b);
+    certs.write("wild", &wild);
+    let upstream = Upstream::start("stable");
+    let list = |default_b: bool| {
+        let mark = if default_b { ", default: true" } else { "" };
+        format!(
+            "{{ certificates: [{{ cert: a.pem, key: a.key }}, {{ cert: b.pem, key: b.key{mark} }}, {{ cert: wild.pem, key: wild.key }}] }}"
+        )
+    };
+    let gateway = start(&yaml(&list(false), &upstream), &certs.dir);
+    let addr = addr(&gateway);
+    let cases = [
+        (Some("a.example.test"), &a, "an exact name"),
+        (
+            Some("b2.example.test"),
+            &b,
+            "the second name of a certificate",
+        ),
+        (Some("B.Example.TEST"), &b, "a name in other case"),
+        (
+            Some("shop.wild.example.test"),
+            &wild,
+            "a name under a wildcard",
+        ),
+        (
+            Some("x.shop.wild.example.test"),
+            &a,
+            "two labels under a wildcard: the first",
+        ),
+        (Some("c.example.test"), &a, "an unknown name: the first"),
+        (None, &a, "no name at all: the first"),
+    ];
+    for (sni, expected, what) in cases {
+        assert_eq!(shown(addr, sni).await, expected.der, "{what} ({sni:?})");
+    }
+    let (_, mut sender) = connect(addr, Some("b.example.test")).await;
+    assert_serves(
+        &mut sender,
+        "/sni",
+        "a request over the SNI-chosen certificate",
+    )
+    .await;
+
+    // `default: true` moves the default; a reload with it applies at once.
+    gateway.apply(
+        graylane_config::load_str(&yaml(&list(true), &upstream), "t.yaml", &certs.dir).unwrap(),
+    );
+    assert_eq!(
+        shown(addr, Some("c.example.test")).await,
+        b.der,
+        "an unknown name: the default"
+    );
+    assert_eq!(shown(addr, None).await, b.der, "no name: the default");
+    assert_eq!(
+        shown(addr, Some("a.example.test")).await,
+        a.der,
+        "an exact name still wins"
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn a_garbage_or_mismatched_rotation_keeps_the_old_certificate_and_is_counted() {
+    let certs = Certs::new("bad-rotation");
+    let (old, new, other) = (
+        issue(&["localhost"]),
+        issue(&["localhost"]),
+        issue(&["localhost"]),
+    );
+    certs.write("site", &old);
+    let upstream = Upstream::start("stable");
+    let gateway = start(
+        &yaml(r#"{ cert: site.pem, key: site.key }"#, &upstream),
+        &certs.dir,
+    );
+    let addr = addr(&gateway);
+    let (_, mut open) = connect(addr, Some("localhost")).await;
+
+    // A certificate file that holds no certificate.
+    std::fs::write(certs.cert_path("site"), "not a certificate\n").unwrap();
+    eventually("the garbage certificate to be counted", || async {
+        (reload_errors(&gateway) == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        shown(addr, Some("localhost")).await,
+        old.der,
+        "after a garbage file"
+    );
+
+    // A new certificate with a key that is not its own.
+    let mismatched = Issued {
+        key_pem: other.key_pem.clone(),
+        ..new.clone()
+    };
+    certs.write("site", &mismatched);
+    eventually("the mismatched pair to be counted", || async {
+        (reload_errors(&gateway) == 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        shown(addr, Some("localhost")).await,
+        old.der,
+        "after a mismatched pair"
+    );
+    assert_serves(&mut open, "/still", "the connection opened before").await;
+
+    // Not tried again while the files stay as they are; a good pair is then taken.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(reload_errors(&gateway), 2.0, "a bad pair is reported once");
+    certs.write("site", &new);
+    eventually("the good pair to be served", || async {
+        (shown(addr, Some("localhost")).await == new.der).then_some(())
+    })
+    .await;
+    let expiry = format!(
+        "graylane_tls_certificate_expiry_seconds{{listener=\"{}\",name=\"localhost\"}}",
+        gateway_bind(&gateway)
+    );
+    let not_after = metric_value(&gateway.metrics().encode(), &expiry).expect(&expiry);
+    assert!(
+        not_after > 4e9,
+        "rcgen's certificates last until 4096: {not_after}"
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn a_reload_of_unchanged_configuration_reads_the_certificate_files_again() {
+    let certs = Certs::new("reload");
+    let (old, new, newer) = (
+        issue(&["localhost"]),
+        issue(&["localhost"]),
+        issue(&["localhost"]),
+    );
+    certs.write("site", &old);
+    let upstream = Upstream::start("stable");
+    let text = yaml(r#"{ cert: site.pem, key: site.key }"#, &upstream);
+    let file = certs.dir.join("graylane.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let gateway = start(&text, &certs.dir);
+    let addr = addr(&gateway);
+
+    // Same length, inode and time: the poll cannot see it, a reload of the same file can.
+    certs.write_unnoticed("site", &new);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        shown(addr, Some("localhost")).await,
+        old.der,
+        "not noticed by the poll"
+    );
+    gateway
+        .reload_from(&file)
+        .expect("the unchanged file reloads");
+    assert_eq!(
+        shown(addr, Some("localhost")).await,
+        new.der,
+        "after reload_from"
+    );
+
+    certs.write_unnoticed("site", &newer);
+    gateway.reload_certificates();
+    assert_eq!(
+        shown(addr, Some("localhost")).await,
+        newer.der,
+        "after reload_certificates"
+    );
+    assert_eq!(reload_errors(&gateway), 0.0);
+    shutdown(gateway).await;
+}
+
+#[test]
+fn bad_pairs_are_configuration_errors_naming_the_file_and_the_key() {
+    let certs = Certs::new("config-errors");
+    let (a, b) = (issue(&["a.example.test"]), issue(&["b.example.test"]));
+    certs.write("a", &a);
+    certs.write("b", &b);
+    std::fs::write(certs.cert_path("garbage"), "garbage\n").unwrap();
+    let upstream = Upstream::start("stable");
+    let load = |tls: &str| {
+        graylane_config::load_str(&yaml(tls, &upstream), "t.yaml", &certs.dir)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+
+    let shown =
+        load("{ certificates: [{ cert: a.pem, key: a.key }, { cert: b.pem, key: a.key }] }");
+    let b_pem = certs.cert_path("b").display().to_string();
+    let a_key = certs.key_path("a").display().to_string();
+    assert!(
+        shown.contains("t.yaml:4:")
+            && shown.contains(": listeners[0].tls.certificates[1].key: ")
+            && shown.contains(&format!(
+                "{a_key}: this key is not the key of the certificate in {b_pem}"
+            )),
+        "{shown}"
+    );
+
+    let shown = load("{ cert: garbage.pem, key: a.key }");
+    assert!(
+        shown.contains("listeners[0].tls.cert: ")
+            && shown.contains(&certs.cert_path("garbage").display().to_string())
+            && shown.contains("no certificate found"),
+        "{shown}"
+    );
+
+    let shown = load("{ cert: a.pem, key: missing.key }");
+    assert!(
+        shown.contains("listeners[0].tls.key: cannot read key ")
+            && shown.contains(&certs.key_path("missing").display().to_string()),
+        "{shown}"
+    );
+
+    let shown = load("{ cert: a.pem, key: a.key, certificates: [{ cert: b.pem, key: b.key }] }");
+    assert!(
+        shown.contains("listeners[0].tls: give either `cert` and `key`"),
+        "{shown}"
+    );
+
+    let shown = load("{ cert: a.pem }");
+    assert!(
+        shown.contains("listeners[0].tls: `cert` needs its `key`"),
+        "{shown}"
+    );
+
+    let shown = load("{ certificates: [] }");
+    assert!(
+        shown.contains("listeners[0].tls.certificates: an empty list"),
+        "{shown}"
+    );
+
+    let shown = load(
+        "{ certificates: [{ cert: a.pem, key: a.key, default: true }, { cert: b.pem, key: b.key, default: true }] }",
+    );
+    assert!(
+        shown.contains("listeners[0].tls.certificates[1].default: a second `default: true`"),
+        "{shown}"
+    );
+    assert_eq!(upstream.received(), 0);
+}
