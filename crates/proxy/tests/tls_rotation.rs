@@ -6,22 +6,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
 use graylane_proxy::{Gateway, GatewayOptions};
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
+use graylane_testing::tls::{
+    Issued, connect, issue, shown, status_on, write_pair, write_pair_unnoticed,
+};
+use http::StatusCode;
+use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// One service behind a TLS listener whose `tls:` is `{tls}`.
 const GATEWAY: &str = r#"
@@ -36,40 +31,9 @@ services:
       stable: { endpoints: ["{stable}"] }
 "#;
 
-/// Every PEM file is padded to these sizes, so a file rewritten with another certificate can
-/// keep its length (and, with its time put back, look unchanged to the file poll).
-const CERT_FILE_SIZE: usize = 4096;
-const KEY_FILE_SIZE: usize = 1024;
-
 /// A folder of certificate and key files made at test time (removed on drop).
 struct Certs {
     dir: PathBuf,
-}
-
-/// A self-signed certificate and its key, as PEM, with its DER to recognise it by.
-#[derive(Clone)]
-struct Issued {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn issue(names: &[&str]) -> Issued {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("rcgen makes a self-signed certificate");
-    Issued {
-        cert_pem: cert.pem(),
-        key_pem: signing_key.serialize_pem(),
-        der: cert.der().clone(),
-    }
-}
-
-fn padded(pem: &str, size: usize) -> Vec<u8> {
-    assert!(pem.len() < size, "a PEM of {} bytes", pem.len());
-    let mut bytes = pem.as_bytes().to_vec();
-    bytes.resize(size, b'\n');
-    bytes
 }
 
 impl Certs {
@@ -90,33 +54,12 @@ impl Certs {
 
     /// Writes `issued` as `name.pem` and `name.key`, in place.
     fn write(&self, name: &str, issued: &Issued) {
-        std::fs::write(
-            self.cert_path(name),
-            padded(&issued.cert_pem, CERT_FILE_SIZE),
-        )
-        .unwrap();
-        std::fs::write(self.key_path(name), padded(&issued.key_pem, KEY_FILE_SIZE)).unwrap();
+        write_pair(&self.cert_path(name), &self.key_path(name), issued);
     }
 
-    /// Writes `issued` over `name`'s files keeping their length, inode and modification time:
-    /// a change only an explicit reload can notice.
+    /// Writes `issued` over `name`'s files so that only a reload notices.
     fn write_unnoticed(&self, name: &str, issued: &Issued) {
-        let times: Vec<_> = [self.cert_path(name), self.key_path(name)]
-            .iter()
-            .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
-            .collect();
-        self.write(name, issued);
-        for (path, time) in [self.cert_path(name), self.key_path(name)]
-            .iter()
-            .zip(times)
-        {
-            std::fs::File::options()
-                .write(true)
-                .open(path)
-                .unwrap()
-                .set_modified(time)
-                .unwrap();
-        }
+        write_pair_unnoticed(&self.cert_path(name), &self.key_path(name), issued);
     }
 }
 
@@ -150,115 +93,11 @@ fn start(yaml: &str, dir: &Path) -> Gateway {
     .unwrap_or_else(|e| panic!("the TLS gateway starts: {e}"))
 }
 
-/// Accepts whatever certificate the server shows: these tests look at which one it chose
-/// (including for names it does not cover), not at whether a client would trust it.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A TLS connection to `addr` asking for `sni` (`None`: no name, as a client connecting by IP
-/// sends), speaking HTTP/1.1; the certificate the gateway showed, and a request sender.
-async fn connect(
-    addr: SocketAddr,
-    sni: Option<&str>,
-) -> (CertificateDer<'static>, SendRequest<Empty<Bytes>>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let name = match sni {
-        Some(n) => ServerName::try_from(n.to_string()).unwrap(),
-        None => ServerName::IpAddress(addr.ip().into()),
-    };
-    let handshake = async {
-        let tcp = TcpStream::connect(addr).await.expect("connecting");
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .unwrap_or_else(|e| panic!("TLS handshake asking for {sni:?}: {e}"));
-        let shown = tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .expect("HTTP/1.1 over TLS");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        (shown, sender)
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, handshake)
-        .await
-        .expect("the TLS handshake finishes in time")
-}
-
-/// The certificate a new connection asking for `sni` is shown.
-async fn shown(addr: SocketAddr, sni: Option<&str>) -> CertificateDer<'static> {
-    connect(addr, sni).await.0
-}
-
 /// A request on an open connection is proxied.
 async fn assert_serves(sender: &mut SendRequest<Empty<Bytes>>, path: &str, what: &str) {
-    let exchange = async {
-        sender.ready().await.expect("the connection is still open");
-        let req = Request::get(path)
-            .header(header::HOST, "localhost")
-            .body(Empty::new())
-            .unwrap();
-        let resp = sender.send_request(req).await.expect("a response");
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        status
-    };
-    let status = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    let status = status_on(sender, path)
         .await
-        .unwrap_or_else(|_| panic!("{what}: no answer in time"));
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(status, StatusCode::OK, "{what}");
 }
 
