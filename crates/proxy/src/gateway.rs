@@ -231,20 +231,17 @@ impl Gateway {
         let mut tls_listeners = Vec::new();
         for listener in &config.listeners {
             let addr = listener.bind;
-            let certs = match &listener.tls {
-                Some(t) => Some(
-                    ListenerCerts::load(addr, t)
-                        .map_err(|source| StartError::Tls { addr, source })?,
-                ),
-                None => None,
-            };
-            let tls = match &certs {
-                Some(c) => Some(
-                    c.acceptor()
-                        .map_err(|source| StartError::Tls { addr, source })?,
-                ),
-                None => None,
-            };
+            let certs = listener
+                .tls
+                .as_ref()
+                .map(|t| ListenerCerts::load(addr, t))
+                .transpose()
+                .map_err(|source| StartError::Tls { addr, source })?;
+            let tls = certs
+                .as_ref()
+                .map(ListenerCerts::acceptor)
+                .transpose()
+                .map_err(|source| StartError::Tls { addr, source })?;
             tls_listeners.push(certs);
             let socket = match inherited.iter().position(|(a, _)| *a == addr) {
                 Some(i) => {
@@ -409,7 +406,8 @@ impl Gateway {
     }
 
     /// Replaces the routing snapshot atomically: every request after this sees `config`, every
-    /// request before it finishes on the old one. Listener changes need a restart.
+    /// request before it finishes on the old one. Listener changes need a restart; the
+    /// listeners' certificate files are read again (see [`Gateway::reload_certificates`]).
     pub fn apply(&self, config: Config) {
         let current = self.snapshot.load();
         let old: Vec<SocketAddr> = current.config.listeners.iter().map(|l| l.bind).collect();
@@ -446,7 +444,7 @@ impl Gateway {
                 Some(tls) => certs.reload(Some(tls)),
                 None => {
                     tracing::warn!(
-                        "listener {i} no longer has `tls`: it keeps serving TLS until a restart"
+                        "listeners[{i}] no longer has `tls`: it serves TLS until a restart"
                     );
                     certs.reload(None);
                 }
