@@ -1,6 +1,6 @@
 //! Listener certificates in operation, through a real gateway on loopback with certificates
-//! made at test time: files rewritten under a running gateway are served to new connections
-//! while open ones keep working, several certificates are chosen by SNI (exact, wildcard,
+//! made at test time: files rewritten under a running gateway (in place, or by a secret
+//! volume's symlink swap) are served to new connections while open ones keep working, several certificates are chosen by SNI (exact, wildcard,
 //! default), a bad rotation keeps the old certificate and is counted, a reload reads unchanged
 //! configuration's files again, and bad pairs are configuration errors naming file and key.
 
@@ -143,6 +143,47 @@ async fn a_rewritten_certificate_is_served_to_new_connections_and_open_ones_keep
     .await;
     assert_eq!(reload_errors(&gateway), 0.0);
     assert_eq!(upstream.received(), 2);
+    shutdown(gateway).await;
+}
+
+#[tokio::test]
+async fn a_secret_volume_update_that_swaps_a_symlink_is_picked_up() {
+    // As Kubernetes updates a mounted secret: the files are symlinks through `..data`, which
+    // is switched to a new folder in one rename.
+    let certs = Certs::new("symlink-swap");
+    let (old, new) = (issue(&["localhost"]), issue(&["localhost"]));
+    for (version, issued) in [("v1", &old), ("v2", &new)] {
+        let folder = certs.dir.join(version);
+        std::fs::create_dir_all(&folder).unwrap();
+        write_pair(&folder.join("tls.crt"), &folder.join("tls.key"), issued);
+    }
+    let link =
+        |target: &str, at: &str| std::os::unix::fs::symlink(target, certs.dir.join(at)).unwrap();
+    link("v1", "..data");
+    link("..data/tls.crt", "tls.crt");
+    link("..data/tls.key", "tls.key");
+    let upstream = Upstream::start("stable");
+    let gateway = start(
+        &yaml(r#"{ cert: tls.crt, key: tls.key }"#, &upstream),
+        &certs.dir,
+    );
+    let addr = addr(&gateway);
+    let (before, mut open) = connect(addr, Some("localhost")).await;
+    assert_eq!(before, old.der);
+
+    link("v2", "..data_tmp");
+    std::fs::rename(certs.dir.join("..data_tmp"), certs.dir.join("..data")).unwrap();
+    eventually("the swapped-in certificate to be served", || async {
+        (shown(addr, Some("localhost")).await == new.der).then_some(())
+    })
+    .await;
+    assert_serves(
+        &mut open,
+        "/after-swap",
+        "the connection opened before the swap",
+    )
+    .await;
+    assert_eq!(reload_errors(&gateway), 0.0);
     shutdown(gateway).await;
 }
 
