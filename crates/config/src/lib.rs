@@ -26,6 +26,7 @@ pub mod model;
 pub mod raw;
 mod redact;
 mod registry;
+pub mod tls;
 mod validate;
 
 use std::path::Path;

@@ -1,5 +1,6 @@
 //! `graylane serve` and `graylane demo` as processes: traffic, the admin listener, reload on
-//! file change and on SIGHUP, a rejected reload, and a clean exit on SIGTERM.
+//! file change and on SIGHUP (a rotated TLS certificate too), a rejected reload, and a clean
+//! exit on SIGTERM.
 
 mod common;
 
@@ -286,6 +287,82 @@ async fn sighup_reloads_the_file() {
     .await;
     assert!(served.all_on("canary").await);
     served.terminate().await;
+}
+
+/// One service behind a TLS listener whose certificate is `site.pem` beside the file.
+const TLS_CONFIG: &str = r#"
+listeners:
+  - bind: 127.0.0.1:0
+    tls: { cert: site.pem, key: site.key }
+admin:
+  bind: 127.0.0.1:0
+services:
+  - name: web
+    match: { path_prefix: / }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_a_rotated_certificate_to_new_connections_without_a_restart() {
+    use graylane_testing::tls::{
+        connect, issue, shown, status_on, write_pair, write_pair_unnoticed,
+    };
+    let dir = temp_dir("sighup-tls");
+    let (cert, key) = (dir.join("site.pem"), dir.join("site.key"));
+    let (old, new) = (issue(&["localhost"]), issue(&["localhost"]));
+    write_pair(&cert, &key, &old);
+    let stable = Upstream::start("stable");
+    let file = dir.join("graylane.yaml");
+    write_atomic(
+        &file,
+        &fill(TLS_CONFIG, &[("stable", stable.addr.to_string())]),
+    );
+    let mut process = spawn_in(
+        &dir,
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--drain-timeout",
+            "5s",
+            "--watch-interval",
+            "1h",
+        ],
+    );
+    let listening = bound(&mut process, true);
+    let (proxy, admin) = (listening.listeners[0], listening.admin.unwrap());
+    wait_ready(&mut process, admin, proxy).await;
+    let (before, mut open) = connect(proxy, Some("localhost")).await;
+    assert_eq!(before, old.der, "the configured certificate is served");
+    assert_eq!(status_on(&mut open, "/before").await, Ok(StatusCode::OK));
+
+    // Rewritten so that the file poll cannot see it (same length, inode and time): only the
+    // signal can put it in use. The configuration file is unchanged.
+    write_pair_unnoticed(&cert, &key, &new);
+    process.signal("HUP");
+    eventually("SIGHUP to put the rewritten certificate in use", || async {
+        (shown(proxy, Some("localhost")).await == new.der).then_some(())
+    })
+    .await;
+    assert_eq!(
+        status_on(&mut open, "/after").await,
+        Ok(StatusCode::OK),
+        "the connection opened before the signal still serves"
+    );
+    assert_eq!(stable.received(), 2);
+
+    process.signal("TERM");
+    let status = process.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIGTERM\n{}",
+        process.logs()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 
 use crate::guards::GuardState;
 use crate::metrics::Metrics;
+use crate::server::tls::{ListenerCerts, TlsCollector};
 use crate::server::{
     Balancer, BoundListener, ConnectionLimit, Phase, WorkerSetup, bind_exclusive, run_worker,
-    tls_acceptor,
 };
 use crate::snapshot::Snapshot;
 
@@ -182,6 +182,8 @@ pub struct Gateway {
     /// update; requests never touch it.
     inputs: Mutex<Inputs>,
     local_addrs: Vec<SocketAddr>,
+    /// Each listener's certificates (`None`: plain HTTP), in configuration order.
+    tls: Vec<Option<Arc<ListenerCerts>>>,
     /// One listening socket per listener (the workers accept from duplicates), kept to hand over
     /// to a successor process; closed when the gateway stops accepting.
     sockets: Mutex<Vec<std::net::TcpListener>>,
@@ -226,14 +228,21 @@ impl Gateway {
         let mut per_worker: Vec<Vec<BoundListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
         let mut sockets = Vec::new();
+        let mut tls_listeners = Vec::new();
         for listener in &config.listeners {
             let addr = listener.bind;
-            let tls = match &listener.tls {
-                Some(t) => {
-                    Some(tls_acceptor(t).map_err(|source| StartError::Tls { addr, source })?)
-                }
-                None => None,
-            };
+            let certs = listener
+                .tls
+                .as_ref()
+                .map(|t| ListenerCerts::load(addr, t))
+                .transpose()
+                .map_err(|source| StartError::Tls { addr, source })?;
+            let tls = certs
+                .as_ref()
+                .map(ListenerCerts::acceptor)
+                .transpose()
+                .map_err(|source| StartError::Tls { addr, source })?;
+            tls_listeners.push(certs);
             let socket = match inherited.iter().position(|(a, _)| *a == addr) {
                 Some(i) => {
                     let (_, socket) = inherited.swap_remove(i);
@@ -307,6 +316,15 @@ impl Gateway {
         let prober = crate::health::spawn_prober(Arc::clone(&snapshot), shutdown_rx)
             .map_err(StartError::Thread)?;
         handles.push(prober);
+        let watched: Vec<_> = tls_listeners.iter().flatten().cloned().collect();
+        if !watched.is_empty() {
+            metrics.add_collector(Arc::new(TlsCollector(watched.clone())));
+        }
+        if let Some(watch) = crate::server::tls::spawn_watch(watched, shutdown.subscribe())
+            .map_err(StartError::Thread)?
+        {
+            handles.push(watch);
+        }
         Ok(Gateway {
             snapshot,
             metrics,
@@ -318,6 +336,7 @@ impl Gateway {
                 cookie_keys,
             }),
             local_addrs,
+            tls: tls_listeners,
             balancer,
             sockets: Mutex::new(sockets),
             phase,
@@ -387,7 +406,8 @@ impl Gateway {
     }
 
     /// Replaces the routing snapshot atomically: every request after this sees `config`, every
-    /// request before it finishes on the old one. Listener changes need a restart.
+    /// request before it finishes on the old one. Listener changes need a restart; the
+    /// listeners' certificate files are read again (see [`Gateway::reload_certificates`]).
     pub fn apply(&self, config: Config) {
         let current = self.snapshot.load();
         let old: Vec<SocketAddr> = current.config.listeners.iter().map(|l| l.bind).collect();
@@ -399,15 +419,44 @@ impl Gateway {
                 "listener changes take effect after a restart; routing is updated now"
             );
         }
+        self.reload_tls(&config);
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         inputs.config = Arc::new(config);
         self.rebuild(&mut inputs);
+    }
+
+    /// Reads every listener's certificate and key files again, as a reload does: new TLS
+    /// handshakes get what the files hold now, open connections keep theirs. A pair that does
+    /// not load keeps the previous one serving, logged and counted in
+    /// `graylane_tls_reload_errors_total`. (Changed files are also read within about two
+    /// seconds without this.)
+    pub fn reload_certificates(&self) {
+        for certs in self.tls.iter().flatten() {
+            certs.reload(None);
+        }
+    }
+
+    /// Serves the certificates `config` names, read again even where the names are unchanged.
+    fn reload_tls(&self, config: &Config) {
+        for (i, certs) in self.tls.iter().enumerate() {
+            let Some(certs) = certs else { continue };
+            match config.listeners.get(i).and_then(|l| l.tls.as_ref()) {
+                Some(tls) => certs.reload(Some(tls)),
+                None => {
+                    tracing::warn!(
+                        "listeners[{i}] no longer has `tls`: it serves TLS until a restart"
+                    );
+                    certs.reload(None);
+                }
+            }
+        }
     }
 
     /// Applies `config` and, in the same swap, the traffic split of every release in `routes`
     /// (by service name; the others start as configured). This is how the rollout controller
     /// applies a new configuration: no request ever sees the new config with old splits.
     pub fn apply_with_routes(&self, config: Config, routes: &BTreeMap<String, Routing>) {
+        self.reload_tls(&config);
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         inputs.routes = routes
             .iter()

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! server (thread per core, one shared listener, TLS, drain)    server.rs
+//!   ├─ listener certificates: SNI, rotation                    server/tls.rs
 //!   └─ handler: the request path, one phase after another      handler/mod.rs
 //!        1 refuse what is malformed                             handler/refuse.rs
 //!        2 route: the rule engine's service and version         handler/route.rs

@@ -14,6 +14,8 @@
 //! a request on it. Every response after the drain begins says `Connection: close`, and only a
 //! connection idle for [`DRAIN_IDLE_GRACE`] is closed; HTTP/2 connections get a GOAWAY.
 
+pub(crate) mod tls;
+
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -174,45 +176,6 @@ pub(crate) fn bind_exclusive(addr: SocketAddr) -> std::io::Result<std::net::TcpL
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
-}
-
-/// Loads a listener's certificate chain and key into a TLS acceptor offering h2 and http/1.1.
-pub(crate) fn tls_acceptor(tls: &graylane_config::Tls) -> std::io::Result<TlsAcceptor> {
-    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let cert_pem = std::fs::read(&tls.cert).map_err(|e| {
-        invalid(format!(
-            "cannot read certificate {}: {e}",
-            tls.cert.display()
-        ))
-    })?;
-    let key_pem = std::fs::read(&tls.key)
-        .map_err(|e| invalid(format!("cannot read key {}: {e}", tls.key.display())))?;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(format!("{}: {e}", tls.cert.display())))?;
-    if certs.is_empty() {
-        return Err(invalid(format!(
-            "{}: no certificate found",
-            tls.cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            invalid(format!("{}: no private key found", tls.key.display()))
-        }
-        e => invalid(format!("{}: {e}", tls.key.display())),
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| invalid(format!("{}: {e}", tls.cert.display())))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Everything a worker thread starts with.

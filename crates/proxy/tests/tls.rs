@@ -1,6 +1,7 @@
 //! TLS listeners through a real gateway on loopback: a self-signed certificate made at test
 //! time, HTTP/1.1 and HTTP/2 chosen by ALPN, `x-forwarded-proto: https` for the upstream, a
-//! plain-text client turned away, and unreadable certificate or key files failing the start.
+//! plain-text client turned away, and unreadable certificate or key files rejected as
+//! configuration errors (or failing the start when they vanish after validation).
 
 mod common;
 
@@ -321,36 +322,30 @@ async fn plain_http_to_a_tls_listener_is_not_proxied() {
     shutdown(gateway).await;
 }
 
-/// `Gateway::start` failed with a TLS error naming `file`; returns the error as shown.
+/// Loading the configuration failed with an error naming `file`; returns the error as shown.
 #[track_caller]
-fn start_error_naming(result: Result<Gateway, graylane_proxy::StartError>, file: &str) -> String {
-    match result {
-        Ok(gateway) => {
-            gateway.shutdown();
-            panic!("the gateway started although {file} is unusable");
-        }
+fn config_error_naming(yaml: &str, dir: &Path, file: &str) -> String {
+    match graylane_config::load_str(yaml, "t.yaml", dir) {
+        Ok(_) => panic!("the configuration loaded although {file} is unusable"),
         Err(e) => {
             let shown = e.to_string();
-            assert!(
-                matches!(e, graylane_proxy::StartError::Tls { .. }),
-                "a TLS error, not {shown}"
-            );
             assert!(shown.contains(file), "the error names {file}: {shown}");
+            assert!(
+                shown.contains("listeners[0].tls."),
+                "the error names the key: {shown}"
+            );
             shown
         }
     }
 }
 
 #[test]
-fn unusable_certificate_or_key_files_fail_the_start_naming_them() {
+fn unusable_certificate_or_key_files_are_configuration_errors_naming_them() {
     let cert = TestCert::generate("tls-unusable");
     let other = TestCert::generate("tls-unusable-other");
     let upstream = Upstream::start("stable");
     let start_err = |cert_file: &str, key_file: &str, dir: &Path, named: &str| {
-        start_error_naming(
-            start(&tls_config(cert_file, key_file, &upstream), dir),
-            named,
-        )
+        config_error_naming(&tls_config(cert_file, key_file, &upstream), dir, named)
     };
 
     let shown = start_err(
@@ -359,7 +354,10 @@ fn unusable_certificate_or_key_files_fail_the_start_naming_them() {
         &cert.dir,
         "no-such-cert.pem",
     );
-    assert!(shown.contains("cannot read certificate"), "{shown}");
+    assert!(
+        shown.contains("tls.cert: cannot read certificate"),
+        "{shown}"
+    );
 
     let shown = start_err(
         TestCert::CERT_FILE,
@@ -367,7 +365,7 @@ fn unusable_certificate_or_key_files_fail_the_start_naming_them() {
         &cert.dir,
         "no-such-key.pem",
     );
-    assert!(shown.contains("cannot read key"), "{shown}");
+    assert!(shown.contains("tls.key: cannot read key"), "{shown}");
 
     // Absolute paths are taken as they are, not joined to the config folder.
     let absolute = cert
@@ -405,12 +403,38 @@ fn unusable_certificate_or_key_files_fail_the_start_naming_them() {
 
     // A key that is not the certificate's.
     let other_key = other.dir.join(TestCert::KEY_FILE).display().to_string();
-    start_err(
-        TestCert::CERT_FILE,
-        &other_key,
-        &cert.dir,
-        TestCert::CERT_FILE,
+    let shown = start_err(TestCert::CERT_FILE, &other_key, &cert.dir, &other_key);
+    assert!(
+        shown.contains("is not the key of the certificate"),
+        "{shown}"
     );
 
     assert_eq!(upstream.received(), 0);
+}
+
+#[test]
+fn certificate_files_gone_between_validation_and_start_fail_the_start_naming_them() {
+    let cert = TestCert::generate("tls-gone");
+    let upstream = Upstream::start("stable");
+    let yaml = tls_config(TestCert::CERT_FILE, TestCert::KEY_FILE, &upstream);
+    let config = graylane_config::load_str(&yaml, "t.yaml", &cert.dir).expect("valid at first");
+    std::fs::remove_file(cert.dir.join(TestCert::KEY_FILE)).unwrap();
+    match Gateway::start(config, GatewayOptions::default()) {
+        Ok(gateway) => {
+            gateway.shutdown();
+            panic!("the gateway started without its key");
+        }
+        Err(e) => {
+            let shown = e.to_string();
+            assert!(
+                matches!(e, graylane_proxy::StartError::Tls { .. }),
+                "a TLS error, not {shown}"
+            );
+            assert!(
+                shown.contains("listeners[0].tls.key: cannot read key")
+                    && shown.contains(TestCert::KEY_FILE),
+                "{shown}"
+            );
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! What graylane's test suites share, used only as a dev-dependency: test upstreams that say
 //! what they received, real servers (redis, etcd, prometheus) started on loopback, an HTTP/1.1
-//! and HTTP/2 client, the `graylane` binary as a child process, and bounded waiting.
+//! and HTTP/2 client, certificates and a TLS client that tells which one it was shown, the
+//! `graylane` binary as a child process, and bounded waiting.
 //!
 //! Ports are bound once: in-process servers keep the listener they bound, the `graylane`
 //! binary binds port 0 and reports what it got ([`process::Graylane::listening`]), and the
@@ -13,6 +14,7 @@ pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
+pub mod tls;
 pub mod upstream;
 pub mod wait;
 pub mod wire;

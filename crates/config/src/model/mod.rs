@@ -145,13 +145,26 @@ impl Listener {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 }
 
-/// A listener's certificate and key, as PEM files.
+/// A listener's certificates: one, or several chosen by the name the client asks for (SNI).
 #[derive(Debug, Clone)]
 pub struct Tls {
+    /// In configuration order; `tls: { cert, key }` is a list of one. Never empty.
+    pub certificates: Vec<TlsCertificate>,
+    /// The one served to a client that sends no name, or one no certificate covers: the one
+    /// marked `default: true`, else the first.
+    pub default: usize,
+}
+
+/// One certificate of a listener, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCertificate {
     /// The certificate chain, resolved against the configuration file's folder.
     pub cert: PathBuf,
     /// The private key, resolved against the configuration file's folder.
     pub key: PathBuf,
+    /// Where it is written, e.g. `listeners[0].tls.certificates[1]`: errors found when the
+    /// files are read again name it.
+    pub at: String,
 }
 
 /// The admin listener (`admin:`): `/metrics`, the health probes and the admin API.

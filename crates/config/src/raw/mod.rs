@@ -111,14 +111,30 @@ pub struct RawPaths {
     pub escaped_slashes: Option<String>,
 }
 
-/// A listener's `tls:`: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate.
+/// A listener's `tls:`: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with one certificate
+/// (`cert` and `key`) or several chosen by SNI (`certificates`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// `cert`: path of the PEM certificate chain, relative to the configuration's folder.
+    pub cert: Option<String>,
+    /// `key`: path of the PEM private key, relative to the configuration's folder.
+    pub key: Option<String>,
+    /// `certificates`: several certificates; each serves the names of its subject alternative
+    /// names, and the first (or the one with `default: true`) serves the rest.
+    pub certificates: Option<Vec<RawCertificate>>,
+}
+
+/// One entry of a listener's `tls.certificates`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// `cert`: path of the PEM certificate chain, relative to the configuration's folder.
     pub cert: String,
     /// `key`: path of the PEM private key, relative to the configuration's folder.
     pub key: String,
+    /// `default`: serve this one when the client's name matches none (instead of the first).
+    pub default: Option<bool>,
 }
 
 /// `admin:`: the listener of `/metrics`, the health probes and the admin API.

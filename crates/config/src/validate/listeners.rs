@@ -39,10 +39,10 @@ impl Validator<'_> {
         for (i, l) in raw.iter().enumerate() {
             let path = format!("listeners[{i}]");
             let bind = self.socket_addr(&format!("{path}.bind"), &l.bind);
-            let tls = l.tls.as_ref().map(|t| Tls {
-                cert: self.base_dir.join(&t.cert),
-                key: self.base_dir.join(&t.key),
-            });
+            let tls = l
+                .tls
+                .as_ref()
+                .and_then(|t| self.tls(&format!("{path}.tls"), t));
             let trusted_hops = l
                 .trusted_hops
                 .iter()
@@ -88,6 +88,87 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    /// A listener's `tls:` at `at`, every certificate read and checked against its key.
+    fn tls(&mut self, at: &str, raw: &RawTls) -> Option<Tls> {
+        let pairs: Vec<(String, &str, &str, bool)> = match (&raw.cert, &raw.key, &raw.certificates)
+        {
+            (Some(cert), Some(key), None) => vec![(at.to_string(), cert, key, false)],
+            (None, None, Some(list)) => {
+                if list.is_empty() {
+                    self.fail(
+                        format!("{at}.certificates"),
+                        "an empty list: give at least one `{ cert, key }`",
+                    );
+                }
+                list.iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let default = c.default == Some(true);
+                        (
+                            format!("{at}.certificates[{i}]"),
+                            &*c.cert,
+                            &*c.key,
+                            default,
+                        )
+                    })
+                    .collect()
+            }
+            (_, _, Some(_)) => {
+                self.fail(
+                    at,
+                    "give either `cert` and `key` (one certificate) or `certificates` (several), not both",
+                );
+                return None;
+            }
+            (Some(_), None, None) => {
+                self.fail(at, "`cert` needs its `key`");
+                return None;
+            }
+            (None, Some(_), None) => {
+                self.fail(at, "`key` needs its `cert`");
+                return None;
+            }
+            (None, None, None) => {
+                self.fail(
+                    at,
+                    "needs `cert` and `key`, or `certificates: [{ cert: ..., key: ... }]`",
+                );
+                return None;
+            }
+        };
+        let mut default = None;
+        let mut certificates = Vec::new();
+        let mut ok = true;
+        for (i, (entry, cert, key, is_default)) in pairs.into_iter().enumerate() {
+            if is_default {
+                if default.is_some() {
+                    self.fail(
+                        format!("{entry}.default"),
+                        "a second `default: true`: only one certificate can be the default",
+                    );
+                }
+                default.get_or_insert(i);
+            }
+            let certificate = TlsCertificate {
+                cert: self.base_dir.join(cert),
+                key: self.base_dir.join(key),
+                at: entry,
+            };
+            if let Err(e) = crate::tls::load_certificate(&certificate.cert, &certificate.key) {
+                self.fail(
+                    format!("{}.{}", certificate.at, e.file.key_name()),
+                    e.message,
+                );
+                ok = false;
+            }
+            certificates.push(certificate);
+        }
+        (ok && !certificates.is_empty()).then(|| Tls {
+            certificates,
+            default: default.unwrap_or(0),
+        })
     }
 
     /// A key written `header:X-User-Id` or `{ key: "header:X-User-Id", trusted_only: true }`,

@@ -209,6 +209,10 @@ pub(crate) fn run_gateway(
                         tracing::info!("SIGHUP: reloading {}", path.display());
                         reload(c, &gateway, path).await;
                     }
+                    // Even when the configuration did not change: SIGHUP is how a rotated
+                    // certificate is put in use at once (the file poll takes a second or two).
+                    let g = Arc::clone(&gateway);
+                    let _ = tokio::task::spawn_blocking(move || g.reload_certificates()).await;
                 }
             }
         };
