@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, accept_hdr_async, connect_async};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The header lines of each handshake request an echo server received.
+type Handshakes = Arc<Mutex<Vec<Vec<(String, String)>>>>;
 
 /// Services: `chat` (stable and canary echo servers, a force rule on a header), `refusing`
 /// (an upstream that answers every request `403`), `plain` (a recording upstream),
@@ -71,7 +73,7 @@ traffic_control:
 /// `x-echo-version: NAME`; the handshake requests it received are kept.
 struct EchoServer {
     addr: SocketAddr,
-    handshakes: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    handshakes: Handshakes,
 }
 
 impl EchoServer {
@@ -93,7 +95,9 @@ impl EchoServer {
     }
 }
 
-async fn echo(stream: TcpStream, name: &'static str, seen: Arc<Mutex<Vec<Vec<(String, String)>>>>) {
+// The handshake callback's error type is tungstenite's own response, large as it is.
+#[allow(clippy::result_large_err)]
+async fn echo(stream: TcpStream, name: &'static str, seen: Handshakes) {
     let record = |req: &Request, mut resp: Response| {
         let headers = req
             .headers()
@@ -117,14 +121,13 @@ async fn echo(stream: TcpStream, name: &'static str, seen: Arc<Mutex<Vec<Vec<(St
         return;
     }
     while let Some(Ok(msg)) = ws.next().await {
-        match msg {
+        let echoed = match msg {
             Message::Text(t) if t.as_str() == "bye" => return,
-            Message::Text(_) | Message::Binary(_) => {
-                if ws.send(msg).await.is_err() {
-                    return;
-                }
-            }
-            _ => {}
+            Message::Text(_) | Message::Binary(_) => ws.send(msg).await,
+            _ => Ok(()),
+        };
+        if echoed.is_err() {
+            return;
         }
     }
 }
