@@ -65,7 +65,7 @@ services:
       stable: { endpoints: ["{stable}"] }
 traffic_control:
   rate_limits:
-    - { service: limited, key: "header:X-User-Id", rate: 1/m, burst: 1 }
+    - { service: limited, key: "header:X-User-Id", rate: 1/m, burst: 1, headers: always }
 "#;
 
 /// An echo WebSocket server: greets each client with `hello from NAME`, echoes text and binary
@@ -484,9 +484,10 @@ async fn an_upgrade_request_with_a_body_is_refused_before_any_upstream_sees_it()
 async fn a_rate_limited_websocket_handshake_gets_429() {
     let s = setup().await;
     let gw = addr(&s.gateway);
-    let (mut ws, _) = open(gw, "/limited", &[("x-user-id", "u-1")])
+    let (mut ws, handshake) = open(gw, "/limited", &[("x-user-id", "u-1")])
         .await
         .expect("the first is allowed");
+    assert_eq!(handshake.headers()["ratelimit-remaining"], "0");
     assert_eq!(next_message(&mut ws).await, "hello from stable");
     match open(gw, "/limited", &[("x-user-id", "u-1")]).await {
         Err(WsError::Http(resp)) => assert_eq!(resp.status(), 429),

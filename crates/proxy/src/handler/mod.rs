@@ -151,7 +151,8 @@ pub(crate) async fn handle(
             sticky_cookie,
         };
         // Boxed: the rare path must not grow every request's future.
-        return Box::pin(upgrade.forward(req, protocols)).await;
+        let response = Box::pin(upgrade.forward(req, protocols)).await;
+        return limits::stamp_limits(response, limit_headers.as_ref());
     }
 
     // 4. Read the start of the body. One deadline covers the read-ahead and the upstream

@@ -63,7 +63,9 @@ pub(super) fn wanted<B>(req: &Request<B>) -> Option<HeaderValue> {
         hop_by_hop::connection_options(value.as_bytes())
             .any(|o| matches!(o, ConnectionOption::Field(f) if f.eq_ignore_ascii_case(b"upgrade")))
     });
-    if req.version() != http::Version::HTTP_11 || !asks {
+    // A `CONNECT` asks for a tunnel to the host it names: a forward proxy's business, not an
+    // upgrade; it goes on as it would without one.
+    if req.version() != http::Version::HTTP_11 || req.method() == http::Method::CONNECT || !asks {
         return None;
     }
     let mut list = Vec::new();
@@ -376,6 +378,14 @@ mod tests {
             None
         );
         assert_eq!(wanted_of(&[("connection", "upgrade")]), None, "no protocol");
+        let mut connect = Request::connect("app.example:443").body(()).unwrap();
+        connect
+            .headers_mut()
+            .insert("connection", HeaderValue::from_static("upgrade"));
+        connect
+            .headers_mut()
+            .insert("upgrade", HeaderValue::from_static("websocket"));
+        assert_eq!(wanted(&connect), None, "CONNECT");
         assert_eq!(
             wanted_of(&[("connection", "upgrade"), ("upgrade", "web socket")]),
             None,

@@ -165,9 +165,11 @@ fn parse_switch(
             Some(_) => continue,
             None => {}
         }
-        if raw
-            .get(..GRAYLANE_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(GRAYLANE_PREFIX.as_bytes()))
+        // A 1xx has no body, so no length (RFC 9110 §8.6); graylane stamps its own fields.
+        if raw.eq_ignore_ascii_case(b"content-length")
+            || raw
+                .get(..GRAYLANE_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(GRAYLANE_PREFIX.as_bytes()))
         {
             continue;
         }
@@ -250,7 +252,7 @@ mod tests {
         let (parts, rest) = parse(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade, X-Hop\r\n\
               Sec-WebSocket-Accept: abc\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
-              X-Graylane-Version: forged\r\n\r\n\x81\x02hi",
+              X-Graylane-Version: forged\r\nContent-Length: 4\r\n\r\n\x81\x02hi",
             "websocket",
         )
         .unwrap();
@@ -258,7 +260,12 @@ mod tests {
         assert_eq!(parts.headers["upgrade"], "WebSocket");
         assert_eq!(parts.headers["connection"], "upgrade");
         assert_eq!(parts.headers["sec-websocket-accept"], "abc");
-        for dropped in ["x-hop", "keep-alive", "x-graylane-version"] {
+        for dropped in [
+            "x-hop",
+            "keep-alive",
+            "x-graylane-version",
+            "content-length",
+        ] {
             assert!(!parts.headers.contains_key(dropped), "{dropped}");
         }
         assert_eq!(&rest[..], b"\x81\x02hi");
