@@ -27,8 +27,9 @@ type Handshakes = Arc<Mutex<Vec<Vec<(String, String)>>>>;
 
 /// Services: `chat` (stable and canary echo servers, a force rule on a header), `refusing`
 /// (an upstream that answers every request `403`), `plain` (a recording upstream),
-/// `switching` (an upstream that answers every request `101`) and `limited` (a rate limit of
-/// one handshake per user).
+/// `switching` (an upstream that answers every request `101`), `limited` (a rate limit of
+/// one handshake per user) and `dead` (nothing listening); the chat canary and `dead` have
+/// circuit breakers that open after two failures.
 const GATEWAY: &str = r#"
 listeners:
   - bind: 127.0.0.1:0
@@ -63,9 +64,26 @@ services:
     match: { path_prefix: /limited }
     versions:
       stable: { endpoints: ["{stable}"] }
+  - name: dead
+    match: { path_prefix: /dead }
+    versions:
+      stable: { endpoints: ["{dead}"] }
 traffic_control:
   rate_limits:
     - { service: limited, key: "header:X-User-Id", rate: 1/m, burst: 1, headers: always }
+  circuit_breakers:
+    - service: chat
+      version: canary
+      window: { kind: count, size: 10 }
+      minimum_calls: 2
+      failure_rate_threshold: 0.5
+      open_for: 30s
+    - service: dead
+      version: stable
+      window: { kind: count, size: 10 }
+      minimum_calls: 2
+      failure_rate_threshold: 0.5
+      open_for: 30s
 "#;
 
 /// An echo WebSocket server: greets each client with `hello from NAME`, echoes text and binary
@@ -185,6 +203,7 @@ async fn setup_with(drain_timeout: Duration) -> Setup {
             ("refuser", refuser.to_string()),
             ("switcher", switcher.to_string()),
             ("recorder", recorder.addr.to_string()),
+            ("dead", closed_port().to_string()),
         ],
     );
     Setup {
@@ -327,6 +346,8 @@ async fn a_force_rule_sends_a_websocket_to_the_canary_and_the_rest_stay_on_stabl
     assert_eq!(next_message(&mut other).await, "hello from stable");
     assert_eq!(s.canary.handshakes().len(), 1);
     assert_eq!(s.stable.handshakes().len(), 1);
+    // Closed, so the shutdown has no tunnel to wait for.
+    drop((ws, other));
     shutdown(s.gateway).await;
 }
 
@@ -390,6 +411,44 @@ async fn the_open_websockets_gauge_rises_while_open_and_falls_after_either_side_
         None,
         "a tunnel ending is not a failed request:\n{metrics}"
     );
+    shutdown(s.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_open_the_breaker_but_tunnels_ending_abruptly_never_do() {
+    let s = setup().await;
+    let gw = addr(&s.gateway);
+    // Four canary tunnels the upstream drops without a close frame.
+    for _ in 0..4 {
+        let (mut ws, _) = open(gw, "/ws", &[("x-release-phase", "canary")])
+            .await
+            .expect("upgraded");
+        assert_eq!(next_message(&mut ws).await, "hello from canary");
+        ws.send(Message::text("bye")).await.unwrap();
+        closed_by_the_other_side(&mut ws).await;
+    }
+    assert_eq!(s.gateway.circuit_states("chat")["canary"], "closed");
+    let (ws, handshake) = open(gw, "/ws", &[("x-release-phase", "canary")])
+        .await
+        .expect("the canary still takes websockets");
+    assert_eq!(handshake.headers()["x-graylane-version"], "canary");
+    drop(ws);
+
+    // Handshakes that fail are the version's failures.
+    for _ in 0..2 {
+        match open(gw, "/dead", &[]).await {
+            Err(WsError::Http(resp)) => assert_eq!(resp.status(), 502),
+            other => panic!("expected 502, got {:?}", other.map(|(_, r)| r.status())),
+        }
+    }
+    assert_eq!(s.gateway.circuit_states("dead")["stable"], "open");
+    match open(gw, "/dead", &[]).await {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 503, got {:?}", other.map(|(_, r)| r.status())),
+    }
     shutdown(s.gateway).await;
 }
 
@@ -495,6 +554,7 @@ async fn a_rate_limited_websocket_handshake_gets_429() {
         Ok(_) => panic!("expected 429, got an upgraded connection"),
     }
     assert_eq!(s.stable.handshakes().len(), 1);
+    drop(ws);
     shutdown(s.gateway).await;
 }
 
