@@ -1,7 +1,8 @@
 //! WebSocket through a real gateway on loopback, with a real client library (tokio-tungstenite)
 //! and an echo WebSocket server per version that greets each client with its version's name:
 //! frames both ways, routing by the release's rules, the `101` stamped and counted, the open
-//! tunnels in metrics, an upstream refusing or closing, a drain; and the requests an attacker
+//! tunnels in metrics, an upstream refusing or closing, the breaker fed by handshakes only, a
+//! TLS listener, a drain; and the requests an attacker
 //! dresses as upgrades (`Upgrade` without `Connection: upgrade`, `h2c`, a body, an upstream
 //! switching protocols unasked).
 
@@ -242,7 +243,10 @@ async fn open(
 }
 
 /// The next data frame, as text (binary frames prefixed `bin:`), within the request timeout.
-async fn next_message(ws: &mut Client) -> String {
+async fn next_message<S>(ws: &mut WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let msg = tokio::time::timeout(REQUEST_TIMEOUT, ws.next())
             .await
@@ -556,6 +560,64 @@ async fn a_rate_limited_websocket_handshake_gets_429() {
     assert_eq!(s.stable.handshakes().len(), 1);
     drop(ws);
     shutdown(s.gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_a_tls_listener_echoes_like_one_over_plain_tcp() {
+    let stable = EchoServer::start("stable").await;
+    let dir = temp_file("websocket-tls");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
+    let yaml = format!(
+        "listeners:
+  - bind: 127.0.0.1:0
+    tls: {{ cert: \"{}\", key: \"{}\" }}
+services:
+  - name: chat
+    match: {{ path_prefix: /ws }}
+    versions:
+      stable: {{ endpoints: [\"{}\"] }}
+",
+        cert_file.display(),
+        key_file.display(),
+        stable.addr
+    );
+    let gateway = start_gateway(config(&yaml));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr(&gateway)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .expect("the TLS handshake");
+    let (mut ws, handshake) = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        tokio_tungstenite::client_async("wss://localhost/ws", stream),
+    )
+    .await
+    .expect("the handshake ends in time")
+    .expect("upgraded");
+    assert_eq!(handshake.headers()["x-graylane-version"], "stable");
+    assert_eq!(next_message(&mut ws).await, "hello from stable");
+    ws.send(Message::text("over tls")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, "over tls");
+    drop(ws);
+    shutdown(gateway).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
