@@ -10,7 +10,8 @@
 //!        1 refuse what is malformed                             handler/refuse.rs
 //!        2 route: the rule engine's service and version         handler/route.rs
 //!        3 limits: rate limits, the 429                         handler/limits.rs
-//!        4 read the start of the body within the deadline
+//!        4 read the start of the body within the deadline,
+//!          or an upgrade's handshake and tunnel (WebSocket)     handler/upgrade.rs
 //!        5 forward: pick an endpoint, or attempts with          handler/balance.rs
 //!          breakers, retries and fallbacks                      handler/attempts.rs
 //!        6 respond: stamp, map failures to 502/504, count       handler/respond.rs

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::deadline::Deadlines;
-use crate::handler::{ConnInfo, Worker, forwarded_for, handle};
+use crate::handler::{ConnInfo, Tunnel, Worker, forwarded_for, handle};
 use crate::metrics::Metrics;
 use crate::snapshot::{LocalSnapshot, Snapshot};
 use crate::upstream::UpstreamPool;
@@ -465,11 +465,13 @@ fn spawn_connection(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: So
         trusted,
         paths: ctx.listener.paths,
         underscores: ctx.listener.headers_with_underscores,
+        tunnel: Tunnel::default(),
     });
     ctx.metrics.connection_opened();
     let ctx = Rc::clone(ctx);
     tokio::task::spawn_local(async move {
         let state = Rc::new(ConnState::default());
+        let conn_info = Rc::clone(&info);
         let connection = async {
             match &ctx.tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
@@ -500,6 +502,9 @@ fn spawn_connection(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: So
             _ = connection => {}
             _ = first_request => tracing::debug!(%peer, "no request within the header read timeout: closing"),
         }
+        // A connection that switched protocols lives on as its tunnel: it keeps its place in
+        // the limit and the drain (which gives it the drain timeout) until the tunnel ends.
+        conn_info.tunnel.finished().await;
         drop(slot);
         ctx.metrics.connection_closed();
         if ctx.balancer.closed(ctx.worker.id) {
@@ -510,7 +515,9 @@ fn spawn_connection(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: So
 
 async fn serve_connection<I>(io: I, info: Rc<ConnInfo>, ctx: &Rc<AcceptCtx>, state: &Rc<ConnState>)
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    // `Send` because hyper's upgrade hands the connection over as a `Send` object; every
+    // connection here (TCP, TLS over TCP) is.
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = {
         let ctx = Rc::clone(ctx);
@@ -527,7 +534,10 @@ where
             let draining = Rc::clone(&ctx.draining);
             async move {
                 let mut resp = handle(snapshot, worker, info, req).await;
-                if http1 && draining.get() {
+                // A `101` hands the connection over to its tunnel: it has no next request to
+                // close after.
+                if http1 && draining.get() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
                     // hyper closes the connection once this response is written, so the
                     // client sends its next request on a new connection (to the successor).
                     resp.headers_mut().insert(
@@ -539,7 +549,7 @@ where
             }
         })
     };
-    let conn = ctx.builder.serve_connection(io, service);
+    let conn = ctx.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut phase = ctx.phase.clone();
     tokio::select! {

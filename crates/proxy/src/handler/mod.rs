@@ -4,7 +4,8 @@
 //! 2. **route**: the path in normal form, the service and version the rule engine decides,
 //!    the sticky cookie the decision asks for (route.rs);
 //! 3. **limits**: the service's rate limits, the `429` (limits.rs);
-//! 4. **read** the start of the body, within the request's deadline;
+//! 4. **read** the start of the body, within the request's deadline (a request asking for a
+//!    protocol upgrade, WebSocket, leaves here for its handshake and tunnel: upgrade.rs);
 //! 5. **forward**: one exchange with an endpoint (balance.rs) when no guard applies, else
 //!    attempts through breakers, concurrency limits, retries and fallbacks (attempts.rs);
 //! 6. **respond**: the response stamped, the error statuses and bodies, counted per version
@@ -21,6 +22,7 @@ mod limits;
 mod refuse;
 mod respond;
 mod route;
+mod upgrade;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -44,6 +46,7 @@ use limits::LimitVerdict;
 use respond::{Exchanged, Forwarded, Timing};
 
 pub use respond::{X_GRAYLANE_FALLBACK, X_GRAYLANE_VERSION};
+pub(crate) use upgrade::Tunnel;
 
 /// How much of a request body is read before the request is forwarded. A body that ends within
 /// this (most API bodies) is checked whole, so a malformed one gets a `400` and never reaches
@@ -65,6 +68,8 @@ pub(crate) struct ConnInfo {
     pub(crate) paths: PathPolicy,
     /// The listener's policy for header names with `_`.
     pub(crate) underscores: UnderscoreHeaders,
+    /// The connection's tunnel once it switched protocols (upgrade.rs).
+    pub(crate) tunnel: Tunnel,
 }
 
 /// Per-thread state of the request path.
@@ -134,6 +139,22 @@ pub(crate) async fn handle(
         }
     }
     let sticky_cookie = route::sticky_cookie_to_set(&snapshot, service, &decision, conn.tls);
+    if upgrade::maybe(&req)
+        && let Some(protocols) = upgrade::wanted(&req)
+    {
+        let upgrade = upgrade::Upgrade {
+            worker: &worker,
+            conn: &conn,
+            service,
+            version: decision.version,
+            forward_path,
+            started,
+            sticky_cookie,
+        };
+        // Boxed: the rare path must not grow every request's future.
+        let response = Box::pin(upgrade.forward(req, protocols)).await;
+        return limits::stamp_limits(response, limit_headers.as_ref());
+    }
 
     // 4. Read the start of the body. One deadline covers the read-ahead and the upstream
     // exchange, counted from when the request arrived; it takes a slot in the worker's table

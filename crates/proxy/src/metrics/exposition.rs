@@ -147,6 +147,21 @@ impl Collector for RouteCollector {
                 .encode_family(&labels)?
                 .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
+        let mut upgraded = encoder.encode_descriptor(
+            "graylane_upgraded_connections",
+            "Upgraded connections (WebSocket) open now, by the version that switched protocols",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &self.0 {
+            let labels = [
+                ("service", r.service.as_str()),
+                ("version", r.version.as_str()),
+            ];
+            upgraded
+                .encode_family(&labels)?
+                .encode_gauge(&r.upgraded_open())?;
+        }
         let mut errors = encoder.encode_descriptor(
             "graylane_upstream_errors",
             "Requests that got no upstream response, by kind",

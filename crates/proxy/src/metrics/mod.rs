@@ -117,6 +117,7 @@ impl Metrics {
                     version: version.to_string(),
                     slots: (0..self.workers).map(|_| Slot::default()).collect(),
                     units: OnceLock::new(),
+                    upgraded: Default::default(),
                 })
             })
             .clone()

@@ -103,6 +103,9 @@ pub struct RouteStats {
     /// [`RouteStats::count_units`]) only for the versions of an experiment, since each costs
     /// a fixed table of unit hashes (128 KiB) per worker.
     pub(super) units: OnceLock<Box<[UnitSample]>>,
+    /// Upgraded connections (WebSocket) of this version open now. One shared counter rather
+    /// than a slot's: it moves twice per upgraded connection, never per request.
+    pub(super) upgraded: AtomicU64,
 }
 
 impl RouteStats {
@@ -172,6 +175,21 @@ impl RouteStats {
             .position(|k| *k == kind)
             .unwrap_or(0);
         self.slot(worker).upstream_errors[i].fetch_add(1, Relaxed);
+    }
+
+    /// An upgraded connection of the version opened (its `101` was sent).
+    pub fn upgraded_opened(&self) {
+        self.upgraded.fetch_add(1, Relaxed);
+    }
+
+    /// An upgraded connection of the version closed.
+    pub fn upgraded_closed(&self) {
+        self.upgraded.fetch_sub(1, Relaxed);
+    }
+
+    /// The version's upgraded connections open now (`graylane_upgraded_connections`).
+    pub fn upgraded_open(&self) -> u64 {
+        self.upgraded.load(Relaxed)
     }
 
     pub(super) fn observed(&self) -> Observed {

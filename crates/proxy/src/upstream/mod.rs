@@ -26,6 +26,8 @@
 //!             end, or through the chunked decoder; read to its end, it checks the connection
 //!             back into the pool
 //! chunked.rs  the chunked body decoder, on a byte buffer alone
+//! upgrade.rs  UpstreamPool::upgrade: a protocol upgrade (WebSocket) on a new connection;
+//!             after a `101`, the raw socket and the bytes read past the head, never pooled
 //! error.rs    UpstreamErrorKind: how an exchange failed, for the status (502/504), the
 //!             retry and breaker rules, and the metrics
 //! ```
@@ -35,6 +37,7 @@ pub(crate) mod chunked;
 pub(crate) mod codec;
 mod error;
 mod pool;
+mod upgrade;
 
 use std::io;
 use std::net::SocketAddr;
@@ -42,6 +45,7 @@ use std::net::SocketAddr;
 pub(crate) use body::UpstreamBody;
 pub(crate) use error::UpstreamErrorKind;
 pub(crate) use pool::UpstreamPool;
+pub(crate) use upgrade::{Handshake, Switched};
 
 /// Why an upstream exchange failed.
 #[derive(Debug)]

@@ -155,7 +155,10 @@ impl UpstreamPool {
 }
 
 impl Conn {
-    async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, UpstreamError> {
+    pub(super) async fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Conn, UpstreamError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(UpstreamError {
@@ -195,7 +198,11 @@ impl Conn {
     }
 
     /// Writes the head and the body.
-    async fn write_request<B>(&mut self, framing: RequestFraming, body: &mut B) -> io::Result<()>
+    pub(super) async fn write_request<B>(
+        &mut self,
+        framing: RequestFraming,
+        body: &mut B,
+    ) -> io::Result<()>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -245,6 +252,31 @@ impl Conn {
                 received_nothing: true,
             }),
         }
+    }
+
+    /// The request head buffer, for `upgrade.rs` to write its head into.
+    pub(super) fn head_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.head
+    }
+
+    /// Reads what the socket has into the read buffer (growing it by [`READ_CHUNK`]) for
+    /// `upgrade.rs`, which parses a `101` head itself; `Ok(0)` at the end of the connection.
+    pub(super) async fn read_more(&mut self) -> io::Result<usize> {
+        if self.read.len() >= MAX_HEAD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("response head larger than {MAX_HEAD_BYTES} bytes"),
+            ));
+        }
+        self.read.reserve(READ_CHUNK);
+        self.stream.read_buf(&mut self.read).await
+    }
+
+    /// The connection taken out of the exchange after a `101`: its socket, and the bytes the
+    /// upstream already sent past the head (the new protocol's first ones). It never goes back
+    /// to a pool.
+    pub(super) fn into_switched(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.read)
     }
 
     /// Reads what the socket has into the read buffer; `Ok(0)` at the end of the connection.
