@@ -1,5 +1,5 @@
 //! What graylane's test suites share, used only as a dev-dependency: test upstreams that say
-//! what they received, real servers (redis, etcd, prometheus) started on loopback, an HTTP/1.1
+//! what they received, real servers (redis, etcd, prometheus, a DNS server) started on loopback, an HTTP/1.1
 //! and HTTP/2 client, the `graylane` binary as a child process, and bounded waiting.
 //!
 //! Ports are bound once: in-process servers keep the listener they bound, the `graylane`
@@ -7,6 +7,7 @@
 //! external servers that cannot be handed a socket retry on a fresh port when theirs was taken
 //! ([`ports::with_fresh_port`]).
 
+pub mod dns;
 pub mod etcd;
 pub mod http;
 pub mod ports;
