@@ -140,7 +140,9 @@ struct Followed {
 struct Resolving {
     shared: Arc<Shared>,
     settings: Option<DnsSettings>,
-    resolver: Option<TokioResolver>,
+    /// Set up at the first lookup with the current settings (a configuration without names
+    /// never reads `/etc/resolv.conf`); the error when it could not be.
+    resolver: Option<Result<TokioResolver, String>>,
     names: BTreeMap<String, Followed>,
     on_change: Option<OnChange>,
     /// Addresses changed while no one was told.
@@ -178,8 +180,13 @@ impl Resolving {
                     None => return,
                     Some(Command::Configure { settings, lookups, done }) => {
                         let new = self.configure(settings, lookups);
-                        self.resolve(new).await;
-                        let _ = done.send(());
+                        let changed = self.resolve(new).await;
+                        let waited = done.send(()).is_ok();
+                        // The caller applies what it waited for; one that gave up waiting has
+                        // applied without these addresses.
+                        if changed && !waited {
+                            self.changed();
+                        }
                     }
                     Some(Command::OnChange(f)) => {
                         if std::mem::take(&mut self.unnoticed) {
@@ -197,28 +204,25 @@ impl Resolving {
                         .map(|(h, _)| h.clone())
                         .collect();
                     if self.resolve(due).await {
-                        match &self.on_change {
-                            Some(f) => f(),
-                            None => self.unnoticed = true,
-                        }
+                        self.changed();
                     }
                 }
             }
         }
     }
 
+    /// Addresses changed: rebuild the snapshot, or remember to once someone can.
+    fn changed(&mut self) {
+        match &self.on_change {
+            Some(f) => f(),
+            None => self.unnoticed = true,
+        }
+    }
+
     /// Follows `lookups` from now on; returns the hosts it did not follow yet.
     fn configure(&mut self, settings: DnsSettings, lookups: Vec<DnsLookup>) -> Vec<String> {
         if self.settings.as_ref() != Some(&settings) {
-            self.resolver = match resolver(&settings) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(
-                        "cannot set up the DNS resolver: {e}; endpoints given as names keep their last addresses"
-                    );
-                    None
-                }
-            };
+            self.resolver = None;
             // Other servers may answer otherwise: ask them at once.
             if self.settings.is_some() {
                 let now = Instant::now();
@@ -264,14 +268,23 @@ impl Resolving {
         let (Some(settings), false) = (self.settings.clone(), hosts.is_empty()) else {
             return false;
         };
+        let resolver = self
+            .resolver
+            .get_or_insert_with(|| {
+                resolver(&settings).map_err(|e| {
+                    tracing::error!("cannot set up the DNS resolver: {e}");
+                    format!("no resolver: {e}")
+                })
+            })
+            .clone();
         let mut lookups = tokio::task::JoinSet::new();
         for host in hosts {
-            let resolver = self.resolver.clone();
+            let resolver = resolver.clone();
             let timeout = settings.timeout;
             lookups.spawn(async move {
                 let outcome = match resolver {
-                    None => Err("no resolver (see the error at start)".to_string()),
-                    Some(r) => {
+                    Err(e) => Err(e),
+                    Ok(r) => {
                         match tokio::time::timeout(timeout, r.lookup_ip(host.as_str())).await {
                             Err(_) => Err(format!(
                                 "no answer within {}",
