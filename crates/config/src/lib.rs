@@ -20,6 +20,7 @@
 
 mod aliases;
 mod depth;
+mod dns;
 mod error;
 mod locate;
 pub mod model;
@@ -31,6 +32,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use dns::{DnsLookup, dns_lookups, resolve_dns};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use redact::{redact_url, redact_urls_in};

@@ -14,6 +14,7 @@ use graylane_config::{Config, ConfigErrors, Service, Weight};
 use graylane_rules::{CookieKeys, Routing, Share};
 use tokio::sync::watch;
 
+use crate::discovery::Discovery;
 use crate::guards::GuardState;
 use crate::metrics::Metrics;
 use crate::server::tls::{ListenerCerts, TlsCollector};
@@ -179,8 +180,11 @@ pub struct Gateway {
     /// snapshots.
     guard_state: Arc<GuardState>,
     /// Serialises snapshot rebuilds (reloads and weight changes) so neither loses the other's
-    /// update; requests never touch it.
-    inputs: Mutex<Inputs>,
+    /// update; requests never touch it. Shared with the DNS resolver thread, which rebuilds
+    /// when addresses change.
+    inputs: Arc<Mutex<Inputs>>,
+    /// The addresses of endpoints given as DNS names.
+    discovery: Discovery,
     local_addrs: Vec<SocketAddr>,
     /// Each listener's certificates (`None`: plain HTTP), in configuration order.
     tls: Vec<Option<Arc<ListenerCerts>>>,
@@ -278,8 +282,13 @@ impl Gateway {
         let guard_state = Arc::new(GuardState::with_segment_cache(
             options.segment_cache.clone(),
         ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (discovery, resolver_thread) =
+            Discovery::start(shutdown_rx.clone()).map_err(StartError::Thread)?;
+        discovery.configure(&config);
+        metrics.add_collector(discovery.collector());
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
-            Arc::clone(&config),
+            discovery.fill(&config),
             &metrics,
             1,
             &BTreeMap::new(),
@@ -287,7 +296,6 @@ impl Gateway {
             &cookie_keys,
         )));
         let (phase, phase_rx) = watch::channel(Phase::Held);
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let (balancer, inboxes) = Balancer::new(workers, config.listeners.len());
         let mut handles = Vec::new();
         for (id, (listeners, inbox)) in per_worker.into_iter().zip(inboxes).enumerate() {
@@ -325,16 +333,32 @@ impl Gateway {
         {
             handles.push(watch);
         }
+        handles.push(resolver_thread);
+        let inputs = Arc::new(Mutex::new(Inputs {
+            config,
+            routes: BTreeMap::new(),
+            generation: 1,
+            cookie_keys,
+        }));
+        discovery.on_change(Box::new({
+            let (inputs, snapshot, metrics, guard_state, discovery) = (
+                Arc::clone(&inputs),
+                Arc::clone(&snapshot),
+                Arc::clone(&metrics),
+                Arc::clone(&guard_state),
+                discovery.clone(),
+            );
+            move || {
+                let mut inputs = inputs.lock().unwrap_or_else(|e| e.into_inner());
+                rebuild(&mut inputs, &snapshot, &metrics, &guard_state, &discovery);
+            }
+        }));
         Ok(Gateway {
             snapshot,
             metrics,
             guard_state,
-            inputs: Mutex::new(Inputs {
-                config,
-                routes: BTreeMap::new(),
-                generation: 1,
-                cookie_keys,
-            }),
+            inputs,
+            discovery,
             local_addrs,
             tls: tls_listeners,
             balancer,
@@ -420,6 +444,7 @@ impl Gateway {
             );
         }
         self.reload_tls(&config);
+        self.discovery.configure(&config);
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         inputs.config = Arc::new(config);
         self.rebuild(&mut inputs);
@@ -457,6 +482,7 @@ impl Gateway {
     /// applies a new configuration: no request ever sees the new config with old splits.
     pub fn apply_with_routes(&self, config: Config, routes: &BTreeMap<String, Routing>) {
         self.reload_tls(&config);
+        self.discovery.configure(&config);
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         inputs.routes = routes
             .iter()
@@ -510,29 +536,13 @@ impl Gateway {
     }
 
     fn rebuild(&self, inputs: &mut Inputs) {
-        inputs.generation += 1;
-        let routes: BTreeMap<String, Routing> = inputs
-            .routes
-            .iter()
-            .filter_map(|(name, named)| {
-                let svc = inputs.config.service(name)?;
-                svc.release.as_ref()?;
-                let resolved = named.resolve(svc);
-                if resolved.is_none() {
-                    tracing::warn!(service = %name, "a version of the release's traffic split is gone; the release starts as configured");
-                }
-                Some((name.clone(), resolved?))
-            })
-            .collect();
-        let snapshot = Snapshot::build(
-            Arc::clone(&inputs.config),
+        rebuild(
+            inputs,
+            &self.snapshot,
             &self.metrics,
-            inputs.generation,
-            &routes,
             &self.guard_state,
-            &inputs.cookie_keys,
+            &self.discovery,
         );
-        self.snapshot.store(Arc::new(snapshot));
     }
 
     /// The circuit-breaker state of each version of `service` that has a breaker.
@@ -626,4 +636,37 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Builds the snapshot of `inputs`, with the current addresses of DNS names, and swaps it in.
+fn rebuild(
+    inputs: &mut Inputs,
+    snapshot: &ArcSwap<Snapshot>,
+    metrics: &Metrics,
+    guard_state: &GuardState,
+    discovery: &Discovery,
+) {
+    inputs.generation += 1;
+    let routes: BTreeMap<String, Routing> = inputs
+        .routes
+        .iter()
+        .filter_map(|(name, named)| {
+            let svc = inputs.config.service(name)?;
+            svc.release.as_ref()?;
+            let resolved = named.resolve(svc);
+            if resolved.is_none() {
+                tracing::warn!(service = %name, "a version of the release's traffic split is gone; the release starts as configured");
+            }
+            Some((name.clone(), resolved?))
+        })
+        .collect();
+    let built = Snapshot::build(
+        discovery.fill(&inputs.config),
+        metrics,
+        inputs.generation,
+        &routes,
+        guard_state,
+        &inputs.cookie_keys,
+    );
+    snapshot.store(Arc::new(built));
 }

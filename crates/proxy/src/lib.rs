@@ -26,7 +26,8 @@
 //!        └─ clock and random numbers of the request path        clock.rs, rng.rs
 //! ```
 //!
-//! A prober thread runs the active health checks (health.rs). [`Gateway`] ties them together
+//! A prober thread runs the active health checks (health.rs), and a resolver thread keeps the
+//! addresses of endpoints given as DNS names current (discovery.rs). [`Gateway`] ties them together
 //! and is what the binary drives: start, apply a new configuration atomically, reload from a
 //! file, shut down with a drain.
 
@@ -34,6 +35,7 @@ mod body;
 mod clock;
 pub mod cookie_keys;
 mod deadline;
+mod discovery;
 mod forward;
 #[doc(hidden)]
 pub mod fuzzing;

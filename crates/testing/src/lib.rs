@@ -1,13 +1,14 @@
 //! What graylane's test suites share, used only as a dev-dependency: test upstreams that say
-//! what they received, real servers (redis, etcd, prometheus) started on loopback, an HTTP/1.1
-//! and HTTP/2 client, certificates and a TLS client that tells which one it was shown, the
-//! `graylane` binary as a child process, and bounded waiting.
+//! what they received, real servers (redis, etcd, prometheus, a DNS server) started on
+//! loopback, an HTTP/1.1 and HTTP/2 client, certificates and a TLS client that tells which one
+//! it was shown, the `graylane` binary as a child process, and bounded waiting.
 //!
 //! Ports are bound once: in-process servers keep the listener they bound, the `graylane`
 //! binary binds port 0 and reports what it got ([`process::Graylane::listening`]), and the
 //! external servers that cannot be handed a socket retry on a fresh port when theirs was taken
 //! ([`ports::with_fresh_port`]).
 
+pub mod dns;
 pub mod etcd;
 pub mod http;
 pub mod ports;

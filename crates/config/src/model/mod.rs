@@ -13,9 +13,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+mod dns;
 mod release;
 mod rules;
 mod traffic;
+
+pub use dns::{DnsName, DnsSettings, VersionDns};
 
 pub use release::{
     Analysis, Check, FailureMode, OnFailure, Pause, Release, StatusRange, Step, Sticky, Strategy,
@@ -48,6 +51,8 @@ pub struct Config {
     pub webhooks: Vec<Webhook>,
     /// How much of the audit log is kept.
     pub audit: AuditRetention,
+    /// How endpoints given as DNS names are resolved (`dns:`).
+    pub dns: DnsSettings,
 }
 
 /// How much of the audit log the store keeps (`audit:`); older entries are pruned as new ones
@@ -350,14 +355,18 @@ pub struct Version {
     /// Unique within the service; letters, digits, `-`, `_`, `.` (it travels in headers and
     /// cookies).
     pub name: String,
-    /// Where the version's requests go. For a version that follows the registry this starts
-    /// empty and is filled in at run time ([`crate::resolve_registry`]).
+    /// Where the version's requests go. For a version that follows the registry, or has
+    /// endpoints given as DNS names, this starts with only the fixed addresses and is filled in
+    /// at run time ([`crate::resolve_registry`], [`crate::resolve_dns`]).
     pub endpoints: Vec<SocketAddr>,
     /// An optional label of the version, valid as a header value.
     pub tag: Option<String>,
     /// `endpoints: { registry: NAME, labels: {...} }`: the endpoints are the registered
     /// instances this selects.
     pub registry: Option<RegistrySelector>,
+    /// Endpoints given as DNS names, re-resolved at run time; `None` when every endpoint is an
+    /// address.
+    pub dns: Option<VersionDns>,
 }
 
 /// Selects instances of a service in the registry: those registered under `service` whose

@@ -12,9 +12,12 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+mod dns;
 mod release;
 mod rules;
 mod traffic;
+
+pub use dns::{RawDns, RawDnsRefresh};
 
 pub use release::{
     RawAnalysis, RawCheck, RawKey, RawKeyFull, RawRelease, RawStep, RawSticky, RawVariant,
@@ -52,6 +55,8 @@ pub struct RawConfig {
     pub webhooks: Vec<RawWebhook>,
     /// `audit`: audit log retention; default 100000 entries, no age limit.
     pub audit: Option<RawAudit>,
+    /// `dns`: name servers, timeout and refresh of endpoints given as DNS names.
+    pub dns: Option<RawDns>,
 }
 
 /// `audit:`: how much of the audit log the store keeps per environment.
@@ -236,6 +241,8 @@ pub struct RawService {
     /// `release`: how traffic moves from one version to another; without it everything goes to
     /// `default_version`.
     pub release: Option<RawRelease>,
+    /// `dns`: `{ refresh }` for the versions' endpoints given as DNS names.
+    pub dns: Option<RawDnsRefresh>,
 }
 
 /// A service's `match:`: which requests belong to it; an empty match takes every request.
@@ -254,9 +261,12 @@ pub struct RawServiceMatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVersion {
-    /// `endpoints`: `host:port` addresses (at least one) or a registry selector.
+    /// `endpoints`: `host:port` addresses (at least one; a host name is re-resolved) or a
+    /// registry selector.
     #[serde(default)]
     pub endpoints: RawEndpoints,
+    /// `dns`: `{ refresh }` for the endpoints given as DNS names, overriding the service's.
+    pub dns: Option<RawDnsRefresh>,
     /// `tag`: an optional label of the version (e.g. a build or image tag); it must be valid as
     /// a header value.
     pub tag: Option<String>,

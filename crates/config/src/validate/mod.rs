@@ -2,10 +2,12 @@
 //! sees every problem in one go; each problem names the key path it belongs to.
 //!
 //! One file per section: [`listeners`] (and admin), [`segments`], [`services`] (versions,
-//! endpoints, registry selectors), [`releases`] (strategies, steps), [`analysis`], [`rules`]
+//! endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints given as DNS names),
+//! [`releases`] (strategies, steps), [`analysis`], [`rules`]
 //! (matchers), [`traffic`] (traffic control) and [`scalars`] (the leaf values they share).
 
 mod analysis;
+mod dns;
 mod listeners;
 mod releases;
 mod rules;
@@ -26,6 +28,8 @@ pub(crate) struct Validator<'a> {
     pub(crate) problems: Vec<(String, String)>,
     /// Where `trusted_only: true` was written: it needs a listener with `trusted_hops`.
     trusted_only_at: Vec<String>,
+    /// The top-level `dns.refresh`, which services and versions inherit.
+    dns_refresh: Option<std::time::Duration>,
 }
 
 impl<'a> Validator<'a> {
@@ -34,6 +38,7 @@ impl<'a> Validator<'a> {
             base_dir,
             problems: Vec::new(),
             trusted_only_at: Vec::new(),
+            dns_refresh: None,
         }
     }
 
@@ -48,6 +53,8 @@ impl<'a> Validator<'a> {
         self.check_overlaps(&listeners, admin.as_ref());
         let segments = self.segments(raw.segments);
         let upstream = self.upstream(raw.upstream.as_ref());
+        let dns = self.dns(raw.dns.as_ref());
+        self.dns_refresh = dns.refresh;
         let declared: Vec<String> = raw.services.iter().map(|s| s.name.clone()).collect();
         let services = self.services(raw.services, &segments, &upstream);
         let webhooks = self.webhooks(&raw.webhooks);
@@ -76,6 +83,7 @@ impl<'a> Validator<'a> {
             traffic_control,
             webhooks,
             audit,
+            dns,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Leaf values shared by every section: durations, timestamps, rates, addresses, CIDRs, methods,
 //! header names, regexes, key specs, names (tokens) and Redis URLs.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -70,30 +70,6 @@ impl Validator<'_> {
                 self.fail(
                     path,
                     format!("`{s}` is not an address like 127.0.0.1:8080 or [::1]:8080"),
-                );
-                None
-            }
-        }
-    }
-
-    pub(super) fn endpoint(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
-        if s.starts_with("https://") {
-            self.fail(
-                path,
-                format!("`{s}`: TLS to upstreams is not supported; use `host:port`"),
-            );
-            return None;
-        }
-        let hostport = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
-        if let Ok(a) = hostport.parse::<SocketAddr>() {
-            return Some(a);
-        }
-        match hostport.to_socket_addrs().map(|mut it| it.next()) {
-            Ok(Some(a)) => Some(a),
-            _ => {
-                self.fail(
-                    path,
-                    format!("`{s}` is not a reachable `host:port` (e.g. 127.0.0.1:9001)"),
                 );
                 None
             }

@@ -2,6 +2,7 @@
 //! claim the same one), endpoints and registry selectors, and references to services and versions.
 
 use super::Validator;
+use super::dns::ParsedEndpoint;
 use super::scalars::is_token;
 use crate::error::did_you_mean;
 use crate::model::*;
@@ -93,7 +94,8 @@ impl Validator<'_> {
             );
         }
         let matcher = self.service_match(&format!("{path}.match"), &raw.matcher);
-        let versions = self.versions(path, raw.versions);
+        let refresh = self.dns_refresh(path, raw.dns.as_ref(), self.dns_refresh);
+        let versions = self.versions(path, raw.versions, refresh);
         let names: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
         let has_release = raw.release.is_some();
         let release = raw
@@ -199,6 +201,7 @@ impl Validator<'_> {
         &mut self,
         path: &str,
         raw: std::collections::BTreeMap<String, RawVersion>,
+        dns_refresh: Option<std::time::Duration>,
     ) -> Vec<Version> {
         if raw.is_empty() {
             self.fail(
@@ -215,7 +218,7 @@ impl Validator<'_> {
                     format!("`{name}` is not a valid version name: use letters, digits, `-`, `_` and `.`"),
                 );
             }
-            let (endpoints, registry) = match &v.endpoints {
+            let (endpoints, registry, dns) = match &v.endpoints {
                 RawEndpoints::List(list) => {
                     if list.is_empty() {
                         self.fail(
@@ -223,16 +226,27 @@ impl Validator<'_> {
                             "a version needs at least one endpoint (`host:port`), or a registry selector `{ registry: NAME }`",
                         );
                     }
-                    let endpoints = list
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, e)| self.endpoint(&format!("{vpath}.endpoints[{i}]"), e))
-                        .collect();
-                    (endpoints, None)
+                    let mut fixed = Vec::new();
+                    let mut names = Vec::new();
+                    for (i, e) in list.iter().enumerate() {
+                        match self.endpoint(&format!("{vpath}.endpoints[{i}]"), e) {
+                            Some(ParsedEndpoint::Addr(a)) => fixed.push(a),
+                            Some(ParsedEndpoint::Name(n)) if !names.contains(&n) => names.push(n),
+                            _ => {}
+                        }
+                    }
+                    let refresh = self.dns_refresh(&vpath, v.dns.as_ref(), dns_refresh);
+                    let dns = (!names.is_empty()).then(|| VersionDns {
+                        names,
+                        fixed: fixed.clone(),
+                        refresh,
+                    });
+                    (fixed, None, dns)
                 }
                 RawEndpoints::Registry(selector) => (
                     Vec::new(),
                     Some(self.registry_selector(&format!("{vpath}.endpoints"), selector)),
+                    None,
                 ),
             };
             if let Some(tag) = &v.tag
@@ -248,6 +262,7 @@ impl Validator<'_> {
                 endpoints,
                 tag: v.tag,
                 registry,
+                dns,
             });
         }
         out
