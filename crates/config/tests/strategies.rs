@@ -825,7 +825,10 @@ fn a_mirror_step_gives_the_candidate_no_users_and_copies_its_share() {
     let r = cfg.services[0].release.as_ref().unwrap();
     assert_eq!(r.steps[0].weight, Weight::ZERO);
     assert_eq!(r.steps[0].mirror, Some(pct(20.0)));
-    assert_eq!(r.steps[0].pause, graylane_config::Pause::For(Duration::from_secs(600)));
+    assert_eq!(
+        r.steps[0].pause,
+        graylane_config::Pause::For(Duration::from_secs(600))
+    );
     assert_eq!((r.steps[1].weight, r.steps[1].mirror), (pct(5.0), None));
     assert_eq!(r.initial_mirror(), Some(pct(20.0)));
     assert_eq!(
@@ -859,7 +862,11 @@ fn a_step_with_neither_weight_nor_mirror_says_how_to_write_one() {
     only_error(
         &canary_steps("[{ pause: 5m }, { weight: 100 }]", ""),
         "services[0].release.steps[0]",
-        &["needs `weight`", "or `mirror`", "{ mirror: 20, pause: 10m }"],
+        &[
+            "needs `weight`",
+            "or `mirror`",
+            "{ mirror: 20, pause: 10m }",
+        ],
     );
 }
 
@@ -885,7 +892,10 @@ fn mirror_methods_must_be_methods_and_not_empty() {
         &["`NOT A METHOD` is not an HTTP method"],
     );
     only_error(
-        &canary_steps("[{ mirror: 10 }, { weight: 100 }]", "      mirror_methods: []\n"),
+        &canary_steps(
+            "[{ mirror: 10 }, { weight: 100 }]",
+            "      mirror_methods: []\n",
+        ),
         "services[0].release.mirror_methods",
         &["at least one method", "GET, HEAD and OPTIONS"],
     );

@@ -44,7 +44,8 @@ fn a_mirror_step_keeps_every_user_on_the_baseline_and_copies_its_share_to_the_ca
     // Paused, the copies go on: the step's traffic is unchanged.
     r.apply(&plan, Command::Pause, "alice", "", MIN).unwrap();
     assert_eq!(r.routing(&plan).mirror, pct(20.0));
-    r.apply(&plan, Command::Resume, "alice", "", 2 * MIN).unwrap();
+    r.apply(&plan, Command::Resume, "alice", "", 2 * MIN)
+        .unwrap();
 
     // The timed pause passes; the next step sends users and stops copying.
     assert!(r.tick(&plan, 11 * MIN));
@@ -65,7 +66,11 @@ fn a_mirror_step_is_promoted_aborted_and_overridden_like_any_step() {
     r.apply(&plan, Command::Abort, "analysis", "candidate errors", MIN)
         .unwrap();
     let routing = r.routing(&plan);
-    assert_eq!(routing.mirror, Weight::ZERO, "an aborted release copies nothing");
+    assert_eq!(
+        routing.mirror,
+        Weight::ZERO,
+        "an aborted release copies nothing"
+    );
     assert_eq!(routing.weight_of(plan.baseline), Weight::FULL);
 
     let mut r = Rollout::start(&plan, 0);
@@ -73,12 +78,17 @@ fn a_mirror_step_is_promoted_aborted_and_overridden_like_any_step() {
         .unwrap();
     let routing = r.routing(&plan);
     assert_eq!(routing.weight_of(plan.candidate), pct(1.0));
-    assert_eq!(routing.mirror, Weight::ZERO, "set-weight replaces the step's traffic");
+    assert_eq!(
+        routing.mirror,
+        Weight::ZERO,
+        "set-weight replaces the step's traffic"
+    );
 
     // A retry starts over at the mirror step.
     let mut r = Rollout::start(&plan, 0);
     r.apply(&plan, Command::Abort, "alice", "", MIN).unwrap();
-    r.apply(&plan, Command::Retry, "alice", "", 2 * MIN).unwrap();
+    r.apply(&plan, Command::Retry, "alice", "", 2 * MIN)
+        .unwrap();
     assert_eq!(r.routing(&plan).mirror, pct(20.0));
 }
 

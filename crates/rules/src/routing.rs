@@ -172,6 +172,10 @@ services:
         assert_eq!(routing.weight_of(1), Weight::ZERO);
         assert_eq!(routing.weight_of(0), Weight::FULL);
         assert_eq!(routing.mirror.milli_percent(), 20_000);
-        assert_eq!(routing.force_to, Some(1), "force rules still reach the candidate");
+        assert_eq!(
+            routing.force_to,
+            Some(1),
+            "force rules still reach the candidate"
+        );
     }
 }

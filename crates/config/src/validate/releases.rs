@@ -56,8 +56,10 @@ impl Validator<'_> {
             .enumerate()
             .filter_map(|(i, s)| self.step(&format!("{path}.steps[{i}]"), s))
             .collect();
-        let mirror_methods =
-            self.mirror_methods(&format!("{path}.mirror_methods"), raw.mirror_methods.as_deref());
+        let mirror_methods = self.mirror_methods(
+            &format!("{path}.mirror_methods"),
+            raw.mirror_methods.as_deref(),
+        );
         let analysis = raw
             .analysis
             .as_ref()
