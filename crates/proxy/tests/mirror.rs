@@ -70,7 +70,11 @@ async fn users_get_only_the_baseline_while_a_share_of_their_gets_is_copied_to_th
     for i in 0..USERS {
         let user = format!("user-{i}");
         let reply = conn
-            .get(&format!("/items/{i}"), &[("x-user", &user)])
+            // A client's own mark is not believed: only the gateway's copies carry it.
+            .get(
+                &format!("/items/{i}"),
+                &[("x-user", &user), ("x-graylane-mirror", "1")],
+            )
             .await
             .expect("an answer");
         assert_eq!(reply.status, 200, "{user}");
@@ -112,7 +116,7 @@ async fn users_get_only_the_baseline_while_a_share_of_their_gets_is_copied_to_th
             .seen()
             .iter()
             .all(|s| !s.headers.contains_key("x-graylane-mirror")),
-        "users' own requests are not marked"
+        "users' own requests are not marked, even when the client marked them"
     );
 
     // The candidate's stats hold the copies' exchanges; no user was answered by it.
