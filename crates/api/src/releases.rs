@@ -47,6 +47,10 @@ pub struct ReleaseView {
     pub weights: BTreeMap<String, f64>,
     /// Whether `weight` set the candidate's weight by hand (until the next step).
     pub weight_overridden: bool,
+    /// A mirror step: percent of the requests copied to the candidate now (users are served by
+    /// the baseline alone); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<f64>,
     /// The current step's pause: `manual`, a duration such as `5m`, or none.
     pub pause: Option<String>,
     /// Seconds left of a timed pause (frozen while the release is paused).
@@ -75,6 +79,9 @@ pub struct ReleaseView {
 pub struct StepView {
     /// The candidate's percent of the bucketed traffic at this step.
     pub weight: f64,
+    /// A mirror step: percent of the requests copied to the candidate; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<f64>,
     /// `manual`, a duration such as `5m`, or none.
     pub pause: Option<String>,
 }

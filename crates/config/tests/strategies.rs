@@ -801,3 +801,117 @@ fn trusted_only_is_refused_where_a_hop_sets_nothing() {
         &["is not a key"],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Mirror (shadow) steps
+// ---------------------------------------------------------------------------------------------
+
+fn canary_steps(steps: &str, extra: &str) -> String {
+    with_release(&format!(
+        "      strategy: canary
+      baseline: blue
+      candidate: green
+      steps: {steps}
+{extra}"
+    ))
+}
+
+#[test]
+fn a_mirror_step_gives_the_candidate_no_users_and_copies_its_share() {
+    let cfg = valid(&canary_steps(
+        "[{ mirror: 20, pause: 10m }, { weight: 5 }, { weight: 100 }]",
+        "",
+    ));
+    let r = cfg.services[0].release.as_ref().unwrap();
+    assert_eq!(r.steps[0].weight, Weight::ZERO);
+    assert_eq!(r.steps[0].mirror, Some(pct(20.0)));
+    assert_eq!(
+        r.steps[0].pause,
+        graylane_config::Pause::For(Duration::from_secs(600))
+    );
+    assert_eq!((r.steps[1].weight, r.steps[1].mirror), (pct(5.0), None));
+    assert_eq!(r.initial_mirror(), Some(pct(20.0)));
+    assert_eq!(
+        r.mirror_methods,
+        [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS],
+        "only safe methods are copied unless configured"
+    );
+}
+
+#[test]
+fn mirror_methods_are_read_in_any_case() {
+    let cfg = valid(&canary_steps(
+        "[{ mirror: 100 }, { weight: 100 }]",
+        "      mirror_methods: [get, POST]\n",
+    ));
+    let r = cfg.services[0].release.as_ref().unwrap();
+    assert_eq!(r.mirror_methods, [http::Method::GET, http::Method::POST]);
+}
+
+#[test]
+fn a_step_with_both_weight_and_mirror_is_refused() {
+    only_error(
+        &canary_steps("[{ weight: 5 }, { weight: 5, mirror: 20 }]", ""),
+        "services[0].release.steps[1].mirror",
+        &["either `weight`", "or `mirror`", "not both"],
+    );
+}
+
+#[test]
+fn a_step_with_neither_weight_nor_mirror_says_how_to_write_one() {
+    only_error(
+        &canary_steps("[{ pause: 5m }, { weight: 100 }]", ""),
+        "services[0].release.steps[0]",
+        &[
+            "needs `weight`",
+            "or `mirror`",
+            "{ mirror: 20, pause: 10m }",
+        ],
+    );
+}
+
+#[test]
+fn a_mirror_share_outside_1_to_100_is_refused() {
+    for bad in ["0", "0.5", "101", "-3"] {
+        only_error(
+            &canary_steps(&format!("[{{ mirror: {bad} }}, {{ weight: 100 }}]"), ""),
+            "services[0].release.steps[0].mirror",
+            &[&format!("mirror {bad} must be a percentage from 1 to 100")],
+        );
+    }
+}
+
+#[test]
+fn mirror_methods_must_be_methods_and_not_empty() {
+    only_error(
+        &canary_steps(
+            "[{ mirror: 10 }, { weight: 100 }]",
+            "      mirror_methods: [GET, \"NOT A METHOD\"]\n",
+        ),
+        "services[0].release.mirror_methods[1]",
+        &["`NOT A METHOD` is not an HTTP method"],
+    );
+    only_error(
+        &canary_steps(
+            "[{ mirror: 10 }, { weight: 100 }]",
+            "      mirror_methods: []\n",
+        ),
+        "services[0].release.mirror_methods",
+        &["at least one method", "GET, HEAD and OPTIONS"],
+    );
+}
+
+#[test]
+fn mirror_methods_on_a_blue_green_release_are_refused() {
+    only_error(
+        &with_release(
+            "      strategy: blue_green
+      active: blue
+      preview: green
+      mirror_methods: [GET]
+",
+        ),
+        "services[0].release.mirror_methods",
+        &["`mirror_methods` does not apply to strategy `blue_green`"],
+    );
+}

@@ -154,6 +154,7 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
             .iter()
             .map(|s| StepView {
                 weight: s.weight.percent(),
+                mirror: s.mirror.map(Weight::percent),
                 pause: pause_text(s.pause),
             })
             .collect(),
@@ -162,6 +163,7 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
         stable: name(rollout.stable(plan)),
         weights,
         weight_overridden: rollout.weight_overridden,
+        mirror: rollout.mirror(plan).map(Weight::percent),
         pause,
         pause_remaining_s: rollout
             .pause_remaining_ms(plan, now_ms)

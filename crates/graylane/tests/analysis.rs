@@ -460,3 +460,122 @@ async fn a_prometheus_query_check_rolls_back_a_canary_prometheus_sees_failing() 
     assert_eq!(r["weights"]["canary"], 0.0);
     s.stop().await;
 }
+
+/// A `shadow` release whose first step only mirrors: half the users' requests are copied to
+/// the candidate, whose answers nobody sees.
+const SHADOW: &str = r#"  - name: shadow
+    match: { path_prefix: /shadow }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: "header:X-User-Id"
+      steps:
+        - { mirror: 50, pause: 10m }
+        - weight: 100
+      analysis:
+        interval: 500ms
+        min_requests: 40
+        checks:
+          - metric: error_rate
+            max_increase: 0.02
+"#;
+
+#[tokio::test]
+async fn a_candidate_failing_on_mirrored_traffic_is_aborted_before_any_user_sees_it() {
+    let s = serve_with("analysis-mirror", SHADOW).await;
+    s.canary.set_status(500);
+    let r = s
+        .call(Method::GET, "/api/v1/releases/shadow", "")
+        .await
+        .json();
+    assert_eq!(
+        (r["mirror"].as_f64(), r["weights"]["canary"].as_f64()),
+        (Some(50.0), Some(0.0)),
+        "{r}"
+    );
+    assert_eq!(r["plan"][0]["mirror"], 50.0, "{r}");
+    let admin = format!("http://{}", s.admin);
+    let status = tokio::task::spawn_blocking(move || {
+        run_with_env(
+            &["status", "shadow", "--admin", &admin],
+            &[("GRAYLANE_TOKEN", OPERATOR)],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.stdout.contains("canary 0% (mirror 50%)"),
+        "{status:?}"
+    );
+
+    // Users keep coming while the analysis judges the copies; every answer is the baseline's.
+    let done = Arc::new(AtomicBool::new(false));
+    let proxy = s.proxy;
+    let users = tokio::spawn({
+        let done = Arc::clone(&done);
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let mut answers = Vec::new();
+            while !done.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                let user = format!("user-{}", answers.len());
+                if let Ok(reply) = try_get(proxy, "/shadow/page", &[("x-user-id", &user)]).await {
+                    answers.push((reply.status, reply.upstream_version()));
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            answers
+        }
+    });
+    let r = eventually_within(
+        ANALYSIS_DEADLINE,
+        "the analysis to abort the mirrored release",
+        || async {
+            let r = s
+                .call(Method::GET, "/api/v1/releases/shadow", "")
+                .await
+                .json();
+            (r["state"] == "aborted").then_some(r)
+        },
+    )
+    .await;
+    done.store(true, Ordering::SeqCst);
+    let answers = users.await.unwrap();
+    let last = r["transitions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["actor"].as_str(), last["action"].as_str()),
+        (Some("analysis"), Some("analysis_failed")),
+        "{r}"
+    );
+    assert_eq!(
+        r["mirror"],
+        Value::Null,
+        "an aborted release copies nothing: {r}"
+    );
+    assert!(answers.len() >= 40, "{} answers", answers.len());
+    assert!(
+        answers
+            .iter()
+            .all(|(status, version)| *status == StatusCode::OK && version == "stable"),
+        "a user saw the candidate or its 500: {:?}",
+        answers
+            .iter()
+            .find(|(st, v)| *st != StatusCode::OK || v != "stable")
+    );
+    let copies = s.canary.seen();
+    assert!(
+        copies.len() >= 40,
+        "{} copies reached the candidate",
+        copies.len()
+    );
+    assert!(
+        copies
+            .iter()
+            .all(|c| c.headers.get("x-graylane-mirror").map(String::as_str) == Some("1")),
+        "the candidate only ever got marked copies"
+    );
+    s.stop().await;
+}

@@ -54,6 +54,8 @@ pub(crate) struct Forwarding<'a> {
     /// The client is a trusted hop: its forwarding details (`Forwarded`, `X-Forwarded-Host`,
     /// …) are passed on.
     pub trusted: bool,
+    /// A mirror step's copy (`X-Graylane-Mirror: 1`), whose answer nobody sees.
+    pub mirror: bool,
 }
 
 impl Forwarding<'_> {
@@ -114,6 +116,9 @@ impl Forwarding<'_> {
             line(out, b"host", authority.as_str().as_bytes());
         }
         line(out, b"x-graylane-lane", self.lane.as_bytes());
+        if self.mirror {
+            line(out, b"x-graylane-mirror", b"1");
+        }
         out.extend_from_slice(b"x-forwarded-for: ");
         if forwarded_for {
             for previous in &headers.get_all(&X_FORWARDED_FOR) {
@@ -305,6 +310,7 @@ mod tests {
             path: None,
             underscores,
             trusted: false,
+            mirror: false,
         };
         let mut out = Vec::new();
         forwarding.write_headers(&uri.parse().unwrap(), &map, &mut out);

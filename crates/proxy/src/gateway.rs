@@ -65,6 +65,7 @@ struct Inputs {
 struct NamedRouting {
     force_to: Option<String>,
     shares: Vec<(String, Weight)>,
+    mirror: Weight,
 }
 
 impl NamedRouting {
@@ -82,6 +83,7 @@ impl NamedRouting {
                 .iter()
                 .map(|s| (name(s.version), s.weight))
                 .collect(),
+            mirror: routing.mirror,
         }
     }
 
@@ -102,7 +104,11 @@ impl NamedRouting {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Routing { force_to, shares })
+        Some(Routing {
+            force_to,
+            shares,
+            mirror: self.mirror,
+        })
     }
 }
 

@@ -54,6 +54,8 @@ pub struct ServiceRoute {
     pub load_balancing: LoadBalancing,
     /// The parts of the release's `Set-Cookie` that do not change per request.
     pub sticky: Option<StickyCookie>,
+    /// The release's mirror step in effect; `None` (the rule) copies nothing.
+    pub(crate) mirror: Option<Box<crate::handler::mirror::Mirror>>,
 }
 
 /// A sticky cookie's fixed parts; its value (the signed bucket) is the rule engine's.
@@ -161,6 +163,7 @@ impl Snapshot {
                     connect_timeout: svc.connect_timeout,
                     request_timeout: svc.request_timeout,
                     load_balancing: svc.load_balancing,
+                    mirror: crate::handler::mirror::Mirror::prepare(svc, routes.get(&svc.name)),
                     sticky: sticky.map(|s| {
                         let mut attributes =
                             format!("; Path={}; HttpOnly; SameSite=Lax", svc.matcher.path_prefix);

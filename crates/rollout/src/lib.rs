@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The three strategies share this machine:
-//! * a **canary** walks its steps;
+//! * a **canary** walks its steps; a mirror step keeps every user on the baseline (weight 0)
+//!   and copies its share of the requests to the candidate ([`Rollout::mirror`]);
 //! * a **blue-green** release is one manual step at 0% (test traffic forced to the preview)
 //!   whose `promote` switches everything to the preview at once;
 //! * an **experiment** splits traffic over its variants until `promote` names the winner.
@@ -29,9 +30,9 @@
 //! use graylane_rollout::{Command, Phase, Plan, Rollout};
 //!
 //! let plan = Plan::canary(vec![
-//!     Step { weight: Weight::ZERO, pause: Pause::Manual },
-//!     Step { weight: Weight::from_percent(5.0).unwrap(), pause: Pause::For(std::time::Duration::from_secs(60)) },
-//!     Step { weight: Weight::FULL, pause: Pause::None },
+//!     Step { weight: Weight::ZERO, mirror: None, pause: Pause::Manual },
+//!     Step { weight: Weight::from_percent(5.0).unwrap(), mirror: None, pause: Pause::For(std::time::Duration::from_secs(60)) },
+//!     Step { weight: Weight::FULL, mirror: None, pause: Pause::None },
 //! ]);
 //! let mut r = Rollout::start(&plan, 0);
 //! assert_eq!((r.phase, r.weight), (Phase::Progressing, Weight::ZERO));
@@ -120,6 +121,7 @@ pub fn as_typed(command: &str) -> &str {
 
 const MANUAL_GATE: Step = Step {
     weight: Weight::ZERO,
+    mirror: None,
     pause: Pause::Manual,
 };
 

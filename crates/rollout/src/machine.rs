@@ -78,6 +78,17 @@ impl Rollout {
         }
     }
 
+    /// The share of requests copied to the candidate now: the current step's `mirror` while
+    /// the release is progressing or paused, unless `set-weight` overrode the step.
+    pub fn mirror(&self, plan: &Plan) -> Option<Weight> {
+        match self.phase {
+            Phase::Progressing | Phase::Paused if !self.weight_overridden => {
+                plan.step(self.step)?.mirror
+            }
+            _ => None,
+        }
+    }
+
     /// The traffic split the data plane must apply for this state.
     pub fn routing(&self, plan: &Plan) -> Routing {
         match (self.phase, &plan.kind) {
@@ -89,6 +100,7 @@ impl Rollout {
                     .iter()
                     .map(|&(_, version, weight)| Share { version, weight })
                     .collect(),
+                mirror: Weight::ZERO,
             },
             (_, Kind::Canary | Kind::BlueGreen { .. }) => {
                 let rest = Weight::FULL.milli_percent() - self.weight.milli_percent();
@@ -104,6 +116,7 @@ impl Rollout {
                             weight: Weight::from_milli_percent(rest),
                         },
                     ],
+                    mirror: self.mirror(plan).unwrap_or(Weight::ZERO),
                 }
             }
         }

@@ -10,23 +10,109 @@ fn pct(p: f64) -> Weight {
     Weight::from_percent(p).unwrap()
 }
 
+/// Mirror 20% for 10 minutes → 5% → 100%.
+fn mirror_plan() -> Plan {
+    Plan::canary(vec![
+        Step {
+            weight: Weight::ZERO,
+            mirror: Some(pct(20.0)),
+            pause: Pause::For(Duration::from_secs(600)),
+        },
+        Step {
+            weight: pct(5.0),
+            mirror: None,
+            pause: Pause::Manual,
+        },
+        Step {
+            weight: Weight::FULL,
+            mirror: None,
+            pause: Pause::None,
+        },
+    ])
+}
+
+#[test]
+fn a_mirror_step_keeps_every_user_on_the_baseline_and_copies_its_share_to_the_candidate() {
+    let plan = mirror_plan();
+    let mut r = Rollout::start(&plan, 0);
+    let routing = r.routing(&plan);
+    assert_eq!(routing.weight_of(plan.candidate), Weight::ZERO);
+    assert_eq!(routing.weight_of(plan.baseline), Weight::FULL);
+    assert_eq!(routing.mirror, pct(20.0));
+    assert_eq!(r.mirror(&plan), Some(pct(20.0)));
+
+    // Paused, the copies go on: the step's traffic is unchanged.
+    r.apply(&plan, Command::Pause, "alice", "", MIN).unwrap();
+    assert_eq!(r.routing(&plan).mirror, pct(20.0));
+    r.apply(&plan, Command::Resume, "alice", "", 2 * MIN)
+        .unwrap();
+
+    // The timed pause passes; the next step sends users and stops copying.
+    assert!(r.tick(&plan, 11 * MIN));
+    let routing = r.routing(&plan);
+    assert_eq!((r.step, routing.weight_of(plan.candidate)), (1, pct(5.0)));
+    assert_eq!(routing.mirror, Weight::ZERO);
+    assert_eq!(r.mirror(&plan), None);
+}
+
+#[test]
+fn a_mirror_step_is_promoted_aborted_and_overridden_like_any_step() {
+    let plan = mirror_plan();
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::Promote, "alice", "", MIN).unwrap();
+    assert_eq!((r.step, r.routing(&plan).mirror), (1, Weight::ZERO));
+
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::Abort, "analysis", "candidate errors", MIN)
+        .unwrap();
+    let routing = r.routing(&plan);
+    assert_eq!(
+        routing.mirror,
+        Weight::ZERO,
+        "an aborted release copies nothing"
+    );
+    assert_eq!(routing.weight_of(plan.baseline), Weight::FULL);
+
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::SetWeight(pct(1.0)), "alice", "", MIN)
+        .unwrap();
+    let routing = r.routing(&plan);
+    assert_eq!(routing.weight_of(plan.candidate), pct(1.0));
+    assert_eq!(
+        routing.mirror,
+        Weight::ZERO,
+        "set-weight replaces the step's traffic"
+    );
+
+    // A retry starts over at the mirror step.
+    let mut r = Rollout::start(&plan, 0);
+    r.apply(&plan, Command::Abort, "alice", "", MIN).unwrap();
+    r.apply(&plan, Command::Retry, "alice", "", 2 * MIN)
+        .unwrap();
+    assert_eq!(r.routing(&plan).mirror, pct(20.0));
+}
+
 /// Test traffic only (manual gate) → 5% for 5 minutes → 20% with no pause → 100%.
 fn plan() -> Plan {
     Plan::canary(vec![
         Step {
             weight: Weight::ZERO,
+            mirror: None,
             pause: Pause::Manual,
         },
         Step {
             weight: pct(5.0),
+            mirror: None,
             pause: Pause::For(Duration::from_secs(300)),
         },
         Step {
             weight: pct(20.0),
+            mirror: None,
             pause: Pause::None,
         },
         Step {
             weight: Weight::FULL,
+            mirror: None,
             pause: Pause::None,
         },
     ])
@@ -209,6 +295,7 @@ fn blue_green_switches_everything_at_once_and_back() {
         },
         steps: vec![Step {
             weight: Weight::ZERO,
+            mirror: None,
             pause: Pause::Manual,
         }],
         baseline: 0,
@@ -250,6 +337,7 @@ fn an_experiment_completes_with_the_named_winner() {
         },
         steps: vec![Step {
             weight: Weight::ZERO,
+            mirror: None,
             pause: Pause::Manual,
         }],
         baseline: 0,
@@ -361,14 +449,16 @@ fn any_plan() -> impl Strategy<Value = Plan> {
         (
             0u32..=100_000,
             prop_oneof![Just(0u64), Just(1u64), Just(30u64), Just(u64::MAX)],
+            any::<bool>(),
         ),
         1..6,
     )
     .prop_map(|steps| {
         steps
             .iter()
-            .map(|(w, p)| Step {
-                weight: Weight::from_milli_percent(*w),
+            .map(|(w, p, mirror)| Step {
+                weight: Weight::from_milli_percent(if *mirror { 0 } else { *w }),
+                mirror: mirror.then(|| Weight::from_milli_percent((*w).max(1_000))),
                 pause: match *p {
                     0 => Pause::None,
                     u64::MAX => Pause::Manual,
@@ -382,6 +472,7 @@ fn any_plan() -> impl Strategy<Value = Plan> {
         |(steps, kind, skip_rollback, gated, split)| {
             let manual = vec![Step {
                 weight: Weight::ZERO,
+                mirror: None,
                 pause: Pause::Manual,
             }];
             let (kind, steps) = match kind {
@@ -443,17 +534,22 @@ proptest! {
             match r.phase {
                 Phase::Aborted | Phase::RolledBack => {
                     prop_assert_eq!(r.weight, Weight::ZERO);
+                    prop_assert_eq!(routing.mirror, Weight::ZERO, "a stopped release copies nothing");
                     prop_assert_eq!(routing.weight_of(plan.baseline), Weight::FULL);
                     prop_assert_eq!(routing.force_to, None, "a stopped release forces nothing");
                 }
                 Phase::Completed => {
                     prop_assert_eq!(r.weight, Weight::FULL);
+                    prop_assert_eq!(routing.mirror, Weight::ZERO);
                     prop_assert_eq!(routing.weight_of(r.stable(&plan)), Weight::FULL);
                 }
                 Phase::Progressing | Phase::Paused if !r.weight_overridden => {
-                    prop_assert_eq!(r.weight, plan.steps[r.step].weight)
+                    prop_assert_eq!(r.weight, plan.steps[r.step].weight);
+                    prop_assert_eq!(routing.mirror, plan.steps[r.step].mirror.unwrap_or(Weight::ZERO));
                 }
-                _ => {}
+                Phase::Progressing | Phase::Paused => {
+                    prop_assert_eq!(routing.mirror, Weight::ZERO, "set-weight overrides a mirror step");
+                }
             }
             if cmd == Command::Abort && r.history.len() > before.history.len() {
                 prop_assert_eq!((r.phase, r.weight), (Phase::Aborted, Weight::ZERO));
@@ -479,6 +575,7 @@ fn refusals_spell_commands_and_strategies_as_people_type_and_say_them() {
     );
     let one_step = vec![Step {
         weight: Weight::ZERO,
+        mirror: None,
         pause: Pause::Manual,
     }];
     let with = |kind| Plan {

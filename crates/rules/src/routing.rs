@@ -15,6 +15,10 @@ pub struct Routing {
     pub force_to: Option<usize>,
     /// Versions and their shares, in bucket order; the weights add up to 100%.
     pub shares: Vec<Share>,
+    /// A mirror step: a request the baseline serves by its bucket is also copied to the
+    /// candidate when its bucket is below this share (so the same users are copied all along
+    /// the step); zero copies nothing.
+    pub mirror: Weight,
 }
 
 /// One version's share of the bucketed traffic.
@@ -31,13 +35,17 @@ impl Routing {
     /// version (test traffic forced to the preview), an experiment's variant weights.
     pub fn initial(release: &Release) -> Routing {
         match &release.strategy {
-            Strategy::Canary => Routing::canary(release, release.initial_weight()),
+            Strategy::Canary => Routing {
+                mirror: release.initial_mirror().unwrap_or(Weight::ZERO),
+                ..Routing::canary(release, release.initial_weight())
+            },
             Strategy::BlueGreen { .. } => Routing {
                 force_to: Some(release.candidate),
                 shares: vec![Share {
                     version: release.baseline,
                     weight: Weight::FULL,
                 }],
+                mirror: Weight::ZERO,
             },
             Strategy::Experiment { variants } => Routing {
                 force_to: None,
@@ -48,12 +56,13 @@ impl Routing {
                         weight: v.weight,
                     })
                     .collect(),
+                mirror: Weight::ZERO,
             },
         }
     }
 
     /// `weight` to the candidate (the lowest buckets), the rest to the baseline; force rules
-    /// on.
+    /// on; nothing mirrored.
     pub fn canary(release: &Release, weight: Weight) -> Routing {
         let rest =
             Weight::from_milli_percent(Weight::FULL.milli_percent() - weight.milli_percent());
@@ -69,6 +78,7 @@ impl Routing {
                     weight: rest,
                 },
             ],
+            mirror: Weight::ZERO,
         }
     }
 
@@ -80,6 +90,7 @@ impl Routing {
                 version,
                 weight: Weight::FULL,
             }],
+            mirror: Weight::ZERO,
         }
     }
 
@@ -150,5 +161,21 @@ services:
             .map(|s| s.weight.milli_percent())
             .collect();
         assert_eq!(weights, [50_000, 30_000, 20_000]);
+    }
+
+    #[test]
+    fn a_canary_starting_with_a_mirror_step_keeps_users_on_the_baseline_and_copies_its_share() {
+        let r = release(
+            "{ strategy: canary, baseline: blue, candidate: green, steps: [{ mirror: 20 }, { weight: 100 }] }",
+        );
+        let routing = Routing::initial(&r);
+        assert_eq!(routing.weight_of(1), Weight::ZERO);
+        assert_eq!(routing.weight_of(0), Weight::FULL);
+        assert_eq!(routing.mirror.milli_percent(), 20_000);
+        assert_eq!(
+            routing.force_to,
+            Some(1),
+            "force rules still reach the candidate"
+        );
     }
 }

@@ -173,6 +173,7 @@ impl RoutingTable {
                         ),
                     },
                 ],
+                mirror: Weight::ZERO,
             };
             self.set_routing(service, routing);
         }

@@ -66,6 +66,7 @@ fn blue_green_sends_testers_to_the_preview_and_everyone_else_to_active() {
                 version: BLUE,
                 weight: Weight::FULL
             }],
+            mirror: Weight::ZERO,
         })
     );
 

@@ -36,6 +36,21 @@ struct UpstreamState {
     fail_every: AtomicU64,
     /// Held requests are answered once this is true.
     released: tokio::sync::watch::Sender<bool>,
+    /// Every request received, in order of arrival of its body.
+    seen: std::sync::Mutex<Vec<Seen>>,
+}
+
+/// A request as the test upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The method.
+    pub method: String,
+    /// The request target.
+    pub path: String,
+    /// The headers, by lower-case name; repeated ones joined with `, `.
+    pub headers: BTreeMap<String, String>,
+    /// The whole body.
+    pub body: Bytes,
 }
 
 /// A test upstream on 127.0.0.1: answers every request with
@@ -78,6 +93,7 @@ impl Upstream {
             status: AtomicU64::new(0),
             fail_every: AtomicU64::new(0),
             released: tokio::sync::watch::channel(false).0,
+            seen: std::sync::Mutex::default(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread_state = Arc::clone(&state);
@@ -118,6 +134,15 @@ impl Upstream {
     /// Requests received so far (counted as soon as their headers arrive).
     pub fn received(&self) -> u64 {
         self.state.received.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far (once its body has arrived), oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Answers every request from now on with `status` (200 to go back to normal).
@@ -211,6 +236,16 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    state
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            headers: headers.clone(),
+            body: body.clone(),
+        });
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }

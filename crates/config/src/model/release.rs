@@ -89,6 +89,9 @@ pub struct Release {
     pub sticky: Option<Sticky>,
     /// Canary steps; empty for the other strategies.
     pub steps: Vec<Step>,
+    /// The methods a mirror step copies to the candidate (`mirror_methods:`); by default the
+    /// safe ones without TRACE: GET, HEAD, OPTIONS.
+    pub mirror_methods: Vec<http::Method>,
     /// The automatic judgement of each step; `None`: steps move on by their pauses alone.
     pub analysis: Option<Analysis>,
     /// A failed analysis pauses the release instead of rolling it back (for changes that
@@ -97,9 +100,22 @@ pub struct Release {
 }
 
 impl Release {
+    /// `mirror_methods` when unset: the safe methods of RFC 9110 §9.2.1 but TRACE (which
+    /// echoes the request, credentials included, back): a copy of them changes nothing the
+    /// baseline's answer depends on. PUT and DELETE are idempotent but not safe: the candidate
+    /// would write to whatever it shares with the baseline.
+    pub const DEFAULT_MIRROR_METHODS: [http::Method; 3] =
+        [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
+
     /// The weight in effect when a release starts: its first step's.
     pub fn initial_weight(&self) -> Weight {
         self.steps.first().map_or(Weight::ZERO, |s| s.weight)
+    }
+
+    /// The share copied to the candidate when a release starts: its first step's mirror, if
+    /// it is a mirror step.
+    pub fn initial_mirror(&self) -> Option<Weight> {
+        self.steps.first().and_then(|s| s.mirror)
     }
 }
 
@@ -159,8 +175,11 @@ pub struct Sticky {
 /// A canary step: the candidate's share and what happens before the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
-    /// The candidate's share while the step is in effect.
+    /// The candidate's share while the step is in effect; zero for a mirror step.
     pub weight: Weight,
+    /// A mirror (shadow) step: this share of the requests is copied to the candidate, whose
+    /// answers are discarded; users are served by the baseline alone.
+    pub mirror: Option<Weight>,
     /// How the step ends.
     pub pause: Pause,
 }

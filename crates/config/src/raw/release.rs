@@ -40,6 +40,9 @@ pub struct RawRelease {
     /// `steps`: canary only; the weights the release moves through, in order.
     #[serde(default)]
     pub steps: Vec<RawStep>,
+    /// `mirror_methods`: canary only; the methods a `mirror` step copies to the candidate,
+    /// default `[GET, HEAD, OPTIONS]`.
+    pub mirror_methods: Option<Vec<String>>,
     /// `analysis`: the automatic judgement of each step.
     pub analysis: Option<RawAnalysis>,
 }
@@ -92,7 +95,10 @@ pub struct RawSticky {
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
     /// `weight`: percent of the traffic on the candidate, 0 to 100 in steps of 0.001.
-    pub weight: f64,
+    pub weight: Option<f64>,
+    /// `mirror`: instead of `weight`, percent of the requests copied to the candidate (its
+    /// answers discarded, users served by the baseline), 1 to 100.
+    pub mirror: Option<f64>,
     /// `pause`: a duration or `manual`; unset moves on at once.
     pub pause: Option<String>,
 }

@@ -56,6 +56,10 @@ impl Validator<'_> {
             .enumerate()
             .filter_map(|(i, s)| self.step(&format!("{path}.steps[{i}]"), s))
             .collect();
+        let mirror_methods = self.mirror_methods(
+            &format!("{path}.mirror_methods"),
+            raw.mirror_methods.as_deref(),
+        );
         let analysis = raw
             .analysis
             .as_ref()
@@ -82,6 +86,7 @@ impl Validator<'_> {
             salt,
             sticky,
             steps,
+            mirror_methods,
             analysis,
             skip_rollback: raw.skip_rollback.unwrap_or(false),
         })
@@ -99,6 +104,7 @@ impl Validator<'_> {
             ("baseline", raw.baseline.is_some()),
             ("candidate", raw.candidate.is_some()),
             ("steps", !raw.steps.is_empty()),
+            ("mirror_methods", raw.mirror_methods.is_some()),
             ("active", raw.active.is_some()),
             ("preview", raw.preview.is_some()),
             ("keep_previous", raw.keep_previous.is_some()),
@@ -108,7 +114,7 @@ impl Validator<'_> {
         let (wanted, strategy_keys): (&[&str], &[&str]) = match raw.strategy.as_str() {
             "canary" => (
                 &["baseline", "candidate", "steps"],
-                &["baseline", "candidate", "steps", "force"],
+                &["baseline", "candidate", "steps", "mirror_methods", "force"],
             ),
             "blue_green" => (
                 &["active", "preview"],
@@ -270,16 +276,46 @@ impl Validator<'_> {
     }
 
     pub(super) fn step(&mut self, path: &str, raw: &RawStep) -> Option<Step> {
-        let weight = Weight::from_percent(raw.weight);
-        if weight.is_none() {
-            self.fail(
-                format!("{path}.weight"),
-                format!(
-                    "weight {} must be a percentage from 0 to 100 in steps of at most 0.001",
-                    raw.weight
-                ),
-            );
-        }
+        let (weight, mirror) = match (raw.weight, raw.mirror) {
+            (Some(w), None) => {
+                let weight = Weight::from_percent(w);
+                if weight.is_none() {
+                    self.fail(
+                        format!("{path}.weight"),
+                        format!(
+                            "weight {w} must be a percentage from 0 to 100 in steps of at most 0.001"
+                        ),
+                    );
+                }
+                (weight, None)
+            }
+            (None, Some(m)) => {
+                let mirror = Weight::from_percent(m).filter(|_| m >= 1.0);
+                if mirror.is_none() {
+                    self.fail(
+                        format!("{path}.mirror"),
+                        format!(
+                            "mirror {m} must be a percentage from 1 to 100 in steps of at most 0.001"
+                        ),
+                    );
+                }
+                (Some(Weight::ZERO), Some(mirror))
+            }
+            (Some(_), Some(_)) => {
+                self.fail(
+                    format!("{path}.mirror"),
+                    "a step has either `weight` (users on the candidate) or `mirror` (requests copied to it), not both",
+                );
+                (None, None)
+            }
+            (None, None) => {
+                self.fail(
+                    path,
+                    "a step needs `weight` (percent of users on the candidate) or `mirror` (percent of requests copied to it), e.g. `{ mirror: 20, pause: 10m }`",
+                );
+                (None, None)
+            }
+        };
         let pause = match raw.pause.as_deref() {
             None => Pause::None,
             Some("manual") => Pause::Manual,
@@ -287,7 +323,25 @@ impl Validator<'_> {
         };
         Some(Step {
             weight: weight?,
+            mirror: mirror.flatten(),
             pause,
         })
+    }
+
+    /// `mirror_methods`: the methods a mirror step copies; the safe ones by default.
+    fn mirror_methods(&mut self, path: &str, raw: Option<&[String]>) -> Vec<http::Method> {
+        let Some(raw) = raw else {
+            return Release::DEFAULT_MIRROR_METHODS.to_vec();
+        };
+        if raw.is_empty() {
+            self.fail(
+                path,
+                "list at least one method, e.g. `[GET, HEAD]`, or leave `mirror_methods` out for GET, HEAD and OPTIONS",
+            );
+        }
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, m)| self.method(&format!("{path}[{i}]"), m))
+            .collect()
     }
 }

@@ -429,5 +429,6 @@ pub(super) fn forwarding<'a>(
         path,
         underscores: conn.underscores,
         trusted: conn.trusted,
+        mirror: false,
     }
 }

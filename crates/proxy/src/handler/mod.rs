@@ -5,7 +5,8 @@
 //!    the sticky cookie the decision asks for (route.rs);
 //! 3. **limits**: the service's rate limits, the `429` (limits.rs);
 //! 4. **read** the start of the body, within the request's deadline (a request asking for a
-//!    protocol upgrade, WebSocket, leaves here for its handshake and tunnel: upgrade.rs);
+//!    protocol upgrade, WebSocket, leaves here for its handshake and tunnel: upgrade.rs); a
+//!    mirror step's copy to the candidate starts here, in its own task (mirror.rs);
 //! 5. **forward**: one exchange with an endpoint (balance.rs) when no guard applies, else
 //!    attempts through breakers, concurrency limits, retries and fallbacks (attempts.rs);
 //! 6. **respond**: the response stamped, the error statuses and bodies, counted per version
@@ -19,6 +20,7 @@
 mod attempts;
 mod balance;
 mod limits;
+pub(crate) mod mirror;
 mod refuse;
 mod respond;
 mod route;
@@ -198,6 +200,19 @@ pub(crate) async fn handle(
             return response;
         }
     };
+
+    // A mirror step copies a share of the baseline's requests to the candidate.
+    if service.mirror.is_some() {
+        mirror::copy(
+            &snapshot,
+            &worker,
+            &conn,
+            &decision,
+            &parts,
+            &body,
+            forward_path,
+        );
+    }
 
     // 5. Forward: through the version's guards when it has any, else the common case, one
     // exchange with one endpoint and nothing kept to send again.

@@ -119,6 +119,32 @@ impl Collector for RouteCollector {
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }
+        let mut mirror = encoder.encode_descriptor(
+            "graylane_mirror_requests",
+            "Requests a mirror step copied to a version (sent), or did not: too many copies in \
+             flight (dropped), a streamed body (skipped)",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &self.0 {
+            for (outcome, event) in [
+                ("sent", Event::MirrorSent),
+                ("dropped", Event::MirrorDropped),
+                ("skipped", Event::MirrorSkipped),
+            ] {
+                let n = r.sum(|s| s.events[event.index()].load(Relaxed));
+                if n > 0 {
+                    let labels = [
+                        ("service", r.service.as_str()),
+                        ("version", r.version.as_str()),
+                        ("outcome", outcome),
+                    ];
+                    mirror
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
         let mut duration = encoder.encode_descriptor(
             "graylane_request_duration_seconds",
             "Time from request to upstream response headers",

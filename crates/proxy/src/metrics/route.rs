@@ -41,10 +41,17 @@ pub enum Event {
     ShedNoEndpoint,
     /// One of the version's endpoints was ejected by outlier detection.
     Ejection,
+    /// A mirror step copied a request to the version.
+    MirrorSent,
+    /// A mirror step's copy to the version was dropped: too many copies were in flight.
+    MirrorDropped,
+    /// A mirror step did not copy a request to the version: its body was streamed, not read
+    /// whole.
+    MirrorSkipped,
 }
 
 impl Event {
-    const COUNT: usize = 7;
+    const COUNT: usize = 10;
 
     pub(super) fn index(self) -> usize {
         self as usize

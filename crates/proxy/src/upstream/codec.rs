@@ -584,6 +584,7 @@ mod tests {
             path: None,
             underscores: graylane_config::UnderscoreHeaders::Drop,
             trusted: false,
+            mirror: false,
         };
         assert_eq!(
             encode_head(&parts, &forwarding, true, None, &mut out),

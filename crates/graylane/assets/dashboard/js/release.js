@@ -75,6 +75,7 @@ export function mount(root, ctx, service) {
     tick();
     fill(weights, weightBar(r),
       r.weight_overridden ? h('p', { class: 'muted', text: 'The candidate\'s weight was set by hand; the next step replaces it.' }) : null,
+      r.mirror != null ? h('p', { class: 'muted', text: `Mirror ${pct(r.mirror, 3)}: that share of the requests is copied to ${r.candidate}; its answers are discarded, users see ${r.baseline} only.` }) : null,
       r.previous_kept_until ? h('p', { class: 'muted' }, 'Previous version kept until ', timeEl(r.previous_kept_until), '.') : null);
     // The charts colour versions as the weight bar does, which needs the release.
     if (buffer.size()) charts.update(buffer, versionOrder(r));
@@ -104,7 +105,10 @@ export function mount(root, ctx, service) {
     const steps = r.plan || [];
     const items = steps.map((step, i) => {
       const state = i < r.step || r.state === 'completed' ? 'done' : i === r.step ? 'current' : 'todo';
-      let weight = `${r.candidate} ${pct(step.weight, 3)}`;
+      // A mirror step sends no users to the candidate, only copies of their requests.
+      let weight = step.mirror != null
+        ? `${r.candidate} mirror ${pct(step.mirror, 3)}`
+        : `${r.candidate} ${pct(step.weight, 3)}`;
       // A weight set by hand replaces the current step's until the next step.
       if (i === r.step && r.weight_overridden && r.weights) {
         weight = `${r.candidate} ${pct(r.weights[r.candidate] ?? 0, 3)} (set by hand)`;

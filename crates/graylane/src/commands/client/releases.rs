@@ -318,9 +318,8 @@ fn outcome(r: &ReleaseView) -> String {
             } else {
                 String::new()
             };
-            let candidate = r.weights.get(&r.candidate).map(|w| (&r.candidate, w));
-            let traffic = match candidate {
-                Some((name, weight)) => format!("{name} {}", percent(*weight)),
+            let traffic = match r.weights.get(&r.candidate) {
+                Some(weight) => share(r, &r.candidate, *weight),
                 None => weights(r),
             };
             let by_hand = if r.weight_overridden {
@@ -362,9 +361,19 @@ fn weights(r: &ReleaseView) -> String {
     }
     let parts: Vec<String> = order
         .iter()
-        .map(|name| format!("{name} {}", percent(r.weights[*name])))
+        .map(|name| share(r, name, r.weights[*name]))
         .collect();
     parts.join(" · ")
+}
+
+/// One version's share; a mirror step's candidate with the share of requests copied to it.
+fn share(r: &ReleaseView, name: &str, weight: f64) -> String {
+    match r.mirror {
+        Some(mirror) if name == r.candidate => {
+            format!("{name} {} (mirror {})", percent(weight), percent(mirror))
+        }
+        _ => format!("{name} {}", percent(weight)),
+    }
 }
 
 /// The current step's pause while the release runs: the time left of a timed one (frozen while
@@ -486,6 +495,19 @@ mod tests {
         assert!(
             text.contains("SAMPLE RATIO MISMATCH (p = 2.60e-8): exposures 5200/4800"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_mirror_step_shows_the_share_copied_to_the_candidate() {
+        let mut value = payment();
+        value["weights"] = json!({ "stable": 100.0, "canary": 0.0 });
+        value["mirror"] = json!(20.0);
+        let r = release(value);
+        assert_eq!(weights(&r), "stable 100% · canary 0% (mirror 20%)");
+        assert_eq!(
+            outcome(&r),
+            "payment: paused at step 2/4, canary 0% (mirror 20%)"
         );
     }
 
