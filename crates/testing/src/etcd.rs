@@ -20,17 +20,19 @@ pub struct EtcdServer {
 
 /// Ports handed out in this process, from a base that differs between processes so parallel
 /// test binaries rarely collide; a port etcd cannot bind is detected and the next one tried.
+/// They stay below Linux's ephemeral range (32768 and up), where any outgoing connection of a
+/// busy machine may be holding a port.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 fn next_port() -> u16 {
     let _ = NEXT_PORT.compare_exchange(
         0,
-        20_000 + (std::process::id() % 1_000) as u16 * 20,
+        10_000 + (std::process::id() % 1_000) as u16 * 22,
         Ordering::Relaxed,
         Ordering::Relaxed,
     );
     let p = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-    if p >= 60_000 { 20_000 + p % 40_000 } else { p }
+    if p >= 32_000 { 10_000 + p % 22_000 } else { p }
 }
 
 impl EtcdServer {
