@@ -8,6 +8,7 @@
 //! ([`ports::with_fresh_port`]).
 
 pub mod etcd;
+pub mod geoip;
 pub mod http;
 pub mod ports;
 pub mod process;
