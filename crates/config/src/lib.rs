@@ -21,6 +21,7 @@
 mod aliases;
 mod depth;
 mod error;
+mod geoip;
 mod locate;
 pub mod model;
 pub mod raw;
@@ -31,6 +32,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use geoip::CountryDb;
 pub use model::*;
 pub use redact::{redact_url, redact_urls_in};
 pub use registry::{RegistryInstance, registry_services, resolve_registry};

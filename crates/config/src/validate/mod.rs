@@ -1,11 +1,12 @@
 //! Raw model → validated model. Every check runs even after an earlier one failed, so the user
 //! sees every problem in one go; each problem names the key path it belongs to.
 //!
-//! One file per section: [`listeners`] (and admin), [`segments`], [`services`] (versions,
+//! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`services`] (versions,
 //! endpoints, registry selectors), [`releases`] (strategies, steps), [`analysis`], [`rules`]
 //! (matchers), [`traffic`] (traffic control) and [`scalars`] (the leaf values they share).
 
 mod analysis;
+mod geoip;
 mod listeners;
 mod releases;
 mod rules;
@@ -52,6 +53,7 @@ impl<'a> Validator<'a> {
         let services = self.services(raw.services, &segments, &upstream);
         let webhooks = self.webhooks(&raw.webhooks);
         let audit = self.audit(raw.audit.as_ref());
+        let geoip = raw.geoip.as_ref().and_then(|g| self.geoip(g));
         let traffic_control = match raw.traffic_control {
             Some(tc) => self.traffic_control(tc, &services, &declared),
             None => TrafficControl::default(),
@@ -76,6 +78,7 @@ impl<'a> Validator<'a> {
             traffic_control,
             webhooks,
             audit,
+            geoip,
         })
     }
 }
