@@ -18,7 +18,8 @@ impl CountryDb {
     /// Reads the MaxMind DB at `path`; the error says why it is not one (unreadable, not the
     /// format, damaged).
     pub fn open(path: &Path) -> Result<CountryDb, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         CountryDb::from_bytes(bytes)
             .map_err(|e| format!("{} is not a usable MaxMind DB: {e}", path.display()))
     }
@@ -27,7 +28,8 @@ impl CountryDb {
     /// metadata) so a damaged file is refused here rather than failing lookups later.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<CountryDb, String> {
         let bytes: Arc<[u8]> = bytes.into();
-        let reader = maxminddb::Reader::from_source(Arc::clone(&bytes)).map_err(|e| e.to_string())?;
+        let reader =
+            maxminddb::Reader::from_source(Arc::clone(&bytes)).map_err(|e| e.to_string())?;
         reader.verify().map_err(|e| e.to_string())?;
         Ok(CountryDb { bytes, reader })
     }

@@ -329,7 +329,10 @@ mod tests {
     fn geo_ip_is_the_right_most_forwarded_address_that_is_not_a_trusted_hop() {
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         assert_eq!(geo_ip_behind_trusted_hops(&[]), ip("10.0.0.1"));
-        assert_eq!(geo_ip_behind_trusted_hops(&["203.0.113.9"]), ip("203.0.113.9"));
+        assert_eq!(
+            geo_ip_behind_trusted_hops(&["203.0.113.9"]),
+            ip("203.0.113.9")
+        );
         // The left-most entry is whatever the client wrote; the hop appended the real one.
         assert_eq!(
             geo_ip_behind_trusted_hops(&["192.0.2.66, 203.0.113.9, 10.1.2.3"]),
@@ -340,8 +343,14 @@ mod tests {
             geo_ip_behind_trusted_hops(&["192.0.2.66", "203.0.113.9 ,10.1.2.3"]),
             ip("203.0.113.9")
         );
-        assert_eq!(geo_ip_behind_trusted_hops(&["10.9.9.9, 10.1.2.3"]), ip("10.9.9.9"));
-        assert_eq!(geo_ip_behind_trusted_hops(&["::ffff:203.0.113.9"]), ip("203.0.113.9"));
+        assert_eq!(
+            geo_ip_behind_trusted_hops(&["10.9.9.9, 10.1.2.3"]),
+            ip("10.9.9.9")
+        );
+        assert_eq!(
+            geo_ip_behind_trusted_hops(&["::ffff:203.0.113.9"]),
+            ip("203.0.113.9")
+        );
         // An entry that is not an address where the client should be: unknown.
         assert_eq!(geo_ip_behind_trusted_hops(&["unknown, 10.1.2.3"]), None);
         assert_eq!(geo_ip_behind_trusted_hops(&["203.0.113.9:4711"]), None);

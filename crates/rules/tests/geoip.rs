@@ -56,7 +56,10 @@ fn the_database_s_country_for_the_client_address_decides() {
     assert!(forced(&table, &from("127.0.0.2")));
     assert!(!forced(&table, &from("127.0.0.3")));
     assert!(forced(&table, &from("::ffff:127.0.0.2")), "IPv4-mapped");
-    assert!(forced(&table, &from("2001:db8::7")), "codes compare case-insensitively");
+    assert!(
+        forced(&table, &from("2001:db8::7")),
+        "codes compare case-insensitively"
+    );
     assert_eq!(table.geoip_country(&from("127.0.0.3").view()), Some("US"));
 }
 
@@ -64,7 +67,10 @@ fn the_database_s_country_for_the_client_address_decides() {
 fn the_header_is_not_believed_over_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let table = RoutingTable::compile(&config(dir.path()));
-    assert!(!forced(&table, &from("127.0.0.3").header("cf-ipcountry", "DE")));
+    assert!(!forced(
+        &table,
+        &from("127.0.0.3").header("cf-ipcountry", "DE")
+    ));
 }
 
 #[test]
@@ -72,7 +78,10 @@ fn an_address_the_database_does_not_know_falls_back_to_the_header() {
     let dir = tempfile::tempdir().unwrap();
     let table = RoutingTable::compile(&config(dir.path()));
     assert_eq!(table.geoip_country(&from("127.0.0.9").view()), None);
-    assert!(forced(&table, &from("127.0.0.9").header("cf-ipcountry", "AT")));
+    assert!(forced(
+        &table,
+        &from("127.0.0.9").header("cf-ipcountry", "AT")
+    ));
     // No answer and no header: no country, so the rule does not match.
     assert!(!forced(&table, &from("127.0.0.9")));
 }

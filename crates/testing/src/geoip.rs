@@ -112,12 +112,20 @@ fn parse_network(net: &str) -> (u128, u32) {
         .unwrap_or_else(|e| panic!("`{net}` is not a network: {e}"));
     match ip {
         IpAddr::V4(v4) => {
-            let len: u32 = if len.is_empty() { 32 } else { len.parse().unwrap() };
+            let len: u32 = if len.is_empty() {
+                32
+            } else {
+                len.parse().unwrap()
+            };
             assert!((1..=32).contains(&len), "`{net}`: prefix out of range");
             (u128::from(u32::from(v4)), 96 + len)
         }
         IpAddr::V6(v6) => {
-            let len: u32 = if len.is_empty() { 128 } else { len.parse().unwrap() };
+            let len: u32 = if len.is_empty() {
+                128
+            } else {
+                len.parse().unwrap()
+            };
             assert!((1..=128).contains(&len), "`{net}`: prefix out of range");
             (u128::from(v6), len)
         }
@@ -151,7 +159,10 @@ fn write_metadata(out: &mut Vec<u8>, node_count: u32) {
 
 /// A field's control byte(s): type (extended types after it) and size.
 fn write_control(out: &mut Vec<u8>, kind: u8, size: usize) {
-    assert!(size < 285 + 65_536, "a field of {size} is more than these tests write");
+    assert!(
+        size < 285 + 65_536,
+        "a field of {size} is more than these tests write"
+    );
     let bits = match size {
         0..=28 => size as u8,
         29..=284 => 29,
