@@ -61,4 +61,8 @@ pub struct EvalAnswer {
     /// `-H "Cookie: ..."`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_cookie: Option<String>,
+    /// The country the `geoip:` database gives for the client address, as `country` rules see
+    /// it; absent without a database or when it has no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
 }

@@ -22,6 +22,7 @@ mod aliases;
 mod depth;
 mod dns;
 mod error;
+mod geoip;
 mod locate;
 pub mod model;
 pub mod raw;
@@ -34,6 +35,7 @@ use std::path::Path;
 
 pub use dns::{DnsLookup, dns_lookups, resolve_dns};
 pub use error::{ConfigError, ConfigErrors};
+pub use geoip::CountryDb;
 pub use model::*;
 pub use redact::{redact_url, redact_urls_in};
 pub use registry::{RegistryInstance, registry_services, resolve_registry};

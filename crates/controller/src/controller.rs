@@ -57,13 +57,18 @@ pub trait DataPlane: Send + Sync {
 /// What a reload of the configuration file did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reloaded {
-    /// Neither the file nor a segment file it names changed.
+    /// Neither the file nor a segment file or GeoIP database it names changed.
     Unchanged,
     /// The file changed: the revision it was recorded as.
     Revision(u64),
-    /// Only the members of these `file:` segments changed (no new revision: the text is the
-    /// same).
-    Segments(Vec<String>),
+    /// Only files the configuration names changed (no new revision: the text is the same):
+    /// the members of these `file:` segments, and the `geoip:` database when `geoip`.
+    Files {
+        /// The `file:` segments whose members changed.
+        segments: Vec<String>,
+        /// The `geoip:` database file holds another database.
+        geoip: bool,
+    },
 }
 
 /// What a person (or the analysis) asks of a release, as the API says it.

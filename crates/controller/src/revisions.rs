@@ -18,9 +18,10 @@ use graylane_api::{ApplyOutcome, AuditView, RevisionView};
 impl Controller {
     /// The file changed on disk, or a SIGHUP asked for a reload: validates and applies it as a
     /// revision by `file`. Text equal to the current revision (such as the API's own write)
-    /// records nothing, but the segment files it names are read again: members added to or
-    /// removed from a `file:` segment take effect without an edit of the configuration. A
-    /// segment file that cannot be read rejects the reload, so the old members keep serving.
+    /// records nothing, but the segment files and the GeoIP database it names are read again:
+    /// members added to or removed from a `file:` segment, and a new database, take effect
+    /// without an edit of the configuration. A segment file that cannot be read, or a database
+    /// that is not one, rejects the reload, so the old members and database keep serving.
     ///
     /// The file is read under the same lock the API's writes of it hold: text read before an
     /// API write and applied after it would bring the configuration it replaced back.
@@ -35,7 +36,7 @@ impl Controller {
         // fleet node that one may be a newer revision from another node, which an unchanged
         // file must not undo.
         if yaml == state.file_text {
-            return self.reread_segments(&mut state, now_ms);
+            return self.reread_files(&mut state, now_ms);
         }
         let config = self.load(&yaml)?;
         let n = self.apply_config(
@@ -49,10 +50,11 @@ impl Controller {
         Ok(Reloaded::Revision(n))
     }
 
-    /// The files the `file:` segments of the current configuration are read from: what the
-    /// file watcher watches besides the configuration file.
-    pub fn segment_files(&self) -> Vec<PathBuf> {
-        self.lock()
+    /// The files the current configuration reads besides itself — its `file:` segments' and
+    /// its `geoip:` database: what the file watcher watches besides the configuration file.
+    pub fn data_files(&self) -> Vec<PathBuf> {
+        let state = self.lock();
+        state
             .config
             .segments
             .iter()
@@ -60,19 +62,25 @@ impl Controller {
                 SegmentSource::File(path) => Some(path.clone()),
                 _ => None,
             })
+            .chain(state.config.geoip.as_ref().map(|g| g.database.clone()))
             .collect()
     }
 
-    fn reread_segments(&self, state: &mut State, now_ms: i64) -> Result<Reloaded, ControlError> {
-        if !state
-            .config
-            .segments
-            .iter()
-            .any(|s| matches!(s.source, SegmentSource::File(_)))
+    fn reread_files(&self, state: &mut State, now_ms: i64) -> Result<Reloaded, ControlError> {
+        if state.config.geoip.is_none()
+            && !state
+                .config
+                .segments
+                .iter()
+                .any(|s| matches!(s.source, SegmentSource::File(_)))
         {
             return Ok(Reloaded::Unchanged);
         }
         let config = self.load(&state.yaml)?;
+        let geoip = match (&state.config.geoip, &config.geoip) {
+            (Some(old), Some(new)) => old.countries != new.countries,
+            _ => false,
+        };
         let changed: Vec<String> = config
             .segments
             .iter()
@@ -86,23 +94,41 @@ impl Controller {
             })
             .map(|s| s.name.clone())
             .collect();
-        if changed.is_empty() {
+        if changed.is_empty() && !geoip {
             return Ok(Reloaded::Unchanged);
         }
-        self.store.append_audit(
-            &self.env,
-            NewAuditEntry {
-                at_ms: now_ms,
-                actor: "file".to_string(),
-                action: "segments.reloaded".to_string(),
-                target: changed.join(","),
-                reason: "segment file changed".to_string(),
-                detail: serde_json::Value::Null,
-            },
-        )?;
+        if !changed.is_empty() {
+            self.store.append_audit(
+                &self.env,
+                NewAuditEntry {
+                    at_ms: now_ms,
+                    actor: "file".to_string(),
+                    action: "segments.reloaded".to_string(),
+                    target: changed.join(","),
+                    reason: "segment file changed".to_string(),
+                    detail: serde_json::Value::Null,
+                },
+            )?;
+        }
+        if geoip {
+            self.store.append_audit(
+                &self.env,
+                NewAuditEntry {
+                    at_ms: now_ms,
+                    actor: "file".to_string(),
+                    action: "geoip.reloaded".to_string(),
+                    target: "geoip".to_string(),
+                    reason: "GeoIP database file changed".to_string(),
+                    detail: serde_json::Value::Null,
+                },
+            )?;
+        }
         self.plane.apply(config.clone(), &routes(&state.releases));
         state.config = Arc::new(config);
-        Ok(Reloaded::Segments(changed))
+        Ok(Reloaded::Files {
+            segments: changed,
+            geoip,
+        })
     }
 
     /// A configuration from the API: validated, written to the file, recorded, applied.

@@ -127,6 +127,7 @@ fn run() -> Result<(), String> {
         now_unix_ms: 0,
         trusted_lane: None,
         trusted: false,
+        trusted_hops: &[],
         random: 0,
     };
     let t = Instant::now();

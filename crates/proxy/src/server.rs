@@ -463,6 +463,7 @@ fn spawn_connection(ctx: &Rc<AcceptCtx>, stream: tokio::net::TcpStream, peer: So
         forwarded_for: forwarded_for(peer),
         tls: ctx.tls.is_some(),
         trusted,
+        listener: Rc::clone(&ctx.listener),
         paths: ctx.listener.paths,
         underscores: ctx.listener.headers_with_underscores,
         tunnel: Tunnel::default(),

@@ -216,6 +216,7 @@ impl Probe {
             now_unix_ms: 0,
             trusted_lane: None,
             trusted: false,
+            trusted_hops: &[],
             random: 0,
         }
     }

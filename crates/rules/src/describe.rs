@@ -6,16 +6,17 @@
 
 use std::fmt::Write as _;
 
-use graylane_config::{PathMatch, Rule, Segment, ValueMatch};
+use graylane_config::{Config, PathMatch, Rule, ValueMatch};
 
-/// `rule` in words; `segments` resolve segment indices to names.
-pub(crate) fn describe(rule: &Rule, segments: &[Segment]) -> String {
+/// `rule` in words; `config` resolves segment indices to names and says whether `country`
+/// rules ask a GeoIP database.
+pub(crate) fn describe(rule: &Rule, config: &Config) -> String {
     let mut out = String::new();
-    write_rule(&mut out, rule, segments);
+    write_rule(&mut out, rule, config);
     out
 }
 
-fn write_rule(out: &mut String, rule: &Rule, segments: &[Segment]) {
+fn write_rule(out: &mut String, rule: &Rule, config: &Config) {
     // Writing to a String cannot fail, hence the ignored fmt::Results below.
     match rule {
         Rule::Header { name, matcher } => {
@@ -56,6 +57,10 @@ fn write_rule(out: &mut String, rule: &Rule, segments: &[Segment]) {
             out.push_str("device (from User-Agent) is ");
             write_list(out, classes.iter().map(|c| c.as_str()), " or ");
         }
+        Rule::Country { header, codes } if config.geoip.is_some() => {
+            let _ = write!(out, "country (GeoIP database, else header {header}) is ");
+            write_list(out, codes.iter().map(String::as_str), " or ");
+        }
         Rule::Country { header, codes } => {
             let _ = write!(out, "country (header {header}) is ");
             write_list(out, codes.iter().map(String::as_str), " or ");
@@ -70,18 +75,21 @@ fn write_rule(out: &mut String, rule: &Rule, segments: &[Segment]) {
             }
         }
         Rule::Segment { segment, key } => {
-            let name = segments.get(*segment).map_or("?", |s| s.name.as_str());
+            let name = config
+                .segments
+                .get(*segment)
+                .map_or("?", |s| s.name.as_str());
             let _ = write!(out, "{key} is in segment {name}");
         }
-        Rule::All(rules) => write_group(out, "all of", rules, segments),
-        Rule::Any(rules) => write_group(out, "any of", rules, segments),
+        Rule::All(rules) => write_group(out, "all of", rules, config),
+        Rule::Any(rules) => write_group(out, "any of", rules, config),
         Rule::Not(rule) => {
             out.push_str("not (");
-            write_rule(out, rule, segments);
+            write_rule(out, rule, config);
             out.push(')');
         }
         Rule::TrustedOnly(rule) => {
-            write_rule(out, rule, segments);
+            write_rule(out, rule, config);
             out.push_str(" (from a trusted hop)");
         }
     }
@@ -99,14 +107,14 @@ fn write_value(out: &mut String, m: &ValueMatch) {
     };
 }
 
-fn write_group(out: &mut String, what: &str, rules: &[Rule], segments: &[Segment]) {
+fn write_group(out: &mut String, what: &str, rules: &[Rule], config: &Config) {
     out.push_str(what);
     out.push_str(" (");
     for (i, r) in rules.iter().enumerate() {
         if i > 0 {
             out.push_str("; ");
         }
-        write_rule(out, r, segments);
+        write_rule(out, r, config);
     }
     out.push(')');
 }

@@ -46,6 +46,7 @@
 //!     now_unix_ms: 0,
 //!     trusted_lane: None,
 //!     trusted: false,
+//!     trusted_hops: &[],
 //!     random: 0,
 //! };
 //! let decision = table.decide(&req).unwrap();

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
-use graylane_config::{DeviceClass, KeySpec, PathMatch, Rule, ValueMatch};
+use graylane_config::{CountryDb, DeviceClass, KeySpec, PathMatch, Rule, ValueMatch};
 use http::{HeaderName, Method};
 use ipnet::IpNet;
 use memchr::memmem;
@@ -80,6 +80,8 @@ pub(crate) enum Matcher {
     Country {
         header: HeaderName,
         codes: Box<[Box<str>]>,
+        /// The `geoip:` database, asked first; `header` is the fallback.
+        db: Option<Arc<CountryDb>>,
     },
     Time {
         from: Option<i64>,
@@ -122,8 +124,13 @@ pub(crate) enum StrMatcher {
 }
 
 impl Matcher {
-    /// Compiles `rule`; `segments` are the members of `config.segments`, by index.
-    pub(crate) fn compile(rule: &Rule, segments: &[Members]) -> Matcher {
+    /// Compiles `rule`; `segments` are the members of `config.segments`, by index, and `db`
+    /// is the `geoip:` database `country` rules ask before their header.
+    pub(crate) fn compile(
+        rule: &Rule,
+        segments: &[Members],
+        db: Option<&Arc<CountryDb>>,
+    ) -> Matcher {
         match rule {
             Rule::Header { name, matcher } => Matcher::Header {
                 name: name.clone(),
@@ -157,6 +164,7 @@ impl Matcher {
             Rule::Country { header, codes } => Matcher::Country {
                 header: header.clone(),
                 codes: codes.iter().map(|c| c.as_str().into()).collect(),
+                db: db.cloned(),
             },
             Rule::Time { from, until } => Matcher::Time {
                 from: *from,
@@ -168,15 +176,21 @@ impl Matcher {
                 members: segments.get(*segment).cloned().unwrap_or_default(),
                 key: key.clone(),
             },
-            Rule::All(rules) => {
-                Matcher::All(rules.iter().map(|r| Self::compile(r, segments)).collect())
-            }
-            Rule::Any(rules) => {
-                Matcher::Any(rules.iter().map(|r| Self::compile(r, segments)).collect())
-            }
-            Rule::Not(rule) => Matcher::Not(Box::new(Self::compile(rule, segments))),
+            Rule::All(rules) => Matcher::All(
+                rules
+                    .iter()
+                    .map(|r| Self::compile(r, segments, db))
+                    .collect(),
+            ),
+            Rule::Any(rules) => Matcher::Any(
+                rules
+                    .iter()
+                    .map(|r| Self::compile(r, segments, db))
+                    .collect(),
+            ),
+            Rule::Not(rule) => Matcher::Not(Box::new(Self::compile(rule, segments, db))),
             Rule::TrustedOnly(rule) => {
-                Matcher::TrustedOnly(Box::new(Self::compile(rule, segments)))
+                Matcher::TrustedOnly(Box::new(Self::compile(rule, segments, db)))
             }
         }
     }
@@ -206,10 +220,17 @@ impl Matcher {
                 .get(http::header::USER_AGENT)
                 .and_then(|ua| std::str::from_utf8(ua.as_bytes()).ok())
                 .is_some_and(|ua| set.contains(classify(ua))),
-            Matcher::Country { header, codes } => req.header_values(header).any(|v| {
-                let v = v.trim_ascii();
-                codes.iter().any(|c| c.as_bytes().eq_ignore_ascii_case(v))
-            }),
+            // The database's answer wins; without one (no database, an address it has no
+            // country for) the header decides, and with neither the rule does not match.
+            Matcher::Country { header, codes, db } => {
+                match db.as_deref().and_then(|db| req.country_from(db)) {
+                    Some(code) => codes.iter().any(|c| c.eq_ignore_ascii_case(code)),
+                    None => req.header_values(header).any(|v| {
+                        let v = v.trim_ascii();
+                        codes.iter().any(|c| c.as_bytes().eq_ignore_ascii_case(v))
+                    }),
+                }
+            }
             Matcher::Time { from, until } => {
                 from.is_none_or(|f| req.now_unix_ms >= f)
                     && until.is_none_or(|u| req.now_unix_ms < u)

@@ -8,8 +8,15 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use graylane_config::KeySpec;
+use graylane_config::{CountryDb, KeySpec};
 use http::HeaderName;
+use ipnet::IpNet;
+
+/// How many `X-Forwarded-For` entries are walked looking for the client behind trusted hops:
+/// a chain longer than this gets no country from the database (its header still counts).
+const MAX_FORWARDED_HOPS: usize = 16;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// What the rule engine sees of a request. The proxy builds one per request from data it already
 /// has; every field is borrowed.
@@ -34,6 +41,9 @@ pub struct RequestView<'a> {
     /// The request comes from a listener's `trusted_hops`: rules and keys written with
     /// `trusted_only: true` are honoured.
     pub trusted: bool,
+    /// The listener's `trusted_hops`. When `trusted`, the address a `country` rule looks up in
+    /// the GeoIP database is the right-most `X-Forwarded-For` entry outside them.
+    pub trusted_hops: &'a [IpNet],
     /// A random number the caller draws per request: the bucket (modulo 100,000) of a client
     /// new to a sticky release that lacks the `bucket_by` key. The engine itself draws nothing.
     pub random: u32,
@@ -75,6 +85,45 @@ impl<'a> RequestView<'a> {
     /// listener reports for IPv4 peers) is its IPv4 address.
     pub(crate) fn ip(&self) -> IpAddr {
         self.client_ip.to_canonical()
+    }
+
+    /// The address a `country` rule looks up in the GeoIP database: the peer's, or, when the
+    /// peer is a trusted hop that sent `X-Forwarded-For`, the right-most entry that is not a
+    /// trusted hop itself (the one the first trusted hop saw connect; anything left of it the
+    /// client wrote). Every entry trusted: the left-most. `None` when an entry to be read is
+    /// not an address or the chain is longer than [`MAX_FORWARDED_HOPS`]: the client is then
+    /// unknown, and the rule falls back to its header.
+    pub fn geo_ip(&self) -> Option<IpAddr> {
+        if !self.trusted {
+            return Some(self.ip());
+        }
+        let mut last = None;
+        let entries = self
+            .headers
+            .get_all(&X_FORWARDED_FOR)
+            .into_iter()
+            .rev()
+            .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','));
+        for (i, entry) in entries.enumerate() {
+            if i == MAX_FORWARDED_HOPS {
+                return None;
+            }
+            let ip = std::str::from_utf8(entry.trim_ascii())
+                .ok()?
+                .parse::<IpAddr>()
+                .ok()?
+                .to_canonical();
+            if !self.trusted_hops.iter().any(|net| net.contains(&ip)) {
+                return Some(ip);
+            }
+            last = Some(ip);
+        }
+        Some(last.unwrap_or_else(|| self.ip()))
+    }
+
+    /// The country `db` has for [`RequestView::geo_ip`], if any.
+    pub(crate) fn country_from<'d>(&self, db: &'d CountryDb) -> Option<&'d str> {
+        db.country(self.geo_ip()?)
     }
 
     /// Calls `f` with the key a per-key policy (a rate limit) counts this request under: the
@@ -257,8 +306,71 @@ mod tests {
             now_unix_ms: 0,
             trusted_lane: None,
             trusted: false,
+            trusted_hops: &[],
             random: 0,
         }
+    }
+
+    /// The address a trusted hop's request (from 10.0.0.1) is looked up as, given its
+    /// `X-Forwarded-For` headers and hops 10.0.0.0/8 trusted.
+    fn geo_ip_behind_trusted_hops(forwarded_for: &[&str]) -> Option<IpAddr> {
+        let mut headers = HeaderMap::new();
+        for v in forwarded_for {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        let hops = ["10.0.0.0/8".parse().unwrap()];
+        let mut v = view(&headers, None);
+        v.trusted = true;
+        v.trusted_hops = &hops;
+        v.geo_ip()
+    }
+
+    #[test]
+    fn geo_ip_is_the_right_most_forwarded_address_that_is_not_a_trusted_hop() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(geo_ip_behind_trusted_hops(&[]), ip("10.0.0.1"));
+        assert_eq!(
+            geo_ip_behind_trusted_hops(&["203.0.113.9"]),
+            ip("203.0.113.9")
+        );
+        // The left-most entry is whatever the client wrote; the hop appended the real one.
+        assert_eq!(
+            geo_ip_behind_trusted_hops(&["192.0.2.66, 203.0.113.9, 10.1.2.3"]),
+            ip("203.0.113.9")
+        );
+        // Several headers read as one list, in order.
+        assert_eq!(
+            geo_ip_behind_trusted_hops(&["192.0.2.66", "203.0.113.9 ,10.1.2.3"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            geo_ip_behind_trusted_hops(&["10.9.9.9, 10.1.2.3"]),
+            ip("10.9.9.9")
+        );
+        assert_eq!(
+            geo_ip_behind_trusted_hops(&["::ffff:203.0.113.9"]),
+            ip("203.0.113.9")
+        );
+        // An entry that is not an address where the client should be: unknown.
+        assert_eq!(geo_ip_behind_trusted_hops(&["unknown, 10.1.2.3"]), None);
+        assert_eq!(geo_ip_behind_trusted_hops(&["203.0.113.9:4711"]), None);
+        // Junk left of the client's entry is never read.
+        assert_eq!(
+            geo_ip_behind_trusted_hops(&["junk, 203.0.113.9"]),
+            ip("203.0.113.9")
+        );
+        let long = vec!["10.0.0.2"; MAX_FORWARDED_HOPS + 1].join(",");
+        assert_eq!(geo_ip_behind_trusted_hops(&[&long]), None);
+    }
+
+    #[test]
+    fn geo_ip_of_an_untrusted_peer_ignores_x_forwarded_for() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        assert_eq!(
+            view(&headers, None).geo_ip(),
+            Some("10.0.0.1".parse().unwrap())
+        );
     }
 
     fn decoded(raw: &str) -> Vec<u8> {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use graylane_config::{Config, KeySpec, Release, Service, Weight};
+use graylane_config::{Config, CountryDb, KeySpec, Release, Service, Weight};
 use http::Method;
 
 use crate::bucket::{BUCKETS, Bucketer, bucket_of};
@@ -23,6 +23,8 @@ use crate::sticky::{CookieKeys, Signer, StickyValue};
 pub struct RoutingTable {
     services: Box<[CompiledService]>,
     index: ServiceIndex,
+    /// The `geoip:` database, for [`RoutingTable::geoip_country`].
+    geoip: Option<Arc<CountryDb>>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,7 +105,18 @@ impl RoutingTable {
             .map(|s| CompiledService::compile(s, config, &segments))
             .collect();
         let index = ServiceIndex::build(&config.services);
-        RoutingTable { services, index }
+        RoutingTable {
+            services,
+            index,
+            geoip: config.geoip.as_ref().map(|g| Arc::clone(&g.countries)),
+        }
+    }
+
+    /// The country the `geoip:` database gives for `req`'s client (the address
+    /// [`RequestView::geo_ip`] names), as `country` rules see it; `None` without a database or
+    /// when it has no answer (the rules then read their header).
+    pub fn geoip_country(&self, req: &RequestView<'_>) -> Option<&str> {
+        req.country_from(self.geoip.as_deref()?)
     }
 
     /// The service and version for `req`; `None` when no service matches (the proxy answers
@@ -437,12 +450,12 @@ impl CompiledRelease {
             force: r
                 .force
                 .iter()
-                .map(|f| Matcher::compile(f, segments))
+                .map(|f| Matcher::compile(f, segments, config.geoip.as_ref().map(|g| &g.countries)))
                 .collect(),
             force_text: r
                 .force
                 .iter()
-                .map(|f| describe(f, &config.segments).into_boxed_str())
+                .map(|f| describe(f, config).into_boxed_str())
                 .collect(),
             bucket_by: r.bucket_by.clone(),
             bucket_by_trusted_only: r.bucket_by_trusted_only,

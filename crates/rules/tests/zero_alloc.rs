@@ -251,6 +251,26 @@ fn signing_a_sticky_cookie() {
 }
 
 #[test]
+fn country_rule_with_a_geoip_database() {
+    let dir = tempfile::tempdir().unwrap();
+    graylane_testing::geoip::write_country_db(
+        &dir.path().join("c.mmdb"),
+        &[("198.51.100.0/24", "DE")],
+    )
+    .unwrap();
+    let yaml = format!(
+        "listeners: [{{ bind: 127.0.0.1:8080 }}]\ngeoip: {{ database: c.mmdb }}\n{}",
+        release_yaml("{ country: { equals: DE } }", "header:x-user-id")
+    );
+    let config = graylane_config::load_str(&yaml, "t.yaml", dir.path()).unwrap();
+    let t = RoutingTable::compile(&config);
+    assert_no_alloc(&t, &req(), forced);
+    let mut elsewhere = req().header("cf-ipcountry", "FR");
+    elsewhere.ip = "192.0.2.1".parse().unwrap();
+    assert_no_alloc(&t, &elsewhere, |r| !forced(r));
+}
+
+#[test]
 fn ten_constraints() {
     let t = release(
         "{ all: [

@@ -10,6 +10,7 @@
 
 pub mod dns;
 pub mod etcd;
+pub mod geoip;
 pub mod http;
 pub mod ports;
 pub mod process;

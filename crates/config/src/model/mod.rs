@@ -53,6 +53,18 @@ pub struct Config {
     pub audit: AuditRetention,
     /// How endpoints given as DNS names are resolved (`dns:`).
     pub dns: DnsSettings,
+    /// The GeoIP database `country` rules look the client address up in; `None`: they read
+    /// only their header.
+    pub geoip: Option<GeoIp>,
+}
+
+/// `geoip:`: the MaxMind database `country` rules look the client address up in.
+#[derive(Debug, Clone)]
+pub struct GeoIp {
+    /// `database`, resolved against the configuration's folder; re-read when it changes.
+    pub database: PathBuf,
+    /// The database as read when the configuration was loaded.
+    pub countries: std::sync::Arc<crate::CountryDb>,
 }
 
 /// How much of the audit log the store keeps (`audit:`); older entries are pruned as new ones

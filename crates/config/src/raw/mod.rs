@@ -57,6 +57,16 @@ pub struct RawConfig {
     pub audit: Option<RawAudit>,
     /// `dns`: name servers, timeout and refresh of endpoints given as DNS names.
     pub dns: Option<RawDns>,
+    /// `geoip`: the MaxMind database `country` rules look the client address up in.
+    pub geoip: Option<RawGeoIp>,
+}
+
+/// `geoip:`: where `country` rules find the client's country.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoIp {
+    /// `database`: a MaxMind DB file (`.mmdb`), relative to the configuration's folder.
+    pub database: String,
 }
 
 /// `audit:`: how much of the audit log the store keeps per environment.

@@ -1,13 +1,14 @@
 //! Raw model → validated model. Every check runs even after an earlier one failed, so the user
 //! sees every problem in one go; each problem names the key path it belongs to.
 //!
-//! One file per section: [`listeners`] (and admin), [`segments`], [`services`] (versions,
-//! endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints given as DNS names),
-//! [`releases`] (strategies, steps), [`analysis`], [`rules`]
-//! (matchers), [`traffic`] (traffic control) and [`scalars`] (the leaf values they share).
+//! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`services`]
+//! (versions, endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints given as DNS
+//! names), [`releases`] (strategies, steps), [`analysis`], [`rules`] (matchers), [`traffic`]
+//! (traffic control) and [`scalars`] (the leaf values they share).
 
 mod analysis;
 mod dns;
+mod geoip;
 mod listeners;
 mod releases;
 mod rules;
@@ -59,6 +60,7 @@ impl<'a> Validator<'a> {
         let services = self.services(raw.services, &segments, &upstream);
         let webhooks = self.webhooks(&raw.webhooks);
         let audit = self.audit(raw.audit.as_ref());
+        let geoip = raw.geoip.as_ref().and_then(|g| self.geoip(g));
         let traffic_control = match raw.traffic_control {
             Some(tc) => self.traffic_control(tc, &services, &declared),
             None => TrafficControl::default(),
@@ -84,6 +86,7 @@ impl<'a> Validator<'a> {
             webhooks,
             audit,
             dns,
+            geoip,
         })
     }
 }

@@ -33,7 +33,8 @@ pub(crate) struct EvalArgs {
     /// A request header, `Name: value` (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
-    /// The client's IP address (used by client_ip rules and as the fallback bucketing key).
+    /// The client's IP address (used by client_ip rules, looked up in the `geoip:` database for
+    /// country rules, and the fallback bucketing key).
     #[arg(long, default_value = "127.0.0.1")]
     pub ip: IpAddr,
     /// Treat the client as a trusted hop, so its x-graylane-lane header and `trusted_only`
@@ -92,6 +93,9 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 println!("service: {service}");
                 println!("version: {version}");
                 println!("why:     {}", answer.explanation.as_deref().unwrap_or(""));
+                if let Some(country) = &answer.country {
+                    println!("country: {country} (GeoIP database)");
+                }
                 if let Some(cookie) = &answer.set_cookie {
                     println!("cookie:  {cookie}");
                 }
@@ -145,6 +149,12 @@ pub(crate) fn evaluate(
     } else {
         None
     };
+    // A trusted client's X-Forwarded-For is read behind any listener's trusted hops.
+    let trusted_hops: Vec<_> = config
+        .listeners
+        .iter()
+        .flat_map(|l| l.trusted_hops.iter().copied())
+        .collect();
     let view = RequestView {
         method: &method,
         host,
@@ -155,6 +165,7 @@ pub(crate) fn evaluate(
         now_unix_ms,
         trusted_lane: lane,
         trusted: request.trusted,
+        trusted_hops: &trusted_hops,
         // What the proxy draws for a new client without a bucketing key.
         random: now_unix_ms.unsigned_abs() as u32,
     };
@@ -169,6 +180,7 @@ pub(crate) fn evaluate(
             weight_percent: None,
             key: None,
             set_cookie: None,
+            country: table.geoip_country(&view).map(str::to_string),
         });
     };
     // The cookie the proxy would set, so it can be replayed with `-H "Cookie: ..."`.
@@ -199,6 +211,7 @@ pub(crate) fn evaluate(
         weight_percent: None,
         key: None,
         set_cookie,
+        country: table.geoip_country(&view).map(str::to_string),
     };
     match decision.reason {
         Reason::Forced { rule } => answer.rule = Some(rule),

@@ -32,7 +32,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use graylane_config::{PathPolicy, UnderscoreHeaders};
+use graylane_config::{Listener, PathPolicy, UnderscoreHeaders};
 use graylane_rules::path;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
@@ -66,6 +66,8 @@ pub(crate) struct ConnInfo {
     /// The peer is a trusted hop: its `x-graylane-lane` and `trusted_only` keys and rules are
     /// honoured.
     pub(crate) trusted: bool,
+    /// The listener it came in on: its `trusted_hops` locate the client behind them (GeoIP).
+    pub(crate) listener: Rc<Listener>,
     /// The listener's path normalisation settings.
     pub(crate) paths: PathPolicy,
     /// The listener's policy for header names with `_`.

@@ -1,5 +1,6 @@
 //! The routing phase's inputs and by-products: the request as the rule engine sees it (host,
-//! path in normal form, clock, random draw) and the sticky cookie a decision asks for.
+//! path in normal form, clock, random draw, the trusted hops a GeoIP lookup looks behind) and
+//! the sticky cookie a decision asks for.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,11 @@ use crate::rng::fastrand_u64;
 use crate::snapshot::{LocalSnapshot, ServiceRoute};
 
 /// The request as the rule engine and the rate limits' keys see it, with `path` in normal form.
-pub(super) fn view<'a, B>(req: &'a Request<B>, conn: &ConnInfo, path: &'a str) -> RequestView<'a> {
+pub(super) fn view<'a, B>(
+    req: &'a Request<B>,
+    conn: &'a ConnInfo,
+    path: &'a str,
+) -> RequestView<'a> {
     let lane = if conn.trusted {
         req.headers()
             .get(&X_GRAYLANE_LANE)
@@ -31,6 +36,7 @@ pub(super) fn view<'a, B>(req: &'a Request<B>, conn: &ConnInfo, path: &'a str) -
         now_unix_ms: now_unix_ms(),
         trusted_lane: lane,
         trusted: conn.trusted,
+        trusted_hops: &conn.listener.trusted_hops,
         // Only the low bits matter: the engine takes it modulo 100,000.
         random: fastrand_u64() as u32,
     }

@@ -87,6 +87,7 @@ pub(crate) struct Req {
     pub now_unix_ms: i64,
     pub lane: Option<String>,
     pub trusted: bool,
+    pub trusted_hops: Vec<ipnet::IpNet>,
     pub random: u32,
 }
 
@@ -102,6 +103,7 @@ impl Req {
             now_unix_ms: 1_700_000_000_000,
             lane: None,
             trusted: false,
+            trusted_hops: Vec::new(),
             random: 0,
         }
     }
@@ -171,6 +173,7 @@ impl Req {
             now_unix_ms: self.now_unix_ms,
             trusted_lane: self.lane.as_deref(),
             trusted: self.trusted,
+            trusted_hops: &self.trusted_hops,
             random: self.random,
         }
     }

@@ -326,13 +326,21 @@ async fn reload(controller: &Arc<Controller>, gateway: &Gateway, path: &Path) {
                 path.display()
             );
         }
-        Ok(Ok(Reloaded::Segments(names))) => {
+        Ok(Ok(Reloaded::Files { segments, geoip })) => {
             gateway.metrics().record_reload(true);
-            tracing::info!(
-                segments = %names.join(", "),
-                generation = gateway.snapshot().generation,
-                "segment members reloaded from their files"
-            );
+            if !segments.is_empty() {
+                tracing::info!(
+                    segments = %segments.join(", "),
+                    generation = gateway.snapshot().generation,
+                    "segment members reloaded from their files"
+                );
+            }
+            if geoip {
+                tracing::info!(
+                    generation = gateway.snapshot().generation,
+                    "GeoIP database reloaded"
+                );
+            }
         }
         Ok(Ok(Reloaded::Unchanged)) => tracing::debug!("{} is unchanged", path.display()),
         Ok(Err(ControlError::Invalid(errors))) => {
@@ -349,7 +357,7 @@ async fn reload(controller: &Arc<Controller>, gateway: &Gateway, path: &Path) {
     }
 }
 
-/// Reloads when the file, or a segment file it names, changes. Polling (rather than inotify)
+/// Reloads when the file, or a segment file or GeoIP database it names, changes. Polling (rather than inotify)
 /// also catches editors and config-management tools that replace a file by renaming over it.
 async fn watch_file(
     controller: Arc<Controller>,
@@ -368,7 +376,7 @@ async fn watch_file(
     };
     let watched = |c: &Controller| -> Vec<PathBuf> {
         std::iter::once(path.clone())
-            .chain(c.segment_files())
+            .chain(c.data_files())
             .collect()
     };
     // Nothing seen yet: the first tick reloads, which records nothing unless the files changed
@@ -392,7 +400,7 @@ async fn watch_file(
         last_paths = paths;
         last_stamps = now;
         if !first {
-            tracing::info!("{} or a segment file changed: reloading", path.display());
+            tracing::info!("{} or a file it names changed: reloading", path.display());
         }
         reload(&controller, &gateway, &path).await;
     }
