@@ -16,6 +16,7 @@ use ipnet::IpNet;
 mod release;
 mod rules;
 mod traffic;
+mod upstream;
 
 pub use release::{
     Analysis, Check, FailureMode, OnFailure, Pause, Release, StatusRange, Step, Sticky, Strategy,
@@ -25,6 +26,9 @@ pub use rules::{DeviceClass, KeySpec, PathMatch, Rule, ValueMatch};
 pub use traffic::{
     BreakerWindow, CircuitBreaker, ConcurrencyLimit, FailureKinds, Fallback, HealthCheck,
     LimitBackend, OnRedisError, OutlierDetection, RateLimit, Retry, StaticResponse, TrafficControl,
+};
+pub use upstream::{
+    ClientIdentity, GRPC_CODE_NAMES, GrpcErrorCodes, UpstreamProtocol, UpstreamTls,
 };
 
 /// A whole, valid configuration.
@@ -311,6 +315,8 @@ pub struct Service {
     pub request_timeout: Duration,
     /// The configured release; `None`: all traffic goes to `default_version`.
     pub release: Option<Release>,
+    /// The `grpc-status` codes that count as the service's errors (`grpc.error_codes`).
+    pub grpc_error_codes: GrpcErrorCodes,
 }
 
 impl Service {
@@ -345,6 +351,10 @@ pub struct Version {
     /// `endpoints: { registry: NAME, labels: {...} }`: the endpoints are the registered
     /// instances this selects.
     pub registry: Option<RegistrySelector>,
+    /// The protocol the endpoints' scheme names (`http://` when they name none).
+    pub protocol: UpstreamProtocol,
+    /// `tls:` of `https://` endpoints; `None` for the other schemes.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Selects instances of a service in the registry: those registered under `service` whose

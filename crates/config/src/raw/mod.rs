@@ -15,6 +15,7 @@ use serde::Deserialize;
 mod release;
 mod rules;
 mod traffic;
+mod upstream;
 
 pub use release::{
     RawAnalysis, RawCheck, RawKey, RawKeyFull, RawRelease, RawStep, RawSticky, RawVariant,
@@ -27,6 +28,7 @@ pub use traffic::{
     RawCircuitBreaker, RawConcurrencyLimit, RawFallback, RawHealthCheck, RawOutlierDetection,
     RawRateLimit, RawRetry, RawStaticResponse, RawTrafficControl, RawWindow,
 };
+pub use upstream::{RawGrpc, RawGrpcCode, RawUpstreamTls};
 
 /// The whole file, as written: the top-level keys of `graylane.yaml`.
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +222,8 @@ pub struct RawService {
     /// `release`: how traffic moves from one version to another; without it everything goes to
     /// `default_version`.
     pub release: Option<RawRelease>,
+    /// `grpc`: `{ error_codes }`, the `grpc-status` codes that count as errors.
+    pub grpc: Option<RawGrpc>,
 }
 
 /// A service's `match:`: which requests belong to it; an empty match takes every request.
@@ -238,12 +242,15 @@ pub struct RawServiceMatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVersion {
-    /// `endpoints`: `host:port` addresses (at least one) or a registry selector.
+    /// `endpoints`: `host:port` addresses (at least one), each optionally with a scheme
+    /// (`http://`, `h2c://`, `https://`; one for all), or a registry selector.
     #[serde(default)]
     pub endpoints: RawEndpoints,
     /// `tag`: an optional label of the version (e.g. a build or image tag); it must be valid as
     /// a header value.
     pub tag: Option<String>,
+    /// `tls`: `{ ca, server_name, client_cert, client_key }` for `https://` endpoints.
+    pub tls: Option<RawUpstreamTls>,
 }
 
 /// A version's endpoints: a list of `host:port`, or a selector of instances in the service

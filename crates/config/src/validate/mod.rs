@@ -3,7 +3,8 @@
 //!
 //! One file per section: [`listeners`] (and admin), [`segments`], [`services`] (versions,
 //! endpoints, registry selectors), [`releases`] (strategies, steps), [`analysis`], [`rules`]
-//! (matchers), [`traffic`] (traffic control) and [`scalars`] (the leaf values they share).
+//! (matchers), [`traffic`] (traffic control), [`upstream`] (endpoint schemes, upstream `tls:`,
+//! `grpc:`) and [`scalars`] (the leaf values they share).
 
 mod analysis;
 mod listeners;
@@ -13,6 +14,7 @@ mod scalars;
 mod segments;
 mod services;
 mod traffic;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 

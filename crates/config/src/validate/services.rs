@@ -133,6 +133,7 @@ impl Validator<'_> {
                 LoadBalancing::RoundRobin
             }
         };
+        let grpc_error_codes = self.grpc_error_codes(path, raw.grpc.as_ref());
         let mut connect_timeout = upstream.connect_timeout;
         let mut request_timeout = upstream.request_timeout;
         if let Some(t) = &raw.timeouts {
@@ -159,6 +160,7 @@ impl Validator<'_> {
             connect_timeout,
             request_timeout,
             release,
+            grpc_error_codes,
         })
     }
 
@@ -215,7 +217,7 @@ impl Validator<'_> {
                     format!("`{name}` is not a valid version name: use letters, digits, `-`, `_` and `.`"),
                 );
             }
-            let (endpoints, registry) = match &v.endpoints {
+            let (endpoints, registry, protocol, hosts) = match &v.endpoints {
                 RawEndpoints::List(list) => {
                     if list.is_empty() {
                         self.fail(
@@ -223,18 +225,22 @@ impl Validator<'_> {
                             "a version needs at least one endpoint (`host:port`), or a registry selector `{ registry: NAME }`",
                         );
                     }
-                    let endpoints = list
+                    let (protocol, hosts) = self.endpoint_schemes(&vpath, &name, list);
+                    let endpoints = hosts
                         .iter()
                         .enumerate()
                         .filter_map(|(i, e)| self.endpoint(&format!("{vpath}.endpoints[{i}]"), e))
                         .collect();
-                    (endpoints, None)
+                    (endpoints, None, protocol, hosts)
                 }
                 RawEndpoints::Registry(selector) => (
                     Vec::new(),
                     Some(self.registry_selector(&format!("{vpath}.endpoints"), selector)),
+                    UpstreamProtocol::Http1,
+                    Vec::new(),
                 ),
             };
+            let tls = self.upstream_tls(&vpath, v.tls.as_ref(), protocol, &hosts);
             if let Some(tag) = &v.tag
                 && http::HeaderValue::from_str(tag).is_err()
             {
@@ -248,6 +254,8 @@ impl Validator<'_> {
                 endpoints,
                 tag: v.tag,
                 registry,
+                protocol,
+                tls,
             });
         }
         out
