@@ -1,5 +1,6 @@
 //! A test upstream: a tiny HTTP/1.1 server on 127.0.0.1 that answers every request with JSON
-//! describing what it received, and can be told to be slow, to fail, or to hold answers.
+//! describing what it received, and can be told to be slow, to fail, or to hold answers. It can
+//! speak HTTP/2 too, in clear text or over TLS ([`Speaks`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,6 +20,17 @@ use tokio::net::TcpListener;
 
 /// A request header the test upstream obeys: wait this many milliseconds before answering.
 pub const DELAY_HEADER: &str = "x-test-delay-ms";
+
+/// How a test upstream speaks.
+#[derive(Clone)]
+pub enum Speaks {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/1.1 or HTTP/2 with prior knowledge (h2c), as the client starts.
+    H2c,
+    /// TLS with this acceptor, then HTTP/2 or HTTP/1.1 as ALPN chose.
+    Tls(tokio_rustls::TlsAcceptor),
+}
 
 /// A request header the test upstream obeys: hold the answer until [`Upstream::release`].
 pub const HOLD_HEADER: &str = "x-test-hold";
@@ -65,8 +77,17 @@ impl Upstream {
         Upstream::serve(listener, name)
     }
 
-    /// Serves on `listener`, already bound by the caller.
+    /// Serves HTTP/1.1 on `listener`, already bound by the caller.
     pub fn serve(listener: std::net::TcpListener, name: &'static str) -> Upstream {
+        Upstream::serve_speaking(listener, name, Speaks::Http1)
+    }
+
+    /// Serves on `listener`, already bound by the caller, speaking as `speaks` says.
+    pub fn serve_speaking(
+        listener: std::net::TcpListener,
+        name: &'static str,
+        speaks: Speaks,
+    ) -> Upstream {
         listener
             .set_nonblocking(true)
             .expect("a non-blocking listener");
@@ -91,7 +112,7 @@ impl Upstream {
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("a tokio listener");
                     tokio::select! {
-                        _ = accept_loop(listener, name, thread_state) => {}
+                        _ = accept_loop(listener, name, thread_state, speaks) => {}
                         _ = stop_rx => {}
                     }
                 });
@@ -162,18 +183,35 @@ impl Drop for Upstream {
     }
 }
 
-async fn accept_loop(listener: TcpListener, name: &'static str, state: Arc<UpstreamState>) {
+async fn accept_loop(
+    listener: TcpListener,
+    name: &'static str,
+    state: Arc<UpstreamState>,
+    speaks: Speaks,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         state.connections.fetch_add(1, Ordering::SeqCst);
         let state = Arc::clone(&state);
+        let speaks = speaks.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(req, name, Arc::clone(&state)));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let auto = || {
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            };
+            let _ = match speaks {
+                Speaks::Http1 => hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                    .map_err(|e| e.into()),
+                Speaks::H2c => auto().serve_connection(TokioIo::new(stream), service).await,
+                Speaks::Tls(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => auto().serve_connection(TokioIo::new(tls), service).await,
+                    Err(e) => Err(e.into()),
+                },
+            };
         });
     }
 }

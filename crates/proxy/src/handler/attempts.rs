@@ -24,8 +24,7 @@ use crate::forward::Forwarding;
 use crate::guards::{AttemptOutcome, FallbackRoute};
 use crate::metrics::Event;
 use crate::snapshot::{ServiceRoute, VersionRoute};
-use crate::upstream::UpstreamErrorKind;
-use crate::upstream::{UpstreamBody, UpstreamError};
+use crate::upstream::{self, UpstreamError, UpstreamErrorKind};
 
 /// Whether a request to `version` goes through [`Attempts`]: the service retries, or the
 /// version has a guard. A version with no endpoints (a registry selector nothing matches yet)
@@ -153,10 +152,14 @@ impl Attempts<'_> {
             let addr = version.endpoints[endpoint].addr;
             version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
             let forwarding = forwarding(self.conn, version, self.forward_path);
-            let send = self
-                .worker
-                .pool
-                .send(addr, service.connect_timeout, req, &forwarding);
+            let send = upstream::exchange(
+                &self.worker.pool,
+                version.upstream.as_deref(),
+                addr,
+                service.connect_timeout,
+                req,
+                &forwarding,
+            );
             // Without a per-try timeout the send is awaited as is: wrapping it would move the
             // whole send future once more on every request.
             let result = match retry.and_then(|r| r.per_try_timeout) {
@@ -191,7 +194,7 @@ impl Attempts<'_> {
                 ));
             }
             let outcome = match &result {
-                Some(Ok(resp)) => AttemptOutcome::Status(resp.status().as_u16()),
+                Some(Ok(resp)) => AttemptOutcome::Status(respond::judged_status(resp, version)),
                 Some(Err(e)) => AttemptOutcome::Error(e.kind),
                 None => AttemptOutcome::Error(UpstreamErrorKind::Timeout),
             };
@@ -361,7 +364,7 @@ fn may_send_again(head: &http::request::Parts, outcome: AttemptOutcome) -> bool 
 fn answered_by(
     version: usize,
     fell_back: bool,
-    result: Option<Result<Response<UpstreamBody>, UpstreamError>>,
+    result: Option<Result<Response<ProxyBody>, UpstreamError>>,
     started: Instant,
     ended: Instant,
 ) -> Forwarded {
@@ -379,7 +382,7 @@ fn answered_by(
 #[cold]
 #[inline(never)]
 pub(super) fn note_failure(
-    result: &Option<Result<Response<UpstreamBody>, UpstreamError>>,
+    result: &Option<Result<Response<ProxyBody>, UpstreamError>>,
     worker: &Worker,
     service: &ServiceRoute,
     version: &VersionRoute,
