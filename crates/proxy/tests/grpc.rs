@@ -117,7 +117,10 @@ async fn answer_with_status(req: Request<Incoming>) -> Result<Response<StatusBod
 async fn gateway_for(stable: SocketAddr, canary: SocketAddr) -> Gateway {
     let yaml = fill(
         GRPC_GATEWAY,
-        &[("stable", stable.to_string()), ("canary", canary.to_string())],
+        &[
+            ("stable", stable.to_string()),
+            ("canary", canary.to_string()),
+        ],
     );
     start_gateway(config(&yaml))
 }

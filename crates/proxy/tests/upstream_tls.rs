@@ -235,6 +235,28 @@ async fn an_h2c_upstream_gets_plain_http_over_http2_with_a_streamed_body() {
     shutdown(gateway).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_connection_that_died_is_made_anew_for_the_next_request() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = Upstream::serve_speaking(listener, "stable", Speaks::H2c);
+    let at = upstream.addr;
+    let gateway = gateway_to(&format!("h2c://{at}"), "");
+    // Both workers hold a connection.
+    for _ in 0..4 {
+        let r = get(addr(&gateway), "/before", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    upstream.kill();
+    let listener = std::net::TcpListener::bind(at).unwrap();
+    let restarted = Upstream::serve_speaking(listener, "stable", Speaks::H2c);
+    for i in 0..4 {
+        let r = get(addr(&gateway), "/after", &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
+    }
+    assert!(restarted.received() >= 4);
+    shutdown(gateway).await;
+}
+
 /// The configuration error for `yaml`, read from `dir`.
 fn config_error(yaml: &str, dir: &Path) -> String {
     match graylane_config::load_str(yaml, "t.yaml", dir) {

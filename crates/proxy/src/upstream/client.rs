@@ -10,8 +10,9 @@
 //! header lines are the ones `forward.rs` writes for the in-task client, read back into a
 //! header map.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -111,19 +112,40 @@ fn tls_target(tls: &UpstreamTls) -> Result<TlsTarget, String> {
     })
 }
 
-/// A connection's request side.
-enum Sender {
+/// A connection's request side, with what ended its connection when the TLS layer did.
+struct Sender {
+    send: Send,
+    ended: Ended,
+}
+
+enum Send {
     H2(http2::SendRequest<RequestBody>),
     H1(http1::SendRequest<RequestBody>),
+}
+
+/// What ended a connection: set by the connection's task, read by the requests it cancelled,
+/// which see only that their connection closed.
+type Ended = Rc<OnceCell<ConnEnd>>;
+
+struct ConnEnd {
+    /// The TLS layer ended it (an alert from the upstream, say).
+    tls_layer: bool,
+    what: String,
+}
+
+impl Sender {
+    fn is_h2(&self) -> bool {
+        matches!(self.send, Send::H2(_))
+    }
 }
 
 /// A worker's connections to one endpoint of one target.
 struct Connections {
     /// The HTTP/2 connection every request shares.
-    h2: Option<http2::SendRequest<RequestBody>>,
+    h2: Option<(http2::SendRequest<RequestBody>, Ended)>,
     /// HTTP/1.1 connections (TLS, where the upstream chose it), each with when it was
     /// last handed out.
-    h1: Vec<(http1::SendRequest<RequestBody>, Instant)>,
+    h1: Vec<(http1::SendRequest<RequestBody>, Ended, Instant)>,
     used: Instant,
 }
 
@@ -139,17 +161,24 @@ fn check_out(target: &UpstreamTarget, addr: SocketAddr) -> Option<Sender> {
     CONNECTIONS.with_borrow_mut(|all| {
         let conns = all.get_mut(&(target.id, addr))?;
         conns.used = Instant::now();
-        if let Some(h2) = &conns.h2 {
+        if let Some((h2, ended)) = &conns.h2 {
             if !h2.is_closed() {
-                return Some(Sender::H2(h2.clone()));
+                return Some(Sender {
+                    send: Send::H2(h2.clone()),
+                    ended: Rc::clone(ended),
+                });
             }
             conns.h2 = None;
         }
         conns
             .h1
-            .retain(|(c, since)| !c.is_closed() && since.elapsed() < target.idle_timeout);
-        let ready = conns.h1.iter().position(|(c, _)| c.is_ready())?;
-        Some(Sender::H1(conns.h1.swap_remove(ready).0))
+            .retain(|(c, _, since)| !c.is_closed() && since.elapsed() < target.idle_timeout);
+        let ready = conns.h1.iter().position(|(c, _, _)| c.is_ready())?;
+        let (h1, ended, _) = conns.h1.swap_remove(ready);
+        Some(Sender {
+            send: Send::H1(h1),
+            ended,
+        })
     })
 }
 
@@ -164,10 +193,12 @@ fn check_in(target: &UpstreamTarget, addr: SocketAddr, sender: Sender) {
             used: now,
         });
         conns.used = now;
-        match sender {
-            Sender::H2(h2) => conns.h2 = Some(h2),
-            Sender::H1(h1) if conns.h1.len() < target.max_idle => conns.h1.push((h1, now)),
-            Sender::H1(_) => {}
+        match sender.send {
+            Send::H2(h2) => conns.h2 = Some((h2, sender.ended)),
+            Send::H1(h1) if conns.h1.len() < target.max_idle => {
+                conns.h1.push((h1, sender.ended, now));
+            }
+            Send::H1(_) => {}
         }
         // Targets of earlier snapshots are never asked for again: their connections go once
         // idle.
@@ -184,29 +215,56 @@ pub(crate) async fn send(
     req: Request<RequestBody>,
     forwarding: &Forwarding<'_>,
 ) -> Result<Response<ProxyBody>, UpstreamError> {
-    let sender = match check_out(target, addr) {
-        Some(sender) => sender,
-        None => connect(target, addr, connect_timeout).await?,
-    };
     let tls = target.tls.is_some();
-    let sent = match sender {
-        Sender::H2(mut h2) => {
-            // Shared: the connection takes the next request while this one is in flight.
-            check_in(target, addr, Sender::H2(h2.clone()));
-            let req = upstream_request(req, forwarding, true, tls, addr);
-            h2.send_request(req).await
-        }
-        Sender::H1(mut h1) => {
-            let req = upstream_request(req, forwarding, false, tls, addr);
-            let sent = h1.send_request(req).await;
-            // Ready for another request once this response's body has been read.
-            if sent.is_ok() {
-                check_in(target, addr, Sender::H1(h1));
+    let (mut sender, mut reused) = match check_out(target, addr) {
+        Some(sender) => (sender, true),
+        None => (connect(target, addr, connect_timeout).await?, false),
+    };
+    let mut req = upstream_request(req, forwarding, sender.is_h2(), tls, addr);
+    let resp = loop {
+        let sent = match &mut sender.send {
+            Send::H2(h2) => {
+                // Shared: the connection takes the next request while this one is in flight.
+                let shared = Sender {
+                    send: Send::H2(h2.clone()),
+                    ended: Rc::clone(&sender.ended),
+                };
+                check_in(target, addr, shared);
+                h2.try_send_request(req).await
             }
-            sent
+            Send::H1(h1) => h1.try_send_request(req).await,
+        };
+        match sent {
+            Ok(resp) => {
+                // Ready for another request once this response's body has been read.
+                if !sender.is_h2() {
+                    check_in(target, addr, sender);
+                }
+                break resp;
+            }
+            Err(mut e) => match e.take_message() {
+                // A kept connection that died before the request went out hands it back
+                // whole: it goes on a new connection (of the same protocol: it is built for
+                // one).
+                Some(unsent) if reused => {
+                    let fresh = connect(target, addr, connect_timeout).await?;
+                    if fresh.is_h2() != sender.is_h2() {
+                        return Err(exchange_failed(addr, tls, true, e.error(), &fresh.ended));
+                    }
+                    (sender, reused, req) = (fresh, false, unsent);
+                }
+                _ => {
+                    return Err(exchange_failed(
+                        addr,
+                        tls,
+                        !reused,
+                        e.error(),
+                        &sender.ended,
+                    ));
+                }
+            },
         }
     };
-    let resp = sent.map_err(|e| exchange_failed(addr, tls, &e))?;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = if is_grpc(&parts.headers) {
@@ -240,14 +298,19 @@ async fn connect(
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);
-    let handshake_failed = |e: hyper::Error| exchange_failed(addr, target.tls.is_some(), &e);
+    let ended = Ended::default();
+    let handshake_failed =
+        |e: hyper::Error| exchange_failed(addr, target.tls.is_some(), true, &e, &Ended::default());
     let tls = match &target.tls {
         None => {
-            let h2 = tokio::time::timeout_at(deadline, h2_handshake(TokioIo::new(tcp)))
+            let send = tokio::time::timeout_at(deadline, h2_handshake(TokioIo::new(tcp), &ended))
                 .await
                 .map_err(|_| connect_timed_out(addr, timeout))?
                 .map_err(handshake_failed)?;
-            return Ok(Sender::H2(h2));
+            return Ok(Sender {
+                send: Send::H2(send),
+                ended,
+            });
         }
         Some(Err(why)) => {
             return Err(UpstreamError {
@@ -274,20 +337,21 @@ async fn connect(
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
     let sender = if h2 {
-        tokio::time::timeout_at(deadline, h2_handshake(io))
+        tokio::time::timeout_at(deadline, h2_handshake(io, &ended))
             .await
             .map_err(|_| connect_timed_out(addr, timeout))?
-            .map(Sender::H2)
+            .map(Send::H2)
     } else {
-        tokio::time::timeout_at(deadline, h1_handshake(io))
+        tokio::time::timeout_at(deadline, h1_handshake(io, &ended))
             .await
             .map_err(|_| connect_timed_out(addr, timeout))?
-            .map(Sender::H1)
+            .map(Send::H1)
     };
-    sender.map_err(handshake_failed)
+    let send = sender.map_err(handshake_failed)?;
+    Ok(Sender { send, ended })
 }
 
-async fn h2_handshake<T>(io: T) -> hyper::Result<http2::SendRequest<RequestBody>>
+async fn h2_handshake<T>(io: T, ended: &Ended) -> hyper::Result<http2::SendRequest<RequestBody>>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
@@ -295,25 +359,44 @@ where
         .timer(TokioTimer::new())
         .handshake(io)
         .await?;
+    let ended = Rc::clone(ended);
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.await {
-            tracing::debug!("upstream HTTP/2 connection ended: {e}");
+            note_end(&ended, &e);
         }
     });
     Ok(sender)
 }
 
-async fn h1_handshake<T>(io: T) -> hyper::Result<http1::SendRequest<RequestBody>>
+async fn h1_handshake<T>(io: T, ended: &Ended) -> hyper::Result<http1::SendRequest<RequestBody>>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     let (sender, conn) = http1::handshake(io).await?;
+    let ended = Rc::clone(ended);
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.await {
-            tracing::debug!("upstream HTTP/1.1 connection ended: {e}");
+            note_end(&ended, &e);
         }
     });
     Ok(sender)
+}
+
+/// Keeps what ended a connection for the requests it cancelled. Runs in
+/// the connection's task as it ends, before any of them is polled again.
+fn note_end(ended: &Ended, e: &hyper::Error) {
+    tracing::debug!("upstream connection ended: {}", with_sources(e));
+    let end = match tls_error(e) {
+        Some(tls) => ConnEnd {
+            tls_layer: true,
+            what: tls.to_string(),
+        },
+        None => ConnEnd {
+            tls_layer: false,
+            what: with_sources(e),
+        },
+    };
+    let _ = ended.set(end);
 }
 
 fn connect_timed_out(addr: SocketAddr, timeout: Duration) -> UpstreamError {
@@ -455,15 +538,34 @@ fn is_grpc(headers: &HeaderMap) -> bool {
     })
 }
 
-/// A failed exchange: a TLS failure (with TLS 1.3 an upstream refuses a client certificate
-/// only after the client's handshake is done: graylane hears it on the first read) or a
-/// broken exchange.
-fn exchange_failed(addr: SocketAddr, tls: bool, e: &hyper::Error) -> UpstreamError {
-    if tls && let Some(why) = tls_error(e) {
-        return UpstreamError {
-            kind: UpstreamErrorKind::Tls,
-            detail: format!("TLS with {addr} failed: {why}"),
+/// A failed exchange on a connection (`fresh`: its first): a TLS failure or a broken
+/// exchange. With TLS 1.3 an upstream refuses a client certificate only after graylane's side
+/// of the handshake is done: its alert is read with the first response, or, when the upstream
+/// has closed the connection by the time the request is written, lost to a broken pipe. A new
+/// TLS connection that the upstream closes before any answer is counted as a TLS failure too.
+fn exchange_failed(
+    addr: SocketAddr,
+    tls: bool,
+    fresh: bool,
+    e: &hyper::Error,
+    ended: &Ended,
+) -> UpstreamError {
+    if tls {
+        let why = match (tls_error(e), ended.get()) {
+            (Some(io), _) => Some(io.to_string()),
+            (None, Some(end)) if end.tls_layer => Some(end.what.clone()),
+            (None, Some(end)) if fresh => Some(format!(
+                "the upstream closed the connection right after the handshake (did it refuse the client certificate?): {}",
+                end.what
+            )),
+            _ => None,
         };
+        if let Some(why) = why {
+            return UpstreamError {
+                kind: UpstreamErrorKind::Tls,
+                detail: format!("TLS with {addr} failed: {why}"),
+            };
+        }
     }
     UpstreamError {
         kind: UpstreamErrorKind::Protocol,
