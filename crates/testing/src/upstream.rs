@@ -32,6 +32,9 @@ pub enum Speaks {
     Tls(tokio_rustls::TlsAcceptor),
 }
 
+/// `grpc_status` when the upstream answers as plain HTTP.
+const NOT_GRPC: u64 = u64::MAX;
+
 /// A request header the test upstream obeys: hold the answer until [`Upstream::release`].
 pub const HOLD_HEADER: &str = "x-test-hold";
 
@@ -46,6 +49,8 @@ struct UpstreamState {
     status: AtomicU64,
     /// Every n-th request is answered 500 (0: none).
     fail_every: AtomicU64,
+    /// Answer as a gRPC server with this `grpc-status` in the head ([`NOT_GRPC`]: plain JSON).
+    grpc_status: AtomicU64,
     /// Held requests are answered once this is true.
     released: tokio::sync::watch::Sender<bool>,
 }
@@ -98,6 +103,7 @@ impl Upstream {
             connections: AtomicU64::new(0),
             status: AtomicU64::new(0),
             fail_every: AtomicU64::new(0),
+            grpc_status: AtomicU64::new(NOT_GRPC),
             released: tokio::sync::watch::channel(false).0,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -149,6 +155,15 @@ impl Upstream {
     /// Answers every `n`-th request from now on with a 500 (0: none).
     pub fn fail_every(&self, n: u64) {
         self.state.fail_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Answers every request from now on as a gRPC server failing or finishing the call at once:
+    /// `content-type: application/grpc`, `grpc-status: code` in the head, no body (a
+    /// trailers-only response).
+    pub fn set_grpc_status(&self, code: u32) {
+        self.state
+            .grpc_status
+            .store(u64::from(code), Ordering::SeqCst);
     }
 
     /// Lets every held request (and any later one) be answered.
@@ -256,6 +271,17 @@ async fn answer(
         let mut released = state.released.subscribe();
         // Bounded, so a test that forgets to release cannot hang forever.
         let _ = tokio::time::timeout(Duration::from_secs(30), released.wait_for(|r| *r)).await;
+    }
+    let grpc_status = state.grpc_status.load(Ordering::SeqCst);
+    if grpc_status != NOT_GRPC {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(grpc_status));
+        return Ok(resp);
     }
     let json = serde_json::json!({
         "version": name,
