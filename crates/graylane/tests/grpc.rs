@@ -84,7 +84,10 @@ async fn a_canary_failing_by_grpc_status_behind_http_200_is_rolled_back_by_the_a
             let r = try_get(
                 s.proxy,
                 "/greeter.Greeter/SayHello",
-                &[("x-user-id", user.as_str()), ("content-type", "application/grpc")],
+                &[
+                    ("x-user-id", user.as_str()),
+                    ("content-type", "application/grpc"),
+                ],
             )
             .await;
             if let Ok(r) = r {

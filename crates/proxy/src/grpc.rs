@@ -9,11 +9,15 @@
 //! status is counted as the HTTP status. A body that ends without a status counts as `UNKNOWN`,
 //! one the upstream breaks off as a `502`. One the client drops first (it cancelled the call)
 //! counts as `CANCELLED`: the client's doing, an error only when the service lists it.
+//!
+//! A version's circuit breaker and outlier detection judge such a response when its status
+//! arrives too ([`LaterGuards`]): the breaker's call is asked for and recorded then, since the
+//! one admitted with the request borrows the snapshot the body cannot hold on to.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use graylane_config::GrpcErrorCodes;
@@ -21,7 +25,11 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::metrics::RouteStats;
+use crate::clock::nanos_at;
+use crate::guards::AttemptOutcome;
+use crate::metrics::{Event, RouteStats};
+use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamErrorKind;
 
 const CANCELLED: u32 = 1;
 const UNKNOWN: u32 = 2;
@@ -90,9 +98,73 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    fn finish(self, code: u32) {
-        let status = counted_status(code, self.codes, self.http);
+    fn finish(self, end: End) {
+        let status = match end {
+            End::Status(code) => counted_status(code, self.codes, self.http),
+            End::Broken => 502,
+        };
         self.recorded.record(&self.stats, self.worker, status);
+    }
+}
+
+/// How a gRPC response's body ended.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// With this status (or one that stands for its absence).
+    Status(u32),
+    /// The upstream broke it off.
+    Broken,
+}
+
+/// The judgement a guarded version's breaker and outlier detection owe a gRPC response once
+/// its status is known.
+pub(crate) struct LaterGuards {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) service: usize,
+    pub(crate) version: usize,
+    pub(crate) endpoint: usize,
+    pub(crate) worker: usize,
+    /// The response's HTTP status.
+    pub(crate) http: u16,
+    /// The attempt's time to the response head.
+    pub(crate) took: Duration,
+}
+
+impl LaterGuards {
+    fn finish(self, end: End) {
+        let Some(version) = self
+            .snapshot
+            .services
+            .get(self.service)
+            .and_then(|s| s.versions.get(self.version))
+        else {
+            return;
+        };
+        let codes = version
+            .upstream
+            .as_ref()
+            .map_or_else(Default::default, |u| u.grpc_error_codes);
+        let outcome = match end {
+            End::Status(code) => AttemptOutcome::Status(counted_status(code, codes, self.http)),
+            End::Broken => AttemptOutcome::Error(UpstreamErrorKind::Protocol),
+        };
+        let ctl = &version.guards;
+        let failed = outcome.fails(&ctl.failure_on);
+        let now = nanos_at(Instant::now());
+        if let Some(call) = ctl.breaker.as_ref().and_then(|b| b.try_call(now).ok()) {
+            call.record(
+                now,
+                graylane_traffic::breaker::Outcome {
+                    failed,
+                    duration: self.took,
+                },
+            );
+        }
+        if let Some(o) = &ctl.outlier
+            && o.record(self.endpoint, now, !failed)
+        {
+            version.stats.record_event(self.worker, Event::Ejection);
+        }
     }
 }
 
@@ -103,6 +175,7 @@ pub(crate) struct GrpcBody {
     /// The status a trailers-only response carries in its head.
     head_status: Option<u32>,
     pending: Option<Pending>,
+    guards: Option<LaterGuards>,
 }
 
 impl GrpcBody {
@@ -112,6 +185,7 @@ impl GrpcBody {
             inner,
             head_status: status_in(headers),
             pending: None,
+            guards: None,
         }
     }
 
@@ -126,9 +200,17 @@ impl GrpcBody {
         self.pending = Some(pending);
     }
 
-    fn finish(&mut self, code: u32) {
+    /// Leaves the version's guards' judgement to the end of the body.
+    pub(crate) fn judge_guards_later(&mut self, guards: LaterGuards) {
+        self.guards = Some(guards);
+    }
+
+    fn finish(&mut self, end: End) {
         if let Some(pending) = self.pending.take() {
-            pending.finish(code);
+            pending.finish(end);
+        }
+        if let Some(guards) = self.guards.take() {
+            guards.finish(end);
         }
     }
 }
@@ -145,18 +227,16 @@ impl Body for GrpcBody {
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    this.finish(status_in(trailers).unwrap_or(UNKNOWN));
+                    this.finish(End::Status(status_in(trailers).unwrap_or(UNKNOWN)));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                if let Some(pending) = this.pending.take() {
-                    pending.recorded.record(&pending.stats, pending.worker, 502);
-                }
+                this.finish(End::Broken);
                 Poll::Ready(Some(Err(std::io::Error::other(e))))
             }
             None => {
-                this.finish(UNKNOWN);
+                this.finish(End::Status(UNKNOWN));
                 Poll::Ready(None)
             }
         }
@@ -165,7 +245,7 @@ impl Body for GrpcBody {
     /// Not at its end while the status is awaited: the last poll is the one that tells a body
     /// that ended without trailers from one the client dropped.
     fn is_end_stream(&self) -> bool {
-        self.pending.is_none() && self.inner.is_end_stream()
+        self.pending.is_none() && self.guards.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -175,6 +255,6 @@ impl Body for GrpcBody {
 
 impl Drop for GrpcBody {
     fn drop(&mut self) {
-        self.finish(CANCELLED);
+        self.finish(End::Status(CANCELLED));
     }
 }

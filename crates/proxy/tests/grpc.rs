@@ -260,3 +260,38 @@ async fn unavailable_counts_as_an_error_of_the_version_while_ok_and_not_found_do
     assert_eq!(observed.codes.get(&503), Some(&2), "{:?}", observed.codes);
     shutdown(gateway).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_in_the_trailers_opens_the_versions_circuit_breaker() {
+    let stable = status_upstream().await;
+    let yaml = fill(
+        GRPC_GATEWAY,
+        &[
+            ("stable", stable.to_string()),
+            ("canary", stable.to_string()),
+        ],
+    ) + "traffic_control:
+  circuit_breakers:
+    - service: health
+      version: stable
+      window: { kind: count, size: 10 }
+      minimum_calls: 4
+      failure_rate_threshold: 0.5
+      open_for: 30s
+";
+    let gateway = start_gateway(config(&yaml));
+    let mut client = client(&gateway).await;
+    for _ in 0..4 {
+        let err = client
+            .check(check(&[(STATUS, "14")]))
+            .await
+            .expect_err("the upstream says UNAVAILABLE");
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+    eventually("the breaker to open on the calls' trailers", || {
+        let open = gateway.circuit_states("health").get("stable") == Some(&"open");
+        async move { open.then_some(()) }
+    })
+    .await;
+    shutdown(gateway).await;
+}

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -21,9 +22,10 @@ use crate::body::{ClientBody, ProxyBody, RequestBody};
 use crate::clock::nanos_at;
 use crate::deadline::Deadline;
 use crate::forward::Forwarding;
+use crate::grpc::LaterGuards;
 use crate::guards::{AttemptOutcome, FallbackRoute};
 use crate::metrics::Event;
-use crate::snapshot::{ServiceRoute, VersionRoute};
+use crate::snapshot::{ServiceRoute, Snapshot, VersionRoute};
 use crate::upstream::{self, UpstreamError, UpstreamErrorKind};
 
 /// Whether a request to `version` goes through [`Attempts`]: the service retries, or the
@@ -41,6 +43,10 @@ pub(super) struct Attempts<'a> {
     pub(super) worker: &'a Worker,
     pub(super) conn: &'a ConnInfo,
     pub(super) forward_path: Option<&'a str>,
+    /// The snapshot `service` is of, and its index there: a gRPC response judged when its
+    /// body ends keeps them to reach the version's guards.
+    pub(super) snapshot: &'a Arc<Snapshot>,
+    pub(super) service_index: usize,
     pub(super) service: &'a ServiceRoute,
     pub(super) started: Instant,
 }
@@ -162,7 +168,7 @@ impl Attempts<'_> {
             );
             // Without a per-try timeout the send is awaited as is: wrapping it would move the
             // whole send future once more on every request.
-            let result = match retry.and_then(|r| r.per_try_timeout) {
+            let mut result = match retry.and_then(|r| r.per_try_timeout) {
                 None => tokio::select! {
                     biased;
                     sent = send => Some(sent),
@@ -201,7 +207,13 @@ impl Attempts<'_> {
             let failed = outcome.fails(&ctl.failure_on);
             let ended = Instant::now();
             let took = ended - attempt_started;
-            if let Some(t) = token {
+            // A gRPC response whose status comes in its trailers is judged when they arrive:
+            // its breaker call and endpoint record are left to its body (the token dropped
+            // here counts nothing).
+            let judged_later = !failed
+                && (token.is_some() || ctl.outlier.is_some())
+                && self.judge_later(&mut result, current, endpoint, took);
+            if let Some(t) = token.filter(|_| !judged_later) {
                 t.record(
                     nanos_at(ended),
                     graylane_traffic::breaker::Outcome {
@@ -211,6 +223,7 @@ impl Attempts<'_> {
                 );
             }
             if let Some(o) = &ctl.outlier
+                && !judged_later
                 && o.record(endpoint, nanos_at(ended), !failed)
             {
                 version.stats.record_event(self.worker.id, Event::Ejection);
@@ -271,6 +284,37 @@ impl Attempts<'_> {
                 }
                 _ => return answered_by(current, fell_back, result, attempt_started, ended),
             }
+        }
+    }
+
+    /// Leaves the guards' judgement of a gRPC response whose status is still to come to its
+    /// body; whether it was one.
+    #[cold]
+    fn judge_later(
+        &self,
+        result: &mut Option<Result<Response<ProxyBody>, UpstreamError>>,
+        version: usize,
+        endpoint: usize,
+        took: std::time::Duration,
+    ) -> bool {
+        let Some(Ok(resp)) = result else {
+            return false;
+        };
+        let http = resp.status().as_u16();
+        match resp.body_mut() {
+            ProxyBody::Grpc(body) if body.head_status().is_none() => {
+                body.judge_guards_later(LaterGuards {
+                    snapshot: Arc::clone(self.snapshot),
+                    service: self.service_index,
+                    version,
+                    endpoint,
+                    worker: self.worker.id,
+                    http,
+                    took,
+                });
+                true
+            }
+            _ => false,
         }
     }
 

@@ -184,6 +184,8 @@ pub(crate) async fn handle(
             worker: &worker,
             conn: &conn,
             forward_path,
+            snapshot: &snapshot,
+            service_index: decision.service,
             service,
             started,
         };
