@@ -187,6 +187,11 @@ fn check_out(target: &UpstreamTarget, addr: SocketAddr) -> Option<Sender> {
 fn check_in(target: &UpstreamTarget, addr: SocketAddr, sender: Sender) {
     CONNECTIONS.with_borrow_mut(|all| {
         let now = Instant::now();
+        if !all.contains_key(&(target.id, addr)) {
+            // Targets of earlier snapshots are never asked for again: their connections go
+            // once idle, looked for whenever an endpoint gets its first connection.
+            all.retain(|_, c| now.duration_since(c.used) < target.idle_timeout);
+        }
         let conns = all.entry((target.id, addr)).or_insert_with(|| Connections {
             h2: None,
             h1: Vec::new(),
@@ -200,9 +205,6 @@ fn check_in(target: &UpstreamTarget, addr: SocketAddr, sender: Sender) {
             }
             Send::H1(_) => {}
         }
-        // Targets of earlier snapshots are never asked for again: their connections go once
-        // idle.
-        all.retain(|_, c| now.duration_since(c.used) < target.idle_timeout);
     });
 }
 
@@ -224,12 +226,15 @@ pub(crate) async fn send(
     let resp = loop {
         let sent = match &mut sender.send {
             Send::H2(h2) => {
-                // Shared: the connection takes the next request while this one is in flight.
-                let shared = Sender {
-                    send: Send::H2(h2.clone()),
-                    ended: Rc::clone(&sender.ended),
-                };
-                check_in(target, addr, shared);
+                // A new connection is shared at once: it takes the next request while this
+                // one is in flight (a kept one is still there).
+                if !reused {
+                    let shared = Sender {
+                        send: Send::H2(h2.clone()),
+                        ended: Rc::clone(&sender.ended),
+                    };
+                    check_in(target, addr, shared);
+                }
                 h2.try_send_request(req).await
             }
             Send::H1(h1) => h1.try_send_request(req).await,
