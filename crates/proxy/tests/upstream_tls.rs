@@ -158,6 +158,35 @@ async fn an_https_upstream_that_picks_http1_gets_http1_on_a_kept_alive_connectio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connections_outlive_a_routing_change() {
+    let ca = TestCa::new("https-weights");
+    let upstream = tls_upstream("stable", &ca, &[b"h2"], None);
+    let gateway = start_gateway(config(&format!(
+        "listeners: [{{ bind: 127.0.0.1:0 }}]\nservices:\n  - name: api\n    versions:\n      stable: {{ endpoints: [\"https://{}\"], tls: {{ ca: \"{}\" }} }}\n      canary: {{ endpoints: [\"{}\"] }}\n    release: {{ strategy: canary, baseline: stable, candidate: canary, steps: [{{ weight: 0 }}, {{ weight: 100 }}] }}\n",
+        upstream.addr,
+        ca.ca_file(),
+        closed_port()
+    )));
+    for _ in 0..4 {
+        assert_eq!(get(addr(&gateway), "/", &[]).await.status, StatusCode::OK);
+    }
+    let before = upstream.connections();
+    // A new routing snapshot, as every step of a release makes.
+    gateway
+        .set_weight("api", graylane_config::Weight::from_percent(0.0).unwrap())
+        .unwrap();
+    for _ in 0..4 {
+        assert_eq!(get(addr(&gateway), "/", &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        upstream.connections(),
+        before,
+        "the requests went on the connections already made"
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_whose_certificate_another_ca_signed_gets_a_502_naming_tls() {
     let ca = TestCa::new("https-right");
     let other = TestCa::new("https-wrong");
@@ -279,6 +308,20 @@ fn endpoints_of_one_version_with_two_schemes_are_refused_naming_the_version_and_
         err.contains("version `canary` must use one scheme"),
         "{err}"
     );
+}
+
+#[test]
+fn an_unknown_scheme_is_refused_naming_the_ones_graylane_speaks() {
+    let err = config_error(
+        "listeners: [{ bind: 127.0.0.1:0 }]\nservices:\n  - name: api\n    versions:\n      stable: { endpoints: [\"127.0.0.1:9001\", \"grpc://127.0.0.1:9002\"] }\n",
+        Path::new("."),
+    );
+    assert!(
+        err.contains("services[0].versions.stable.endpoints[1]"),
+        "{err}"
+    );
+    assert!(err.contains("unknown scheme `grpc://`"), "{err}");
+    assert!(err.contains("`h2c://`"), "{err}");
 }
 
 #[test]

@@ -34,6 +34,10 @@ impl UpstreamProtocol {
 /// A version's `tls:`, its files read and checked.
 #[derive(Debug, Clone)]
 pub struct UpstreamTls {
+    /// Unique in the process to this loading of these settings (a clone keeps it): the data
+    /// plane keeps connections made with them across routing changes, and never lets another
+    /// version's settings use them.
+    pub id: u64,
     /// The `ca` file, as resolved against the configuration's directory.
     pub ca_file: PathBuf,
     /// The certificates of `ca`: the roots an upstream's chain must lead to.

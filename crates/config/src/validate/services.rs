@@ -228,7 +228,6 @@ impl Validator<'_> {
                     let (protocol, hosts) = self.endpoint_schemes(&vpath, &name, list);
                     let endpoints = hosts
                         .iter()
-                        .enumerate()
                         .filter_map(|(i, e)| self.endpoint(&format!("{vpath}.endpoints[{i}]"), e))
                         .collect();
                     (endpoints, None, protocol, hosts)

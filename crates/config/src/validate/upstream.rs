@@ -2,6 +2,7 @@
 //! `tls:` with the certificate files read and checked here, and a service's `grpc:` codes.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -10,6 +11,9 @@ use super::Validator;
 use crate::error::did_you_mean;
 use crate::model::*;
 use crate::raw::*;
+
+/// The next [`UpstreamTls::id`]; 0 is no TLS.
+static NEXT_TLS_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The scheme an endpoint names and the rest of it; `Ok(None)` for a bare `host:port`, `Err`
 /// with the scheme when graylane does not know it.
@@ -37,13 +41,14 @@ fn host_of(hostport: &str) -> &str {
 
 impl Validator<'_> {
     /// The one protocol of a version's `endpoints` (written `host:port` or `scheme://host:port`)
-    /// and each endpoint without its scheme; a second scheme is an error naming the endpoint.
+    /// and each endpoint without its scheme, with its index (one with an unknown scheme is
+    /// left out); a second scheme is an error naming the endpoint.
     pub(super) fn endpoint_schemes<'e>(
         &mut self,
         vpath: &str,
         version: &str,
         endpoints: &'e [String],
-    ) -> (UpstreamProtocol, Vec<&'e str>) {
+    ) -> (UpstreamProtocol, Vec<(usize, &'e str)>) {
         let mut first: Option<(UpstreamProtocol, usize)> = None;
         let mut rest = Vec::with_capacity(endpoints.len());
         for (i, endpoint) in endpoints.iter().enumerate() {
@@ -60,7 +65,7 @@ impl Validator<'_> {
                     continue;
                 }
             };
-            rest.push(hostport);
+            rest.push((i, hostport));
             match first {
                 None => first = Some((protocol, i)),
                 Some((p, at)) if p != protocol => self.fail(
@@ -84,7 +89,7 @@ impl Validator<'_> {
         vpath: &str,
         raw: Option<&RawUpstreamTls>,
         protocol: UpstreamProtocol,
-        hosts: &[&str],
+        hosts: &[(usize, &str)],
     ) -> Option<UpstreamTls> {
         let path = format!("{vpath}.tls");
         if protocol != UpstreamProtocol::Https {
@@ -148,6 +153,7 @@ impl Validator<'_> {
             }
         };
         Some(UpstreamTls {
+            id: NEXT_TLS_ID.fetch_add(1, Ordering::Relaxed),
             ca_file,
             roots: roots?,
             server_name,
@@ -157,10 +163,10 @@ impl Validator<'_> {
 
     /// The endpoints' host when they were all written with the same name; `None` when they
     /// are IP addresses (each is verified as its own address).
-    fn default_server_name(&mut self, path: &str, hosts: &[&str]) -> Option<String> {
+    fn default_server_name(&mut self, path: &str, hosts: &[(usize, &str)]) -> Option<String> {
         let mut names = hosts
             .iter()
-            .map(|h| host_of(h))
+            .map(|(_, h)| host_of(h))
             .filter(|h| h.parse::<IpAddr>().is_err());
         let first = names.next()?;
         if names.any(|other| !other.eq_ignore_ascii_case(first)) {

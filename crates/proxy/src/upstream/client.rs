@@ -14,7 +14,6 @@ use std::cell::{OnceCell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use graylane_config::{GrpcErrorCodes, UpstreamProtocol, UpstreamSettings, UpstreamTls};
@@ -32,12 +31,11 @@ use crate::forward::Forwarding;
 use crate::grpc::GrpcBody;
 use crate::hop_by_hop::{self, ConnectionOption};
 
-/// Tells targets of different snapshots apart, so a connection made with one version's TLS
-/// settings never serves another's.
-static NEXT_TARGET: AtomicU64 = AtomicU64::new(1);
-
 /// How a version's `h2c://` or `https://` endpoints are reached, prepared once per snapshot.
 pub(crate) struct UpstreamTarget {
+    /// Whose connections these are: the TLS settings' [`UpstreamTls::id`] (0 for `h2c://`),
+    /// the same in every snapshot of one configuration, so a routing change keeps them, and
+    /// never another's.
     id: u64,
     /// `None`: `h2c://`. `Err`: the TLS settings could not be turned into a client
     /// configuration; every attempt fails with this.
@@ -63,6 +61,7 @@ impl UpstreamTarget {
         settings: &UpstreamSettings,
         grpc_error_codes: GrpcErrorCodes,
     ) -> Option<Arc<UpstreamTarget>> {
+        let id = tls.map_or(0, |t| t.id);
         let tls = match protocol {
             UpstreamProtocol::Http1 => return None,
             UpstreamProtocol::H2c => None,
@@ -72,7 +71,7 @@ impl UpstreamTarget {
             }),
         };
         Some(Arc::new(UpstreamTarget {
-            id: NEXT_TARGET.fetch_add(1, Relaxed),
+            id,
             tls,
             idle_timeout: settings.idle_timeout,
             max_idle: settings.max_idle_per_endpoint,
@@ -188,8 +187,8 @@ fn check_in(target: &UpstreamTarget, addr: SocketAddr, sender: Sender) {
     CONNECTIONS.with_borrow_mut(|all| {
         let now = Instant::now();
         if !all.contains_key(&(target.id, addr)) {
-            // Targets of earlier snapshots are never asked for again: their connections go
-            // once idle, looked for whenever an endpoint gets its first connection.
+            // Connections of earlier configurations' settings are never asked for again:
+            // they go once idle, looked for whenever an endpoint gets its first connection.
             all.retain(|_, c| now.duration_since(c.used) < target.idle_timeout);
         }
         let conns = all.entry((target.id, addr)).or_insert_with(|| Connections {
