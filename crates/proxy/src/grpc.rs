@@ -75,7 +75,8 @@ pub(crate) enum Recorded {
 }
 
 impl Recorded {
-    /// Counts a response with `status` in `stats`.
+    /// Counts a response with `status` in `stats`. Every proxied response is counted here.
+    #[inline]
     pub(crate) fn record(self, stats: &RouteStats, worker: usize, status: u16) {
         match self {
             Recorded::Served(elapsed) => stats.record_served(worker, status, elapsed),

@@ -93,9 +93,6 @@ pub const GRPC_CODE_NAMES: [&str; 17] = [
 ];
 
 impl GrpcErrorCodes {
-    /// No code is an error.
-    pub const NONE: GrpcErrorCodes = GrpcErrorCodes(0);
-
     /// The codes of `codes` (each below 17).
     pub fn of(codes: &[u8]) -> GrpcErrorCodes {
         GrpcErrorCodes(
