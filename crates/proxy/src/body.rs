@@ -1,6 +1,7 @@
 //! The response body the proxy sends: either the upstream's, streamed frame by frame straight
-//! off its connection, or a small body graylane wrote itself (errors, 404). An enum rather than
-//! a boxed body, so a proxied response costs no allocation for its body type.
+//! off its connection (or, for `h2c://` and `https://` upstreams, from hyper's client, trailers
+//! included), or a small body graylane wrote itself (errors, 404). An enum rather than a boxed
+//! body, so a proxied response costs no allocation for its body type.
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -11,10 +12,15 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
+use crate::grpc::GrpcBody;
 use crate::upstream::UpstreamBody;
 
 pub(crate) enum ProxyBody {
     Upstream(UpstreamBody),
+    /// An `h2c://` or `https://` upstream's body, trailers included.
+    Remote(hyper::body::Incoming),
+    /// A gRPC response's body from such an upstream, counted when its status arrives.
+    Grpc(GrpcBody),
     Local(Full<Bytes>),
 }
 
@@ -34,6 +40,8 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Remote(body) => Pin::new(body).poll_frame(cx).map_err(std::io::Error::other),
+            ProxyBody::Grpc(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Local(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
@@ -43,6 +51,8 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream(body) => body.is_end_stream(),
+            ProxyBody::Remote(body) => body.is_end_stream(),
+            ProxyBody::Grpc(body) => body.is_end_stream(),
             ProxyBody::Local(full) => full.is_end_stream(),
         }
     }
@@ -50,6 +60,8 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(body) => body.size_hint(),
+            ProxyBody::Remote(body) => body.size_hint(),
+            ProxyBody::Grpc(body) => body.size_hint(),
             ProxyBody::Local(full) => full.size_hint(),
         }
     }

@@ -18,6 +18,8 @@
 //!        ├─ guards: traffic-control policies and their state    guards/
 //!        ├─ snapshot: routing table + per-version values        snapshot.rs
 //!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client  upstream/
+//!        │   and hyper's for h2c:// and https:// endpoints      upstream/client.rs
+//!        ├─ grpc: gRPC responses counted by their grpc-status   grpc.rs
 //!        ├─ forward: the headers an upstream receives           forward.rs
 //!        ├─ hop_by_hop: the fields that never cross the hop     hop_by_hop.rs
 //!        ├─ deadline: request timeouts, one sweeper per worker  deadline.rs
@@ -40,6 +42,7 @@ mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
+mod grpc;
 pub mod guards;
 mod handler;
 mod health;

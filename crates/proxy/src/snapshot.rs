@@ -17,6 +17,7 @@ use http::HeaderValue;
 
 use crate::guards::{GuardState, ServiceGuards, VersionGuards};
 use crate::metrics::{Metrics, RouteStats};
+use crate::upstream::UpstreamTarget;
 
 /// A snapshot as a worker thread hands it to its requests. Cloning the `Rc` is a plain
 /// increment; cloning the `Arc` would be an atomic write to a cache line every core shares.
@@ -84,6 +85,9 @@ pub struct VersionRoute {
     pub guards: VersionGuards,
     /// `X-Graylane-Fallback` when this version serves another's traffic.
     pub fallback_header: HeaderValue,
+    /// How `h2c://` and `https://` endpoints are reached; `None` for `http://` ones, which
+    /// the in-task HTTP/1.1 client serves.
+    pub(crate) upstream: Option<Arc<UpstreamTarget>>,
 }
 
 /// One upstream address of a version.
@@ -154,6 +158,12 @@ impl Snapshot {
                         next: AtomicUsize::new(0),
                         guards: guards.next().unwrap_or_default(),
                         fallback_header: token_header(&v.name),
+                        upstream: UpstreamTarget::new(
+                            v.protocol,
+                            v.tls.as_ref(),
+                            &config.upstream,
+                            svc.grpc_error_codes,
+                        ),
                     })
                     .collect();
                 ServiceRoute {

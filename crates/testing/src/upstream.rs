@@ -1,5 +1,6 @@
 //! A test upstream: a tiny HTTP/1.1 server on 127.0.0.1 that answers every request with JSON
-//! describing what it received, and can be told to be slow, to fail, or to hold answers.
+//! describing what it received, and can be told to be slow, to fail, or to hold answers. It can
+//! speak HTTP/2 too, in clear text or over TLS ([`Speaks`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -20,6 +21,20 @@ use tokio::net::TcpListener;
 /// A request header the test upstream obeys: wait this many milliseconds before answering.
 pub const DELAY_HEADER: &str = "x-test-delay-ms";
 
+/// How a test upstream speaks.
+#[derive(Clone)]
+pub enum Speaks {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/1.1 or HTTP/2 with prior knowledge (h2c), as the client starts.
+    H2c,
+    /// TLS with this acceptor, then HTTP/2 or HTTP/1.1 as ALPN chose.
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+/// `grpc_status` when the upstream answers as plain HTTP.
+const NOT_GRPC: u64 = u64::MAX;
+
 /// A request header the test upstream obeys: hold the answer until [`Upstream::release`].
 pub const HOLD_HEADER: &str = "x-test-hold";
 
@@ -34,6 +49,8 @@ struct UpstreamState {
     status: AtomicU64,
     /// Every n-th request is answered 500 (0: none).
     fail_every: AtomicU64,
+    /// Answer as a gRPC server with this `grpc-status` in the head ([`NOT_GRPC`]: plain JSON).
+    grpc_status: AtomicU64,
     /// Held requests are answered once this is true.
     released: tokio::sync::watch::Sender<bool>,
     /// Every request received, in order of arrival of its body.
@@ -80,8 +97,17 @@ impl Upstream {
         Upstream::serve(listener, name)
     }
 
-    /// Serves on `listener`, already bound by the caller.
+    /// Serves HTTP/1.1 on `listener`, already bound by the caller.
     pub fn serve(listener: std::net::TcpListener, name: &'static str) -> Upstream {
+        Upstream::serve_speaking(listener, name, Speaks::Http1)
+    }
+
+    /// Serves on `listener`, already bound by the caller, speaking as `speaks` says.
+    pub fn serve_speaking(
+        listener: std::net::TcpListener,
+        name: &'static str,
+        speaks: Speaks,
+    ) -> Upstream {
         listener
             .set_nonblocking(true)
             .expect("a non-blocking listener");
@@ -92,6 +118,7 @@ impl Upstream {
             connections: AtomicU64::new(0),
             status: AtomicU64::new(0),
             fail_every: AtomicU64::new(0),
+            grpc_status: AtomicU64::new(NOT_GRPC),
             released: tokio::sync::watch::channel(false).0,
             seen: std::sync::Mutex::default(),
         });
@@ -107,7 +134,7 @@ impl Upstream {
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("a tokio listener");
                     tokio::select! {
-                        _ = accept_loop(listener, name, thread_state) => {}
+                        _ = accept_loop(listener, name, thread_state, speaks) => {}
                         _ = stop_rx => {}
                     }
                 });
@@ -155,6 +182,15 @@ impl Upstream {
         self.state.fail_every.store(n, Ordering::SeqCst);
     }
 
+    /// Answers every request from now on as a gRPC server failing or finishing the call at once:
+    /// `content-type: application/grpc`, `grpc-status: code` in the head, no body (a
+    /// trailers-only response).
+    pub fn set_grpc_status(&self, code: u32) {
+        self.state
+            .grpc_status
+            .store(u64::from(code), Ordering::SeqCst);
+    }
+
     /// Lets every held request (and any later one) be answered.
     pub fn release(&self) {
         self.state.released.send_replace(true);
@@ -187,18 +223,35 @@ impl Drop for Upstream {
     }
 }
 
-async fn accept_loop(listener: TcpListener, name: &'static str, state: Arc<UpstreamState>) {
+async fn accept_loop(
+    listener: TcpListener,
+    name: &'static str,
+    state: Arc<UpstreamState>,
+    speaks: Speaks,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         state.connections.fetch_add(1, Ordering::SeqCst);
         let state = Arc::clone(&state);
+        let speaks = speaks.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(req, name, Arc::clone(&state)));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let auto = || {
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            };
+            let _ = match speaks {
+                Speaks::Http1 => hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                    .map_err(|e| e.into()),
+                Speaks::H2c => auto().serve_connection(TokioIo::new(stream), service).await,
+                Speaks::Tls(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => auto().serve_connection(TokioIo::new(tls), service).await,
+                    Err(e) => Err(e.into()),
+                },
+            };
         });
     }
 }
@@ -253,6 +306,17 @@ async fn answer(
         let mut released = state.released.subscribe();
         // Bounded, so a test that forgets to release cannot hang forever.
         let _ = tokio::time::timeout(Duration::from_secs(30), released.wait_for(|r| *r)).await;
+    }
+    let grpc_status = state.grpc_status.load(Ordering::SeqCst);
+    if grpc_status != NOT_GRPC {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(grpc_status));
+        return Ok(resp);
     }
     let json = serde_json::json!({
         "version": name,

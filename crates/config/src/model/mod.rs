@@ -17,6 +17,7 @@ mod dns;
 mod release;
 mod rules;
 mod traffic;
+mod upstream;
 
 pub use dns::{DnsName, DnsSettings, VersionDns};
 
@@ -28,6 +29,9 @@ pub use rules::{DeviceClass, KeySpec, PathMatch, Rule, ValueMatch};
 pub use traffic::{
     BreakerWindow, CircuitBreaker, ConcurrencyLimit, FailureKinds, Fallback, HealthCheck,
     LimitBackend, OnRedisError, OutlierDetection, RateLimit, Retry, StaticResponse, TrafficControl,
+};
+pub use upstream::{
+    ClientIdentity, GRPC_CODE_NAMES, GrpcErrorCodes, UpstreamProtocol, UpstreamTls,
 };
 
 /// A whole, valid configuration.
@@ -341,6 +345,8 @@ pub struct Service {
     pub request_timeout: Duration,
     /// The configured release; `None`: all traffic goes to `default_version`.
     pub release: Option<Release>,
+    /// The `grpc-status` codes that count as the service's errors (`grpc.error_codes`).
+    pub grpc_error_codes: GrpcErrorCodes,
 }
 
 impl Service {
@@ -379,6 +385,10 @@ pub struct Version {
     /// Endpoints given as DNS names, re-resolved at run time; `None` when every endpoint is an
     /// address.
     pub dns: Option<VersionDns>,
+    /// The protocol the endpoints' scheme names (`http://` when they name none).
+    pub protocol: UpstreamProtocol,
+    /// `tls:` of `https://` endpoints; `None` for the other schemes.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Selects instances of a service in the registry: those registered under `service` whose

@@ -16,6 +16,7 @@ mod dns;
 mod release;
 mod rules;
 mod traffic;
+mod upstream;
 
 pub use dns::{RawDns, RawDnsRefresh};
 
@@ -30,6 +31,7 @@ pub use traffic::{
     RawCircuitBreaker, RawConcurrencyLimit, RawFallback, RawHealthCheck, RawOutlierDetection,
     RawRateLimit, RawRetry, RawStaticResponse, RawTrafficControl, RawWindow,
 };
+pub use upstream::{RawGrpc, RawGrpcCode, RawUpstreamTls};
 
 /// The whole file, as written: the top-level keys of `graylane.yaml`.
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +255,8 @@ pub struct RawService {
     pub release: Option<RawRelease>,
     /// `dns`: `{ refresh }` for the versions' endpoints given as DNS names.
     pub dns: Option<RawDnsRefresh>,
+    /// `grpc`: `{ error_codes }`, the `grpc-status` codes that count as errors.
+    pub grpc: Option<RawGrpc>,
 }
 
 /// A service's `match:`: which requests belong to it; an empty match takes every request.
@@ -271,8 +275,9 @@ pub struct RawServiceMatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVersion {
-    /// `endpoints`: `host:port` addresses (at least one; a host name is re-resolved) or a
-    /// registry selector.
+    /// `endpoints`: `host:port` addresses (at least one; a host name is re-resolved), each
+    /// optionally with a scheme (`http://`, `h2c://`, `https://`; one for all), or a registry
+    /// selector.
     #[serde(default)]
     pub endpoints: RawEndpoints,
     /// `dns`: `{ refresh }` for the endpoints given as DNS names, overriding the service's.
@@ -280,6 +285,8 @@ pub struct RawVersion {
     /// `tag`: an optional label of the version (e.g. a build or image tag); it must be valid as
     /// a header value.
     pub tag: Option<String>,
+    /// `tls`: `{ ca, server_name, client_cert, client_key }` for `https://` endpoints.
+    pub tls: Option<RawUpstreamTls>,
 }
 
 /// A version's endpoints: a list of `host:port`, or a selector of instances in the service

@@ -102,16 +102,10 @@ impl Validator<'_> {
         None
     }
 
-    /// An endpoint: an address, or a DNS name with its port.
+    /// An endpoint, its scheme already taken off (`endpoint_schemes`): an address, or a DNS
+    /// name with its port.
     pub(super) fn endpoint(&mut self, path: &str, s: &str) -> Option<ParsedEndpoint> {
-        if s.starts_with("https://") {
-            self.fail(
-                path,
-                format!("`{s}`: TLS to upstreams is not supported; use `host:port`"),
-            );
-            return None;
-        }
-        let hostport = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+        let hostport = s.trim_end_matches('/');
         if let Ok(a) = hostport.parse::<SocketAddr>() {
             return Some(ParsedEndpoint::Addr(a));
         }

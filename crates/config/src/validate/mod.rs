@@ -4,7 +4,8 @@
 //! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`services`]
 //! (versions, endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints given as DNS
 //! names), [`releases`] (strategies, steps), [`analysis`], [`rules`] (matchers), [`traffic`]
-//! (traffic control) and [`scalars`] (the leaf values they share).
+//! (traffic control), [`upstream`] (endpoint schemes, upstream `tls:`, `grpc:`) and
+//! [`scalars`] (the leaf values they share).
 
 mod analysis;
 mod dns;
@@ -16,6 +17,7 @@ mod scalars;
 mod segments;
 mod services;
 mod traffic;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 

@@ -135,6 +135,7 @@ impl Validator<'_> {
                 LoadBalancing::RoundRobin
             }
         };
+        let grpc_error_codes = self.grpc_error_codes(path, raw.grpc.as_ref());
         let mut connect_timeout = upstream.connect_timeout;
         let mut request_timeout = upstream.request_timeout;
         if let Some(t) = &raw.timeouts {
@@ -161,6 +162,7 @@ impl Validator<'_> {
             connect_timeout,
             request_timeout,
             release,
+            grpc_error_codes,
         })
     }
 
@@ -218,7 +220,7 @@ impl Validator<'_> {
                     format!("`{name}` is not a valid version name: use letters, digits, `-`, `_` and `.`"),
                 );
             }
-            let (endpoints, registry, dns) = match &v.endpoints {
+            let (endpoints, registry, dns, protocol, hosts) = match &v.endpoints {
                 RawEndpoints::List(list) => {
                     if list.is_empty() {
                         self.fail(
@@ -226,9 +228,10 @@ impl Validator<'_> {
                             "a version needs at least one endpoint (`host:port`), or a registry selector `{ registry: NAME }`",
                         );
                     }
+                    let (protocol, hosts) = self.endpoint_schemes(&vpath, &name, list);
                     let mut fixed = Vec::new();
                     let mut names = Vec::new();
-                    for (i, e) in list.iter().enumerate() {
+                    for (i, e) in &hosts {
                         match self.endpoint(&format!("{vpath}.endpoints[{i}]"), e) {
                             Some(ParsedEndpoint::Addr(a)) => fixed.push(a),
                             Some(ParsedEndpoint::Name(n)) if !names.contains(&n) => names.push(n),
@@ -241,14 +244,17 @@ impl Validator<'_> {
                         fixed: fixed.clone(),
                         refresh,
                     });
-                    (fixed, None, dns)
+                    (fixed, None, dns, protocol, hosts)
                 }
                 RawEndpoints::Registry(selector) => (
                     Vec::new(),
                     Some(self.registry_selector(&format!("{vpath}.endpoints"), selector)),
                     None,
+                    UpstreamProtocol::Http1,
+                    Vec::new(),
                 ),
             };
+            let tls = self.upstream_tls(&vpath, v.tls.as_ref(), protocol, &hosts);
             if let Some(tag) = &v.tag
                 && http::HeaderValue::from_str(tag).is_err()
             {
@@ -263,6 +269,8 @@ impl Validator<'_> {
                 tag: v.tag,
                 registry,
                 dns,
+                protocol,
+                tls,
             });
         }
         out

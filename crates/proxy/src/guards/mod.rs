@@ -120,7 +120,8 @@ impl AttemptOutcome {
             AttemptOutcome::Error(
                 UpstreamErrorKind::ConnectRefused
                 | UpstreamErrorKind::ConnectError
-                | UpstreamErrorKind::ConnectTimeout,
+                | UpstreamErrorKind::ConnectTimeout
+                | UpstreamErrorKind::Tls,
             ) => kinds.connect_errors,
             AttemptOutcome::Error(UpstreamErrorKind::Timeout) => kinds.timeouts,
             // A broken exchange is a failure whatever the rules say: nothing usable came back.
@@ -145,6 +146,7 @@ impl AttemptOutcome {
                 UpstreamErrorKind::ConnectRefused
                     | UpstreamErrorKind::ConnectError
                     | UpstreamErrorKind::ConnectTimeout
+                    | UpstreamErrorKind::Tls
             )
         )
     }

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -21,11 +22,11 @@ use crate::body::{ClientBody, ProxyBody, RequestBody};
 use crate::clock::nanos_at;
 use crate::deadline::Deadline;
 use crate::forward::Forwarding;
+use crate::grpc::LaterGuards;
 use crate::guards::{AttemptOutcome, FallbackRoute};
 use crate::metrics::Event;
-use crate::snapshot::{ServiceRoute, VersionRoute};
-use crate::upstream::UpstreamErrorKind;
-use crate::upstream::{UpstreamBody, UpstreamError};
+use crate::snapshot::{ServiceRoute, Snapshot, VersionRoute};
+use crate::upstream::{self, UpstreamError, UpstreamErrorKind};
 
 /// Whether a request to `version` goes through [`Attempts`]: the service retries, or the
 /// version has a guard. A version with no endpoints (a registry selector nothing matches yet)
@@ -42,6 +43,10 @@ pub(super) struct Attempts<'a> {
     pub(super) worker: &'a Worker,
     pub(super) conn: &'a ConnInfo,
     pub(super) forward_path: Option<&'a str>,
+    /// The snapshot `service` is of, and its index there: a gRPC response judged when its
+    /// body ends keeps them to reach the version's guards.
+    pub(super) snapshot: &'a Arc<Snapshot>,
+    pub(super) service_index: usize,
     pub(super) service: &'a ServiceRoute,
     pub(super) started: Instant,
 }
@@ -153,13 +158,17 @@ impl Attempts<'_> {
             let addr = version.endpoints[endpoint].addr;
             version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
             let forwarding = forwarding(self.conn, version, self.forward_path);
-            let send = self
-                .worker
-                .pool
-                .send(addr, service.connect_timeout, req, &forwarding);
+            let send = upstream::exchange(
+                &self.worker.pool,
+                version.upstream.as_deref(),
+                addr,
+                service.connect_timeout,
+                req,
+                &forwarding,
+            );
             // Without a per-try timeout the send is awaited as is: wrapping it would move the
             // whole send future once more on every request.
-            let result = match retry.and_then(|r| r.per_try_timeout) {
+            let mut result = match retry.and_then(|r| r.per_try_timeout) {
                 None => tokio::select! {
                     biased;
                     sent = send => Some(sent),
@@ -191,14 +200,20 @@ impl Attempts<'_> {
                 ));
             }
             let outcome = match &result {
-                Some(Ok(resp)) => AttemptOutcome::Status(resp.status().as_u16()),
+                Some(Ok(resp)) => AttemptOutcome::Status(respond::judged_status(resp, version)),
                 Some(Err(e)) => AttemptOutcome::Error(e.kind),
                 None => AttemptOutcome::Error(UpstreamErrorKind::Timeout),
             };
             let failed = outcome.fails(&ctl.failure_on);
             let ended = Instant::now();
             let took = ended - attempt_started;
-            if let Some(t) = token {
+            // A gRPC response whose status comes in its trailers is judged when they arrive:
+            // its breaker call and endpoint record are left to its body (the token dropped
+            // here counts nothing).
+            let judged_later = !failed
+                && (token.is_some() || ctl.outlier.is_some())
+                && self.judge_later(&mut result, current, endpoint, took);
+            if let Some(t) = token.filter(|_| !judged_later) {
                 t.record(
                     nanos_at(ended),
                     graylane_traffic::breaker::Outcome {
@@ -208,6 +223,7 @@ impl Attempts<'_> {
                 );
             }
             if let Some(o) = &ctl.outlier
+                && !judged_later
                 && o.record(endpoint, nanos_at(ended), !failed)
             {
                 version.stats.record_event(self.worker.id, Event::Ejection);
@@ -268,6 +284,37 @@ impl Attempts<'_> {
                 }
                 _ => return answered_by(current, fell_back, result, attempt_started, ended),
             }
+        }
+    }
+
+    /// Leaves the guards' judgement of a gRPC response whose status is still to come to its
+    /// body; whether it was one.
+    #[cold]
+    fn judge_later(
+        &self,
+        result: &mut Option<Result<Response<ProxyBody>, UpstreamError>>,
+        version: usize,
+        endpoint: usize,
+        took: std::time::Duration,
+    ) -> bool {
+        let Some(Ok(resp)) = result else {
+            return false;
+        };
+        let http = resp.status().as_u16();
+        match resp.body_mut() {
+            ProxyBody::Grpc(body) if body.head_status().is_none() => {
+                body.judge_guards_later(LaterGuards {
+                    snapshot: Arc::clone(self.snapshot),
+                    service: self.service_index,
+                    version,
+                    endpoint,
+                    worker: self.worker.id,
+                    http,
+                    took,
+                });
+                true
+            }
+            _ => false,
         }
     }
 
@@ -361,7 +408,7 @@ fn may_send_again(head: &http::request::Parts, outcome: AttemptOutcome) -> bool 
 fn answered_by(
     version: usize,
     fell_back: bool,
-    result: Option<Result<Response<UpstreamBody>, UpstreamError>>,
+    result: Option<Result<Response<ProxyBody>, UpstreamError>>,
     started: Instant,
     ended: Instant,
 ) -> Forwarded {
@@ -379,7 +426,7 @@ fn answered_by(
 #[cold]
 #[inline(never)]
 pub(super) fn note_failure(
-    result: &Option<Result<Response<UpstreamBody>, UpstreamError>>,
+    result: &Option<Result<Response<ProxyBody>, UpstreamError>>,
     worker: &Worker,
     service: &ServiceRoute,
     version: &VersionRoute,

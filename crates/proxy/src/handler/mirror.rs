@@ -25,7 +25,7 @@ use super::{ConnInfo, Worker, attempts, balance};
 use crate::body::RequestBody;
 use crate::metrics::Event;
 use crate::snapshot::LocalSnapshot;
-use crate::upstream::UpstreamErrorKind;
+use crate::upstream::{self, UpstreamErrorKind};
 
 /// Copies waiting on the candidate per worker thread; more are dropped.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
@@ -132,9 +132,14 @@ pub(super) fn copy(
         endpoint.in_flight.fetch_add(1, Relaxed);
         let sent = tokio::time::timeout_at(
             deadline,
-            worker
-                .pool
-                .send(endpoint.addr, service.connect_timeout, req, &forwarding),
+            upstream::exchange(
+                &worker.pool,
+                version.upstream.as_deref(),
+                endpoint.addr,
+                service.connect_timeout,
+                req,
+                &forwarding,
+            ),
         )
         .await;
         match sent {

@@ -42,7 +42,7 @@ use crate::body::{ProxyBody, RequestBody};
 use crate::clock::nanos_at;
 use crate::deadline::Deadlines;
 use crate::snapshot::LocalSnapshot;
-use crate::upstream::UpstreamPool;
+use crate::upstream::{self, UpstreamPool};
 use attempts::Attempts;
 use limits::LimitVerdict;
 use respond::{Exchanged, Forwarded, Timing};
@@ -223,6 +223,8 @@ pub(crate) async fn handle(
             worker: &worker,
             conn: &conn,
             forward_path,
+            snapshot: &snapshot,
+            service_index: decision.service,
             service,
             started,
         };
@@ -237,7 +239,7 @@ pub(crate) async fn handle(
         endpoint.in_flight.fetch_add(1, Relaxed);
         let result = tokio::select! {
             biased;
-            sent = worker.pool.send(endpoint.addr, service.connect_timeout, req, &forwarding) => Some(sent),
+            sent = upstream::exchange(&worker.pool, version.upstream.as_deref(), endpoint.addr, service.connect_timeout, req, &forwarding) => Some(sent),
             () = &mut deadline => None,
         };
         endpoint.in_flight.fetch_sub(1, Relaxed);

@@ -10,9 +10,9 @@ use http::{Response, StatusCode};
 
 use super::Worker;
 use crate::body::ProxyBody;
+use crate::grpc::{self, Pending, Recorded};
 use crate::snapshot::{ServiceRoute, VersionRoute};
-use crate::upstream::UpstreamErrorKind;
-use crate::upstream::{UpstreamBody, UpstreamError};
+use crate::upstream::{UpstreamError, UpstreamErrorKind};
 
 /// On every response that a version gave or that was answered on its behalf: the version.
 pub static X_GRAYLANE_VERSION: HeaderName = HeaderName::from_static("x-graylane-version");
@@ -36,7 +36,7 @@ pub(super) struct Exchanged {
     pub(super) version: usize,
     pub(super) fell_back: bool,
     /// The upstream's response or failure; `None` when the request's deadline passed first.
-    pub(super) result: Option<Result<Response<UpstreamBody>, UpstreamError>>,
+    pub(super) result: Option<Result<Response<ProxyBody>, UpstreamError>>,
     pub(super) timing: Timing,
 }
 
@@ -73,7 +73,7 @@ pub(super) fn forwarded(
             if let Some(cookie) = sticky_cookie {
                 parts.headers.append(header::SET_COOKIE, cookie);
             }
-            Response::from_parts(parts, ProxyBody::Upstream(body))
+            Response::from_parts(parts, body)
         }
         Some(Err(e)) => upstream_failure(e.kind, service, version),
         None => upstream_failure(UpstreamErrorKind::Timeout, service, version),
@@ -84,23 +84,50 @@ pub(super) fn forwarded(
             .insert(X_GRAYLANE_FALLBACK.clone(), version.fallback_header.clone());
     }
     let status = response.status().as_u16();
-    match exchanged.timing {
-        Timing::Only => version
-            .stats
-            .record_served(worker.id, status, started.elapsed()),
+    let recorded = match exchanged.timing {
+        Timing::Only => Recorded::Served(started.elapsed()),
         Timing::Attempt {
             started: attempt,
             ended,
-        } => {
-            version
-                .stats
-                .record_attempt(worker.id, status, ended - attempt);
-            version
-                .stats
-                .record_response(worker.id, status, ended - started);
+        } => Recorded::Attempt {
+            took: ended - attempt,
+            total: ended - started,
+        },
+    };
+    if let ProxyBody::Grpc(body) = response.body_mut() {
+        let codes = version
+            .upstream
+            .as_ref()
+            .map_or_else(Default::default, |u| u.grpc_error_codes);
+        match body.head_status() {
+            Some(code) => {
+                let counted = grpc::counted_status(code, codes, status);
+                recorded.record(&version.stats, worker.id, counted);
+            }
+            None => body.defer(Pending {
+                stats: std::sync::Arc::clone(&version.stats),
+                worker: worker.id,
+                codes,
+                http: status,
+                recorded,
+            }),
         }
+        return response;
     }
+    recorded.record(&version.stats, worker.id, status);
     response
+}
+
+/// The status an upstream's response counts as for the breaker, retries and metrics: its own,
+/// or for a gRPC response the one its `grpc-status` in the head maps to (see `grpc.rs`).
+pub(super) fn judged_status(response: &Response<ProxyBody>, version: &VersionRoute) -> u16 {
+    let status = response.status().as_u16();
+    match (response.body(), &version.upstream) {
+        (ProxyBody::Grpc(body), Some(upstream)) => body.head_status().map_or(status, |code| {
+            grpc::counted_status(code, upstream.grpc_error_codes, status)
+        }),
+        _ => status,
+    }
 }
 
 /// The `502` or `504` of an exchange that brought no response, naming what failed.
@@ -113,6 +140,7 @@ pub(super) fn upstream_failure(
         UpstreamErrorKind::ConnectRefused => "the upstream refused the connection",
         UpstreamErrorKind::ConnectTimeout => "connecting to the upstream timed out",
         UpstreamErrorKind::ConnectError => "could not connect to the upstream",
+        UpstreamErrorKind::Tls => "the TLS handshake with the upstream failed",
         UpstreamErrorKind::Timeout => "the upstream did not answer in time",
         UpstreamErrorKind::Protocol => "the upstream connection failed",
     };

@@ -159,6 +159,16 @@ impl Upgrade<'_> {
                 "send the upgrade request without a body",
             );
         }
+        // The tunnel is raw bytes on a plain TCP connection; an h2c:// or https:// version
+        // would need TLS or HTTP/2's extended CONNECT upstream, which graylane does not speak.
+        if version.upstream.is_some() {
+            stats.record_response(self.worker.id, 501, self.started.elapsed());
+            return respond::refuse(
+                StatusCode::NOT_IMPLEMENTED,
+                "protocol upgrades reach http:// endpoints only",
+                "this version's endpoints are h2c:// or https://",
+            );
+        }
         let ctl = &version.guards;
         let now = nanos_at(Instant::now());
         let token = match ctl.breaker.as_ref().map(|b| b.try_call(now)) {
@@ -214,7 +224,7 @@ impl Upgrade<'_> {
             Some(Ok(Handshake::Switched(switched))) => {
                 return self.switched(switched, on_upgrade);
             }
-            Some(Ok(Handshake::Refused(resp))) => Some(Ok(resp)),
+            Some(Ok(Handshake::Refused(resp))) => Some(Ok(resp.map(ProxyBody::Upstream))),
             Some(Err(e)) => Some(Err(e)),
             None => None,
         };

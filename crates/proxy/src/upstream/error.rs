@@ -12,6 +12,9 @@ pub enum UpstreamErrorKind {
     ConnectTimeout,
     /// Connecting failed otherwise.
     ConnectError,
+    /// The TLS handshake with an `https://` endpoint failed (its certificate was not trusted,
+    /// say), or the version's TLS settings could not be used.
+    Tls,
     /// The upstream did not answer within the request's (or the try's) time.
     Timeout,
     /// The exchange broke: a malformed or cut-off response, a reset connection.
@@ -20,10 +23,11 @@ pub enum UpstreamErrorKind {
 
 impl UpstreamErrorKind {
     /// Every kind, in the order the metrics count them.
-    pub(crate) const ALL: [UpstreamErrorKind; 5] = [
+    pub(crate) const ALL: [UpstreamErrorKind; 6] = [
         UpstreamErrorKind::ConnectRefused,
         UpstreamErrorKind::ConnectTimeout,
         UpstreamErrorKind::ConnectError,
+        UpstreamErrorKind::Tls,
         UpstreamErrorKind::Timeout,
         UpstreamErrorKind::Protocol,
     ];
@@ -34,6 +38,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::ConnectRefused => "connect_refused",
             UpstreamErrorKind::ConnectTimeout => "connect_timeout",
             UpstreamErrorKind::ConnectError => "connect_error",
+            UpstreamErrorKind::Tls => "tls",
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Protocol => "protocol",
         }

@@ -30,10 +30,14 @@
 //!             after a `101`, the raw socket and the bytes read past the head, never pooled
 //! error.rs    UpstreamErrorKind: how an exchange failed, for the status (502/504), the
 //!             retry and breaker rules, and the metrics
+//! client.rs   the other client, for `h2c://` and `https://` endpoints: hyper's HTTP/2 (and,
+//!             over TLS, HTTP/1.1) connections per worker thread, chosen once per version by
+//!             the `UpstreamTarget` its snapshot prepared ([`exchange`] branches on it)
 //! ```
 
 mod body;
 pub(crate) mod chunked;
+mod client;
 pub(crate) mod codec;
 mod error;
 mod pool;
@@ -43,9 +47,41 @@ use std::io;
 use std::net::SocketAddr;
 
 pub(crate) use body::UpstreamBody;
+pub(crate) use client::UpstreamTarget;
 pub(crate) use error::UpstreamErrorKind;
 pub(crate) use pool::UpstreamPool;
 pub(crate) use upgrade::{Handshake, Switched};
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use http::{Request, Response};
+
+use crate::body::{ProxyBody, RequestBody};
+use crate::forward::Forwarding;
+
+/// One exchange with `addr`: through the in-task HTTP/1.1 client of `pool` for an `http://`
+/// version (`target` is `None`), else through the client for its `h2c://` or `https://`
+/// endpoints, boxed so the common case's future does not grow by it.
+#[inline]
+pub(crate) async fn exchange(
+    pool: &Rc<UpstreamPool>,
+    target: Option<&UpstreamTarget>,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    req: Request<RequestBody>,
+    forwarding: &Forwarding<'_>,
+) -> Result<Response<ProxyBody>, UpstreamError> {
+    match target {
+        None => pool
+            .send(addr, connect_timeout, req, forwarding)
+            .await
+            .map(|resp| resp.map(ProxyBody::Upstream)),
+        Some(target) => {
+            Box::pin(client::send(target, addr, connect_timeout, req, forwarding)).await
+        }
+    }
+}
 
 /// Why an upstream exchange failed.
 #[derive(Debug)]
