@@ -426,7 +426,7 @@ async fn serve_with_an_invalid_file_exits_1_without_listening() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_answers_a_forced_canary_request() {
+async fn demo_answers_a_forced_canary_request_over_http_grpc_websocket_and_an_https_upstream() {
     let dir = temp_dir("demo");
     let (port, admin_port) = (candidate_port(), candidate_port());
     let mut demo = spawn_in(
@@ -473,6 +473,50 @@ async fn demo_answers_a_forced_canary_request() {
         Some(2.0),
         "{metrics}"
     );
+
+    // The HTTPS upstream, verified against the demo's own CA.
+    let r = get(proxy, "/api/account/me", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json()["version"], "account", "{r:?}");
+
+    // gRPC over h2c to the versions; a metadata force rule picks the canary.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{proxy}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("a gRPC client connects to the demo");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut call = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    call.metadata_mut()
+        .insert("x-release-phase", "canary".parse().unwrap());
+    let answer = health.check(call).await.expect("the health check answers");
+    assert_eq!(answer.metadata().get("x-graylane-version").unwrap(), "canary");
+    assert_eq!(
+        answer.get_ref().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // A WebSocket echo through the gateway, on the canary.
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut request = format!("ws://{proxy}/ws/echo").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-release-phase", "canary".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the WebSocket handshake succeeds");
+    assert_eq!(response.headers()["x-graylane-version"], "canary");
+    ws.send(Message::text("hello")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the echo arrives in time")
+        .expect("the socket is open")
+        .expect("a frame");
+    assert_eq!(echoed, Message::text("canary: hello"));
+    ws.close(None).await.unwrap();
 
     demo.signal("TERM");
     let status = demo.wait_exit(Duration::from_secs(20));
