@@ -492,7 +492,10 @@ async fn demo_answers_a_forced_canary_request_over_http_grpc_websocket_and_an_ht
     call.metadata_mut()
         .insert("x-release-phase", "canary".parse().unwrap());
     let answer = health.check(call).await.expect("the health check answers");
-    assert_eq!(answer.metadata().get("x-graylane-version").unwrap(), "canary");
+    assert_eq!(
+        answer.metadata().get("x-graylane-version").unwrap(),
+        "canary"
+    );
     assert_eq!(
         answer.get_ref().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
@@ -501,7 +504,9 @@ async fn demo_answers_a_forced_canary_request_over_http_grpc_websocket_and_an_ht
     // A WebSocket echo through the gateway, on the canary.
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
-    let mut request = format!("ws://{proxy}/ws/echo").into_client_request().unwrap();
+    let mut request = format!("ws://{proxy}/ws/echo")
+        .into_client_request()
+        .unwrap();
     request
         .headers_mut()
         .insert("x-release-phase", "canary".parse().unwrap());

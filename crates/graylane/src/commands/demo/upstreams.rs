@@ -118,7 +118,10 @@ async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
 
 type DemoBody = Either<Full<Bytes>, Channel<Bytes, Infallible>>;
 
-async fn answer(req: Request<Incoming>, version: &'static str) -> Result<Response<DemoBody>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    version: &'static str,
+) -> Result<Response<DemoBody>, Infallible> {
     let is_grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
