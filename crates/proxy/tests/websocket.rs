@@ -657,3 +657,35 @@ async fn a_drain_lets_open_websockets_carry_on_until_the_drain_timeout_then_clos
         .expect("the shutdown ends after the drain timeout")
         .expect("shutdown does not panic");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_a_version_behind_h2c_or_https_endpoints_is_501_and_reaches_no_upstream() {
+    let h2c = RecordingUpstream::start();
+    let yaml = format!(
+        "listeners:
+  - bind: 127.0.0.1:0
+services:
+  - name: chat
+    match: {{ path_prefix: /ws }}
+    versions:
+      stable: {{ endpoints: [\"h2c://{}\"] }}
+",
+        h2c.addr
+    );
+    let gateway = start_gateway(config(&yaml));
+    let reply = raw_request(
+        addr(&gateway),
+        b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("a reply");
+    assert_eq!(reply.status, 501, "{}", reply.text());
+    assert!(
+        reply.text().contains("http:// endpoints only"),
+        "{}",
+        reply.text()
+    );
+    assert!(h2c.requests().is_empty(), "{}", h2c.wire_text());
+    shutdown(gateway).await;
+}
