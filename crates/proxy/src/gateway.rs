@@ -10,9 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use graylane_config::{
-    AccessLogFormat, AccessLogPath, Config, ConfigErrors, Service, Weight,
-};
+use graylane_config::{AccessLogFormat, AccessLogPath, Config, ConfigErrors, Service, Weight};
 use graylane_rules::{CookieKeys, Routing, Share};
 use tokio::sync::watch;
 

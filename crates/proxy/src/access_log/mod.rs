@@ -222,7 +222,11 @@ impl AccessLogs {
 
     /// Writes every queued line, flushes and stops the writer (the workers have stopped).
     pub(crate) fn close(&self) {
-        let running = self.current.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let running = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(running) = running {
             running.sink.shared.closing.store(true, Relaxed);
             running.writer.thread().unpark();
@@ -305,7 +309,11 @@ mod tests {
         sink.push(1, Box::default());
         assert_eq!(sink.counters.dropped.load(Relaxed), 3);
         assert_eq!(receivers[0].try_iter().count(), 2);
-        assert_eq!(receivers[1].try_iter().count(), 1, "each worker has its own queue");
+        assert_eq!(
+            receivers[1].try_iter().count(),
+            1,
+            "each worker has its own queue"
+        );
     }
 
     #[test]

@@ -221,7 +221,11 @@ fn json(out: &mut Vec<u8>, e: &Entry) {
         }
         None => out.extend_from_slice(b"null"),
     }
-    let _ = write!(out, ",\"duration_ms\":{:.3},\"upstream_ms\":", millis(e.duration));
+    let _ = write!(
+        out,
+        ",\"duration_ms\":{:.3},\"upstream_ms\":",
+        millis(e.duration)
+    );
     match e.upstream {
         Some(d) => {
             let _ = write!(out, "{:.3}", millis(d));
@@ -323,7 +327,12 @@ fn combined(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(b" version=");
     dash_or(out, e.version.bytes(), e.version.cut(), true);
     out.extend_from_slice(b" reason=");
-    dash_or(out, e.reason.map_or("", |r| r.label()).as_bytes(), false, true);
+    dash_or(
+        out,
+        e.reason.map_or("", |r| r.label()).as_bytes(),
+        false,
+        true,
+    );
     out.extend_from_slice(b" bucket=");
     match reason_bucket(e.reason) {
         Some(b) => {
