@@ -370,7 +370,7 @@ fn dash_or(out: &mut Vec<u8>, bytes: &[u8], cut: bool, space: bool) {
 /// (and, in a `key=value` field, spaces too, so the value stays one field).
 fn escaped(out: &mut Vec<u8>, bytes: &[u8], cut: bool, space: bool) {
     for &b in bytes {
-        if b == b'"' || b == b'\\' || b < 0x20 || b >= 0x7f || (space && b == b' ') {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) || (space && b == b' ') {
             let _ = write!(out, "\\x{b:02X}");
         } else {
             out.push(b);
