@@ -10,10 +10,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use graylane_config::{Config, ConfigErrors, Service, Weight};
+use graylane_config::{AccessLogFormat, AccessLogPath, Config, ConfigErrors, Service, Weight};
 use graylane_rules::{CookieKeys, Routing, Share};
 use tokio::sync::watch;
 
+use crate::access_log::{AccessLogs, OpenError as AccessLogError, Sink};
 use crate::discovery::Discovery;
 use crate::guards::GuardState;
 use crate::metrics::Metrics;
@@ -37,6 +38,11 @@ pub struct GatewayOptions {
     /// Where Redis segments keep the members they last read (`serve` uses `DATA_DIR/segments`),
     /// so a restart during a Redis outage still serves them; `None` keeps nothing.
     pub segment_cache: Option<std::path::PathBuf>,
+    /// `--access-log`: where access log lines go, whatever `access_log.path` says (and with
+    /// no `access_log:`, JSON lines of every request); `None`: as configured.
+    pub access_log_path: Option<AccessLogPath>,
+    /// `--access-log-format`: the access log's format, whatever `access_log.format` says.
+    pub access_log_format: Option<AccessLogFormat>,
 }
 
 impl Default for GatewayOptions {
@@ -46,6 +52,8 @@ impl Default for GatewayOptions {
             drain_timeout: Duration::from_secs(30),
             cookie_keys: None,
             segment_cache: None,
+            access_log_path: None,
+            access_log_format: None,
         }
     }
 }
@@ -58,6 +66,8 @@ struct Inputs {
     routes: BTreeMap<String, NamedRouting>,
     generation: u64,
     cookie_keys: CookieKeys,
+    /// The access log the snapshots hand requests to.
+    access_log: Option<Arc<Sink>>,
 }
 
 /// A [`Routing`] with version names instead of indices.
@@ -140,6 +150,9 @@ pub enum StartError {
     /// No sticky-cookie keys were given and none could be generated.
     #[error("{0}")]
     CookieKeys(#[from] crate::cookie_keys::CookieKeysError),
+    /// The access log's file could not be opened.
+    #[error("{0}")]
+    AccessLog(#[from] AccessLogError),
 }
 
 /// Why segment members could not be changed.
@@ -202,6 +215,7 @@ pub struct Gateway {
     /// Stops the health prober.
     shutdown: watch::Sender<bool>,
     workers: Mutex<Vec<JoinHandle<std::io::Result<()>>>>,
+    access_logs: AccessLogs,
 }
 
 impl Gateway {
@@ -230,6 +244,14 @@ impl Gateway {
             None => crate::cookie_keys::ephemeral()?,
         };
         let metrics = Metrics::new(workers);
+        let access_logs = AccessLogs::start(
+            &config,
+            workers,
+            options.access_log_path.clone(),
+            options.access_log_format,
+        )?;
+        metrics.add_collector(access_logs.collector());
+        let access_log = access_logs.for_config(&config);
         let mut inherited = inherited
             .into_iter()
             .map(|socket| Ok((socket.local_addr()?, socket)))
@@ -293,14 +315,16 @@ impl Gateway {
             Discovery::start(shutdown_rx.clone()).map_err(StartError::Thread)?;
         discovery.configure(&config);
         metrics.add_collector(discovery.collector());
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+        let mut first = Snapshot::build(
             discovery.fill(&config),
             &metrics,
             1,
             &BTreeMap::new(),
             &guard_state,
             &cookie_keys,
-        )));
+        );
+        first.access_log = access_log.clone();
+        let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let (phase, phase_rx) = watch::channel(Phase::Held);
         let (balancer, inboxes) = Balancer::new(workers, config.listeners.len());
         let mut handles = Vec::new();
@@ -345,6 +369,7 @@ impl Gateway {
             routes: BTreeMap::new(),
             generation: 1,
             cookie_keys,
+            access_log,
         }));
         discovery.on_change(Box::new({
             let (inputs, snapshot, metrics, guard_state, discovery) = (
@@ -372,6 +397,7 @@ impl Gateway {
             phase,
             shutdown,
             workers: Mutex::new(handles),
+            access_logs,
         })
     }
 
@@ -452,8 +478,15 @@ impl Gateway {
         self.reload_tls(&config);
         self.discovery.configure(&config);
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        inputs.access_log = self.access_logs.for_config(&config);
         inputs.config = Arc::new(config);
         self.rebuild(&mut inputs);
+    }
+
+    /// Reopens the access log's file (SIGUSR1): after logrotate moved it, lines go to a new
+    /// file at the configured path. Lines written before are in the moved file.
+    pub fn reopen_access_log(&self) {
+        self.access_logs.reopen();
     }
 
     /// Reads every listener's certificate and key files again, as a reload does: new TLS
@@ -497,6 +530,7 @@ impl Gateway {
                 Some((name.clone(), NamedRouting::from_routing(svc, r)))
             })
             .collect();
+        inputs.access_log = self.access_logs.for_config(&config);
         inputs.config = Arc::new(config);
         self.rebuild(&mut inputs);
     }
@@ -641,6 +675,7 @@ impl Gateway {
                 Err(_) => tracing::error!("a worker thread panicked"),
             }
         }
+        self.access_logs.close();
     }
 }
 
@@ -674,5 +709,9 @@ fn rebuild(
         guard_state,
         &inputs.cookie_keys,
     );
+    let built = Snapshot {
+        access_log: inputs.access_log.clone(),
+        ..built
+    };
     snapshot.store(Arc::new(built));
 }

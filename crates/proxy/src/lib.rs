@@ -15,6 +15,8 @@
 //!        5 forward: pick an endpoint, or attempts with          handler/balance.rs
 //!          breakers, retries and fallbacks                      handler/attempts.rs
 //!        6 respond: stamp, map failures to 502/504, count       handler/respond.rs
+//!        7 log: the access log line, queued per worker;         access_log/
+//!          formatted and written by its own thread              access_log/writer.rs
 //!        ├─ guards: traffic-control policies and their state    guards/
 //!        ├─ snapshot: routing table + per-version values        snapshot.rs
 //!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client  upstream/
@@ -33,6 +35,7 @@
 //! and is what the binary drives: start, apply a new configuration atomically, reload from a
 //! file, shut down with a drain.
 
+mod access_log;
 mod body;
 mod clock;
 pub mod cookie_keys;
@@ -53,6 +56,7 @@ mod server;
 pub mod snapshot;
 mod upstream;
 
+pub use access_log::OpenError as AccessLogError;
 pub use forward::X_GRAYLANE_LANE;
 pub use gateway::{Gateway, GatewayOptions, SegmentError, StartError, UnknownRelease};
 pub use handler::{X_GRAYLANE_FALLBACK, X_GRAYLANE_VERSION};

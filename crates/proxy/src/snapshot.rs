@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub services: Vec<ServiceRoute>,
     /// Increases with every applied configuration.
     pub generation: u64,
+    /// Where requests' access log lines go; `None`: no access log.
+    pub(crate) access_log: Option<Arc<crate::access_log::Sink>>,
 }
 
 /// What the data plane needs of one service, beyond the routing decision.
@@ -193,6 +195,7 @@ impl Snapshot {
             table,
             services,
             generation,
+            access_log: None,
         }
     }
 }

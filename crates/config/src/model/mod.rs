@@ -13,12 +13,14 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+mod access_log;
 mod dns;
 mod release;
 mod rules;
 mod traffic;
 mod upstream;
 
+pub use access_log::{AccessLog, AccessLogFormat, AccessLogPath};
 pub use dns::{DnsName, DnsSettings, VersionDns};
 
 pub use release::{
@@ -60,6 +62,8 @@ pub struct Config {
     /// The GeoIP database `country` rules look the client address up in; `None`: they read
     /// only their header.
     pub geoip: Option<GeoIp>,
+    /// The per-request log (`access_log:`); `None`: none is written.
+    pub access_log: Option<AccessLog>,
 }
 
 /// `geoip:`: the MaxMind database `country` rules look the client address up in.

@@ -61,6 +61,20 @@ pub struct RawConfig {
     pub dns: Option<RawDns>,
     /// `geoip`: the MaxMind database `country` rules look the client address up in.
     pub geoip: Option<RawGeoIp>,
+    /// `access_log`: one line per request; without it nothing is logged per request.
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `access_log:`: the format, destination and sampled share of the per-request log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `format`: `json` (default) or `combined`.
+    pub format: Option<String>,
+    /// `path`: `stdout` (default) or a file, relative to the configuration's folder.
+    pub path: Option<String>,
+    /// `sample`: the share of requests logged, above 0 and at most 1 (default).
+    pub sample: Option<f64>,
 }
 
 /// `geoip:`: where `country` rules find the client's country.

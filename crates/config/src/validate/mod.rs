@@ -1,12 +1,13 @@
 //! Raw model → validated model. Every check runs even after an earlier one failed, so the user
 //! sees every problem in one go; each problem names the key path it belongs to.
 //!
-//! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`services`]
-//! (versions, endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints given as DNS
-//! names), [`releases`] (strategies, steps), [`analysis`], [`rules`] (matchers), [`traffic`]
+//! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`access_log`],
+//! [`services`] (versions, endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints
+//! given as DNS names), [`releases`] (strategies, steps), [`analysis`], [`rules`] (matchers), [`traffic`]
 //! (traffic control), [`upstream`] (endpoint schemes, upstream `tls:`, `grpc:`) and
 //! [`scalars`] (the leaf values they share).
 
+mod access_log;
 mod analysis;
 mod dns;
 mod geoip;
@@ -63,6 +64,7 @@ impl<'a> Validator<'a> {
         let webhooks = self.webhooks(&raw.webhooks);
         let audit = self.audit(raw.audit.as_ref());
         let geoip = raw.geoip.as_ref().and_then(|g| self.geoip(g));
+        let access_log = raw.access_log.as_ref().and_then(|a| self.access_log(a));
         let traffic_control = match raw.traffic_control {
             Some(tc) => self.traffic_control(tc, &services, &declared),
             None => TrafficControl::default(),
@@ -89,6 +91,7 @@ impl<'a> Validator<'a> {
             audit,
             dns,
             geoip,
+            access_log,
         })
     }
 }

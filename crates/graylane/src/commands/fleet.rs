@@ -258,6 +258,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = args.workers {
         options.workers = w;
     }
+    args.access_log_options(&mut options);
     let prepared = match Prepared::bind(&config, options, Vec::new(), early_admin) {
         Ok(p) => p,
         Err(e) => {

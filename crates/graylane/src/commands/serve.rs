@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::Args;
 use graylane_analysis::Histogram;
-use graylane_config::Config;
+use graylane_config::{AccessLogFormat, AccessLogPath, Config};
 use graylane_controller::fleet::{RouteFigures, UnitHashes};
 use graylane_controller::{DataPlane, Observation};
 use graylane_proxy::{Gateway, GatewayOptions};
@@ -71,8 +71,32 @@ pub(crate) struct ServeArgs {
     /// an upgrade or restart that refuses no connection.
     #[arg(long)]
     pub takeover: bool,
+    /// Write an access log line per request to PATH (appended to; reopened on SIGUSR1), or to
+    /// standard output with `stdout`: over `access_log.path`, and on even without
+    /// `access_log:` in the configuration.
+    #[arg(long, value_name = "PATH|stdout")]
+    pub access_log: Option<PathBuf>,
+    /// The access log's format, over `access_log.format`: `json` or `combined`.
+    #[arg(long, value_name = "json|combined", value_parser = access_log_format)]
+    pub access_log_format: Option<AccessLogFormat>,
     #[command(flatten)]
     pub fleet: super::fleet::FleetArgs,
+}
+
+fn access_log_format(s: &str) -> Result<AccessLogFormat, String> {
+    AccessLogFormat::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a format: use `json` or `combined`"))
+}
+
+impl ServeArgs {
+    /// The access log settings of `--access-log` and `--access-log-format` in `options`.
+    pub(crate) fn access_log_options(&self, options: &mut GatewayOptions) {
+        options.access_log_path = self
+            .access_log
+            .as_ref()
+            .map(|p| AccessLogPath::parse(&p.to_string_lossy(), std::path::Path::new("")));
+        options.access_log_format = self.access_log_format;
+    }
 }
 
 pub(crate) fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -127,6 +151,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = args.workers {
         options.workers = w;
     }
+    args.access_log_options(&mut options);
     // Without --takeover the store comes first: it is the lock on the data directory. With it,
     // everything that can fail is set up before the running process is told to stop accepting;
     // only then is the store free to open.

@@ -18,6 +18,7 @@ use super::respond::{
     self, Exchanged, Forwarded, Timing, client_body_failure, static_response, upstream_failure,
 };
 use super::{ConnInfo, Worker};
+use crate::access_log::{Facts, Upstream};
 use crate::body::{ClientBody, ProxyBody, RequestBody};
 use crate::clock::nanos_at;
 use crate::deadline::Deadline;
@@ -49,6 +50,8 @@ pub(super) struct Attempts<'a> {
     pub(super) service_index: usize,
     pub(super) service: &'a ServiceRoute,
     pub(super) started: Instant,
+    /// Which version answered, after how many retries, and the answering attempt's time.
+    pub(super) facts: &'a Facts,
 }
 
 /// Why a version could not take an attempt.
@@ -84,6 +87,9 @@ impl Attempts<'_> {
         // The retry in flight, counted against the budget until the next attempt ends.
         let mut _retry_in_flight = None;
         loop {
+            self.facts.answered_by.set(Some(current));
+            self.facts.fallback.set(fell_back);
+            self.facts.retries.set(retries);
             let version = &service.versions[current];
             let ctl = &version.guards;
             let attempt_started = Instant::now();
@@ -207,6 +213,7 @@ impl Attempts<'_> {
             let failed = outcome.fails(&ctl.failure_on);
             let ended = Instant::now();
             let took = ended - attempt_started;
+            self.facts.upstream.set(Upstream::Took(took));
             // A gRPC response whose status comes in its trailers is judged when they arrive:
             // its breaker call and endpoint record are left to its body (the token dropped
             // here counts nothing).
@@ -364,6 +371,7 @@ impl Attempts<'_> {
         version: &VersionRoute,
         page: &graylane_config::StaticResponse,
     ) -> Response<ProxyBody> {
+        self.facts.fallback.set(true);
         let stats = &version.stats;
         stats.record_event(self.worker.id, Event::Fallback);
         stats.record_response(self.worker.id, page.status.as_u16(), self.started.elapsed());

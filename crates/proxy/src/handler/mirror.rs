@@ -77,8 +77,8 @@ impl Mirror {
     }
 }
 
-/// Starts a copy of the request to the candidate when the service's mirror step selects it.
-/// Never waits: the copy runs in its own task on this worker.
+/// Starts a copy of the request to the candidate when the service's mirror step selects it;
+/// whether it did. Never waits: the copy runs in its own task on this worker.
 pub(super) fn copy(
     snapshot: &LocalSnapshot,
     worker: &Rc<Worker>,
@@ -87,29 +87,29 @@ pub(super) fn copy(
     parts: &http::request::Parts,
     body: &RequestBody,
     forward_path: Option<&str>,
-) {
+) -> bool {
     let service = &snapshot.services[decision.service];
     let Some(mirror) = service.mirror.as_deref() else {
-        return;
+        return false;
     };
     if !mirror.selects(decision, &parts.method) {
-        return;
+        return false;
     }
     let Some(candidate) = service
         .versions
         .get(mirror.candidate)
         .filter(|v| !v.endpoints.is_empty())
     else {
-        return;
+        return false;
     };
     let stats = &candidate.stats;
     let RequestBody::Whole(bytes) = body else {
         stats.record_event(worker.id, Event::MirrorSkipped);
-        return;
+        return false;
     };
     let Some(slot) = Slot::take() else {
         stats.record_event(worker.id, Event::MirrorDropped);
-        return;
+        return false;
     };
     stats.record_event(worker.id, Event::MirrorSent);
     let mut req = Request::new(RequestBody::Whole(bytes.clone()));
@@ -178,6 +178,7 @@ pub(super) fn copy(
         }
         endpoint.in_flight.fetch_sub(1, Relaxed);
     });
+    true
 }
 
 /// One of the worker's [`MAX_IN_FLIGHT`] places for a copy, given back when the copy ends (or

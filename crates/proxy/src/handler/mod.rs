@@ -10,7 +10,9 @@
 //! 5. **forward**: one exchange with an endpoint (balance.rs) when no guard applies, else
 //!    attempts through breakers, concurrency limits, retries and fallbacks (attempts.rs);
 //! 6. **respond**: the response stamped, the error statuses and bodies, counted per version
-//!    (respond.rs), with the `RateLimit-*` headers.
+//!    (respond.rs), with the `RateLimit-*` headers;
+//! 7. **log**: the access log's line, for every response, out of what the phases left in
+//!    [`Facts`] (`access_log/`).
 //!
 //! Everything per version (header values, metric handles) was prepared in the [`Snapshot`];
 //! this code reads borrowed request bytes and allocates only on error paths.
@@ -38,6 +40,7 @@ use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::access_log::{Entry, Facts, Upstream};
 use crate::body::{ProxyBody, RequestBody};
 use crate::clock::nanos_at;
 use crate::deadline::Deadlines;
@@ -83,7 +86,7 @@ pub(crate) struct Worker {
     pub(crate) deadlines: Rc<Deadlines>,
 }
 
-/// Answers one request: the phases of the request path, in order.
+/// Answers one request: the phases of the request path, then its access log line.
 pub(crate) async fn handle(
     snapshot: LocalSnapshot,
     worker: Rc<Worker>,
@@ -91,9 +94,35 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    // Without an access log, this is all it costs: one branch (and the plain stores of facts).
+    let entry = match &snapshot.access_log {
+        Some(log) if log.sampled() => Some(Entry::begin(&req, conn.peer.ip(), conn.trusted)),
+        _ => None,
+    };
+    let facts = Facts::default();
+    let response = phases(&snapshot, &worker, &conn, req, started, &facts).await;
+    // 7. Log.
+    if let Some(mut entry) = entry
+        && let Some(log) = &snapshot.access_log
+    {
+        entry.finish(&snapshot, &facts, &response, started);
+        log.push(worker.id, entry);
+    }
+    response
+}
 
+/// The phases of the request path, in order; what the access log needs of them is left in
+/// `facts`.
+async fn phases(
+    snapshot: &LocalSnapshot,
+    worker: &Rc<Worker>,
+    conn: &Rc<ConnInfo>,
+    req: Request<Incoming>,
+    started: Instant,
+    facts: &Facts,
+) -> Response<ProxyBody> {
     // 1. Refuse what graylane will not forward as it is.
-    if let Some(refused) = refuse::refusal(&req, &conn) {
+    if let Some(refused) = refuse::refusal(&req, conn) {
         return refused;
     }
 
@@ -113,10 +142,11 @@ pub(crate) async fn handle(
     let forward_path = normalized.as_deref().filter(|_| !conn.paths.forward_raw);
     let matched_path = path::without_parameters(normalized.as_deref().unwrap_or(req.uri().path()));
     // One view of the request for the routing decision and the rate limits' keys.
-    let view = route::view(&req, &conn, &matched_path);
+    let view = route::view(&req, conn, &matched_path);
     let Some(decision) = snapshot.table.decide(&view) else {
         return respond::not_found(req.uri().path());
     };
+    facts.decision.set(Some(decision));
     let service = &snapshot.services[decision.service];
     let version = &service.versions[decision.version];
     version.stats.record_decision(worker.id, &decision);
@@ -142,13 +172,13 @@ pub(crate) async fn handle(
             LimitVerdict::Allowed(headers) => limit_headers = headers,
         }
     }
-    let sticky_cookie = route::sticky_cookie_to_set(&snapshot, service, &decision, conn.tls);
+    let sticky_cookie = route::sticky_cookie_to_set(snapshot, service, &decision, conn.tls);
     if upgrade::maybe(&req)
         && let Some(protocols) = upgrade::wanted(&req)
     {
         let upgrade = upgrade::Upgrade {
-            worker: &worker,
-            conn: &conn,
+            worker,
+            conn,
             service,
             version: decision.version,
             forward_path,
@@ -205,25 +235,27 @@ pub(crate) async fn handle(
 
     // A mirror step copies a share of the baseline's requests to the candidate.
     if service.mirror.is_some() {
-        mirror::copy(
-            &snapshot,
-            &worker,
-            &conn,
+        let copied = mirror::copy(
+            snapshot,
+            worker,
+            conn,
             &decision,
             &parts,
             &body,
             forward_path,
         );
+        facts.mirrored.set(copied);
     }
 
     // 5. Forward: through the version's guards when it has any, else the common case, one
     // exchange with one endpoint and nothing kept to send again.
     let forwarded = if attempts::guarded(service, version) {
         let attempts = Attempts {
-            worker: &worker,
-            conn: &conn,
+            worker,
+            conn,
             forward_path,
-            snapshot: &snapshot,
+            snapshot,
+            facts,
             service_index: decision.service,
             service,
             started,
@@ -234,7 +266,7 @@ pub(crate) async fn handle(
     } else {
         let progress = body.progress();
         let req = Request::from_parts(parts, body);
-        let forwarding = attempts::forwarding(&conn, version, forward_path);
+        let forwarding = attempts::forwarding(conn, version, forward_path);
         let endpoint = &version.endpoints[balance::pick_endpoint(service, version)];
         endpoint.in_flight.fetch_add(1, Relaxed);
         let result = tokio::select! {
@@ -246,12 +278,13 @@ pub(crate) async fn handle(
         let (timed_out, failed) = (result.is_none(), matches!(result, Some(Err(_))));
         match attempts::client_fault(progress.as_deref(), timed_out, failed) {
             Some(fault) => Forwarded::Answered(respond::client_body_failure(
-                fault, service, version, &worker, started, conn.peer,
+                fault, service, version, worker, started, conn.peer,
             )),
             None => {
                 if timed_out || failed {
-                    attempts::note_failure(&result, &worker, service, version, endpoint.addr);
+                    attempts::note_failure(&result, worker, service, version, endpoint.addr);
                 }
+                facts.upstream.set(Upstream::Whole);
                 Forwarded::Exchanged(Exchanged {
                     version: decision.version,
                     fell_back: false,
@@ -263,7 +296,7 @@ pub(crate) async fn handle(
     };
 
     // 6. Respond.
-    let response = respond::forwarded(forwarded, service, &worker, started, sticky_cookie);
+    let response = respond::forwarded(forwarded, service, worker, started, sticky_cookie);
     limits::stamp_limits(response, limit_headers.as_ref())
 }
 

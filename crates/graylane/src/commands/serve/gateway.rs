@@ -1,6 +1,7 @@
 //! Running a prepared gateway (`serve`, a fleet node, the demo): the control runtime, the
 //! admin listener, the controller's background tasks (timed steps and analyses, the file
-//! watch, a fleet node's followers), then on SIGTERM/Ctrl-C or a takeover the drain.
+//! watch, a fleet node's followers), then on SIGTERM/Ctrl-C or a takeover the drain. SIGHUP
+//! reloads the configuration; SIGUSR1 reopens the access log's file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -199,8 +200,11 @@ pub(crate) fn run_gateway(
         };
         tokio::pin!(successor);
         let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         let stop = loop {
             tokio::select! {
+                // logrotate's `postrotate kill -USR1`: the access log goes on in a new file.
+                _ = usr1.recv() => gateway.reopen_access_log(),
                 _ = term.recv() => break Stop::Signal,
                 _ = int.recv() => break Stop::Signal,
                 s = &mut successor => break Stop::TakenOver(s),
