@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use graylane_config::{Config, Service};
-use graylane_rollout::{Command, Kind, Phase, Plan, Rollout, Transition};
+use graylane_rollout::{AdaptiveState, Command, Kind, Phase, Plan, Rollout, Transition};
 use graylane_rules::Routing;
 use graylane_store::{Expect, NewAuditEntry, Store, StoreError};
 
@@ -507,6 +507,18 @@ fn identity(service: &Service) -> String {
 pub(crate) fn follow_new_steps(rollout: &mut Rollout, plan: &Plan) {
     let last = plan.steps.len().saturating_sub(1);
     rollout.step = rollout.step.min(last);
+    // An adaptive release's weight is its own state: only a new plan's bounds limit it.
+    if let Some(bounds) = plan.adaptive {
+        if matches!(rollout.phase, Phase::Progressing | Phase::Paused) {
+            if !rollout.weight_overridden {
+                rollout.weight = rollout.weight.clamp(bounds.start, bounds.max);
+            }
+            rollout
+                .adaptive
+                .get_or_insert(AdaptiveState::new(rollout.step_started_ms));
+        }
+        return;
+    }
     if matches!(rollout.phase, Phase::Progressing | Phase::Paused)
         && !rollout.weight_overridden
         && let Some(step) = plan.steps.get(rollout.step)
