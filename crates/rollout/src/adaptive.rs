@@ -236,7 +236,8 @@ pub fn decide(
                 return (
                     Move::Stop { budget: true },
                     format!(
-                        "leaning worse at the floor {weight}: the next interval would serve about {next} requests, only {left} of the exposure budget are left ({spend}): {figures}"
+                        "leaning worse at the floor {weight}: the next interval would serve about {next} requests, only {left} of the exposure budget are left (max_bad_requests {}; {spend}): {figures}",
+                        budget.unwrap_or_default()
                     ),
                 );
             }
