@@ -138,12 +138,13 @@ fn fixed_plan() -> Plan {
     }
 }
 
-/// `steps: adaptive` with the issue's bounds and `max_bad_requests: 500`.
-fn adaptive_plan() -> Plan {
+/// `steps: adaptive` from `start` percent, with the issue's other bounds and
+/// `max_bad_requests: 500`.
+fn adaptive_plan(start: f64) -> Plan {
     Plan {
         gated: true,
         adaptive: Some(Adaptive {
-            start: pct(1.0),
+            start: pct(start),
             max: Weight::FULL,
             grow: 2.0,
             shrink: 0.5,
@@ -152,7 +153,7 @@ fn adaptive_plan() -> Plan {
             max_bad_requests: Some(BUDGET),
         }),
         ..Plan::canary(vec![Step {
-            weight: pct(1.0),
+            weight: pct(start),
             mirror: None,
             pause: Pause::Manual,
         }])
@@ -255,7 +256,14 @@ fn main() {
     let started = Instant::now();
     let strategies = [
         ("fixed 5 → 20 → 50 → 100%, 10m pauses", fixed_plan()),
-        ("adaptive 1% ×2, max_bad_requests 500", adaptive_plan()),
+        (
+            "adaptive from 1% ×2, max_bad_requests 500",
+            adaptive_plan(1.0),
+        ),
+        (
+            "adaptive from 5% ×2, max_bad_requests 500",
+            adaptive_plan(5.0),
+        ),
     ];
     println!(
         "{RPS} req/s, interval {INTERVAL_S} s, min_requests 200, success_needed 2, failure_limit 2, alpha 0.05; \
