@@ -559,3 +559,47 @@ fn transition_audit(service: &str, t: &Transition, m: &Managed, svc: &Service) -
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use graylane_config::{Adaptive, Pause, Step, Weight};
+    use graylane_rollout::{Plan, Rollout};
+
+    use super::follow_new_steps;
+
+    fn pct(p: f64) -> Weight {
+        Weight::from_percent(p).unwrap()
+    }
+
+    fn adaptive(max: f64) -> Plan {
+        Plan {
+            adaptive: Some(Adaptive {
+                start: pct(1.0),
+                max: pct(max),
+                grow: 2.0,
+                shrink: 0.5,
+                min_pause: Duration::from_secs(30),
+                max_pause: Duration::from_secs(600),
+                max_bad_requests: None,
+            }),
+            ..Plan::canary(vec![Step {
+                weight: pct(1.0),
+                mirror: None,
+                pause: Pause::Manual,
+            }])
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_an_adaptive_release_s_weight_within_its_new_bounds() {
+        let plan = adaptive(100.0);
+        let mut r = Rollout::start(&plan, 0);
+        r.weight = pct(16.0);
+        follow_new_steps(&mut r, &plan);
+        assert_eq!(r.weight, pct(16.0), "not reset to the start step's weight");
+        follow_new_steps(&mut r, &adaptive(10.0));
+        assert_eq!(r.weight, pct(10.0), "a lowered max caps it");
+    }
+}

@@ -148,6 +148,8 @@ pub fn decide(
     }
     let budget = bounds.max_bad_requests;
     let spent = state.spent;
+    // A hold that spent some of a budget is recorded (and so saved): at most one per request.
+    let recorded_spend = budget.is_some() && worse && interval.candidate_requests > 0;
     let spend = match budget {
         Some(max) => format!("budget {spent} of {max} spent"),
         None => format!("{spent} requests served while worse"),
@@ -224,7 +226,7 @@ pub fn decide(
             }
             return (
                 Move::Hold {
-                    record: budget.is_some(),
+                    record: recorded_spend,
                 },
                 format!(
                     "leaning worse at {weight}, next change after min_pause ({spend}): {figures}"
@@ -243,7 +245,7 @@ pub fn decide(
             }
             return (
                 Move::Hold {
-                    record: budget.is_some(),
+                    record: recorded_spend,
                 },
                 format!("leaning worse at the floor {weight} (start; {spend}): {figures}"),
             );
