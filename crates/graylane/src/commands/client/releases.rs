@@ -344,7 +344,9 @@ fn adaptive(a: &AdaptiveView, candidate: &str) -> String {
 fn outcome(r: &ReleaseView) -> String {
     match r.state {
         ReleaseState::Progressing | ReleaseState::Paused => {
-            let at = if r.steps > 0 {
+            let at = if r.adaptive.is_some() {
+                " at an adaptive weight".to_string()
+            } else if r.steps > 0 {
                 format!(" at step {}", step(r))
             } else {
                 String::new()
@@ -563,6 +565,10 @@ mod tests {
         });
         let r = release(value);
         assert_eq!(step(&r), "adaptive");
+        assert_eq!(
+            outcome(&r),
+            "payment: paused at an adaptive weight, canary 5%"
+        );
         let text = detail(&r);
         assert!(
             text.contains("exposure budget: 120 of 500 requests spent\n"),
