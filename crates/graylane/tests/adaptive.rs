@@ -1,6 +1,7 @@
 //! `steps: adaptive` through the real binary under load: a healthy candidate's weight grows
 //! interval by interval to completion, observed through the admin API; a failing one is stopped
-//! by its exposure budget, which it overspends by at most one interval's requests.
+//! by its exposure budget, which it overspends by at most one interval's requests; one set wide
+//! by hand and handed back with `resume` is shrunk step by step before the budget stops it.
 
 mod common;
 
@@ -52,33 +53,76 @@ services:
         checks:
           - metric: error_rate
             max_increase: 0.3
+  - name: refund
+    match: { path_prefix: /api/refund }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: "header:X-User-Id"
+      steps: adaptive
+      adaptive: { start: 10, min_pause: 300ms }
+      max_bad_requests: {refund_budget}
+      analysis:
+        interval: 300ms
+        min_requests: 20
+        failure_limit: 100
+        checks:
+          - metric: error_rate
+            max_increase: 0.3
 "#;
+
+/// The exposure budget of the release that is set to 80% by hand first.
+const REFUND_BUDGET: u64 = 400;
 
 async fn serve(test: &str) -> Served {
     Served::start(
         test,
         CONFIG,
-        &[("budget", BUDGET.to_string())],
+        &[
+            ("budget", BUDGET.to_string()),
+            ("refund_budget", REFUND_BUDGET.to_string()),
+        ],
         &[("TEST_TOKEN_OPERATOR", OPERATOR)],
     )
     .await
 }
 
 async fn release(s: &Served) -> Value {
-    s.api(Method::GET, "/api/v1/releases/payment", OPERATOR, "")
-        .await
-        .json()
+    release_of(s, "payment").await
+}
+
+async fn release_of(s: &Served, service: &str) -> Value {
+    s.api(
+        Method::GET,
+        &format!("/api/v1/releases/{service}"),
+        OPERATOR,
+        "",
+    )
+    .await
+    .json()
 }
 
 /// Sends requests from ever new users until `done` is set (bounded: at most 90 s).
 fn traffic(s: &Served, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    traffic_to(s, "/api/payment/pay", done)
+}
+
+fn traffic_to(
+    s: &Served,
+    path: &'static str,
+    done: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
     let proxy = s.proxy;
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         let mut sent = 0u64;
         while !done.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
             let user = format!("user-{sent}");
-            let _ = try_get(proxy, "/api/payment/pay", &[("x-user-id", user.as_str())]).await;
+            let _ = try_get(proxy, path, &[("x-user-id", user.as_str())]).await;
             sent += 1;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -191,5 +235,89 @@ async fn a_failing_candidate_is_stopped_by_its_exposure_budget() {
         "only requests the candidate served count: {spent} > {served}"
     );
     assert!(spent > 0, "{r}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_candidate_looking_worse_is_shrunk_step_by_step_after_set_weight_and_resume() {
+    let s = serve("adaptive-shrink").await;
+    s.canary.fail_every(2);
+    let set = s
+        .api(
+            Method::POST,
+            "/api/v1/releases/refund/weight",
+            OPERATOR,
+            r#"{"weight": 80, "reason": "try it wide"}"#,
+        )
+        .await
+        .json();
+    assert_eq!(weight_of(&set), 80.0, "{set}");
+    assert!(
+        set["allowed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "resume"),
+        "a weight set by hand is kept until resume: {set}"
+    );
+    let resumed = s
+        .api(
+            Method::POST,
+            "/api/v1/releases/refund/resume",
+            OPERATOR,
+            r#"{"reason": "back to the analysis"}"#,
+        )
+        .await
+        .json();
+    assert_eq!(resumed["weight_overridden"], false, "{resumed}");
+    let started = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let load = traffic_to(&s, "/api/refund/pay", Arc::clone(&done));
+    let r = eventually_within(DEADLINE, "the exposure budget to stop the release", || {
+        let s = &s;
+        async move {
+            let r = release_of(s, "refund").await;
+            (r["state"] == "aborted").then_some(r)
+        }
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let served = s.canary.received();
+    done.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let path: Vec<(String, f64)> = r["adaptive"]["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["action"].as_str().unwrap().to_string(),
+                t["weight"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let shrinks: Vec<f64> = path
+        .iter()
+        .filter(|(action, _)| action == "shrink")
+        .map(|(_, w)| *w)
+        .collect();
+    assert_eq!(
+        shrinks.first(),
+        Some(&40.0),
+        "80% halves to 40% first: {path:?}"
+    );
+    assert!(
+        shrinks.windows(2).all(|w| w[1] < w[0]) && shrinks.iter().all(|w| *w >= 10.0),
+        "each shrink halves, never below start: {path:?}"
+    );
+    let last = r["transitions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "budget_spent", "{r}");
+    let spent = r["adaptive"]["budget_spent"].as_u64().unwrap();
+    // The same tolerance as above: one interval at the run's mean candidate rate, doubled.
+    let one_interval = (served as f64 / elapsed * INTERVAL_S * 2.0).ceil() as u64;
+    assert!(
+        spent <= REFUND_BUDGET + one_interval,
+        "spent {spent} of {REFUND_BUDGET} (+{one_interval} for one interval): {r}"
+    );
     s.stop().await;
 }
