@@ -518,3 +518,67 @@ fn no_input_makes_evaluate_panic() {
         let _: Figures = serde_json::from_str(&json).unwrap();
     }
 }
+
+#[test]
+fn a_check_whose_estimate_is_past_its_bound_leans_worse_before_it_fails() {
+    let spec = CheckSpec::ErrorRate {
+        max: None,
+        max_increase: Some(0.01),
+    };
+    // 3% against 1%: past the 1-point tolerance, too few requests to be sure.
+    let r = evaluate(&spec, &sample(200, 6), &sample(2_000, 20), 100, ALPHA);
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.reason);
+    assert!(r.leans_worse(), "{}", r.reason);
+    // The same rates on far more requests: a failure, which leans worse too.
+    let r = evaluate(
+        &spec,
+        &sample(20_000, 600),
+        &sample(20_000, 200),
+        100,
+        ALPHA,
+    );
+    assert_eq!(r.verdict, Verdict::Fail, "{}", r.reason);
+    assert!(r.leans_worse());
+}
+
+#[test]
+fn a_check_whose_estimate_is_within_its_bound_does_not_lean_worse() {
+    let spec = CheckSpec::ErrorRate {
+        max: Some(0.05),
+        max_increase: Some(0.02),
+    };
+    // 1.5% against 1%: unclear against the tolerance yet, but on the passing side of it.
+    let r = evaluate(&spec, &sample(200, 3), &sample(2_000, 20), 100, ALPHA);
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.reason);
+    assert!(!r.leans_worse(), "{}", r.reason);
+    // Not enough data never leans, whatever the estimate.
+    let r = evaluate(&spec, &sample(20, 5), &sample(2_000, 20), 100, ALPHA);
+    assert!(!r.enough_data);
+    assert!(!r.leans_worse());
+}
+
+#[test]
+fn a_latency_ratio_leans_worse_on_its_effect_estimate() {
+    let spec = CheckSpec::Latency {
+        percentile: 50.0,
+        max_ms: None,
+        max_ratio: Some(1.2),
+    };
+    let slow = evaluate(
+        &spec,
+        &timed(150, 70.0, 0.5, 1),
+        &timed(3_000, 50.0, 0.5, 2),
+        100,
+        ALPHA,
+    );
+    assert_ne!(slow.verdict, Verdict::Pass, "{}", slow.reason);
+    assert!(slow.leans_worse(), "{}", slow.reason);
+    let same = evaluate(
+        &spec,
+        &timed(150, 50.0, 0.5, 3),
+        &timed(3_000, 50.0, 0.5, 4),
+        100,
+        ALPHA,
+    );
+    assert!(!same.leans_worse(), "{}", same.reason);
+}

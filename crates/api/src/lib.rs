@@ -36,8 +36,8 @@ pub use config::{ApplyOutcome, DiffView, RevisionList, RevisionView};
 pub use error::ErrorBody;
 pub use eval::{EvalAnswer, EvalRequest};
 pub use releases::{
-    AnalysisBrief, CommandBody, ReleaseList, ReleaseView, StepView, TransitionView, VariantView,
-    WeightBody,
+    AdaptiveView, AnalysisBrief, CommandBody, ReleaseList, ReleaseView, StepView, TransitionView,
+    VariantView, WeightBody,
 };
 pub use segments::{SegmentEdit, SegmentEdited};
 pub use states::{

@@ -72,6 +72,35 @@ pub struct ReleaseView {
     /// breaker.
     #[schema(value_type = BTreeMap<String, String>)]
     pub circuits: BTreeMap<String, CircuitState>,
+    /// `steps: adaptive`: the bounds, the spent exposure budget and the path taken; absent for
+    /// fixed steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveView>,
+}
+
+/// An adaptive canary: its bounds, its exposure budget and the weights it went through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdaptiveView {
+    /// The first weight and the floor of a shrink, percent.
+    pub start: f64,
+    /// The highest weight before completion, percent.
+    pub max: f64,
+    /// The factor a clear interval multiplies the weight by.
+    pub grow: f64,
+    /// The factor an interval leaning worse multiplies the weight by.
+    pub shrink: f64,
+    /// The shortest time between two changes of the weight, in seconds.
+    pub min_pause_s: f64,
+    /// How long the weight may stay without a conclusive verdict before the release says it
+    /// holds, in seconds.
+    pub max_pause_s: f64,
+    /// Requests the candidate served while it looked worse than the baseline.
+    pub budget_spent: u64,
+    /// The exposure budget (`max_bad_requests`); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bad_requests: Option<u64>,
+    /// Every change of the candidate's weight, oldest first (the latest 100): the adaptive path.
+    pub path: Vec<TransitionView>,
 }
 
 /// One configured step of a release.

@@ -915,3 +915,112 @@ fn mirror_methods_on_a_blue_green_release_are_refused() {
         &["`mirror_methods` does not apply to strategy `blue_green`"],
     );
 }
+
+const ANALYSIS: &str = "      analysis:
+        interval: 30s
+        checks: [{ metric: error_rate, max_increase: 0.02 }]
+";
+
+#[test]
+fn an_adaptive_canary_gets_the_documented_defaults_and_starts_at_its_start_weight() {
+    let cfg = valid(&canary_steps("adaptive", ANALYSIS));
+    let r = cfg.services[0].release.as_ref().unwrap();
+    let a = r.adaptive.expect("steps: adaptive gives adaptive bounds");
+    assert_eq!((a.start, a.max), (pct(1.0), Weight::FULL));
+    assert_eq!((a.grow, a.shrink), (2.0, 0.5));
+    assert_eq!(
+        (a.min_pause, a.max_pause),
+        (Duration::from_secs(30), Duration::from_secs(600))
+    );
+    assert_eq!(a.max_bad_requests, None);
+    assert_eq!(r.initial_weight(), pct(1.0));
+}
+
+#[test]
+fn an_adaptive_canary_takes_its_bounds_and_exposure_budget() {
+    let cfg = valid(&canary_steps(
+        "adaptive",
+        &format!(
+            "      adaptive: {{ start: 2, max: 50, grow: 3, shrink: 0.25, min_pause: 10s, max_pause: 5m }}
+      max_bad_requests: 500
+{ANALYSIS}"
+        ),
+    ));
+    let a = cfg.services[0].release.as_ref().unwrap().adaptive.unwrap();
+    assert_eq!(
+        (a.start, a.max, a.grow, a.shrink),
+        (pct(2.0), pct(50.0), 3.0, 0.25)
+    );
+    assert_eq!(
+        (a.min_pause, a.max_pause),
+        (Duration::from_secs(10), Duration::from_secs(300))
+    );
+    assert_eq!(a.max_bad_requests, Some(500));
+}
+
+#[test]
+fn fixed_steps_have_no_adaptive_bounds() {
+    let cfg = valid(&canary_steps("[{ weight: 5 }, { weight: 100 }]", ANALYSIS));
+    let r = cfg.services[0].release.as_ref().unwrap();
+    assert!(r.adaptive.is_none());
+    assert_eq!(r.steps.len(), 2);
+}
+
+#[test]
+fn an_adaptive_canary_without_analysis_is_refused_naming_the_release() {
+    only_error(
+        &canary_steps("adaptive", ""),
+        "services[0].release.analysis",
+        &["`steps: adaptive`", "needs an `analysis:`"],
+    );
+}
+
+#[test]
+fn adaptive_bounds_out_of_range_name_their_key() {
+    let cases = [
+        ("{ start: 0 }", "start", "above 0"),
+        ("{ start: 101 }", "start", "at most 100"),
+        ("{ max: 0 }", "max", "above 0"),
+        ("{ start: 20, max: 10 }", "start", "above max"),
+        ("{ grow: 1 }", "grow", "above 1"),
+        ("{ shrink: 0 }", "shrink", "between 0 and 1"),
+        ("{ shrink: 1 }", "shrink", "between 0 and 1"),
+        (
+            "{ min_pause: 5m, max_pause: 1m }",
+            "min_pause",
+            "longer than max_pause",
+        ),
+    ];
+    for (bounds, key, says) in cases {
+        only_error(
+            &canary_steps("adaptive", &format!("      adaptive: {bounds}\n{ANALYSIS}")),
+            &format!("services[0].release.adaptive.{key}"),
+            &[says],
+        );
+    }
+}
+
+#[test]
+fn adaptive_keys_with_a_list_of_steps_or_an_unknown_plan_word_are_refused() {
+    only_error(
+        &canary_steps(
+            "[{ weight: 5 }, { weight: 100 }]",
+            &format!("      max_bad_requests: 500\n{ANALYSIS}"),
+        ),
+        "services[0].release.max_bad_requests",
+        &["only to `steps: adaptive`"],
+    );
+    only_error(
+        &canary_steps("adaptiv", ANALYSIS),
+        "services[0].release.steps",
+        &["not a plan", "did you mean `adaptive`?"],
+    );
+    only_error(
+        &canary_steps(
+            "adaptive",
+            &format!("      max_bad_requests: 0\n{ANALYSIS}"),
+        ),
+        "services[0].release.max_bad_requests",
+        &["at least 1"],
+    );
+}

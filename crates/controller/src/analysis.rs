@@ -17,7 +17,7 @@ use graylane_config::{Analysis, Check, StatusRange};
 
 use crate::events::EventTotals;
 use crate::prometheus::{Prometheus, QuerySource, render};
-use graylane_rollout::{Command, Phase};
+use graylane_rollout::{Command, Interval, Phase};
 use graylane_store::NewAuditEntry;
 
 use crate::controller::{Controller, find};
@@ -58,6 +58,9 @@ pub(crate) struct Runner {
     step: Option<(usize, i64)>,
     /// Running totals (candidate, baseline) when the step began.
     since: (Sample, Sample),
+    /// The candidate's requests since the step began, at the last judgement: what an interval
+    /// served is the difference (for an adaptive release's exposure budget).
+    judged_requests: u64,
     next_ms: i64,
     pub history: VecDeque<Judgement>,
 }
@@ -83,6 +86,7 @@ impl Runner {
             config: config.clone(),
             step: None,
             since: (Sample::default(), Sample::default()),
+            judged_requests: 0,
             next_ms: 0,
             history: VecDeque::new(),
         }
@@ -97,6 +101,7 @@ impl Runner {
     pub(crate) fn begin_step(&mut self, step: (usize, i64), now: (Sample, Sample), now_ms: i64) {
         self.step = Some(step);
         self.since = now;
+        self.judged_requests = 0;
         self.analyzer.step_started(ms(now_ms));
         self.next_ms = now_ms + interval_ms(&self.config);
     }
@@ -109,15 +114,18 @@ impl Runner {
         self.step.is_some() && now_ms >= self.next_ms
     }
 
-    /// Judges the step on the totals `now` and returns the decision.
+    /// Judges the step on the totals `now` and returns the decision, the judgement and the
+    /// requests the candidate served since the last judgement.
     pub(crate) fn judge(
         &mut self,
         subject: &Subject<'_>,
         now: &(Sample, Sample),
         now_ms: i64,
-    ) -> (Decision, Judgement) {
+    ) -> (Decision, Judgement, u64) {
         let candidate = now.0.sub(&self.since.0);
         let baseline = now.1.sub(&self.since.1);
+        let served = candidate.requests.saturating_sub(self.judged_requests);
+        self.judged_requests = candidate.requests;
         let alpha = 1.0 - self.config.confidence;
         let results: Vec<CheckResult> = self
             .config
@@ -147,7 +155,7 @@ impl Runner {
             self.history.pop_front();
         }
         self.next_ms = now_ms + interval_ms(&self.config);
-        (decision, judgement)
+        (decision, judgement, served)
     }
 
     /// A Prometheus `query` check: the value must lie within its bounds; a query that gives no
@@ -343,13 +351,14 @@ impl Controller {
                     baseline: &w.baseline,
                     candidate: &w.candidate,
                 };
-                let (decision, judgement) = runner.judge(&subject, &now(), now_ms);
-                verdicts.push((w.service.clone(), w.step, decision, judgement));
+                let (decision, judgement, served) = runner.judge(&subject, &now(), now_ms);
+                verdicts.push((w.service.clone(), w.step, decision, judgement, served));
             }
         }
         let judged = verdicts.len();
-        for (service, step, decision, judgement) in verdicts {
-            if let Err(e) = self.apply_verdict(&service, step, &decision, &judgement, now_ms) {
+        for (service, step, decision, judgement, served) in verdicts {
+            let verdict = (&decision, &judgement, served);
+            if let Err(e) = self.apply_verdict(&service, step, verdict, now_ms) {
                 self.errors.log(format_args!(
                     "cannot apply the analysis verdict of `{service}`: {e}"
                 ));
@@ -378,8 +387,7 @@ impl Controller {
         &self,
         service: &str,
         step: (usize, i64),
-        decision: &Decision,
-        judgement: &Judgement,
+        (decision, judgement, served): (&Decision, &Judgement, u64),
         now_ms: i64,
     ) -> Result<(), ControlError> {
         let mut state = self.lock();
@@ -403,6 +411,18 @@ impl Controller {
             || (m.rollout.step, m.rollout.step_started_ms) != step
         {
             return Ok(());
+        }
+        // An adaptive release: the interval moves its weight (a pause for lack of data aside).
+        if m.plan.adaptive.is_some() && !matches!(decision, Decision::Pause { .. }) {
+            let interval = Interval::judged(decision, &judgement.results, served);
+            let mut rollout = m.rollout.clone();
+            let before = rollout.history.len();
+            rollout.adapt(&m.plan, &interval, now_ms);
+            let new = rollout.history.len() - before;
+            if rollout == m.rollout {
+                return Ok(());
+            }
+            return self.commit(&mut state, service, rollout, new, true);
         }
         let command = match decision {
             Decision::Promote if !m.rollout.analysis_passed => Command::AnalysisPassed,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use graylane_config::{Config, Service};
-use graylane_rollout::{Command, Kind, Phase, Plan, Rollout, Transition};
+use graylane_rollout::{AdaptiveState, Command, Kind, Phase, Plan, Rollout, Transition};
 use graylane_rules::Routing;
 use graylane_store::{Expect, NewAuditEntry, Store, StoreError};
 
@@ -507,6 +507,18 @@ fn identity(service: &Service) -> String {
 pub(crate) fn follow_new_steps(rollout: &mut Rollout, plan: &Plan) {
     let last = plan.steps.len().saturating_sub(1);
     rollout.step = rollout.step.min(last);
+    // An adaptive release's weight is its own state: only a new plan's bounds limit it.
+    if let Some(bounds) = plan.adaptive {
+        if matches!(rollout.phase, Phase::Progressing | Phase::Paused) {
+            if !rollout.weight_overridden {
+                rollout.weight = rollout.weight.clamp(bounds.start, bounds.max);
+            }
+            rollout
+                .adaptive
+                .get_or_insert(AdaptiveState::new(rollout.step_started_ms));
+        }
+        return;
+    }
     if matches!(rollout.phase, Phase::Progressing | Phase::Paused)
         && !rollout.weight_overridden
         && let Some(step) = plan.steps.get(rollout.step)
@@ -545,5 +557,49 @@ fn transition_audit(service: &str, t: &Transition, m: &Managed, svc: &Service) -
             "step": t.step,
             "weights": view::weights_json(&weights(&m.rollout.routing(&m.plan), svc)),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use graylane_config::{Adaptive, Pause, Step, Weight};
+    use graylane_rollout::{Plan, Rollout};
+
+    use super::follow_new_steps;
+
+    fn pct(p: f64) -> Weight {
+        Weight::from_percent(p).unwrap()
+    }
+
+    fn adaptive(max: f64) -> Plan {
+        Plan {
+            adaptive: Some(Adaptive {
+                start: pct(1.0),
+                max: pct(max),
+                grow: 2.0,
+                shrink: 0.5,
+                min_pause: Duration::from_secs(30),
+                max_pause: Duration::from_secs(600),
+                max_bad_requests: None,
+            }),
+            ..Plan::canary(vec![Step {
+                weight: pct(1.0),
+                mirror: None,
+                pause: Pause::Manual,
+            }])
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_an_adaptive_release_s_weight_within_its_new_bounds() {
+        let plan = adaptive(100.0);
+        let mut r = Rollout::start(&plan, 0);
+        r.weight = pct(16.0);
+        follow_new_steps(&mut r, &plan);
+        assert_eq!(r.weight, pct(16.0), "not reset to the start step's weight");
+        follow_new_steps(&mut r, &adaptive(10.0));
+        assert_eq!(r.weight, pct(10.0), "a lowered max caps it");
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use graylane_analysis::{Decision, Judgement, sample_ratio_mismatch};
 use graylane_api::{
-    AnalysisBrief, AnalysisDecision, AuditView, CircuitState, ReleaseState, ReleaseView,
-    RevisionSource, RevisionView, StepView, Strategy, TransitionView, VariantView,
+    AdaptiveView, AnalysisBrief, AnalysisDecision, AuditView, CircuitState, ReleaseState,
+    ReleaseView, RevisionSource, RevisionView, StepView, Strategy, TransitionView, VariantView,
 };
 use graylane_config::{Check, Pause, Service, Weight};
 use graylane_rollout::{Kind, Phase, Plan, Rollout, Transition};
@@ -193,6 +193,32 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
             .into_iter()
             .map(|(version, word)| (version, CircuitState::from_word(word)))
             .collect(),
+        adaptive: plan.adaptive.map(|bounds| adaptive_view(&bounds, rollout)),
+    }
+}
+
+/// Weight changes shown as an adaptive release's path.
+const PATH_SHOWN: usize = 100;
+
+fn adaptive_view(bounds: &graylane_config::Adaptive, rollout: &Rollout) -> AdaptiveView {
+    let mut previous = None;
+    let mut path: Vec<TransitionView> = rollout
+        .history
+        .iter()
+        .filter(|t| previous.replace(t.weight) != Some(t.weight))
+        .map(transition_view)
+        .collect();
+    path.drain(..path.len().saturating_sub(PATH_SHOWN));
+    AdaptiveView {
+        start: bounds.start.percent(),
+        max: bounds.max.percent(),
+        grow: bounds.grow,
+        shrink: bounds.shrink,
+        min_pause_s: bounds.min_pause.as_secs_f64(),
+        max_pause_s: bounds.max_pause.as_secs_f64(),
+        budget_spent: rollout.adaptive.map_or(0, |a| a.spent),
+        max_bad_requests: bounds.max_bad_requests,
+        path,
     }
 }
 

@@ -13,7 +13,9 @@
 //!
 //! The three strategies share this machine:
 //! * a **canary** walks its steps; a mirror step keeps every user on the baseline (weight 0)
-//!   and copies its share of the requests to the candidate ([`Rollout::mirror`]);
+//!   and copies its share of the requests to the candidate ([`Rollout::mirror`]); with
+//!   `steps: adaptive` it has one step instead, whose weight the analysis grows and shrinks
+//!   interval by interval ([`Rollout::adapt`], `adaptive.rs`);
 //! * a **blue-green** release is one manual step at 0% (test traffic forced to the preview)
 //!   whose `promote` switches everything to the preview at once;
 //! * an **experiment** splits traffic over its variants until `promote` names the winner.
@@ -43,11 +45,13 @@
 //! assert_eq!(r.routing(&plan).weight_of(plan.candidate), Weight::FULL);
 //! ```
 
-use graylane_config::{Pause, Release, Step, Strategy, Weight};
+use graylane_config::{Adaptive, Pause, Release, Step, Strategy, Weight};
 use serde::{Deserialize, Serialize};
 
+pub mod adaptive;
 mod machine;
 
+pub use adaptive::{AdaptiveState, Interval, Move, Outcome};
 pub use machine::Rollout;
 
 /// The part of a release's configuration the state machine follows.
@@ -68,6 +72,9 @@ pub struct Plan {
     /// The release has an analysis: a step below 100% without a manual gate moves on only once
     /// its pause (if any) is over *and* the analysis has passed it.
     pub gated: bool,
+    /// `steps: adaptive`: the analysis moves the weight within these bounds
+    /// ([`Rollout::adapt`]); the plan's one step is the start.
+    pub adaptive: Option<Adaptive>,
 }
 
 /// A release's strategy, as the state machine needs it.
@@ -157,6 +164,10 @@ impl Plan {
                     .as_ref()
                     .is_some_and(|a| a.on_failure == graylane_config::OnFailure::Pause),
             gated: release.analysis.is_some(),
+            adaptive: match release.strategy {
+                Strategy::Canary => release.adaptive,
+                _ => None,
+            },
         }
     }
 
@@ -169,6 +180,7 @@ impl Plan {
             candidate: 1,
             skip_rollback: false,
             gated: false,
+            adaptive: None,
         }
     }
 
@@ -232,6 +244,20 @@ pub enum Command {
     AnalysisFailed,
     /// The analysis passed the current step: it may move on once its pause is over.
     AnalysisPassed,
+}
+
+/// What an adaptive release's transitions are named (`what`) when the analysis moves it.
+pub mod adaptive_moves {
+    /// The weight grew.
+    pub const GROW: &str = "grow";
+    /// The weight shrank.
+    pub const SHRINK: &str = "shrink";
+    /// The weight stayed, with a reason worth recording (the budget spent, `max_pause`).
+    pub const HOLD: &str = "hold";
+    /// Every check was clear at `max`: complete.
+    pub const COMPLETE: &str = "complete";
+    /// The exposure budget stopped the release.
+    pub const BUDGET_SPENT: &str = "budget_spent";
 }
 
 impl Command {

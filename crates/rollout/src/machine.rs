@@ -5,7 +5,10 @@ use graylane_config::{Pause, Weight};
 use graylane_rules::{Routing, Share};
 use serde::{Deserialize, Serialize};
 
-use crate::{Command, CommandError, Kind, Phase, Plan, Transition, as_typed, millis};
+use crate::adaptive::{self, AdaptiveState, Interval, Move};
+use crate::{
+    Command, CommandError, Kind, Phase, Plan, Transition, adaptive_moves, as_typed, millis,
+};
 
 /// Where one release stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +33,9 @@ pub struct Rollout {
     /// The analysis has passed the current step (a gated plan moves on only then).
     #[serde(default)]
     pub analysis_passed: bool,
+    /// `steps: adaptive`: when the weight last changed and the spent exposure budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveState>,
     /// Every change so far, oldest first.
     pub history: Vec<Transition>,
 }
@@ -47,6 +53,7 @@ impl Rollout {
             winner: None,
             previous_until_ms: None,
             analysis_passed: false,
+            adaptive: None,
             history: Vec::new(),
         };
         r.enter_step(plan, 0, now_ms);
@@ -58,6 +65,15 @@ impl Rollout {
     pub fn allowed(&self, plan: &Plan) -> &'static [&'static str] {
         let canary = matches!(plan.kind, Kind::Canary);
         match (self.phase, canary) {
+            // An adaptive weight set by hand is kept until `resume` hands it back.
+            (Phase::Progressing, true) if plan.adaptive.is_some() && self.weight_overridden => &[
+                "resume",
+                "promote",
+                "promote_full",
+                "pause",
+                "abort",
+                "set_weight",
+            ],
             (Phase::Progressing, true) => {
                 &["promote", "promote_full", "pause", "abort", "set_weight"]
             }
@@ -136,7 +152,13 @@ impl Rollout {
         let from = self.phase;
         let ok = match (command, from) {
             (Command::Promote, Phase::Progressing | Phase::Paused) => {
-                self.advance(plan, now_ms);
+                match plan.adaptive {
+                    Some(bounds) if self.weight < bounds.max => {
+                        self.phase = Phase::Progressing;
+                        self.set_adaptive_weight(bounds.max, now_ms);
+                    }
+                    _ => self.advance(plan, now_ms),
+                }
                 true
             }
             (Command::PromoteFull, Phase::Progressing | Phase::Paused) => {
@@ -153,7 +175,16 @@ impl Rollout {
                 self.phase = Phase::Paused;
                 true
             }
+            (Command::Resume, Phase::Progressing)
+                if plan.adaptive.is_some() && self.weight_overridden =>
+            {
+                self.weight_overridden = false;
+                true
+            }
             (Command::Resume, Phase::Paused) => {
+                if plan.adaptive.is_some() {
+                    self.weight_overridden = false;
+                }
                 if let (Some(left), Some(Pause::For(d))) =
                     (self.pause_left_ms, plan.step(self.step).map(|s| s.pause))
                 {
@@ -191,7 +222,7 @@ impl Rollout {
                 true
             }
             (Command::SetWeight(w), Phase::Progressing | Phase::Paused) => {
-                self.weight = w;
+                self.set_adaptive_weight(w, now_ms);
                 self.weight_overridden = true;
                 true
             }
@@ -215,6 +246,62 @@ impl Rollout {
         }
         self.record(command.as_str(), actor, reason, from, now_ms);
         Ok(())
+    }
+
+    /// Applies one analysis interval to an adaptive release (see [`adaptive`]): grows, shrinks,
+    /// completes, holds or stops it, and records each change with the figures that caused it.
+    /// Returns whether a transition was recorded; a release that is not adaptive, or not
+    /// progressing, is left as it is.
+    pub fn adapt(&mut self, plan: &Plan, interval: &Interval, now_ms: i64) -> bool {
+        let Some(bounds) = plan.adaptive else {
+            return false;
+        };
+        if self.phase != Phase::Progressing {
+            return false;
+        }
+        let mut state = self
+            .adaptive
+            .unwrap_or_else(|| AdaptiveState::new(self.step_started_ms));
+        let (step, why) = adaptive::decide(
+            &bounds,
+            self.weight,
+            self.weight_overridden,
+            &mut state,
+            interval,
+            now_ms,
+        );
+        self.adaptive = Some(state);
+        let from = self.phase;
+        let what = match step {
+            Move::Grow(w) | Move::Shrink(w) => {
+                self.set_adaptive_weight(w, now_ms);
+                if matches!(step, Move::Grow(_)) {
+                    adaptive_moves::GROW
+                } else {
+                    adaptive_moves::SHRINK
+                }
+            }
+            Move::Complete => {
+                self.complete(plan, now_ms);
+                adaptive_moves::COMPLETE
+            }
+            Move::Hold { record: false } => return false,
+            Move::Hold { record: true } => adaptive_moves::HOLD,
+            Move::Stop { budget } => {
+                if plan.skip_rollback {
+                    self.phase = Phase::Paused;
+                } else {
+                    self.stop(Phase::Aborted);
+                }
+                if budget {
+                    adaptive_moves::BUDGET_SPENT
+                } else {
+                    Command::AnalysisFailed.as_str()
+                }
+            }
+        };
+        self.record(what, "analysis", &why, from, now_ms);
+        true
     }
 
     /// Lets time pass: a step whose timed pause is over, or that has no pause, moves on.
@@ -279,7 +366,18 @@ impl Rollout {
         }
     }
 
+    /// A new weight (adaptive or by hand); an adaptive release's pace counts from now.
+    fn set_adaptive_weight(&mut self, weight: Weight, now_ms: i64) {
+        self.weight = weight;
+        self.weight_overridden = false;
+        if let Some(state) = &mut self.adaptive {
+            state.changed_ms = now_ms;
+            state.held_noted = false;
+        }
+    }
+
     fn enter_step(&mut self, plan: &Plan, index: usize, now_ms: i64) {
+        self.adaptive = plan.adaptive.map(|_| AdaptiveState::new(now_ms));
         self.step = index;
         self.analysis_passed = false;
         self.weight = plan.step(index).map_or(Weight::FULL, |s| s.weight);

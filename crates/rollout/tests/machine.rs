@@ -301,6 +301,7 @@ fn blue_green_switches_everything_at_once_and_back() {
         baseline: 0,
         candidate: 1,
         skip_rollback: false,
+        adaptive: None,
         gated: false,
     };
     let mut r = Rollout::start(&plan, 0);
@@ -343,6 +344,7 @@ fn an_experiment_completes_with_the_named_winner() {
         baseline: 0,
         candidate: 1,
         skip_rollback: false,
+        adaptive: None,
         gated: false,
     };
     let mut r = Rollout::start(&plan, 0);
@@ -504,6 +506,7 @@ fn any_plan() -> impl Strategy<Value = Plan> {
                 candidate: 1,
                 skip_rollback,
                 gated,
+                adaptive: None,
             }
         },
     )
@@ -584,6 +587,7 @@ fn refusals_spell_commands_and_strategies_as_people_type_and_say_them() {
         baseline: 0,
         candidate: 1,
         skip_rollback: false,
+        adaptive: None,
         gated: false,
     };
     let experiment = with(Kind::Experiment {

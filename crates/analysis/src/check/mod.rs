@@ -125,6 +125,34 @@ pub struct CheckResult {
     pub figures: Figures,
 }
 
+impl CheckResult {
+    /// Whether the candidate looks worse than the check allows: it failed, or with enough data
+    /// one of its bounds is not yet clear and the point estimate is already past it (the
+    /// interval straddles the threshold on the failing side). An adaptive release shrinks on
+    /// this and counts the interval's requests against its exposure budget.
+    pub fn leans_worse(&self) -> bool {
+        if self.verdict == Verdict::Fail {
+            return true;
+        }
+        self.enough_data
+            && self.figures.tests.iter().any(|t| {
+                // Bounds on the candidate alone read its estimate; the others the effect.
+                let estimate = match t.bound.as_str() {
+                    "max" | "max_ms" | "min_rps" => self.figures.candidate.value,
+                    _ => self.figures.effect.as_ref().and_then(|e| e.value),
+                };
+                let past = estimate.is_some_and(|e| {
+                    if t.bound.starts_with("min") {
+                        e < t.threshold
+                    } else {
+                        e > t.threshold
+                    }
+                });
+                t.verdict != Verdict::Pass && past
+            })
+    }
+}
+
 /// The numbers behind a verdict. Units: rates as fractions (0.012 = 1.2 %), latencies in
 /// milliseconds, throughput in requests per second, event means in the event's unit.
 /// Intervals are the confidence sequence at this look; `None` ends are unbounded.

@@ -24,8 +24,8 @@ pub use access_log::{AccessLog, AccessLogFormat, AccessLogPath};
 pub use dns::{DnsName, DnsSettings, VersionDns};
 
 pub use release::{
-    Analysis, Check, FailureMode, OnFailure, Pause, Release, StatusRange, Step, Sticky, Strategy,
-    Variant, Weight,
+    Adaptive, Analysis, Check, FailureMode, OnFailure, Pause, Release, StatusRange, Step, Sticky,
+    Strategy, Variant, Weight,
 };
 pub use rules::{DeviceClass, KeySpec, PathMatch, Rule, ValueMatch};
 pub use traffic::{

@@ -87,8 +87,11 @@ pub struct Release {
     pub salt: String,
     /// Keep each client's bucket in a signed cookie; `None`: no cookie.
     pub sticky: Option<Sticky>,
-    /// Canary steps; empty for the other strategies.
+    /// Canary steps; empty for the other strategies. An adaptive canary has one manual step at
+    /// its `start` weight: the analysis, not the steps, moves it on.
     pub steps: Vec<Step>,
+    /// `steps: adaptive`: the bounds of the adaptive pace; `None` for fixed steps.
+    pub adaptive: Option<Adaptive>,
     /// The methods a mirror step copies to the candidate (`mirror_methods:`); by default the
     /// safe ones without TRACE: GET, HEAD, OPTIONS.
     pub mirror_methods: Vec<http::Method>,
@@ -117,6 +120,43 @@ impl Release {
     pub fn initial_mirror(&self) -> Option<Weight> {
         self.steps.first().and_then(|s| s.mirror)
     }
+}
+
+/// `steps: adaptive`: the analysis sets a canary's weight within these bounds, each interval
+/// growing it while every check passes, shrinking it while one leans the wrong way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adaptive {
+    /// The first weight, and the floor a shrink stops at.
+    pub start: Weight,
+    /// The highest weight; a pass at it completes the release.
+    pub max: Weight,
+    /// The factor a passing interval multiplies the weight by (> 1).
+    pub grow: f64,
+    /// The factor an interval leaning the wrong way multiplies the weight by (between 0 and 1).
+    pub shrink: f64,
+    /// The shortest time between two changes of the weight.
+    pub min_pause: Duration,
+    /// How long the weight may stay without a conclusive verdict before the release says it is
+    /// held.
+    pub max_pause: Duration,
+    /// The exposure budget: the most requests the candidate may serve while it looks worse
+    /// than the baseline; `None`: no budget.
+    pub max_bad_requests: Option<u64>,
+}
+
+impl Adaptive {
+    /// `start` when unset: 1%.
+    pub const DEFAULT_START: f64 = 1.0;
+    /// `max` when unset: 100%.
+    pub const DEFAULT_MAX: f64 = 100.0;
+    /// `grow` when unset.
+    pub const DEFAULT_GROW: f64 = 2.0;
+    /// `shrink` when unset.
+    pub const DEFAULT_SHRINK: f64 = 0.5;
+    /// `min_pause` when unset: 30 seconds.
+    pub const DEFAULT_MIN_PAUSE: Duration = Duration::from_secs(30);
+    /// `max_pause` when unset: 10 minutes.
+    pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(600);
 }
 
 /// How a release shares traffic (`strategy:`).

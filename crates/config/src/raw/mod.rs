@@ -21,7 +21,8 @@ mod upstream;
 pub use dns::{RawDns, RawDnsRefresh};
 
 pub use release::{
-    RawAnalysis, RawCheck, RawKey, RawKeyFull, RawRelease, RawStep, RawSticky, RawVariant,
+    RawAdaptive, RawAnalysis, RawCheck, RawKey, RawKeyFull, RawRelease, RawStep, RawSteps,
+    RawSticky, RawVariant,
 };
 pub use rules::{
     OneOrMany, RawCountryRule, RawPathRule, RawRule, RawSegmentRule, RawSemverRule, RawTimeRule,

@@ -37,9 +37,15 @@ pub struct RawRelease {
     pub salt: Option<String>,
     /// `sticky`: keep each client's bucket in a signed cookie.
     pub sticky: Option<RawSticky>,
-    /// `steps`: canary only; the weights the release moves through, in order.
+    /// `steps`: canary only; the weights the release moves through, in order, or `adaptive`:
+    /// the analysis sets the pace within `adaptive:`'s bounds.
     #[serde(default)]
-    pub steps: Vec<RawStep>,
+    pub steps: RawSteps,
+    /// `adaptive`: `steps: adaptive` only; the bounds of the adaptive pace.
+    pub adaptive: Option<RawAdaptive>,
+    /// `max_bad_requests`: `steps: adaptive` only; the exposure budget, the most requests the
+    /// candidate may serve while it looks worse than the baseline.
+    pub max_bad_requests: Option<u64>,
     /// `mirror_methods`: canary only; the methods a `mirror` step copies to the candidate,
     /// default `[GET, HEAD, OPTIONS]`.
     pub mirror_methods: Option<Vec<String>>,
@@ -88,6 +94,65 @@ pub struct RawSticky {
     pub cookie: String,
     /// `max_age`: a duration sent as the cookie's `Max-Age`; a session cookie when unset.
     pub max_age: Option<String>,
+}
+
+/// A canary's `steps:`: a list of steps, or a word (`adaptive`).
+#[derive(Debug)]
+pub enum RawSteps {
+    /// `[{ weight, mirror, pause }, ...]`.
+    List(Vec<RawStep>),
+    /// A word in place of the list; only `adaptive` is valid.
+    Word(String),
+}
+
+impl Default for RawSteps {
+    fn default() -> Self {
+        RawSteps::List(Vec::new())
+    }
+}
+
+/// Dispatches on the YAML node's shape rather than through `#[serde(untagged)]`, which would
+/// hide a step's own errors (an unknown key, with its path) behind "did not match any variant".
+impl<'de> Deserialize<'de> for RawSteps {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = RawSteps;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of steps `[{ weight: 5, pause: 10m }, ...]` or `adaptive`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSteps, E> {
+                Ok(RawSteps::Word(v.to_string()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawSteps, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawSteps::List)
+            }
+        }
+        deserializer.deserialize_any(Shape)
+    }
+}
+
+/// `adaptive:`: the bounds within which the analysis moves an adaptive canary's weight.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    /// `start`: default 1; the first weight, and the floor a shrink stops at, in percent.
+    pub start: Option<f64>,
+    /// `max`: default 100; the highest weight before the release completes, in percent.
+    pub max: Option<f64>,
+    /// `grow`: default 2.0; the factor a passing interval multiplies the weight by.
+    pub grow: Option<f64>,
+    /// `shrink`: default 0.5; the factor an interval leaning the wrong way multiplies it by.
+    pub shrink: Option<f64>,
+    /// `min_pause`: default `30s`; the shortest time between two changes of the weight.
+    pub min_pause: Option<String>,
+    /// `max_pause`: default `10m`; how long the weight may stay without a conclusive verdict
+    /// before the release says it is held.
+    pub max_pause: Option<String>,
 }
 
 /// One entry of a canary's `steps:`.

@@ -50,12 +50,7 @@ impl Validator<'_> {
                 max_age,
             })
         });
-        let steps = raw
-            .steps
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| self.step(&format!("{path}.steps[{i}]"), s))
-            .collect();
+        let (steps, adaptive) = self.steps(path, &raw);
         let mirror_methods = self.mirror_methods(
             &format!("{path}.mirror_methods"),
             raw.mirror_methods.as_deref(),
@@ -86,6 +81,7 @@ impl Validator<'_> {
             salt,
             sticky,
             steps,
+            adaptive,
             mirror_methods,
             analysis,
             skip_rollback: raw.skip_rollback.unwrap_or(false),
@@ -103,7 +99,12 @@ impl Validator<'_> {
         let present = [
             ("baseline", raw.baseline.is_some()),
             ("candidate", raw.candidate.is_some()),
-            ("steps", !raw.steps.is_empty()),
+            (
+                "steps",
+                !matches!(&raw.steps, RawSteps::List(steps) if steps.is_empty()),
+            ),
+            ("adaptive", raw.adaptive.is_some()),
+            ("max_bad_requests", raw.max_bad_requests.is_some()),
             ("mirror_methods", raw.mirror_methods.is_some()),
             ("active", raw.active.is_some()),
             ("preview", raw.preview.is_some()),
@@ -114,7 +115,15 @@ impl Validator<'_> {
         let (wanted, strategy_keys): (&[&str], &[&str]) = match raw.strategy.as_str() {
             "canary" => (
                 &["baseline", "candidate", "steps"],
-                &["baseline", "candidate", "steps", "mirror_methods", "force"],
+                &[
+                    "baseline",
+                    "candidate",
+                    "steps",
+                    "adaptive",
+                    "max_bad_requests",
+                    "mirror_methods",
+                    "force",
+                ],
             ),
             "blue_green" => (
                 &["active", "preview"],
@@ -273,6 +282,164 @@ impl Validator<'_> {
             return None;
         }
         Some(out)
+    }
+
+    /// A canary's steps: the listed ones, or for `steps: adaptive` one manual step at the
+    /// `start` weight and the adaptive bounds.
+    fn steps(&mut self, path: &str, raw: &RawRelease) -> (Vec<Step>, Option<Adaptive>) {
+        let word = match &raw.steps {
+            RawSteps::List(list) => {
+                for (key, set) in [
+                    ("adaptive", raw.adaptive.is_some()),
+                    ("max_bad_requests", raw.max_bad_requests.is_some()),
+                ] {
+                    if set && raw.strategy == "canary" {
+                        self.fail(
+                            format!("{path}.{key}"),
+                            format!(
+                                "`{key}` applies only to `steps: adaptive`, not to a list of steps"
+                            ),
+                        );
+                    }
+                }
+                let steps = list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| self.step(&format!("{path}.steps[{i}]"), s))
+                    .collect();
+                return (steps, None);
+            }
+            RawSteps::Word(word) => word,
+        };
+        if word != "adaptive" {
+            let hint = did_you_mean(word, ["adaptive"])
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            self.fail(
+                format!("{path}.steps"),
+                format!("`{word}` is not a plan: write a list of steps, e.g. `[{{ weight: 5, pause: 10m }}, {{ weight: 100 }}]`, or `adaptive`{hint}"),
+            );
+            return (Vec::new(), None);
+        }
+        match &raw.analysis {
+            None => self.fail(
+                format!("{path}.analysis"),
+                "`steps: adaptive` is paced by the analysis: this release needs an `analysis:` with an `interval` and `checks`",
+            ),
+            Some(a) if a.checks.is_empty() => self.fail(
+                format!("{path}.analysis.checks"),
+                "`steps: adaptive` grows the weight only while checks pass: list at least one check",
+            ),
+            Some(_) => {}
+        }
+        let Some(adaptive) = self.adaptive(path, raw) else {
+            return (Vec::new(), None);
+        };
+        let step = Step {
+            weight: adaptive.start,
+            mirror: None,
+            pause: Pause::Manual,
+        };
+        (vec![step], Some(adaptive))
+    }
+
+    /// `adaptive:` with its defaults, each bound checked with the others.
+    fn adaptive(&mut self, path: &str, raw: &RawRelease) -> Option<Adaptive> {
+        let errors_before = self.problems.len();
+        let a = raw.adaptive.as_ref();
+        let apath = format!("{path}.adaptive");
+        let percent = |v: &mut Self, key: &str, given: Option<f64>, default: f64| {
+            let p = given.unwrap_or(default);
+            let w = Weight::from_percent(p).filter(|w| *w > Weight::ZERO);
+            if w.is_none() {
+                v.fail(
+                    format!("{apath}.{key}"),
+                    format!("{key} {p} must be a percentage above 0 and at most 100, in steps of at most 0.001"),
+                );
+            }
+            w
+        };
+        let start = percent(
+            self,
+            "start",
+            a.and_then(|a| a.start),
+            Adaptive::DEFAULT_START,
+        );
+        let max = percent(self, "max", a.and_then(|a| a.max), Adaptive::DEFAULT_MAX);
+        if let (Some(s), Some(m)) = (start, max)
+            && s > m
+        {
+            self.fail(
+                format!("{apath}.start"),
+                format!(
+                    "start {s} is above max {m}: the weight starts at `start` and grows to `max`"
+                ),
+            );
+        }
+        let grow = a.and_then(|a| a.grow).unwrap_or(Adaptive::DEFAULT_GROW);
+        if !(grow > 1.0 && grow.is_finite()) {
+            self.fail(
+                format!("{apath}.grow"),
+                format!(
+                    "grow {grow} must be above 1 (2.0 doubles the weight at each passing interval)"
+                ),
+            );
+        }
+        let shrink = a.and_then(|a| a.shrink).unwrap_or(Adaptive::DEFAULT_SHRINK);
+        if !(shrink > 0.0 && shrink < 1.0) {
+            self.fail(
+                format!("{apath}.shrink"),
+                format!(
+                    "shrink {shrink} must be between 0 and 1, both excluded (0.5 halves the weight)"
+                ),
+            );
+        }
+        let pause = |v: &mut Self, key: &str, given: Option<&String>, default| match given {
+            Some(d) => v.duration(&format!("{apath}.{key}"), d),
+            None => Some(default),
+        };
+        let min_pause = pause(
+            self,
+            "min_pause",
+            a.and_then(|a| a.min_pause.as_ref()),
+            Adaptive::DEFAULT_MIN_PAUSE,
+        );
+        let max_pause = pause(
+            self,
+            "max_pause",
+            a.and_then(|a| a.max_pause.as_ref()),
+            Adaptive::DEFAULT_MAX_PAUSE,
+        );
+        if let (Some(lo), Some(hi)) = (min_pause, max_pause)
+            && lo > hi
+        {
+            self.fail(
+                format!("{apath}.min_pause"),
+                format!(
+                    "min_pause {} is longer than max_pause {}",
+                    humantime::format_duration(lo),
+                    humantime::format_duration(hi)
+                ),
+            );
+        }
+        if raw.max_bad_requests == Some(0) {
+            self.fail(
+                format!("{path}.max_bad_requests"),
+                "max_bad_requests must be at least 1 (leave it out for no exposure budget)",
+            );
+        }
+        if self.problems.len() > errors_before {
+            return None;
+        }
+        Some(Adaptive {
+            start: start?,
+            max: max?,
+            grow,
+            shrink,
+            min_pause: min_pause?,
+            max_pause: max_pause?,
+            max_bad_requests: raw.max_bad_requests,
+        })
     }
 
     pub(super) fn step(&mut self, path: &str, raw: &RawStep) -> Option<Step> {

@@ -101,6 +101,10 @@ export function mount(root, ctx, service) {
       fill(plan);
       return;
     }
+    if (r.adaptive) {
+      renderAdaptive(r);
+      return;
+    }
     setText(planNote, `Currently at ${stepText(r)}.`);
     const steps = r.plan || [];
     const items = steps.map((step, i) => {
@@ -123,6 +127,25 @@ export function mount(root, ctx, service) {
         state === 'done' ? h('span', { class: 'visually-hidden', text: '(done)' }) : null);
     });
     fill(plan, items);
+  }
+
+  // An adaptive canary has no steps to list: the analysis sets the pace, so the plan shows the
+  // bounds, the exposure budget and the path of weights taken so far.
+  function renderAdaptive(r) {
+    const a = r.adaptive;
+    const budget = a.max_bad_requests != null
+      ? `exposure budget ${a.budget_spent} of ${a.max_bad_requests} requests spent`
+      : `${a.budget_spent} requests served while the candidate looked worse (no budget set)`;
+    setText(planNote, `Adaptive: ${pct(a.start, 3)} to ${pct(a.max, 3)}, ×${a.grow} on a clear interval, ×${a.shrink} leaning worse, at most one change per ${a.min_pause_s}s; ${budget}.`);
+    const path = a.path || [];
+    fill(plan, path.map((t, i) => {
+      const state = i === path.length - 1 ? 'current' : 'done';
+      return h('li', { class: state, 'aria-current': state === 'current' ? 'step' : null },
+        h('span', { class: 'step-name', text: t.action }),
+        h('span', { class: 'step-weight', text: `${r.candidate} ${pct(t.weight, 3)}` }), ' ',
+        timeEl(t.at || t.at_ms),
+        t.reason ? h('q', { class: 'reason', text: t.reason }) : null);
+    }));
   }
 
   function renderTimeline(r) {
@@ -345,6 +368,9 @@ export function describe(action, r, extra = {}) {
     case 'promote':
       if (r.strategy === 'blue_green') {
         return { title: `Switch ${s}?`, text: `All of ${s}'s traffic moves from ${stable} to ${cand} at once. ${now}`, confirmLabel: 'Switch' };
+      }
+      if (r.adaptive && (r.weights?.[cand] ?? 0) < r.adaptive.max) {
+        return { title: `Promote ${s}?`, text: `${cand} jumps to the adaptive maximum, ${pct(r.adaptive.max, 3)}; the analysis goes on from there. ${now}`, confirmLabel: 'Promote' };
       }
       return {
         title: `Promote ${s}?`,

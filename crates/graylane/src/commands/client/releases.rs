@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 use graylane_api::{
-    CircuitState, Cluster, ClusterMode, CommandBody, ReleaseList, ReleaseState, ReleaseView,
-    WeightBody,
+    AdaptiveView, CircuitState, Cluster, ClusterMode, CommandBody, ReleaseList, ReleaseState,
+    ReleaseView, WeightBody,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -211,7 +211,14 @@ fn overview_row(r: &ReleaseView) -> Vec<String> {
 fn detail(r: &ReleaseView) -> String {
     let mut out = render(&OVERVIEW, &[overview_row(r)]);
     if r.weight_overridden {
-        out.push_str("the weight is set by hand until the next step\n");
+        out.push_str(if r.adaptive.is_some() {
+            "the weight is set by hand until `resume` hands it back to the analysis\n"
+        } else {
+            "the weight is set by hand until the next step\n"
+        });
+    }
+    if let Some(a) = &r.adaptive {
+        out.push_str(&adaptive(a, &r.candidate));
     }
     if !r.variants.is_empty() {
         let rows: Vec<Vec<String>> = r
@@ -309,11 +316,37 @@ fn detail(r: &ReleaseView) -> String {
     out
 }
 
+/// An adaptive canary's bounds, exposure budget and path of weights.
+fn adaptive(a: &AdaptiveView, candidate: &str) -> String {
+    let budget = match a.max_bad_requests {
+        Some(max) => format!(
+            "exposure budget: {} of {max} requests spent",
+            a.budget_spent
+        ),
+        None => format!(
+            "exposure: {} requests served while the candidate looked worse (no budget)",
+            a.budget_spent
+        ),
+    };
+    let path: Vec<String> = a.path.iter().map(|t| percent(t.weight)).collect();
+    format!(
+        "adaptive: {} to {}, ×{} on a clear interval, ×{} leaning worse, a change at most every {}s\n{budget}\npath of {candidate}: {}\n",
+        percent(a.start),
+        percent(a.max),
+        a.grow,
+        a.shrink,
+        a.min_pause_s,
+        path.join(" → ")
+    )
+}
+
 /// One line after a command: where the release stands now.
 fn outcome(r: &ReleaseView) -> String {
     match r.state {
         ReleaseState::Progressing | ReleaseState::Paused => {
-            let at = if r.steps > 0 {
+            let at = if r.adaptive.is_some() {
+                " at an adaptive weight".to_string()
+            } else if r.steps > 0 {
                 format!(" at step {}", step(r))
             } else {
                 String::new()
@@ -335,6 +368,9 @@ fn outcome(r: &ReleaseView) -> String {
 
 /// The step as people count (the API's is 0-based); a completed release stays on its last.
 fn step(r: &ReleaseView) -> String {
+    if r.adaptive.is_some() {
+        return "adaptive".to_string();
+    }
     if r.steps == 0 {
         return "-".to_string();
     }
@@ -508,6 +544,39 @@ mod tests {
         assert_eq!(
             outcome(&r),
             "payment: paused at step 2/4, canary 0% (mirror 20%)"
+        );
+    }
+
+    #[test]
+    fn an_adaptive_release_shows_its_bounds_budget_and_path() {
+        let mut value = payment();
+        let change = |weight: f64, action: &str| {
+            json!({
+                "at": "2026-11-22T10:00:00Z", "at_ms": 0, "actor": "analysis",
+                "action": action, "reason": "", "from": "progressing",
+                "to": "progressing", "step": 0, "weight": weight
+            })
+        };
+        value["adaptive"] = json!({
+            "start": 1.0, "max": 100.0, "grow": 2.0, "shrink": 0.5,
+            "min_pause_s": 30.0, "max_pause_s": 600.0,
+            "budget_spent": 120, "max_bad_requests": 500,
+            "path": [change(1.0, "start"), change(2.0, "grow"), change(4.0, "grow"), change(2.0, "shrink")]
+        });
+        let r = release(value);
+        assert_eq!(step(&r), "adaptive");
+        assert_eq!(
+            outcome(&r),
+            "payment: paused at an adaptive weight, canary 5%"
+        );
+        let text = detail(&r);
+        assert!(
+            text.contains("exposure budget: 120 of 500 requests spent\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("path of canary: 1% → 2% → 4% → 2%\n"),
+            "{text}"
         );
     }
 

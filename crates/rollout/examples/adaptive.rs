@@ -1,0 +1,329 @@
+//! `steps: adaptive` against a fixed plan under synthetic traffic: how soon a healthy candidate
+//! reaches 100%, how many requests a bad one serves before it is rolled back, and how often a
+//! healthy one is rolled back anyway (A/A). A benchmark, not a test; docs/analysis.md records
+//! its output.
+//!
+//! ```text
+//! cargo run -p graylane-rollout --release --example adaptive -j1
+//! ```
+//!
+//! Both strategies are driven by the code the controller runs: the checks
+//! ([`graylane_analysis::evaluate`]) and the [`Analyzer`] judge the data since the step began
+//! once per interval; a fixed plan gets `analysis_passed` / `analysis_failed` and its timed
+//! pauses ([`Rollout::apply`], [`Rollout::tick`]); an adaptive one gets
+//! [`Interval::judged`] and [`Rollout::adapt`]. Traffic: Poisson arrivals, each request to the
+//! candidate with the current weight, an error with its version's rate, a log-normal time.
+//! Seeds are fixed: the output is the same on every run.
+
+use std::time::{Duration, Instant};
+
+use graylane_analysis::{Analyzer, CheckSpec, Decision, FailureMode, Policy, Sample, evaluate};
+use graylane_config::{Adaptive, Pause, Step, Weight};
+use graylane_rollout::{Command, Interval, Phase, Plan, Rollout};
+
+/// SplitMix64: small, fast, and good enough for simulation.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller; one of the pair is enough here).
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// Poisson with a large mean, by its normal approximation (λ is thousands here).
+    fn poisson_large(&mut self, lambda: f64) -> u64 {
+        (lambda + lambda.sqrt() * self.normal()).round().max(0.0) as u64
+    }
+}
+
+/// How one version behaves.
+#[derive(Clone, Copy)]
+struct Behaviour {
+    error_rate: f64,
+    /// Median latency in milliseconds (σ of ln(latency) 0.5: p99 ≈ 3.2 × the median).
+    median_ms: f64,
+}
+
+const HEALTHY: Behaviour = Behaviour {
+    error_rate: 0.01,
+    median_ms: 50.0,
+};
+
+impl Behaviour {
+    fn serve(&self, rng: &mut Rng, s: &mut Sample) {
+        s.requests += 1;
+        if rng.uniform() < self.error_rate {
+            s.errors += 1;
+        }
+        let ms = self.median_ms * (0.5 * rng.normal()).exp();
+        s.latency.record((ms * 1e6) as u64);
+    }
+}
+
+/// Requests per second over both versions.
+const RPS: f64 = 100.0;
+/// The analysis interval, as in the README's example.
+const INTERVAL_S: u64 = 30;
+/// A run that has not ended by then is cut off.
+const HORIZON_S: u64 = 4 * 3600;
+const RUNS: u64 = 1000;
+/// The exposure budget of the adaptive plan.
+const BUDGET: u64 = 500;
+
+/// The README's analysis: error rate at most 5% and at most 2 points above the baseline, p99
+/// under 500 ms; two passes in a row pass, two failures in a row fail.
+fn checks() -> Vec<CheckSpec> {
+    vec![
+        CheckSpec::ErrorRate {
+            max: Some(0.05),
+            max_increase: Some(0.02),
+        },
+        CheckSpec::Latency {
+            percentile: 99.0,
+            max_ms: Some(500.0),
+            max_ratio: None,
+        },
+    ]
+}
+
+fn policy() -> Policy {
+    Policy {
+        min_requests: 200,
+        failure_limit: 2,
+        failure_mode: FailureMode::Consecutive,
+        success_needed: 2,
+        max_wait_without_data: None,
+        alpha: 0.05,
+    }
+}
+
+fn pct(p: f64) -> Weight {
+    Weight::from_percent(p).unwrap_or(Weight::ZERO)
+}
+
+/// 5% → 20% → 50% → 100%, ten minutes each, each step moving on only once the analysis passed.
+fn fixed_plan() -> Plan {
+    let pause = Pause::For(Duration::from_secs(600));
+    let step = |weight, pause| Step {
+        weight: pct(weight),
+        mirror: None,
+        pause,
+    };
+    Plan {
+        gated: true,
+        ..Plan::canary(vec![
+            step(5.0, pause),
+            step(20.0, pause),
+            step(50.0, pause),
+            step(100.0, Pause::None),
+        ])
+    }
+}
+
+/// `steps: adaptive` from `start` percent, with the issue's other bounds and
+/// `max_bad_requests: 500`.
+fn adaptive_plan(start: f64) -> Plan {
+    Plan {
+        gated: true,
+        adaptive: Some(Adaptive {
+            start: pct(start),
+            max: Weight::FULL,
+            grow: 2.0,
+            shrink: 0.5,
+            min_pause: Duration::from_secs(30),
+            max_pause: Duration::from_secs(600),
+            max_bad_requests: Some(BUDGET),
+        }),
+        ..Plan::canary(vec![Step {
+            weight: pct(start),
+            mirror: None,
+            pause: Pause::Manual,
+        }])
+    }
+}
+
+/// How one run ended.
+struct Run {
+    /// Completed (100%) at this simulated second.
+    completed_at: Option<u64>,
+    /// Rolled back (aborted) at this simulated second.
+    aborted_at: Option<u64>,
+    /// Requests the candidate served in all.
+    candidate_requests: u64,
+}
+
+/// One release from start to its end (or the horizon), judged once per interval as the
+/// controller does.
+fn run(plan: &Plan, candidate: Behaviour, seed: u64) -> Run {
+    let mut rng = Rng::new(seed);
+    let checks = checks();
+    let mut analyzer = Analyzer::new(policy());
+    let mut r = Rollout::start(plan, 0);
+    analyzer.step_started(0);
+    let (mut cand, mut base) = (Sample::default(), Sample::default());
+    let mut step = (r.step, r.step_started_ms);
+    let mut since = (Sample::default(), Sample::default());
+    let mut judged = 0u64;
+    let mut t = 0u64;
+    while t < HORIZON_S && matches!(r.phase, Phase::Progressing | Phase::Paused) {
+        let weight = r.weight.percent() / 100.0;
+        for _ in 0..rng.poisson_large(RPS * INTERVAL_S as f64) {
+            if rng.uniform() <= weight {
+                candidate.serve(&mut rng, &mut cand);
+            } else {
+                HEALTHY.serve(&mut rng, &mut base);
+            }
+        }
+        t += INTERVAL_S;
+        let now_ms = (t * 1000) as i64;
+        cand.seconds = t as f64;
+        base.seconds = t as f64;
+        // A new step starts a new window of data, as in the controller.
+        if (r.step, r.step_started_ms) != step {
+            step = (r.step, r.step_started_ms);
+            since = (cand.clone(), base.clone());
+            judged = 0;
+            analyzer.step_started(now_ms as u64);
+            continue;
+        }
+        let (c, b) = (cand.sub(&since.0), base.sub(&since.1));
+        let results: Vec<_> = checks
+            .iter()
+            .map(|check| evaluate(check, &c, &b, policy().min_requests, policy().alpha))
+            .collect();
+        let decision = analyzer.judge(now_ms as u64, &results);
+        let served = c.requests - judged;
+        judged = c.requests;
+        if plan.adaptive.is_some() {
+            r.adapt(plan, &Interval::judged(&decision, &results, served), now_ms);
+        } else {
+            let command = match decision {
+                Decision::Promote if !r.analysis_passed => Some(Command::AnalysisPassed),
+                Decision::Fail { .. } => Some(Command::AnalysisFailed),
+                _ => None,
+            };
+            if let Some(command) = command {
+                let _ = r.apply(plan, command, "analysis", "", now_ms);
+            }
+            r.tick(plan, now_ms);
+        }
+    }
+    Run {
+        completed_at: (r.phase == Phase::Completed).then_some(t),
+        aborted_at: (r.phase == Phase::Aborted).then_some(t),
+        candidate_requests: cand.requests,
+    }
+}
+
+fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    Some(sorted[i])
+}
+
+fn minutes(s: Option<u64>) -> String {
+    s.map_or_else(
+        || "never".to_string(),
+        |s| format!("{:.1} min", s as f64 / 60.0),
+    )
+}
+
+fn share(n: usize, of: u64) -> String {
+    format!("{n}/{of} = {:.1}%", 100.0 * n as f64 / of as f64)
+}
+
+fn main() {
+    let started = Instant::now();
+    let strategies = [
+        ("fixed 5 → 20 → 50 → 100%, 10m pauses", fixed_plan()),
+        (
+            "adaptive from 1% ×2, max_bad_requests 500",
+            adaptive_plan(1.0),
+        ),
+        (
+            "adaptive from 5% ×2, max_bad_requests 500",
+            adaptive_plan(5.0),
+        ),
+    ];
+    println!(
+        "{RPS} req/s, interval {INTERVAL_S} s, min_requests 200, success_needed 2, failure_limit 2, alpha 0.05; \
+         checks error_rate max 5% / +2 pp, latency_p99 max 500 ms; {RUNS} runs each, cut off at {} h\n",
+        HORIZON_S / 3600
+    );
+    println!("| scenario | plan | result |");
+    println!("|---|---|---|");
+    for (name, plan) in &strategies {
+        let runs: Vec<Run> = (0..RUNS).map(|seed| run(plan, HEALTHY, seed)).collect();
+        let mut done: Vec<u64> = runs.iter().filter_map(|r| r.completed_at).collect();
+        done.sort_unstable();
+        let false_rollbacks = runs.iter().filter(|r| r.aborted_at.is_some()).count();
+        println!(
+            "| healthy (A/A: 1% errors, p99 160 ms both) | {name} | 100% reached in {}: median {}, p90 {}; rolled back {} |",
+            share(done.len(), RUNS),
+            minutes(quantile(&done, 0.5)),
+            minutes(quantile(&done, 0.9)),
+            share(false_rollbacks, RUNS),
+        );
+    }
+    let bad = [
+        (
+            "errors 1% → 5%",
+            Behaviour {
+                error_rate: 0.05,
+                ..HEALTHY
+            },
+        ),
+        (
+            "latency p99 160 → 640 ms",
+            Behaviour {
+                median_ms: 200.0,
+                ..HEALTHY
+            },
+        ),
+    ];
+    for (what, behaviour) in bad {
+        for (name, plan) in &strategies {
+            let runs: Vec<Run> = (0..RUNS)
+                .map(|seed| run(plan, behaviour, 10_000 + seed))
+                .collect();
+            let mut served: Vec<u64> = runs
+                .iter()
+                .filter(|r| r.aborted_at.is_some())
+                .map(|r| r.candidate_requests)
+                .collect();
+            served.sort_unstable();
+            let completed = runs.iter().filter(|r| r.completed_at.is_some()).count();
+            let mut at: Vec<u64> = runs.iter().filter_map(|r| r.aborted_at).collect();
+            at.sort_unstable();
+            println!(
+                "| bad: {what} | {name} | rolled back {}, completed {}; candidate requests before rollback: median {}, p90 {}; rolled back at median {} |",
+                share(served.len(), RUNS),
+                share(completed, RUNS),
+                quantile(&served, 0.5).unwrap_or(0),
+                quantile(&served, 0.9).unwrap_or(0),
+                minutes(quantile(&at, 0.5)),
+            );
+        }
+    }
+    println!("\n(simulated in {:.0} s)", started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,293 @@
+//! The pace of a canary with `steps: adaptive`: what each analysis interval's verdict does to the
+//! candidate's weight, and the exposure budget. Pure: [`decide`] takes the bounds, the state and
+//! the interval and returns a [`Move`] with the reason; [`Rollout::adapt`](crate::Rollout::adapt)
+//! applies it and records it as a transition.
+//!
+//! ```text
+//!  every check clear ──► weight × grow, capped at max; clear at max: complete
+//!  inconclusive ───────► hold; shrink if the budget left is less than the next interval
+//!                        would spend (estimated from the last interval's candidate requests)
+//!  leaning worse ──────► weight × shrink, floored at start; its requests count against the
+//!                        budget; at the floor, stop if the next interval would overspend
+//!  failed ─────────────► stop: abort, or pause by on_failure
+//!  budget spent ───────► stop, the same way
+//! ```
+//!
+//! A check *leans worse* when one of its bounds is not yet clear and its estimate is already past
+//! it ([`CheckResult::leans_worse`]). The weight changes at most once per `min_pause` (a stop
+//! never waits). Without a conclusive verdict for `max_pause` since the last change, the release
+//! holds and says so once. A weight set by hand (`set-weight`) is kept until `resume`; failures
+//! and the budget still stop the release meanwhile.
+//!
+//! The weight is the same bucket threshold as a fixed step's (a user is on the candidate while
+//! its bucket is below the weight): a grown weight keeps every user already on the candidate
+//! there and adds the next buckets, a shrink sends the most recently added users (the highest
+//! buckets) back to the baseline first.
+
+use graylane_analysis::{CheckResult, Decision};
+use graylane_config::{Adaptive, Weight};
+use serde::{Deserialize, Serialize};
+
+/// How one analysis interval judged the candidate, as the adaptive pace reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every check passed (as many intervals in a row as `success_needed`).
+    Clear,
+    /// Neither clear nor leaning worse.
+    Unclear,
+    /// A check leans worse, or failed short of `failure_limit`.
+    Worse,
+    /// The analysis failed the candidate (`failure_limit` reached).
+    Failed,
+    /// Not enough data to judge.
+    Waiting,
+}
+
+/// One analysis interval: its outcome, what the candidate served during it, and the figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interval {
+    /// How the interval judged the candidate.
+    pub outcome: Outcome,
+    /// Requests the candidate served since the previous interval.
+    pub candidate_requests: u64,
+    /// For people: the checks' figures ("check: reason; check: reason").
+    pub figures: String,
+}
+
+impl Interval {
+    /// The interval the analyzer's `decision` on `results` makes.
+    pub fn judged(decision: &Decision, results: &[CheckResult], candidate_requests: u64) -> Self {
+        let outcome = match decision {
+            Decision::Fail { .. } => Outcome::Failed,
+            Decision::Hold { .. } | Decision::Pause { .. } => Outcome::Waiting,
+            Decision::Promote => Outcome::Clear,
+            Decision::Continue if results.iter().any(CheckResult::leans_worse) => Outcome::Worse,
+            Decision::Continue => Outcome::Unclear,
+        };
+        let figures = match decision {
+            Decision::Fail { reason } => reason.clone(),
+            _ => results
+                .iter()
+                .map(|r| format!("{}: {}", r.check, r.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        Interval {
+            outcome,
+            candidate_requests,
+            figures,
+        }
+    }
+}
+
+/// An adaptive release's own state, beside its weight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdaptiveState {
+    /// When the weight last changed (Unix milliseconds).
+    pub changed_ms: i64,
+    /// The spent exposure budget: requests the candidate served in intervals where it looked
+    /// worse than the baseline.
+    pub spent: u64,
+    /// Requests the candidate served in the last interval judged.
+    pub last_requests: u64,
+    /// The release has said it holds at `max_pause` since the last change.
+    pub held_noted: bool,
+}
+
+impl AdaptiveState {
+    /// The state of an adaptive release whose weight was set at `now_ms`.
+    pub fn new(now_ms: i64) -> Self {
+        AdaptiveState {
+            changed_ms: now_ms,
+            ..AdaptiveState::default()
+        }
+    }
+}
+
+/// What an interval does to an adaptive release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// A higher weight.
+    Grow(Weight),
+    /// A lower weight.
+    Shrink(Weight),
+    /// Everything to the candidate: the release is complete.
+    Complete,
+    /// The weight stays; `record`: the hold is worth a transition (the budget was spent, or the
+    /// first hold at `max_pause`).
+    Hold {
+        /// Whether to record the hold.
+        record: bool,
+    },
+    /// Stop as a failed analysis does (abort, or pause by `on_failure`); `budget`: because of
+    /// the exposure budget.
+    Stop {
+        /// The budget, not a failed check, stopped it.
+        budget: bool,
+    },
+}
+
+/// Judges one interval of an adaptive release at `weight` (`overridden`: set by hand): updates
+/// the budget in `state` and returns the move with its reason. The caller applies the move and
+/// sets [`AdaptiveState::changed_ms`] when the weight changes.
+pub fn decide(
+    bounds: &Adaptive,
+    weight: Weight,
+    overridden: bool,
+    state: &mut AdaptiveState,
+    interval: &Interval,
+    now_ms: i64,
+) -> (Move, String) {
+    let figures = &interval.figures;
+    let worse = matches!(interval.outcome, Outcome::Worse | Outcome::Failed);
+    if worse {
+        state.spent = state.spent.saturating_add(interval.candidate_requests);
+    }
+    if interval.outcome != Outcome::Waiting {
+        state.last_requests = interval.candidate_requests;
+    }
+    let budget = bounds.max_bad_requests;
+    let spent = state.spent;
+    // A hold that spent some of a budget is recorded (and so saved): at most one per request.
+    let recorded_spend = budget.is_some() && worse && interval.candidate_requests > 0;
+    let spend = match budget {
+        Some(max) => format!("budget {spent} of {max} spent"),
+        None => format!("{spent} requests served while worse"),
+    };
+    if interval.outcome == Outcome::Failed {
+        return (
+            Move::Stop { budget: false },
+            format!("analysis failed at {weight} ({spend}): {figures}"),
+        );
+    }
+    if let Some(max) = budget
+        && worse
+        && spent >= max
+    {
+        return (
+            Move::Stop { budget: true },
+            format!(
+                "exposure budget spent: the candidate served {spent} requests while it looked worse than the baseline (max_bad_requests {max}): {figures}"
+            ),
+        );
+    }
+    // What the next interval at this weight would spend if the candidate keeps looking worse.
+    let short = budget.and_then(|max| {
+        let left = max.saturating_sub(spent);
+        (left < state.last_requests).then_some(left)
+    });
+    let since = now_ms.saturating_sub(state.changed_ms);
+    let ready = since >= crate::millis(bounds.min_pause);
+    if overridden {
+        return (
+            Move::Hold { record: false },
+            format!("weight {weight} set by hand; `resume` hands the pace back to the analysis"),
+        );
+    }
+    let next = state.last_requests;
+    match interval.outcome {
+        Outcome::Clear if weight >= bounds.max => {
+            if ready {
+                return (
+                    Move::Complete,
+                    format!(
+                        "every check clear at max {}: complete ({spend}): {figures}",
+                        bounds.max
+                    ),
+                );
+            }
+        }
+        Outcome::Clear => {
+            if ready {
+                let to = scaled(weight, bounds.grow)
+                    .max(weight.milli_percent() + 1)
+                    .min(bounds.max.milli_percent());
+                let to = Weight::from_milli_percent(to);
+                return (
+                    Move::Grow(to),
+                    format!(
+                        "every check clear: {weight} → {to} (grow {}; {spend}): {figures}",
+                        bounds.grow
+                    ),
+                );
+            }
+        }
+        Outcome::Worse if weight > bounds.start => {
+            if ready {
+                let to =
+                    Weight::from_milli_percent(scaled(weight, bounds.shrink)).max(bounds.start);
+                return (
+                    Move::Shrink(to),
+                    format!(
+                        "leaning worse: {weight} → {to} (shrink {}; {spend}): {figures}",
+                        bounds.shrink
+                    ),
+                );
+            }
+            return (
+                Move::Hold {
+                    record: recorded_spend,
+                },
+                format!(
+                    "leaning worse at {weight}, next change after min_pause ({spend}): {figures}"
+                ),
+            );
+        }
+        Outcome::Worse => {
+            if let Some(left) = short {
+                return (
+                    Move::Stop { budget: true },
+                    format!(
+                        "leaning worse at the floor {weight}: the next interval would serve about {next} requests, only {left} of the exposure budget are left (max_bad_requests {}; {spend}): {figures}",
+                        budget.unwrap_or_default()
+                    ),
+                );
+            }
+            return (
+                Move::Hold {
+                    record: recorded_spend,
+                },
+                format!("leaning worse at the floor {weight} (start; {spend}): {figures}"),
+            );
+        }
+        Outcome::Unclear | Outcome::Waiting => {
+            if let Some(left) = short
+                && ready
+                && weight > bounds.start
+            {
+                let to =
+                    Weight::from_milli_percent(scaled(weight, bounds.shrink)).max(bounds.start);
+                return (
+                    Move::Shrink(to),
+                    format!(
+                        "{weight} → {to} to stay within the exposure budget: the next interval would serve about {next} requests, {left} are left ({spend})"
+                    ),
+                );
+            }
+        }
+        Outcome::Failed => {}
+    }
+    let conclusive = interval.outcome == Outcome::Clear;
+    if !conclusive && !state.held_noted && since >= crate::millis(bounds.max_pause) {
+        state.held_noted = true;
+        return (
+            Move::Hold { record: true },
+            format!(
+                "no conclusive verdict for {}s since the last change (max_pause {}s): holding at {weight} ({spend}): {figures}",
+                since / 1000,
+                bounds.max_pause.as_secs()
+            ),
+        );
+    }
+    (
+        Move::Hold { record: false },
+        format!("holding at {weight} ({spend}): {figures}"),
+    )
+}
+
+/// `weight × factor` in thousandths of a percent, rounded.
+fn scaled(weight: Weight, factor: f64) -> u32 {
+    let x = (f64::from(weight.milli_percent()) * factor).round();
+    // `as` saturates: a huge factor gives u32::MAX, clamped to 100% by the caller.
+    x as u32
+}
