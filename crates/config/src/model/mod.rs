@@ -14,12 +14,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 mod dns;
+mod flags;
 mod release;
 mod rules;
 mod traffic;
 mod upstream;
 
 pub use dns::{DnsName, DnsSettings, VersionDns};
+pub use flags::{Flag, FlagRule, FlagShare, FlagVariant};
 
 pub use release::{
     Analysis, Check, FailureMode, OnFailure, Pause, Release, StatusRange, Step, Sticky, Strategy,
@@ -60,6 +62,8 @@ pub struct Config {
     /// The GeoIP database `country` rules look the client address up in; `None`: they read
     /// only their header.
     pub geoip: Option<GeoIp>,
+    /// The feature flags (`flags:`), sorted by key.
+    pub flags: Vec<Flag>,
 }
 
 /// `geoip:`: the MaxMind database `country` rules look the client address up in.
@@ -99,6 +103,11 @@ impl Config {
     /// The service called `name`, if any.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The flag whose key is `key`, if any.
+    pub fn flag(&self, key: &str) -> Option<&Flag> {
+        self.flags.iter().find(|f| f.key == key)
     }
 }
 

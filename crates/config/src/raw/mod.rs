@@ -13,12 +13,14 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 mod dns;
+mod flags;
 mod release;
 mod rules;
 mod traffic;
 mod upstream;
 
 pub use dns::{RawDns, RawDnsRefresh};
+pub use flags::{RawFlag, RawFlagRule};
 
 pub use release::{
     RawAnalysis, RawCheck, RawKey, RawKeyFull, RawRelease, RawStep, RawSticky, RawVariant,
@@ -61,6 +63,9 @@ pub struct RawConfig {
     pub dns: Option<RawDns>,
     /// `geoip`: the MaxMind database `country` rules look the client address up in.
     pub geoip: Option<RawGeoIp>,
+    /// `flags`: feature flags by key, evaluated over OFREP on the admin listener.
+    #[serde(default)]
+    pub flags: BTreeMap<String, RawFlag>,
 }
 
 /// `geoip:`: where `country` rules find the client's country.

@@ -3,12 +3,14 @@
 //!
 //! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`services`]
 //! (versions, endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints given as DNS
-//! names), [`releases`] (strategies, steps), [`analysis`], [`rules`] (matchers), [`traffic`]
+//! names), [`releases`] (strategies, steps), [`analysis`], [`rules`] (matchers), [`flags`]
+//! (feature flags: variants, targeting rules, rollout), [`traffic`]
 //! (traffic control), [`upstream`] (endpoint schemes, upstream `tls:`, `grpc:`) and
 //! [`scalars`] (the leaf values they share).
 
 mod analysis;
 mod dns;
+mod flags;
 mod geoip;
 mod listeners;
 mod releases;
@@ -63,6 +65,7 @@ impl<'a> Validator<'a> {
         let webhooks = self.webhooks(&raw.webhooks);
         let audit = self.audit(raw.audit.as_ref());
         let geoip = raw.geoip.as_ref().and_then(|g| self.geoip(g));
+        let flags = self.flags(raw.flags, &segments);
         let traffic_control = match raw.traffic_control {
             Some(tc) => self.traffic_control(tc, &services, &declared),
             None => TrafficControl::default(),
@@ -89,6 +92,7 @@ impl<'a> Validator<'a> {
             audit,
             dns,
             geoip,
+            flags,
         })
     }
 }
