@@ -237,7 +237,7 @@ fn two_variants_share_the_buckets_in_file_order_and_the_rest_gets_the_default() 
     rollout: { green: 30, red: 20 }
 ",
     );
-    let mut counts = std::collections::HashMap::new();
+    let mut counts: std::collections::HashMap<&str, i32> = std::collections::HashMap::new();
     for i in 0..10_000 {
         let e = t
             .evaluate_flag("colour", &user(&format!("user-{i}")), 0)
@@ -254,7 +254,7 @@ fn two_variants_share_the_buckets_in_file_order_and_the_rest_gets_the_default() 
     }
     for (variant, share) in [("green", 3_000), ("red", 2_000), ("blue", 5_000)] {
         let n = counts[variant];
-        assert!((n - share as i32).abs() < 250, "{variant}: {n} of 10000");
+        assert!((n - share).abs() < 250, "{variant}: {n} of 10000");
     }
 }
 

@@ -2,8 +2,8 @@
 //! compiled. Code above this crate never sees a string it still has to check.
 //!
 //! This file holds the configuration's frame (listeners, admin, segments, services and their
-//! versions); `release.rs` the releases and their analysis, `rules.rs` the routing rules, and
-//! `traffic.rs` the traffic-control settings. Every type is re-exported here, so users name
+//! versions); `release.rs` the releases and their analysis, `rules.rs` the routing rules,
+//! `flags.rs` the feature flags, and `traffic.rs` the traffic-control settings. Every type is re-exported here, so users name
 //! them `model::Release`, `model::Rule`, ...
 
 use std::collections::BTreeMap;

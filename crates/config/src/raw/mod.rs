@@ -6,7 +6,8 @@
 //! reports every problem with its location.
 //!
 //! Split as the validated model is: this file holds the frame (listeners, admin, segments,
-//! services, versions); `release.rs`, `rules.rs` and `traffic.rs` the sections of those names.
+//! services, versions); `release.rs`, `rules.rs`, `flags.rs` and `traffic.rs` the sections of
+//! those names.
 
 use std::collections::BTreeMap;
 
