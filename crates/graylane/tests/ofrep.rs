@@ -521,3 +521,38 @@ async fn the_openfeature_node_sdk_reads_flags_and_releases_through_the_ofrep_pro
     assert_eq!(got["wrongType"]["errorCode"], "TYPE_MISMATCH");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_flag_changed_in_the_file_is_answered_after_the_reload_with_a_new_etag() {
+    let s = serve("ofrep-reload").await;
+    let body = r#"{"context": {"targetingKey": "user-1"}}"#;
+    let before = ofrep(&s, "/ofrep/v1/evaluate/flags", body).await;
+    let etag = before.headers["etag"].to_str().unwrap().to_string();
+    let yaml = std::fs::read_to_string(&s.file).unwrap();
+    let edited = yaml.replace("default: casual", "default: formal");
+    assert_ne!(yaml, edited);
+    write_atomic(&s.file, &edited);
+    eventually("the reloaded flag", || async {
+        let r = flag(&s, "greeting", json!({"targetingKey": "user-1"}))
+            .await
+            .json();
+        (r["value"] == "Good day").then_some(())
+    })
+    .await;
+    let auth = format!("Bearer {VIEWER}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("if-none-match", etag.as_str()),
+    ];
+    let r = request(
+        s.admin,
+        Method::POST,
+        "/ofrep/v1/evaluate/flags",
+        &headers,
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "the flags changed: {}", r.text());
+    assert_ne!(r.headers["etag"].to_str().unwrap(), etag);
+    s.stop().await;
+}
