@@ -34,6 +34,10 @@ use crate::matcher::{Matcher, Members};
 use crate::request::RequestView;
 use crate::table::RoutingTable;
 
+/// Most attributes a context may have: each is a header, a cookie and a query parameter of the
+/// request the rules read, and an application's context has a handful.
+pub const MAX_ATTRIBUTES: usize = 1_000;
+
 /// The prefix of a release read as a flag: `release.payment`.
 pub const RELEASE_PREFIX: &str = "release.";
 
@@ -194,6 +198,12 @@ impl EvalContext {
         targeting_key: Option<String>,
         mut attributes: Vec<(String, String)>,
     ) -> Result<EvalContext, InvalidContext> {
+        if attributes.len() > MAX_ATTRIBUTES {
+            return Err(InvalidContext(format!(
+                "the context has {} attributes; at most {MAX_ATTRIBUTES} are read",
+                attributes.len()
+            )));
+        }
         if let Some(key) = &targeting_key
             && !attributes.iter().any(|(n, _)| n == "targetingKey")
         {
@@ -244,7 +254,8 @@ impl EvalContext {
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
             ) {
-                headers.append(n, v);
+                // Far below the map's limit (see MAX_ATTRIBUTES); never a panic on input.
+                let _ = headers.try_append(n, v);
             }
             if is_cookie_name(name) && is_cookie_value(value) {
                 cookies.push(format!("{name}={value}"));
@@ -261,7 +272,7 @@ impl EvalContext {
         if !cookies.is_empty()
             && let Ok(v) = HeaderValue::from_str(&cookies.join("; "))
         {
-            headers.append(http::header::COOKIE, v);
+            let _ = headers.try_append(http::header::COOKIE, v);
         }
         Ok(EvalContext {
             targeting_key,

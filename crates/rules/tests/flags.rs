@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use common::table;
 use graylane_config::Weight;
 use graylane_rules::bucket::bucket;
-use graylane_rules::flags::{EvalContext, FlagError, FlagReason};
+use graylane_rules::flags::{EvalContext, FlagError, FlagReason, MAX_ATTRIBUTES};
 use graylane_rules::{RequestView, RoutingTable};
 use serde_json::json;
 
@@ -338,6 +338,10 @@ fn contexts_that_cannot_be_read_are_refused_with_the_reason() {
     assert!(err(json!({"targetingKey": 7})).contains("targetingKey must be a string"));
     assert!(err(json!({"ip": "not-an-ip"})).contains("`ip` must be an IP address"));
     assert!(err(json!({"path": "relative"})).contains("must start with `/`"));
+    let many: serde_json::Map<String, serde_json::Value> = (0..=MAX_ATTRIBUTES)
+        .map(|i| (format!("a{i}"), json!(i)))
+        .collect();
+    assert!(err(serde_json::Value::Object(many)).contains("at most 1000"));
 }
 
 fn request_of_user<'a>(headers: &'a http::HeaderMap) -> RequestView<'a> {
