@@ -39,22 +39,16 @@ pub(super) async fn evaluate_flag(
     };
     let snapshot = state.gateway.snapshot();
     match evaluate(&snapshot.table, &key, &ctx) {
-        OfrepBulkItem::Evaluated(e) => (StatusCode::OK, axum::Json(e)).into_response(),
-        OfrepBulkItem::Failed(e) => {
-            let status = if e.error_code == "FLAG_NOT_FOUND" {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            (status, axum::Json(e)).into_response()
-        }
+        Ok(e) => (StatusCode::OK, axum::Json(e)).into_response(),
+        Err((status, e)) => (status, axum::Json(e)).into_response(),
     }
 }
 
 /// Every flag, then `release.SERVICE` for each service with a release, for one context. The
-/// `ETag` is a hash of the answer itself: it changes exactly when a flag's value for this
-/// context does (a configuration change, a release's weight, a `time` rule), so a client that
-/// sends it back in `If-None-Match` gets `304` until then.
+/// `ETag` is a hash of the answer itself: it changes exactly when the answer for this context
+/// does (a flag's value or reason after a configuration change, a release's weight, a `time`
+/// rule), so a client that sends it back in `If-None-Match` gets `304` until then. Every node
+/// of a fleet running the same build gives the same answer the same tag.
 #[utoipa::path(post, path = "/ofrep/v1/evaluate/flags", tag = "ofrep",
     params(("If-None-Match" = Option<String>, Header, description = "The `ETag` of the last answer")),
     request_body(content = OfrepRequest, description = "The evaluation context"),
@@ -77,7 +71,10 @@ pub(super) async fn evaluate_flags(
     let flags = table
         .flag_keys()
         .iter()
-        .map(|key| evaluate(table, key, &ctx))
+        .map(|key| match evaluate(table, key, &ctx) {
+            Ok(e) => OfrepBulkItem::Evaluated(e),
+            Err((_, e)) => OfrepBulkItem::Failed(e),
+        })
         .collect();
     let body = match serde_json::to_vec(&OfrepBulk { flags }) {
         Ok(body) => body,
@@ -134,23 +131,35 @@ fn context(body: &[u8]) -> Result<EvalContext, (&'static str, String)> {
     EvalContext::from_json(&context).map_err(|e| ("INVALID_CONTEXT", e.0))
 }
 
-/// `key` for `ctx` as OFREP writes it: its value, or the error in its place.
-fn evaluate(table: &RoutingTable, key: &str, ctx: &EvalContext) -> OfrepBulkItem {
-    match table.evaluate_flag(key, ctx, now_ms()) {
-        Ok(e) => OfrepBulkItem::Evaluated(answer(table, key, e)),
-        Err(FlagError::NotFound) => OfrepBulkItem::Failed(OfrepError {
+/// `key` for `ctx` as OFREP writes it: its value, or the error and its status.
+fn evaluate(
+    table: &RoutingTable,
+    key: &str,
+    ctx: &EvalContext,
+) -> Result<OfrepEvaluation, (StatusCode, OfrepError)> {
+    let error = |status, code: &str, details| {
+        let e = OfrepError {
             key: Some(key.to_string()),
-            error_code: "FLAG_NOT_FOUND".into(),
-            error_details: format!(
+            error_code: code.to_string(),
+            error_details: details,
+        };
+        (status, e)
+    };
+    match table.evaluate_flag(key, ctx, now_ms()) {
+        Ok(e) => Ok(answer(table, key, e)),
+        Err(FlagError::NotFound) => Err(error(
+            StatusCode::NOT_FOUND,
+            "FLAG_NOT_FOUND",
+            format!(
                 "no flag `{key}`: the configuration's `flags:` has {}, and `release.SERVICE` reads a service's release",
                 list(table.flags().keys())
             ),
-        }),
-        Err(e @ FlagError::TargetingKeyMissing) => OfrepBulkItem::Failed(OfrepError {
-            key: Some(key.to_string()),
-            error_code: "TARGETING_KEY_MISSING".into(),
-            error_details: e.to_string(),
-        }),
+        )),
+        Err(e @ FlagError::TargetingKeyMissing) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "TARGETING_KEY_MISSING",
+            e.to_string(),
+        )),
     }
 }
 
