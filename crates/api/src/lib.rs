@@ -14,6 +14,7 @@
 //! * [`cluster`]: the fleet, and who a token is.
 //! * [`segments`]: editing a Redis segment's members.
 //! * [`eval`]: which version a request would get.
+//! * [`ofrep`]: feature flags and releases over the OpenFeature Remote Evaluation Protocol.
 //! * [`error`]: the body of every failed call.
 
 pub mod analysis;
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod ofrep;
 pub mod releases;
 pub mod segments;
 pub mod states;
@@ -35,6 +37,7 @@ pub use cluster::{Cluster, ClusterMember, Whoami};
 pub use config::{ApplyOutcome, DiffView, RevisionList, RevisionView};
 pub use error::ErrorBody;
 pub use eval::{EvalAnswer, EvalRequest};
+pub use ofrep::{OfrepBulk, OfrepBulkItem, OfrepError, OfrepEvaluation, OfrepRequest};
 pub use releases::{
     AdaptiveView, AnalysisBrief, CommandBody, ReleaseList, ReleaseView, StepView, TransitionView,
     VariantView, WeightBody,

@@ -13,7 +13,9 @@
 //! * [`CookieKeys`] sign and verify sticky cookies, which carry a bucket (see
 //!   [`RoutingTable::set_cookie_keys`]);
 //! * [`bucket`] is the deterministic, monotonic hash bucketing behind weights (see
-//!   `docs/bucketing.md`).
+//!   `docs/bucketing.md`);
+//! * [`flags`] evaluates feature flags, and releases read as flags, for an application's
+//!   context (OFREP on the admin listener).
 //!
 //! ```
 //! use graylane_rules::{Reason, RequestView, RoutingTable};
@@ -57,6 +59,7 @@
 pub mod bucket;
 mod decision;
 mod describe;
+pub mod flags;
 mod matcher;
 pub mod path;
 mod request;

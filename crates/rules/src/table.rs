@@ -13,6 +13,7 @@ use http::Method;
 use crate::bucket::{BUCKETS, Bucketer, bucket_of};
 use crate::decision::{Decision, KeyUsed, Reason};
 use crate::describe::describe;
+use crate::flags::{FlagError, Flags};
 use crate::matcher::{LiveSegment, Matcher, Members};
 use crate::request::{RequestView, with_ip_text};
 use crate::routing::{Routing, Share};
@@ -25,6 +26,8 @@ pub struct RoutingTable {
     index: ServiceIndex,
     /// The `geoip:` database, for [`RoutingTable::geoip_country`].
     geoip: Option<Arc<CountryDb>>,
+    /// The feature flags, compiled with the same segments; shared by every copy of the table.
+    flags: Arc<Flags>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +112,7 @@ impl RoutingTable {
             services,
             index,
             geoip: config.geoip.as_ref().map(|g| Arc::clone(&g.countries)),
+            flags: Arc::new(Flags::compile(config, &segments)),
         }
     }
 
@@ -308,6 +312,60 @@ impl RoutingTable {
 
     fn release(&self, service: usize) -> Option<&CompiledRelease> {
         self.services.get(service)?.release.as_ref()
+    }
+
+    /// The names of the services with a release, in file order.
+    pub(crate) fn released_services(&self) -> impl Iterator<Item = &str> {
+        self.services
+            .iter()
+            .filter(|s| s.release.is_some())
+            .map(|s| &*s.name)
+    }
+
+    /// The feature flags of the configuration this table was compiled from.
+    pub fn flags(&self) -> &Flags {
+        &self.flags
+    }
+
+    /// The version an application's context gets from service `service` (a release read as a
+    /// flag): its force rules, then its live split, bucketed on the key `key` gives for the
+    /// release's `bucket_by`. No lane and no sticky cookie: a context has neither.
+    pub(crate) fn decide_context(
+        &self,
+        service: usize,
+        req: &RequestView<'_>,
+        key: impl FnOnce(&KeySpec) -> Option<Vec<u8>>,
+    ) -> Result<Decision, FlagError> {
+        let svc = self.services.get(service).ok_or(FlagError::NotFound)?;
+        let decided = |version, reason, unit| Decision {
+            service,
+            version,
+            reason,
+            pin: None,
+            unit,
+        };
+        let Some(rel) = &svc.release else {
+            return Ok(decided(svc.default_version, Reason::NoRelease, 0));
+        };
+        if let Some(to) = rel.routing.force_to
+            && let Some(rule) = rel.force.iter().position(|m| m.matches(req))
+        {
+            return Ok(decided(to, Reason::Forced { rule }, 0));
+        }
+        let key = key(&rel.bucket_by).ok_or(FlagError::TargetingKeyMissing)?;
+        let hash = rel.bucketer.hash(&key);
+        let bucket = bucket_of(hash);
+        let weight = rel
+            .routing
+            .shares
+            .first()
+            .map_or(Weight::ZERO, |s| s.weight);
+        let reason = Reason::Bucket {
+            bucket,
+            weight,
+            key: KeyUsed::Configured,
+        };
+        Ok(decided(rel.version_at(bucket), reason, hash))
     }
 }
 

@@ -2,8 +2,8 @@
 //! compiled. Code above this crate never sees a string it still has to check.
 //!
 //! This file holds the configuration's frame (listeners, admin, segments, services and their
-//! versions); `release.rs` the releases and their analysis, `rules.rs` the routing rules, and
-//! `traffic.rs` the traffic-control settings. Every type is re-exported here, so users name
+//! versions); `release.rs` the releases and their analysis, `rules.rs` the routing rules,
+//! `flags.rs` the feature flags, and `traffic.rs` the traffic-control settings. Every type is re-exported here, so users name
 //! them `model::Release`, `model::Rule`, ...
 
 use std::collections::BTreeMap;
@@ -15,6 +15,7 @@ use ipnet::IpNet;
 
 mod access_log;
 mod dns;
+mod flags;
 mod release;
 mod rules;
 mod traffic;
@@ -22,6 +23,7 @@ mod upstream;
 
 pub use access_log::{AccessLog, AccessLogFormat, AccessLogPath};
 pub use dns::{DnsName, DnsSettings, VersionDns};
+pub use flags::{Flag, FlagRule, FlagShare, FlagVariant};
 
 pub use release::{
     Adaptive, Analysis, Check, FailureMode, OnFailure, Pause, Release, StatusRange, Step, Sticky,
@@ -64,6 +66,8 @@ pub struct Config {
     pub geoip: Option<GeoIp>,
     /// The per-request log (`access_log:`); `None`: none is written.
     pub access_log: Option<AccessLog>,
+    /// The feature flags (`flags:`), sorted by key.
+    pub flags: Vec<Flag>,
 }
 
 /// `geoip:`: the MaxMind database `country` rules look the client address up in.
@@ -103,6 +107,11 @@ impl Config {
     /// The service called `name`, if any.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The flag whose key is `key`, if any.
+    pub fn flag(&self, key: &str) -> Option<&Flag> {
+        self.flags.iter().find(|f| f.key == key)
     }
 }
 

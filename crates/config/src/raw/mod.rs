@@ -6,19 +6,22 @@
 //! reports every problem with its location.
 //!
 //! Split as the validated model is: this file holds the frame (listeners, admin, segments,
-//! services, versions); `release.rs`, `rules.rs` and `traffic.rs` the sections of those names.
+//! services, versions); `release.rs`, `rules.rs`, `flags.rs` and `traffic.rs` the sections of
+//! those names.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 mod dns;
+mod flags;
 mod release;
 mod rules;
 mod traffic;
 mod upstream;
 
 pub use dns::{RawDns, RawDnsRefresh};
+pub use flags::{RawFlag, RawFlagRule};
 
 pub use release::{
     RawAdaptive, RawAnalysis, RawCheck, RawKey, RawKeyFull, RawRelease, RawStep, RawSteps,
@@ -64,6 +67,9 @@ pub struct RawConfig {
     pub geoip: Option<RawGeoIp>,
     /// `access_log`: one line per request; without it nothing is logged per request.
     pub access_log: Option<RawAccessLog>,
+    /// `flags`: feature flags by key, evaluated over OFREP on the admin listener.
+    #[serde(default)]
+    pub flags: BTreeMap<String, RawFlag>,
 }
 
 /// `access_log:`: the format, destination and sampled share of the per-request log.

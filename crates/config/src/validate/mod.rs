@@ -3,13 +3,15 @@
 //!
 //! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`access_log`],
 //! [`services`] (versions, endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints
-//! given as DNS names), [`releases`] (strategies, steps), [`analysis`], [`rules`] (matchers), [`traffic`]
+//! given as DNS names), [`releases`] (strategies, steps), [`analysis`], [`rules`] (matchers),
+//! [`flags`] (feature flags: variants, targeting rules, rollout), [`traffic`]
 //! (traffic control), [`upstream`] (endpoint schemes, upstream `tls:`, `grpc:`) and
 //! [`scalars`] (the leaf values they share).
 
 mod access_log;
 mod analysis;
 mod dns;
+mod flags;
 mod geoip;
 mod listeners;
 mod releases;
@@ -65,6 +67,7 @@ impl<'a> Validator<'a> {
         let audit = self.audit(raw.audit.as_ref());
         let geoip = raw.geoip.as_ref().and_then(|g| self.geoip(g));
         let access_log = raw.access_log.as_ref().and_then(|a| self.access_log(a));
+        let flags = self.flags(raw.flags, &segments);
         let traffic_control = match raw.traffic_control {
             Some(tc) => self.traffic_control(tc, &services, &declared),
             None => TrafficControl::default(),
@@ -92,6 +95,7 @@ impl<'a> Validator<'a> {
             dns,
             geoip,
             access_log,
+            flags,
         })
     }
 }

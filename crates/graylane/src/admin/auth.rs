@@ -76,11 +76,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The role a request needs: reads (and `eval`) are for viewers, release commands, business events and
+/// The role a request needs: reads (and `eval`, and OFREP evaluations) are for viewers, release commands, business events and
 /// segment members for operators, and configuration changes for admins.
 pub(crate) fn required_role(method: &Method, path: &str) -> Role {
-    // `POST /api/v1/eval` changes nothing: it asks how a request would be routed.
-    if method == Method::GET || method == Method::HEAD || path == "/api/v1/eval" {
+    // `POST /api/v1/eval` changes nothing: it asks how a request would be routed; nor does an
+    // OFREP evaluation, which asks what a flag gives a context.
+    if method == Method::GET
+        || method == Method::HEAD
+        || path == "/api/v1/eval"
+        || path.starts_with("/ofrep/")
+    {
         Role::Viewer
     } else if path.starts_with("/api/v1/releases/")
         || path == "/api/v1/events"
@@ -139,6 +144,10 @@ mod tests {
     fn reads_need_a_viewer_commands_an_operator_and_config_changes_an_admin() {
         assert_eq!(required_role(&Method::GET, "/api/v1/config"), Role::Viewer);
         assert_eq!(required_role(&Method::POST, "/api/v1/eval"), Role::Viewer);
+        assert_eq!(
+            required_role(&Method::POST, "/ofrep/v1/evaluate/flags"),
+            Role::Viewer
+        );
         assert_eq!(
             required_role(&Method::POST, "/api/v1/releases/payment/promote"),
             Role::Operator

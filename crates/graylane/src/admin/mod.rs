@@ -5,6 +5,8 @@
 //!   API tools need no secret;
 //! * `/api/v1/...` ([`api`]) — releases, configuration revisions and the audit log, behind
 //!   a bearer token whose role ([`auth`]) decides what it may do. Errors are JSON ([`error`]).
+//! * `/ofrep/v1/...` (in [`api`]) — feature flags and releases over the OpenFeature Remote
+//!   Evaluation Protocol, behind the same tokens (a viewer's is enough).
 //! * `/` and `/dashboard/...` ([`dashboard`]) — the web dashboard, a page embedded in the binary
 //!   that drives the same API with the token a person signs in with.
 //!

@@ -5,14 +5,16 @@
 //! The documents themselves are the `graylane-api` crate's types; the handlers are here, one
 //! file per group of routes: [`releases`] (a release and its commands), [`analysis`]
 //! (analysis, series, events, experiment results), [`config`] (the configuration and its
-//! revisions), [`audit`], [`cluster`] (the fleet and `whoami`), [`eval`], [`segments`], and
-//! the document's frame in [`openapi`].
+//! revisions), [`audit`], [`cluster`] (the fleet and `whoami`), [`eval`], [`segments`],
+//! [`ofrep`] (feature flags and releases over OFREP, under `/ofrep/v1`), and the document's
+//! frame in [`openapi`].
 
 mod analysis;
 mod audit;
 mod cluster;
 mod config;
 mod eval;
+mod ofrep;
 mod openapi;
 mod releases;
 mod segments;
@@ -44,6 +46,8 @@ pub(crate) fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenA
         .routes(routes!(cluster::whoami))
         .routes(routes!(cluster::cluster))
         .routes(routes!(eval::eval))
+        .routes(routes!(ofrep::evaluate_flag))
+        .routes(routes!(ofrep::evaluate_flags))
         .routes(routes!(analysis::post_events))
         .routes(routes!(analysis::experiment_results))
         .routes(routes!(segments::edit_segment))
