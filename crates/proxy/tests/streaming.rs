@@ -230,6 +230,41 @@ async fn a_streamed_request_body_reaches_the_upstream_before_the_client_has_sent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_http1_request_body_reaches_the_upstream_before_the_client_has_sent_all_of_it() {
+    let (upstream, mut pieces) = recording_body_upstream().await;
+    let gateway = start_gateway(config(&fill(
+        ONE_SERVICE,
+        &[("upstream", upstream.to_string())],
+    )));
+
+    let mut client = TcpStream::connect(addr(&gateway)).await.unwrap();
+    client
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n9\r\npart one;\r\n",
+        )
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(REQUEST_TIMEOUT, pieces.recv())
+        .await
+        .expect("the first chunk reaches the upstream while the client is still sending")
+        .expect("the upstream is running");
+    assert_eq!(first, "part one;");
+
+    client
+        .write_all(b"8\r\npart two\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut client, &mut seen, "part one;part two").await;
+    assert!(
+        String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_of_known_length_still_goes_upstream_whole_with_its_length() {
     let upstream = RecordingUpstream::start();
     let gateway = start_gateway(config(&fill(
