@@ -212,8 +212,9 @@ impl SnapshotCache {
     }
 }
 
+/// Runs hyper's connection tasks (server and upstream client) on the worker's own thread.
 #[derive(Clone, Copy)]
-struct LocalExec;
+pub(crate) struct LocalExec;
 
 impl<F> hyper::rt::Executor<F> for LocalExec
 where

@@ -22,14 +22,14 @@ use http::{Request, Response, Uri};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{UpstreamError, UpstreamErrorKind};
+use super::{UpstreamError, UpstreamErrorKind, connect_timed_out};
 use crate::body::{ProxyBody, RequestBody};
 use crate::forward::Forwarding;
 use crate::grpc::GrpcBody;
 use crate::hop_by_hop::{self, ConnectionOption};
+use crate::server::LocalExec;
 
 /// How a version's `h2c://` or `https://` endpoints are reached, prepared once per snapshot.
 pub(crate) struct UpstreamTarget {
@@ -286,22 +286,7 @@ async fn connect(
     timeout: Duration,
 ) -> Result<Sender, UpstreamError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-        Err(_) => return Err(connect_timed_out(addr, timeout)),
-        Ok(Err(e)) => {
-            let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                UpstreamErrorKind::ConnectRefused
-            } else {
-                UpstreamErrorKind::ConnectError
-            };
-            return Err(UpstreamError {
-                kind,
-                detail: format!("connecting to {addr}: {e}"),
-            });
-        }
-        Ok(Ok(s)) => s,
-    };
-    let _ = tcp.set_nodelay(true);
+    let tcp = super::connect_tcp(addr, deadline, timeout).await?;
     let ended = Ended::default();
     let handshake_failed =
         |e: hyper::Error| exchange_failed(addr, target.tls.is_some(), true, &e, &Ended::default());
@@ -401,26 +386,6 @@ fn note_end(ended: &Ended, e: &hyper::Error) {
         },
     };
     let _ = ended.set(end);
-}
-
-fn connect_timed_out(addr: SocketAddr, timeout: Duration) -> UpstreamError {
-    UpstreamError {
-        kind: UpstreamErrorKind::ConnectTimeout,
-        detail: format!("connecting to {addr} took longer than {timeout:?}"),
-    }
-}
-
-/// Runs the connections' tasks on the worker's own thread.
-#[derive(Clone, Copy)]
-struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: std::future::Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
 }
 
 /// The request as the upstream gets it: the header lines `forward.rs` writes for the in-task

@@ -83,6 +83,42 @@ pub(crate) async fn exchange(
     }
 }
 
+/// Opens a TCP connection to `addr` by `deadline` (`timeout` after the attempt began, for the
+/// message), with Nagle's algorithm off: small request/response exchanges must not wait for
+/// it. Its failures are told apart as the metrics count them.
+pub(crate) async fn connect_tcp(
+    addr: SocketAddr,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr)).await {
+        Err(_) => Err(connect_timed_out(addr, timeout)),
+        Ok(Err(e)) => {
+            let kind = if e.kind() == io::ErrorKind::ConnectionRefused {
+                UpstreamErrorKind::ConnectRefused
+            } else {
+                UpstreamErrorKind::ConnectError
+            };
+            Err(UpstreamError {
+                kind,
+                detail: format!("connecting to {addr}: {e}"),
+            })
+        }
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
+/// A connection (or its TLS or HTTP/2 handshake) not made within `timeout`.
+pub(crate) fn connect_timed_out(addr: SocketAddr, timeout: Duration) -> UpstreamError {
+    UpstreamError {
+        kind: UpstreamErrorKind::ConnectTimeout,
+        detail: format!("connecting to {addr} took longer than {timeout:?}"),
+    }
+}
+
 /// Why an upstream exchange failed.
 #[derive(Debug)]
 pub(crate) struct UpstreamError {

@@ -21,7 +21,6 @@ use super::body::UpstreamBody;
 use super::codec::{self, Head, HeaderSpan, Parsed, RequestFraming};
 use super::{ExchangeError, UpstreamError};
 use crate::forward::Forwarding;
-use crate::upstream::UpstreamErrorKind;
 
 /// A request body longer than this (or of unknown length) is sent while the upstream's early
 /// response is watched for; a shorter one goes out with its head in one write.
@@ -159,28 +158,8 @@ impl Conn {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<Conn, UpstreamError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => {
-                return Err(UpstreamError {
-                    kind: UpstreamErrorKind::ConnectTimeout,
-                    detail: format!("connecting to {addr} took longer than {timeout:?}"),
-                });
-            }
-            Ok(Err(e)) => {
-                let kind = if e.kind() == io::ErrorKind::ConnectionRefused {
-                    UpstreamErrorKind::ConnectRefused
-                } else {
-                    UpstreamErrorKind::ConnectError
-                };
-                return Err(UpstreamError {
-                    kind,
-                    detail: format!("connecting to {addr}: {e}"),
-                });
-            }
-            Ok(Ok(s)) => s,
-        };
-        // Small request/response exchanges must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = super::connect_tcp(addr, deadline, timeout).await?;
         Ok(Conn {
             stream,
             read: BytesMut::with_capacity(READ_CHUNK),
