@@ -60,14 +60,17 @@ pub(crate) struct Forwarding<'a> {
 
 impl Forwarding<'_> {
     /// Writes the header lines of the request head (`name: value\r\n` each) into `out`, all
-    /// but the framing line.
-    pub(crate) fn write_headers(&self, uri: &Uri, headers: &HeaderMap, out: &mut Vec<u8>) {
+    /// but the framing line. Returns whether the client framed its body with a
+    /// `Content-Length` (which is not written here).
+    pub(crate) fn write_headers(&self, uri: &Uri, headers: &HeaderMap, out: &mut Vec<u8>) -> bool {
         // A `Connection` header and trace context are rare on requests that reach a proxy: one
         // pass over the names finds whether either is there, and only then is it looked up.
-        let (mut has_connection, mut has_trace) = (false, false);
+        // The same pass answers the framing question, so the encoder need not look it up.
+        let (mut has_connection, mut has_trace, mut has_length) = (false, false, false);
         for name in headers.keys() {
             has_connection |= name == header::CONNECTION;
             has_trace |= name == TRACEPARENT;
+            has_length |= name == header::CONTENT_LENGTH;
         }
         let connection = has_connection.then(|| headers.get_all(header::CONNECTION));
         // An authority in the target (absolute form, or HTTP/2's `:authority`) replaces any
@@ -135,6 +138,7 @@ impl Forwarding<'_> {
         if !matches!(trace, Trace::Valid(_)) {
             line(out, b"traceparent", &new_traceparent());
         }
+        has_length
     }
 
     /// Whether a client header whose name has an `_` may go upstream.

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
+use futures_util::FutureExt;
 use graylane_config::Listener;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -534,8 +535,9 @@ where
             let worker = Rc::clone(&ctx.worker);
             let info = Rc::clone(&info);
             let draining = Rc::clone(&ctx.draining);
-            async move {
-                let mut resp = handle(snapshot, worker, info, req).await;
+            // A combinator, not an `async` block: one more level would move the request into
+            // its future and the response out of it again.
+            handle(snapshot, worker, info, req).map(move |mut resp| {
                 // A `101` hands the connection over to its tunnel: it has no next request to
                 // close after.
                 if http1 && draining.get() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
@@ -548,7 +550,7 @@ where
                     );
                 }
                 Ok::<_, std::convert::Infallible>(resp)
-            }
+            })
         })
     };
     let conn = ctx.builder.serve_connection_with_upgrades(io, service);

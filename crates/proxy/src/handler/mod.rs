@@ -86,7 +86,9 @@ pub(crate) struct Worker {
     pub(crate) deadlines: Rc<Deadlines>,
 }
 
-/// Answers one request: the phases of the request path, then its access log line.
+/// Answers one request: the phases of the request path, in order, then its access log line out
+/// of what they left in [`Facts`]. One function, not one per phase: every `async fn` level
+/// would move the request into its future and the response out of it again.
 pub(crate) async fn handle(
     snapshot: LocalSnapshot,
     worker: Rc<Worker>,
@@ -100,204 +102,195 @@ pub(crate) async fn handle(
         _ => None,
     };
     let facts = Facts::default();
-    let response = phases(&snapshot, &worker, &conn, req, started, &facts).await;
+    let (snapshot, worker, conn, facts) = (&snapshot, &worker, &conn, &facts);
+    let response = 'phases: {
+        // 1. Refuse what graylane will not forward as it is.
+        if let Some(refused) = refuse::refusal(&req, conn) {
+            break 'phases refused;
+        }
+
+        // 2. Route. Rules and limits see the path in its normal form; it goes upstream in that
+        // form too unless the listener keeps the raw one. `None`: the path is normal already.
+        let normalized = match path::normalize(req.uri().path(), conn.paths.escaped_slashes) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(p)) => Some(p),
+            Err(e) => {
+                break 'phases respond::refuse(
+                    StatusCode::BAD_REQUEST,
+                    "the request path is not accepted",
+                    e.describe(),
+                );
+            }
+        };
+        let forward_path = normalized.as_deref().filter(|_| !conn.paths.forward_raw);
+        let matched_path =
+            path::without_parameters(normalized.as_deref().unwrap_or(req.uri().path()));
+        // One view of the request for the routing decision and the rate limits' keys.
+        let view = route::view(&req, conn, &matched_path);
+        let Some(decision) = snapshot.table.decide(&view) else {
+            break 'phases respond::not_found(req.uri().path());
+        };
+        facts.decision.set(Some(decision));
+        let service = &snapshot.services[decision.service];
+        let version = &service.versions[decision.version];
+        version.stats.record_decision(worker.id, &decision);
+
+        // 3. Limits.
+        let mut limit_headers = None;
+        if !service.guards.limits.is_empty() {
+            let now = nanos_at(started);
+            // A limit shared through Redis may wait on it: that rare path is boxed, so the
+            // future of every request stays as small as the local checks need.
+            let verdict = if service.guards.limits_global {
+                Box::pin(limits::check_rate_limits_global(service, &view, now)).await
+            } else {
+                limits::check_rate_limits(service, &view, now)
+            };
+            match verdict {
+                LimitVerdict::Refused(refused) => {
+                    version
+                        .stats
+                        .record_response(worker.id, 429, started.elapsed());
+                    break 'phases *refused;
+                }
+                LimitVerdict::Allowed(headers) => limit_headers = headers,
+            }
+        }
+        let sticky_cookie = route::sticky_cookie_to_set(snapshot, service, &decision, conn.tls);
+        if upgrade::maybe(&req)
+            && let Some(protocols) = upgrade::wanted(&req)
+        {
+            let upgrade = upgrade::Upgrade {
+                worker,
+                conn,
+                service,
+                version: decision.version,
+                forward_path,
+                started,
+                sticky_cookie,
+            };
+            // Boxed: the rare path must not grow every request's future.
+            let response = Box::pin(upgrade.forward(req, protocols)).await;
+            break 'phases limits::stamp_limits(response, limit_headers.as_ref());
+        }
+
+        // 4. Read the start of the body. One deadline covers the read-ahead and the upstream
+        // exchange, counted from when the request arrived; it takes a slot in the worker's table
+        // only if something has to wait. Running out while the client is still sending its body
+        // is the client's failure (408); afterwards it is the upstream's (504).
+        let (parts, body) = req.into_parts();
+        let mut deadline = worker
+            .deadlines
+            .at(started.checked_add(service.request_timeout));
+        let read = tokio::select! {
+            biased;
+            read = RequestBody::read_ahead(body, REQUEST_BODY_READ_AHEAD) => Ok(read),
+            () = &mut deadline => Err(()),
+        };
+        let body = match read {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) => {
+                // Debug, not warn: a client's bad request is not an operator's problem, and a
+                // flood of them must not flood the log.
+                tracing::debug!(service = %service.name, peer = %conn.peer, "malformed request body: {e}");
+                let response = respond::client_failure(
+                    StatusCode::BAD_REQUEST,
+                    "the request body is malformed",
+                    &e.to_string(),
+                );
+                version
+                    .stats
+                    .record_response(worker.id, 400, started.elapsed());
+                break 'phases response;
+            }
+            Err(_) => {
+                tracing::debug!(service = %service.name, peer = %conn.peer, timeout = ?service.request_timeout, "request body did not arrive in time");
+                let response = respond::client_failure(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                    &format!("{:?}", service.request_timeout),
+                );
+                version
+                    .stats
+                    .record_response(worker.id, 408, started.elapsed());
+                break 'phases response;
+            }
+        };
+
+        // A mirror step copies a share of the baseline's requests to the candidate.
+        if service.mirror.is_some() {
+            let copied = mirror::copy(
+                snapshot,
+                worker,
+                conn,
+                &decision,
+                &parts,
+                &body,
+                forward_path,
+            );
+            facts.mirrored.set(copied);
+        }
+
+        // 5. Forward: through the version's guards when it has any, else the common case, one
+        // exchange with one endpoint and nothing kept to send again.
+        let forwarded = if attempts::guarded(service, version) {
+            let attempts = Attempts {
+                worker,
+                conn,
+                forward_path,
+                snapshot,
+                facts,
+                service_index: decision.service,
+                service,
+                started,
+            };
+            attempts
+                .run(decision.version, parts, body, &mut deadline)
+                .await
+        } else {
+            let progress = body.progress();
+            let req = Request::from_parts(parts, body);
+            let forwarding = attempts::forwarding(conn, version, forward_path);
+            let endpoint = &version.endpoints[balance::pick_endpoint(service, version)];
+            endpoint.in_flight.fetch_add(1, Relaxed);
+            let result = tokio::select! {
+                biased;
+                sent = upstream::exchange(&worker.pool, version.upstream.as_deref(), endpoint.addr, service.connect_timeout, req, &forwarding) => Some(sent),
+                () = &mut deadline => None,
+            };
+            endpoint.in_flight.fetch_sub(1, Relaxed);
+            let (timed_out, failed) = (result.is_none(), matches!(result, Some(Err(_))));
+            match attempts::client_fault(progress.as_deref(), timed_out, failed) {
+                Some(fault) => Forwarded::Answered(respond::client_body_failure(
+                    fault, service, version, worker, started, conn.peer,
+                )),
+                None => {
+                    if timed_out || failed {
+                        attempts::note_failure(&result, worker, service, version, endpoint.addr);
+                    }
+                    facts.upstream.set(Upstream::Whole);
+                    Forwarded::Exchanged(Exchanged {
+                        version: decision.version,
+                        fell_back: false,
+                        result,
+                        timing: Timing::Only,
+                    })
+                }
+            }
+        };
+
+        // 6. Respond.
+        let response = respond::forwarded(forwarded, service, worker, started, sticky_cookie);
+        limits::stamp_limits(response, limit_headers.as_ref())
+    };
     // 7. Log.
     if let Some(mut entry) = entry
         && let Some(log) = &snapshot.access_log
     {
-        entry.finish(&snapshot, &facts, &response, started);
+        entry.finish(snapshot, facts, &response, started);
         log.push(worker.id, entry);
     }
     response
-}
-
-/// The phases of the request path, in order; what the access log needs of them is left in
-/// `facts`.
-async fn phases(
-    snapshot: &LocalSnapshot,
-    worker: &Rc<Worker>,
-    conn: &Rc<ConnInfo>,
-    req: Request<Incoming>,
-    started: Instant,
-    facts: &Facts,
-) -> Response<ProxyBody> {
-    // 1. Refuse what graylane will not forward as it is.
-    if let Some(refused) = refuse::refusal(&req, conn) {
-        return refused;
-    }
-
-    // 2. Route. Rules and limits see the path in its normal form; it goes upstream in that
-    // form too unless the listener keeps the raw one. `None`: the path is normal already.
-    let normalized = match path::normalize(req.uri().path(), conn.paths.escaped_slashes) {
-        Ok(Cow::Borrowed(_)) => None,
-        Ok(Cow::Owned(p)) => Some(p),
-        Err(e) => {
-            return respond::refuse(
-                StatusCode::BAD_REQUEST,
-                "the request path is not accepted",
-                e.describe(),
-            );
-        }
-    };
-    let forward_path = normalized.as_deref().filter(|_| !conn.paths.forward_raw);
-    let matched_path = path::without_parameters(normalized.as_deref().unwrap_or(req.uri().path()));
-    // One view of the request for the routing decision and the rate limits' keys.
-    let view = route::view(&req, conn, &matched_path);
-    let Some(decision) = snapshot.table.decide(&view) else {
-        return respond::not_found(req.uri().path());
-    };
-    facts.decision.set(Some(decision));
-    let service = &snapshot.services[decision.service];
-    let version = &service.versions[decision.version];
-    version.stats.record_decision(worker.id, &decision);
-
-    // 3. Limits.
-    let mut limit_headers = None;
-    if !service.guards.limits.is_empty() {
-        let now = nanos_at(started);
-        // A limit shared through Redis may wait on it: that rare path is boxed, so the
-        // future of every request stays as small as the local checks need.
-        let verdict = if service.guards.limits_global {
-            Box::pin(limits::check_rate_limits_global(service, &view, now)).await
-        } else {
-            limits::check_rate_limits(service, &view, now)
-        };
-        match verdict {
-            LimitVerdict::Refused(refused) => {
-                version
-                    .stats
-                    .record_response(worker.id, 429, started.elapsed());
-                return *refused;
-            }
-            LimitVerdict::Allowed(headers) => limit_headers = headers,
-        }
-    }
-    let sticky_cookie = route::sticky_cookie_to_set(snapshot, service, &decision, conn.tls);
-    if upgrade::maybe(&req)
-        && let Some(protocols) = upgrade::wanted(&req)
-    {
-        let upgrade = upgrade::Upgrade {
-            worker,
-            conn,
-            service,
-            version: decision.version,
-            forward_path,
-            started,
-            sticky_cookie,
-        };
-        // Boxed: the rare path must not grow every request's future.
-        let response = Box::pin(upgrade.forward(req, protocols)).await;
-        return limits::stamp_limits(response, limit_headers.as_ref());
-    }
-
-    // 4. Read the start of the body. One deadline covers the read-ahead and the upstream
-    // exchange, counted from when the request arrived; it takes a slot in the worker's table
-    // only if something has to wait. Running out while the client is still sending its body
-    // is the client's failure (408); afterwards it is the upstream's (504).
-    let (parts, body) = req.into_parts();
-    let mut deadline = worker
-        .deadlines
-        .at(started.checked_add(service.request_timeout));
-    let read = tokio::select! {
-        biased;
-        read = RequestBody::read_ahead(body, REQUEST_BODY_READ_AHEAD) => Ok(read),
-        () = &mut deadline => Err(()),
-    };
-    let body = match read {
-        Ok(Ok(body)) => body,
-        Ok(Err(e)) => {
-            // Debug, not warn: a client's bad request is not an operator's problem, and a
-            // flood of them must not flood the log.
-            tracing::debug!(service = %service.name, peer = %conn.peer, "malformed request body: {e}");
-            let response = respond::client_failure(
-                StatusCode::BAD_REQUEST,
-                "the request body is malformed",
-                &e.to_string(),
-            );
-            version
-                .stats
-                .record_response(worker.id, 400, started.elapsed());
-            return response;
-        }
-        Err(_) => {
-            tracing::debug!(service = %service.name, peer = %conn.peer, timeout = ?service.request_timeout, "request body did not arrive in time");
-            let response = respond::client_failure(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body did not arrive in time",
-                &format!("{:?}", service.request_timeout),
-            );
-            version
-                .stats
-                .record_response(worker.id, 408, started.elapsed());
-            return response;
-        }
-    };
-
-    // A mirror step copies a share of the baseline's requests to the candidate.
-    if service.mirror.is_some() {
-        let copied = mirror::copy(
-            snapshot,
-            worker,
-            conn,
-            &decision,
-            &parts,
-            &body,
-            forward_path,
-        );
-        facts.mirrored.set(copied);
-    }
-
-    // 5. Forward: through the version's guards when it has any, else the common case, one
-    // exchange with one endpoint and nothing kept to send again.
-    let forwarded = if attempts::guarded(service, version) {
-        let attempts = Attempts {
-            worker,
-            conn,
-            forward_path,
-            snapshot,
-            facts,
-            service_index: decision.service,
-            service,
-            started,
-        };
-        attempts
-            .run(decision.version, parts, body, &mut deadline)
-            .await
-    } else {
-        let progress = body.progress();
-        let req = Request::from_parts(parts, body);
-        let forwarding = attempts::forwarding(conn, version, forward_path);
-        let endpoint = &version.endpoints[balance::pick_endpoint(service, version)];
-        endpoint.in_flight.fetch_add(1, Relaxed);
-        let result = tokio::select! {
-            biased;
-            sent = upstream::exchange(&worker.pool, version.upstream.as_deref(), endpoint.addr, service.connect_timeout, req, &forwarding) => Some(sent),
-            () = &mut deadline => None,
-        };
-        endpoint.in_flight.fetch_sub(1, Relaxed);
-        let (timed_out, failed) = (result.is_none(), matches!(result, Some(Err(_))));
-        match attempts::client_fault(progress.as_deref(), timed_out, failed) {
-            Some(fault) => Forwarded::Answered(respond::client_body_failure(
-                fault, service, version, worker, started, conn.peer,
-            )),
-            None => {
-                if timed_out || failed {
-                    attempts::note_failure(&result, worker, service, version, endpoint.addr);
-                }
-                facts.upstream.set(Upstream::Whole);
-                Forwarded::Exchanged(Exchanged {
-                    version: decision.version,
-                    fell_back: false,
-                    result,
-                    timing: Timing::Only,
-                })
-            }
-        }
-    };
-
-    // 6. Respond.
-    let response = respond::forwarded(forwarded, service, worker, started, sticky_cookie);
-    limits::stamp_limits(response, limit_headers.as_ref())
 }
 
 /// The `X-Forwarded-For` entry for a client address.

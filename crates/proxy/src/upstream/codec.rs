@@ -111,11 +111,11 @@ pub(super) fn encode_head(
         }
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    forwarding.write_headers(&parts.uri, &parts.headers, out);
+    let client_framed_length = forwarding.write_headers(&parts.uri, &parts.headers, out);
     let framing = if !has_body {
         // An empty body the client framed with a length keeps `Content-Length: 0`, which some
         // upstreams require on a POST.
-        if parts.headers.contains_key(CONTENT_LENGTH) {
+        if client_framed_length {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         RequestFraming::Empty

@@ -55,6 +55,8 @@ pub(crate) use upgrade::{Handshake, Switched};
 use std::rc::Rc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{Request, Response};
 
 use crate::body::{ProxyBody, RequestBody};
@@ -62,24 +64,30 @@ use crate::forward::Forwarding;
 
 /// One exchange with `addr`: through the in-task HTTP/1.1 client of `pool` for an `http://`
 /// version (`target` is `None`), else through the client for its `h2c://` or `https://`
-/// endpoints, boxed so the common case's future does not grow by it.
+/// endpoints, boxed so the common case's future does not grow by it. Not an `async fn`: the
+/// common case's future is the pool's own, not one more level that moves the request in and
+/// the response out.
 #[inline]
-pub(crate) async fn exchange(
-    pool: &Rc<UpstreamPool>,
-    target: Option<&UpstreamTarget>,
+pub(crate) fn exchange<'a>(
+    pool: &'a Rc<UpstreamPool>,
+    target: Option<&'a UpstreamTarget>,
     addr: SocketAddr,
     connect_timeout: Duration,
     req: Request<RequestBody>,
-    forwarding: &Forwarding<'_>,
-) -> Result<Response<ProxyBody>, UpstreamError> {
+    forwarding: &'a Forwarding<'_>,
+) -> impl Future<Output = Result<Response<ProxyBody>, UpstreamError>> + 'a {
     match target {
-        None => pool
-            .send(addr, connect_timeout, req, forwarding)
-            .await
-            .map(|resp| resp.map(ProxyBody::Upstream)),
-        Some(target) => {
-            Box::pin(client::send(target, addr, connect_timeout, req, forwarding)).await
-        }
+        None => Either::Left(
+            pool.send(addr, connect_timeout, req, forwarding)
+                .map(|sent| sent.map(|resp| resp.map(ProxyBody::Upstream))),
+        ),
+        Some(target) => Either::Right(Box::pin(client::send(
+            target,
+            addr,
+            connect_timeout,
+            req,
+            forwarding,
+        ))),
     }
 }
 
