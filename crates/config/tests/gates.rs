@@ -68,8 +68,14 @@ fn gates_are_read_in_order_with_their_defaults() {
         ]
     );
     assert_eq!(gates[0].url.to_string(), "http://127.0.0.1:7000/pre");
-    assert_eq!((gates[0].timeout, gates[0].retries), (Duration::from_secs(5), 2));
-    assert_eq!((gates[1].timeout, gates[1].retries), (Duration::from_secs(2), 0));
+    assert_eq!(
+        (gates[0].timeout, gates[0].retries),
+        (Duration::from_secs(5), 2)
+    );
+    assert_eq!(
+        (gates[1].timeout, gates[1].retries),
+        (Duration::from_secs(2), 0)
+    );
     assert_eq!(gates[1].url.scheme_str(), Some("https"));
 }
 
@@ -78,7 +84,10 @@ fn an_unknown_gate_kind_gets_a_did_you_mean() {
     only_error(
         &canary("        - { kind: confirm_promote, url: http://127.0.0.1:7000/ }\n"),
         "services[0].release.gates[0].kind",
-        &["unknown gate kind `confirm_promote`", "did you mean `confirm_promotion`?"],
+        &[
+            "unknown gate kind `confirm_promote`",
+            "did you mean `confirm_promotion`?",
+        ],
     );
 }
 

@@ -252,7 +252,9 @@ impl Gate {
 }
 
 /// When a [`Gate`] is asked, as Flagger's webhooks are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GateKind {
     /// Before the first step sends the candidate any traffic; a failing answer stops the

@@ -11,8 +11,7 @@ use crate::redact_url;
 
 impl Validator<'_> {
     pub(super) fn gates(&mut self, path: &str, raw: &RawRelease) -> Vec<Gate> {
-        let canary_steps =
-            raw.strategy == "canary" && !matches!(&raw.steps, RawSteps::Word(_));
+        let canary_steps = raw.strategy == "canary" && !matches!(&raw.steps, RawSteps::Word(_));
         raw.gates
             .iter()
             .enumerate()
@@ -21,9 +20,7 @@ impl Validator<'_> {
     }
 
     fn gate(&mut self, path: &str, raw: &RawGate, canary_steps: bool) -> Option<Gate> {
-        let kind = GateKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == raw.kind);
+        let kind = GateKind::ALL.into_iter().find(|k| k.as_str() == raw.kind);
         match kind {
             None => {
                 let hint = did_you_mean(&raw.kind, GateKind::ALL.map(GateKind::as_str))
