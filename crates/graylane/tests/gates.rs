@@ -92,7 +92,12 @@ async fn serve(test: &str) -> (Served, Gates) {
 
 async fn release(s: &Served, service: &str) -> Value {
     let r = s
-        .api(Method::GET, &format!("/api/v1/releases/{service}"), VIEWER, "")
+        .api(
+            Method::GET,
+            &format!("/api/v1/releases/{service}"),
+            VIEWER,
+            "",
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     r.json()
@@ -128,7 +133,10 @@ async fn a_confirm_gate_holds_the_release_and_status_shows_it_until_it_answers_2
     assert_eq!(held["state"], "progressing");
     assert_eq!(held["weights"]["canary"], 10.0, "held at its weight");
     assert_eq!(held["gate"]["kind"], "confirm_promotion");
-    assert_eq!(held["gate"]["summary"], format!("waiting on gate {url}: 503"));
+    assert_eq!(
+        held["gate"]["summary"],
+        format!("waiting on gate {url}: 503")
+    );
 
     let admin = format!("http://{}", s.admin);
     let out = tokio::task::spawn_blocking(move || {
@@ -138,7 +146,11 @@ async fn a_confirm_gate_holds_the_release_and_status_shows_it_until_it_answers_2
     .await
     .unwrap();
     assert_eq!(out.code(), Some(0), "{out:?}");
-    assert!(out.stdout.contains("gate confirm_promotion: 503"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("gate confirm_promotion: 503"),
+        "{}",
+        out.stdout
+    );
     assert!(
         out.stdout.contains(&format!("waiting on gate {url}: 503")),
         "{}",
@@ -158,8 +170,14 @@ async fn a_confirm_gate_holds_the_release_and_status_shows_it_until_it_answers_2
     assert_eq!(done["weights"]["canary"], 100.0);
     assert!(done.get("gate").is_none(), "{done}");
     let audit = gate_audit(&s, "payment").await;
-    assert!(audit.iter().any(|r| r.ends_with("answered 503")), "{audit:?}");
-    assert!(audit.iter().any(|r| r.ends_with("answered 200")), "{audit:?}");
+    assert!(
+        audit.iter().any(|r| r.ends_with("answered 503")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|r| r.ends_with("answered 200")),
+        "{audit:?}"
+    );
     s.stop().await;
 }
 
