@@ -39,8 +39,8 @@ pub use error::ErrorBody;
 pub use eval::{EvalAnswer, EvalRequest};
 pub use ofrep::{OfrepBulk, OfrepBulkItem, OfrepError, OfrepEvaluation, OfrepRequest};
 pub use releases::{
-    AdaptiveView, AnalysisBrief, CommandBody, ReleaseList, ReleaseView, StepView, TransitionView,
-    VariantView, WeightBody,
+    AdaptiveView, AnalysisBrief, CommandBody, GateView, ReleaseList, ReleaseView, StepView,
+    TransitionView, VariantView, WeightBody,
 };
 pub use segments::{SegmentEdit, SegmentEdited};
 pub use states::{

@@ -76,6 +76,28 @@ pub struct ReleaseView {
     /// fixed steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveView>,
+    /// The gate the release waits on (`gates:`), with its last answer; absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateView>,
+}
+
+/// A release waiting on one of its gates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GateView {
+    /// `pre_rollout`, `pre_step`, `confirm_promotion` or `post_rollback`.
+    pub kind: String,
+    /// The gate's URL, credentials masked: the one that last failed, else the first of its
+    /// kind.
+    pub url: String,
+    /// Its last answer: an HTTP status such as `503`, or why there was none (`unreachable:
+    /// ...`); absent until it answers (or on a node that does not lead a fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// When that answer came (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<String>,
+    /// One line for people: `waiting on gate http://gates.internal/confirm: 503`.
+    pub summary: String,
 }
 
 /// An adaptive canary: its bounds, its exposure budget and the weights it went through.

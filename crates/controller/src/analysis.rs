@@ -307,7 +307,11 @@ impl Controller {
             let work = state
                 .releases
                 .iter()
-                .filter(|(_, m)| m.rollout.phase == Phase::Progressing)
+                // Before its pre_rollout gate passes, the candidate has no traffic to judge.
+                .filter(|(_, m)| {
+                    m.rollout.phase == Phase::Progressing
+                        && m.rollout.gate != Some(graylane_config::GateKind::PreRollout)
+                })
                 .filter_map(|(name, m)| {
                     let svc = state.config.service(name)?;
                     Some(Work {

@@ -158,6 +158,8 @@ pub struct Controller {
     /// The background work's errors (timed steps, verdicts), logged at a bounded rate: a full
     /// disk fails every tick.
     pub(crate) errors: ThrottledLog,
+    /// Gate calls in flight and their last answers.
+    pub(crate) gate_calls: crate::gates::GateCalls,
 }
 
 /// Logs an error at most once per [`ThrottledLog::WINDOW`], with a count of those held back.
@@ -295,6 +297,7 @@ impl Controller {
             events: EventLog::default(),
             series: Mutex::new(Series::default()),
             errors: ThrottledLog::default(),
+            gate_calls: crate::gates::GateCalls::default(),
         };
         {
             let mut state = controller.lock();
@@ -370,6 +373,7 @@ impl Controller {
                     .and_then(|r| r.history.back())
                     .map(view::brief),
                 circuits: self.plane.circuit_states(name),
+                gate: self.gate_view(state, name, m),
             },
         ))
     }

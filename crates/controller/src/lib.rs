@@ -6,6 +6,8 @@
 //!   changes are checked, persisted, handed to the [`DataPlane`] as a routing, and announced to
 //!   webhooks — in that order, so a change the store refuses never reaches traffic, and a
 //!   crash never loses one that did.
+//! * Release gates (`gates:`) are asked off the request path and off the lock by
+//!   [`Controller::gates`], their answers applied and audited on the next pass.
 //! * [`view`] turns that state into the admin API's documents (the `graylane-api` crate's
 //!   types).
 //! * [`fleet`] merges, in a fleet, every node's published figures into what the analysis sees.
@@ -21,6 +23,7 @@ pub mod events;
 pub mod experiment;
 pub mod fleet;
 mod following;
+mod gates;
 pub mod metrics;
 pub mod prometheus;
 mod releases;

@@ -81,6 +81,7 @@ pub(crate) struct Observed<F: Fn(&str) -> u64> {
     pub units: (Vec<u64>, u32),
     pub analysis: Option<AnalysisBrief>,
     pub circuits: BTreeMap<String, &'static str>,
+    pub gate: Option<graylane_api::GateView>,
 }
 
 pub(crate) fn release_view<F: Fn(&str) -> u64>(
@@ -95,6 +96,7 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
         units: (units, level),
         analysis,
         circuits,
+        gate,
     } = observed;
     let name = |v: usize| {
         service
@@ -194,6 +196,7 @@ pub(crate) fn release_view<F: Fn(&str) -> u64>(
             .map(|(version, word)| (version, CircuitState::from_word(word)))
             .collect(),
         adaptive: plan.adaptive.map(|bounds| adaptive_view(&bounds, rollout)),
+        gate,
     }
 }
 

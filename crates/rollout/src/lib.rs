@@ -20,6 +20,13 @@
 //!   whose `promote` switches everything to the preview at once;
 //! * an **experiment** splits traffic over its variants until `promote` names the winner.
 //!
+//! A release with `gates:` waits on them ([`Rollout::gate`]): at its start (and retry) before
+//! the first step sends the candidate anything (`pre_rollout`), before a timed or analysed move
+//! widens the candidate's share (`pre_step`) or gives it everything (`confirm_promotion`); and
+//! after it went back to the baseline (`post_rollback`). The controller asks the gates and
+//! answers with [`Command::GatePassed`] or [`Command::GateFailed`]; a person's `promote` passes
+//! a holding gate.
+//!
 //! Every phase has a way out ([`Rollout::allowed`] is never empty), an aborted or rolled-back
 //! release always sends everything to the baseline, a completed one everything to the new stable
 //! version, and every change is recorded as a [`Transition`] with who, why and when.
@@ -45,7 +52,7 @@
 //! assert_eq!(r.routing(&plan).weight_of(plan.candidate), Weight::FULL);
 //! ```
 
-use graylane_config::{Adaptive, Pause, Release, Step, Strategy, Weight};
+use graylane_config::{Adaptive, GateKind, Pause, Release, Step, Strategy, Weight};
 use serde::{Deserialize, Serialize};
 
 pub mod adaptive;
@@ -75,6 +82,9 @@ pub struct Plan {
     /// `steps: adaptive`: the analysis moves the weight within these bounds
     /// ([`Rollout::adapt`]); the plan's one step is the start.
     pub adaptive: Option<Adaptive>,
+    /// The kinds of the release's `gates:`: the moves that wait on a gate's answer
+    /// ([`Rollout::gate`]).
+    pub gates: Vec<GateKind>,
 }
 
 /// A release's strategy, as the state machine needs it.
@@ -168,6 +178,7 @@ impl Plan {
                 Strategy::Canary => release.adaptive,
                 _ => None,
             },
+            gates: release.gates.iter().map(|g| g.kind).collect(),
         }
     }
 
@@ -181,11 +192,17 @@ impl Plan {
             skip_rollback: false,
             gated: false,
             adaptive: None,
+            gates: Vec::new(),
         }
     }
 
     fn step(&self, index: usize) -> Option<&Step> {
         self.steps.get(index)
+    }
+
+    /// Whether the release has a gate of `kind`.
+    pub fn has_gate(&self, kind: GateKind) -> bool {
+        self.gates.contains(&kind)
     }
 }
 
@@ -244,6 +261,13 @@ pub enum Command {
     AnalysisFailed,
     /// The analysis passed the current step: it may move on once its pause is over.
     AnalysisPassed,
+    /// Every gate of the kind the release waits on answered 2xx: the move it held happens.
+    GatePassed,
+    /// A `pre_rollout` or `pre_step` gate did not answer 2xx: abort, or pause with
+    /// `skip_rollback` (a resume asks it again).
+    GateFailed,
+    /// The `post_rollback` gates were asked (their answers are only recorded).
+    GateAnswered,
 }
 
 /// What an adaptive release's transitions are named (`what`) when the analysis moves it.
@@ -276,6 +300,9 @@ impl Command {
             Command::Rollback => "rollback",
             Command::AnalysisFailed => "analysis_failed",
             Command::AnalysisPassed => "analysis_passed",
+            Command::GatePassed => "gate_passed",
+            Command::GateFailed => "gate_failed",
+            Command::GateAnswered => "gate_answered",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`Rollout`]: one release's state and the transitions commands and time make, checked against
 //! its [`Plan`]; and the traffic split each state means.
 
-use graylane_config::{Pause, Weight};
+use graylane_config::{GateKind, Pause, Weight};
 use graylane_rules::{Routing, Share};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,11 @@ pub struct Rollout {
     /// `steps: adaptive`: when the weight last changed and the spent exposure budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveState>,
+    /// The gates of this kind must answer before the release moves on (`post_rollback`: are
+    /// to be told it went back to the baseline). While `pre_rollout` waits, the candidate gets
+    /// nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateKind>,
     /// Every change so far, oldest first.
     pub history: Vec<Transition>,
 }
@@ -54,10 +59,26 @@ impl Rollout {
             previous_until_ms: None,
             analysis_passed: false,
             adaptive: None,
+            gate: None,
             history: Vec::new(),
         };
-        r.enter_step(plan, 0, now_ms);
+        r.enter_first_step(plan, now_ms);
         r
+    }
+
+    /// Step 0, or, with a `pre_rollout` gate, waiting on it with nothing on the candidate.
+    fn enter_first_step(&mut self, plan: &Plan, now_ms: i64) {
+        self.enter_step(plan, 0, now_ms);
+        if plan.has_gate(GateKind::PreRollout) {
+            self.weight = Weight::ZERO;
+            self.gate = Some(GateKind::PreRollout);
+        }
+    }
+
+    /// Whether the release is waiting on its `pre_rollout` gate: it has not started yet.
+    fn before_rollout(&self) -> bool {
+        self.gate == Some(GateKind::PreRollout)
+            && matches!(self.phase, Phase::Progressing | Phase::Paused)
     }
 
     /// The commands that make sense now, as the API names them; never empty, so no phase is a
@@ -98,7 +119,9 @@ impl Rollout {
     /// the release is progressing or paused, unless `set-weight` overrode the step.
     pub fn mirror(&self, plan: &Plan) -> Option<Weight> {
         match self.phase {
-            Phase::Progressing | Phase::Paused if !self.weight_overridden => {
+            Phase::Progressing | Phase::Paused
+                if !self.weight_overridden && !self.before_rollout() =>
+            {
                 plan.step(self.step)?.mirror
             }
             _ => None,
@@ -110,6 +133,7 @@ impl Rollout {
         match (self.phase, &plan.kind) {
             (Phase::Completed, _) => Routing::all_to(self.stable(plan)),
             (Phase::Aborted | Phase::RolledBack, _) => Routing::all_to(plan.baseline),
+            _ if self.before_rollout() => Routing::all_to(plan.baseline),
             (_, Kind::Experiment { variants }) => Routing {
                 force_to: None,
                 shares: variants
@@ -151,6 +175,11 @@ impl Rollout {
         check_strategy(plan, command)?;
         let from = self.phase;
         let ok = match (command, from) {
+            (Command::Promote, Phase::Progressing | Phase::Paused) if self.before_rollout() => {
+                self.phase = Phase::Progressing;
+                self.enter_step(plan, 0, now_ms);
+                true
+            }
             (Command::Promote, Phase::Progressing | Phase::Paused) => {
                 match plan.adaptive {
                     Some(bounds) if self.weight < bounds.max => {
@@ -195,7 +224,7 @@ impl Rollout {
                 true
             }
             (Command::Abort, Phase::Progressing | Phase::Paused) => {
-                self.stop(Phase::Aborted);
+                self.stop(plan, Phase::Aborted);
                 true
             }
             (Command::AnalysisFailed, Phase::Progressing | Phase::Paused) => {
@@ -206,7 +235,7 @@ impl Rollout {
                     };
                     self.phase = Phase::Paused;
                 } else {
-                    self.stop(Phase::Aborted);
+                    self.stop(plan, Phase::Aborted);
                 }
                 true
             }
@@ -218,7 +247,32 @@ impl Rollout {
                 self.phase = Phase::Progressing;
                 self.winner = None;
                 self.previous_until_ms = None;
+                self.enter_first_step(plan, now_ms);
+                true
+            }
+            (Command::GatePassed, Phase::Progressing) if self.before_rollout() => {
                 self.enter_step(plan, 0, now_ms);
+                true
+            }
+            (Command::GatePassed, Phase::Progressing) if self.gate.is_some() => {
+                self.advance(plan, now_ms);
+                true
+            }
+            (Command::GateFailed, Phase::Progressing)
+                if matches!(self.gate, Some(GateKind::PreRollout | GateKind::PreStep)) =>
+            {
+                if plan.skip_rollback {
+                    self.pause_left_ms = None;
+                    self.phase = Phase::Paused;
+                } else {
+                    self.stop(plan, Phase::Aborted);
+                }
+                true
+            }
+            (Command::GateAnswered, Phase::Aborted | Phase::RolledBack)
+                if self.gate == Some(GateKind::PostRollback) =>
+            {
+                self.gate = None;
                 true
             }
             (Command::SetWeight(w), Phase::Progressing | Phase::Paused) => {
@@ -227,7 +281,7 @@ impl Rollout {
                 true
             }
             (Command::Rollback, Phase::Completed) => {
-                self.stop(Phase::RolledBack);
+                self.stop(plan, Phase::RolledBack);
                 true
             }
             _ => false,
@@ -256,7 +310,7 @@ impl Rollout {
         let Some(bounds) = plan.adaptive else {
             return false;
         };
-        if self.phase != Phase::Progressing {
+        if self.phase != Phase::Progressing || self.gate.is_some() {
             return false;
         }
         let mut state = self
@@ -291,7 +345,7 @@ impl Rollout {
                 if plan.skip_rollback {
                     self.phase = Phase::Paused;
                 } else {
-                    self.stop(Phase::Aborted);
+                    self.stop(plan, Phase::Aborted);
                 }
                 if budget {
                     adaptive_moves::BUDGET_SPENT
@@ -311,7 +365,7 @@ impl Rollout {
         // Several pause-free steps in a row all pass in one tick; the bound keeps a
         // malformed plan from looping.
         for _ in 0..=plan.steps.len() {
-            if self.phase != Phase::Progressing {
+            if self.phase != Phase::Progressing || self.gate.is_some() {
                 break;
             }
             let pause_over = match plan.step(self.step).map(|s| s.pause) {
@@ -326,6 +380,12 @@ impl Rollout {
                 break;
             }
             let from = self.phase;
+            if let Some(kind) = self.gate_before_advance(plan) {
+                self.gate = Some(kind);
+                let reason = format!("waiting on the {} gate", kind.as_str());
+                self.record("gate", "controller", &reason, from, now_ms);
+                return true;
+            }
             self.advance(plan, now_ms);
             let reason = if plan.gated {
                 "pause over and analysis passed"
@@ -338,9 +398,29 @@ impl Rollout {
         changed
     }
 
+    /// The gate the move to the next step must pass, if any: `confirm_promotion` before the
+    /// candidate gets everything, `pre_step` before any other widening.
+    fn gate_before_advance(&self, plan: &Plan) -> Option<GateKind> {
+        if self.weight == Weight::FULL {
+            return None;
+        }
+        let next = plan.step(self.step + 1).map_or(Weight::FULL, |s| s.weight);
+        let kind = if next == Weight::FULL {
+            GateKind::ConfirmPromotion
+        } else if next > self.weight {
+            GateKind::PreStep
+        } else {
+            return None;
+        };
+        plan.has_gate(kind).then_some(kind)
+    }
+
     /// When [`Rollout::tick`] will next have something to do, if ever without a command.
     pub fn next_deadline(&self, plan: &Plan) -> Option<i64> {
-        if self.phase != Phase::Progressing || (plan.gated && !self.analysis_passed) {
+        if self.phase != Phase::Progressing
+            || (plan.gated && !self.analysis_passed)
+            || self.gate.is_some()
+        {
             return None;
         }
         match plan.step(self.step)?.pause {
@@ -377,6 +457,7 @@ impl Rollout {
     }
 
     fn enter_step(&mut self, plan: &Plan, index: usize, now_ms: i64) {
+        self.gate = None;
         self.adaptive = plan.adaptive.map(|_| AdaptiveState::new(now_ms));
         self.step = index;
         self.analysis_passed = false;
@@ -397,6 +478,7 @@ impl Rollout {
 
     fn complete(&mut self, plan: &Plan, now_ms: i64) {
         self.phase = Phase::Completed;
+        self.gate = None;
         self.step = plan.steps.len().saturating_sub(1);
         self.weight = Weight::FULL;
         self.weight_overridden = false;
@@ -406,8 +488,11 @@ impl Rollout {
         }
     }
 
-    fn stop(&mut self, phase: Phase) {
+    fn stop(&mut self, plan: &Plan, phase: Phase) {
         self.phase = phase;
+        self.gate = plan
+            .has_gate(GateKind::PostRollback)
+            .then_some(GateKind::PostRollback);
         self.weight = Weight::ZERO;
         self.weight_overridden = false;
         self.pause_left_ms = None;

@@ -302,6 +302,7 @@ fn blue_green_switches_everything_at_once_and_back() {
         candidate: 1,
         skip_rollback: false,
         adaptive: None,
+        gates: Vec::new(),
         gated: false,
     };
     let mut r = Rollout::start(&plan, 0);
@@ -345,6 +346,7 @@ fn an_experiment_completes_with_the_named_winner() {
         candidate: 1,
         skip_rollback: false,
         adaptive: None,
+        gates: Vec::new(),
         gated: false,
     };
     let mut r = Rollout::start(&plan, 0);
@@ -507,6 +509,7 @@ fn any_plan() -> impl Strategy<Value = Plan> {
                 skip_rollback,
                 gated,
                 adaptive: None,
+                gates: Vec::new(),
             }
         },
     )
@@ -588,6 +591,7 @@ fn refusals_spell_commands_and_strategies_as_people_type_and_say_them() {
         candidate: 1,
         skip_rollback: false,
         adaptive: None,
+        gates: Vec::new(),
         gated: false,
     };
     let experiment = with(Kind::Experiment {

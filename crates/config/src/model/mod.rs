@@ -26,8 +26,8 @@ pub use dns::{DnsName, DnsSettings, VersionDns};
 pub use flags::{Flag, FlagRule, FlagShare, FlagVariant};
 
 pub use release::{
-    Adaptive, Analysis, Check, FailureMode, OnFailure, Pause, Release, StatusRange, Step, Sticky,
-    Strategy, Variant, Weight,
+    Adaptive, Analysis, Check, FailureMode, Gate, GateKind, OnFailure, Pause, Release, StatusRange,
+    Step, Sticky, Strategy, Variant, Weight,
 };
 pub use rules::{DeviceClass, KeySpec, PathMatch, Rule, ValueMatch};
 pub use traffic::{

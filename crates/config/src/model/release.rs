@@ -100,6 +100,8 @@ pub struct Release {
     /// A failed analysis pauses the release instead of rolling it back (for changes that
     /// cannot be reversed, such as a schema migration).
     pub skip_rollback: bool,
+    /// Webhooks asked before the release moves (`gates:`), in the order configured.
+    pub gates: Vec<Gate>,
 }
 
 impl Release {
@@ -222,6 +224,72 @@ pub struct Step {
     pub mirror: Option<Weight>,
     /// How the step ends.
     pub pause: Pause,
+}
+
+/// A release gate (`gates:`): a URL the controller asks, with a JSON body, before (or after) a
+/// move of the release; a 2xx answer lets the move happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gate {
+    /// When it is asked, and what its answer does.
+    pub kind: GateKind,
+    /// The `http://` or `https://` URL the request is `POST`ed to.
+    pub url: http::Uri,
+    /// Per attempt: connect, send and the answer's head and body.
+    pub timeout: Duration,
+    /// Attempts after the first, for any answer but a 2xx.
+    pub retries: u32,
+}
+
+impl Gate {
+    /// `timeout` when unset: 5 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The longest `timeout` accepted: a gate holds the release's move while it is asked.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `retries` when unset: 2.
+    pub const DEFAULT_RETRIES: u32 = 2;
+    /// The most `retries` accepted.
+    pub const MAX_RETRIES: u32 = 10;
+}
+
+/// When a [`Gate`] is asked, as Flagger's webhooks are.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum GateKind {
+    /// Before the first step sends the candidate any traffic; a failing answer stops the
+    /// release (abort, or pause with `on_failure: pause`).
+    PreRollout,
+    /// Before each step that widens the candidate's share short of 100%; a failing answer
+    /// fails the step as a failed analysis does.
+    PreStep,
+    /// Before the candidate gets all the traffic; a failing answer holds the release at its
+    /// weight, asked again every analysis interval, until one passes.
+    ConfirmPromotion,
+    /// After the release sent everything back to the baseline (abort, failed analysis or gate,
+    /// rollback); its answer is only recorded.
+    PostRollback,
+}
+
+impl GateKind {
+    /// Every kind, in the order a release meets them.
+    pub const ALL: [GateKind; 4] = [
+        GateKind::PreRollout,
+        GateKind::PreStep,
+        GateKind::ConfirmPromotion,
+        GateKind::PostRollback,
+    ];
+
+    /// The kind as the configuration writes it: `pre_rollout`, `pre_step`,
+    /// `confirm_promotion`, `post_rollback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateKind::PreRollout => "pre_rollout",
+            GateKind::PreStep => "pre_step",
+            GateKind::ConfirmPromotion => "confirm_promotion",
+            GateKind::PostRollback => "post_rollback",
+        }
+    }
 }
 
 /// How a canary step waits before the next one.

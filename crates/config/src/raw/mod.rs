@@ -24,7 +24,7 @@ pub use dns::{RawDns, RawDnsRefresh};
 pub use flags::{RawFlag, RawFlagRule};
 
 pub use release::{
-    RawAdaptive, RawAnalysis, RawCheck, RawKey, RawKeyFull, RawRelease, RawStep, RawSteps,
+    RawAdaptive, RawAnalysis, RawCheck, RawGate, RawKey, RawKeyFull, RawRelease, RawStep, RawSteps,
     RawSticky, RawVariant,
 };
 pub use rules::{

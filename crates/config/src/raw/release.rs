@@ -51,6 +51,23 @@ pub struct RawRelease {
     pub mirror_methods: Option<Vec<String>>,
     /// `analysis`: the automatic judgement of each step.
     pub analysis: Option<RawAnalysis>,
+    /// `gates`: webhooks asked before (or after) the release moves.
+    #[serde(default)]
+    pub gates: Vec<RawGate>,
+}
+
+/// One entry of a release's `gates:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    /// `kind`: `pre_rollout`, `pre_step`, `confirm_promotion` or `post_rollback`.
+    pub kind: String,
+    /// `url`: an `http://` or `https://` URL the gate's request is `POST`ed to.
+    pub url: String,
+    /// `timeout`: a duration per attempt; default `5s`, at most `60s`.
+    pub timeout: Option<String>,
+    /// `retries`: attempts after the first; default 2, at most 10.
+    pub retries: Option<u32>,
 }
 
 /// One entry of an experiment's `variants:`.

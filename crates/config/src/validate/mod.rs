@@ -3,7 +3,8 @@
 //!
 //! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`access_log`],
 //! [`services`] (versions, endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints
-//! given as DNS names), [`releases`] (strategies, steps), [`analysis`], [`rules`] (matchers),
+//! given as DNS names), [`releases`] (strategies, steps), [`analysis`], [`gates`] (a release's
+//! webhooks), [`rules`] (matchers),
 //! [`flags`] (feature flags: variants, targeting rules, rollout), [`traffic`]
 //! (traffic control), [`upstream`] (endpoint schemes, upstream `tls:`, `grpc:`) and
 //! [`scalars`] (the leaf values they share).
@@ -12,6 +13,7 @@ mod access_log;
 mod analysis;
 mod dns;
 mod flags;
+mod gates;
 mod geoip;
 mod listeners;
 mod releases;

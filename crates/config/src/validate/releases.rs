@@ -59,6 +59,7 @@ impl Validator<'_> {
             .analysis
             .as_ref()
             .and_then(|a| self.analysis(&format!("{path}.analysis"), a));
+        let gates = self.gates(path, &raw);
         if self.problems.len() > errors_before {
             return None;
         }
@@ -85,6 +86,7 @@ impl Validator<'_> {
             mirror_methods,
             analysis,
             skip_rollback: raw.skip_rollback.unwrap_or(false),
+            gates,
         })
     }
 

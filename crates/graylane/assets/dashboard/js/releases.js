@@ -103,6 +103,11 @@ export function nextStepText(r, elapsedS = 0) {
   if (r.state === 'completed') return 'Completed.';
   if (r.state === 'aborted') return 'Aborted: all traffic on the stable version.';
   if (r.state === 'rolled_back') return 'Rolled back to the previous stable version.';
+  // A gate's answer decides the next move: say which one it waits on, and what it said.
+  if (r.gate && r.state === 'progressing') {
+    const s = String(r.gate.summary ?? '');
+    return `${s.charAt(0).toUpperCase()}${s.slice(1)} (${r.gate.kind}).`;
+  }
   if (r.pause_remaining_s !== null && r.pause_remaining_s !== undefined) {
     if (r.state === 'paused') return `Paused, ${duration(r.pause_remaining_s)} of the step's pause left.`;
     return `Next step in ${duration(r.pause_remaining_s - elapsedS)}.`;

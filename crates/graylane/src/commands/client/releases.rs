@@ -220,6 +220,9 @@ fn detail(r: &ReleaseView) -> String {
     if let Some(a) = &r.adaptive {
         out.push_str(&adaptive(a, &r.candidate));
     }
+    if let Some(g) = &r.gate {
+        out.push_str(&format!("{} ({})\n", g.summary, g.kind));
+    }
     if !r.variants.is_empty() {
         let rows: Vec<Vec<String>> = r
             .variants
@@ -418,6 +421,13 @@ fn pause(r: &ReleaseView) -> String {
     if !r.state.is_running() {
         return "-".to_string();
     }
+    if let Some(g) = &r.gate {
+        return format!(
+            "gate {}: {}",
+            g.kind,
+            g.answer.as_deref().unwrap_or("asking")
+        );
+    }
     match (r.pause_remaining_s, &r.pause) {
         (Some(seconds), _) => {
             let whole = Duration::from_secs(seconds.max(0.0) as u64);
@@ -508,6 +518,26 @@ mod tests {
         // An aborted release is not waiting for its step's pause any more.
         value["state"] = json!("aborted");
         assert_eq!(pause(&release(value)), "-");
+    }
+
+    #[test]
+    fn status_says_which_gate_a_release_waits_on_and_what_it_answered() {
+        let mut value = payment();
+        value["state"] = json!("progressing");
+        value["gate"] = json!({
+            "kind": "confirm_promotion", "url": "http://gates.internal/confirm",
+            "answer": "503", "answered_at": "2026-11-22T10:02:00Z",
+            "summary": "waiting on gate http://gates.internal/confirm: 503"
+        });
+        let r = release(value);
+        assert_eq!(pause(&r), "gate confirm_promotion: 503");
+        assert!(
+            detail(&r).contains(
+                "waiting on gate http://gates.internal/confirm: 503 (confirm_promotion)\n"
+            ),
+            "{}",
+            detail(&r)
+        );
     }
 
     #[test]

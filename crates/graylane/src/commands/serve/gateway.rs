@@ -292,7 +292,8 @@ pub(crate) fn run_gateway(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Moves releases whose timed pause is over and runs the analyses whose interval is up. A short
+/// Moves releases whose timed pause is over, runs the analyses whose interval is up and asks
+/// the gates releases wait on. A short
 /// period keeps a step's start (and a verdict) within a fraction of a second of its due time
 /// without a timer per release. In a fleet only the leader does this.
 async fn tick_releases(controller: Arc<Controller>, fleet: Option<Arc<graylane_etcd::Fleet>>) {
@@ -310,6 +311,7 @@ async fn tick_releases(controller: Arc<Controller>, fleet: Option<Arc<graylane_e
                 }
                 c.tick(now_ms());
                 c.analyze(now_ms());
+                c.gates(now_ms());
             }
             c.sample_series(now_ms());
         })
