@@ -14,7 +14,7 @@
 //! change. A leader deposed between asking and recording leaves the gate waiting in the store,
 //! and the next leader asks again — gates must tolerate a repeated call, as Flagger's do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -44,7 +44,7 @@ pub(crate) struct GateCalls {
     sender: Mutex<Sender<Answered>>,
     receiver: Mutex<Receiver<Answered>>,
     /// Services with a call in flight.
-    asking: Mutex<BTreeMap<String, ()>>,
+    asking: Mutex<BTreeSet<String>>,
     /// The last answer per service, and when a failing confirm gate is asked again.
     last: Mutex<BTreeMap<String, Last>>,
 }
@@ -55,7 +55,7 @@ impl Default for GateCalls {
         GateCalls {
             sender: Mutex::new(sender),
             receiver: Mutex::new(receiver),
-            asking: Mutex::new(BTreeMap::new()),
+            asking: Mutex::new(BTreeSet::new()),
             last: Mutex::new(BTreeMap::new()),
         }
     }
@@ -225,7 +225,7 @@ impl Controller {
                 .asking
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&service);
+                .contains(&service);
             if !asks || !due || asking {
                 continue;
             }
@@ -254,7 +254,7 @@ impl Controller {
                 .asking
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(service.clone(), ());
+                .insert(service.clone());
             let sender = self
                 .gate_calls
                 .sender
