@@ -160,7 +160,15 @@ flags:
     fn the_routing_document_loads_and_holds_no_address_or_secret() {
         let config = crate::load_str(SOURCE, "source.yaml", std::path::Path::new(".")).unwrap();
         let doc = routing_document(SOURCE, &config).unwrap();
-        for secret in ["10.1.1", "SECRET_ENV", "hunter2", "hooks.internal", "9900", "build-7", "error_rate"] {
+        for secret in [
+            "10.1.1",
+            "SECRET_ENV",
+            "hunter2",
+            "hooks.internal",
+            "9900",
+            "build-7",
+            "error_rate",
+        ] {
             assert!(!doc.contains(secret), "{secret} leaked into:\n{doc}");
         }
         let loaded = crate::load_str(&doc, "snapshot", std::path::Path::new(".")).unwrap();
@@ -168,6 +176,9 @@ flags:
         assert_eq!(loaded.flags.len(), 1);
         assert_eq!(loaded.segments[0].members, ["u-1", "u-2"]);
         let release = loaded.services[0].release.as_ref().unwrap();
-        assert_eq!(release.salt, config.services[0].release.as_ref().unwrap().salt);
+        assert_eq!(
+            release.salt,
+            config.services[0].release.as_ref().unwrap().salt
+        );
     }
 }

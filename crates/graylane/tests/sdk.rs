@@ -236,7 +236,11 @@ async fn local_evaluation_agrees_with_ofrep_and_eval_for_many_contexts() {
             let local = local.evaluation;
             assert_eq!(local.value, remote["value"], "{key} for {json_ctx}");
             assert_eq!(local.variant, remote["variant"], "{key} for {json_ctx}");
-            assert_eq!(local.reason.as_str(), remote["reason"], "{key} for {json_ctx}");
+            assert_eq!(
+                local.reason.as_str(),
+                remote["reason"],
+                "{key} for {json_ctx}"
+            );
         }
         let request = json!({
             "method": "GET",
@@ -251,14 +255,27 @@ async fn local_evaluation_agrees_with_ofrep_and_eval_for_many_contexts() {
         assert_eq!(local, routed["version"], "payment for user-{i}: {routed}");
         versions.insert(local);
     }
-    assert_eq!(versions.len(), 2, "the split and the force rule reach both versions");
+    assert_eq!(
+        versions.len(),
+        2,
+        "the split and the force rule reach both versions"
+    );
 
     // The CLI, as an operator would ask.
     let admin = format!("http://{}", s.admin);
     for i in [3, 7, 11, 140, 199] {
         let header = format!("X-User-Id: user-{i}");
         let out = run_with_env(
-            &["eval", "--admin", &admin, "--json", "GET", "/api/payment/x", "-H", &header],
+            &[
+                "eval",
+                "--admin",
+                &admin,
+                "--json",
+                "GET",
+                "/api/payment/x",
+                "-H",
+                &header,
+            ],
             &[("GRAYLANE_TOKEN", VIEWER)],
         );
         assert!(out.status.success(), "{}", out.stderr);
@@ -273,12 +290,18 @@ async fn local_evaluation_agrees_with_ofrep_and_eval_for_many_contexts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_snapshot_has_a_strong_etag_and_answers_304_until_it_changes() {
     let s = flags_gateway("sdk-etag").await;
-    let r = s.api(Method::GET, "/api/v1/flags/snapshot", VIEWER, "").await;
+    let r = s
+        .api(Method::GET, "/api/v1/flags/snapshot", VIEWER, "")
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let etag = r.headers["etag"].to_str().unwrap().to_string();
     assert!(etag.starts_with('"'), "a strong tag: {etag}");
     let text = r.text();
-    for secret in [s.stable.addr.to_string(), s.canary.addr.to_string(), VIEWER.into()] {
+    for secret in [
+        s.stable.addr.to_string(),
+        s.canary.addr.to_string(),
+        VIEWER.into(),
+    ] {
         assert!(!text.contains(&secret), "{secret} in the snapshot: {text}");
     }
     assert_eq!(r.json()["releases"][0]["service"], "payment");
@@ -287,13 +310,18 @@ async fn the_snapshot_has_a_strong_etag_and_answers_304_until_it_changes() {
         s.admin,
         Method::GET,
         "/api/v1/flags/snapshot",
-        &[("authorization", &format!("Bearer {VIEWER}")), ("if-none-match", &etag)],
+        &[
+            ("authorization", &format!("Bearer {VIEWER}")),
+            ("if-none-match", &etag),
+        ],
         "",
     )
     .await;
     assert_eq!(again.status, StatusCode::NOT_MODIFIED);
     assert_eq!(
-        s.api(Method::GET, "/api/v1/flags/snapshot", "", "").await.status,
+        s.api(Method::GET, "/api/v1/flags/snapshot", "", "")
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
 
@@ -311,27 +339,46 @@ async fn the_snapshot_has_a_strong_etag_and_answers_304_until_it_changes() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let changed = s.api(Method::GET, "/api/v1/flags/snapshot", VIEWER, "").await;
+    let changed = s
+        .api(Method::GET, "/api/v1/flags/snapshot", VIEWER, "")
+        .await;
     assert_ne!(changed.headers["etag"].to_str().unwrap(), etag);
     assert_eq!(client.refresh().await, Ok(Refreshed::Updated));
     assert_eq!(client.status().updates, 2);
 
-    let config = s.api(Method::GET, "/ofrep/v1/configuration", VIEWER, "").await;
+    let config = s
+        .api(Method::GET, "/ofrep/v1/configuration", VIEWER, "")
+        .await;
     assert_eq!(config.status, StatusCode::OK, "{}", config.text());
     let body = config.json();
     assert_eq!(body["name"], "graylane");
-    assert_eq!(body["capabilities"]["cacheInvalidation"]["polling"]["enabled"], true);
-    assert!(body["capabilities"]["cacheInvalidation"]["polling"]["minPollingIntervalMs"].is_number());
+    assert_eq!(
+        body["capabilities"]["cacheInvalidation"]["polling"]["enabled"],
+        true
+    );
+    assert!(
+        body["capabilities"]["cacheInvalidation"]["polling"]["minPollingIntervalMs"].is_number()
+    );
     let tag = config.headers["etag"].to_str().unwrap();
     let cached = request(
         s.admin,
         Method::GET,
         "/ofrep/v1/configuration",
-        &[("authorization", &format!("Bearer {VIEWER}")), ("if-none-match", tag)],
+        &[
+            ("authorization", &format!("Bearer {VIEWER}")),
+            ("if-none-match", tag),
+        ],
         "",
     )
     .await;
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
+    let doc = get(s.admin, "/api/v1/openapi.json", &[]).await.json();
+    for path in ["/api/v1/flags/snapshot", "/ofrep/v1/configuration"] {
+        assert!(
+            doc["paths"][path]["get"].is_object(),
+            "{path} is not in the OpenAPI document"
+        );
+    }
     s.stop().await;
 }
 
@@ -356,9 +403,15 @@ async fn the_last_snapshot_answers_while_graylane_is_down_and_is_stale_past_the_
         matches!(answer.freshness, Freshness::Stale { .. }).then_some(answer)
     })
     .await;
-    assert_eq!(stale.evaluation, before.evaluation, "the last snapshot still answers");
+    assert_eq!(
+        stale.evaluation, before.evaluation,
+        "the last snapshot still answers"
+    );
     let status = client.status();
-    assert!(status.stale && status.age.unwrap() > Duration::from_millis(600), "{status:?}");
+    assert!(
+        status.stale && status.age.unwrap() > Duration::from_millis(600),
+        "{status:?}"
+    );
     assert_eq!(status.revision, Some(1));
 }
 
@@ -368,7 +421,10 @@ async fn before_the_first_snapshot_the_offline_default_answers() {
     let ctx = EvalContext::from_json(&context(9)).unwrap();
     let client = Client::without_polling(Options::new(&nowhere)).unwrap();
     assert!(client.refresh().await.is_err());
-    assert_eq!(client.flag("new-checkout", &ctx).unwrap_err(), EvalError::NoSnapshot);
+    assert_eq!(
+        client.flag("new-checkout", &ctx).unwrap_err(),
+        EvalError::NoSnapshot
+    );
 
     let file = fill(
         FLAGS,
@@ -379,7 +435,8 @@ async fn before_the_first_snapshot_the_offline_default_answers() {
             ("canary", "127.0.0.1:2".into()),
         ],
     );
-    let config = graylane_config::load_str(&file, "offline.yaml", std::path::Path::new(".")).unwrap();
+    let config =
+        graylane_config::load_str(&file, "offline.yaml", std::path::Path::new(".")).unwrap();
     let offline = Snapshot::from_config(&config);
     let client = Client::start(Options::new(&nowhere).offline(offline)).unwrap();
     let answer = client.flag("new-checkout", &ctx).unwrap();

@@ -218,7 +218,9 @@ impl Client {
             .parse()
             .map_err(|_| bad("is not a URL, e.g. http://127.0.0.1:9900"))?;
         if base.scheme_str() != Some("http") {
-            return Err(bad("must start with http:// (the admin listener serves plain HTTP)"));
+            return Err(bad(
+                "must start with http:// (the admin listener serves plain HTTP)",
+            ));
         }
         let authority = base.authority().ok_or_else(|| bad("has no host"))?;
         let prefix = base.path().trim_end_matches('/');
@@ -312,7 +314,11 @@ impl Client {
         let shared = &self.shared;
         let age = self.age();
         Status {
-            revision: shared.current.load().as_ref().map(|c| c.snapshot.revision()),
+            revision: shared
+                .current
+                .load()
+                .as_ref()
+                .map(|c| c.snapshot.revision()),
             age,
             stale: age.is_none_or(|a| a > shared.options.max_staleness),
             updates: shared.updates.load(Ordering::Relaxed),

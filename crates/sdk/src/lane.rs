@@ -139,7 +139,10 @@ mod tests {
             let lane = Lane::from_headers(&headers(&[("x-graylane-lane", bad)]));
             assert_eq!(lane.lane(), None, "{bad:?}");
         }
-        let twice = headers(&[("x-graylane-lane", b"canary"), ("x-graylane-lane", b"stable")]);
+        let twice = headers(&[
+            ("x-graylane-lane", b"canary"),
+            ("x-graylane-lane", b"stable"),
+        ]);
         assert!(Lane::from_headers(&twice).is_empty());
         assert_eq!(Lane::named("no way"), None);
     }

@@ -97,7 +97,11 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> S::Future {
-        let lane = req.extensions().get::<Lane>().cloned().or_else(Lane::current);
+        let lane = req
+            .extensions()
+            .get::<Lane>()
+            .cloned()
+            .or_else(Lane::current);
         if let Some(lane) = lane {
             lane.apply(req.headers_mut());
         }

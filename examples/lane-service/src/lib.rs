@@ -102,11 +102,7 @@ impl Service<Request<Empty<Bytes>>> for Http1 {
 
     fn call(&mut self, mut req: Request<Empty<Bytes>>) -> Self::Future {
         Box::pin(async move {
-            let authority = req
-                .uri()
-                .authority()
-                .ok_or("the URL has no host")?
-                .clone();
+            let authority = req.uri().authority().ok_or("the URL has no host")?.clone();
             let stream = TcpStream::connect(authority.as_str())
                 .await
                 .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
@@ -115,7 +111,8 @@ impl Service<Request<Empty<Bytes>>> for Http1 {
                     .await
                     .map_err(|e| e.to_string())?;
             tokio::spawn(connection);
-            let host = http::HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+            let host =
+                http::HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
             req.headers_mut().insert(header::HOST, host);
             sender.send_request(req).await.map_err(|e| e.to_string())
         })
