@@ -202,7 +202,7 @@ fn context(i: usize) -> Value {
         "targetingKey": format!("user-{i}"),
         "X-User-Id": format!("user-{i}"),
         "account": format!("acct-{}", i % 37),
-        "plan": if i % 9 == 0 { "pro" } else { "free" },
+        "plan": if i.is_multiple_of(9) { "pro" } else { "free" },
     })
 }
 
