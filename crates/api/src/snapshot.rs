@@ -5,8 +5,10 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::ReleaseState;
+
 /// The routing part of the configuration in effect, and each release's split right now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlagSnapshot {
     /// The configuration revision the document was taken from.
     pub revision: u64,
@@ -21,10 +23,16 @@ pub struct FlagSnapshot {
 }
 
 /// How one release splits its traffic now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReleaseSplit {
     /// The service.
     pub service: String,
+    /// The release's state (`progressing`, `paused`, ...); `null` when the controller has no
+    /// record of it.
+    #[schema(value_type = Option<String>)]
+    pub state: Option<ReleaseState>,
+    /// The index of its current step (0 for the first); `null` as `state`.
+    pub step: Option<usize>,
     /// The version the force rules send a context to; `null` when they are off (an aborted
     /// release).
     pub force_to: Option<String>,

@@ -148,6 +148,23 @@ services:
         checks: [{ metric: error_rate, max: 0.05 }]
   - name: web
     versions: { stable: { endpoints: ["10.1.1.3:80"] } }
+  - name: checkout
+    match: { path_prefix: /checkout }
+    versions:
+      blue: { endpoints: ["10.1.1.4:80"] }
+      green: { endpoints: ["10.1.1.5:80"] }
+    release: { strategy: blue_green, active: blue, preview: green, keep_previous: 5m }
+  - name: search
+    match: { path_prefix: /search }
+    versions:
+      a: { endpoints: ["10.1.1.6:80"] }
+      b: { endpoints: ["10.1.1.7:80"] }
+    release:
+      strategy: experiment
+      bucket_by: "header:x-user"
+      variants:
+        - { name: control, version: a, weight: 40 }
+        - { name: treatment, version: b, weight: 60 }
 webhooks: [{ url: "http://hooks.internal:7000/h?token=hunter2" }]
 flags:
   checkout:
@@ -172,13 +189,26 @@ flags:
             assert!(!doc.contains(secret), "{secret} leaked into:\n{doc}");
         }
         let loaded = crate::load_str(&doc, "snapshot", std::path::Path::new(".")).unwrap();
-        assert_eq!(loaded.services.len(), 2);
+        assert_eq!(loaded.services.len(), 4);
         assert_eq!(loaded.flags.len(), 1);
         assert_eq!(loaded.segments[0].members, ["u-1", "u-2"]);
-        let release = loaded.services[0].release.as_ref().unwrap();
-        assert_eq!(
-            release.salt,
-            config.services[0].release.as_ref().unwrap().salt
-        );
+        let names = |s: &crate::Service| {
+            s.versions
+                .iter()
+                .map(|v| v.name.clone())
+                .collect::<Vec<_>>()
+        };
+        for (kept, original) in loaded.services.iter().zip(&config.services) {
+            assert_eq!(names(kept), names(original), "{}", kept.name);
+            match (&kept.release, &original.release) {
+                (Some(k), Some(o)) => {
+                    assert_eq!(k.salt, o.salt, "{}", kept.name);
+                    assert_eq!((k.baseline, k.candidate), (o.baseline, o.candidate));
+                    assert_eq!(k.bucket_by, o.bucket_by, "{}", kept.name);
+                }
+                (None, None) => {}
+                _ => panic!("{}: a release lost or made up", kept.name),
+            }
+        }
     }
 }

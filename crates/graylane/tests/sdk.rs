@@ -304,7 +304,13 @@ async fn the_snapshot_has_a_strong_etag_and_answers_304_until_it_changes() {
     ] {
         assert!(!text.contains(&secret), "{secret} in the snapshot: {text}");
     }
-    assert_eq!(r.json()["releases"][0]["service"], "payment");
+    let split = &r.json()["releases"][0];
+    assert_eq!(split["service"], "payment");
+    assert_eq!(split["step"], 0, "{split}");
+    assert_eq!(
+        split["shares"][0],
+        json!({"version": "canary", "milli_percent": 0})
+    );
 
     let again = request(
         s.admin,
@@ -345,6 +351,12 @@ async fn the_snapshot_has_a_strong_etag_and_answers_304_until_it_changes() {
     assert_ne!(changed.headers["etag"].to_str().unwrap(), etag);
     assert_eq!(client.refresh().await, Ok(Refreshed::Updated));
     assert_eq!(client.status().updates, 2);
+    let (snapshot, _) = client.snapshot().unwrap();
+    let shares = &snapshot.releases()[0].shares;
+    assert_eq!(
+        (shares[0].version.as_str(), shares[0].milli_percent),
+        ("canary", 50_000)
+    );
 
     let config = s
         .api(Method::GET, "/ofrep/v1/configuration", VIEWER, "")

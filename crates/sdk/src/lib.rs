@@ -75,7 +75,7 @@ mod layers;
 mod snapshot;
 
 pub use client::{Answer, BadUrl, Client, Freshness, Options, Refreshed, Status};
-pub use graylane_api::FlagSnapshot;
+pub use graylane_api::{FlagSnapshot, ReleaseSplit, ReleaseState, SplitShare};
 pub use graylane_rules::flags::{EvalContext, FlagReason, InvalidContext};
 pub use lane::{LANE_HEADER, Lane, VERSION_HEADER};
 pub use layers::{LaneLayer, LaneService, PropagateLane, PropagateLaneLayer};

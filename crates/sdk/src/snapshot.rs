@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use graylane_api::FlagSnapshot;
+use graylane_api::{FlagSnapshot, ReleaseSplit};
 use graylane_config::{Config, Weight};
 use graylane_rules::flags::{EvalContext, FlagError, FlagReason, RELEASE_PREFIX};
 use graylane_rules::{Routing, RoutingTable, Share};
@@ -70,6 +70,7 @@ impl From<FlagError> for EvalError {
 pub struct Snapshot {
     revision: u64,
     table: RoutingTable,
+    releases: Vec<ReleaseSplit>,
 }
 
 impl Snapshot {
@@ -93,6 +94,7 @@ impl Snapshot {
         Ok(Snapshot {
             revision: wire.revision,
             table,
+            releases: wire.releases.clone(),
         })
     }
 
@@ -102,12 +104,19 @@ impl Snapshot {
         Snapshot {
             revision: 0,
             table: RoutingTable::compile(config),
+            releases: Vec::new(),
         }
     }
 
     /// The configuration revision it was taken from (0 for [`Snapshot::from_config`]).
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    /// Each release's state, step and split as the gateway sent them (none for
+    /// [`Snapshot::from_config`]).
+    pub fn releases(&self) -> &[ReleaseSplit] {
+        &self.releases
     }
 
     /// What `ctx` gets from flag `key` (or `release.SERVICE`) now.
@@ -131,10 +140,7 @@ impl Snapshot {
 }
 
 /// The table index of `split`'s service and its routing.
-fn routing(
-    config: &Config,
-    split: &graylane_api::ReleaseSplit,
-) -> Result<(usize, Routing), SnapshotError> {
+fn routing(config: &Config, split: &ReleaseSplit) -> Result<(usize, Routing), SnapshotError> {
     let fail = |problem: String| SnapshotError::Split {
         service: split.service.clone(),
         problem,

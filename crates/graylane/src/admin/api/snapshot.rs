@@ -14,8 +14,8 @@ use graylane_api::{
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use super::controller;
 use super::ofrep::matches_etag;
+use super::{controller, now_ms};
 use crate::admin::AdminState;
 use crate::admin::error::ApiError;
 
@@ -38,7 +38,9 @@ pub(super) async fn flag_snapshot(
     State(state): State<Arc<AdminState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (revision, source) = controller(&state)?.current();
+    let control = controller(&state)?;
+    let (revision, source) = control.current();
+    let views = control.releases(now_ms());
     let snapshot = state.gateway.snapshot();
     let config = graylane_config::snapshot::routing_document(&source, &snapshot.config)
         .map_err(ApiError::unavailable)?;
@@ -47,8 +49,12 @@ pub(super) async fn flag_snapshot(
         .filter_map(|service| {
             let routing = table.routing(service)?;
             let version = |v: usize| table.version_name(service, v).to_string();
+            let name = table.service_name(service);
+            let view = views.iter().find(|v| v.service == name);
             Some(ReleaseSplit {
-                service: table.service_name(service).to_string(),
+                service: name.to_string(),
+                state: view.map(|v| v.state.clone()),
+                step: view.map(|v| v.step),
                 force_to: routing.force_to.map(version),
                 shares: routing
                     .shares
