@@ -185,6 +185,10 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Starts polling (the first poll at once) on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
     pub fn start(options: Options) -> Result<Client, BadUrl> {
         let client = Client::without_polling(options)?;
         let shared = Arc::clone(&client.shared);
