@@ -15,6 +15,7 @@
 //! * [`segments`]: editing a Redis segment's members.
 //! * [`eval`]: which version a request would get.
 //! * [`ofrep`]: feature flags and releases over the OpenFeature Remote Evaluation Protocol.
+//! * [`snapshot`]: the flags and release splits an application evaluates itself.
 //! * [`error`]: the body of every failed call.
 
 pub mod analysis;
@@ -26,6 +27,7 @@ pub mod eval;
 pub mod ofrep;
 pub mod releases;
 pub mod segments;
+pub mod snapshot;
 pub mod states;
 
 pub use analysis::{
@@ -37,12 +39,16 @@ pub use cluster::{Cluster, ClusterMember, Whoami};
 pub use config::{ApplyOutcome, DiffView, RevisionList, RevisionView};
 pub use error::ErrorBody;
 pub use eval::{EvalAnswer, EvalRequest};
-pub use ofrep::{OfrepBulk, OfrepBulkItem, OfrepError, OfrepEvaluation, OfrepRequest};
+pub use ofrep::{
+    OfrepBulk, OfrepBulkItem, OfrepCacheInvalidation, OfrepCapabilities, OfrepConfiguration,
+    OfrepError, OfrepEvaluation, OfrepFlagEvaluation, OfrepPolling, OfrepRequest,
+};
 pub use releases::{
     AdaptiveView, AnalysisBrief, CommandBody, GateView, ReleaseList, ReleaseView, StepView,
     TransitionView, VariantView, WeightBody,
 };
 pub use segments::{SegmentEdit, SegmentEdited};
+pub use snapshot::{FlagSnapshot, ReleaseSplit, SplitShare};
 pub use states::{
     AnalysisDecision, CircuitState, ClusterMode, ReleaseState, RevisionSource, Role, Strategy,
 };

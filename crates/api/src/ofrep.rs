@@ -1,5 +1,6 @@
 //! The OpenFeature Remote Evaluation Protocol (OFREP) on the admin listener:
-//! `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`. Field names are
+//! `POST /ofrep/v1/evaluate/flags/{key}`, `POST /ofrep/v1/evaluate/flags` and the provider
+//! configuration, `GET /ofrep/v1/configuration`. Field names are
 //! OFREP's (camelCase), so any OFREP provider reads them.
 
 use std::collections::BTreeMap;
@@ -65,4 +66,48 @@ pub enum OfrepBulkItem {
 pub struct OfrepBulk {
     /// The configured flags by key, then `release.SERVICE` for each service with a release.
     pub flags: Vec<OfrepBulkItem>,
+}
+
+/// `GET /ofrep/v1/configuration`: what the flag system offers an OFREP provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OfrepConfiguration {
+    /// The flag management system: `graylane`.
+    pub name: String,
+    /// What it supports.
+    pub capabilities: OfrepCapabilities,
+}
+
+/// The capabilities of an OFREP configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OfrepCapabilities {
+    /// How a provider learns that flags changed.
+    pub cache_invalidation: OfrepCacheInvalidation,
+    /// The value types flags may have.
+    pub flag_evaluation: OfrepFlagEvaluation,
+}
+
+/// How a provider's cache learns of changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OfrepCacheInvalidation {
+    /// Polling the bulk evaluation with its `ETag`.
+    pub polling: OfrepPolling,
+}
+
+/// Polling the bulk evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OfrepPolling {
+    /// Whether polling is supported.
+    pub enabled: bool,
+    /// The shortest interval a provider should poll at, in milliseconds.
+    pub min_polling_interval_ms: u64,
+}
+
+/// The flag value types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OfrepFlagEvaluation {
+    /// `boolean`, `string`, `int`, `float` and `object`.
+    pub supported_types: Vec<String>,
 }

@@ -28,6 +28,7 @@ pub mod model;
 pub mod raw;
 mod redact;
 mod registry;
+pub mod snapshot;
 pub mod tls;
 mod validate;
 

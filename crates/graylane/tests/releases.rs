@@ -654,6 +654,7 @@ async fn the_openapi_document_lists_every_route() {
         ("post", "/api/v1/segments/{name}/members"),
         ("post", "/api/v1/eval"),
         ("get", "/api/v1/cluster"),
+        ("get", "/api/v1/flags/snapshot"),
     ];
     for (method, path) in routes {
         assert!(
@@ -672,7 +673,7 @@ async fn the_openapi_document_lists_every_route() {
     // Besides the API: /metrics, /healthz and /readyz, open (tests/admin.rs).
     assert_eq!(
         paths.keys().filter(|p| p.starts_with("/api/")).count(),
-        23,
+        24,
         "a documented path nobody tested: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

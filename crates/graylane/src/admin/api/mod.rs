@@ -6,8 +6,9 @@
 //! file per group of routes: [`releases`] (a release and its commands), [`analysis`]
 //! (analysis, series, events, experiment results), [`config`] (the configuration and its
 //! revisions), [`audit`], [`cluster`] (the fleet and `whoami`), [`eval`], [`segments`],
-//! [`ofrep`] (feature flags and releases over OFREP, under `/ofrep/v1`), and the document's
-//! frame in [`openapi`].
+//! [`ofrep`] (feature flags and releases over OFREP, under `/ofrep/v1`), [`snapshot`] (the
+//! flags and release splits `graylane-sdk` evaluates locally, and OFREP's provider
+//! configuration), and the document's frame in [`openapi`].
 
 mod analysis;
 mod audit;
@@ -18,6 +19,7 @@ mod ofrep;
 mod openapi;
 mod releases;
 mod segments;
+mod snapshot;
 
 use std::sync::Arc;
 
@@ -48,6 +50,8 @@ pub(crate) fn router() -> (axum::Router<Arc<AdminState>>, utoipa::openapi::OpenA
         .routes(routes!(eval::eval))
         .routes(routes!(ofrep::evaluate_flag))
         .routes(routes!(ofrep::evaluate_flags))
+        .routes(routes!(snapshot::flag_snapshot))
+        .routes(routes!(snapshot::ofrep_configuration))
         .routes(routes!(analysis::post_events))
         .routes(routes!(analysis::experiment_results))
         .routes(routes!(segments::edit_segment))

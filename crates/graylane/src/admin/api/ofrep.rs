@@ -103,7 +103,7 @@ pub(super) async fn evaluate_flags(
 }
 
 /// Whether `If-None-Match` lists `etag` (weak or strong) or is `*`.
-fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
+pub(super) fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
