@@ -238,9 +238,12 @@ pub fn decide(
             if ready {
                 // Proven at this very weight too: the evidence is strong, take two steps.
                 let (factor, how) = if interval.proven {
-                    (bounds.grow * bounds.grow, "grow² while proven at this weight")
+                    (
+                        bounds.grow * bounds.grow,
+                        format!("grow {}², proven at this weight", bounds.grow),
+                    )
                 } else {
-                    (bounds.grow, "grow")
+                    (bounds.grow, format!("grow {}", bounds.grow))
                 };
                 let to = scaled(weight, factor)
                     .max(weight.milli_percent() + 1)
@@ -252,16 +255,14 @@ pub fn decide(
                     return (
                         Move::Complete,
                         format!(
-                            "every check clear: {weight} → 100%, complete ({how} {}; {spend}): {figures}",
-                            bounds.grow
+                            "every check clear: {weight} → 100%, complete ({how}; {spend}): {figures}"
                         ),
                     );
                 }
                 return (
                     Move::Grow(to),
                     format!(
-                        "every check clear: {weight} → {to} ({how} {}; {spend}): {figures}",
-                        bounds.grow
+                        "every check clear: {weight} → {to} ({how}; {spend}): {figures}"
                     ),
                 );
             }

@@ -411,7 +411,7 @@ fn a_clear_release_also_clear_since_the_weight_last_changed_is_proven_and_grows_
     assert_eq!((i.outcome, i.proven), (Outcome::Clear, true));
     let (m, why) = decide_at(&bounds(None), 4.0, MIN_PAUSE_MS, &i);
     assert_eq!(m, Move::Grow(pct(16.0)));
-    assert!(why.contains("4% → 16% (grow² while proven"), "{why}");
+    assert!(why.contains("4% → 16% (grow 2², proven at this weight"), "{why}");
 
     // Too little data since the change to judge: growth as usual.
     let unjudged = [error_rate(50, 0, 0)];
