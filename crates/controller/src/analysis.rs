@@ -120,7 +120,9 @@ impl Runner {
 
     /// Whether the recent view still starts at the weight change of `changed_ms`.
     pub(crate) fn recent_from(&self, changed_ms: i64) -> bool {
-        self.recent.as_ref().is_some_and(|(at, _)| *at == changed_ms)
+        self.recent
+            .as_ref()
+            .is_some_and(|(at, _)| *at == changed_ms)
     }
 
     /// The weight changed at `changed_ms`: the recent view starts over from the totals `now`.
@@ -398,9 +400,15 @@ impl Controller {
                     baseline: &w.baseline,
                     candidate: &w.candidate,
                 };
-                let (decision, judgement, served, recent) =
-                    runner.judge(&subject, &now(), now_ms);
-                verdicts.push((w.service.clone(), w.step, decision, judgement, served, recent));
+                let (decision, judgement, served, recent) = runner.judge(&subject, &now(), now_ms);
+                verdicts.push((
+                    w.service.clone(),
+                    w.step,
+                    decision,
+                    judgement,
+                    served,
+                    recent,
+                ));
             }
         }
         let judged = verdicts.len();

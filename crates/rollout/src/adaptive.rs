@@ -261,9 +261,7 @@ pub fn decide(
                 }
                 return (
                     Move::Grow(to),
-                    format!(
-                        "every check clear: {weight} → {to} ({how}; {spend}): {figures}"
-                    ),
+                    format!("every check clear: {weight} → {to} ({how}; {spend}): {figures}"),
                 );
             }
         }

@@ -393,7 +393,8 @@ fn a_regression_in_the_data_since_the_weight_last_changed_leans_worse_however_cl
     assert_eq!(i.outcome, Outcome::Worse);
     assert!(!i.proven);
     assert!(
-        i.figures.contains("since the weight last changed: error_rate"),
+        i.figures
+            .contains("since the weight last changed: error_rate"),
         "the recent figures that caused it: {}",
         i.figures
     );
@@ -404,14 +405,16 @@ fn a_regression_in_the_data_since_the_weight_last_changed_leans_worse_however_cl
 }
 
 #[test]
-fn a_clear_release_also_clear_since_the_weight_last_changed_is_proven_and_grows_by_grow_squared()
-{
+fn a_clear_release_also_clear_since_the_weight_last_changed_is_proven_and_grows_by_grow_squared() {
     let clear = [error_rate(20_000, 200, 200)];
     let i = Interval::judged(&Decision::Promote, &clear, &clear, 2_000);
     assert_eq!((i.outcome, i.proven), (Outcome::Clear, true));
     let (m, why) = decide_at(&bounds(None), 4.0, MIN_PAUSE_MS, &i);
     assert_eq!(m, Move::Grow(pct(16.0)));
-    assert!(why.contains("4% → 16% (grow 2², proven at this weight"), "{why}");
+    assert!(
+        why.contains("4% → 16% (grow 2², proven at this weight"),
+        "{why}"
+    );
 
     // Too little data since the change to judge: growth as usual.
     let unjudged = [error_rate(50, 0, 0)];
