@@ -104,12 +104,20 @@ impl Runner {
         format!("{:?}", self.config) == format!("{config:?}")
     }
 
-    /// Starts judging a new step from `now`: totals so far are the step's zero.
-    pub(crate) fn begin_step(&mut self, step: (usize, i64), now: (Sample, Sample), now_ms: i64) {
+    /// Starts judging a new step from `now`: totals so far are the step's zero, and the recent
+    /// view's too for an adaptive release (`changed_ms`: when its weight was set), so that the
+    /// two views judge the very same data until the weight first changes.
+    pub(crate) fn begin_step(
+        &mut self,
+        step: (usize, i64),
+        changed_ms: Option<i64>,
+        now: (Sample, Sample),
+        now_ms: i64,
+    ) {
         self.step = Some(step);
+        self.recent = changed_ms.map(|at| (at, now.clone()));
         self.since = now;
         self.judged_requests = 0;
-        self.recent = None;
         self.analyzer.step_started(ms(now_ms));
         self.next_ms = now_ms + interval_ms(&self.config);
     }
@@ -385,7 +393,7 @@ impl Controller {
                     )
                 };
                 if runner.step() != Some(w.step) {
-                    runner.begin_step(w.step, now(), now_ms);
+                    runner.begin_step(w.step, w.changed_ms, now(), now_ms);
                 }
                 if let Some(changed_ms) = w.changed_ms
                     && !runner.recent_from(changed_ms)
