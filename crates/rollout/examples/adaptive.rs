@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! cargo run -p graylane-rollout --release --example adaptive -j1
+//! cargo run -p graylane-rollout --release --example adaptive -j1 -- floor  # the p99's floor
 //! ```
 //!
 //! Both strategies are driven by the code the controller runs: the checks
@@ -18,7 +19,9 @@
 
 use std::time::{Duration, Instant};
 
-use graylane_analysis::{Analyzer, CheckSpec, Decision, FailureMode, Policy, Sample, evaluate};
+use graylane_analysis::{
+    Analyzer, CheckSpec, Decision, FailureMode, Policy, Sample, Verdict, evaluate,
+};
 use graylane_config::{Adaptive, Pause, Step, Weight};
 use graylane_rollout::{Command, Interval, Phase, Plan, Rollout};
 
@@ -275,7 +278,49 @@ fn share(n: usize, of: u64) -> String {
     format!("{n}/{of} = {:.1}%", 100.0 * n as f64 / of as f64)
 }
 
+/// How many requests the latency-regression candidate must serve before its p99 check can fail
+/// at all, whatever the pace: the check looked at after every single request from
+/// `min_requests` on (no interval, no `failure_limit`), until it first fails.
+fn floor() {
+    const FLOOR_RUNS: u64 = 4000;
+    let candidate = Behaviour {
+        median_ms: 200.0,
+        ..HEALTHY
+    };
+    let check = &checks()[1];
+    let policy = policy();
+    let mut first: Vec<u64> = (0..FLOOR_RUNS)
+        .map(|seed| {
+            let mut rng = Rng::new(30_000 + seed);
+            let mut c = Sample::default();
+            // Bounded: a p99 of 640 ms fails long before 100,000 requests.
+            while c.requests < 100_000 {
+                candidate.serve(&mut rng, &mut c);
+                if c.requests >= policy.min_requests {
+                    let r = evaluate(check, &c, &c, policy.min_requests, policy.alpha);
+                    if r.verdict == Verdict::Fail {
+                        break;
+                    }
+                }
+            }
+            c.requests
+        })
+        .collect();
+    first.sort_unstable();
+    println!(
+        "latency p99 160 → 640 ms, checked after every candidate request from min_requests {}: first failure after a median {} requests (p10 {}, p90 {}; {FLOOR_RUNS} runs)",
+        policy.min_requests,
+        quantile(&first, 0.5).unwrap_or(0),
+        quantile(&first, 0.1).unwrap_or(0),
+        quantile(&first, 0.9).unwrap_or(0),
+    );
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("floor") {
+        floor();
+        return;
+    }
     let started = Instant::now();
     let strategies = [
         ("fixed 5 → 20 → 50 → 100%, 10m pauses", fixed_plan()),
