@@ -22,45 +22,10 @@ use graylane_analysis::{
     sample_ratio_mismatch,
 };
 
-/// SplitMix64: small, fast, and good enough for simulation.
-struct Rng(u64);
+#[path = "support/rng.rs"]
+mod rng;
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller; one of the pair is enough here).
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-
-    /// Poisson by inversion (λ up to a few hundred).
-    fn poisson(&mut self, lambda: f64) -> u64 {
-        let (mut k, mut p, mut cdf) = (0u64, (-lambda).exp(), (-lambda).exp());
-        let u = self.uniform();
-        while u > cdf && k < 10_000 {
-            k += 1;
-            p *= lambda / k as f64;
-            cdf += p;
-        }
-        k
-    }
-}
+use rng::Rng;
 
 /// How one version behaves.
 #[derive(Clone, Copy)]

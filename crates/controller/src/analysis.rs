@@ -3,7 +3,10 @@
 //! plane's running totals minus a snapshot taken when the step began) with the statistics of
 //! [`graylane_analysis`]; the [`Analyzer`] turns the interval's results into a decision that the
 //! controller applies to the state machine: a passed step may move on, a failed one aborts (or
-//! pauses), a step without enough data for too long pauses.
+//! pauses), a step without enough data for too long pauses. An adaptive release's checks are
+//! also judged on the data since its weight last changed alone (the *recent* view, see
+//! [`graylane_rollout::adaptive`]), which a regression that appears only at a higher weight
+//! cannot hide in.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -61,6 +64,9 @@ pub(crate) struct Runner {
     /// The candidate's requests since the step began, at the last judgement: what an interval
     /// served is the difference (for an adaptive release's exposure budget).
     judged_requests: u64,
+    /// An adaptive release: when its weight last changed, and the running totals then (the
+    /// recent view's zero).
+    recent: Option<(i64, (Sample, Sample))>,
     next_ms: i64,
     pub history: VecDeque<Judgement>,
 }
@@ -87,6 +93,7 @@ impl Runner {
             step: None,
             since: (Sample::default(), Sample::default()),
             judged_requests: 0,
+            recent: None,
             next_ms: 0,
             history: VecDeque::new(),
         }
@@ -97,9 +104,18 @@ impl Runner {
         format!("{:?}", self.config) == format!("{config:?}")
     }
 
-    /// Starts judging a new step from `now`: totals so far are the step's zero.
-    pub(crate) fn begin_step(&mut self, step: (usize, i64), now: (Sample, Sample), now_ms: i64) {
+    /// Starts judging a new step from `now`: totals so far are the step's zero, and the recent
+    /// view's too for an adaptive release (`changed_ms`: when its weight was set), so that the
+    /// two views judge the very same data until the weight first changes.
+    pub(crate) fn begin_step(
+        &mut self,
+        step: (usize, i64),
+        changed_ms: Option<i64>,
+        now: (Sample, Sample),
+        now_ms: i64,
+    ) {
         self.step = Some(step);
+        self.recent = changed_ms.map(|at| (at, now.clone()));
         self.since = now;
         self.judged_requests = 0;
         self.analyzer.step_started(ms(now_ms));
@@ -110,38 +126,42 @@ impl Runner {
         self.step
     }
 
+    /// Whether the recent view still starts at the weight change of `changed_ms`.
+    pub(crate) fn recent_from(&self, changed_ms: i64) -> bool {
+        self.recent
+            .as_ref()
+            .is_some_and(|(at, _)| *at == changed_ms)
+    }
+
+    /// The weight changed at `changed_ms`: the recent view starts over from the totals `now`.
+    pub(crate) fn weight_changed(&mut self, changed_ms: i64, now: (Sample, Sample)) {
+        self.recent = Some((changed_ms, now));
+    }
+
     pub(crate) fn due(&self, now_ms: i64) -> bool {
         self.step.is_some() && now_ms >= self.next_ms
     }
 
-    /// Judges the step on the totals `now` and returns the decision, the judgement and the
-    /// requests the candidate served since the last judgement.
+    /// Judges the step on the totals `now` and returns the decision, the judgement, the
+    /// requests the candidate served since the last judgement and the recent view's results
+    /// (empty unless [`Runner::weight_changed`] started one).
     pub(crate) fn judge(
         &mut self,
         subject: &Subject<'_>,
         now: &(Sample, Sample),
         now_ms: i64,
-    ) -> (Decision, Judgement, u64) {
+    ) -> (Decision, Judgement, u64, Vec<CheckResult>) {
         let candidate = now.0.sub(&self.since.0);
         let baseline = now.1.sub(&self.since.1);
         let served = candidate.requests.saturating_sub(self.judged_requests);
         self.judged_requests = candidate.requests;
-        let alpha = 1.0 - self.config.confidence;
-        let results: Vec<CheckResult> = self
-            .config
-            .checks
-            .iter()
-            .map(|check| match spec(check) {
-                Some(spec) => evaluate(
-                    &spec,
-                    &candidate,
-                    &baseline,
-                    self.config.min_requests,
-                    alpha,
-                ),
-                None => self.query(check, subject),
-            })
-            .collect();
+        let results = self.results(subject, &candidate, &baseline, true);
+        let recent = match &self.recent {
+            Some((_, zero)) => {
+                self.results(subject, &now.0.sub(&zero.0), &now.1.sub(&zero.1), false)
+            }
+            None => Vec::new(),
+        };
         let decision = self.analyzer.judge(ms(now_ms), &results);
         let judgement = self.analyzer.last().cloned().unwrap_or(Judgement {
             at_ms: ms(now_ms),
@@ -155,7 +175,33 @@ impl Runner {
             self.history.pop_front();
         }
         self.next_ms = now_ms + interval_ms(&self.config);
-        (decision, judgement, served)
+        (decision, judgement, served, recent)
+    }
+
+    /// Every check on one window of data. A Prometheus query knows no windows: it is asked
+    /// for the release view only (`queries`).
+    fn results(
+        &self,
+        subject: &Subject<'_>,
+        candidate: &Sample,
+        baseline: &Sample,
+        queries: bool,
+    ) -> Vec<CheckResult> {
+        let alpha = 1.0 - self.config.confidence;
+        self.config
+            .checks
+            .iter()
+            .filter_map(|check| match spec(check) {
+                Some(spec) => Some(evaluate(
+                    &spec,
+                    candidate,
+                    baseline,
+                    self.config.min_requests,
+                    alpha,
+                )),
+                None => queries.then(|| self.query(check, subject)),
+            })
+            .collect()
     }
 
     /// A Prometheus `query` check: the value must lie within its bounds; a query that gives no
@@ -299,6 +345,8 @@ impl Controller {
             service: String,
             analysis: graylane_config::Analysis,
             step: (usize, i64),
+            /// An adaptive release: when its weight last changed.
+            changed_ms: Option<i64>,
             baseline: String,
             candidate: String,
         }
@@ -318,6 +366,11 @@ impl Controller {
                         service: name.clone(),
                         analysis: svc.release.as_ref()?.analysis.clone()?,
                         step: (m.rollout.step, m.rollout.step_started_ms),
+                        changed_ms: m.plan.adaptive.map(|_| {
+                            m.rollout
+                                .adaptive
+                                .map_or(m.rollout.step_started_ms, |a| a.changed_ms)
+                        }),
                         baseline: svc.versions.get(m.plan.baseline)?.name.clone(),
                         candidate: svc.versions.get(m.plan.candidate)?.name.clone(),
                     })
@@ -344,8 +397,12 @@ impl Controller {
                     )
                 };
                 if runner.step() != Some(w.step) {
-                    runner.begin_step(w.step, now(), now_ms);
-                    continue;
+                    runner.begin_step(w.step, w.changed_ms, now(), now_ms);
+                }
+                if let Some(changed_ms) = w.changed_ms
+                    && !runner.recent_from(changed_ms)
+                {
+                    runner.weight_changed(changed_ms, now());
                 }
                 if !runner.due(now_ms) {
                     continue;
@@ -355,13 +412,20 @@ impl Controller {
                     baseline: &w.baseline,
                     candidate: &w.candidate,
                 };
-                let (decision, judgement, served) = runner.judge(&subject, &now(), now_ms);
-                verdicts.push((w.service.clone(), w.step, decision, judgement, served));
+                let (decision, judgement, served, recent) = runner.judge(&subject, &now(), now_ms);
+                verdicts.push((
+                    w.service.clone(),
+                    w.step,
+                    decision,
+                    judgement,
+                    served,
+                    recent,
+                ));
             }
         }
         let judged = verdicts.len();
-        for (service, step, decision, judgement, served) in verdicts {
-            let verdict = (&decision, &judgement, served);
+        for (service, step, decision, judgement, served, recent) in verdicts {
+            let verdict = (&decision, &judgement, served, recent.as_slice());
             if let Err(e) = self.apply_verdict(&service, step, verdict, now_ms) {
                 self.errors.log(format_args!(
                     "cannot apply the analysis verdict of `{service}`: {e}"
@@ -391,7 +455,7 @@ impl Controller {
         &self,
         service: &str,
         step: (usize, i64),
-        (decision, judgement, served): (&Decision, &Judgement, u64),
+        (decision, judgement, served, recent): (&Decision, &Judgement, u64, &[CheckResult]),
         now_ms: i64,
     ) -> Result<(), ControlError> {
         let mut state = self.lock();
@@ -418,7 +482,7 @@ impl Controller {
         }
         // An adaptive release: the interval moves its weight (a pause for lack of data aside).
         if m.plan.adaptive.is_some() && !matches!(decision, Decision::Pause { .. }) {
-            let interval = Interval::judged(decision, &judgement.results, served);
+            let interval = Interval::judged(decision, &judgement.results, recent, served);
             let mut rollout = m.rollout.clone();
             let before = rollout.history.len();
             rollout.adapt(&m.plan, &interval, now_ms);

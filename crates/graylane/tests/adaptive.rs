@@ -1,7 +1,8 @@
 //! `steps: adaptive` through the real binary under load: a healthy candidate's weight grows
 //! interval by interval to completion, observed through the admin API; a failing one is stopped
 //! by its exposure budget, which it overspends by at most one interval's requests; one set wide
-//! by hand and handed back with `resume` is shrunk step by step before the budget stops it.
+//! by hand and handed back with `resume` is shrunk step by step before the budget stops it; one
+//! healthy at its start weight that degrades once grown is shrunk on the data since it grew.
 
 mod common;
 
@@ -53,6 +54,25 @@ services:
         checks:
           - metric: error_rate
             max_increase: 0.3
+  - name: ledger
+    match: { path_prefix: /api/ledger }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: "header:X-User-Id"
+      steps: adaptive
+      adaptive: { start: 10, max: 100, min_pause: 2s }
+      analysis:
+        interval: 300ms
+        min_requests: 20
+        failure_limit: 100
+        checks:
+          - metric: error_rate
+            max_increase: 0.2
   - name: refund
     match: { path_prefix: /api/refund }
     versions:
@@ -173,14 +193,29 @@ async fn a_healthy_candidate_grows_interval_by_interval_to_completion() {
         .iter()
         .map(|t| t["weight"].as_f64().unwrap())
         .collect();
-    assert_eq!(path, [10.0, 20.0, 40.0, 80.0, 100.0], "{r}");
+    // All the data is at 10% when it first clears: proven at its weight, it grows by grow².
+    assert_eq!(path[..2], [10.0, 40.0], "{r}");
+    assert_eq!(path.last(), Some(&100.0), "{r}");
+    assert!(
+        path.windows(2)
+            .all(|w| w[1] == 100.0 || w[1] == w[0] * 2.0 || w[1] == w[0] * 4.0),
+        "each change grows by grow or grow², capped at 100%: {path:?}"
+    );
     let grows: Vec<&Value> = r["transitions"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|t| t["action"] == "grow")
+        .filter(|t| t["action"] == "grow" || t["action"] == "complete")
         .collect();
-    assert_eq!(grows.len(), 4, "{r}");
+    assert_eq!(grows.len(), path.len() - 1, "{r}");
+    assert!(
+        grows[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("10% → 40% (grow 2², proven at this weight"),
+        "{}",
+        grows[0]
+    );
     for t in grows {
         assert_eq!(t["actor"], "analysis");
         assert!(
@@ -318,6 +353,50 @@ async fn a_candidate_looking_worse_is_shrunk_step_by_step_after_set_weight_and_r
     assert!(
         spent <= REFUND_BUDGET + one_interval,
         "spent {spent} of {REFUND_BUDGET} (+{one_interval} for one interval): {r}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_candidate_that_degrades_once_grown_is_shrunk_on_the_data_since_it_grew() {
+    let s = serve("adaptive-degrade").await;
+    let done = Arc::new(AtomicBool::new(false));
+    let load = traffic_to(&s, "/api/ledger/post", Arc::clone(&done));
+    // Healthy at 10%: it clears and grows (min_pause keeps it at 40% for 2 s).
+    eventually_within(DEADLINE, "the ledger release to grow to 40%", || {
+        let s = &s;
+        async move { (weight_of(&release_of(s, "ledger").await) == 40.0).then_some(()) }
+    })
+    .await;
+    // Under the load of 40% it degrades: every second request fails.
+    s.canary.fail_every(2);
+    let r = eventually_within(DEADLINE, "the degraded candidate to be shrunk", || {
+        let s = &s;
+        async move {
+            let r = release_of(s, "ledger").await;
+            (weight_of(&r) < 40.0).then_some(r)
+        }
+    })
+    .await;
+    done.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let shrink = r["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["action"] == "shrink")
+        .unwrap_or_else(|| panic!("a shrink, not a stop: {r}"))
+        .clone();
+    assert_eq!(weight_of(&r), 20.0, "{r}");
+    let reason = shrink["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("leaning worse: 40% → 20%")
+            && reason.contains("since the weight last changed: error_rate"),
+        "the shrink names the figures of the data since the growth: {shrink}"
+    );
+    assert!(
+        r["adaptive"]["budget_spent"].as_u64().unwrap() > 0,
+        "its requests while worse are counted: {r}"
     );
     s.stop().await;
 }

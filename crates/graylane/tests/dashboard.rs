@@ -5,7 +5,10 @@
 //! the "connection lost" banner (and the actions held) while this test restarts the server,
 //! watches the error-rate axis stop at 100% when the canary fails everything, compares and reverts
 //! configuration revisions and filters the audit log; it checks the real traffic split
-//! through the proxy after each step. Screenshots land under the target's temporary folder.
+//! through the proxy after each step. An adaptive release grows on its own, then (this test
+//! makes its candidate fail once it has grown) is stopped by its exposure budget: the script
+//! reads the path of weights, the figures of each change and the spent budget in its step plan.
+//! Screenshots land under the target's temporary folder.
 //!
 //! Needs chromium and node (scripts/deps installs both, and playwright-core with `npm ci`);
 //! without them the test fails and says what is missing.
@@ -74,6 +77,25 @@ services:
         checks:
           - metric: error_rate
             max_increase: 0.05
+  - name: orders
+    match: { path_prefix: /orders }
+    versions:
+      stable: { endpoints: ["{stable}"] }
+      canary: { endpoints: ["{orders_canary}"] }
+    release:
+      strategy: canary
+      baseline: stable
+      candidate: canary
+      bucket_by: "header:X-User-Id"
+      steps: adaptive
+      adaptive: { start: 20, max: 100, grow: 2, shrink: 0.5, min_pause: 20s, max_pause: 1m }
+      max_bad_requests: 40
+      analysis:
+        interval: 1s
+        min_requests: 20
+        checks:
+          - metric: error_rate
+            max: 0.2
   - name: search
     match: { path_prefix: /search }
     versions:
@@ -148,8 +170,8 @@ fn check_tools() -> PathBuf {
 
 /// Requests through the proxy from many distinct users until stopped (or 10 minutes), so the
 /// live series and the experiment have data: payment (every 4th request forced to the
-/// canary, so it has traffic at 0%) and the search experiment. Errors are expected while the
-/// test restarts the server.
+/// canary, so it has traffic at 0%), the adaptive orders release and the search experiment.
+/// Errors are expected while the test restarts the server.
 struct Traffic {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
@@ -179,6 +201,7 @@ impl Traffic {
                     if try_get(proxy, "/api/payment/x", &headers).await.is_ok() {
                         count.fetch_add(1, Ordering::SeqCst);
                     }
+                    let _ = try_get(proxy, "/orders/x", &[("x-user-id", user.as_str())]).await;
                     let _ = try_get(proxy, "/search/q", &[("x-user-id", user.as_str())]).await;
                     tokio::time::sleep(Duration::from_millis(40)).await;
                 }
@@ -199,6 +222,40 @@ impl Drop for Traffic {
             let _ = t.join();
         }
     }
+}
+
+/// Makes the orders candidate fail every request once its adaptive release has grown to 80%
+/// (the first growth from 20%, by grow², while the release waits `min_pause` before the next):
+/// a candidate that breaks under more load. Bounded: gives up after 4 minutes or when stopped.
+fn degrade_orders_once_grown(
+    admin: std::net::SocketAddr,
+    candidate: Arc<Upstream>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let auth = format!("Bearer {VIEWER}");
+            let until = Instant::now() + Duration::from_secs(240);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                if let Ok(r) = try_get(
+                    admin,
+                    "/api/v1/releases/orders",
+                    &[("authorization", auth.as_str())],
+                )
+                .await
+                    && r.json()["weights"]["canary"].as_f64() == Some(80.0)
+                {
+                    candidate.fail_every(1);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    })
 }
 
 /// The node process; if the test ends early it gets SIGTERM first, so Playwright closes the
@@ -269,7 +326,15 @@ fn the_dashboard_watches_and_steers_a_release_in_a_real_browser() {
         .enable_all()
         .build()
         .unwrap();
-    let mut s = rt.block_on(Served::start_restartable("dashboard", CONFIG, &[], &TOKENS));
+    let orders_canary = Arc::new(Upstream::start("canary"));
+    let mut s = rt.block_on(Served::start_restartable(
+        "dashboard",
+        CONFIG,
+        &[("orders_canary", orders_canary.addr.to_string())],
+        &TOKENS,
+    ));
+    let stop_degrade = Arc::new(AtomicBool::new(false));
+    let degrade = degrade_orders_once_grown(s.admin, orders_canary, Arc::clone(&stop_degrade));
 
     // The page is served from the binary, with its files and a strict policy.
     rt.block_on(async {
@@ -395,6 +460,8 @@ fn the_dashboard_watches_and_steers_a_release_in_a_real_browser() {
     let status = node.0.wait().unwrap();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     drop(traffic);
+    stop_degrade.store(true, Ordering::SeqCst);
+    let _ = degrade.join();
     assert!(
         status.success() && output.contains("checks passed"),
         "the browser script failed ({status}):\n{output}\n--- stderr\n{stderr}\n--- graylane\n{}",
@@ -405,7 +472,7 @@ fn the_dashboard_watches_and_steers_a_release_in_a_real_browser() {
     // What the clicks did, as the server recorded it: the same audit as the CLI's.
     rt.block_on(async {
         let audit: Value = s
-            .api(Method::GET, "/api/v1/audit?limit=200", VIEWER, "")
+            .api(Method::GET, "/api/v1/audit?limit=2000", VIEWER, "")
             .await
             .json();
         let by = |actor: &str| -> Vec<String> {

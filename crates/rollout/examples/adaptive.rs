@@ -5,54 +5,31 @@
 //!
 //! ```text
 //! cargo run -p graylane-rollout --release --example adaptive -j1
+//! cargo run -p graylane-rollout --release --example adaptive -j1 -- floor  # the p99's floor
 //! ```
 //!
 //! Both strategies are driven by the code the controller runs: the checks
 //! ([`graylane_analysis::evaluate`]) and the [`Analyzer`] judge the data since the step began
 //! once per interval; a fixed plan gets `analysis_passed` / `analysis_failed` and its timed
-//! pauses ([`Rollout::apply`], [`Rollout::tick`]); an adaptive one gets
-//! [`Interval::judged`] and [`Rollout::adapt`]. Traffic: Poisson arrivals, each request to the
-//! candidate with the current weight, an error with its version's rate, a log-normal time.
-//! Seeds are fixed: the output is the same on every run.
+//! pauses ([`Rollout::apply`], [`Rollout::tick`]); an adaptive one also has the checks judge
+//! the data since its weight last changed (the recent view), and gets [`Interval::judged`] and
+//! [`Rollout::adapt`]. Traffic: Poisson arrivals, each request to the candidate with the current
+//! weight, an error with its version's rate, a log-normal time; a candidate may behave worse
+//! from some weight up (under load). Seeds are fixed: the output is the same on every run.
 
 use std::time::{Duration, Instant};
 
-use graylane_analysis::{Analyzer, CheckSpec, Decision, FailureMode, Policy, Sample, evaluate};
+use graylane_analysis::{
+    Analyzer, CheckSpec, Decision, FailureMode, Policy, Sample, Verdict, evaluate,
+};
 use graylane_config::{Adaptive, Pause, Step, Weight};
 use graylane_rollout::{Command, Interval, Phase, Plan, Rollout};
 
-/// SplitMix64: small, fast, and good enough for simulation.
-struct Rng(u64);
+// The simulators share their random numbers with graylane-analysis's `simulate.rs`.
+#[path = "../../analysis/examples/support/rng.rs"]
+mod rng;
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller; one of the pair is enough here).
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-
-    /// Poisson with a large mean, by its normal approximation (λ is thousands here).
-    fn poisson_large(&mut self, lambda: f64) -> u64 {
-        (lambda + lambda.sqrt() * self.normal()).round().max(0.0) as u64
-    }
-}
+use rng::Rng;
 
 /// How one version behaves.
 #[derive(Clone, Copy)]
@@ -66,6 +43,34 @@ const HEALTHY: Behaviour = Behaviour {
     error_rate: 0.01,
     median_ms: 50.0,
 };
+
+/// A candidate that behaves as `below` until its weight reaches `from` percent, then as
+/// `above` (under load).
+#[derive(Clone, Copy)]
+struct Candidate {
+    below: Behaviour,
+    from: f64,
+    above: Behaviour,
+}
+
+impl Candidate {
+    /// The same at every weight.
+    fn always(b: Behaviour) -> Self {
+        Candidate {
+            below: b,
+            from: f64::INFINITY,
+            above: b,
+        }
+    }
+
+    fn at(&self, weight_percent: f64) -> Behaviour {
+        if weight_percent >= self.from {
+            self.above
+        } else {
+            self.below
+        }
+    }
+}
 
 impl Behaviour {
     fn serve(&self, rng: &mut Rng, s: &mut Sample) {
@@ -87,6 +92,8 @@ const HORIZON_S: u64 = 4 * 3600;
 const RUNS: u64 = 1000;
 /// The exposure budget of the adaptive plan.
 const BUDGET: u64 = 500;
+/// The weight (percent) from which the "under load" candidate degrades.
+const LOADED: f64 = 30.0;
 
 /// The README's analysis: error rate at most 5% and at most 2 points above the baseline, p99
 /// under 500 ms; two passes in a row pass, two failures in a row fail.
@@ -168,11 +175,13 @@ struct Run {
     aborted_at: Option<u64>,
     /// Requests the candidate served in all.
     candidate_requests: u64,
+    /// Requests the candidate served while it behaved worse than at low weights.
+    degraded_requests: u64,
 }
 
 /// One release from start to its end (or the horizon), judged once per interval as the
 /// controller does.
-fn run(plan: &Plan, candidate: Behaviour, seed: u64) -> Run {
+fn run(plan: &Plan, candidate: Candidate, seed: u64) -> Run {
     let mut rng = Rng::new(seed);
     let checks = checks();
     let mut analyzer = Analyzer::new(policy());
@@ -182,12 +191,22 @@ fn run(plan: &Plan, candidate: Behaviour, seed: u64) -> Run {
     let mut step = (r.step, r.step_started_ms);
     let mut since = (Sample::default(), Sample::default());
     let mut judged = 0u64;
+    // The recent view: when the weight last changed, and the totals then.
+    let mut recent = (0i64, (Sample::default(), Sample::default()));
+    let mut degraded = 0u64;
     let mut t = 0u64;
     while t < HORIZON_S && matches!(r.phase, Phase::Progressing | Phase::Paused) {
+        let changed_ms = r.adaptive.map_or(r.step_started_ms, |a| a.changed_ms);
+        if changed_ms != recent.0 {
+            recent = (changed_ms, (cand.clone(), base.clone()));
+        }
         let weight = r.weight.percent() / 100.0;
-        for _ in 0..rng.poisson_large(RPS * INTERVAL_S as f64) {
+        let behaviour = candidate.at(r.weight.percent());
+        let bad = r.weight.percent() >= candidate.from;
+        for _ in 0..rng.poisson(RPS * INTERVAL_S as f64) {
             if rng.uniform() <= weight {
-                candidate.serve(&mut rng, &mut cand);
+                behaviour.serve(&mut rng, &mut cand);
+                degraded += u64::from(bad);
             } else {
                 HEALTHY.serve(&mut rng, &mut base);
             }
@@ -204,16 +223,22 @@ fn run(plan: &Plan, candidate: Behaviour, seed: u64) -> Run {
             analyzer.step_started(now_ms as u64);
             continue;
         }
+        let judge = |c: &Sample, b: &Sample| -> Vec<_> {
+            checks
+                .iter()
+                .map(|check| evaluate(check, c, b, policy().min_requests, policy().alpha))
+                .collect()
+        };
         let (c, b) = (cand.sub(&since.0), base.sub(&since.1));
-        let results: Vec<_> = checks
-            .iter()
-            .map(|check| evaluate(check, &c, &b, policy().min_requests, policy().alpha))
-            .collect();
+        let results = judge(&c, &b);
         let decision = analyzer.judge(now_ms as u64, &results);
         let served = c.requests - judged;
         judged = c.requests;
         if plan.adaptive.is_some() {
-            r.adapt(plan, &Interval::judged(&decision, &results, served), now_ms);
+            let zero = &recent.1;
+            let recent = judge(&cand.sub(&zero.0), &base.sub(&zero.1));
+            let interval = Interval::judged(&decision, &results, &recent, served);
+            r.adapt(plan, &interval, now_ms);
         } else {
             let command = match decision {
                 Decision::Promote if !r.analysis_passed => Some(Command::AnalysisPassed),
@@ -230,6 +255,7 @@ fn run(plan: &Plan, candidate: Behaviour, seed: u64) -> Run {
         completed_at: (r.phase == Phase::Completed).then_some(t),
         aborted_at: (r.phase == Phase::Aborted).then_some(t),
         candidate_requests: cand.requests,
+        degraded_requests: degraded,
     }
 }
 
@@ -252,7 +278,49 @@ fn share(n: usize, of: u64) -> String {
     format!("{n}/{of} = {:.1}%", 100.0 * n as f64 / of as f64)
 }
 
+/// How many requests the latency-regression candidate must serve before its p99 check can fail
+/// at all, whatever the pace: the check looked at after every single request from
+/// `min_requests` on (no interval, no `failure_limit`), until it first fails.
+fn floor() {
+    const FLOOR_RUNS: u64 = 4000;
+    let candidate = Behaviour {
+        median_ms: 200.0,
+        ..HEALTHY
+    };
+    let check = &checks()[1];
+    let policy = policy();
+    let mut first: Vec<u64> = (0..FLOOR_RUNS)
+        .map(|seed| {
+            let mut rng = Rng::new(30_000 + seed);
+            let mut c = Sample::default();
+            // Bounded: a p99 of 640 ms fails long before 100,000 requests.
+            while c.requests < 100_000 {
+                candidate.serve(&mut rng, &mut c);
+                if c.requests >= policy.min_requests {
+                    let r = evaluate(check, &c, &c, policy.min_requests, policy.alpha);
+                    if r.verdict == Verdict::Fail {
+                        break;
+                    }
+                }
+            }
+            c.requests
+        })
+        .collect();
+    first.sort_unstable();
+    println!(
+        "latency p99 160 → 640 ms, checked after every candidate request from min_requests {}: first failure after a median {} requests (p10 {}, p90 {}; {FLOOR_RUNS} runs)",
+        policy.min_requests,
+        quantile(&first, 0.5).unwrap_or(0),
+        quantile(&first, 0.1).unwrap_or(0),
+        quantile(&first, 0.9).unwrap_or(0),
+    );
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("floor") {
+        floor();
+        return;
+    }
     let started = Instant::now();
     let strategies = [
         ("fixed 5 → 20 → 50 → 100%, 10m pauses", fixed_plan()),
@@ -273,7 +341,9 @@ fn main() {
     println!("| scenario | plan | result |");
     println!("|---|---|---|");
     for (name, plan) in &strategies {
-        let runs: Vec<Run> = (0..RUNS).map(|seed| run(plan, HEALTHY, seed)).collect();
+        let runs: Vec<Run> = (0..RUNS)
+            .map(|seed| run(plan, Candidate::always(HEALTHY), seed))
+            .collect();
         let mut done: Vec<u64> = runs.iter().filter_map(|r| r.completed_at).collect();
         done.sort_unstable();
         let false_rollbacks = runs.iter().filter(|r| r.aborted_at.is_some()).count();
@@ -304,7 +374,7 @@ fn main() {
     for (what, behaviour) in bad {
         for (name, plan) in &strategies {
             let runs: Vec<Run> = (0..RUNS)
-                .map(|seed| run(plan, behaviour, 10_000 + seed))
+                .map(|seed| run(plan, Candidate::always(behaviour), 10_000 + seed))
                 .collect();
             let mut served: Vec<u64> = runs
                 .iter()
@@ -324,6 +394,30 @@ fn main() {
                 minutes(quantile(&at, 0.5)),
             );
         }
+    }
+    let under_load = Candidate {
+        below: HEALTHY,
+        from: LOADED,
+        above: Behaviour {
+            error_rate: 0.05,
+            ..HEALTHY
+        },
+    };
+    for (name, plan) in &strategies {
+        let runs: Vec<Run> = (0..RUNS)
+            .map(|seed| run(plan, under_load, 20_000 + seed))
+            .collect();
+        let rolled_back = runs.iter().filter(|r| r.aborted_at.is_some()).count();
+        let completed = runs.iter().filter(|r| r.completed_at.is_some()).count();
+        let mut degraded: Vec<u64> = runs.iter().map(|r| r.degraded_requests).collect();
+        degraded.sort_unstable();
+        println!(
+            "| bad under load: errors 1% → 5% from {LOADED}% of the traffic up | {name} | rolled back {}, completed {}; candidate requests while bad: median {}, p90 {} |",
+            share(rolled_back, RUNS),
+            share(completed, RUNS),
+            quantile(&degraded, 0.5).unwrap_or(0),
+            quantile(&degraded, 0.9).unwrap_or(0),
+        );
     }
     println!("\n(simulated in {:.0} s)", started.elapsed().as_secs_f64());
 }

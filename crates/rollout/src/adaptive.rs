@@ -3,12 +3,24 @@
 //! the interval and returns a [`Move`] with the reason; [`Rollout::adapt`](crate::Rollout::adapt)
 //! applies it and records it as a transition.
 //!
+//! Each interval judges the checks twice: on the data since the release started (the *release*
+//! view, which the [`Analyzer`](graylane_analysis::Analyzer) counts passes and failures on), and
+//! on the data since the weight last changed alone (the *recent* view). The release view has
+//! the most data, so it clears a healthy candidate soonest; the recent view is not diluted by
+//! the data gathered at lower weights, so it sees a regression that appears only at the current
+//! weight (under load). The recent view can only slow the release down or speed up a growth the
+//! release view allows; only the release view fails it (at the analysis's `alpha`, whatever the
+//! number of weights tried), or the budget stops it.
+//!
 //! ```text
-//!  every check clear ──► weight × grow, capped at max; clear at max: complete
+//!  every check clear ──► weight × grow (× grow² when the recent view is clear too: proven at
+//!                        this very weight), capped at max; clear at max, or grown to 100%:
+//!                        complete
 //!  inconclusive ───────► hold; shrink if the budget left is less than the next interval
 //!                        would spend (estimated from the last interval's candidate requests)
 //!  leaning worse ──────► weight × shrink, floored at start; its requests count against the
-//!                        budget; at the floor, stop if the next interval would overspend
+//!  (either view, or a    budget; at the floor, stop if the next interval would overspend
+//!  recent failure)
 //!  failed ─────────────► stop: abort, or pause by on_failure
 //!  budget spent ───────► stop, the same way
 //! ```
@@ -24,7 +36,7 @@
 //! there and adds the next buckets, a shrink sends the most recently added users (the highest
 //! buckets) back to the baseline first.
 
-use graylane_analysis::{CheckResult, Decision};
+use graylane_analysis::{CheckResult, Decision, Verdict};
 use graylane_config::{Adaptive, Weight};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +60,9 @@ pub enum Outcome {
 pub struct Interval {
     /// How the interval judged the candidate.
     pub outcome: Outcome,
+    /// The recent view (the data since the weight last changed) is clear on its own too: the
+    /// candidate is proven at its current weight, and a clear interval grows it by `grow²`.
+    pub proven: bool,
     /// Requests the candidate served since the previous interval.
     pub candidate_requests: u64,
     /// For people: the checks' figures ("check: reason; check: reason").
@@ -55,25 +70,47 @@ pub struct Interval {
 }
 
 impl Interval {
-    /// The interval the analyzer's `decision` on `results` makes.
-    pub fn judged(decision: &Decision, results: &[CheckResult], candidate_requests: u64) -> Self {
+    /// The interval the analyzer's `decision` on the release view's `results` makes, with the
+    /// checks' `recent` results on the data since the weight last changed (empty: none). A
+    /// recent check leaning worse (or failing) makes the interval lean worse, however clear the
+    /// release view is: the regression may be new at this weight.
+    pub fn judged(
+        decision: &Decision,
+        results: &[CheckResult],
+        recent: &[CheckResult],
+        candidate_requests: u64,
+    ) -> Self {
+        let recent_worse = recent.iter().any(CheckResult::leans_worse);
         let outcome = match decision {
             Decision::Fail { .. } => Outcome::Failed,
             Decision::Hold { .. } | Decision::Pause { .. } => Outcome::Waiting,
+            _ if recent_worse => Outcome::Worse,
             Decision::Promote => Outcome::Clear,
             Decision::Continue if results.iter().any(CheckResult::leans_worse) => Outcome::Worse,
             Decision::Continue => Outcome::Unclear,
         };
-        let figures = match decision {
-            Decision::Fail { reason } => reason.clone(),
-            _ => results
+        let proven = outcome == Outcome::Clear
+            && !recent.is_empty()
+            && recent.iter().all(|r| r.verdict == Verdict::Pass);
+        let list = |results: &[CheckResult]| {
+            results
                 .iter()
                 .map(|r| format!("{}: {}", r.check, r.reason))
                 .collect::<Vec<_>>()
-                .join("; "),
+                .join("; ")
         };
+        let mut figures = match decision {
+            Decision::Fail { reason } => reason.clone(),
+            _ => list(results),
+        };
+        // The recent view is worth reading when it changed the outcome or the pace.
+        if (recent_worse && outcome == Outcome::Worse) || proven {
+            figures.push_str(" | since the weight last changed: ");
+            figures.push_str(&list(recent));
+        }
         Interval {
             outcome,
+            proven,
             candidate_requests,
             figures,
         }
@@ -199,16 +236,32 @@ pub fn decide(
         }
         Outcome::Clear => {
             if ready {
-                let to = scaled(weight, bounds.grow)
+                // Proven at this very weight too: the evidence is strong, take two steps.
+                let (factor, how) = if interval.proven {
+                    (
+                        bounds.grow * bounds.grow,
+                        format!("grow {}², proven at this weight", bounds.grow),
+                    )
+                } else {
+                    (bounds.grow, format!("grow {}", bounds.grow))
+                };
+                let to = scaled(weight, factor)
                     .max(weight.milli_percent() + 1)
                     .min(bounds.max.milli_percent());
                 let to = Weight::from_milli_percent(to);
+                // At 100% the baseline has no traffic left to compare with: nothing to wait
+                // for, as with a fixed plan's last step.
+                if to == Weight::FULL {
+                    return (
+                        Move::Complete,
+                        format!(
+                            "every check clear: {weight} → 100%, complete ({how}; {spend}): {figures}"
+                        ),
+                    );
+                }
                 return (
                     Move::Grow(to),
-                    format!(
-                        "every check clear: {weight} → {to} (grow {}; {spend}): {figures}",
-                        bounds.grow
-                    ),
+                    format!("every check clear: {weight} → {to} ({how}; {spend}): {figures}"),
                 );
             }
         }

@@ -1,8 +1,10 @@
 //! `steps: adaptive`: the pure decision of each interval (grow, hold, shrink, the floor, the cap,
-//! the exposure budget, `min_pause`) and the machine under manual commands meanwhile.
+//! the exposure budget, `min_pause`, the recent view) and the machine under manual commands
+//! meanwhile.
 
 use std::time::Duration;
 
+use graylane_analysis::{CheckResult, CheckSpec, Decision, Sample, Verdict, evaluate};
 use graylane_config::{Adaptive, Pause, Step, Weight};
 use graylane_rollout::adaptive::decide;
 use graylane_rollout::{
@@ -30,6 +32,7 @@ fn bounds(max_bad_requests: Option<u64>) -> Adaptive {
 fn interval(outcome: Outcome, candidate_requests: u64) -> Interval {
     Interval {
         outcome,
+        proven: false,
         candidate_requests,
         figures: "error_rate: 1.0% [0.5%, 1.5%]".to_string(),
     }
@@ -257,7 +260,7 @@ fn a_healthy_adaptive_release_doubles_each_clear_interval_to_completion_with_rec
         }
     }
     assert_eq!(r.phase, Phase::Completed);
-    assert_eq!(path, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0, 100.0]);
+    assert_eq!(path, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]);
     let grow = r
         .history
         .iter()
@@ -354,4 +357,84 @@ fn a_failed_analysis_pauses_an_adaptive_release_with_on_failure_pause() {
     assert!(r.adapt(&plan, &interval(Outcome::Failed, 100), 1_000));
     assert_eq!((r.phase, r.weight), (Phase::Paused, pct(1.0)));
     assert_eq!(r.history.last().unwrap().what, "analysis_failed");
+}
+
+/// An error-rate check (at most 2 points above the baseline) judged on `requests` of each
+/// version with these error counts, as the analysis judges a window.
+fn error_rate(requests: u64, candidate_errors: u64, baseline_errors: u64) -> CheckResult {
+    let sample = |errors| Sample {
+        requests,
+        errors,
+        seconds: 60.0,
+        ..Sample::default()
+    };
+    let spec = CheckSpec::ErrorRate {
+        max: None,
+        max_increase: Some(0.02),
+    };
+    evaluate(
+        &spec,
+        &sample(candidate_errors),
+        &sample(baseline_errors),
+        200,
+        0.05,
+    )
+}
+
+#[test]
+fn a_regression_in_the_data_since_the_weight_last_changed_leans_worse_however_clear_the_whole_release_is()
+ {
+    // The release's data is clear (1% against 1% over 20,000 requests), but since the last
+    // growth the candidate fails 6% of 2,000 requests: it is new at this weight.
+    let release = [error_rate(20_000, 200, 200)];
+    assert_eq!(release[0].verdict, Verdict::Pass);
+    let recent = [error_rate(2_000, 120, 20)];
+    let i = Interval::judged(&Decision::Promote, &release, &recent, 2_000);
+    assert_eq!(i.outcome, Outcome::Worse);
+    assert!(!i.proven);
+    assert!(
+        i.figures
+            .contains("since the weight last changed: error_rate"),
+        "the recent figures that caused it: {}",
+        i.figures
+    );
+    let (m, why) = decide_at(&bounds(Some(500)), 32.0, MIN_PAUSE_MS, &i);
+    assert_eq!(m, Move::Stop { budget: true }, "{why}");
+    let (m, _) = decide_at(&bounds(None), 32.0, MIN_PAUSE_MS, &i);
+    assert_eq!(m, Move::Shrink(pct(16.0)));
+}
+
+#[test]
+fn a_clear_release_also_clear_since_the_weight_last_changed_is_proven_and_grows_by_grow_squared() {
+    let clear = [error_rate(20_000, 200, 200)];
+    let i = Interval::judged(&Decision::Promote, &clear, &clear, 2_000);
+    assert_eq!((i.outcome, i.proven), (Outcome::Clear, true));
+    let (m, why) = decide_at(&bounds(None), 4.0, MIN_PAUSE_MS, &i);
+    assert_eq!(m, Move::Grow(pct(16.0)));
+    assert!(
+        why.contains("4% → 16% (grow 2², proven at this weight"),
+        "{why}"
+    );
+
+    // Too little data since the change to judge: growth as usual.
+    let unjudged = [error_rate(50, 0, 0)];
+    assert!(!unjudged[0].enough_data);
+    let i = Interval::judged(&Decision::Promote, &clear, &unjudged, 50);
+    assert_eq!((i.outcome, i.proven), (Outcome::Clear, false));
+    assert_eq!(
+        decide_at(&bounds(None), 4.0, MIN_PAUSE_MS, &i).0,
+        Move::Grow(pct(8.0))
+    );
+}
+
+#[test]
+fn a_clear_interval_that_would_grow_to_100_percent_completes_at_once() {
+    let (m, why) = decide_at(
+        &bounds(None),
+        64.0,
+        MIN_PAUSE_MS,
+        &interval(Outcome::Clear, 100),
+    );
+    assert_eq!(m, Move::Complete);
+    assert!(why.contains("64% → 100%, complete"), "{why}");
 }

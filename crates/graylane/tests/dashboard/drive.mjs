@@ -230,6 +230,29 @@ try {
     await until('the experiment card with its SRM badge', async () => /SRM (ok|alert)/.test(await $('article[data-service="search"]').textContent()));
   });
 
+  await check('an adaptive release\'s step plan shows each change of weight with its figures, and the budget spent', async () => {
+    await openRelease('orders');
+    await expectText('#plan-note', 'Adaptive: 20% to 100%');
+    // Healthy at 20%, it clears and grows by grow² (all its data is at that weight).
+    await until('the growth to 80% in the plan', async () => (await textOf('#step-plan')).includes('canary 80%'), 90000);
+    const grow = await textOf('#step-plan li:nth-child(2)');
+    for (const part of ['grow', 'every check clear: 20% → 80%', 'grow 2², proven at this weight', 'error_rate:']) {
+      assert(grow.includes(part), `the growth shows ${part}: ${grow}`);
+    }
+    assert((await textOf('#step-plan li:first-child')).includes('canary 20%'), 'the path starts at start');
+    // The test now makes the candidate fail every request: it looks worse, its requests are
+    // spent, and the budget (or the failed analysis) stops it.
+    await until('the release to stop', async () => (await textOf('#release-summary')).includes('aborted'), 30000);
+    await until('the stop in the plan', async () => (await textOf('#step-plan li:last-child')).includes('canary 0%'));
+    const stop = await textOf('#step-plan li:last-child');
+    assert(/budget_spent|analysis_failed/.test(stop) && stop.includes('error_rate:'), `the stop names its figures: ${stop}`);
+    await until('the spent budget', async () => {
+      const spent = /exposure budget (\d+) of 40 requests spent/.exec(await textOf('#plan-note'));
+      return spent && Number(spent[1]) > 0;
+    });
+    await page.goto(`${URL_}#/releases`);
+  });
+
   await check('a viewer sees no action buttons, no slider and no revert', async () => {
     await page.getByRole('link', { name: 'payment' }).click();
     await $('#release-step').waitFor();

@@ -36,7 +36,7 @@ export function mount(root, ctx, service) {
   const charts = releaseCharts();
   ctx.onStop(() => charts.destroy());
   const plan = h('ol', { class: 'steps', id: 'step-plan' });
-  const planNote = h('p', { class: 'muted' });
+  const planNote = h('p', { class: 'muted', id: 'plan-note' });
   const analysis = analysisPanel();
   const variants = h('div', { id: 'release-variants' });
   const timeline = h('ol', { class: 'timeline', id: 'transitions', reversed: true });
@@ -136,7 +136,7 @@ export function mount(root, ctx, service) {
     const budget = a.max_bad_requests != null
       ? `exposure budget ${a.budget_spent} of ${a.max_bad_requests} requests spent`
       : `${a.budget_spent} requests served while the candidate looked worse (no budget set)`;
-    setText(planNote, `Adaptive: ${pct(a.start, 3)} to ${pct(a.max, 3)}, ×${a.grow} on a clear interval, ×${a.shrink} leaning worse, at most one change per ${a.min_pause_s}s; ${budget}.`);
+    setText(planNote, `Adaptive: ${pct(a.start, 3)} to ${pct(a.max, 3)}, ×${a.grow} on a clear interval (×${a.grow * a.grow} when clear since the last change too), ×${a.shrink} leaning worse, at most one change per ${a.min_pause_s}s; ${budget}.`);
     const path = a.path || [];
     fill(plan, path.map((t, i) => {
       const state = i === path.length - 1 ? 'current' : 'done';

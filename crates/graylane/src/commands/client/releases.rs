@@ -333,10 +333,11 @@ fn adaptive(a: &AdaptiveView, candidate: &str) -> String {
     };
     let path: Vec<String> = a.path.iter().map(|t| percent(t.weight)).collect();
     format!(
-        "adaptive: {} to {}, ×{} on a clear interval, ×{} leaning worse, a change at most every {}s\n{budget}\npath of {candidate}: {}\n",
+        "adaptive: {} to {}, ×{} on a clear interval (×{} when clear since the last change too), ×{} leaning worse, a change at most every {}s\n{budget}\npath of {candidate}: {}\n",
         percent(a.start),
         percent(a.max),
         a.grow,
+        a.grow * a.grow,
         a.shrink,
         a.min_pause_s,
         path.join(" → ")
