@@ -437,7 +437,24 @@ fn release_span(t: &ReleaseTransition, scope: &InstrumentationScope) -> SpanData
     trace_id[..8].copy_from_slice(&crate::rng::fastrand_u64().max(1).to_be_bytes());
     trace_id[8..].copy_from_slice(&crate::rng::fastrand_u64().to_be_bytes());
     let span_id = crate::rng::fastrand_u64().max(1).to_be_bytes();
-    let rolled_back = t.kind.contains("roll") || t.kind.contains("fail");
+    let rolled_back = matches!(t.to.as_str(), "aborted" | "rolled_back");
+    let mut attributes = vec![
+        KeyValue::new("graylane.service", t.service.clone()),
+        KeyValue::new("graylane.release.action", t.action.clone()),
+        KeyValue::new("graylane.release.from", t.from.clone()),
+        KeyValue::new("graylane.release.to", t.to.clone()),
+        KeyValue::new("graylane.release.actor", t.actor.clone()),
+        KeyValue::new("graylane.release.reason", t.reason.clone()),
+    ];
+    if let Some(step) = t.step {
+        attributes.push(KeyValue::new("graylane.release.step", step as i64));
+    }
+    for (version, weight) in &t.weights {
+        attributes.push(KeyValue::new(
+            format!("graylane.release.weight.{version}"),
+            *weight,
+        ));
+    }
     SpanData {
         span_context: context(trace_id, span_id, true),
         parent_span_id: SpanId::INVALID,
@@ -446,14 +463,7 @@ fn release_span(t: &ReleaseTransition, scope: &InstrumentationScope) -> SpanData
         name: "release.transition".into(),
         start_time: t.at,
         end_time: t.at,
-        attributes: vec![
-            KeyValue::new("graylane.service", t.service.clone()),
-            KeyValue::new("graylane.release", t.release.clone()),
-            KeyValue::new("graylane.transition", t.kind.clone()),
-            KeyValue::new("graylane.release.from_weight", t.from_weight),
-            KeyValue::new("graylane.release.to_weight", t.to_weight),
-            KeyValue::new("graylane.reason", t.reason.clone()),
-        ],
+        attributes,
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
         links: SpanLinks::default(),

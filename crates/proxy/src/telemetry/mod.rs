@@ -48,24 +48,64 @@ pub(crate) struct Counters {
     export_errors: AtomicU64,
 }
 
-/// A release's transition (a weight change, a promotion, a rollback, an analysis verdict), as
-/// the controller records it: exported as a `release.transition` span.
+/// A release's transition (a step, a promotion, a rollback, a pause, an analysis verdict), as
+/// the controller announces it: exported as a `release.transition` span.
 #[derive(Debug, Clone)]
 pub struct ReleaseTransition {
     /// The service whose release moved.
     pub service: String,
-    /// The release's name (its candidate version).
-    pub release: String,
-    /// What happened: `step`, `promoted`, `rolled_back`, `paused`, a verdict, ...
-    pub kind: String,
-    /// The candidate's weight before, in percent.
-    pub from_weight: f64,
-    /// The candidate's weight after, in percent.
-    pub to_weight: f64,
+    /// What happened (the controller's action: `advance`, `promote`, `rollback`, ...).
+    pub action: String,
+    /// The release's state before.
+    pub from: String,
+    /// The release's state after.
+    pub to: String,
+    /// The step it is on after, if any.
+    pub step: Option<u64>,
+    /// Who moved it (`controller`, an operator's token name).
+    pub actor: String,
     /// Why, in the controller's words.
     pub reason: String,
+    /// Each version's weight after, in percent.
+    pub weights: Vec<(String, f64)>,
     /// When it happened.
     pub at: std::time::SystemTime,
+}
+
+impl ReleaseTransition {
+    /// The transition a `release.transition` webhook event describes; `None` for any other
+    /// event.
+    pub fn from_event(event: &serde_json::Value) -> Option<ReleaseTransition> {
+        if event.get("event")?.as_str()? != "release.transition" {
+            return None;
+        }
+        let text = |key: &str| {
+            event
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Some(ReleaseTransition {
+            service: text("service"),
+            action: text("action"),
+            from: text("from"),
+            to: text("to"),
+            step: event.get("step").and_then(serde_json::Value::as_u64),
+            actor: text("actor"),
+            reason: text("reason"),
+            weights: event
+                .get("weights")
+                .and_then(|w| w.as_object())
+                .map(|w| {
+                    w.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            at: std::time::SystemTime::now(),
+        })
+    }
 }
 
 /// One tracer in use: what the request path pushes records into.
