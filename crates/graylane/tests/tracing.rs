@@ -1,5 +1,6 @@
 //! `graylane serve` with `telemetry.otlp` as a process: a proxied request's spans and a release
-//! transition's span (its start, then a promotion) reach a real OTLP receiver over gRPC.
+//! transition's span (its start, then a promotion) reach a real OTLP receiver over gRPC, with a
+//! header read from the environment.
 
 mod common;
 
@@ -17,7 +18,7 @@ admin:
   tokens:
     - { name: otto, env: TEST_TOKEN_OPERATOR, role: operator }
 telemetry:
-  otlp: { endpoint: "{collector}", protocol: grpc, sample: 1 }
+  otlp: { endpoint: "{collector}", protocol: grpc, sample: 1, headers: { x-api-key: { env: OTLP_API_KEY } } }
 services:
   - name: payment
     match: { path_prefix: /pay }
@@ -42,7 +43,10 @@ async fn serve_exports_request_spans_and_release_transitions_to_an_otlp_collecto
         "tracing-serve",
         CONFIG,
         &[("collector", receiver.endpoint())],
-        &[("TEST_TOKEN_OPERATOR", OPERATOR)],
+        &[
+            ("TEST_TOKEN_OPERATOR", OPERATOR),
+            ("OTLP_API_KEY", "k-from-env"),
+        ],
     )
     .await;
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";

@@ -24,9 +24,30 @@ pub struct Otlp {
     /// fallback) is exported even when it was not sampled.
     pub always_on_error: bool,
     /// `headers`: sent with every export (e.g. an API key), by lower-case name.
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, HeaderSource>,
     /// `service_name`: the `service.name` resource attribute; default `graylane`.
     pub service_name: String,
+}
+
+/// Where a `telemetry.otlp.headers` value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// Written in the file (shown to the admin API's viewers and operators with the file).
+    Text(String),
+    /// `{ env: NAME }`: the environment variable's value when the exporter starts, so a secret
+    /// stays out of the file.
+    Env(String),
+}
+
+impl HeaderSource {
+    /// The value: the text, or the variable's (`None` when it is unset or not a header value).
+    pub fn resolve(&self) -> Option<String> {
+        let value = match self {
+            HeaderSource::Text(t) => t.clone(),
+            HeaderSource::Env(name) => std::env::var(name).ok()?,
+        };
+        http::HeaderValue::from_str(&value).is_ok().then_some(value)
+    }
 }
 
 /// How spans reach the collector.

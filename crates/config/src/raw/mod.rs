@@ -106,11 +106,24 @@ pub struct RawOtlp {
     pub sample: Option<f64>,
     /// `always_on_error`: export failed requests even when not sampled (default false).
     pub always_on_error: Option<bool>,
-    /// `headers`: sent with every export.
+    /// `headers`: sent with every export; a value is text or `{ env: NAME }`.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, RawHeaderValue>,
     /// `service_name`: the `service.name` resource attribute (default `graylane`).
     pub service_name: Option<String>,
+}
+
+/// A `telemetry.otlp.headers` value: the text, or the environment variable that holds it.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawHeaderValue {
+    /// The value itself.
+    Text(String),
+    /// `{ env: NAME }`: read from the environment when the exporter starts.
+    Env {
+        /// The variable's name.
+        env: String,
+    },
 }
 
 /// `geoip:`: where `country` rules find the client's country.

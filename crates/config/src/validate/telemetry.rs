@@ -57,15 +57,32 @@ impl Validator<'_> {
                 );
                 continue;
             };
-            if http::HeaderValue::from_str(value).is_err() {
-                // The value is likely a secret: it is not repeated.
-                self.fail(
-                    key,
-                    "the value is not a valid header value: use visible ASCII characters, no line breaks",
-                );
-                continue;
-            }
-            headers.insert(parsed.as_str().to_string(), value.clone());
+            let source = match value {
+                RawHeaderValue::Text(text) => {
+                    if http::HeaderValue::from_str(text).is_err() {
+                        // The value is likely a secret: it is not repeated.
+                        self.fail(
+                            key,
+                            "the value is not a valid header value: use visible ASCII characters, no line breaks",
+                        );
+                        continue;
+                    }
+                    HeaderSource::Text(text.clone())
+                }
+                RawHeaderValue::Env { env } => {
+                    let valid = !env.is_empty()
+                        && env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    if !valid {
+                        self.fail(
+                            format!("{key}.env"),
+                            format!("`{env}` is not an environment variable name: use letters, digits and `_`"),
+                        );
+                        continue;
+                    }
+                    HeaderSource::Env(env.clone())
+                }
+            };
+            headers.insert(parsed.as_str().to_string(), source);
         }
         let service_name = match raw.service_name.as_deref() {
             None => Some(Otlp::DEFAULT_SERVICE_NAME.to_string()),
@@ -132,7 +149,7 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::model::OtlpProtocol;
+    use crate::model::{HeaderSource, OtlpProtocol};
 
     fn load(telemetry: &str) -> Result<crate::Config, String> {
         let yaml = format!(
@@ -161,7 +178,7 @@ mod tests {
     #[test]
     fn grpc_sample_headers_and_service_name_are_read() {
         let otlp = load(
-            "{ otlp: { endpoint: 'http://collector:4317', protocol: grpc, sample: 0, always_on_error: true, headers: { X-Api-Key: s3cret }, service_name: edge } }",
+            "{ otlp: { endpoint: 'http://collector:4317', protocol: grpc, sample: 0, always_on_error: true, headers: { X-Api-Key: s3cret, X-Token: { env: OTLP_TOKEN } }, service_name: edge } }",
         )
         .unwrap()
         .telemetry
@@ -171,7 +188,14 @@ mod tests {
         assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
         assert_eq!(otlp.sample, 0.0);
         assert!(otlp.always_on_error);
-        assert_eq!(otlp.headers["x-api-key"], "s3cret");
+        assert_eq!(
+            otlp.headers["x-api-key"],
+            HeaderSource::Text("s3cret".into())
+        );
+        assert_eq!(
+            otlp.headers["x-token"],
+            HeaderSource::Env("OTLP_TOKEN".into())
+        );
         assert_eq!(otlp.service_name, "edge");
     }
 
@@ -202,6 +226,15 @@ mod tests {
             .unwrap_err();
         assert!(
             err.contains("telemetry.otlp.headers.x-key: the value is not a valid header value"),
+            "{err}"
+        );
+        let err =
+            load("{ otlp: { endpoint: 'http://c:4318', headers: { x-key: { env: 'A B' } } } }")
+                .unwrap_err();
+        assert!(
+            err.contains(
+                "telemetry.otlp.headers.x-key.env: `A B` is not an environment variable name"
+            ),
             "{err}"
         );
         let err = load("{ otlp: { endpoint: 'https://c:4318' } }").unwrap_err();

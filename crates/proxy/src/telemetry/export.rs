@@ -181,28 +181,22 @@ fn build(settings: &Otlp) -> Result<opentelemetry_otlp::SpanExporter, StartError
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(url)
                 .with_timeout(EXPORT_TIMEOUT)
-                .with_headers(
-                    settings
-                        .headers
-                        .clone()
-                        .into_iter()
-                        .collect::<HashMap<_, _>>(),
-                )
+                .with_headers(headers(settings).collect::<HashMap<_, _>>())
                 .build()?
         }
         OtlpProtocol::Grpc => {
             // The configuration checked the names and values; gRPC metadata is made of the same.
-            let mut headers = http::HeaderMap::new();
-            for (name, value) in &settings.headers {
+            let mut metadata = http::HeaderMap::new();
+            for (name, value) in headers(settings) {
                 if let (Ok(name), Ok(value)) = (
                     http::HeaderName::from_bytes(name.as_bytes()),
-                    http::HeaderValue::from_str(value),
+                    http::HeaderValue::from_str(&value),
                 ) {
-                    headers.insert(name, value);
+                    metadata.insert(name, value);
                 }
             }
             let metadata =
-                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
+                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(metadata);
             builder
                 .with_tonic()
                 .with_endpoint(settings.endpoint.to_string())
@@ -212,6 +206,18 @@ fn build(settings: &Otlp) -> Result<opentelemetry_otlp::SpanExporter, StartError
         }
     };
     Ok(exporter)
+}
+
+/// The headers sent with every export, `{ env: NAME }` ones read now; one whose variable is
+/// unset is left out and logged.
+fn headers(settings: &Otlp) -> impl Iterator<Item = (String, String)> + '_ {
+    settings.headers.iter().filter_map(|(name, source)| {
+        let value = source.resolve();
+        if value.is_none() {
+            tracing::warn!(header = %name, "telemetry.otlp.headers.{name}: its environment variable is unset or not a header value; the header is not sent");
+        }
+        Some((name.clone(), value?))
+    })
 }
 
 /// The wall clock at `at`, measured from the record's start.
