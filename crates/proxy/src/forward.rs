@@ -250,7 +250,7 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// A W3C `traceparent` with fresh random trace and span ids, sampled:
 /// `00-<32 hex trace id>-<16 hex span id>-01`, written a byte (two hex digits) at a time from a
 /// table: most requests arrive without one, and digit by digit this cost more than routing.
-fn new_traceparent() -> [u8; 55] {
+pub(crate) fn new_traceparent() -> [u8; 55] {
     const PAIRS: [[u8; 2]; 256] = {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut t = [[0u8; 2]; 256];

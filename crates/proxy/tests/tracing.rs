@@ -299,6 +299,30 @@ async fn sample_zero_exports_only_sampled_callers_and_failures_with_always_on_er
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_started_unsampled_is_sent_on_unsampled_and_not_exported() {
+    let setup = Setup::new();
+    let receiver = OtlpReceiver::start(Protocol::HttpProtobuf);
+    let gateway = start_gateway(config(&setup.yaml(&telemetry(&receiver, 0.0, false))));
+    let a = addr(&gateway);
+    for _ in 0..3 {
+        assert_eq!(get(a, "/pay", &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(get(a, "/broken", &[]).await.status, StatusCode::BAD_GATEWAY);
+    let seen = setup.stable.seen();
+    assert_eq!(seen.len(), 3);
+    for s in &seen {
+        let tp = &s.headers["traceparent"];
+        assert!(tp.starts_with("00-") && tp.ends_with("-00"), "{tp}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        receiver.spans().is_empty(),
+        "without always_on_error a failure is not exported either"
+    );
+    shutdown(gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_collector_costs_a_counter_and_never_a_request() {
     let setup = Setup::new();
     let yaml = setup.yaml(&format!(

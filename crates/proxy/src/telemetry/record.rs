@@ -3,7 +3,7 @@
 //! a fixed array of its upstream attempts. The exporter turns it into a server span and one
 //! client span per attempt (export.rs).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -96,7 +96,12 @@ pub(crate) struct SpanRecord {
 /// The request's trace while it is served: its record when it is traced. The phases reach it
 /// through [`Facts`]; nothing borrows it across an await.
 #[derive(Default)]
-pub(crate) struct TraceCell(RefCell<Option<Box<SpanRecord>>>);
+pub(crate) struct TraceCell {
+    record: RefCell<Option<Box<SpanRecord>>>,
+    /// Graylane started the trace and did not sample it: the upstream is told so (flags `00`),
+    /// so the hops after it agree instead of sampling a trace with no root.
+    unsampled: Cell<bool>,
+}
 
 /// What [`TraceCell::begin`] decides from the sampling settings.
 #[derive(Clone, Copy)]
@@ -120,18 +125,19 @@ impl TraceCell {
         tls: bool,
         started: Instant,
     ) {
-        let (trace_id, parent, sampled) = match incoming(req) {
-            Some((trace_id, parent, sampled)) => (trace_id, parent, sampled),
+        let (trace_id, parent, sampled, started_here) = match incoming(req) {
+            Some((trace_id, parent, sampled)) => (trace_id, parent, sampled, false),
             None => {
                 let low = fastrand_u64();
                 let sampled = sampling.threshold == u64::MAX || low < sampling.threshold;
                 let mut id = [0; 16];
                 id[..8].copy_from_slice(&fastrand_u64().to_be_bytes());
                 id[8..].copy_from_slice(&low.to_be_bytes());
-                (id, [0; 8], sampled)
+                (id, [0; 8], sampled, true)
             }
         };
         if !sampled && !sampling.always_on_error {
+            self.unsampled.set(started_here);
             return;
         }
         let mut record = Box::new(SpanRecord {
@@ -171,19 +177,19 @@ impl TraceCell {
             };
             record.host.set(name.as_bytes());
         }
-        *self.0.borrow_mut() = Some(record);
+        *self.record.borrow_mut() = Some(record);
     }
 
-    /// Whether the request is traced: its upstream attempts then carry their client span in
-    /// `traceparent`.
+    /// Whether the request is traced (its upstream attempts then carry their client span in
+    /// `traceparent`), or graylane started its trace unsampled (they are told so).
     #[inline]
     pub(crate) fn active(&self) -> Option<&TraceCell> {
-        self.0.borrow().is_some().then_some(self)
+        (self.unsampled.get() || self.record.borrow().is_some()).then_some(self)
     }
 
     /// Starts a client span for an attempt at `addr`.
     pub(crate) fn attempt(&self, version: usize, fallback: bool, addr: SocketAddr) {
-        let mut cell = self.0.borrow_mut();
+        let mut cell = self.record.borrow_mut();
         let Some(record) = cell.as_mut() else {
             return;
         };
@@ -210,7 +216,7 @@ impl TraceCell {
             Some(Err(e)) => Ended::Failed(e.kind),
             None => Ended::TimedOut,
         };
-        let mut cell = self.0.borrow_mut();
+        let mut cell = self.record.borrow_mut();
         let Some(record) = cell.as_mut() else {
             return;
         };
@@ -224,8 +230,15 @@ impl TraceCell {
     /// Writes `traceparent: 00-<trace id>-<the latest attempt's span id>-<flags>\r\n`: the
     /// upstream's spans nest under graylane's client span.
     pub(crate) fn write_traceparent(&self, out: &mut Vec<u8>) {
-        let cell = self.0.borrow();
+        let cell = self.record.borrow();
         let Some(record) = cell.as_ref() else {
+            if self.unsampled.get() {
+                let mut traceparent = crate::forward::new_traceparent();
+                traceparent[53..].copy_from_slice(b"00");
+                out.extend_from_slice(b"traceparent: ");
+                out.extend_from_slice(&traceparent);
+                out.extend_from_slice(b"\r\n");
+            }
             return;
         };
         let index = (record.attempts_made as usize).wrapping_sub(1);
@@ -255,7 +268,7 @@ impl TraceCell {
         facts: &Facts,
         response: &Response<ProxyBody>,
     ) -> Option<Box<SpanRecord>> {
-        let mut record = self.0.borrow_mut().take()?;
+        let mut record = self.record.borrow_mut().take()?;
         record.duration = record.started.elapsed();
         record.status = response.status().as_u16();
         record.decision = facts.decision.get();
