@@ -346,6 +346,13 @@ fn spans(record: &SpanRecord, scope: &InstrumentationScope, out: &mut Vec<SpanDa
     };
     out.push(server);
     let made = record.attempts_made;
+    let request = Request {
+        record,
+        name,
+        method: &method_attr,
+        service: service.map(|(_, s)| s.name.as_str()),
+        scope,
+    };
     let mut previous: Option<&Attempt> = None;
     for (i, attempt) in record.attempts.iter().enumerate() {
         let Some(attempt) = attempt else { continue };
@@ -354,29 +361,36 @@ fn spans(record: &SpanRecord, scope: &InstrumentationScope, out: &mut Vec<SpanDa
         let retry = previous.is_some_and(|p| p.fallback == attempt.fallback);
         previous = Some(attempt);
         out.push(client_span(
-            record,
+            &request,
             attempt,
             (i as u32 + 1, made, retry),
-            &name,
-            &method_attr,
-            service.map(|(_, s)| s.name.as_str()),
             version_name(attempt.version),
-            scope,
         ));
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every client span of a request shares.
+struct Request<'a> {
+    record: &'a SpanRecord,
+    name: Cow<'static, str>,
+    method: &'a KeyValue,
+    service: Option<&'a str>,
+    scope: &'a InstrumentationScope,
+}
+
 fn client_span(
-    record: &SpanRecord,
+    request: &Request<'_>,
     attempt: &Attempt,
     (number, made, retry): (u32, u32, bool),
-    name: &Cow<'static, str>,
-    method: &KeyValue,
-    service: Option<&str>,
     version: Option<String>,
-    scope: &InstrumentationScope,
 ) -> SpanData {
+    let Request {
+        record,
+        method,
+        service,
+        scope,
+        ..
+    } = *request;
     let mut attributes = vec![
         method.clone(),
         KeyValue::new("server.address", attempt.addr.ip().to_string()),
@@ -425,7 +439,7 @@ fn client_span(
         parent_span_id: SpanId::from_bytes(record.span_id),
         parent_span_is_remote: false,
         span_kind: SpanKind::Client,
-        name: name.clone(),
+        name: request.name.clone(),
         start_time: wall(record, attempt.started),
         end_time: wall(record, attempt.ended_at),
         attributes,
