@@ -180,7 +180,12 @@ struct Inner {
     /// Where delivery tasks run, so that targets added from a blocking thread (a reload) start
     /// on the runtime the notifier was started on.
     runtime: tokio::runtime::Handle,
+    /// Also given every event, before the webhooks (the trace exporter's release spans).
+    tap: Mutex<Option<Tap>>,
 }
+
+/// What [`Notifier::set_tap`] installs: it must not wait.
+pub type Tap = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;
 
 impl Inner {
     fn queue(&self, target: WebhookTarget) -> Queue {
@@ -233,6 +238,7 @@ impl Notifier {
                 .build(connector()),
             capacity: capacity.max(1),
             runtime: tokio::runtime::Handle::current(),
+            tap: Mutex::new(None),
         };
         let queues = targets.into_iter().map(|t| inner.queue(t)).collect();
         *inner.queues.lock().unwrap_or_else(|e| e.into_inner()) = queues;
@@ -260,6 +266,15 @@ impl Notifier {
     /// Queues one event for every target; never blocks, never fails: if a target's bounded
     /// queue is full, the event is dropped for that target, logged and counted.
     pub fn notify(&self, event: serde_json::Value) {
+        let tap = self
+            .inner
+            .tap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(tap) = tap {
+            tap(&event);
+        }
         let shared = &self.inner.shared;
         let queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
         let body = match serde_json::to_vec(&event) {
@@ -285,6 +300,12 @@ impl Notifier {
                 shared.finish_one();
             }
         }
+    }
+
+    /// Gives every event from now on to `tap` as well as to the webhooks (with or without
+    /// any); `tap` runs on the notifying thread and must not wait.
+    pub fn set_tap(&self, tap: Tap) {
+        *self.inner.tap.lock().unwrap_or_else(|e| e.into_inner()) = Some(tap);
     }
 
     /// A snapshot of the counters since [`Notifier::start`].

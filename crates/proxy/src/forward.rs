@@ -26,6 +26,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::hop_by_hop;
 use crate::rng::fastrand_u64;
+use crate::telemetry::TraceCell;
 
 /// `x-graylane-lane`: the version a request was routed to, sent to every upstream; honoured
 /// from a listener's `trusted_hops` (so one decision holds across every hop) and stripped from
@@ -56,6 +57,9 @@ pub(crate) struct Forwarding<'a> {
     pub trusted: bool,
     /// A mirror step's copy (`X-Graylane-Mirror: 1`), whose answer nobody sees.
     pub mirror: bool,
+    /// The request's trace when it is traced: the `traceparent` sent is then its trace id with
+    /// the attempt's client span as parent, in place of the client's or a new one.
+    pub trace: Option<&'a TraceCell>,
 }
 
 impl Forwarding<'_> {
@@ -84,7 +88,9 @@ impl Forwarding<'_> {
         let mut forwarded_for = false;
         for (name, value) in headers {
             if name == TRACEPARENT {
-                if let Trace::Valid(ids) = trace {
+                if let Trace::Valid(ids) = trace
+                    && self.trace.is_none()
+                {
                     // A later version's extra fields are dropped: version 00 is what this hop
                     // speaks (W3C Trace Context §4.3).
                     out.extend_from_slice(b"traceparent: 00");
@@ -135,8 +141,12 @@ impl Forwarding<'_> {
         line(out, b"x-forwarded-proto", proto);
         // After any `Via` the client sent: the list stays in the order of the hops.
         line(out, b"via", VIA_VALUE);
-        if !matches!(trace, Trace::Valid(_)) {
-            line(out, b"traceparent", &new_traceparent());
+        match self.trace {
+            Some(traced) => traced.write_traceparent(out),
+            None if !matches!(trace, Trace::Valid(_)) => {
+                line(out, b"traceparent", &new_traceparent());
+            }
+            None => {}
         }
         has_length
     }
@@ -218,7 +228,7 @@ fn incoming_trace(headers: &HeaderMap) -> Trace<'_> {
 
 /// `version-traceid-parentid-flags`, lower-case hex, W3C Trace Context §3.2: version `ff` and
 /// all-zero ids are invalid; a later version may append fields after a `-`.
-fn valid_traceparent(v: &[u8]) -> bool {
+pub(crate) fn valid_traceparent(v: &[u8]) -> bool {
     let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let zero = |s: &[u8]| s.iter().all(|&b| b == b'0');
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
@@ -244,7 +254,7 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// A W3C `traceparent` with fresh random trace and span ids, sampled:
 /// `00-<32 hex trace id>-<16 hex span id>-01`, written a byte (two hex digits) at a time from a
 /// table: most requests arrive without one, and digit by digit this cost more than routing.
-fn new_traceparent() -> [u8; 55] {
+pub(crate) fn new_traceparent() -> [u8; 55] {
     const PAIRS: [[u8; 2]; 256] = {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut t = [[0u8; 2]; 256];
@@ -315,6 +325,7 @@ mod tests {
             underscores,
             trusted: false,
             mirror: false,
+            trace: None,
         };
         let mut out = Vec::new();
         forwarding.write_headers(&uri.parse().unwrap(), &map, &mut out);

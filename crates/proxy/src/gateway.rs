@@ -23,6 +23,7 @@ use crate::server::{
     Balancer, BoundListener, ConnectionLimit, Phase, WorkerSetup, bind_exclusive, run_worker,
 };
 use crate::snapshot::Snapshot;
+use crate::telemetry::{ReleaseTransition, Tracer, Traces};
 
 /// How the gateway runs, beyond what the configuration file says.
 #[derive(Debug, Clone)]
@@ -68,6 +69,8 @@ struct Inputs {
     cookie_keys: CookieKeys,
     /// The access log the snapshots hand requests to.
     access_log: Option<Arc<Sink>>,
+    /// The tracer the snapshots hand requests' spans to.
+    tracer: Option<Arc<Tracer>>,
 }
 
 /// A [`Routing`] with version names instead of indices.
@@ -216,6 +219,7 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     workers: Mutex<Vec<JoinHandle<std::io::Result<()>>>>,
     access_logs: AccessLogs,
+    traces: Traces,
 }
 
 impl Gateway {
@@ -252,6 +256,9 @@ impl Gateway {
         )?;
         metrics.add_collector(access_logs.collector());
         let access_log = access_logs.for_config(&config);
+        let traces = Traces::new(workers);
+        metrics.add_collector(traces.collector());
+        let tracer = traces.for_config(&config);
         let mut inherited = inherited
             .into_iter()
             .map(|socket| Ok((socket.local_addr()?, socket)))
@@ -324,6 +331,7 @@ impl Gateway {
             &cookie_keys,
         );
         first.access_log = access_log.clone();
+        first.tracer = tracer.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let (phase, phase_rx) = watch::channel(Phase::Held);
         let (balancer, inboxes) = Balancer::new(workers, config.listeners.len());
@@ -370,6 +378,7 @@ impl Gateway {
             generation: 1,
             cookie_keys,
             access_log,
+            tracer,
         }));
         discovery.on_change(Box::new({
             let (inputs, snapshot, metrics, guard_state, discovery) = (
@@ -398,6 +407,7 @@ impl Gateway {
             shutdown,
             workers: Mutex::new(handles),
             access_logs,
+            traces,
         })
     }
 
@@ -479,6 +489,7 @@ impl Gateway {
         self.discovery.configure(&config);
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         inputs.access_log = self.access_logs.for_config(&config);
+        inputs.tracer = self.traces.for_config(&config);
         inputs.config = Arc::new(config);
         self.rebuild(&mut inputs);
     }
@@ -487,6 +498,12 @@ impl Gateway {
     /// file at the configured path. Lines written before are in the moved file.
     pub fn reopen_access_log(&self) {
         self.access_logs.reopen();
+    }
+
+    /// Exports a release transition (a weight change, a promotion, a rollback, a verdict) as a
+    /// `release.transition` span when `telemetry.otlp` is configured; never waits.
+    pub fn trace_release_transition(&self, transition: ReleaseTransition) {
+        self.traces.release_transition(transition);
     }
 
     /// Reads every listener's certificate and key files again, as a reload does: new TLS
@@ -531,6 +548,7 @@ impl Gateway {
             })
             .collect();
         inputs.access_log = self.access_logs.for_config(&config);
+        inputs.tracer = self.traces.for_config(&config);
         inputs.config = Arc::new(config);
         self.rebuild(&mut inputs);
     }
@@ -676,6 +694,7 @@ impl Gateway {
             }
         }
         self.access_logs.close();
+        self.traces.close();
     }
 }
 
@@ -711,6 +730,7 @@ fn rebuild(
     );
     let built = Snapshot {
         access_log: inputs.access_log.clone(),
+        tracer: inputs.tracer.clone(),
         ..built
     };
     snapshot.store(Arc::new(built));

@@ -17,6 +17,8 @@
 //!        6 respond: stamp, map failures to 502/504, count       handler/respond.rs
 //!        7 log: the access log line, queued per worker;         access_log/
 //!          formatted and written by its own thread              access_log/writer.rs
+//!          and the spans (server, client per attempt),          telemetry/record.rs
+//!          exported over OTLP by their own thread               telemetry/export.rs
 //!        ├─ guards: traffic-control policies and their state    guards/
 //!        ├─ snapshot: routing table + per-version values        snapshot.rs
 //!        ├─ upstream: per-thread pool, in-task HTTP/1.1 client  upstream/
@@ -54,6 +56,7 @@ pub mod metrics;
 mod rng;
 mod server;
 pub mod snapshot;
+mod telemetry;
 mod upstream;
 
 pub use access_log::OpenError as AccessLogError;
@@ -62,3 +65,4 @@ pub use gateway::{Gateway, GatewayOptions, SegmentError, StartError, UnknownRele
 pub use handler::{X_GRAYLANE_FALLBACK, X_GRAYLANE_VERSION};
 pub use metrics::{Exported, Metrics, Observed, UnitHashes};
 pub use snapshot::Snapshot;
+pub use telemetry::ReleaseTransition;

@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub generation: u64,
     /// Where requests' access log lines go; `None`: no access log.
     pub(crate) access_log: Option<Arc<crate::access_log::Sink>>,
+    /// Where requests' spans go; `None`: no traces.
+    pub(crate) tracer: Option<Arc<crate::telemetry::Tracer>>,
 }
 
 /// What the data plane needs of one service, beyond the routing decision.
@@ -196,6 +198,7 @@ impl Snapshot {
             services,
             generation,
             access_log: None,
+            tracer: None,
         }
     }
 }

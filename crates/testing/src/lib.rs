@@ -1,6 +1,6 @@
 //! What graylane's test suites share, used only as a dev-dependency: test upstreams that say
 //! what they received, real servers (redis, etcd, prometheus, a DNS server) started on
-//! loopback, an HTTP/1.1 and HTTP/2 client, certificates and a TLS client that tells which one
+//! loopback, an HTTP/1.1 and HTTP/2 client, an OTLP trace receiver, certificates and a TLS client that tells which one
 //! it was shown, the `graylane` binary as a child process, and bounded waiting.
 //!
 //! Ports are bound once: in-process servers keep the listener they bound, the `graylane`
@@ -12,6 +12,7 @@ pub mod dns;
 pub mod etcd;
 pub mod geoip;
 pub mod http;
+pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod prometheus;

@@ -18,6 +18,7 @@ mod dns;
 mod flags;
 mod release;
 mod rules;
+mod telemetry;
 mod traffic;
 mod upstream;
 
@@ -30,6 +31,7 @@ pub use release::{
     Step, Sticky, Strategy, Variant, Weight,
 };
 pub use rules::{DeviceClass, KeySpec, PathMatch, Rule, ValueMatch};
+pub use telemetry::{HeaderSource, Otlp, OtlpProtocol, Telemetry};
 pub use traffic::{
     BreakerWindow, CircuitBreaker, ConcurrencyLimit, FailureKinds, Fallback, HealthCheck,
     LimitBackend, OnRedisError, OutlierDetection, RateLimit, Retry, StaticResponse, TrafficControl,
@@ -66,6 +68,8 @@ pub struct Config {
     pub geoip: Option<GeoIp>,
     /// The per-request log (`access_log:`); `None`: none is written.
     pub access_log: Option<AccessLog>,
+    /// Trace export (`telemetry:`); `None`: no spans are recorded.
+    pub telemetry: Option<Telemetry>,
     /// The feature flags (`flags:`), sorted by key.
     pub flags: Vec<Flag>,
 }

@@ -67,6 +67,8 @@ pub struct RawConfig {
     pub geoip: Option<RawGeoIp>,
     /// `access_log`: one line per request; without it nothing is logged per request.
     pub access_log: Option<RawAccessLog>,
+    /// `telemetry`: OpenTelemetry trace export; without it no spans are recorded.
+    pub telemetry: Option<RawTelemetry>,
     /// `flags`: feature flags by key, evaluated over OFREP on the admin listener.
     #[serde(default)]
     pub flags: BTreeMap<String, RawFlag>,
@@ -82,6 +84,46 @@ pub struct RawAccessLog {
     pub path: Option<String>,
     /// `sample`: the share of requests logged, above 0 and at most 1 (default).
     pub sample: Option<f64>,
+}
+
+/// `telemetry:`: what is exported about requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// `otlp`: an OTLP collector traces go to.
+    pub otlp: Option<RawOtlp>,
+}
+
+/// `telemetry.otlp:`: the collector, its protocol, and which requests are exported.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// `endpoint`: the collector's `http://` base URL.
+    pub endpoint: String,
+    /// `protocol`: `http/protobuf` (default) or `grpc`.
+    pub protocol: Option<String>,
+    /// `sample`: the share of new traces exported, 0 to 1 (default 1).
+    pub sample: Option<f64>,
+    /// `always_on_error`: export failed requests even when not sampled (default false).
+    pub always_on_error: Option<bool>,
+    /// `headers`: sent with every export; a value is text or `{ env: NAME }`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, RawHeaderValue>,
+    /// `service_name`: the `service.name` resource attribute (default `graylane`).
+    pub service_name: Option<String>,
+}
+
+/// A `telemetry.otlp.headers` value: the text, or the environment variable that holds it.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawHeaderValue {
+    /// The value itself.
+    Text(String),
+    /// `{ env: NAME }`: read from the environment when the exporter starts.
+    Env {
+        /// The variable's name.
+        env: String,
+    },
 }
 
 /// `geoip:`: where `country` rules find the client's country.

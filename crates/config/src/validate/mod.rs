@@ -1,7 +1,7 @@
 //! Raw model → validated model. Every check runs even after an earlier one failed, so the user
 //! sees every problem in one go; each problem names the key path it belongs to.
 //!
-//! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`access_log`],
+//! One file per section: [`listeners`] (and admin), [`segments`], [`geoip`], [`access_log`], [`telemetry`],
 //! [`services`] (versions, endpoints, registry selectors), [`dns`] (the `dns:` keys, endpoints
 //! given as DNS names), [`releases`] (strategies, steps), [`analysis`], [`gates`] (a release's
 //! webhooks), [`rules`] (matchers),
@@ -21,6 +21,7 @@ mod rules;
 mod scalars;
 mod segments;
 mod services;
+mod telemetry;
 mod traffic;
 mod upstream;
 
@@ -69,6 +70,7 @@ impl<'a> Validator<'a> {
         let audit = self.audit(raw.audit.as_ref());
         let geoip = raw.geoip.as_ref().and_then(|g| self.geoip(g));
         let access_log = raw.access_log.as_ref().and_then(|a| self.access_log(a));
+        let telemetry = raw.telemetry.as_ref().map(|t| self.telemetry(t));
         let flags = self.flags(raw.flags, &segments);
         let traffic_control = match raw.traffic_control {
             Some(tc) => self.traffic_control(tc, &services, &declared),
@@ -97,6 +99,7 @@ impl<'a> Validator<'a> {
             dns,
             geoip,
             access_log,
+            telemetry,
             flags,
         })
     }

@@ -39,7 +39,8 @@ impl<const N: usize> Default for Text<N> {
 }
 
 impl<const N: usize> Text<N> {
-    fn set(&mut self, bytes: &[u8]) {
+    /// Keeps `bytes`, cut at `N`.
+    pub(crate) fn set(&mut self, bytes: &[u8]) {
         let len = bytes.len().min(N);
         self.buf[..len].copy_from_slice(&bytes[..len]);
         self.len = len as u16;
@@ -127,6 +128,8 @@ pub(crate) struct Facts {
     pub(crate) retries: Cell<u32>,
     pub(crate) upstream: Cell<Upstream>,
     pub(crate) mirrored: Cell<bool>,
+    /// The request's trace, when it is traced (`telemetry/`).
+    pub(crate) trace: crate::telemetry::TraceCell,
 }
 
 /// The answering upstream exchange's time.

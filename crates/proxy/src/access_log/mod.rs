@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 
 use graylane_config::{AccessLog, AccessLogFormat, AccessLogPath, Config};
 
-pub(crate) use entry::{Entry, Facts, Upstream};
+pub(crate) use entry::{Entry, Facts, Text, Upstream};
 
 /// Lines each worker's queue holds before new ones are dropped. The writer drains the queues
 /// continuously while there are lines, and sleeps 10 ms when there are none: this absorbs a

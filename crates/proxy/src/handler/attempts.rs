@@ -27,6 +27,7 @@ use crate::grpc::LaterGuards;
 use crate::guards::{AttemptOutcome, FallbackRoute};
 use crate::metrics::Event;
 use crate::snapshot::{ServiceRoute, Snapshot, VersionRoute};
+use crate::telemetry::TraceCell;
 use crate::upstream::{self, UpstreamError, UpstreamErrorKind};
 
 /// Whether a request to `version` goes through [`Attempts`]: the service retries, or the
@@ -163,7 +164,12 @@ impl Attempts<'_> {
             };
             let addr = version.endpoints[endpoint].addr;
             version.endpoints[endpoint].in_flight.fetch_add(1, Relaxed);
-            let forwarding = forwarding(self.conn, version, self.forward_path);
+            let mut forwarding = forwarding(self.conn, version, self.forward_path);
+            let trace = traced(self.snapshot, self.facts);
+            if let Some(trace) = trace {
+                trace.attempt(current, fell_back, addr);
+                forwarding.trace = Some(trace);
+            }
             let send = upstream::exchange(
                 &self.worker.pool,
                 version.upstream.as_deref(),
@@ -189,6 +195,9 @@ impl Attempts<'_> {
                 },
             };
             version.endpoints[endpoint].in_flight.fetch_sub(1, Relaxed);
+            if let Some(trace) = trace {
+                trace.attempt_ended(&result);
+            }
             let timed_out = result.is_none();
             let failed = matches!(result, Some(Err(_)));
             if let Some(fault) = client_fault(progress.as_deref(), timed_out, failed) {
@@ -485,5 +494,13 @@ pub(super) fn forwarding<'a>(
         underscores: conn.underscores,
         trusted: conn.trusted,
         mirror: false,
+        trace: None,
     }
+}
+
+/// The request's trace, when traces are on and the request is traced.
+#[inline]
+pub(super) fn traced<'a>(snapshot: &Snapshot, facts: &'a Facts) -> Option<&'a TraceCell> {
+    snapshot.tracer.as_ref()?;
+    facts.trace.active()
 }

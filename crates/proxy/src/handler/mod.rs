@@ -12,7 +12,7 @@
 //! 6. **respond**: the response stamped, the error statuses and bodies, counted per version
 //!    (respond.rs), with the `RateLimit-*` headers;
 //! 7. **log**: the access log's line, for every response, out of what the phases left in
-//!    [`Facts`] (`access_log/`).
+//!    [`Facts`] (`access_log/`); and a traced request's spans (`telemetry/`).
 //!
 //! Everything per version (header values, metric handles) was prepared in the [`Snapshot`];
 //! this code reads borrowed request bytes and allocates only on error paths.
@@ -102,6 +102,12 @@ pub(crate) async fn handle(
         _ => None,
     };
     let facts = Facts::default();
+    // Without traces, the same: one branch.
+    if let Some(tracer) = &snapshot.tracer {
+        facts
+            .trace
+            .begin(tracer.sampling, &req, conn.peer.ip(), conn.tls, started);
+    }
     let (snapshot, worker, conn, facts) = (&snapshot, &worker, &conn, &facts);
     let response = 'phases: {
         // 1. Refuse what graylane will not forward as it is.
@@ -250,8 +256,13 @@ pub(crate) async fn handle(
         } else {
             let progress = body.progress();
             let req = Request::from_parts(parts, body);
-            let forwarding = attempts::forwarding(conn, version, forward_path);
+            let mut forwarding = attempts::forwarding(conn, version, forward_path);
             let endpoint = &version.endpoints[balance::pick_endpoint(service, version)];
+            let trace = attempts::traced(snapshot, facts);
+            if let Some(trace) = trace {
+                trace.attempt(decision.version, false, endpoint.addr);
+                forwarding.trace = Some(trace);
+            }
             endpoint.in_flight.fetch_add(1, Relaxed);
             let result = tokio::select! {
                 biased;
@@ -259,6 +270,9 @@ pub(crate) async fn handle(
                 () = &mut deadline => None,
             };
             endpoint.in_flight.fetch_sub(1, Relaxed);
+            if let Some(trace) = trace {
+                trace.attempt_ended(&result);
+            }
             let (timed_out, failed) = (result.is_none(), matches!(result, Some(Err(_))));
             match attempts::client_fault(progress.as_deref(), timed_out, failed) {
                 Some(fault) => Forwarded::Answered(respond::client_body_failure(
@@ -289,6 +303,11 @@ pub(crate) async fn handle(
     {
         entry.finish(snapshot, facts, &response, started);
         log.push(worker.id, entry);
+    }
+    if let Some(tracer) = &snapshot.tracer
+        && let Some(record) = facts.trace.finish(snapshot, facts, &response)
+    {
+        tracer.push(worker.id, record);
     }
     response
 }

@@ -585,6 +585,7 @@ mod tests {
             underscores: graylane_config::UnderscoreHeaders::Drop,
             trusted: false,
             mirror: false,
+            trace: None,
         };
         assert_eq!(
             encode_head(&parts, &forwarding, true, None, &mut out),

@@ -63,6 +63,15 @@ pub(crate) fn run_gateway(
         ConfigSource::File(m) => runtime.block_on(async {
             // Always started, even with no webhooks: a reload may add some.
             let notifier = Some(Notifier::start(webhook_targets(&config)));
+            if let Some(n) = &notifier {
+                // Release transitions become spans too when `telemetry.otlp` is set.
+                let traced = Arc::clone(&gateway);
+                n.set_tap(Arc::new(move |event| {
+                    if let Some(t) = graylane_proxy::ReleaseTransition::from_event(event) {
+                        traced.trace_release_transition(t);
+                    }
+                }));
+            }
             let local = m
                 .fleet
                 .as_ref()
