@@ -218,7 +218,7 @@ fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
             "No traffic of the demo's own (--no-traffic): the canary is healthy, and the payment release"
         );
         println!(
-            "moves on as your requests pass its analysis (every {}s, after 30 requests to the canary).\n",
+            "moves on as your requests pass its analysis (judged every {}s once the canary has 30 requests).\n",
             s(pace.interval())
         );
     }

@@ -52,7 +52,10 @@ impl Faults {
     /// Whether this payment request fails.
     fn fails(&self) -> bool {
         self.broken.load(Ordering::Relaxed)
-            && self.answered.fetch_add(1, Ordering::Relaxed) % 2 == 0
+            && self
+                .answered
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(2)
     }
 }
 
