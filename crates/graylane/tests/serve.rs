@@ -659,6 +659,20 @@ async fn demo_rolls_its_broken_canary_back_then_retries_and_promotes_it_healthy_
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn demo_refuses_a_weight_that_leaves_its_story_nothing_to_judge() {
+    let out = run(&["demo", "--weight", "0", "--port", "0", "--admin-port", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("--weight 0") && out.stderr.contains("--no-traffic"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&["demo", "--weight", "101"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("from 0 to 100"), "{}", out.stderr);
+}
+
 /// The word after `prefix` in `text` (a printed token or path).
 fn printed_after(text: &str, prefix: &str) -> String {
     let start = text

@@ -28,8 +28,8 @@ pub(crate) struct DemoArgs {
     /// Port of the admin listener (metrics) on 127.0.0.1.
     #[arg(long, default_value_t = 9900)]
     pub admin_port: u16,
-    /// Weight of the canary at the first step, in percent.
-    #[arg(long, default_value_t = 10.0)]
+    /// Weight of the canary at the first step, in percent (0 to 100).
+    #[arg(long, default_value_t = 10.0, value_parser = percent)]
     pub weight: f64,
     /// Send no traffic and script nothing: the canary is healthy, and the payment release
     /// moves on only as your own requests pass its analysis.
@@ -68,7 +68,7 @@ services:
       # analysis rolls the release back (all users on stable).
       steps:
         - { weight: {weight}, pause: {pause} }
-        - { weight: 50, pause: {pause} }
+        - { weight: {middle}, pause: {pause} }
         - weight: 100
       analysis:
         interval: {interval}
@@ -118,6 +118,16 @@ services:
         tls: { ca: "{ca}", server_name: {server_name} }
 "#;
 
+/// A weight flag's value: a percentage from 0 to 100.
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(w) if (0.0..=100.0).contains(&w) => Ok(w),
+        _ => Err(format!(
+            "`{s}` is not a weight: give a percentage from 0 to 100"
+        )),
+    }
+}
+
 /// The name the demo's admin token is recorded under (the actor of what it does).
 const TOKEN_NAME: &str = "demo";
 
@@ -131,6 +141,17 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
 fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let scripted = !args.no_traffic;
+    if scripted && args.weight == 0.0 {
+        anyhow::bail!(
+            "--weight 0 sends none of the demo's users to the canary, so there is nothing to judge: give a weight above 0, or add --no-traffic"
+        );
+    }
+    // The second step halves what is left to 100%, from 50% for a first step below it.
+    let middle = if args.weight < 50.0 {
+        50.0
+    } else {
+        ((args.weight + 100.0) / 2.0 * 1000.0).round() / 1000.0
+    };
     let pace = story::Pace::new(args.speed);
     let faults = Arc::new(upstreams::Faults::new(scripted));
     let up = upstreams::start(dir, Arc::clone(&faults))?;
@@ -143,6 +164,7 @@ fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         .replace("{ca}", &up.ca_file.display().to_string())
         .replace("{server_name}", upstreams::ACCOUNT_SERVER_NAME)
         .replace("{weight}", &args.weight.to_string())
+        .replace("{middle}", &middle.to_string())
         .replace("{interval}", &millis(pace.interval()))
         .replace("{pause}", &millis(pace.pause()));
     let config_path = dir.join("graylane.yaml");
@@ -207,7 +229,7 @@ fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         );
         println!("    payment` would (the audit log names the token `demo`).");
         println!(
-            "  * The healthy canary passes the analysis at {}%, then at 50% (each step at least {}s), and",
+            "  * The healthy canary passes the analysis at {}%, then at {middle}% (each step at least {}s), and",
             args.weight,
             s(pace.pause())
         );

@@ -151,11 +151,17 @@ impl Story {
             }
             match (&act, release["state"].as_str()) {
                 (Act::Broken, Some("aborted")) => {
+                    let who = match transitions.last().and_then(|t| t["actor"].as_str()) {
+                        Some("analysis") | None => {
+                            "the analysis rolled the release back".to_owned()
+                        }
+                        Some(actor) => format!("{actor} aborted the release"),
+                    };
                     say(
                         started,
                         &format!(
-                            "the analysis rolled the release back: every user is on stable; a fixed canary is deployed in {}s",
-                            self.pace.fix_after().as_secs_f64()
+                            "{who}: every user is on stable; a fixed canary is deployed in {}s",
+                            super::seconds(self.pace.fix_after())
                         ),
                     );
                     std::thread::sleep(self.pace.fix_after());
