@@ -41,7 +41,7 @@ enum Command {
     Validate(commands::validate::ValidateArgs),
     /// Show the service and version a request would be routed to, and why.
     Eval(commands::eval::EvalArgs),
-    /// Start two demo upstreams and a gateway with a sample canary release.
+    /// Start demo upstreams and a gateway, and show a canary rolled back, retried and promoted.
     Demo(commands::demo::DemoArgs),
     /// Show the releases (or one in detail) of a running gateway.
     Status(releases::StatusArgs),

@@ -437,6 +437,8 @@ async fn demo_answers_a_forced_canary_request_over_http_grpc_websocket_and_an_ht
             &port.to_string(),
             "--admin-port",
             &admin_port.to_string(),
+            // Only this test's requests, counted below.
+            "--no-traffic",
         ],
     );
     let proxy = SocketAddr::from(([127, 0, 0, 1], port));
@@ -527,6 +529,161 @@ async fn demo_answers_a_forced_canary_request_over_http_grpc_websocket_and_an_ht
     let status = demo.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{}", demo.logs());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_rolls_its_broken_canary_back_then_retries_and_promotes_it_healthy_on_its_own() {
+    let dir = temp_dir("demo-story");
+    let (port, admin_port) = (candidate_port(), candidate_port());
+    let tmp = dir.display().to_string();
+    // Five times faster than a person watches it: the same story, with five times the traffic.
+    let mut demo = spawn_with_env(
+        &dir,
+        &[
+            "demo",
+            "--port",
+            &port.to_string(),
+            "--admin-port",
+            &admin_port.to_string(),
+            "--speed",
+            "5",
+        ],
+        &[("TMPDIR", &tmp)],
+    );
+    let proxy = SocketAddr::from(([127, 0, 0, 1], port));
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    wait_ready(&mut demo, admin, proxy).await;
+
+    // The printed dashboard address serves the dashboard; the printed token signs in.
+    let stdout = demo.stdout();
+    assert!(
+        stdout.contains(&format!("http://{admin}/#/releases/payment")),
+        "{stdout}"
+    );
+    let token = printed_after(&stdout, "sign in with the token ");
+    let dashboard = get(admin, "/", &[]).await;
+    assert_eq!(dashboard.status, StatusCode::OK);
+    assert!(
+        dashboard.text().contains("graylane"),
+        "{}",
+        dashboard.text()
+    );
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+
+    // No request of the test's own: the demo's traffic alone moves the release, and the demo
+    // retries it through the admin API once the analysis rolled it back.
+    let release = eventually_within(
+        Duration::from_secs(120),
+        "the payment release to complete",
+        || {
+            let demo_running = demo.try_exit().is_none();
+            async move {
+                assert!(demo_running, "the demo exited");
+                let r = get(admin, "/api/v1/releases/payment", &auth).await;
+                assert_eq!(r.status, StatusCode::OK, "the demo's token reads: {r:?}");
+                let release = r.json();
+                (release["state"] == "completed").then_some(release)
+            }
+        },
+    )
+    .await;
+    assert_eq!(release["stable"], "canary", "{release}");
+    let transitions = release["transitions"].as_array().unwrap();
+    let position = |what: &str, actor: &str, to: &str| {
+        transitions
+            .iter()
+            .position(|t| t["action"] == what && t["actor"] == actor && t["to"] == to)
+            .unwrap_or_else(|| panic!("no {what} by {actor} to {to}: {release:#}"))
+    };
+    let rolled_back = position("analysis_failed", "analysis", "aborted");
+    let retried = position("retry", "demo", "progressing");
+    let completed = position("tick", "controller", "completed");
+    assert!(
+        rolled_back < retried && retried < completed,
+        "rolled back, then retried, then completed: {release:#}"
+    );
+    assert!(
+        transitions[rolled_back]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("error_rate"),
+        "the rollback names the failed check: {release:#}"
+    );
+
+    // The audit log tells the same story, the analysis and the demo's token as the actors.
+    let audit = get(
+        admin,
+        "/api/v1/audit?service=payment&action=analysis_failed",
+        &auth,
+    )
+    .await
+    .json();
+    assert_eq!(audit["entries"][0]["actor"], "analysis", "{audit}");
+    let audit = get(admin, "/api/v1/audit?service=payment&action=retry", &auth)
+        .await
+        .json();
+    assert_eq!(audit["entries"][0]["actor"], "demo", "{audit}");
+    assert_eq!(
+        audit["entries"][0]["reason"], "the demo deployed a fixed canary",
+        "{audit}"
+    );
+
+    // The demo said so as it happened (it reads the release a few times a second).
+    let stdout = eventually("the demo to print the release's end", || {
+        let stdout = demo.stdout();
+        async move { stdout.contains("release completed").then_some(stdout) }
+    })
+    .await;
+    for line in ["rolled the release back", "retries the release"] {
+        assert!(stdout.contains(line), "{line}:\n{stdout}");
+    }
+
+    // The access log it printed has the traffic: the broken canary's 503s, then its 200s.
+    let log = std::fs::read_to_string(printed_after(&stdout, "Access log: ")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let canary = |status: u64| {
+        lines
+            .iter()
+            .filter(|l| l["version"] == "canary" && l["status"] == status)
+            .count()
+    };
+    assert!(canary(503) > 0 && canary(200) > 0, "{} lines", lines.len());
+
+    demo.signal("TERM");
+    let status = demo.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", demo.logs());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn demo_refuses_a_weight_that_leaves_its_story_nothing_to_judge() {
+    let out = run(&["demo", "--weight", "0", "--port", "0", "--admin-port", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("--weight 0") && out.stderr.contains("--no-traffic"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&["demo", "--weight", "101"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("from 0 to 100"), "{}", out.stderr);
+}
+
+/// The word after `prefix` in `text` (a printed token or path).
+fn printed_after(text: &str, prefix: &str) -> String {
+    let start = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("no {prefix:?} in\n{text}"))
+        + prefix.len();
+    text[start..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A `graylane serve` whose stderr goes to a file (as under systemd or a log shipper), with

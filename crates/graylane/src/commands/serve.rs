@@ -215,6 +215,8 @@ pub(crate) struct Prepared {
     gateway: Gateway,
     admin: Option<std::net::TcpListener>,
     workers: usize,
+    /// Admin tokens given in code rather than named by the configuration (the demo's).
+    granted: admin::auth::Tokens,
 }
 
 impl Prepared {
@@ -237,16 +239,29 @@ impl Prepared {
             gateway,
             admin,
             workers,
+            granted: admin::auth::Tokens::default(),
         })
+    }
+
+    /// Lets the admin API accept `secret` as the token of `name` with `role`, besides the
+    /// configuration's tokens: the demo makes one at start, since it has no environment to
+    /// read one from.
+    pub(crate) fn grant(&mut self, secret: String, name: &str, role: graylane_config::Role) {
+        self.granted.grant(
+            secret,
+            admin::auth::Caller {
+                name: name.to_owned(),
+                role,
+            },
+        );
     }
 }
 
-/// Where the configuration comes from, and whether a controller runs.
+/// Where the configuration comes from.
 pub(crate) enum ConfigSource {
-    /// A file, watched and reloaded; revisions and releases in a store.
+    /// A file, watched and reloaded (unless it is the demo's); revisions and releases in a
+    /// store, steered by the controller.
     File(Box<Managed>),
-    /// A configuration built in memory (the demo): nothing to reload, no controller.
-    Fixed,
 }
 
 pub(crate) struct Managed {

@@ -1,12 +1,14 @@
 //! The demo's upstreams, each a real server of its protocol on loopback: per version (stable,
 //! canary) one port that answers JSON over HTTP/1.1, echoes WebSocket messages and serves the
 //! gRPC health service over h2c (prior knowledge); and an HTTPS upstream with a certificate from
-//! a certificate authority made at start, whose CA file the gateway is told to trust.
+//! a certificate authority made at start, whose CA file the gateway is told to trust. The
+//! canary's payment answers can be broken on purpose ([`Faults`]), for the demo's story.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +27,38 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 /// The name the HTTPS upstream's certificate is issued for; the gateway checks it.
 pub(super) const ACCOUNT_SERVER_NAME: &str = "account.demo.internal";
 
+/// The canary's broken build: while `broken`, every other request to the payment API gets a
+/// `503`, enough for the analysis to fail it within an interval or two.
+pub(super) struct Faults {
+    broken: AtomicBool,
+    /// Payment requests answered, to pick which half fails.
+    answered: AtomicU64,
+}
+
+impl Faults {
+    /// Faults that start broken (`true`) or healthy.
+    pub(super) fn new(broken: bool) -> Faults {
+        Faults {
+            broken: AtomicBool::new(broken),
+            answered: AtomicU64::new(0),
+        }
+    }
+
+    /// The fixed build: every answer from now on is healthy.
+    pub(super) fn fix(&self) {
+        self.broken.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether this payment request fails.
+    fn fails(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+            && self
+                .answered
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(2)
+    }
+}
+
 /// Where the demo's upstreams listen, and the CA file that signed the HTTPS one.
 pub(super) struct Upstreams {
     pub(super) stable: SocketAddr,
@@ -33,8 +67,9 @@ pub(super) struct Upstreams {
     pub(super) ca_file: PathBuf,
 }
 
-/// Starts every demo upstream on a background thread; returns where they listen.
-pub(super) fn start(dir: &Path) -> anyhow::Result<Upstreams> {
+/// Starts every demo upstream on a background thread; returns where they listen. The
+/// canary's payment answers fail as `faults` says.
+pub(super) fn start(dir: &Path, faults: Arc<Faults>) -> anyhow::Result<Upstreams> {
     let tls = demo_tls(dir)?;
     let (tx, rx) = std::sync::mpsc::channel();
     crate::runtime::thread("graylane-demo-upstreams", move || {
@@ -62,8 +97,8 @@ pub(super) fn start(dir: &Path) -> anyhow::Result<Upstreams> {
                 Ok(((stable, canary, account), (s, c, a))) => {
                     let _ = tx.send(Ok((s, c, a)));
                     tokio::join!(
-                        serve(stable, "stable"),
-                        serve(canary, "canary"),
+                        serve(stable, "stable", Arc::new(Faults::new(false))),
+                        serve(canary, "canary", faults),
                         serve_tls(account, tls.acceptor),
                     );
                 }
@@ -83,13 +118,17 @@ pub(super) fn start(dir: &Path) -> anyhow::Result<Upstreams> {
 }
 
 /// A version's upstream: HTTP/1.1 and h2c on one port.
-async fn serve(listener: TcpListener, version: &'static str) {
+async fn serve(listener: TcpListener, version: &'static str, faults: Arc<Faults>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let faults = Arc::clone(&faults);
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, version));
+            let service = service_fn(move |req| {
+                let broken = req.uri().path().starts_with("/api/payment") && faults.fails();
+                answer(req, version, broken)
+            });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
@@ -108,7 +147,7 @@ async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
             let Ok(stream) = acceptor.accept(stream).await else {
                 return;
             };
-            let service = service_fn(|req| answer(req, "account"));
+            let service = service_fn(|req| answer(req, "account", false));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -118,9 +157,11 @@ async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
 
 type DemoBody = Either<Full<Bytes>, Channel<Bytes, Infallible>>;
 
+/// Answers `req` as `version`; a `broken` request gets the broken build's `503`.
 async fn answer(
     req: Request<Incoming>,
     version: &'static str,
+    broken: bool,
 ) -> Result<Response<DemoBody>, Infallible> {
     let is_grpc = req
         .headers()
@@ -131,6 +172,19 @@ async fn answer(
     }
     if req.uri().path().starts_with("/ws/") && req.headers().contains_key(header::UPGRADE) {
         return Ok(websocket_echo(req, version));
+    }
+    if broken {
+        let body = serde_json::json!({
+            "version": version,
+            "error": "the demo's broken build of the canary fails every other request",
+        });
+        let mut resp = Response::new(Either::Left(Full::new(Bytes::from(format!("{body}\n")))));
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
     }
     Ok(json(&req, version).map(Either::Left))
 }

@@ -44,8 +44,10 @@ pub(crate) fn run_gateway(
         gateway,
         admin: admin_socket,
         workers,
+        granted,
     } = prepared;
-    let tokens = Tokens::from_env(config.admin.as_ref().map_or(&[][..], |a| &a.tokens));
+    let mut tokens = Tokens::from_env(config.admin.as_ref().map_or(&[][..], |a| &a.tokens));
+    tokens.extend(granted);
     let admin_limits = config.admin.as_ref().map(admin::Limits::from);
     let gateway = Arc::new(gateway);
     for addr in gateway.local_addrs() {
@@ -59,7 +61,6 @@ pub(crate) fn run_gateway(
         ))
     })?;
     let (controller, notifier, path, store, offer, fleet) = match source {
-        ConfigSource::Fixed => (None, None, None, None, None, None),
         ConfigSource::File(m) => runtime.block_on(async {
             // Always started, even with no webhooks: a reload may add some.
             let notifier = Some(Notifier::start(webhook_targets(&config)));
