@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use graylane_testing::otlp::{OtlpReceiver, Protocol};
 use http::StatusCode;
 
 const CONFIG: &str = r#"
@@ -536,7 +537,9 @@ async fn demo_rolls_its_broken_canary_back_then_retries_and_promotes_it_healthy_
     let dir = temp_dir("demo-story");
     let (port, admin_port) = (candidate_port(), candidate_port());
     let tmp = dir.display().to_string();
-    // Five times faster than a person watches it: the same story, with five times the traffic.
+    let collector = OtlpReceiver::start(Protocol::HttpProtobuf);
+    // Five times faster than a person watches it: the same story, with five times the traffic,
+    // and its traces to a real OTLP receiver.
     let mut demo = spawn_with_env(
         &dir,
         &[
@@ -547,6 +550,8 @@ async fn demo_rolls_its_broken_canary_back_then_retries_and_promotes_it_healthy_
             &admin_port.to_string(),
             "--speed",
             "5",
+            "--otlp",
+            &collector.endpoint(),
         ],
         &[("TMPDIR", &tmp)],
     );
@@ -652,6 +657,20 @@ async fn demo_rolls_its_broken_canary_back_then_retries_and_promotes_it_healthy_
             .count()
     };
     assert!(canary(503) > 0 && canary(200) > 0, "{} lines", lines.len());
+
+    // With --otlp, the requests' spans and the rollback's transition reach the collector.
+    collector.wait_for(
+        "a payment request's span and the rollback's release.transition span",
+        Duration::from_secs(30),
+        |spans| {
+            spans.iter().any(|s| {
+                s.kind == "SPAN_KIND_SERVER" && s.attr("graylane.service") == Some("payment")
+            }) && spans.iter().any(|s| {
+                s.name == "release.transition"
+                    && s.attr("graylane.release.action") == Some("analysis_failed")
+            })
+        },
+    );
 
     demo.signal("TERM");
     let status = demo.wait_exit(Duration::from_secs(20));

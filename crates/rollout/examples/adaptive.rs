@@ -90,8 +90,6 @@ const INTERVAL_S: u64 = 30;
 /// A run that has not ended by then is cut off.
 const HORIZON_S: u64 = 4 * 3600;
 const RUNS: u64 = 1000;
-/// The exposure budget of the adaptive plan.
-const BUDGET: u64 = 500;
 /// The weight (percent) from which the "under load" candidate degrades.
 const LOADED: f64 = 30.0;
 
@@ -145,9 +143,9 @@ fn fixed_plan() -> Plan {
     }
 }
 
-/// `steps: adaptive` from `start` percent, with the other bounds and
-/// `max_bad_requests: 500`.
-fn adaptive_plan(start: f64) -> Plan {
+/// `steps: adaptive` from `start` percent, with the other bounds and an exposure budget
+/// of `budget` requests.
+fn adaptive_plan(start: f64, budget: u64) -> Plan {
     Plan {
         gated: true,
         adaptive: Some(Adaptive {
@@ -157,7 +155,7 @@ fn adaptive_plan(start: f64) -> Plan {
             shrink: 0.5,
             min_pause: Duration::from_secs(30),
             max_pause: Duration::from_secs(600),
-            max_bad_requests: Some(BUDGET),
+            max_bad_requests: Some(budget),
         }),
         ..Plan::canary(vec![Step {
             weight: pct(start),
@@ -326,11 +324,15 @@ fn main() {
         ("fixed 5 → 20 → 50 → 100%, 10m pauses", fixed_plan()),
         (
             "adaptive from 1% ×2, max_bad_requests 500",
-            adaptive_plan(1.0),
+            adaptive_plan(1.0, 500),
         ),
         (
             "adaptive from 5% ×2, max_bad_requests 500",
-            adaptive_plan(5.0),
+            adaptive_plan(5.0, 500),
+        ),
+        (
+            "adaptive from 1% ×2, max_bad_requests 100",
+            adaptive_plan(1.0, 100),
         ),
     ];
     println!(

@@ -39,6 +39,19 @@ pub(crate) struct DemoArgs {
     /// wait before the retry divided by N, the traffic multiplied by N.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub speed: u32,
+    /// Export a trace of every request and the release's transitions to an OpenTelemetry
+    /// collector at this OTLP endpoint, e.g. http://127.0.0.1:4318 (Jaeger's or a collector's
+    /// http/protobuf port).
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+    /// The protocol of --otlp: http/protobuf, or grpc (usually on port 4317).
+    #[arg(
+        long,
+        value_name = "PROTOCOL",
+        default_value = "http/protobuf",
+        requires = "otlp"
+    )]
+    pub otlp_protocol: String,
 }
 
 const DEMO_CONFIG: &str = r#"
@@ -167,6 +180,16 @@ fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         .replace("{middle}", &middle.to_string())
         .replace("{interval}", &millis(pace.interval()))
         .replace("{pause}", &millis(pace.pause()));
+    let yaml = match &args.otlp {
+        // Quoted as JSON strings, which YAML reads as they are: the flags' text stays data, and
+        // the configuration's own checks name what is wrong with it.
+        Some(endpoint) => format!(
+            "{yaml}telemetry:\n  otlp: {{ endpoint: {}, protocol: {}, sample: 1.0 }}\n",
+            serde_json::to_string(endpoint)?,
+            serde_json::to_string(&args.otlp_protocol)?,
+        ),
+        None => yaml,
+    };
     let config_path = dir.join("graylane.yaml");
     std::fs::write(&config_path, &yaml)?;
     let config = graylane_config::load_str(&yaml, &config_path.display().to_string(), dir)
@@ -199,6 +222,12 @@ fn run_in(args: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         access_log.display()
     );
     println!("  tail -f {}", access_log.display());
+    if let Some(endpoint) = &args.otlp {
+        println!(
+            "Traces: every request and each release transition, to {endpoint} ({})",
+            args.otlp_protocol
+        );
+    }
     println!("Configuration: {}\n", config_path.display());
     let s = seconds;
     if scripted {
