@@ -260,25 +260,21 @@ impl prometheus_client::collector::Collector for CountersCollector {
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::MetricType;
-        use prometheus_client::metrics::counter::ConstCounter;
-        for (name, help, value) in [
-            (
-                "graylane_access_log_lines",
-                "Access log lines written",
-                &self.0.lines,
-            ),
-            (
-                "graylane_access_log_dropped",
-                "Access log lines dropped because the writer fell behind (its queue was full)",
-                &self.0.dropped,
-            ),
-        ] {
-            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(value.load(Relaxed)).encode(metric)?;
-        }
-        Ok(())
+        crate::metrics::encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "graylane_access_log_lines",
+                    "Access log lines written",
+                    &self.0.lines,
+                ),
+                (
+                    "graylane_access_log_dropped",
+                    "Access log lines dropped because the writer fell behind (its queue was full)",
+                    &self.0.dropped,
+                ),
+            ],
+        )
     }
 }
 

@@ -247,6 +247,22 @@ impl Metrics {
     }
 }
 
+/// Encodes plain counters kept in atomics (`name`, without `_total`; `help`; the value): the
+/// counters of the gateway's background writers, read at scrape time.
+pub(crate) fn encode_counters(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    counters: &[(&str, &str, &std::sync::atomic::AtomicU64)],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    use prometheus_client::metrics::MetricType;
+    use prometheus_client::metrics::counter::ConstCounter;
+    for (name, help, value) in counters {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value.load(std::sync::atomic::Ordering::Relaxed)).encode(metric)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

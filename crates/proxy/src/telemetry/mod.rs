@@ -275,30 +275,26 @@ impl prometheus_client::collector::Collector for CountersCollector {
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::MetricType;
-        use prometheus_client::metrics::counter::ConstCounter;
-        for (name, help, value) in [
-            (
-                "graylane_trace_spans_exported",
-                "Spans the OTLP collector accepted",
-                &self.0.exported,
-            ),
-            (
-                "graylane_trace_spans_dropped",
-                "Spans dropped because the exporter fell behind (its queue was full)",
-                &self.0.dropped,
-            ),
-            (
-                "graylane_trace_export_errors",
-                "Span exports that failed (the collector unreachable, refusing or too slow)",
-                &self.0.export_errors,
-            ),
-        ] {
-            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(value.load(Relaxed)).encode(metric)?;
-        }
-        Ok(())
+        crate::metrics::encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "graylane_trace_spans_exported",
+                    "Spans the OTLP collector accepted",
+                    &self.0.exported,
+                ),
+                (
+                    "graylane_trace_spans_dropped",
+                    "Spans dropped because the exporter fell behind (its queue was full)",
+                    &self.0.dropped,
+                ),
+                (
+                    "graylane_trace_export_errors",
+                    "Span exports that failed (the collector unreachable, refusing or too slow)",
+                    &self.0.export_errors,
+                ),
+            ],
+        )
     }
 }
 

@@ -83,11 +83,17 @@ pub(super) async fn evaluate_flags(
             return failure(StatusCode::INTERNAL_SERVER_ERROR, None, e);
         }
     };
+    json_with_etag(&headers, body)
+}
+
+/// A JSON body with a strong `ETag` (a hash of the body), or `304` when `If-None-Match` names
+/// it: clients that poll re-read only what changed.
+pub(super) fn json_with_etag(headers: &HeaderMap, body: Vec<u8>) -> Response {
     let mut hasher = std::hash::DefaultHasher::new();
     body.hash(&mut hasher);
     let etag = format!("\"{:016x}\"", hasher.finish());
     let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
-    if matches_etag(&headers, &etag) {
+    if matches_etag(headers, &etag) {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         resp.headers_mut().insert(header::ETAG, etag_value);
         return resp;
@@ -103,7 +109,7 @@ pub(super) async fn evaluate_flags(
 }
 
 /// Whether `If-None-Match` lists `etag` (weak or strong) or is `*`.
-pub(super) fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
+fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()

@@ -3,7 +3,6 @@
 //! configuration, `GET /ofrep/v1/configuration`. Both carry a strong `ETag` and answer `304`
 //! to an `If-None-Match` naming it; a viewer token is enough.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -12,9 +11,9 @@ use graylane_api::{
     FlagSnapshot, OfrepCacheInvalidation, OfrepCapabilities, OfrepConfiguration,
     OfrepFlagEvaluation, OfrepPolling, ReleaseSplit, SplitShare,
 };
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::HeaderMap;
 
-use super::ofrep::matches_etag;
+use super::ofrep::json_with_etag;
 use super::{controller, now_ms};
 use crate::admin::AdminState;
 use crate::admin::error::ApiError;
@@ -113,21 +112,5 @@ fn with_etag(headers: &HeaderMap, body: &impl serde::Serialize) -> Response {
                 .into_response();
         }
     };
-    let mut hasher = std::hash::DefaultHasher::new();
-    body.hash(&mut hasher);
-    let etag = format!("\"{:016x}\"", hasher.finish());
-    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
-    if matches_etag(headers, &etag) {
-        let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        resp.headers_mut().insert(header::ETAG, etag_value);
-        return resp;
-    }
-    let mut resp = (StatusCode::OK, body).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::ETAG, etag_value);
-    resp
+    json_with_etag(headers, body)
 }
