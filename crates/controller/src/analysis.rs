@@ -460,6 +460,9 @@ impl Controller {
     ) -> Result<(), ControlError> {
         let mut state = self.lock();
         let summary = summarize(decision, judgement);
+        // Every verdict is a log record too, moving the release or not: an operator tailing the
+        // log (or shipping it) sees why a release holds, not only that it moved.
+        tracing::info!(target: "graylane::analysis", service, verdict = %summary, "analysis verdict");
         self.store.append_audit(
             &self.env,
             NewAuditEntry {

@@ -182,6 +182,13 @@ async fn a_failing_canary_is_rolled_back_by_the_analysis_alone() {
             .any(|e| e["action"] == "analysis" && e["detail"]["results"].is_array()),
         "every verdict is audited with its figures"
     );
+    // ... and logged, as a record naming the service and the verdict.
+    let logs = s.process.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("analysis verdict") && l.contains("payment") && l.contains("fail")),
+        "{logs}"
+    );
 
     // Traffic after the rollback never reaches the failing canary.
     let before = s.canary.received();
