@@ -144,8 +144,8 @@ fn fixed_plan() -> Plan {
 }
 
 /// `steps: adaptive` from `start` percent, with the other bounds and an exposure budget
-/// of `budget` requests.
-fn adaptive_plan(start: f64, budget: u64) -> Plan {
+/// of `budget` requests (`None`: no budget).
+fn adaptive_plan(start: f64, budget: Option<u64>) -> Plan {
     Plan {
         gated: true,
         adaptive: Some(Adaptive {
@@ -155,7 +155,7 @@ fn adaptive_plan(start: f64, budget: u64) -> Plan {
             shrink: 0.5,
             min_pause: Duration::from_secs(30),
             max_pause: Duration::from_secs(600),
-            max_bad_requests: Some(budget),
+            max_bad_requests: budget,
         }),
         ..Plan::canary(vec![Step {
             weight: pct(start),
@@ -324,15 +324,19 @@ fn main() {
         ("fixed 5 → 20 → 50 → 100%, 10m pauses", fixed_plan()),
         (
             "adaptive from 1% ×2, max_bad_requests 500",
-            adaptive_plan(1.0, 500),
+            adaptive_plan(1.0, Some(500)),
         ),
         (
             "adaptive from 5% ×2, max_bad_requests 500",
-            adaptive_plan(5.0, 500),
+            adaptive_plan(5.0, Some(500)),
         ),
         (
             "adaptive from 1% ×2, max_bad_requests 100",
-            adaptive_plan(1.0, 100),
+            adaptive_plan(1.0, Some(100)),
+        ),
+        (
+            "adaptive from 1% ×2, no max_bad_requests",
+            adaptive_plan(1.0, None),
         ),
     ];
     println!(
@@ -411,14 +415,21 @@ fn main() {
             .collect();
         let rolled_back = runs.iter().filter(|r| r.aborted_at.is_some()).count();
         let completed = runs.iter().filter(|r| r.completed_at.is_some()).count();
+        let going = RUNS as usize - rolled_back - completed;
         let mut degraded: Vec<u64> = runs.iter().map(|r| r.degraded_requests).collect();
         degraded.sort_unstable();
+        let mut at: Vec<u64> = runs.iter().filter_map(|r| r.aborted_at).collect();
+        at.sort_unstable();
         println!(
-            "| bad under load: errors 1% → 5% from {LOADED}% of the traffic up | {name} | rolled back {}, completed {}; candidate requests while bad: median {}, p90 {} |",
+            "| bad under load: errors 1% → 5% from {LOADED}% of the traffic up | {name} | rolled back {}, completed {}, still going at {} h {}; candidate requests while bad: median {}, p90 {}; rolled back at median {}, p90 {} |",
             share(rolled_back, RUNS),
             share(completed, RUNS),
+            HORIZON_S / 3600,
+            share(going, RUNS),
             quantile(&degraded, 0.5).unwrap_or(0),
             quantile(&degraded, 0.9).unwrap_or(0),
+            minutes(quantile(&at, 0.5)),
+            minutes(quantile(&at, 0.9)),
         );
     }
     println!("\n(simulated in {:.0} s)", started.elapsed().as_secs_f64());

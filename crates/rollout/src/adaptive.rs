@@ -23,7 +23,19 @@
 //!  recent failure)
 //!  failed ─────────────► stop: abort, or pause by on_failure
 //!  budget spent ───────► stop, the same way
+//!  leaning worse again ► stop, the same way (see the ceiling below)
 //! ```
+//!
+//! The release remembers the lowest weight at which an interval leaned worse, its *ceiling*
+//! ([`AdaptiveState::ceiling`], stored with the release): a regression that appears only under
+//! load would otherwise flap — grow past it, shrink, grow back — serving bad traffic at the
+//! higher weight every time. Growth stays below the ceiling (a `grow²` falls back to `grow`, or
+//! the release holds, and says once why: "held below 32%, where it leaned worse") until the
+//! candidate is proven just below it — the recent view clear on its own [`REPROVEN`] intervals
+//! in a row — and then goes back to the ceiling itself, no further. Proven there (the recent
+//! view clear at the ceiling), the ceiling is lifted; leaning worse there again, on data
+//! gathered after the first time, stops the release. A pass of the release view alone does not
+//! lift it: its data is diluted by the weights below.
 //!
 //! A check *leans worse* when one of its bounds is not yet clear and its estimate is already past
 //! it ([`CheckResult::leans_worse`]). The weight changes at most once per `min_pause` (a stop
@@ -129,7 +141,35 @@ pub struct AdaptiveState {
     pub last_requests: u64,
     /// The release has said it holds at `max_pause` since the last change.
     pub held_noted: bool,
+    /// The lowest weight at which an interval leaned worse: growth stays below it until the
+    /// candidate is proven just below it ([`REPROVEN`] intervals in a row), and is lifted once
+    /// the candidate is proven at it. (Absent from states stored before it existed: none.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<Weight>,
+    /// Intervals in a row at the current weight whose data since the weight last changed was
+    /// clear on its own.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub proven: u32,
+    /// The weight went back to the ceiling after the candidate was proven below it: leaning
+    /// worse there again stops the release.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retried: bool,
+    /// The release has said its growth is held below the ceiling at the current weight.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub capped_noted: bool,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Intervals in a row the candidate must be proven at the weight just below its ceiling (the
+/// data since the weight last changed clear on its own) before it may go back to the ceiling.
+pub const REPROVEN: u32 = 2;
 
 impl AdaptiveState {
     /// The state of an adaptive release whose weight was set at `now_ms`.
@@ -162,6 +202,9 @@ pub enum Move {
         /// The budget, not a failed check, stopped it.
         budget: bool,
     },
+    /// Stop the same way: the candidate leaned worse again at its ceiling after it was proven
+    /// just below it (see [`AdaptiveState::ceiling`]).
+    WorseAgain,
 }
 
 /// Judges one interval of an adaptive release at `weight` (`overridden`: set by hand): updates
@@ -222,6 +265,48 @@ pub fn decide(
         );
     }
     let next = state.last_requests;
+    if interval.proven {
+        state.proven = state.proven.saturating_add(1);
+    } else if interval.outcome != Outcome::Waiting {
+        state.proven = 0;
+    }
+    // The ceiling: where the candidate leaned worse. Back at it after being proven below it,
+    // leaning worse again is the same regression twice, on fresh data: stop rather than flap.
+    if worse {
+        match state.ceiling {
+            Some(c) if weight >= c && state.retried => {
+                return (
+                    Move::WorseAgain,
+                    format!(
+                        "leaning worse again at {weight}, where it leaned worse before it was proven below ({spend}): {figures}"
+                    ),
+                );
+            }
+            Some(c) if weight >= c => {}
+            _ => {
+                state.ceiling = Some(weight);
+                state.retried = false;
+            }
+        }
+    }
+    let mut lifted = String::new();
+    if let Some(c) = state.ceiling
+        && weight >= c
+        && interval.outcome == Outcome::Clear
+    {
+        if !interval.proven {
+            // Only the data gathered here, not the release's, can show it is fine here.
+            return capped_hold(
+                state,
+                format!(
+                    "holding at {weight}, where it leaned worse, until the data since the weight last changed is clear on its own ({spend}): {figures}"
+                ),
+            );
+        }
+        state.ceiling = None;
+        state.retried = false;
+        lifted = format!(", proven at {c} where it had leaned worse");
+    }
     match interval.outcome {
         Outcome::Clear if weight >= bounds.max => {
             if ready {
@@ -245,10 +330,39 @@ pub fn decide(
                 } else {
                     (bounds.grow, format!("grow {}", bounds.grow))
                 };
-                let to = scaled(weight, factor)
-                    .max(weight.milli_percent() + 1)
-                    .min(bounds.max.milli_percent());
-                let to = Weight::from_milli_percent(to);
+                let grown = |factor| {
+                    Weight::from_milli_percent(
+                        scaled(weight, factor)
+                            .max(weight.milli_percent() + 1)
+                            .min(bounds.max.milli_percent()),
+                    )
+                };
+                let (mut to, mut how) = (grown(factor), how);
+                how.push_str(&lifted);
+                if let Some(c) = state.ceiling
+                    && to >= c
+                {
+                    if state.proven >= REPROVEN {
+                        to = c;
+                        how = format!(
+                            "back to {c}, where it leaned worse, after {} intervals proven at {weight}",
+                            state.proven
+                        );
+                    } else if interval.proven && grown(bounds.grow) < c {
+                        to = grown(bounds.grow);
+                        how = format!(
+                            "grow {}, held below {c}, where it leaned worse",
+                            bounds.grow
+                        );
+                    } else {
+                        return capped_hold(
+                            state,
+                            format!(
+                                "every check clear, held below {c}, where it leaned worse: at {weight} until proven here {REPROVEN} intervals in a row ({spend}): {figures}"
+                            ),
+                        );
+                    }
+                }
                 // At 100% the baseline has no traffic left to compare with: nothing to wait
                 // for, as with a fixed plan's last step.
                 if to == Weight::FULL {
@@ -336,6 +450,14 @@ pub fn decide(
         Move::Hold { record: false },
         format!("holding at {weight} ({spend}): {figures}"),
     )
+}
+
+/// A hold because of the ceiling: recorded once per weight, so the audit says why the growth
+/// stopped without repeating it every interval.
+fn capped_hold(state: &mut AdaptiveState, why: String) -> (Move, String) {
+    let record = !state.capped_noted;
+    state.capped_noted = true;
+    (Move::Hold { record }, why)
 }
 
 /// `weight × factor` in thousandths of a percent, rounded.

@@ -282,6 +282,9 @@ pub mod adaptive_moves {
     pub const COMPLETE: &str = "complete";
     /// The exposure budget stopped the release.
     pub const BUDGET_SPENT: &str = "budget_spent";
+    /// The candidate leaned worse again at the weight where it first did, after it was proven
+    /// just below it: the release stopped (abort, or pause by `on_failure`).
+    pub const WORSE_AGAIN: &str = "worse_again";
 }
 
 impl Command {

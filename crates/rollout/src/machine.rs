@@ -329,7 +329,11 @@ impl Rollout {
         let what = match step {
             Move::Grow(w) | Move::Shrink(w) => {
                 self.set_adaptive_weight(w, now_ms);
-                if matches!(step, Move::Grow(_)) {
+                if let Move::Grow(w) = step {
+                    // Only a candidate proven just below its ceiling grows back to it.
+                    if let Some(state) = &mut self.adaptive {
+                        state.retried = state.ceiling.is_some_and(|c| w >= c);
+                    }
                     adaptive_moves::GROW
                 } else {
                     adaptive_moves::SHRINK
@@ -341,16 +345,16 @@ impl Rollout {
             }
             Move::Hold { record: false } => return false,
             Move::Hold { record: true } => adaptive_moves::HOLD,
-            Move::Stop { budget } => {
+            Move::Stop { .. } | Move::WorseAgain => {
                 if plan.skip_rollback {
                     self.phase = Phase::Paused;
                 } else {
                     self.stop(plan, Phase::Aborted);
                 }
-                if budget {
-                    adaptive_moves::BUDGET_SPENT
-                } else {
-                    Command::AnalysisFailed.as_str()
+                match step {
+                    Move::Stop { budget: true } => adaptive_moves::BUDGET_SPENT,
+                    Move::WorseAgain => adaptive_moves::WORSE_AGAIN,
+                    _ => Command::AnalysisFailed.as_str(),
                 }
             }
         };
@@ -453,6 +457,9 @@ impl Rollout {
         if let Some(state) = &mut self.adaptive {
             state.changed_ms = now_ms;
             state.held_noted = false;
+            state.capped_noted = false;
+            state.proven = 0;
+            state.retried = false;
         }
     }
 

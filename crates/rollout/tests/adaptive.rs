@@ -438,3 +438,187 @@ fn a_clear_interval_that_would_grow_to_100_percent_completes_at_once() {
     assert_eq!(m, Move::Complete);
     assert!(why.contains("64% → 100%, complete"), "{why}");
 }
+
+/// A clear interval whose data since the weight last changed is clear on its own too.
+fn proven() -> Interval {
+    Interval {
+        proven: true,
+        ..interval(Outcome::Clear, 100)
+    }
+}
+
+/// Drives an adaptive release one interval per `min_pause` with a candidate that is clear (and
+/// proven) below 30% and leans worse from 30% up, as a regression under load does, until it
+/// stops or an hour has passed; returns the weights it took.
+fn drive_under_load(plan: &Plan, r: &mut Rollout, now: &mut i64) -> Vec<f64> {
+    let mut path = vec![r.weight.percent()];
+    let end = *now + 3_600_000;
+    while r.phase == Phase::Progressing && *now < end {
+        *now += MIN_PAUSE_MS;
+        let i = if r.weight.percent() >= 30.0 {
+            interval(Outcome::Worse, 1_000)
+        } else {
+            proven()
+        };
+        let before = r.weight;
+        r.adapt(plan, &i, *now);
+        if r.weight != before {
+            path.push(r.weight.percent());
+        }
+    }
+    path
+}
+
+#[test]
+fn growth_stays_below_the_weight_where_the_candidate_leaned_worse_and_the_hold_says_why() {
+    let b = bounds(None);
+    let mut state = AdaptiveState {
+        ceiling: Some(pct(32.0)),
+        ..AdaptiveState::new(0)
+    };
+    // Proven at 8%: grow² would reach 32%; one growth stays below it.
+    let (m, why) = decide(&b, pct(8.0), false, &mut state, &proven(), MIN_PAUSE_MS);
+    assert_eq!(m, Move::Grow(pct(16.0)), "{why}");
+    assert!(
+        why.contains("held below 32%, where it leaned worse"),
+        "{why}"
+    );
+    // At 16% any growth reaches it: hold, recorded once.
+    let mut state = AdaptiveState {
+        ceiling: Some(pct(32.0)),
+        ..AdaptiveState::new(0)
+    };
+    let (m, why) = decide(
+        &b,
+        pct(16.0),
+        false,
+        &mut state,
+        &interval(Outcome::Clear, 100),
+        MIN_PAUSE_MS,
+    );
+    assert_eq!(m, Move::Hold { record: true });
+    assert!(
+        why.contains("held below 32%, where it leaned worse"),
+        "{why}"
+    );
+    let (m, _) = decide(
+        &b,
+        pct(16.0),
+        false,
+        &mut state,
+        &interval(Outcome::Clear, 100),
+        2 * MIN_PAUSE_MS,
+    );
+    assert_eq!(m, Move::Hold { record: false }, "said once");
+}
+
+#[test]
+fn a_candidate_bad_only_under_load_without_a_budget_stops_the_second_time_it_leans_worse_there() {
+    let plan = adaptive_plan(None);
+    let mut r = Rollout::start(&plan, 0);
+    let mut now = 0;
+    let path = drive_under_load(&plan, &mut r, &mut now);
+    // 64% and 32% lean worse; 32% is the ceiling; proven twice at 16% it goes back once.
+    assert_eq!(
+        path,
+        [1.0, 4.0, 16.0, 64.0, 32.0, 16.0, 32.0, 0.0],
+        "no flapping"
+    );
+    assert_eq!(r.phase, Phase::Aborted);
+    let hold = r
+        .history
+        .iter()
+        .find(|t| t.what == adaptive_moves::HOLD)
+        .expect("the capped growth is recorded");
+    assert_eq!(hold.weight, pct(16.0));
+    assert!(
+        hold.reason
+            .contains("held below 32%, where it leaned worse"),
+        "{}",
+        hold.reason
+    );
+    let back = &r.history[r.history.len() - 2];
+    assert!(
+        back.reason
+            .contains("back to 32%, where it leaned worse, after 2 intervals proven at 16%"),
+        "{}",
+        back.reason
+    );
+    let last = r.history.last().unwrap();
+    assert_eq!(last.what, adaptive_moves::WORSE_AGAIN);
+    assert!(
+        last.reason.contains("leaning worse again at 32%"),
+        "{}",
+        last.reason
+    );
+
+    // With `on_failure: pause` it pauses there instead.
+    let pausing = Plan {
+        skip_rollback: true,
+        ..adaptive_plan(None)
+    };
+    let mut r = Rollout::start(&pausing, 0);
+    let mut now = 0;
+    drive_under_load(&pausing, &mut r, &mut now);
+    assert_eq!((r.phase, r.weight), (Phase::Paused, pct(32.0)));
+}
+
+#[test]
+fn a_candidate_proven_at_its_ceiling_has_it_lifted_and_completes() {
+    let plan = adaptive_plan(None);
+    let mut r = Rollout::start(&plan, 0);
+    let mut now = 0;
+    // One unlucky interval at 16%, then a healthy candidate.
+    r.weight = pct(16.0);
+    let mut worse_once = true;
+    let mut path = vec![16.0];
+    while r.phase == Phase::Progressing && now < 3_600_000 {
+        now += MIN_PAUSE_MS;
+        let i = if std::mem::take(&mut worse_once) {
+            interval(Outcome::Worse, 500)
+        } else {
+            proven()
+        };
+        if r.adapt(&plan, &i, now) && path.last() != Some(&r.weight.percent()) {
+            path.push(r.weight.percent());
+        }
+    }
+    assert_eq!(r.phase, Phase::Completed);
+    assert_eq!(path, [16.0, 8.0, 16.0, 64.0, 100.0]);
+    assert!(
+        r.history
+            .iter()
+            .any(|t| t.reason.contains("proven at 16% where it had leaned worse")),
+        "{:?}",
+        r.history
+    );
+}
+
+#[test]
+fn the_ceiling_survives_storing_the_release_and_an_older_stored_state_still_reads() {
+    let plan = adaptive_plan(None);
+    let mut r = Rollout::start(&plan, 0);
+    r.weight = pct(32.0);
+    r.adapt(&plan, &interval(Outcome::Worse, 1_000), MIN_PAUSE_MS);
+    assert_eq!(r.weight, pct(16.0));
+    // A restart, or another controller taking the lead, reads it back from the store.
+    let stored = serde_json::to_string(&r).unwrap();
+    let mut back: Rollout = serde_json::from_str(&stored).unwrap();
+    assert_eq!(back, r);
+    assert_eq!(back.adaptive.unwrap().ceiling, Some(pct(32.0)));
+    back.adapt(&plan, &interval(Outcome::Clear, 100), 2 * MIN_PAUSE_MS);
+    assert_eq!(back.weight, pct(16.0), "still held below 32%");
+
+    // A state stored before the ceiling existed has none.
+    let old = r#"{"phase":"progressing","step":0,"weight":16000,"weight_overridden":false,
+        "step_started_ms":0,"pause_left_ms":null,"winner":null,"previous_until_ms":null,
+        "analysis_passed":false,
+        "adaptive":{"changed_ms":0,"spent":0,"last_requests":100,"held_noted":false},
+        "history":[]}"#;
+    let old: Rollout = serde_json::from_str(old).unwrap();
+    let state = old.adaptive.unwrap();
+    assert_eq!(
+        (state.ceiling, state.proven, state.retried),
+        (None, 0, false)
+    );
+}
