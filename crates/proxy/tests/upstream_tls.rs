@@ -1,5 +1,5 @@
 //! Upstreams spoken to over `h2c://` and `https://` through a real gateway on loopback: a test
-//! certificate authority made at test time (rcgen), HTTP/2 or HTTP/1.1 as the upstream picks by
+//! certificate authority made at test time (graylane-testing), HTTP/2 or HTTP/1.1 as the upstream picks by
 //! ALPN, a certificate from another authority refused with a `502` naming TLS, a client
 //! certificate presented to an upstream that requires one, and the configuration errors of
 //! the new keys.
@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
+use graylane_testing::tls::Authority;
 use graylane_testing::upstream::Speaks;
 use http::StatusCode;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A certificate authority made for one test, its files in a folder of their own.
 struct TestCa {
     dir: PathBuf,
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    authority: Authority,
 }
 
 impl TestCa {
@@ -27,11 +27,9 @@ impl TestCa {
         let dir = temp_file(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
-        TestCa { dir, issuer }
+        let authority = Authority::new();
+        std::fs::write(dir.join("ca.pem"), authority.cert_pem()).unwrap();
+        TestCa { dir, authority }
     }
 
     fn ca_file(&self) -> String {
@@ -41,14 +39,11 @@ impl TestCa {
     /// A certificate for `127.0.0.1` and `localhost` signed by this authority, written as
     /// `{stem}.pem` and `{stem}.key`; returns the two paths.
     fn issue(&self, stem: &str) -> (String, String) {
-        let params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let issued = self.authority.issue(&["127.0.0.1", "localhost"]);
         let cert_file = self.dir.join(format!("{stem}.pem"));
         let key_file = self.dir.join(format!("{stem}.key"));
-        std::fs::write(&cert_file, cert.pem()).unwrap();
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        std::fs::write(&cert_file, issued.cert_pem).unwrap();
+        std::fs::write(&key_file, issued.key_pem).unwrap();
         (
             cert_file.display().to_string(),
             key_file.display().to_string(),
@@ -81,7 +76,7 @@ fn tls_upstream(
         None => builder.with_no_client_auth(),
         Some(client_ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            roots.add(client_ca.issuer.der().clone()).unwrap();
+            roots.add(client_ca.authority.der()).unwrap();
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
                     .build()

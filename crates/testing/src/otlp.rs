@@ -1,6 +1,7 @@
 //! A real OTLP trace receiver on 127.0.0.1, as an OpenTelemetry Collector would be: HTTP
 //! (`POST /v1/traces` with a protobuf `ExportTraceServiceRequest`) or gRPC (the OTLP
-//! `TraceService`), decoded with `opentelemetry-proto` and kept for the tests' assertions.
+//! `TraceService`), decoded with `opentelemetry-proto` and kept for the tests' assertions;
+//! over plain TCP or TLS ([`ReceiverTls`]), optionally requiring a client certificate.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -31,6 +32,19 @@ pub enum Protocol {
     HttpProtobuf,
     /// `grpc`.
     Grpc,
+}
+
+/// The TLS a receiver serves: its certificate and key, and the authority a client's
+/// certificate must come from when it requires one.
+#[derive(Debug, Clone)]
+pub struct ReceiverTls {
+    /// The server's certificate chain, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// `Some`: a client must present a certificate leading to these (PEM), else the handshake
+    /// fails.
+    pub client_ca_pem: Option<String>,
 }
 
 /// A span as the receiver decoded it, with ids in lower-case hex.
@@ -78,14 +92,25 @@ pub struct OtlpReceiver {
     pub addr: SocketAddr,
     /// How it takes exports.
     pub protocol: Protocol,
+    tls: bool,
     received: Arc<Mutex<Received>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl OtlpReceiver {
-    /// Starts a receiver speaking `protocol`.
+    /// Starts a receiver speaking `protocol` over plain TCP.
     pub fn start(protocol: Protocol) -> OtlpReceiver {
+        OtlpReceiver::serve(protocol, None)
+    }
+
+    /// Starts a receiver speaking `protocol` over TLS.
+    pub fn start_tls(protocol: Protocol, tls: ReceiverTls) -> OtlpReceiver {
+        OtlpReceiver::serve(protocol, Some(tls))
+    }
+
+    fn serve(protocol: Protocol, tls: Option<ReceiverTls>) -> OtlpReceiver {
+        let secure = tls.is_some();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         listener
             .set_nonblocking(true)
@@ -106,13 +131,22 @@ impl OtlpReceiver {
                         tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
                     match protocol {
                         Protocol::HttpProtobuf => {
+                            let acceptor = tls.map(|tls| {
+                                tokio_rustls::TlsAcceptor::from(Arc::new(server_config(&tls)))
+                            });
                             tokio::select! {
-                                () = serve_http(listener, state) => {}
+                                () = serve_http(listener, acceptor, state) => {}
                                 _ = stop_rx => {}
                             }
                         }
                         Protocol::Grpc => {
-                            let server = tonic::transport::Server::builder()
+                            let mut builder = tonic::transport::Server::builder();
+                            if let Some(tls) = tls {
+                                builder = builder
+                                    .tls_config(grpc_tls(&tls))
+                                    .expect("tonic takes the TLS settings");
+                            }
+                            let server = builder
                                 .add_service(TraceServiceServer::new(Grpc(state)))
                                 .serve_with_incoming_shutdown(
                                     tonic::transport::server::TcpIncoming::from(listener),
@@ -130,15 +164,18 @@ impl OtlpReceiver {
         OtlpReceiver {
             addr,
             protocol,
+            tls: secure,
             received,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
     }
 
-    /// The `telemetry.otlp.endpoint` that reaches it: `http://127.0.0.1:PORT`.
+    /// The `telemetry.otlp.endpoint` that reaches it: `http://127.0.0.1:PORT`, or `https://`
+    /// when it serves TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The `telemetry.otlp.protocol` it speaks.
@@ -250,22 +287,88 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn serve_http(listener: tokio::net::TcpListener, state: Arc<Mutex<Received>>) {
+/// The rustls settings of `tls`: its certificate, and the client verifier it asks for.
+fn server_config(tls: &ReceiverTls) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the receiver's certificate is PEM");
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).expect("the key is PEM");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("ring's protocol versions");
+    let builder = match &tls.client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots
+                    .add(cert.expect("the client CA is PEM"))
+                    .expect("a usable client CA");
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .expect("a client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .expect("the key is the certificate's");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// tonic's TLS of `tls`.
+fn grpc_tls(tls: &ReceiverTls) -> tonic::transport::ServerTlsConfig {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+    match &tls.client_ca_pem {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+        None => config,
+    }
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<Mutex<Received>>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = Arc::clone(&state);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(export_http(req, &state).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => serve_connection(stream, state).await,
+                // A client that does not trust the certificate, or shows none when one is
+                // required, is dropped: nothing it sends is kept.
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        serve_connection(stream, state).await;
+                    }
+                }
+            }
         });
     }
+}
+
+async fn serve_connection<S>(stream: S, state: Arc<Mutex<Received>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(export_http(req, &state).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 async fn export_http(req: Request<Incoming>, state: &Mutex<Received>) -> Response<Full<Bytes>> {

@@ -1,5 +1,6 @@
-//! Certificates made at test time and a TLS client that reports which certificate a server
-//! showed: for the tests of listener certificates (rotation, SNI).
+//! Certificates made at test time (self-signed, or signed by a test [`Authority`]) and a TLS
+//! client that reports which certificate a server showed: for the tests of listener
+//! certificates (rotation, SNI) and of TLS to OTLP collectors.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,58 @@ pub fn issue(names: &[&str]) -> Issued {
         cert_pem: cert.pem(),
         key_pem: signing_key.serialize_pem(),
         der: cert.der().clone(),
+    }
+}
+
+/// A certificate authority made for one test: a `ca:` file's certificate, and the issuer of
+/// server and client certificates that lead to it.
+pub struct Authority {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Authority {
+    /// A new authority with a new key.
+    pub fn new() -> Authority {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("rcgen takes an empty name list");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("rcgen makes a key");
+        Authority {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key)
+                .expect("rcgen makes a CA certificate"),
+        }
+    }
+
+    /// Its certificate, PEM: what a `ca:` file holds.
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Its certificate, DER: a root for a rustls verifier.
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// A certificate for `names` (DNS names, or IP addresses such as `127.0.0.1`) signed by
+    /// this authority, with a new key.
+    pub fn issue(&self, names: &[&str]) -> Issued {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("rcgen takes the names");
+        let key = rcgen::KeyPair::generate().expect("rcgen makes a key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("the authority signs the certificate");
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+}
+
+impl Default for Authority {
+    fn default() -> Authority {
+        Authority::new()
     }
 }
 

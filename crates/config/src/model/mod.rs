@@ -31,7 +31,7 @@ pub use release::{
     Step, Sticky, Strategy, Variant, Weight,
 };
 pub use rules::{DeviceClass, KeySpec, PathMatch, Rule, ValueMatch};
-pub use telemetry::{HeaderSource, Otlp, OtlpProtocol, Telemetry};
+pub use telemetry::{HeaderSource, Otlp, OtlpClientPem, OtlpProtocol, OtlpTls, Telemetry};
 pub use traffic::{
     BreakerWindow, CircuitBreaker, ConcurrencyLimit, FailureKinds, Fallback, HealthCheck,
     LimitBackend, OnRedisError, OutlierDetection, RateLimit, Retry, StaticResponse, TrafficControl,

@@ -13,8 +13,12 @@ pub struct Telemetry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Otlp {
     /// `endpoint`: the collector's base URL (`http://collector:4318` for `http/protobuf`,
-    /// `http://collector:4317` for `grpc`); `http/protobuf` posts to `<endpoint>/v1/traces`.
+    /// `http://collector:4317` for `grpc`, or `https://`); `http/protobuf` posts to
+    /// `<endpoint>/v1/traces`.
     pub endpoint: http::Uri,
+    /// How an `https://` endpoint is verified and what graylane presents to it: `Some` exactly
+    /// when the endpoint is `https://`.
+    pub tls: Option<OtlpTls>,
     /// `protocol`: how spans are sent.
     pub protocol: OtlpProtocol,
     /// `sample`: the share of traces started here that are exported, in [0, 1]; a request with
@@ -27,6 +31,38 @@ pub struct Otlp {
     pub headers: BTreeMap<String, HeaderSource>,
     /// `service_name`: the `service.name` resource attribute; default `graylane`.
     pub service_name: String,
+}
+
+/// `telemetry.otlp.tls:` of an `https://` collector, its files read and checked at load. The
+/// PEM is kept as read: the gRPC client (tonic) takes PEM, the HTTP one is given what it holds.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct OtlpTls {
+    /// `ca`: the PEM certificates the collector's chain must lead to; `None`: Mozilla's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// `server_name`: the name the collector's certificate must carry (and the SNI sent);
+    /// `None`: the endpoint's host.
+    pub server_name: Option<String>,
+    /// `client_cert` and `client_key` (PEM): what graylane presents when the collector asks.
+    pub client: Option<OtlpClientPem>,
+}
+
+/// A client certificate chain and its private key, as PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtlpClientPem {
+    /// The chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// The private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for OtlpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpTls")
+            .field("ca", &self.ca_pem.as_ref().map(|_| "[pem]"))
+            .field("server_name", &self.server_name)
+            .field("client", &self.client.as_ref().map(|_| "[secret]"))
+            .finish()
+    }
 }
 
 /// Where a `telemetry.otlp.headers` value comes from.

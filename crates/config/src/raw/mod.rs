@@ -98,7 +98,7 @@ pub struct RawTelemetry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOtlp {
-    /// `endpoint`: the collector's `http://` base URL.
+    /// `endpoint`: the collector's `http://` or `https://` base URL.
     pub endpoint: String,
     /// `protocol`: `http/protobuf` (default) or `grpc`.
     pub protocol: Option<String>,
@@ -111,6 +111,9 @@ pub struct RawOtlp {
     pub headers: BTreeMap<String, RawHeaderValue>,
     /// `service_name`: the `service.name` resource attribute (default `graylane`).
     pub service_name: Option<String>,
+    /// `tls`: how an `https://` collector is verified (`ca`, `server_name`) and what graylane
+    /// presents (`client_cert`, `client_key`); default Mozilla's roots.
+    pub tls: Option<RawUpstreamTls>,
 }
 
 /// A `telemetry.otlp.headers` value: the text, or the environment variable that holds it.

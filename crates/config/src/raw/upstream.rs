@@ -3,12 +3,13 @@
 
 use serde::Deserialize;
 
-/// A version's `tls:`: how its `https://` endpoints are verified and what graylane presents.
+/// A version's `tls:` (and `telemetry.otlp.tls:`): how its `https://` endpoints are verified
+/// and what graylane presents.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamTls {
     /// `ca`: a PEM file of the certificates the upstream's chain must lead to. Required for
-    /// now: graylane carries no built-in root store.
+    /// upstreams; an OTLP collector without it is verified against Mozilla's roots.
     pub ca: Option<String>,
     /// `server_name`: the name the upstream's certificate must carry (and the SNI sent);
     /// default the endpoint's host.

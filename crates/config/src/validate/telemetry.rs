@@ -1,6 +1,8 @@
-//! `telemetry:`: the OTLP collector's URL and protocol, the sampled share, and the headers sent
-//! with every export. Nothing is connected to here: a collector that is down at start is the
-//! exporter's business (it counts failed exports), not a configuration error.
+//! `telemetry:`: the OTLP collector's URL and protocol, the sampled share, the headers sent
+//! with every export, and the `tls:` of an `https://` collector (its PEM files read and checked
+//! here, as a version's `tls:` is). Nothing is connected to here: a collector that is down at
+//! start, or shows a certificate that does not verify, is the exporter's business (it counts
+//! failed exports), not a configuration error.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,10 @@ impl Validator<'_> {
             }
         };
         let endpoint = self.otlp_endpoint(&raw.endpoint, protocol);
+        let tls = match &endpoint {
+            Some(uri) => self.otlp_tls(uri, raw.tls.as_ref()),
+            None => Some(None),
+        };
         let sample = raw.sample.unwrap_or(1.0);
         let sample_ok = (0.0..=1.0).contains(&sample);
         if !sample_ok {
@@ -97,6 +103,7 @@ impl Validator<'_> {
         };
         Some(Otlp {
             endpoint: endpoint?,
+            tls: tls?,
             protocol: protocol?,
             sample: sample_ok.then_some(sample)?,
             always_on_error: raw.always_on_error.unwrap_or(false),
@@ -112,7 +119,7 @@ impl Validator<'_> {
             _ => "http://127.0.0.1:4318",
         };
         match s.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
                 let has_path = !matches!(u.path(), "" | "/");
                 if protocol == Some(OtlpProtocol::Grpc) && has_path {
                     self.fail(
@@ -126,24 +133,111 @@ impl Validator<'_> {
                 }
                 Some(u)
             }
-            Ok(u) if u.scheme_str() == Some("https") => {
-                self.fail(
-                    key,
-                    format!(
-                        "`{}`: https collectors are not supported yet; use http (e.g. a local OpenTelemetry Collector)",
-                        redact_url(s)
-                    ),
-                );
-                None
-            }
             _ => {
                 self.fail(
                     key,
-                    format!("`{}` is not an http URL like {example}", redact_url(s)),
+                    format!("`{}` is not an http(s) URL like {example}", redact_url(s)),
                 );
                 None
             }
         }
+    }
+
+    /// The TLS of the collector at `endpoint`: `Some(None)` for `http://` (where `tls:` is an
+    /// error), the defaults or `raw` read for `https://`; `None` when a file is bad.
+    fn otlp_tls(
+        &mut self,
+        endpoint: &http::Uri,
+        raw: Option<&RawUpstreamTls>,
+    ) -> Option<Option<OtlpTls>> {
+        let path = "telemetry.otlp.tls";
+        if endpoint.scheme_str() != Some("https") {
+            if raw.is_some() {
+                self.fail(
+                    path,
+                    "`tls` applies to an `https://` endpoint; this one is http://, so nothing would be verified",
+                );
+                return None;
+            }
+            return Some(None);
+        }
+        let Some(raw) = raw else {
+            return Some(Some(OtlpTls::default()));
+        };
+        let mut ok = true;
+        let ca_pem = match &raw.ca {
+            None => None,
+            Some(ca) => {
+                let key = format!("{path}.ca");
+                let bytes = self.read_pem(&key, ca);
+                let certs = bytes
+                    .as_ref()
+                    .and_then(|b| self.certificates_in(&key, ca, b));
+                ok &= certs.is_some();
+                bytes
+            }
+        };
+        if let Some(name) = &raw.server_name
+            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            self.fail(
+                format!("{path}.server_name"),
+                format!("`{name}` is not a DNS name or an IP address"),
+            );
+            ok = false;
+        }
+        let client = match (&raw.client_cert, &raw.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let (cert_key, key_key) =
+                    (format!("{path}.client_cert"), format!("{path}.client_key"));
+                let cert_pem = self.read_pem(&cert_key, cert);
+                let chain = cert_pem
+                    .as_ref()
+                    .and_then(|b| self.certificates_in(&cert_key, cert, b));
+                let key_pem = self.read_pem(&key_key, key);
+                let private = key_pem.as_ref().and_then(|b| self.key_in(&key_key, key, b));
+                ok &= chain.is_some() && private.is_some();
+                if chain.is_some() && private.is_some() {
+                    // A key of another certificate would only fail at the first handshake.
+                    let loaded = crate::tls::load_certificate(
+                        &self.base_dir.join(cert),
+                        &self.base_dir.join(key),
+                    );
+                    if let Err(e) = loaded {
+                        let at = match e.file {
+                            crate::tls::PemFile::Cert => &cert_key,
+                            crate::tls::PemFile::Key => &key_key,
+                        };
+                        self.fail(at.as_str(), e.message);
+                        ok = false;
+                    }
+                }
+                cert_pem
+                    .zip(key_pem)
+                    .map(|(cert_pem, key_pem)| OtlpClientPem { cert_pem, key_pem })
+            }
+            (Some(_), None) => {
+                self.fail(
+                    format!("{path}.client_key"),
+                    "`client_cert` needs its private key in `client_key`",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.fail(
+                    format!("{path}.client_cert"),
+                    "`client_key` needs its certificate in `client_cert`",
+                );
+                None
+            }
+        };
+        ok &= raw.client_cert.is_some() == raw.client_key.is_some();
+        ok.then_some(Some(OtlpTls {
+            ca_pem,
+            server_name: raw.server_name.clone(),
+            client,
+        }))
     }
 }
 
@@ -207,7 +301,7 @@ mod tests {
         .unwrap_err();
         assert!(
             err.contains("t.yaml:5:")
-                && err.contains("telemetry.otlp.endpoint: `ftp://x` is not an http URL"),
+                && err.contains("telemetry.otlp.endpoint: `ftp://x` is not an http(s) URL"),
             "{err}"
         );
         assert!(
@@ -237,8 +331,6 @@ mod tests {
             ),
             "{err}"
         );
-        let err = load("{ otlp: { endpoint: 'https://c:4318' } }").unwrap_err();
-        assert!(err.contains("https collectors are not supported"), "{err}");
         let err = load("{ otlp: { endpoint: 'http://c:4317/v1', protocol: grpc } }").unwrap_err();
         assert!(
             err.contains("a grpc collector is named by its address"),
@@ -247,6 +339,56 @@ mod tests {
         let err = load("{ otlp: { endpont: 'http://c:4318' } }").unwrap_err();
         assert!(
             err.contains("telemetry.otlp.endpont: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_https_collector_is_verified_against_mozillas_roots_unless_a_ca_is_given() {
+        let otlp = load("{ otlp: { endpoint: 'https://otlp.example.com', protocol: grpc } }")
+            .unwrap()
+            .telemetry
+            .unwrap()
+            .otlp
+            .unwrap();
+        assert_eq!(otlp.tls, Some(crate::model::OtlpTls::default()));
+        let plain = load("{ otlp: { endpoint: 'http://c:4318' } }")
+            .unwrap()
+            .telemetry
+            .unwrap()
+            .otlp
+            .unwrap();
+        assert_eq!(plain.tls, None);
+    }
+
+    #[test]
+    fn bad_otlp_tls_settings_are_errors_naming_their_line_and_key() {
+        let err = load(
+            "{ otlp: { endpoint: 'https://c:4318', tls: { ca: /nonexistent/ca.pem, client_key: /nonexistent/c.key } } }",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("t.yaml:5:")
+                && err.contains("telemetry.otlp.tls.ca: cannot read `/nonexistent/ca.pem`"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "telemetry.otlp.tls.client_cert: `client_key` needs its certificate in `client_cert`"
+            ),
+            "{err}"
+        );
+        let err = load("{ otlp: { endpoint: 'http://c:4318', tls: { ca: /nonexistent/ca.pem } } }")
+            .unwrap_err();
+        assert!(
+            err.contains("telemetry.otlp.tls: `tls` applies to an `https://` endpoint"),
+            "{err}"
+        );
+        assert!(!err.contains("cannot read"), "{err}");
+        let err = load("{ otlp: { endpoint: 'https://c:4318', tls: { server_name: 'a b' } } }")
+            .unwrap_err();
+        assert!(
+            err.contains("telemetry.otlp.tls.server_name: `a b` is not a DNS name"),
             "{err}"
         );
     }

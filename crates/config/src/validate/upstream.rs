@@ -178,7 +178,9 @@ impl Validator<'_> {
         Some(first.to_ascii_lowercase())
     }
 
-    fn read_pem(&mut self, path: &str, file: &str) -> Option<Vec<u8>> {
+    /// The bytes of `file` (relative to the configuration's directory); an unreadable file is an
+    /// error at `path`.
+    pub(super) fn read_pem(&mut self, path: &str, file: &str) -> Option<Vec<u8>> {
         let full = self.base_dir.join(file);
         match std::fs::read(&full) {
             Ok(bytes) => Some(bytes),
@@ -191,7 +193,17 @@ impl Validator<'_> {
 
     fn pem_certificates(&mut self, path: &str, file: &str) -> Option<Vec<CertificateDer<'static>>> {
         let bytes = self.read_pem(path, file)?;
-        match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+        self.certificates_in(path, file, &bytes)
+    }
+
+    /// The certificates of `bytes`, read from `file`: at least one, else an error at `path`.
+    pub(super) fn certificates_in(
+        &mut self,
+        path: &str,
+        file: &str,
+        bytes: &[u8],
+    ) -> Option<Vec<CertificateDer<'static>>> {
+        match CertificateDer::pem_slice_iter(bytes).collect::<Result<Vec<_>, _>>() {
             Ok(certs) if !certs.is_empty() => Some(certs),
             Ok(_) => {
                 self.fail(
@@ -209,7 +221,17 @@ impl Validator<'_> {
 
     fn pem_key(&mut self, path: &str, file: &str) -> Option<PrivateKeyDer<'static>> {
         let bytes = self.read_pem(path, file)?;
-        match PrivateKeyDer::from_pem_slice(&bytes) {
+        self.key_in(path, file, &bytes)
+    }
+
+    /// The private key of `bytes`, read from `file`; none is an error at `path`.
+    pub(super) fn key_in(
+        &mut self,
+        path: &str,
+        file: &str,
+        bytes: &[u8],
+    ) -> Option<PrivateKeyDer<'static>> {
+        match PrivateKeyDer::from_pem_slice(bytes) {
             Ok(key) => Some(key),
             Err(pem::Error::NoItemsFound) => {
                 self.fail(

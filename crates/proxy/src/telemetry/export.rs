@@ -40,6 +40,8 @@ pub(crate) enum StartError {
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// The exporter thread's state.
@@ -176,13 +178,25 @@ fn build(settings: &Otlp) -> Result<opentelemetry_otlp::SpanExporter, StartError
         OtlpProtocol::HttpProtobuf => {
             let base = settings.endpoint.to_string();
             let url = format!("{}/v1/traces", base.trim_end_matches('/'));
-            builder
+            let builder = builder
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(url)
                 .with_timeout(EXPORT_TIMEOUT)
-                .with_headers(headers(settings).collect::<HashMap<_, _>>())
-                .build()?
+                .with_headers(headers(settings).collect::<HashMap<_, _>>());
+            match &settings.tls {
+                None => builder.build()?,
+                Some(tls) => {
+                    let connector = super::tls::https_connector(tls).map_err(StartError::Tls)?;
+                    builder
+                        .with_http_client(opentelemetry_http::hyper::HyperClient::new(
+                            connector,
+                            EXPORT_TIMEOUT,
+                            None,
+                        ))
+                        .build()?
+                }
+            }
         }
         OtlpProtocol::Grpc => {
             // The configuration checked the names and values; gRPC metadata is made of the same.
@@ -197,12 +211,15 @@ fn build(settings: &Otlp) -> Result<opentelemetry_otlp::SpanExporter, StartError
             }
             let metadata =
                 opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(metadata);
-            builder
+            let builder = builder
                 .with_tonic()
                 .with_endpoint(settings.endpoint.to_string())
                 .with_timeout(EXPORT_TIMEOUT)
-                .with_metadata(metadata)
-                .build()?
+                .with_metadata(metadata);
+            match &settings.tls {
+                None => builder.build()?,
+                Some(tls) => builder.with_tls_config(super::tls::grpc(tls)).build()?,
+            }
         }
     };
     Ok(exporter)

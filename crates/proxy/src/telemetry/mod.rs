@@ -11,7 +11,8 @@
 //!
 //! An exporter thread (export.rs) drains the queues, builds the SDK's `SpanData` and hands them
 //! in batches to `opentelemetry-otlp`'s exporter (`http/protobuf` or `grpc`) on its own small
-//! runtime. A collector that is down or slow costs a failed export
+//! runtime; an `https://` collector is verified as tls.rs says. A collector that is down, slow
+//! or shows a certificate that does not verify costs a failed export
 //! (`graylane_trace_export_errors_total`) and, while an export waits, dropped spans; never a
 //! request's time. Without `telemetry.otlp` the request path pays one branch.
 //!
@@ -20,6 +21,7 @@
 
 mod export;
 mod record;
+mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
