@@ -217,18 +217,8 @@ impl Validator<'_> {
                     .zip(key_pem)
                     .map(|(cert_pem, key_pem)| OtlpClientPem { cert_pem, key_pem })
             }
-            (Some(_), None) => {
-                self.fail(
-                    format!("{path}.client_key"),
-                    "`client_cert` needs its private key in `client_key`",
-                );
-                None
-            }
-            (None, Some(_)) => {
-                self.fail(
-                    format!("{path}.client_cert"),
-                    "`client_key` needs its certificate in `client_cert`",
-                );
+            (Some(_), None) | (None, Some(_)) => {
+                self.unpaired_client_identity(path, raw.client_cert.is_some());
                 None
             }
         };

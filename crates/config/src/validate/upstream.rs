@@ -137,18 +137,8 @@ impl Validator<'_> {
                     key: std::sync::Arc::new(key?),
                 })
             }
-            (Some(_), None) => {
-                self.fail(
-                    format!("{path}.client_key"),
-                    "`client_cert` needs its private key in `client_key`",
-                );
-                None
-            }
-            (None, Some(_)) => {
-                self.fail(
-                    format!("{path}.client_cert"),
-                    "`client_key` needs its certificate in `client_cert`",
-                );
+            (Some(_), None) | (None, Some(_)) => {
+                self.unpaired_client_identity(&path, raw.client_cert.is_some());
                 None
             }
         };
@@ -176,6 +166,22 @@ impl Validator<'_> {
             );
         }
         Some(first.to_ascii_lowercase())
+    }
+
+    /// Reports a `tls:` table (at `path`) with a client certificate and no key, or a key and no
+    /// certificate.
+    pub(super) fn unpaired_client_identity(&mut self, path: &str, has_cert: bool) {
+        if has_cert {
+            self.fail(
+                format!("{path}.client_key"),
+                "`client_cert` needs its private key in `client_key`",
+            );
+        } else {
+            self.fail(
+                format!("{path}.client_cert"),
+                "`client_key` needs its certificate in `client_cert`",
+            );
+        }
     }
 
     /// The bytes of `file` (relative to the configuration's directory); an unreadable file is an
