@@ -185,7 +185,7 @@ pub(crate) fn reads_as_gateway_header(name: &str) -> bool {
 
 /// The client's W3C trace context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trace<'a> {
+pub(crate) enum Trace<'a> {
     /// None: a new trace is started, and a `tracestate` alone is dropped.
     Absent,
     /// One well-formed `traceparent`: `-traceid-parentid-flags` of it, forwarded as version
@@ -217,7 +217,7 @@ fn is_forwarding_detail(name: &HeaderName) -> bool {
     DETAILS.contains(&name.as_str())
 }
 
-fn incoming_trace(headers: &HeaderMap) -> Trace<'_> {
+pub(crate) fn incoming_trace(headers: &HeaderMap) -> Trace<'_> {
     let mut values = headers.get_all(&TRACEPARENT).iter();
     match (values.next(), values.next()) {
         (None, _) => Trace::Absent,
@@ -228,7 +228,7 @@ fn incoming_trace(headers: &HeaderMap) -> Trace<'_> {
 
 /// `version-traceid-parentid-flags`, lower-case hex, W3C Trace Context §3.2: version `ff` and
 /// all-zero ids are invalid; a later version may append fields after a `-`.
-pub(crate) fn valid_traceparent(v: &[u8]) -> bool {
+fn valid_traceparent(v: &[u8]) -> bool {
     let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let zero = |s: &[u8]| s.iter().all(|&b| b == b'0');
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {

@@ -9,16 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use graylane_rules::Decision;
-use http::header::{self, HeaderName};
+use http::header;
 use http::{Request, Response};
 
 use crate::access_log::{Facts, Text};
 use crate::body::ProxyBody;
+use crate::forward::{Trace, incoming_trace};
 use crate::rng::fastrand_u64;
 use crate::snapshot::Snapshot;
 use crate::upstream::{UpstreamError, UpstreamErrorKind};
-
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The upstream attempts of a request kept as client spans; later ones are counted only.
 pub(crate) const MAX_ATTEMPTS: usize = 4;
@@ -286,21 +285,19 @@ impl TraceCell {
     }
 }
 
-/// The caller's trace id, span id and sampled flag from one well-formed `traceparent`.
+/// The caller's trace id, span id and sampled flag, when the request carries one well-formed
+/// `traceparent`: the same judgement as the one that forwards it (`forward::incoming_trace`),
+/// so the spans and the upstream always agree on whose trace this is.
 fn incoming<B>(req: &Request<B>) -> Option<([u8; 16], [u8; 8], bool)> {
-    let mut values = req.headers().get_all(&TRACEPARENT).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
+    // `-traceid-parentid-flags`, the version's two digits cut off.
+    let Trace::Valid(ids) = incoming_trace(req.headers()) else {
         return None;
     };
-    let v = value.as_bytes();
-    if !crate::forward::valid_traceparent(v) {
-        return None;
-    }
     let mut trace_id = [0; 16];
     let mut parent = [0; 8];
-    unhex(&v[3..35], &mut trace_id)?;
-    unhex(&v[36..52], &mut parent)?;
-    let flags = (v[53] as char).to_digit(16)? * 16 + (v[54] as char).to_digit(16)?;
+    unhex(&ids[1..33], &mut trace_id)?;
+    unhex(&ids[34..50], &mut parent)?;
+    let flags = (ids[51] as char).to_digit(16)? * 16 + (ids[52] as char).to_digit(16)?;
     Some((trace_id, parent, flags & 1 == 1))
 }
 
